@@ -1,0 +1,82 @@
+//! The command line: flags, their `TASKGATE_*` environment variables, and subcommands.
+//! Parsed by clap; turned into [`Settings`] together with plugins.toml.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{ConfigError, FileConfig, Overrides, Settings};
+
+/// taskgate: run backend work for React apps over Socket.IO and RabbitMQ.
+///
+/// Settings come from plugins.toml; each flag (or its TASKGATE_* environment variable)
+/// overrides the file.
+#[derive(Debug, Parser)]
+#[command(name = "taskgate", version, about, long_about = None)]
+pub struct Cli {
+    /// The operator's configuration file (host settings and one table per plugin).
+    /// Default: ./plugins.toml when it exists, else built-in defaults.
+    #[arg(long, short = 'c', env = "TASKGATE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Address to serve HTTP and Socket.IO on, HOST:PORT (port 0 picks a free one).
+    #[arg(long, env = "TASKGATE_LISTEN", global = true)]
+    pub listen: Option<String>,
+
+    /// RabbitMQ URL, e.g. amqp://guest:guest@127.0.0.1:5672/%2f
+    #[arg(long, env = "TASKGATE_AMQP_URL", hide_env_values = true, global = true)]
+    pub amqp_url: Option<String>,
+
+    /// Directory scanned for plugin libraries (.so).
+    #[arg(long, env = "TASKGATE_PLUGINS_DIR", global = true)]
+    pub plugins_dir: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, env = "TASKGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Subcommand, PartialEq, Eq)]
+pub enum Command {
+    /// Run the host (the default).
+    Run,
+    /// List every plugin file found, whether it loads and why not, and its request types.
+    Plugins,
+}
+
+impl Cli {
+    /// The configuration file to read, if any.
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| {
+            let default = Path::new("plugins.toml");
+            default.exists().then(|| default.to_path_buf())
+        })
+    }
+
+    /// Reads the configuration file and applies the flags over it.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let path = self.config_path();
+        let file = match &path {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Settings::resolve(
+            file,
+            path.as_deref(),
+            Overrides {
+                listen: self.listen.clone(),
+                amqp_url: self.amqp_url.clone(),
+                plugins_dir: self.plugins_dir.clone(),
+            },
+        )
+    }
+}

@@ -1,0 +1,312 @@
+//! Settings, in two layers: [`FileConfig`] mirrors plugins.toml exactly (unknown keys are
+//! errors that name them); [`Settings`] is what the host runs with, after command-line
+//! flags and `TASKGATE_*` environment variables (parsed by clap in `cli`) are applied
+//! over the file, and the file over the defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_PLUGINS_DIR: &str = "plugins";
+/// Packets buffered per socket before a client counts as not reading (socketioxide's
+/// default is 128, too small for fast streams).
+pub const DEFAULT_SOCKET_BUFFER: usize = 1024;
+/// Largest Socket.IO message accepted (long-polling body and WebSocket frame).
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid listen address `{0}`: expected HOST:PORT, e.g. 127.0.0.1:8080")]
+    Listen(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// plugins.toml, as written by the operator.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub host: HostSection,
+    /// One table per plugin, keyed by the name the plugin declares.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginSection>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HostSection {
+    pub listen: Option<String>,
+    pub amqp_url: Option<String>,
+    pub plugins_dir: Option<PathBuf>,
+    pub socket_buffer: Option<usize>,
+    pub max_message_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSection {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Overrides for every request type of the plugin.
+    pub queue: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub max_payload_bytes: Option<u64>,
+    pub queue_arguments: Option<Map<String, Value>>,
+    /// Overrides for one request type, keyed by its name.
+    #[serde(default)]
+    pub request_types: BTreeMap<String, TypeOverrides>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TypeOverrides {
+    pub queue: Option<String>,
+    pub timeout_ms: Option<u64>,
+    pub max_payload_bytes: Option<u64>,
+    pub queue_arguments: Option<Map<String, Value>>,
+}
+
+impl FileConfig {
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+}
+
+/// Values given on the command line or in the environment; they win over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub amqp_url: Option<String>,
+    pub plugins_dir: Option<PathBuf>,
+}
+
+/// What the host runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub amqp_url: String,
+    pub plugins_dir: PathBuf,
+    pub socket_buffer: usize,
+    pub max_message_bytes: u64,
+    /// The plugin tables of plugins.toml.
+    pub plugins: BTreeMap<String, PluginSection>,
+    /// Where the configuration came from, for log lines; `None` when defaults only.
+    pub config_path: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Applies `overrides` over `file` over the defaults. Relative paths in the file are
+    /// relative to the file's directory; relative paths on the command line to the
+    /// working directory.
+    pub fn resolve(
+        file: FileConfig,
+        config_path: Option<&Path>,
+        overrides: Overrides,
+    ) -> Result<Settings, ConfigError> {
+        let base = config_path
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let listen_text = overrides
+            .listen
+            .or(file.host.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen = listen_text
+            .parse::<SocketAddr>()
+            .map_err(|_| ConfigError::Listen(listen_text.clone()))?;
+        let plugins_dir = match overrides.plugins_dir {
+            Some(dir) => dir,
+            None => base.join(
+                file.host
+                    .plugins_dir
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_PLUGINS_DIR)),
+            ),
+        };
+        let amqp_url = overrides
+            .amqp_url
+            .or(file.host.amqp_url)
+            .unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
+        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
+            return Err(ConfigError::Invalid(format!(
+                "AMQP URL must start with amqp:// or amqps:// (got `{}`)",
+                redact_url(&amqp_url)
+            )));
+        }
+        Ok(Settings {
+            listen,
+            amqp_url,
+            plugins_dir,
+            socket_buffer: file.host.socket_buffer.unwrap_or(DEFAULT_SOCKET_BUFFER).max(16),
+            max_message_bytes: file
+                .host
+                .max_message_bytes
+                .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            plugins: file.plugins,
+            config_path: config_path.map(Path::to_path_buf),
+        })
+    }
+
+    /// Overrides that apply to `request_type` of `plugin`: its own table first, then the
+    /// plugin's table.
+    pub fn overrides_for(&self, plugin: &str, request_type: &str) -> TypeOverrides {
+        let Some(section) = self.plugins.get(plugin) else {
+            return TypeOverrides::default();
+        };
+        let specific = section.request_types.get(request_type).cloned().unwrap_or_default();
+        TypeOverrides {
+            queue: specific.queue.or_else(|| section.queue.clone()),
+            timeout_ms: specific.timeout_ms.or(section.timeout_ms),
+            max_payload_bytes: specific.max_payload_bytes.or(section.max_payload_bytes),
+            queue_arguments: specific
+                .queue_arguments
+                .or_else(|| section.queue_arguments.clone()),
+        }
+    }
+
+    pub fn is_enabled(&self, plugin: &str) -> bool {
+        self.plugins.get(plugin).is_some_and(|p| p.enabled)
+    }
+}
+
+/// The URL with its password hidden, for log lines.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+        FileConfig::parse(text, Path::new("plugins.toml"))
+    }
+
+    #[test]
+    fn defaults_apply_when_the_file_is_empty() {
+        let s = Settings::resolve(parse("").unwrap(), None, Overrides::default()).unwrap();
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.amqp_url, DEFAULT_AMQP_URL);
+        assert_eq!(s.plugins_dir, PathBuf::from(DEFAULT_PLUGINS_DIR));
+        assert_eq!(s.socket_buffer, DEFAULT_SOCKET_BUFFER);
+        assert!(s.plugins.is_empty());
+    }
+
+    #[test]
+    fn the_file_overrides_defaults_and_flags_override_the_file() {
+        let file = parse(
+            r#"
+            [host]
+            listen = "0.0.0.0:9000"
+            amqp_url = "amqp://a:b@broker:5672/%2f"
+            plugins_dir = "build/plugins"
+            "#,
+        )
+        .unwrap();
+        let s = Settings::resolve(file.clone(), Some(Path::new("/etc/taskgate/plugins.toml")), Overrides::default())
+            .unwrap();
+        assert_eq!(s.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(s.plugins_dir, PathBuf::from("/etc/taskgate/build/plugins"));
+        let s = Settings::resolve(
+            file,
+            Some(Path::new("/etc/taskgate/plugins.toml")),
+            Overrides {
+                listen: Some("127.0.0.1:0".into()),
+                amqp_url: Some("amqp://x@y/z".into()),
+                plugins_dir: Some("p".into()),
+            },
+        )
+        .unwrap();
+        assert_eq!(s.listen.port(), 0);
+        assert_eq!(s.amqp_url, "amqp://x@y/z");
+        assert_eq!(s.plugins_dir, PathBuf::from("p"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_them() {
+        let err = parse("[host]\nlisten = \"127.0.0.1:1\"\nlisten_port = 5\n").unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+        let err = parse("[plugins.echo]\nenabled = true\ntimeout = 5\n").unwrap_err();
+        assert!(err.to_string().contains("timeout"), "{err}");
+        let err = parse("[server]\n").unwrap_err();
+        assert!(err.to_string().contains("server"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_listen_address_is_a_clear_error() {
+        let file = parse("[host]\nlisten = \"localhost\"\n").unwrap();
+        let err = Settings::resolve(file, None, Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("invalid listen address `localhost`"), "{err}");
+    }
+
+    #[test]
+    fn a_non_amqp_url_is_refused_without_showing_the_password() {
+        let err = Settings::resolve(
+            FileConfig::default(),
+            None,
+            Overrides { amqp_url: Some("http://u:secret@h".into()), ..Overrides::default() },
+        )
+        .unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn per_type_overrides_win_over_plugin_overrides() {
+        let file = parse(
+            r#"
+            [plugins.text]
+            enabled = true
+            timeout_ms = 1000
+            [plugins.text.request_types."text.wordcount"]
+            queue = "q.wc"
+            "#,
+        )
+        .unwrap();
+        let s = Settings::resolve(file, None, Overrides::default()).unwrap();
+        assert!(s.is_enabled("text"));
+        assert!(!s.is_enabled("other"));
+        let o = s.overrides_for("text", "text.wordcount");
+        assert_eq!(o.queue.as_deref(), Some("q.wc"));
+        assert_eq!(o.timeout_ms, Some(1000));
+        assert_eq!(s.overrides_for("text", "text.other").queue, None);
+    }
+
+    #[test]
+    fn redact_url_hides_only_the_password() {
+        assert_eq!(redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+}

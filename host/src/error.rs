@@ -1,0 +1,118 @@
+//! Why a request is refused or ends in error, as a typed enum.
+//!
+//! Every variant maps to exactly one protocol error code (§1 of docs/protocol.md), so the
+//! code a client sees is decided in one place. Messages are for humans and never contain
+//! payload contents (payloads can be large or sensitive).
+
+use serde_json::json;
+use taskgate_plugin_api::Problem;
+use taskgate_protocol::{ErrorBody, ErrorCode};
+
+/// A request the host refuses (in the `request` ack) or ends early (as a final `response`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RequestError {
+    #[error("malformed request envelope: {0}")]
+    BadRequest(String),
+    #[error("no enabled plugin serves request type `{0}`")]
+    UnknownRequestType(String),
+    #[error("payload of `{request_type}` is invalid: {}", summarize(problems))]
+    InvalidPayload {
+        request_type: String,
+        problems: Vec<Problem>,
+    },
+    #[error("payload is {size} bytes; `{request_type}` accepts at most {limit} bytes")]
+    PayloadTooLarge {
+        request_type: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error("request id `{0}` is already in flight on this connection")]
+    DuplicateId(String),
+    #[error("the broker is unavailable: {0}")]
+    Unavailable(String),
+    #[error("no final reply within {0} ms")]
+    Timeout(u64),
+    #[error("the request was cancelled")]
+    Cancelled,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn summarize(problems: &[Problem]) -> String {
+    match problems {
+        [] => "rejected by the plugin".to_owned(),
+        [only] => describe(only),
+        [first, rest @ ..] => format!("{} (and {} more)", describe(first), rest.len()),
+    }
+}
+
+fn describe(p: &Problem) -> String {
+    if p.pointer.is_empty() {
+        p.message.clone()
+    } else {
+        format!("{}: {}", p.pointer, p.message)
+    }
+}
+
+impl RequestError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RequestError::BadRequest(_) => ErrorCode::BadRequest,
+            RequestError::UnknownRequestType(_) => ErrorCode::UnknownRequestType,
+            RequestError::InvalidPayload { .. } => ErrorCode::InvalidPayload,
+            RequestError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            RequestError::DuplicateId(_) => ErrorCode::DuplicateId,
+            RequestError::Unavailable(_) => ErrorCode::Unavailable,
+            RequestError::Timeout(_) => ErrorCode::Timeout,
+            RequestError::Cancelled => ErrorCode::Cancelled,
+            RequestError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The protocol error object for this error, with machine-readable `details` where
+    /// a program can act on them.
+    pub fn to_body(&self) -> ErrorBody {
+        let body = ErrorBody::new(self.code(), self.to_string());
+        match self {
+            RequestError::InvalidPayload { problems, .. } => {
+                body.with_details(json!({ "problems": problems }))
+            }
+            RequestError::PayloadTooLarge { size, limit, .. } => {
+                body.with_details(json!({ "size": size, "limit": limit }))
+            }
+            RequestError::Timeout(ms) => body.with_details(json!({ "timeoutMs": ms })),
+            _ => body,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_payload_lists_problems_in_details() {
+        let err = RequestError::InvalidPayload {
+            request_type: "text.wordcount".into(),
+            problems: vec![Problem {
+                pointer: "/text".into(),
+                message: "expected a string".into(),
+            }],
+        };
+        let body = err.to_body();
+        assert_eq!(body.code, "INVALID_PAYLOAD");
+        assert!(body.message.contains("/text: expected a string"));
+        assert_eq!(
+            body.details,
+            Some(json!({"problems": [{"pointer": "/text", "message": "expected a string"}]}))
+        );
+    }
+
+    #[test]
+    fn each_variant_has_its_protocol_code() {
+        assert_eq!(RequestError::BadRequest("x".into()).code().as_str(), "BAD_REQUEST");
+        assert_eq!(RequestError::DuplicateId("a".into()).code().as_str(), "DUPLICATE_ID");
+        assert_eq!(RequestError::Timeout(5).to_body().details, Some(json!({"timeoutMs": 5})));
+        assert_eq!(RequestError::Cancelled.code().as_str(), "CANCELLED");
+    }
+}

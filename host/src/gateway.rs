@@ -1,0 +1,551 @@
+//! The gateway: the host's core, independent of socketioxide and lapin.
+//!
+//! It admits `request`s (envelope checks, routing, size and payload validation, duplicate
+//! ids), publishes them through a [`Broker`], acknowledges them once the broker confirmed,
+//! relays worker replies to the right connection in order, and ends requests on result,
+//! error, cancel, timeout or disconnect — leaving nothing behind in its maps.
+//!
+//! Two maps hold all state:
+//! - `inflight`: correlation id → the request (its connection, client id, stream state).
+//! - `conns`: connection → client id → correlation id (duplicate ids, cancel, disconnect).
+//!
+//! A request is `Publishing` until the broker confirms it: replies that arrive before the
+//! confirm (a fast worker) are buffered, so a client always sees the ack before any
+//! `response`. Then it is `Active` until its final reply. Final transitions happen under
+//! the map's entry lock (`remove_if_mut`), so no event can follow a final one.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use taskgate_protocol::{ErrorBody, ErrorCode, ReplyKind, WorkerErrorBody, MAX_CLIENT_ID_LEN};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::broker::{Broker, IncomingReply, OutgoingRequest, PublishError};
+use crate::error::RequestError;
+use crate::routes::{Checked, RequestTypeSpec, RoutingTable};
+use crate::sink::{ClientSink, EmitError, ResponseEvent};
+
+/// The `request` event body as received. Fields are loosely typed so that a wrong type is
+/// answered with a precise `BAD_REQUEST` instead of a generic parse error.
+#[derive(Debug, Deserialize)]
+pub struct RequestEnvelope {
+    #[serde(default)]
+    pub id: Option<Value>,
+    #[serde(default, rename = "requestType")]
+    pub request_type: Option<Value>,
+    #[serde(default)]
+    pub payload: Option<Box<RawValue>>,
+}
+
+/// The `cancel` event body.
+#[derive(Debug, Deserialize)]
+pub struct CancelEnvelope {
+    #[serde(default)]
+    pub id: Option<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// How long to wait for the broker's publisher confirm before answering `UNAVAILABLE`.
+    pub publish_timeout: Duration,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            publish_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A reply on its way to a client.
+#[derive(Debug)]
+enum Outbound {
+    Chunk { seq: Option<i64>, data: Box<RawValue> },
+    Result(Box<RawValue>),
+    Error(ErrorBody),
+}
+
+#[derive(Debug)]
+enum Stage {
+    Publishing { buffered: Vec<Outbound>, cancelled: bool },
+    Active,
+}
+
+#[derive(Debug)]
+struct InFlight<C> {
+    conn: C,
+    client_id: Arc<str>,
+    request_type: Arc<str>,
+    stage: Stage,
+    /// The `seq` of the next chunk sent to the client.
+    next_seq: u64,
+    timer: Option<AbortHandle>,
+}
+
+pub struct Gateway<B: Broker, S: ClientSink> {
+    broker: Arc<B>,
+    sink: Arc<S>,
+    routes: ArcSwap<RoutingTable>,
+    inflight: DashMap<Uuid, InFlight<S::Conn>>,
+    conns: DashMap<S::Conn, HashMap<Arc<str>, Uuid>>,
+    options: GatewayOptions,
+}
+
+struct Admitted {
+    correlation_id: Uuid,
+    spec: Arc<RequestTypeSpec>,
+    body: Box<str>,
+}
+
+impl<B: Broker, S: ClientSink> Gateway<B, S> {
+    pub fn new(broker: Arc<B>, sink: Arc<S>, routes: RoutingTable, options: GatewayOptions) -> Self {
+        Gateway {
+            broker,
+            sink,
+            routes: ArcSwap::from_pointee(routes),
+            inflight: DashMap::new(),
+            conns: DashMap::new(),
+            options,
+        }
+    }
+
+    /// The current routing table.
+    pub fn routes(&self) -> Arc<RoutingTable> {
+        self.routes.load_full()
+    }
+
+    /// Replaces the routing table; requests already in flight are not affected.
+    pub fn set_routes(&self, routes: RoutingTable) {
+        self.routes.store(Arc::new(routes));
+    }
+
+    /// Requests admitted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Client ids reserved across all connections (equals `in_flight` when idle paths are
+    /// clean; tests assert both reach zero).
+    pub fn reserved_ids(&self) -> usize {
+        self.conns.iter().map(|c| c.len()).sum()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn connected(&self, conn: S::Conn) {
+        self.conns.insert(conn, HashMap::new());
+    }
+
+    /// The connection is gone: forget its requests and tell workers to stop them.
+    pub fn disconnected(&self, conn: S::Conn) {
+        let Some((_, requests)) = self.conns.remove(&conn) else {
+            return;
+        };
+        for correlation_id in requests.into_values() {
+            if let Some((_, request)) = self.inflight.remove(&correlation_id) {
+                if let Some(timer) = &request.timer {
+                    timer.abort();
+                }
+                debug!(%correlation_id, client_id = %request.client_id, "client disconnected; cancelling");
+                // A request still publishing is cancelled when its confirm arrives.
+                if matches!(request.stage, Stage::Active) {
+                    self.spawn_cancel(correlation_id);
+                }
+            }
+        }
+    }
+
+    /// Handles one `request` event. `envelope` is `Err` with a parse message when the event
+    /// body was not an object of the expected shape.
+    pub async fn submit(
+        self: &Arc<Self>,
+        conn: S::Conn,
+        envelope: Result<RequestEnvelope, String>,
+        ack: S::Ack,
+    ) {
+        let admitted = match self.admit(conn, envelope) {
+            Ok(admitted) => admitted,
+            Err(error) => {
+                debug!(?conn, code = %error.code(), %error, "request refused");
+                self.sink.ack(ack, Err(&error.to_body()));
+                return;
+            }
+        };
+        let Admitted { correlation_id, spec, body } = admitted;
+        let deadline = Instant::now() + spec.timeout;
+        let request = OutgoingRequest {
+            correlation_id,
+            request_type: spec.name.as_str().into(),
+            queue: spec.queue.as_str().into(),
+            body,
+            streams: spec.streams,
+            timeout: spec.timeout,
+            deadline_ms: unix_ms_after(spec.timeout),
+        };
+        let wait = self.options.publish_timeout.min(spec.timeout);
+        let published = match tokio::time::timeout(wait, self.broker.publish(request)).await {
+            Ok(result) => result,
+            Err(_) => Err(PublishError::ConfirmTimeout(wait)),
+        };
+        match published {
+            Ok(()) => self.activate(correlation_id, ack, deadline),
+            Err(error) => {
+                warn!(%correlation_id, request_type = %spec.name, %error, "publish failed");
+                if let Some((_, request)) = self.inflight.remove(&correlation_id) {
+                    self.release_id(correlation_id, &request);
+                }
+                let error = RequestError::Unavailable(error.to_string());
+                self.sink.ack(ack, Err(&error.to_body()));
+            }
+        }
+    }
+
+    fn admit(
+        &self,
+        conn: S::Conn,
+        envelope: Result<RequestEnvelope, String>,
+    ) -> Result<Admitted, RequestError> {
+        let envelope = envelope.map_err(RequestError::BadRequest)?;
+        let id = required_string(envelope.id, "id")?;
+        let len = id.chars().count();
+        if len == 0 || len > MAX_CLIENT_ID_LEN {
+            return Err(RequestError::BadRequest(format!(
+                "`id` must be 1 to {MAX_CLIENT_ID_LEN} characters long (got {len})"
+            )));
+        }
+        let request_type = required_string(envelope.request_type, "requestType")?;
+        let spec = self
+            .routes
+            .load()
+            .get(&request_type)
+            .cloned()
+            .ok_or(RequestError::UnknownRequestType(request_type))?;
+        let payload = match envelope.payload {
+            Some(payload) => payload,
+            None => null_payload(),
+        };
+        let body: Box<str> = match spec.check(&payload)? {
+            Checked::Unchanged => payload.into(),
+            Checked::Normalised(json) => json.into_boxed_str(),
+        };
+
+        let correlation_id = Uuid::new_v4();
+        let client_id: Arc<str> = id.into();
+        {
+            let mut requests = self.conns.get_mut(&conn).ok_or_else(|| {
+                RequestError::Unavailable("the connection is closing".to_owned())
+            })?;
+            match requests.entry(client_id.clone()) {
+                Entry::Occupied(_) => return Err(RequestError::DuplicateId(client_id.to_string())),
+                Entry::Vacant(slot) => {
+                    slot.insert(correlation_id);
+                }
+            }
+        }
+        self.inflight.insert(
+            correlation_id,
+            InFlight {
+                conn,
+                client_id,
+                request_type: spec.name.as_str().into(),
+                stage: Stage::Publishing { buffered: Vec::new(), cancelled: false },
+                next_seq: 0,
+                timer: None,
+            },
+        );
+        debug!(%correlation_id, request_type = %spec.name, "request admitted");
+        Ok(Admitted { correlation_id, spec, body })
+    }
+
+    /// The broker confirmed the publish: acknowledge, then deliver what arrived meanwhile.
+    fn activate(self: &Arc<Self>, correlation_id: Uuid, ack: S::Ack, deadline: Instant) {
+        let mut ack = Some(ack);
+        let mut known = false;
+        let mut cancelled_early = false;
+        let finished = self.inflight.remove_if_mut(&correlation_id, |_, request| {
+            known = true;
+            if let Some(ack) = ack.take() {
+                self.sink.ack(ack, Ok(()));
+            }
+            let Stage::Publishing { buffered, cancelled } =
+                std::mem::replace(&mut request.stage, Stage::Active)
+            else {
+                return false;
+            };
+            for outbound in buffered {
+                if self.deliver(request, outbound) {
+                    return true;
+                }
+            }
+            if cancelled {
+                cancelled_early = true;
+                self.emit_error(request, &RequestError::Cancelled.to_body());
+                return true;
+            }
+            request.timer = Some(self.start_timer(correlation_id, deadline));
+            false
+        });
+        if let Some((_, request)) = finished {
+            self.release_id(correlation_id, &request);
+            if cancelled_early {
+                self.spawn_cancel(correlation_id);
+            }
+        } else if !known {
+            // The client disconnected while we were publishing: nobody waits for this.
+            if let Some(ack) = ack.take() {
+                self.sink.ack(ack, Ok(()));
+            }
+            self.spawn_cancel(correlation_id);
+        }
+    }
+
+    /// Sends one reply to the client. Returns true when it was the final one.
+    fn deliver(&self, request: &mut InFlight<S::Conn>, outbound: Outbound) -> bool {
+        match outbound {
+            Outbound::Chunk { seq, data } => {
+                if let Some(worker_seq) = seq {
+                    // A redelivered request starts its chunks over: skip the ones sent.
+                    if worker_seq >= 0 && (worker_seq as u64) < request.next_seq {
+                        debug!(client_id = %request.client_id, worker_seq, "duplicate chunk dropped");
+                        return false;
+                    }
+                }
+                let seq = request.next_seq;
+                request.next_seq += 1;
+                self.emit(request.conn, &ResponseEvent::chunk(&request.client_id, seq, &data));
+                false
+            }
+            Outbound::Result(data) => {
+                self.emit(request.conn, &ResponseEvent::result(&request.client_id, &data));
+                true
+            }
+            Outbound::Error(error) => {
+                self.emit_error(request, &error);
+                true
+            }
+        }
+    }
+
+    fn emit_error(&self, request: &InFlight<S::Conn>, error: &ErrorBody) {
+        self.emit(request.conn, &ResponseEvent::error(&request.client_id, error));
+    }
+
+    fn emit(&self, conn: S::Conn, event: &ResponseEvent<'_>) {
+        match self.sink.emit(conn, event) {
+            Ok(()) => {}
+            Err(EmitError::Gone) => debug!(?conn, "response for a closed connection dropped"),
+            Err(EmitError::Full) => {
+                warn!(?conn, "client is not reading its responses (send buffer full); disconnecting it");
+                self.sink.disconnect(conn);
+            }
+            Err(EmitError::Encode) => warn!(?conn, "response could not be encoded"),
+        }
+    }
+
+    /// Handles one reply message from a worker.
+    pub fn on_reply(&self, reply: IncomingReply) {
+        let Some(correlation_id) = reply.correlation_id.as_deref().and_then(|c| Uuid::parse_str(c).ok())
+        else {
+            debug!(correlation_id = ?reply.correlation_id, "reply without a valid correlation id dropped");
+            return;
+        };
+        if !self.inflight.contains_key(&correlation_id) {
+            debug!(%correlation_id, "reply for an unknown or finished request dropped");
+            return;
+        }
+        let Some(kind) = reply.kind.as_deref().and_then(ReplyKind::parse) else {
+            warn!(%correlation_id, kind = ?reply.kind, "reply with an unknown `type` dropped");
+            return;
+        };
+        let outbound = match kind {
+            ReplyKind::Chunk => match raw_json(reply.body) {
+                Some(data) => Outbound::Chunk { seq: reply.seq, data },
+                None => {
+                    warn!(%correlation_id, "chunk whose body is not JSON dropped");
+                    return;
+                }
+            },
+            ReplyKind::Result => match raw_json(reply.body) {
+                Some(data) => Outbound::Result(data),
+                None => {
+                    warn!(%correlation_id, "result whose body is not JSON");
+                    Outbound::Error(ErrorBody::new(
+                        ErrorCode::WorkerError,
+                        "the worker's result was not valid JSON",
+                    ))
+                }
+            },
+            ReplyKind::Error => match serde_json::from_slice::<WorkerErrorBody>(&reply.body) {
+                Ok(body) => Outbound::Error(body.into_error_body()),
+                Err(error) => {
+                    warn!(%correlation_id, %error, "malformed error reply");
+                    Outbound::Error(ErrorBody::new(
+                        ErrorCode::WorkerError,
+                        "the worker reported an error in a malformed reply",
+                    ))
+                }
+            },
+        };
+        self.route_reply(correlation_id, outbound);
+    }
+
+    fn route_reply(&self, correlation_id: Uuid, outbound: Outbound) {
+        if let Outbound::Chunk { .. } = outbound {
+            if let Some(mut request) = self.inflight.get_mut(&correlation_id) {
+                match &mut request.stage {
+                    Stage::Publishing { buffered, .. } => buffered.push(outbound),
+                    Stage::Active => {
+                        self.deliver(&mut request, outbound);
+                    }
+                }
+            }
+            return;
+        }
+        let mut outbound = Some(outbound);
+        let finished = self.inflight.remove_if_mut(&correlation_id, |_, request| {
+            let Some(outbound) = outbound.take() else {
+                return false;
+            };
+            match &mut request.stage {
+                Stage::Publishing { buffered, .. } => {
+                    buffered.push(outbound);
+                    false
+                }
+                Stage::Active => self.deliver(request, outbound),
+            }
+        });
+        if let Some((_, request)) = finished {
+            debug!(%correlation_id, request_type = %request.request_type, "request finished");
+            self.release_id(correlation_id, &request);
+        }
+    }
+
+    /// Handles a client's `cancel` event.
+    pub fn cancel(&self, conn: S::Conn, envelope: Result<CancelEnvelope, String>) {
+        let Ok(CancelEnvelope { id: Some(Value::String(id)) }) = envelope else {
+            debug!(?conn, "malformed cancel ignored");
+            return;
+        };
+        let Some(correlation_id) = self.conns.get(&conn).and_then(|r| r.get(id.as_str()).copied())
+        else {
+            debug!(?conn, client_id = %id, "cancel for a request not in flight ignored");
+            return;
+        };
+        let cancelled = self.inflight.remove_if_mut(&correlation_id, |_, request| {
+            match &mut request.stage {
+                Stage::Publishing { cancelled, .. } => {
+                    *cancelled = true;
+                    false
+                }
+                Stage::Active => {
+                    self.emit_error(request, &RequestError::Cancelled.to_body());
+                    true
+                }
+            }
+        });
+        if let Some((_, request)) = cancelled {
+            info!(%correlation_id, client_id = %request.client_id, "request cancelled by the client");
+            self.release_id(correlation_id, &request);
+            self.spawn_cancel(correlation_id);
+        }
+    }
+
+    fn start_timer(self: &Arc<Self>, correlation_id: Uuid, deadline: Instant) -> AbortHandle {
+        let gateway = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            if let Some(gateway) = gateway.upgrade() {
+                gateway.expire(correlation_id);
+            }
+        })
+        .abort_handle()
+    }
+
+    fn expire(&self, correlation_id: Uuid) {
+        let expired = self.inflight.remove_if_mut(&correlation_id, |_, request| {
+            if !matches!(request.stage, Stage::Active) {
+                return false;
+            }
+            let timeout_ms = self
+                .routes
+                .load()
+                .get(&request.request_type)
+                .map(|s| s.timeout.as_millis() as u64)
+                .unwrap_or_default();
+            request.timer = None;
+            self.emit_error(request, &RequestError::Timeout(timeout_ms).to_body());
+            true
+        });
+        if let Some((_, request)) = expired {
+            info!(%correlation_id, client_id = %request.client_id, request_type = %request.request_type, "request timed out");
+            self.release_id(correlation_id, &request);
+            self.spawn_cancel(correlation_id);
+        }
+    }
+
+    /// Frees the client id of a finished request and stops its timer.
+    fn release_id(&self, correlation_id: Uuid, request: &InFlight<S::Conn>) {
+        if let Some(timer) = &request.timer {
+            timer.abort();
+        }
+        if let Some(mut requests) = self.conns.get_mut(&request.conn) {
+            if requests.get(&request.client_id) == Some(&correlation_id) {
+                requests.remove(&request.client_id);
+            }
+        }
+    }
+
+    fn spawn_cancel(&self, correlation_id: Uuid) {
+        let broker = self.broker.clone();
+        tokio::spawn(async move {
+            if let Err(error) = broker.publish_cancel(correlation_id).await {
+                debug!(%correlation_id, %error, "cancellation not published");
+            }
+        });
+    }
+}
+
+fn required_string(value: Option<Value>, field: &str) -> Result<String, RequestError> {
+    match value {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(RequestError::BadRequest(format!("`{field}` must be a string"))),
+        None => Err(RequestError::BadRequest(format!("missing `{field}`"))),
+    }
+}
+
+fn null_payload() -> Box<RawValue> {
+    Box::<RawValue>::default()
+}
+
+/// Takes a worker's body as JSON without copying it when it is already tight.
+fn raw_json(body: Vec<u8>) -> Option<Box<RawValue>> {
+    let text = String::from_utf8(body).ok()?;
+    if text.trim().len() == text.len() {
+        RawValue::from_string(text).ok()
+    } else {
+        // Surrounding whitespace is legal JSON but not a valid RawValue: copy it out.
+        serde_json::from_str::<Box<RawValue>>(&text).ok()
+    }
+}
+
+fn unix_ms_after(timeout: Duration) -> u64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    (now + timeout).as_millis() as u64
+}
+
+#[cfg(test)]
+#[path = "gateway_tests.rs"]
+mod tests;

@@ -1,0 +1,26 @@
+//! The taskgate host: one process that owns the Socket.IO connections to browsers and the
+//! RabbitMQ connection, routes each request by its type to that type's queue, and relays
+//! chunks, results and errors back to the socket that asked.
+//!
+//! # Layout
+//! - [`gateway`]: the core — admission, the in-flight maps, reply relay, cancel, timeouts.
+//!   It knows neither socketioxide nor lapin: it talks to a [`broker::Broker`] and a
+//!   [`sink::ClientSink`].
+//! - [`broker`]: the broker trait; `broker::amqp` (lapin) and `broker::memory` (tests).
+//! - [`sink`]: the client-side trait and response types; [`socketio`] implements it.
+//! - [`routes`]: the routing table of enabled request types and payload validation.
+//! - [`plugins`]: scanning the plugins directory and applying plugins.toml.
+//! - [`config`] and [`cli`]: plugins.toml, flags, environment variables.
+//! - [`server`]: wiring it all up behind axum.
+//! - [`error`]: why a request fails, mapped to protocol error codes.
+
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod plugins;
+pub mod routes;
+pub mod server;
+pub mod sink;
+pub mod socketio;

@@ -1,0 +1,76 @@
+//! The `taskgate` binary: parse flags, set up logging, bind, run. Everything else is in
+//! the library so tests can run the host in-process.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use taskgate_host::cli::{Cli, Command, LogFormat};
+use taskgate_host::{plugins, server};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("TASKGATE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,socketioxide=warn,engineioxide=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let settings = match cli.settings() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("taskgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.clone().unwrap_or(Command::Run) {
+        Command::Plugins => {
+            let files = plugins::scan(&settings.plugins_dir);
+            print!("{}", plugins::report(&files, &settings));
+            ExitCode::SUCCESS
+        }
+        Command::Run => {
+            let listener = match server::bind(settings.listen).await {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("taskgate: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match server::run(settings, listener, shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("taskgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

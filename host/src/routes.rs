@@ -1,0 +1,326 @@
+//! The routing table: for each enabled request type, everything the host needs to serve it
+//! (queue, limits, timeout, streaming flag) and how to validate its payload.
+//!
+//! A table is immutable once built; hot reload (later) swaps a whole new table in, so a
+//! request always sees one consistent version of its type.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use taskgate_plugin_api::host::Validation;
+use taskgate_plugin_api::Problem;
+
+use crate::error::RequestError;
+
+/// Something that can validate and normalise payloads of a request type. Implemented by
+/// loaded plugins; tests provide small in-process implementations.
+pub trait PayloadValidator: Send + Sync {
+    fn validate(&self, request_type: &str, payload_json: &str) -> Validation;
+}
+
+impl PayloadValidator for taskgate_plugin_api::host::LoadedPlugin {
+    fn validate(&self, request_type: &str, payload_json: &str) -> Validation {
+        taskgate_plugin_api::host::LoadedPlugin::validate(self, request_type, payload_json)
+    }
+}
+
+/// How the payload of a type is checked, decided once when the table is built.
+enum Check {
+    /// Any JSON is accepted and forwarded byte for byte.
+    Anything,
+    /// Only the declared JSON Schema (the plugin has no validation function).
+    Schema(Box<jsonschema::Validator>),
+    /// The plugin's validation function: it is authoritative and may normalise.
+    Plugin(Arc<dyn PayloadValidator>),
+}
+
+/// One request type as the host serves it: the plugin's declaration with the operator's
+/// overrides from plugins.toml applied.
+pub struct RequestTypeSpec {
+    pub name: String,
+    pub plugin: String,
+    pub plugin_version: String,
+    pub queue: String,
+    pub queue_arguments: Map<String, Value>,
+    pub streams: bool,
+    pub timeout: Duration,
+    pub max_payload_bytes: usize,
+    check: Check,
+}
+
+impl fmt::Debug for RequestTypeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestTypeSpec")
+            .field("name", &self.name)
+            .field("plugin", &self.plugin)
+            .field("queue", &self.queue)
+            .field("streams", &self.streams)
+            .field("timeout", &self.timeout)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The payload to publish after validation.
+#[derive(Debug)]
+pub enum Checked {
+    /// Publish the client's bytes unchanged (no copy, no re-serialisation).
+    Unchanged,
+    /// Publish this normalised JSON instead.
+    Normalised(String),
+}
+
+/// What a plugin-independent builder needs to describe a request type.
+#[derive(Debug, Clone)]
+pub struct SpecParts {
+    pub name: String,
+    pub plugin: String,
+    pub plugin_version: String,
+    pub queue: String,
+    pub queue_arguments: Map<String, Value>,
+    pub streams: bool,
+    pub timeout: Duration,
+    pub max_payload_bytes: usize,
+    pub payload_schema: Value,
+}
+
+impl RequestTypeSpec {
+    /// Builds a spec. `validator` is the plugin's validation function, if it declared one;
+    /// without one, a non-trivial `payload_schema` is enforced by the host.
+    pub fn new(
+        parts: SpecParts,
+        validator: Option<Arc<dyn PayloadValidator>>,
+    ) -> Result<Self, String> {
+        let check = match validator {
+            Some(v) => Check::Plugin(v),
+            None if is_trivial_schema(&parts.payload_schema) => Check::Anything,
+            None => Check::Schema(Box::new(
+                jsonschema::validator_for(&parts.payload_schema)
+                    .map_err(|e| format!("payload schema of `{}` is invalid: {e}", parts.name))?,
+            )),
+        };
+        Ok(RequestTypeSpec {
+            name: parts.name,
+            plugin: parts.plugin,
+            plugin_version: parts.plugin_version,
+            queue: parts.queue,
+            queue_arguments: parts.queue_arguments,
+            streams: parts.streams,
+            timeout: parts.timeout,
+            max_payload_bytes: parts.max_payload_bytes,
+            check,
+        })
+    }
+
+    /// Checks a payload against this type's size limit and validation.
+    pub fn check(&self, payload: &RawValue) -> Result<Checked, RequestError> {
+        let json = payload.get();
+        if json.len() > self.max_payload_bytes {
+            return Err(RequestError::PayloadTooLarge {
+                request_type: self.name.clone(),
+                size: json.len(),
+                limit: self.max_payload_bytes,
+            });
+        }
+        match &self.check {
+            Check::Anything => Ok(Checked::Unchanged),
+            Check::Schema(schema) => {
+                let value: Value = serde_json::from_str(json)
+                    .map_err(|e| RequestError::BadRequest(format!("payload is not JSON: {e}")))?;
+                let problems: Vec<Problem> = schema
+                    .iter_errors(&value)
+                    .take(MAX_PROBLEMS)
+                    .map(|e| Problem {
+                        pointer: e.instance_path.to_string(),
+                        message: e.to_string(),
+                    })
+                    .collect();
+                if problems.is_empty() {
+                    Ok(Checked::Unchanged)
+                } else {
+                    Err(self.invalid(problems))
+                }
+            }
+            Check::Plugin(validator) => match validator.validate(&self.name, json) {
+                Validation::Valid(normalised) => Ok(Checked::Normalised(normalised)),
+                Validation::Invalid(mut problems) => {
+                    problems.truncate(MAX_PROBLEMS);
+                    Err(self.invalid(problems))
+                }
+                Validation::Failed(reason) => {
+                    tracing::error!(request_type = %self.name, plugin = %self.plugin, %reason, "plugin validation failed");
+                    Err(RequestError::Internal(format!(
+                        "plugin `{}` failed while validating the payload",
+                        self.plugin
+                    )))
+                }
+            },
+        }
+    }
+
+    fn invalid(&self, problems: Vec<Problem>) -> RequestError {
+        RequestError::InvalidPayload {
+            request_type: self.name.clone(),
+            problems,
+        }
+    }
+}
+
+/// A client gets at most this many problems back: enough to fix a payload, bounded for
+/// hostile ones.
+const MAX_PROBLEMS: usize = 20;
+
+fn is_trivial_schema(schema: &Value) -> bool {
+    match schema {
+        Value::Bool(true) => true,
+        Value::Object(map) => map
+            .keys()
+            .all(|k| matches!(k.as_str(), "$schema" | "title" | "description" | "$id")),
+        _ => false,
+    }
+}
+
+/// Request type name → spec. Built once per configuration, then shared read-only.
+#[derive(Debug, Default)]
+pub struct RoutingTable {
+    types: HashMap<String, Arc<RequestTypeSpec>>,
+}
+
+impl RoutingTable {
+    pub fn new(specs: impl IntoIterator<Item = RequestTypeSpec>) -> Self {
+        RoutingTable {
+            types: specs
+                .into_iter()
+                .map(|s| (s.name.clone(), Arc::new(s)))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, request_type: &str) -> Option<&Arc<RequestTypeSpec>> {
+        self.types.get(request_type)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<RequestTypeSpec>> {
+        self.types.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.types.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.types.is_empty()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Specs for unit tests, without any plugin file.
+    use super::*;
+
+    pub fn parts(name: &str) -> SpecParts {
+        SpecParts {
+            name: name.to_owned(),
+            plugin: "test".to_owned(),
+            plugin_version: "0.0.0".to_owned(),
+            queue: format!("taskgate.{name}"),
+            queue_arguments: Map::new(),
+            streams: false,
+            timeout: Duration::from_secs(30),
+            max_payload_bytes: 1024,
+            payload_schema: Value::Bool(true),
+        }
+    }
+
+    /// A validator from a closure.
+    pub struct FnValidator<F>(pub F);
+    impl<F: Fn(&str) -> Validation + Send + Sync> PayloadValidator for FnValidator<F> {
+        fn validate(&self, _request_type: &str, payload_json: &str) -> Validation {
+            (self.0)(payload_json)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use serde_json::json;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn any_json_passes_through_unchanged() {
+        let spec = RequestTypeSpec::new(parts("echo"), None).unwrap();
+        assert!(matches!(spec.check(&raw(r#"{"a": 1}"#)), Ok(Checked::Unchanged)));
+    }
+
+    #[test]
+    fn oversized_payload_is_refused_before_validation() {
+        let mut p = parts("echo");
+        p.max_payload_bytes = 8;
+        let validator: Arc<dyn PayloadValidator> =
+            Arc::new(FnValidator(|_: &str| -> Validation { panic!("must not be called") }));
+        let spec = RequestTypeSpec::new(p, Some(validator)).unwrap();
+        let err = spec.check(&raw(r#""0123456789""#)).unwrap_err();
+        assert_eq!(err.code().as_str(), "PAYLOAD_TOO_LARGE");
+        assert_eq!(err.to_body().details, Some(json!({"size": 12, "limit": 8})));
+    }
+
+    #[test]
+    fn schema_only_types_are_checked_by_the_host_with_pointers() {
+        let mut p = parts("num");
+        p.payload_schema = json!({
+            "type": "object",
+            "properties": { "n": { "type": "integer", "minimum": 1 } },
+            "required": ["n"]
+        });
+        let spec = RequestTypeSpec::new(p, None).unwrap();
+        assert!(matches!(spec.check(&raw(r#"{"n": 3}"#)), Ok(Checked::Unchanged)));
+        match spec.check(&raw(r#"{"n": 0}"#)) {
+            Err(RequestError::InvalidPayload { problems, .. }) => {
+                assert_eq!(problems.len(), 1);
+                assert_eq!(problems[0].pointer, "/n");
+            }
+            other => panic!("expected INVALID_PAYLOAD, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plugin_validation_normalises_or_reports_problems() {
+        let validator: Arc<dyn PayloadValidator> = Arc::new(FnValidator(|p: &str| {
+            if p.contains("bad") {
+                Validation::Invalid(vec![Problem {
+                    pointer: "/x".into(),
+                    message: "bad".into(),
+                }])
+            } else {
+                Validation::Valid(r#"{"x":1}"#.into())
+            }
+        }));
+        let spec = RequestTypeSpec::new(parts("t"), Some(validator)).unwrap();
+        assert!(
+            matches!(spec.check(&raw(r#"{ "x" : 1 }"#)), Ok(Checked::Normalised(s)) if s == r#"{"x":1}"#)
+        );
+        assert_eq!(
+            spec.check(&raw(r#""bad""#)).unwrap_err().code().as_str(),
+            "INVALID_PAYLOAD"
+        );
+    }
+
+    #[test]
+    fn a_failing_plugin_becomes_internal_without_details_of_the_fault() {
+        let validator: Arc<dyn PayloadValidator> =
+            Arc::new(FnValidator(|_: &str| Validation::Failed("plugin panicked: secret".into())));
+        let spec = RequestTypeSpec::new(parts("t"), Some(validator)).unwrap();
+        let body = spec.check(&raw("1")).unwrap_err().to_body();
+        assert_eq!(body.code, "INTERNAL");
+        assert!(!body.message.contains("secret"));
+    }
+}

@@ -1,0 +1,132 @@
+//! The client side of the host, as a trait: acknowledge a `request` and emit `response`
+//! events to one connection. `socketio` implements it over socketioxide; `memory` records
+//! everything for unit tests.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use taskgate_protocol::{ErrorBody, ReplyKind};
+
+/// The body of a `response` event (protocol §1). `data` is the worker's JSON, relayed as
+/// raw bytes: the host never re-serialises what it only passes through.
+#[derive(Debug, Serialize)]
+pub struct ResponseEvent<'a> {
+    pub id: &'a str,
+    #[serde(rename = "type")]
+    pub kind: ReplyKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a ErrorBody>,
+}
+
+impl<'a> ResponseEvent<'a> {
+    pub fn chunk(id: &'a str, seq: u64, data: &'a RawValue) -> Self {
+        ResponseEvent { id, kind: ReplyKind::Chunk, seq: Some(seq), data: Some(data), error: None }
+    }
+    pub fn result(id: &'a str, data: &'a RawValue) -> Self {
+        ResponseEvent { id, kind: ReplyKind::Result, seq: None, data: Some(data), error: None }
+    }
+    pub fn error(id: &'a str, error: &'a ErrorBody) -> Self {
+        ResponseEvent { id, kind: ReplyKind::Error, seq: None, data: None, error: Some(error) }
+    }
+}
+
+/// The ack body of a `request` (protocol §1).
+#[derive(Debug, Serialize)]
+pub struct AckBody<'a> {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a ErrorBody>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EmitError {
+    #[error("the connection is gone")]
+    Gone,
+    /// The client does not read fast enough; its send buffer is full.
+    #[error("the connection's send buffer is full")]
+    Full,
+    #[error("the event could not be encoded")]
+    Encode,
+}
+
+pub trait ClientSink: Send + Sync + 'static {
+    /// Identifies one client connection.
+    type Conn: Copy + Eq + Hash + Debug + Send + Sync + 'static;
+    /// The acknowledgement callback of one `request`.
+    type Ack: Send + 'static;
+
+    fn ack(&self, ack: Self::Ack, outcome: Result<(), &ErrorBody>);
+    fn emit(&self, conn: Self::Conn, event: &ResponseEvent<'_>) -> Result<(), EmitError>;
+    /// Drops a connection that cannot keep up; its requests are then cleaned up through
+    /// the ordinary disconnect path.
+    fn disconnect(&self, conn: Self::Conn);
+}
+
+pub mod memory {
+    //! A [`ClientSink`] that records acks and events as JSON, for unit tests.
+    use std::sync::Mutex;
+
+    use serde_json::Value;
+
+    use super::*;
+
+    #[derive(Default)]
+    pub struct MemorySink {
+        events: Mutex<Vec<(u32, Value)>>,
+        acks: Mutex<Vec<(u32, Value)>>,
+        full: Mutex<Vec<u32>>,
+        disconnected: Mutex<Vec<u32>>,
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    impl MemorySink {
+        /// Events emitted to `conn`, in order.
+        pub fn events(&self, conn: u32) -> Vec<Value> {
+            lock(&self.events).iter().filter(|(c, _)| *c == conn).map(|(_, v)| v.clone()).collect()
+        }
+        /// Ack bodies for `(conn, tag)` acks, in order; the tag is the test's name for the ack.
+        pub fn acks(&self, tag: u32) -> Vec<Value> {
+            lock(&self.acks).iter().filter(|(t, _)| *t == tag).map(|(_, v)| v.clone()).collect()
+        }
+        /// From now on, emits to `conn` fail as if its buffer were full.
+        pub fn make_full(&self, conn: u32) {
+            lock(&self.full).push(conn);
+        }
+        pub fn disconnected(&self) -> Vec<u32> {
+            lock(&self.disconnected).clone()
+        }
+    }
+
+    impl ClientSink for MemorySink {
+        type Conn = u32;
+        type Ack = u32;
+
+        fn ack(&self, tag: u32, outcome: Result<(), &ErrorBody>) {
+            let body = AckBody { ok: outcome.is_ok(), error: outcome.err() };
+            let value = serde_json::to_value(&body).unwrap_or(Value::Null);
+            lock(&self.acks).push((tag, value));
+        }
+
+        fn emit(&self, conn: u32, event: &ResponseEvent<'_>) -> Result<(), EmitError> {
+            if lock(&self.full).contains(&conn) {
+                return Err(EmitError::Full);
+            }
+            let value = serde_json::to_value(event).map_err(|_| EmitError::Encode)?;
+            lock(&self.events).push((conn, value));
+            Ok(())
+        }
+
+        fn disconnect(&self, conn: u32) {
+            lock(&self.disconnected).push(conn);
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The `taskgate` binary: parse flags, set up logging, bind, run. Everything else is in
 //! the library so tests can run the host in-process.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -11,7 +12,10 @@ use tracing_subscriber::EnvFilter;
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("TASKGATE_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,socketioxide=warn,engineioxide=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -340,7 +340,7 @@ pub fn request_properties(request: &OutgoingRequest, reply_queue: &str) -> Basic
         .with_delivery_mode(names::DELIVERY_MODE_PERSISTENT)
         .with_correlation_id(request.correlation_id.to_string().into())
         .with_reply_to(reply_queue.into())
-        .with_kind(request.request_type.as_ref().into())
+        .with_type(request.request_type.as_ref().into())
         .with_timestamp(now.as_secs())
         .with_expiration(request.timeout.as_millis().max(1).to_string().into())
         .with_headers(headers)
@@ -447,7 +447,7 @@ mod tests {
         headers.insert("x-seq".into(), AMQPValue::LongInt(3));
         let p = BasicProperties::default()
             .with_headers(headers)
-            .with_kind("chunk".into())
+            .with_type("chunk".into())
             .with_correlation_id("c".into());
         let r = incoming_reply(p, b"1".to_vec());
         assert_eq!(r.seq, Some(3));

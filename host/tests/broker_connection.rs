@@ -1,0 +1,119 @@
+//! The broker connection against the real RabbitMQ on 127.0.0.1:5672: connects, retries,
+//! and reports an unreachable or refusing broker clearly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use taskgate_host::broker::amqp::{connect, AmqpBroker, ConnectError, QueueDecl};
+use taskgate_host::broker::{Broker, OutgoingRequest, PublishError};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn request(queue: &str) -> OutgoingRequest {
+    OutgoingRequest {
+        correlation_id: Uuid::new_v4(),
+        request_type: "test".into(),
+        queue: queue.into(),
+        body: "{}".into(),
+        streams: false,
+        timeout: Duration::from_secs(5),
+        deadline_ms: 0,
+    }
+}
+
+async fn wait_connected(broker: &AmqpBroker) {
+    for _ in 0..100 {
+        if broker.is_connected() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("broker did not connect within 5 s");
+}
+
+#[tokio::test]
+async fn connects_to_the_broker() {
+    let connection = connect(URL).await.unwrap();
+    assert!(connection.status().connected());
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_is_reported_clearly() {
+    let err = connect("amqp://guest:guest@127.0.0.1:1/%2f").await.unwrap_err();
+    assert!(matches!(err, ConnectError::Unreachable { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("cannot reach the broker at amqp://guest:***@127.0.0.1:1"), "{text}");
+    assert!(!text.contains("guest@"), "password must not be logged: {text}");
+}
+
+#[tokio::test]
+async fn a_refusing_broker_is_reported_clearly() {
+    let err = connect("amqp://guest:wrong-password@127.0.0.1:5672/%2f").await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, ConnectError::Refused { .. }), "{text}");
+    assert!(text.contains("refused"), "{text}");
+    assert!(!text.contains("wrong-password"), "{text}");
+}
+
+#[tokio::test]
+async fn while_the_broker_is_unreachable_publishes_fail_at_once_and_it_keeps_retrying() {
+    let broker = AmqpBroker::new("amqp://guest:guest@127.0.0.1:1/%2f", Uuid::new_v4(), vec![]);
+    let stop = CancellationToken::new();
+    let task = {
+        let broker = broker.clone();
+        let stopped = stop.clone().cancelled_owned();
+        tokio::spawn(async move { broker.run(|_| {}, stopped).await })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!broker.is_connected());
+    let started = std::time::Instant::now();
+    let err = broker.publish(request("nowhere")).await.unwrap_err();
+    assert_eq!(err, PublishError::NotConnected);
+    assert!(started.elapsed() < Duration::from_millis(100));
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn publishes_are_confirmed_and_unroutable_ones_refused() {
+    let queue = format!("taskgate-test.{}", Uuid::new_v4());
+    let broker = AmqpBroker::new(
+        URL,
+        Uuid::new_v4(),
+        vec![QueueDecl { name: queue.clone(), arguments: Default::default() }],
+    );
+    let stop = CancellationToken::new();
+    let replies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let task = {
+        let broker = broker.clone();
+        let replies = replies.clone();
+        let stopped = stop.clone().cancelled_owned();
+        tokio::spawn(async move {
+            broker
+                .run(move |r| replies.lock().unwrap().push(r), stopped)
+                .await
+        })
+    };
+    wait_connected(&broker).await;
+    broker.publish(request(&queue)).await.unwrap();
+    let err = broker
+        .publish(request(&format!("taskgate-test.missing.{}", Uuid::new_v4())))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PublishError::Unroutable(_)), "{err:?}");
+    broker.publish_cancel(Uuid::new_v4()).await.unwrap();
+
+    // Clean up the queue through a plain connection.
+    let connection = connect(URL).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let deleted = channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1, "the published request was in the queue");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    assert!(!broker.is_connected());
+}

@@ -31,6 +31,10 @@ pub struct Cli {
     #[arg(long, env = "TASKGATE_PLUGINS_DIR", global = true)]
     pub plugins_dir: Option<PathBuf>,
 
+    /// Directory of static files to serve at `/` (e.g. the demo page).
+    #[arg(long, env = "TASKGATE_STATIC_DIR", global = true)]
+    pub static_dir: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "TASKGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -76,6 +80,7 @@ impl Cli {
                 listen: self.listen.clone(),
                 amqp_url: self.amqp_url.clone(),
                 plugins_dir: self.plugins_dir.clone(),
+                static_dir: self.static_dir.clone(),
             },
         )
     }

@@ -51,6 +51,8 @@ pub struct HostSection {
     pub listen: Option<String>,
     pub amqp_url: Option<String>,
     pub plugins_dir: Option<PathBuf>,
+    /// A directory of static files served at `/` (e.g. a built demo page).
+    pub static_dir: Option<PathBuf>,
     pub socket_buffer: Option<usize>,
     pub max_message_bytes: Option<u64>,
 }
@@ -102,6 +104,7 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub amqp_url: Option<String>,
     pub plugins_dir: Option<PathBuf>,
+    pub static_dir: Option<PathBuf>,
 }
 
 /// What the host runs with.
@@ -110,6 +113,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub amqp_url: String,
     pub plugins_dir: PathBuf,
+    pub static_dir: Option<PathBuf>,
     pub socket_buffer: usize,
     pub max_message_bytes: u64,
     /// The plugin tables of plugins.toml.
@@ -146,6 +150,9 @@ impl Settings {
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_PLUGINS_DIR)),
             ),
         };
+        let static_dir = overrides
+            .static_dir
+            .or_else(|| file.host.static_dir.map(|dir| base.join(dir)));
         let amqp_url = overrides
             .amqp_url
             .or(file.host.amqp_url)
@@ -160,7 +167,12 @@ impl Settings {
             listen,
             amqp_url,
             plugins_dir,
-            socket_buffer: file.host.socket_buffer.unwrap_or(DEFAULT_SOCKET_BUFFER).max(16),
+            static_dir,
+            socket_buffer: file
+                .host
+                .socket_buffer
+                .unwrap_or(DEFAULT_SOCKET_BUFFER)
+                .max(16),
             max_message_bytes: file
                 .host
                 .max_message_bytes
@@ -176,7 +188,11 @@ impl Settings {
         let Some(section) = self.plugins.get(plugin) else {
             return TypeOverrides::default();
         };
-        let specific = section.request_types.get(request_type).cloned().unwrap_or_default();
+        let specific = section
+            .request_types
+            .get(request_type)
+            .cloned()
+            .unwrap_or_default();
         TypeOverrides {
             queue: specific.queue.or_else(|| section.queue.clone()),
             timeout_ms: specific.timeout_ms.or(section.timeout_ms),
@@ -236,8 +252,12 @@ mod tests {
             "#,
         )
         .unwrap();
-        let s = Settings::resolve(file.clone(), Some(Path::new("/etc/taskgate/plugins.toml")), Overrides::default())
-            .unwrap();
+        let s = Settings::resolve(
+            file.clone(),
+            Some(Path::new("/etc/taskgate/plugins.toml")),
+            Overrides::default(),
+        )
+        .unwrap();
         assert_eq!(s.listen.to_string(), "0.0.0.0:9000");
         assert_eq!(s.plugins_dir, PathBuf::from("/etc/taskgate/build/plugins"));
         let s = Settings::resolve(
@@ -247,6 +267,7 @@ mod tests {
                 listen: Some("127.0.0.1:0".into()),
                 amqp_url: Some("amqp://x@y/z".into()),
                 plugins_dir: Some("p".into()),
+                static_dir: None,
             },
         )
         .unwrap();
@@ -269,7 +290,11 @@ mod tests {
     fn a_bad_listen_address_is_a_clear_error() {
         let file = parse("[host]\nlisten = \"localhost\"\n").unwrap();
         let err = Settings::resolve(file, None, Overrides::default()).unwrap_err();
-        assert!(err.to_string().contains("invalid listen address `localhost`"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("invalid listen address `localhost`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -277,7 +302,10 @@ mod tests {
         let err = Settings::resolve(
             FileConfig::default(),
             None,
-            Overrides { amqp_url: Some("http://u:secret@h".into()), ..Overrides::default() },
+            Overrides {
+                amqp_url: Some("http://u:secret@h".into()),
+                ..Overrides::default()
+            },
         )
         .unwrap_err();
         assert!(!err.to_string().contains("secret"), "{err}");
@@ -306,7 +334,10 @@ mod tests {
 
     #[test]
     fn redact_url_hides_only_the_password() {
-        assert_eq!(redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
         assert_eq!(redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
     }
 }

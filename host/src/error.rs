@@ -110,9 +110,18 @@ mod tests {
 
     #[test]
     fn each_variant_has_its_protocol_code() {
-        assert_eq!(RequestError::BadRequest("x".into()).code().as_str(), "BAD_REQUEST");
-        assert_eq!(RequestError::DuplicateId("a".into()).code().as_str(), "DUPLICATE_ID");
-        assert_eq!(RequestError::Timeout(5).to_body().details, Some(json!({"timeoutMs": 5})));
+        assert_eq!(
+            RequestError::BadRequest("x".into()).code().as_str(),
+            "BAD_REQUEST"
+        );
+        assert_eq!(
+            RequestError::DuplicateId("a".into()).code().as_str(),
+            "DUPLICATE_ID"
+        );
+        assert_eq!(
+            RequestError::Timeout(5).to_body().details,
+            Some(json!({"timeoutMs": 5}))
+        );
         assert_eq!(RequestError::Cancelled.code().as_str(), "CANCELLED");
     }
 }

@@ -71,14 +71,20 @@ impl Default for GatewayOptions {
 /// A reply on its way to a client.
 #[derive(Debug)]
 enum Outbound {
-    Chunk { seq: Option<i64>, data: Box<RawValue> },
+    Chunk {
+        seq: Option<i64>,
+        data: Box<RawValue>,
+    },
     Result(Box<RawValue>),
     Error(ErrorBody),
 }
 
 #[derive(Debug)]
 enum Stage {
-    Publishing { buffered: Vec<Outbound>, cancelled: bool },
+    Publishing {
+        buffered: Vec<Outbound>,
+        cancelled: bool,
+    },
     Active,
 }
 
@@ -109,7 +115,12 @@ struct Admitted {
 }
 
 impl<B: Broker, S: ClientSink> Gateway<B, S> {
-    pub fn new(broker: Arc<B>, sink: Arc<S>, routes: RoutingTable, options: GatewayOptions) -> Self {
+    pub fn new(
+        broker: Arc<B>,
+        sink: Arc<S>,
+        routes: RoutingTable,
+        options: GatewayOptions,
+    ) -> Self {
         Gateway {
             broker,
             sink,
@@ -184,7 +195,11 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 return;
             }
         };
-        let Admitted { correlation_id, spec, body } = admitted;
+        let Admitted {
+            correlation_id,
+            spec,
+            body,
+        } = admitted;
         let deadline = Instant::now() + spec.timeout;
         let request = OutgoingRequest {
             correlation_id,
@@ -245,9 +260,10 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         let correlation_id = Uuid::new_v4();
         let client_id: Arc<str> = id.into();
         {
-            let mut requests = self.conns.get_mut(&conn).ok_or_else(|| {
-                RequestError::Unavailable("the connection is closing".to_owned())
-            })?;
+            let mut requests = self
+                .conns
+                .get_mut(&conn)
+                .ok_or_else(|| RequestError::Unavailable("the connection is closing".to_owned()))?;
             match requests.entry(client_id.clone()) {
                 Entry::Occupied(_) => return Err(RequestError::DuplicateId(client_id.to_string())),
                 Entry::Vacant(slot) => {
@@ -261,13 +277,20 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 conn,
                 client_id,
                 request_type: spec.name.as_str().into(),
-                stage: Stage::Publishing { buffered: Vec::new(), cancelled: false },
+                stage: Stage::Publishing {
+                    buffered: Vec::new(),
+                    cancelled: false,
+                },
                 next_seq: 0,
                 timer: None,
             },
         );
         debug!(%correlation_id, request_type = %spec.name, "request admitted");
-        Ok(Admitted { correlation_id, spec, body })
+        Ok(Admitted {
+            correlation_id,
+            spec,
+            body,
+        })
     }
 
     /// The broker confirmed the publish: acknowledge, then deliver what arrived meanwhile.
@@ -280,8 +303,10 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             if let Some(ack) = ack.take() {
                 self.sink.ack(ack, Ok(()));
             }
-            let Stage::Publishing { buffered, cancelled } =
-                std::mem::replace(&mut request.stage, Stage::Active)
+            let Stage::Publishing {
+                buffered,
+                cancelled,
+            } = std::mem::replace(&mut request.stage, Stage::Active)
             else {
                 return false;
             };
@@ -325,11 +350,17 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 }
                 let seq = request.next_seq;
                 request.next_seq += 1;
-                self.emit(request.conn, &ResponseEvent::chunk(&request.client_id, seq, &data));
+                self.emit(
+                    request.conn,
+                    &ResponseEvent::chunk(&request.client_id, seq, &data),
+                );
                 false
             }
             Outbound::Result(data) => {
-                self.emit(request.conn, &ResponseEvent::result(&request.client_id, &data));
+                self.emit(
+                    request.conn,
+                    &ResponseEvent::result(&request.client_id, &data),
+                );
                 true
             }
             Outbound::Error(error) => {
@@ -340,7 +371,10 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     }
 
     fn emit_error(&self, request: &InFlight<S::Conn>, error: &ErrorBody) {
-        self.emit(request.conn, &ResponseEvent::error(&request.client_id, error));
+        self.emit(
+            request.conn,
+            &ResponseEvent::error(&request.client_id, error),
+        );
     }
 
     fn emit(&self, conn: S::Conn, event: &ResponseEvent<'_>) {
@@ -348,7 +382,10 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             Ok(()) => {}
             Err(EmitError::Gone) => debug!(?conn, "response for a closed connection dropped"),
             Err(EmitError::Full) => {
-                warn!(?conn, "client is not reading its responses (send buffer full); disconnecting it");
+                warn!(
+                    ?conn,
+                    "client is not reading its responses (send buffer full); disconnecting it"
+                );
                 self.sink.disconnect(conn);
             }
             Err(EmitError::Encode) => warn!(?conn, "response could not be encoded"),
@@ -357,7 +394,10 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
 
     /// Handles one reply message from a worker.
     pub fn on_reply(&self, reply: IncomingReply) {
-        let Some(correlation_id) = reply.correlation_id.as_deref().and_then(|c| Uuid::parse_str(c).ok())
+        let Some(correlation_id) = reply
+            .correlation_id
+            .as_deref()
+            .and_then(|c| Uuid::parse_str(c).ok())
         else {
             debug!(correlation_id = ?reply.correlation_id, "reply without a valid correlation id dropped");
             return;
@@ -372,7 +412,10 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         };
         let outbound = match kind {
             ReplyKind::Chunk => match raw_json(reply.body) {
-                Some(data) => Outbound::Chunk { seq: reply.seq, data },
+                Some(data) => Outbound::Chunk {
+                    seq: reply.seq,
+                    data,
+                },
                 None => {
                     warn!(%correlation_id, "chunk whose body is not JSON dropped");
                     return;
@@ -435,27 +478,33 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
 
     /// Handles a client's `cancel` event.
     pub fn cancel(&self, conn: S::Conn, envelope: Result<CancelEnvelope, String>) {
-        let Ok(CancelEnvelope { id: Some(Value::String(id)) }) = envelope else {
+        let Ok(CancelEnvelope {
+            id: Some(Value::String(id)),
+        }) = envelope
+        else {
             debug!(?conn, "malformed cancel ignored");
             return;
         };
-        let Some(correlation_id) = self.conns.get(&conn).and_then(|r| r.get(id.as_str()).copied())
+        let Some(correlation_id) = self
+            .conns
+            .get(&conn)
+            .and_then(|r| r.get(id.as_str()).copied())
         else {
             debug!(?conn, client_id = %id, "cancel for a request not in flight ignored");
             return;
         };
-        let cancelled = self.inflight.remove_if_mut(&correlation_id, |_, request| {
-            match &mut request.stage {
-                Stage::Publishing { cancelled, .. } => {
-                    *cancelled = true;
-                    false
-                }
-                Stage::Active => {
-                    self.emit_error(request, &RequestError::Cancelled.to_body());
-                    true
-                }
-            }
-        });
+        let cancelled =
+            self.inflight
+                .remove_if_mut(&correlation_id, |_, request| match &mut request.stage {
+                    Stage::Publishing { cancelled, .. } => {
+                        *cancelled = true;
+                        false
+                    }
+                    Stage::Active => {
+                        self.emit_error(request, &RequestError::Cancelled.to_body());
+                        true
+                    }
+                });
         if let Some((_, request)) = cancelled {
             info!(%correlation_id, client_id = %request.client_id, "request cancelled by the client");
             self.release_id(correlation_id, &request);
@@ -521,7 +570,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
 fn required_string(value: Option<Value>, field: &str) -> Result<String, RequestError> {
     match value {
         Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(RequestError::BadRequest(format!("`{field}` must be a string"))),
+        Some(_) => Err(RequestError::BadRequest(format!(
+            "`{field}` must be a string"
+        ))),
         None => Err(RequestError::BadRequest(format!("missing `{field}`"))),
     }
 }
@@ -542,7 +593,9 @@ fn raw_json(body: Vec<u8>) -> Option<Box<RawValue>> {
 }
 
 fn unix_ms_after(timeout: Duration) -> u64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     (now + timeout).as_millis() as u64
 }
 

@@ -34,7 +34,10 @@ fn harness() -> Harness {
             Ok(Value::Object(o)) if o.get("n").is_some_and(Value::is_u64) => {
                 Validation::Valid(json!({ "n": o["n"] }).to_string())
             }
-            _ => Validation::Invalid(vec![Problem { pointer: "/n".into(), message: "required".into() }]),
+            _ => Validation::Invalid(vec![Problem {
+                pointer: "/n".into(),
+                message: "required".into(),
+            }]),
         }
     }));
     let routes = RoutingTable::new([
@@ -49,10 +52,16 @@ fn harness() -> Harness {
         broker.clone(),
         sink.clone(),
         routes,
-        GatewayOptions { publish_timeout: Duration::from_secs(1) },
+        GatewayOptions {
+            publish_timeout: Duration::from_secs(1),
+        },
     ));
     gateway.connected(CONN);
-    Harness { gateway, broker, sink }
+    Harness {
+        gateway,
+        broker,
+        sink,
+    }
 }
 
 fn envelope(v: Value) -> Result<RequestEnvelope, String> {
@@ -79,7 +88,11 @@ impl Harness {
     }
 
     fn last_correlation_id(&self) -> Uuid {
-        self.broker.published().last().expect("a publish").correlation_id
+        self.broker
+            .published()
+            .last()
+            .expect("a publish")
+            .correlation_id
     }
 
     fn assert_clean(&self) {
@@ -106,8 +119,12 @@ async fn accepted_request_is_published_acked_and_its_result_relayed() {
     assert!(p.streams);
     assert_eq!(&*p.body, r#"{"x":[1,2]}"#);
 
-    h.gateway.on_reply(reply(p.correlation_id, "result", r#"{"y":  true}"#));
-    assert_eq!(h.sink.events(CONN), vec![json!({"id": "a", "type": "result", "data": {"y": true}})]);
+    h.gateway
+        .on_reply(reply(p.correlation_id, "result", r#"{"y":  true}"#));
+    assert_eq!(
+        h.sink.events(CONN),
+        vec![json!({"id": "a", "type": "result", "data": {"y": true}})]
+    );
     h.assert_clean();
 }
 
@@ -115,7 +132,8 @@ async fn accepted_request_is_published_acked_and_its_result_relayed() {
 async fn payload_bytes_pass_through_unchanged_when_the_type_does_not_validate() {
     let h = harness();
     let envelope: RequestEnvelope =
-        serde_json::from_str(r#"{"id":"a","requestType":"echo","payload":{ "k" :  "v\u00e9" }}"#).unwrap();
+        serde_json::from_str(r#"{"id":"a","requestType":"echo","payload":{ "k" :  "v\u00e9" }}"#)
+            .unwrap();
     h.gateway.submit(CONN, Ok(envelope), 1).await;
     assert_eq!(&*h.broker.published()[0].body, r#"{ "k" :  "v\u00e9" }"#);
 }
@@ -123,7 +141,9 @@ async fn payload_bytes_pass_through_unchanged_when_the_type_does_not_validate() 
 #[tokio::test]
 async fn plugin_validation_normalises_the_published_payload() {
     let h = harness();
-    let ack = h.submit(1, req("a", "strict", json!({"n": 3, "extra": true}))).await;
+    let ack = h
+        .submit(1, req("a", "strict", json!({"n": 3, "extra": true})))
+        .await;
     assert_eq!(ack["ok"], json!(true));
     assert_eq!(&*h.broker.published()[0].body, r#"{"n":3}"#);
 }
@@ -154,17 +174,28 @@ async fn malformed_envelopes_are_bad_requests() {
 async fn an_id_of_exactly_128_characters_is_accepted() {
     let h = harness();
     let id = "é".repeat(MAX_CLIENT_ID_LEN);
-    assert_eq!(h.submit(1, req(&id, "echo", json!(1))).await["ok"], json!(true));
+    assert_eq!(
+        h.submit(1, req(&id, "echo", json!(1))).await["ok"],
+        json!(true)
+    );
 }
 
 #[tokio::test]
 async fn unknown_types_invalid_and_oversized_payloads_are_refused_and_never_published() {
     let h = harness();
-    assert_eq!(refusal_code(&h.submit(1, req("a", "nope", json!({}))).await), "UNKNOWN_REQUEST_TYPE");
+    assert_eq!(
+        refusal_code(&h.submit(1, req("a", "nope", json!({}))).await),
+        "UNKNOWN_REQUEST_TYPE"
+    );
     let invalid = h.submit(2, req("b", "strict", json!({"n": "x"}))).await;
     assert_eq!(refusal_code(&invalid), "INVALID_PAYLOAD");
-    assert_eq!(invalid["error"]["details"]["problems"][0]["pointer"], json!("/n"));
-    let big = h.submit(3, req("c", "small", json!("0123456789abcdef"))).await;
+    assert_eq!(
+        invalid["error"]["details"]["problems"][0]["pointer"],
+        json!("/n")
+    );
+    let big = h
+        .submit(3, req("c", "small", json!("0123456789abcdef")))
+        .await;
     assert_eq!(refusal_code(&big), "PAYLOAD_TOO_LARGE");
     assert!(h.broker.published().is_empty());
     h.assert_clean();
@@ -173,7 +204,9 @@ async fn unknown_types_invalid_and_oversized_payloads_are_refused_and_never_publ
 #[tokio::test]
 async fn missing_payload_is_null() {
     let h = harness();
-    let ack = h.submit(1, envelope(json!({"id": "a", "requestType": "echo"}))).await;
+    let ack = h
+        .submit(1, envelope(json!({"id": "a", "requestType": "echo"})))
+        .await;
     assert_eq!(ack["ok"], json!(true));
     assert_eq!(&*h.broker.published()[0].body, "null");
 }
@@ -181,8 +214,14 @@ async fn missing_payload_is_null() {
 #[tokio::test]
 async fn duplicate_ids_are_refused_while_in_flight_and_reusable_after() {
     let h = harness();
-    assert_eq!(h.submit(1, req("a", "echo", json!(1))).await["ok"], json!(true));
-    assert_eq!(refusal_code(&h.submit(2, req("a", "echo", json!(2))).await), "DUPLICATE_ID");
+    assert_eq!(
+        h.submit(1, req("a", "echo", json!(1))).await["ok"],
+        json!(true)
+    );
+    assert_eq!(
+        refusal_code(&h.submit(2, req("a", "echo", json!(2))).await),
+        "DUPLICATE_ID"
+    );
     // The same id on another connection is fine.
     h.gateway.connected(2);
     h.gateway.submit(2, req("a", "echo", json!(3)), 3).await;
@@ -190,7 +229,10 @@ async fn duplicate_ids_are_refused_while_in_flight_and_reusable_after() {
 
     let first = h.broker.published()[0].correlation_id;
     h.gateway.on_reply(reply(first, "result", "1"));
-    assert_eq!(h.submit(4, req("a", "echo", json!(4))).await["ok"], json!(true));
+    assert_eq!(
+        h.submit(4, req("a", "echo", json!(4))).await["ok"],
+        json!(true)
+    );
 }
 
 #[tokio::test]
@@ -202,7 +244,10 @@ async fn a_failed_publish_is_unavailable_and_leaves_nothing_behind() {
     h.assert_clean();
     // And the id is free again.
     h.broker.fail_with(None);
-    assert_eq!(h.submit(2, req("a", "echo", json!(1))).await["ok"], json!(true));
+    assert_eq!(
+        h.submit(2, req("a", "echo", json!(1))).await["ok"],
+        json!(true)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -211,7 +256,10 @@ async fn a_confirm_that_never_comes_is_unavailable_not_a_hang() {
     h.broker.hold_confirms(true);
     let ack = h.submit(1, req("a", "echo", json!(1))).await;
     assert_eq!(refusal_code(&ack), "UNAVAILABLE");
-    assert!(ack["error"]["message"].as_str().unwrap().contains("confirm"));
+    assert!(ack["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("confirm"));
     h.assert_clean();
 }
 
@@ -221,7 +269,8 @@ async fn chunks_are_relayed_in_order_with_seq_and_nothing_follows_the_final_repl
     h.submit(1, req("a", "echo", json!(1))).await;
     let c = h.last_correlation_id();
     for i in 0..3 {
-        h.gateway.on_reply(reply(c, "chunk", &format!("{{\"i\":{i}}}")));
+        h.gateway
+            .on_reply(reply(c, "chunk", &format!("{{\"i\":{i}}}")));
     }
     h.gateway.on_reply(reply(c, "result", "\"done\""));
     h.gateway.on_reply(reply(c, "chunk", "{\"late\":true}"));
@@ -243,11 +292,19 @@ async fn chunks_replayed_by_a_redelivered_request_are_not_sent_twice() {
     let h = harness();
     h.submit(1, req("a", "echo", json!(1))).await;
     let c = h.last_correlation_id();
-    let chunk = |seq: i64| IncomingReply { seq: Some(seq), ..reply(c, "chunk", &seq.to_string()) };
+    let chunk = |seq: i64| IncomingReply {
+        seq: Some(seq),
+        ..reply(c, "chunk", &seq.to_string())
+    };
     for seq in [0, 1, 0, 1, 2] {
         h.gateway.on_reply(chunk(seq));
     }
-    let seqs: Vec<Value> = h.sink.events(CONN).iter().map(|e| e["data"].clone()).collect();
+    let seqs: Vec<Value> = h
+        .sink
+        .events(CONN)
+        .iter()
+        .map(|e| e["data"].clone())
+        .collect();
     assert_eq!(seqs, vec![json!(0), json!(1), json!(2)]);
 }
 
@@ -256,14 +313,18 @@ async fn replies_before_the_confirm_wait_until_the_ack_is_sent() {
     let h = harness();
     h.broker.hold_confirms(true);
     let gateway = h.gateway.clone();
-    let submit = tokio::spawn(async move { gateway.submit(CONN, req("a", "echo", json!(1)), 1).await });
+    let submit =
+        tokio::spawn(async move { gateway.submit(CONN, req("a", "echo", json!(1)), 1).await });
     while h.broker.published().is_empty() {
         tokio::task::yield_now().await;
     }
     let c = h.last_correlation_id();
     h.gateway.on_reply(reply(c, "chunk", "1"));
     h.gateway.on_reply(reply(c, "result", "2"));
-    assert!(h.sink.events(CONN).is_empty(), "nothing may precede the ack");
+    assert!(
+        h.sink.events(CONN).is_empty(),
+        "nothing may precede the ack"
+    );
     assert!(h.sink.acks(1).is_empty());
     h.broker.release_confirms();
     submit.await.unwrap();
@@ -277,7 +338,10 @@ async fn cancel_ends_the_request_and_notifies_workers() {
     let h = harness();
     h.submit(1, req("a", "echo", json!(1))).await;
     let c = h.last_correlation_id();
-    h.gateway.cancel(CONN, serde_json::from_value(json!({"id": "a"})).map_err(|e: serde_json::Error| e.to_string()));
+    h.gateway.cancel(
+        CONN,
+        serde_json::from_value(json!({"id": "a"})).map_err(|e: serde_json::Error| e.to_string()),
+    );
     let events = h.sink.events(CONN);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["type"], json!("error"));
@@ -293,8 +357,14 @@ async fn cancel_ends_the_request_and_notifies_workers() {
 #[tokio::test]
 async fn cancel_of_an_unknown_or_malformed_id_is_ignored() {
     let h = harness();
-    h.gateway.cancel(CONN, Ok(CancelEnvelope { id: Some(json!("nope")) }));
-    h.gateway.cancel(CONN, Ok(CancelEnvelope { id: Some(json!(5)) }));
+    h.gateway.cancel(
+        CONN,
+        Ok(CancelEnvelope {
+            id: Some(json!("nope")),
+        }),
+    );
+    h.gateway
+        .cancel(CONN, Ok(CancelEnvelope { id: Some(json!(5)) }));
     h.gateway.cancel(CONN, Err("not an object".into()));
     assert!(h.sink.events(CONN).is_empty());
 }
@@ -304,11 +374,17 @@ async fn cancel_while_publishing_acks_then_cancels() {
     let h = harness();
     h.broker.hold_confirms(true);
     let gateway = h.gateway.clone();
-    let submit = tokio::spawn(async move { gateway.submit(CONN, req("a", "echo", json!(1)), 1).await });
+    let submit =
+        tokio::spawn(async move { gateway.submit(CONN, req("a", "echo", json!(1)), 1).await });
     while h.broker.published().is_empty() {
         tokio::task::yield_now().await;
     }
-    h.gateway.cancel(CONN, Ok(CancelEnvelope { id: Some(json!("a")) }));
+    h.gateway.cancel(
+        CONN,
+        Ok(CancelEnvelope {
+            id: Some(json!("a")),
+        }),
+    );
     h.broker.release_confirms();
     submit.await.unwrap();
     assert_eq!(h.sink.acks(1), vec![json!({"ok": true})]);
@@ -339,7 +415,8 @@ async fn a_request_without_a_final_reply_times_out_and_workers_are_told() {
 async fn a_finished_request_does_not_time_out_later() {
     let h = harness();
     h.submit(1, req("a", "slow", json!(1))).await;
-    h.gateway.on_reply(reply(h.last_correlation_id(), "result", "1"));
+    h.gateway
+        .on_reply(reply(h.last_correlation_id(), "result", "1"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(h.sink.events(CONN).len(), 1);
 }
@@ -372,11 +449,20 @@ async fn malformed_worker_replies_never_break_the_request() {
     let c = h.last_correlation_id();
     h.gateway.on_reply(reply(c, "chunk", "not json"));
     h.gateway.on_reply(reply(c, "bogus", "1"));
-    h.gateway.on_reply(IncomingReply { kind: None, ..reply(c, "x", "1") });
-    h.gateway.on_reply(IncomingReply { correlation_id: Some("garbage".into()), ..reply(c, "result", "1") });
+    h.gateway.on_reply(IncomingReply {
+        kind: None,
+        ..reply(c, "x", "1")
+    });
+    h.gateway.on_reply(IncomingReply {
+        correlation_id: Some("garbage".into()),
+        ..reply(c, "result", "1")
+    });
     h.gateway.on_reply(reply(Uuid::new_v4(), "result", "1"));
     assert!(h.sink.events(CONN).is_empty());
-    h.gateway.on_reply(IncomingReply { body: vec![0xff, 0xfe], ..reply(c, "result", "") });
+    h.gateway.on_reply(IncomingReply {
+        body: vec![0xff, 0xfe],
+        ..reply(c, "result", "")
+    });
     let events = h.sink.events(CONN);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["error"]["code"], json!("WORKER_ERROR"));
@@ -387,13 +473,30 @@ async fn malformed_worker_replies_never_break_the_request() {
 async fn worker_errors_keep_their_code_or_default_to_worker_error() {
     let h = harness();
     h.submit(1, req("a", "echo", json!(1))).await;
-    h.gateway.on_reply(reply(h.last_correlation_id(), "error", r#"{"message":"boom","details":{"k":1}}"#));
+    h.gateway.on_reply(reply(
+        h.last_correlation_id(),
+        "error",
+        r#"{"message":"boom","details":{"k":1}}"#,
+    ));
     h.submit(2, req("b", "echo", json!(1))).await;
-    h.gateway.on_reply(reply(h.last_correlation_id(), "error", r#"{"code":"NOT_FOUND","message":"no"}"#));
+    h.gateway.on_reply(reply(
+        h.last_correlation_id(),
+        "error",
+        r#"{"code":"NOT_FOUND","message":"no"}"#,
+    ));
     h.submit(3, req("c", "echo", json!(1))).await;
-    h.gateway.on_reply(reply(h.last_correlation_id(), "error", r#"[1,2]"#));
-    let errors: Vec<Value> = h.sink.events(CONN).iter().map(|e| e["error"].clone()).collect();
-    assert_eq!(errors[0], json!({"code": "WORKER_ERROR", "message": "boom", "details": {"k": 1}}));
+    h.gateway
+        .on_reply(reply(h.last_correlation_id(), "error", r#"[1,2]"#));
+    let errors: Vec<Value> = h
+        .sink
+        .events(CONN)
+        .iter()
+        .map(|e| e["error"].clone())
+        .collect();
+    assert_eq!(
+        errors[0],
+        json!({"code": "WORKER_ERROR", "message": "boom", "details": {"k": 1}})
+    );
     assert_eq!(errors[1], json!({"code": "NOT_FOUND", "message": "no"}));
     assert_eq!(errors[2]["code"], json!("WORKER_ERROR"));
     h.assert_clean();
@@ -403,7 +506,8 @@ async fn worker_errors_keep_their_code_or_default_to_worker_error() {
 async fn results_with_surrounding_whitespace_are_relayed() {
     let h = harness();
     h.submit(1, req("a", "echo", json!(1))).await;
-    h.gateway.on_reply(reply(h.last_correlation_id(), "result", " {\"a\":1}\n"));
+    h.gateway
+        .on_reply(reply(h.last_correlation_id(), "result", " {\"a\":1}\n"));
     assert_eq!(h.sink.events(CONN)[0]["data"], json!({"a": 1}));
 }
 
@@ -412,6 +516,7 @@ async fn a_client_that_does_not_read_is_disconnected() {
     let h = harness();
     h.submit(1, req("a", "echo", json!(1))).await;
     h.sink.make_full(CONN);
-    h.gateway.on_reply(reply(h.last_correlation_id(), "chunk", "1"));
+    h.gateway
+        .on_reply(reply(h.last_correlation_id(), "chunk", "1"));
     assert_eq!(h.sink.disconnected(), vec![CONN]);
 }

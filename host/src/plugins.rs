@@ -84,7 +84,9 @@ pub fn resolve(files: &[PluginFile], settings: &Settings) -> Resolved {
             error!(file = %file.path.display(), plugin = %manifest.name, first = %first.display(), "plugin refused: another file already declares this plugin name");
             continue;
         }
-        resolved.plugins.insert(manifest.name.clone(), file.path.clone());
+        resolved
+            .plugins
+            .insert(manifest.name.clone(), file.path.clone());
         if !settings.is_enabled(&manifest.name) {
             info!(file = %file.path.display(), plugin = %manifest.name, version = %manifest.version, "plugin found but not enabled in plugins.toml");
             continue;
@@ -95,7 +97,13 @@ pub fn resolve(files: &[PluginFile], settings: &Settings) -> Resolved {
                 error!(plugin = %manifest.name, request_type = %declared.name, owner = %owner, "request type refused: already served by another plugin");
                 continue;
             }
-            match spec_for(&manifest.name, &manifest.version, declared, settings, validator.clone()) {
+            match spec_for(
+                &manifest.name,
+                &manifest.version,
+                declared,
+                settings,
+                validator.clone(),
+            ) {
                 Ok(spec) => {
                     info!(plugin = %manifest.name, version = %manifest.version, request_type = %spec.name, queue = %spec.queue, "request type enabled");
                     owners.insert(spec.name.clone(), manifest.name.clone());
@@ -111,7 +119,12 @@ pub fn resolve(files: &[PluginFile], settings: &Settings) -> Resolved {
             }
         }
     }
-    for name in settings.plugins.iter().filter(|(_, p)| p.enabled).map(|(n, _)| n) {
+    for name in settings
+        .plugins
+        .iter()
+        .filter(|(_, p)| p.enabled)
+        .map(|(n, _)| n)
+    {
         if !resolved.plugins.contains_key(name) {
             warn!(plugin = %name, dir = %settings.plugins_dir.display(), "plugin enabled in plugins.toml but no file in the plugins directory declares it");
         }
@@ -200,7 +213,10 @@ pub fn report(files: &[PluginFile], settings: &Settings) -> String {
     }
     for (name, section) in &settings.plugins {
         if section.enabled && !seen.contains_key(name) {
-            let _ = writeln!(out, "\nplugin `{name}` is enabled in plugins.toml but no file declares it");
+            let _ = writeln!(
+                out,
+                "\nplugin `{name}` is enabled in plugins.toml but no file declares it"
+            );
         }
     }
     out

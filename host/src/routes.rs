@@ -258,15 +258,19 @@ mod tests {
     #[test]
     fn any_json_passes_through_unchanged() {
         let spec = RequestTypeSpec::new(parts("echo"), None).unwrap();
-        assert!(matches!(spec.check(&raw(r#"{"a": 1}"#)), Ok(Checked::Unchanged)));
+        assert!(matches!(
+            spec.check(&raw(r#"{"a": 1}"#)),
+            Ok(Checked::Unchanged)
+        ));
     }
 
     #[test]
     fn oversized_payload_is_refused_before_validation() {
         let mut p = parts("echo");
         p.max_payload_bytes = 8;
-        let validator: Arc<dyn PayloadValidator> =
-            Arc::new(FnValidator(|_: &str| -> Validation { panic!("must not be called") }));
+        let validator: Arc<dyn PayloadValidator> = Arc::new(FnValidator(|_: &str| -> Validation {
+            panic!("must not be called")
+        }));
         let spec = RequestTypeSpec::new(p, Some(validator)).unwrap();
         let err = spec.check(&raw(r#""0123456789""#)).unwrap_err();
         assert_eq!(err.code().as_str(), "PAYLOAD_TOO_LARGE");
@@ -282,7 +286,10 @@ mod tests {
             "required": ["n"]
         });
         let spec = RequestTypeSpec::new(p, None).unwrap();
-        assert!(matches!(spec.check(&raw(r#"{"n": 3}"#)), Ok(Checked::Unchanged)));
+        assert!(matches!(
+            spec.check(&raw(r#"{"n": 3}"#)),
+            Ok(Checked::Unchanged)
+        ));
         match spec.check(&raw(r#"{"n": 0}"#)) {
             Err(RequestError::InvalidPayload { problems, .. }) => {
                 assert_eq!(problems.len(), 1);
@@ -316,8 +323,9 @@ mod tests {
 
     #[test]
     fn a_failing_plugin_becomes_internal_without_details_of_the_fault() {
-        let validator: Arc<dyn PayloadValidator> =
-            Arc::new(FnValidator(|_: &str| Validation::Failed("plugin panicked: secret".into())));
+        let validator: Arc<dyn PayloadValidator> = Arc::new(FnValidator(|_: &str| {
+            Validation::Failed("plugin panicked: secret".into())
+        }));
         let spec = RequestTypeSpec::new(parts("t"), Some(validator)).unwrap();
         let body = spec.check(&raw("1")).unwrap_err().to_body();
         assert_eq!(body.code, "INTERNAL");

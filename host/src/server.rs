@@ -14,6 +14,7 @@ use serde_json::json;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tower_http::services::ServeDir;
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -78,14 +79,25 @@ pub async fn run(
         let broker = broker.clone();
         let gateway = gateway.clone();
         let stopped = stop.clone().cancelled_owned();
-        tokio::spawn(async move { broker.run(move |reply| gateway.on_reply(reply), stopped).await })
+        tokio::spawn(async move {
+            broker
+                .run(move |reply| gateway.on_reply(reply), stopped)
+                .await
+        })
     };
 
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { broker: broker.clone(), gateway: gateway.clone() })
-        .layer(layer);
+        .with_state(AppState {
+            broker: broker.clone(),
+            gateway: gateway.clone(),
+        });
+    if let Some(dir) = &settings.static_dir {
+        info!(dir = %dir.display(), "serving static files at /");
+        app = app.fallback_service(ServeDir::new(dir));
+    }
+    let app = app.layer(layer);
 
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     info!(
@@ -126,6 +138,10 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::
         "requestTypes": request_types,
         "inFlight": state.gateway.in_flight(),
     });
-    let status = if broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body))
 }

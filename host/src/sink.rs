@@ -26,13 +26,31 @@ pub struct ResponseEvent<'a> {
 
 impl<'a> ResponseEvent<'a> {
     pub fn chunk(id: &'a str, seq: u64, data: &'a RawValue) -> Self {
-        ResponseEvent { id, kind: ReplyKind::Chunk, seq: Some(seq), data: Some(data), error: None }
+        ResponseEvent {
+            id,
+            kind: ReplyKind::Chunk,
+            seq: Some(seq),
+            data: Some(data),
+            error: None,
+        }
     }
     pub fn result(id: &'a str, data: &'a RawValue) -> Self {
-        ResponseEvent { id, kind: ReplyKind::Result, seq: None, data: Some(data), error: None }
+        ResponseEvent {
+            id,
+            kind: ReplyKind::Result,
+            seq: None,
+            data: Some(data),
+            error: None,
+        }
     }
     pub fn error(id: &'a str, error: &'a ErrorBody) -> Self {
-        ResponseEvent { id, kind: ReplyKind::Error, seq: None, data: None, error: Some(error) }
+        ResponseEvent {
+            id,
+            kind: ReplyKind::Error,
+            seq: None,
+            data: None,
+            error: Some(error),
+        }
     }
 }
 
@@ -91,11 +109,19 @@ pub mod memory {
     impl MemorySink {
         /// Events emitted to `conn`, in order.
         pub fn events(&self, conn: u32) -> Vec<Value> {
-            lock(&self.events).iter().filter(|(c, _)| *c == conn).map(|(_, v)| v.clone()).collect()
+            lock(&self.events)
+                .iter()
+                .filter(|(c, _)| *c == conn)
+                .map(|(_, v)| v.clone())
+                .collect()
         }
         /// Ack bodies for `(conn, tag)` acks, in order; the tag is the test's name for the ack.
         pub fn acks(&self, tag: u32) -> Vec<Value> {
-            lock(&self.acks).iter().filter(|(t, _)| *t == tag).map(|(_, v)| v.clone()).collect()
+            lock(&self.acks)
+                .iter()
+                .filter(|(t, _)| *t == tag)
+                .map(|(_, v)| v.clone())
+                .collect()
         }
         /// From now on, emits to `conn` fail as if its buffer were full.
         pub fn make_full(&self, conn: u32) {
@@ -111,7 +137,10 @@ pub mod memory {
         type Ack = u32;
 
         fn ack(&self, tag: u32, outcome: Result<(), &ErrorBody>) {
-            let body = AckBody { ok: outcome.is_ok(), error: outcome.err() };
+            let body = AckBody {
+                ok: outcome.is_ok(),
+                error: outcome.err(),
+            };
             let value = serde_json::to_value(&body).unwrap_or(Value::Null);
             lock(&self.acks).push((tag, value));
         }

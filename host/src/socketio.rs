@@ -31,7 +31,10 @@ impl ClientSink for SocketIoSink {
     type Ack = AckSender;
 
     fn ack(&self, ack: AckSender, outcome: Result<(), &ErrorBody>) {
-        let body = AckBody { ok: outcome.is_ok(), error: outcome.err() };
+        let body = AckBody {
+            ok: outcome.is_ok(),
+            error: outcome.err(),
+        };
         if let Err(e) = ack.send(&body) {
             debug!(error = %e, "ack not sent (client gone?)");
         }
@@ -75,7 +78,9 @@ pub fn attach<B: Broker>(io: &SocketIo, gateway: Arc<Gateway<B, SocketIoSink>>) 
             let on_request = gateway.clone();
             socket.on(
                 events::REQUEST,
-                move |socket: SocketRef, TryData(envelope): TryData<RequestEnvelope>, ack: AckSender| {
+                move |socket: SocketRef,
+                      TryData(envelope): TryData<RequestEnvelope>,
+                      ack: AckSender| {
                     let gateway = on_request.clone();
                     async move {
                         let envelope = envelope.map_err(|e| e.to_string());

@@ -1,6 +1,8 @@
 //! The broker connection against the real RabbitMQ on 127.0.0.1:5672: connects, retries,
 //! and reports an unreachable or refusing broker clearly.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,16 +43,26 @@ async fn connects_to_the_broker() {
 
 #[tokio::test]
 async fn an_unreachable_broker_is_reported_clearly() {
-    let err = connect("amqp://guest:guest@127.0.0.1:1/%2f").await.unwrap_err();
+    let err = connect("amqp://guest:guest@127.0.0.1:1/%2f")
+        .await
+        .unwrap_err();
     assert!(matches!(err, ConnectError::Unreachable { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("cannot reach the broker at amqp://guest:***@127.0.0.1:1"), "{text}");
-    assert!(!text.contains("guest@"), "password must not be logged: {text}");
+    assert!(
+        text.contains("cannot reach the broker at amqp://guest:***@127.0.0.1:1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("guest@"),
+        "password must not be logged: {text}"
+    );
 }
 
 #[tokio::test]
 async fn a_refusing_broker_is_reported_clearly() {
-    let err = connect("amqp://guest:wrong-password@127.0.0.1:5672/%2f").await.unwrap_err();
+    let err = connect("amqp://guest:wrong-password@127.0.0.1:5672/%2f")
+        .await
+        .unwrap_err();
     let text = err.to_string();
     assert!(matches!(err, ConnectError::Refused { .. }), "{text}");
     assert!(text.contains("refused"), "{text}");
@@ -73,7 +85,10 @@ async fn while_the_broker_is_unreachable_publishes_fail_at_once_and_it_keeps_ret
     assert_eq!(err, PublishError::NotConnected);
     assert!(started.elapsed() < Duration::from_millis(100));
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -82,7 +97,10 @@ async fn publishes_are_confirmed_and_unroutable_ones_refused() {
     let broker = AmqpBroker::new(
         URL,
         Uuid::new_v4(),
-        vec![QueueDecl { name: queue.clone(), arguments: Default::default() }],
+        vec![QueueDecl {
+            name: queue.clone(),
+            arguments: Default::default(),
+        }],
     );
     let stop = CancellationToken::new();
     let replies = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -99,7 +117,10 @@ async fn publishes_are_confirmed_and_unroutable_ones_refused() {
     wait_connected(&broker).await;
     broker.publish(request(&queue)).await.unwrap();
     let err = broker
-        .publish(request(&format!("taskgate-test.missing.{}", Uuid::new_v4())))
+        .publish(request(&format!(
+            "taskgate-test.missing.{}",
+            Uuid::new_v4()
+        )))
         .await
         .unwrap_err();
     assert!(matches!(err, PublishError::Unroutable(_)), "{err:?}");
@@ -114,6 +135,9 @@ async fn publishes_are_confirmed_and_unroutable_ones_refused() {
         .unwrap();
     assert_eq!(deleted, 1, "the published request was in the queue");
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!broker.is_connected());
 }

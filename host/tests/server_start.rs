@@ -1,6 +1,8 @@
 //! Starting the server: it serves Socket.IO and health endpoints on an ephemeral port; a
 //! port in use or a bad address fails with a clear error.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -23,7 +25,10 @@ fn settings(plugins_dir: &std::path::Path) -> Settings {
     Settings::resolve(
         FileConfig::default(),
         None,
-        Overrides { plugins_dir: Some(plugins_dir.to_owned()), ..Overrides::default() },
+        Overrides {
+            plugins_dir: Some(plugins_dir.to_owned()),
+            ..Overrides::default()
+        },
     )
     .unwrap()
 }
@@ -35,7 +40,11 @@ async fn serves_socket_io_and_health_on_an_ephemeral_port() {
     let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    let server = tokio::spawn(run(settings(&dir), listener, stop.clone().cancelled_owned()));
+    let server = tokio::spawn(run(
+        settings(&dir),
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
 
     let health = http_get(addr, "/healthz").await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
@@ -55,7 +64,11 @@ async fn serves_socket_io_and_health_on_an_ephemeral_port() {
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
 
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -71,6 +84,9 @@ async fn a_port_in_use_is_a_clear_error() {
 #[tokio::test]
 async fn an_address_not_on_this_machine_is_a_clear_error() {
     // 192.0.2.0/24 is reserved for documentation: never assigned to this machine.
-    let err = bind("192.0.2.1:8080".parse().unwrap()).await.unwrap_err().to_string();
+    let err = bind("192.0.2.1:8080".parse().unwrap())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cannot listen on 192.0.2.1:8080"), "{err}");
 }

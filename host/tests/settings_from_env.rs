@@ -1,6 +1,8 @@
 //! Loading settings from `TASKGATE_*` environment variables. Its own test binary (its own
 //! process), because it changes the process environment.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -24,7 +26,10 @@ fn environment_variables_override_the_file_and_flags_override_both() {
     std::env::set_var("TASKGATE_AMQP_URL", "amqp://env@h/%2f");
     std::env::set_var("TASKGATE_PLUGINS_DIR", "/from/env");
 
-    let settings = Cli::try_parse_from(["taskgate"]).unwrap().settings().unwrap();
+    let settings = Cli::try_parse_from(["taskgate"])
+        .unwrap()
+        .settings()
+        .unwrap();
     assert_eq!(settings.listen.port(), 2222);
     assert_eq!(settings.amqp_url, "amqp://env@h/%2f");
     assert_eq!(settings.plugins_dir, PathBuf::from("/from/env"));
@@ -39,12 +44,22 @@ fn environment_variables_override_the_file_and_flags_override_both() {
     std::env::remove_var("TASKGATE_LISTEN");
     std::env::remove_var("TASKGATE_AMQP_URL");
     std::env::remove_var("TASKGATE_PLUGINS_DIR");
-    let settings = Cli::try_parse_from(["taskgate"]).unwrap().settings().unwrap();
-    assert_eq!(settings.listen.port(), 1111, "the file applies when no variable is set");
+    let settings = Cli::try_parse_from(["taskgate"])
+        .unwrap()
+        .settings()
+        .unwrap();
+    assert_eq!(
+        settings.listen.port(),
+        1111,
+        "the file applies when no variable is set"
+    );
     assert_eq!(settings.plugins_dir, dir.join("from-file"));
 
     std::env::set_var("TASKGATE_CONFIG", dir.join("missing.toml"));
-    let err = Cli::try_parse_from(["taskgate"]).unwrap().settings().unwrap_err();
+    let err = Cli::try_parse_from(["taskgate"])
+        .unwrap()
+        .settings()
+        .unwrap_err();
     assert!(err.to_string().contains("missing.toml"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

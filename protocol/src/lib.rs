@@ -200,15 +200,22 @@ mod tests {
 
     #[test]
     fn worker_error_without_code_defaults_to_worker_error() {
-        let body: WorkerErrorBody = serde_json::from_str(r#"{"message":"boom"}"#).unwrap_or(
-            WorkerErrorBody { code: Some("X".into()), message: String::new(), details: None },
-        );
+        let body: WorkerErrorBody =
+            serde_json::from_str(r#"{"message":"boom"}"#).unwrap_or(WorkerErrorBody {
+                code: Some("X".into()),
+                message: String::new(),
+                details: None,
+            });
         assert_eq!(body.into_error_body().code, "WORKER_ERROR");
     }
 
     #[test]
     fn worker_error_keeps_its_own_code() {
-        let body = WorkerErrorBody { code: Some("NOT_FOUND".into()), message: "x".into(), details: None };
+        let body = WorkerErrorBody {
+            code: Some("NOT_FOUND".into()),
+            message: "x".into(),
+            details: None,
+        };
         assert_eq!(body.into_error_body().code, "NOT_FOUND");
     }
 

@@ -21,7 +21,9 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use serde_json::{Map, Value};
 use taskgate_protocol::amqp as names;
 use tracing::{debug, error, info, warn};
@@ -156,7 +158,10 @@ impl AmqpBroker {
 
     async fn close_live(&self) {
         if let Some(live) = self.shared.live.swap(None) {
-            let _ = live.connection.close(200, "taskgate host closing".into()).await;
+            let _ = live
+                .connection
+                .close(200, "taskgate host closing".into())
+                .await;
         }
     }
 
@@ -179,7 +184,10 @@ impl AmqpBroker {
             .exchange_declare(
                 names::CANCEL_EXCHANGE.into(),
                 ExchangeKind::Fanout,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await
@@ -200,7 +208,11 @@ impl AmqpBroker {
         replies
             .queue_declare(
                 self.shared.reply_queue.as_str().into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await
@@ -209,12 +221,19 @@ impl AmqpBroker {
             .basic_consume(
                 self.shared.reply_queue.as_str().into(),
                 "taskgate-host".into(),
-                BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() },
+                BasicConsumeOptions {
+                    no_ack: true,
+                    exclusive: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await
             .map_err(|e| setup("the reply consumer", e))?;
-        self.shared.live.store(Some(Arc::new(Live { connection, publish })));
+        self.shared.live.store(Some(Arc::new(Live {
+            connection,
+            publish,
+        })));
         Ok(consumer)
     }
 }
@@ -252,7 +271,10 @@ async fn declare_request_queue(connection: &Connection, queue: &QueueDecl) {
         channel
             .queue_declare(
                 queue.name.as_str().into(),
-                QueueDeclareOptions { durable: true, ..Default::default() },
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 arguments,
             )
             .await?;
@@ -261,7 +283,9 @@ async fn declare_request_queue(connection: &Connection, queue: &QueueDecl) {
     .await;
     match result {
         Ok(()) => debug!(queue = %queue.name, "request queue declared"),
-        Err(e) => error!(queue = %queue.name, error = %e, "request queue could not be declared (does it exist with other arguments?)"),
+        Err(e) => {
+            error!(queue = %queue.name, error = %e, "request queue could not be declared (does it exist with other arguments?)")
+        }
     }
 }
 
@@ -272,21 +296,29 @@ pub fn field_table(arguments: &Map<String, Value>) -> Result<FieldTable, String>
         let value = match value {
             Value::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
             Value::Bool(b) => AMQPValue::Boolean(*b),
-            Value::Number(n) if n.is_i64() => AMQPValue::LongLongInt(n.as_i64().unwrap_or_default()),
-            Value::Number(n) if n.is_u64() => {
-                AMQPValue::LongLongInt(i64::try_from(n.as_u64().unwrap_or_default()).map_err(|_| {
-                    format!("queue argument `{key}` is too large")
-                })?)
+            Value::Number(n) if n.is_i64() => {
+                AMQPValue::LongLongInt(n.as_i64().unwrap_or_default())
             }
+            Value::Number(n) if n.is_u64() => AMQPValue::LongLongInt(
+                i64::try_from(n.as_u64().unwrap_or_default())
+                    .map_err(|_| format!("queue argument `{key}` is too large"))?,
+            ),
             Value::Number(n) => AMQPValue::Double(n.as_f64().unwrap_or_default()),
-            other => return Err(format!("queue argument `{key}` has an unsupported value {other}")),
+            other => {
+                return Err(format!(
+                    "queue argument `{key}` has an unsupported value {other}"
+                ))
+            }
         };
         table.insert(ShortString::from(key.as_str()), value);
     }
     Ok(table)
 }
 
-async fn read_replies<F: Fn(IncomingReply)>(consumer: &mut lapin::Consumer, on_reply: &F) -> String {
+async fn read_replies<F: Fn(IncomingReply)>(
+    consumer: &mut lapin::Consumer,
+    on_reply: &F,
+) -> String {
     while let Some(delivery) = consumer.next().await {
         match delivery {
             Ok(delivery) => on_reply(incoming_reply(delivery.properties, delivery.data)),
@@ -333,8 +365,13 @@ pub fn request_properties(request: &OutgoingRequest, reply_queue: &str) -> Basic
         names::HEADER_DEADLINE_MS.into(),
         AMQPValue::LongLongInt(i64::try_from(request.deadline_ms).unwrap_or(i64::MAX)),
     );
-    headers.insert(names::HEADER_STREAM.into(), AMQPValue::Boolean(request.streams));
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    headers.insert(
+        names::HEADER_STREAM.into(),
+        AMQPValue::Boolean(request.streams),
+    );
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     BasicProperties::default()
         .with_content_type(names::CONTENT_TYPE_JSON.into())
         .with_delivery_mode(names::DELIVERY_MODE_PERSISTENT)
@@ -352,14 +389,21 @@ fn amqp_error(e: lapin::Error) -> PublishError {
 
 impl Broker for AmqpBroker {
     async fn publish(&self, request: OutgoingRequest) -> Result<(), PublishError> {
-        let live = self.shared.live.load_full().ok_or(PublishError::NotConnected)?;
+        let live = self
+            .shared
+            .live
+            .load_full()
+            .ok_or(PublishError::NotConnected)?;
         let properties = request_properties(&request, &self.shared.reply_queue);
         let confirm = live
             .publish
             .basic_publish(
                 "".into(),
                 request.queue.as_ref().into(),
-                BasicPublishOptions { mandatory: true, immediate: false },
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
                 request.body.as_bytes(),
                 properties,
             )
@@ -367,13 +411,19 @@ impl Broker for AmqpBroker {
             .map_err(amqp_error)?;
         match confirm.await.map_err(amqp_error)? {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_returned)) => Err(PublishError::Unroutable(request.queue.to_string())),
+            Confirmation::Ack(Some(_returned)) => {
+                Err(PublishError::Unroutable(request.queue.to_string()))
+            }
             Confirmation::Nack(_) => Err(PublishError::Nacked),
         }
     }
 
     async fn publish_cancel(&self, correlation_id: Uuid) -> Result<(), PublishError> {
-        let live = self.shared.live.load_full().ok_or(PublishError::NotConnected)?;
+        let live = self
+            .shared
+            .live
+            .load_full()
+            .ok_or(PublishError::NotConnected)?;
         let properties = BasicProperties::default()
             .with_content_type(names::CONTENT_TYPE_JSON.into())
             .with_correlation_id(correlation_id.to_string().into());
@@ -411,9 +461,18 @@ mod tests {
         let args = json!({"x-queue-type": "quorum", "x-max-length": 10, "x-flag": true});
         let table = field_table(args.as_object().unwrap()).unwrap();
         let inner = table.inner();
-        assert!(matches!(inner.get("x-queue-type"), Some(AMQPValue::LongString(_))));
-        assert!(matches!(inner.get("x-max-length"), Some(AMQPValue::LongLongInt(10))));
-        assert!(matches!(inner.get("x-flag"), Some(AMQPValue::Boolean(true))));
+        assert!(matches!(
+            inner.get("x-queue-type"),
+            Some(AMQPValue::LongString(_))
+        ));
+        assert!(matches!(
+            inner.get("x-max-length"),
+            Some(AMQPValue::LongLongInt(10))
+        ));
+        assert!(matches!(
+            inner.get("x-flag"),
+            Some(AMQPValue::Boolean(true))
+        ));
         assert!(field_table(json!({"x": [1]}).as_object().unwrap()).is_err());
     }
 
@@ -429,16 +488,34 @@ mod tests {
             deadline_ms: 42,
         };
         let p = request_properties(&request, "taskgate.reply.x");
-        assert_eq!(p.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+        assert_eq!(
+            p.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/json")
+        );
         assert_eq!(*p.delivery_mode(), Some(2));
-        assert_eq!(p.correlation_id().as_ref().map(|s| s.to_string()), Some(request.correlation_id.to_string()));
-        assert_eq!(p.reply_to().as_ref().map(|s| s.as_str()), Some("taskgate.reply.x"));
-        assert_eq!(p.kind().as_ref().map(|s| s.as_str()), Some("text.wordcount"));
+        assert_eq!(
+            p.correlation_id().as_ref().map(|s| s.to_string()),
+            Some(request.correlation_id.to_string())
+        );
+        assert_eq!(
+            p.reply_to().as_ref().map(|s| s.as_str()),
+            Some("taskgate.reply.x")
+        );
+        assert_eq!(
+            p.kind().as_ref().map(|s| s.as_str()),
+            Some("text.wordcount")
+        );
         assert_eq!(p.expiration().as_ref().map(|s| s.as_str()), Some("1500"));
         assert!(p.timestamp().is_some());
         let headers = p.headers().as_ref().unwrap().inner();
-        assert!(matches!(headers.get("x-deadline-ms"), Some(AMQPValue::LongLongInt(42))));
-        assert!(matches!(headers.get("x-stream"), Some(AMQPValue::Boolean(true))));
+        assert!(matches!(
+            headers.get("x-deadline-ms"),
+            Some(AMQPValue::LongLongInt(42))
+        ));
+        assert!(matches!(
+            headers.get("x-stream"),
+            Some(AMQPValue::Boolean(true))
+        ));
     }
 
     #[test]

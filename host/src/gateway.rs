@@ -16,6 +16,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -179,22 +180,43 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
     }
 
-    /// Handles one `request` event. `envelope` is `Err` with a parse message when the event
-    /// body was not an object of the expected shape.
-    pub async fn submit(
+    /// Handles one `request` event in two steps. Admission (checks, id reservation) runs
+    /// now, synchronously, so that it is ordered with the connection's other events — a
+    /// `cancel` sent right after a `request` always finds it. The returned future publishes
+    /// and acknowledges; `None` means the request was refused and the refusal already sent.
+    /// `envelope` is `Err` with a parse message when the event body had the wrong shape.
+    pub fn submit(
+        self: &Arc<Self>,
+        conn: S::Conn,
+        envelope: Result<RequestEnvelope, String>,
+        ack: S::Ack,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        match self.admit(conn, envelope) {
+            Ok(admitted) => {
+                let gateway = self.clone();
+                Some(async move { gateway.publish(admitted, ack).await })
+            }
+            Err(error) => {
+                debug!(?conn, code = %error.code(), %error, "request refused");
+                self.sink.ack(ack, Err(&error.to_body()));
+                None
+            }
+        }
+    }
+
+    /// [`Gateway::submit`] and its publish step, in one call.
+    pub async fn handle_request(
         self: &Arc<Self>,
         conn: S::Conn,
         envelope: Result<RequestEnvelope, String>,
         ack: S::Ack,
     ) {
-        let admitted = match self.admit(conn, envelope) {
-            Ok(admitted) => admitted,
-            Err(error) => {
-                debug!(?conn, code = %error.code(), %error, "request refused");
-                self.sink.ack(ack, Err(&error.to_body()));
-                return;
-            }
-        };
+        if let Some(publish) = self.submit(conn, envelope, ack) {
+            publish.await;
+        }
+    }
+
+    async fn publish(self: Arc<Self>, admitted: Admitted, ack: S::Ack) {
         let Admitted {
             correlation_id,
             spec,

@@ -83,7 +83,7 @@ fn reply(correlation_id: Uuid, kind: &str, body: &str) -> IncomingReply {
 
 impl Harness {
     async fn submit(&self, tag: u32, envelope: Result<RequestEnvelope, String>) -> Value {
-        self.gateway.submit(CONN, envelope, tag).await;
+        self.gateway.handle_request(CONN, envelope, tag).await;
         self.sink.acks(tag).pop().expect("an ack")
     }
 
@@ -134,7 +134,7 @@ async fn payload_bytes_pass_through_unchanged_when_the_type_does_not_validate() 
     let envelope: RequestEnvelope =
         serde_json::from_str(r#"{"id":"a","requestType":"echo","payload":{ "k" :  "v\u00e9" }}"#)
             .unwrap();
-    h.gateway.submit(CONN, Ok(envelope), 1).await;
+    h.gateway.handle_request(CONN, Ok(envelope), 1).await;
     assert_eq!(&*h.broker.published()[0].body, r#"{ "k" :  "v\u00e9" }"#);
 }
 
@@ -224,7 +224,9 @@ async fn duplicate_ids_are_refused_while_in_flight_and_reusable_after() {
     );
     // The same id on another connection is fine.
     h.gateway.connected(2);
-    h.gateway.submit(2, req("a", "echo", json!(3)), 3).await;
+    h.gateway
+        .handle_request(2, req("a", "echo", json!(3)), 3)
+        .await;
     assert_eq!(h.sink.acks(3), vec![json!({"ok": true})]);
 
     let first = h.broker.published()[0].correlation_id;
@@ -313,8 +315,11 @@ async fn replies_before_the_confirm_wait_until_the_ack_is_sent() {
     let h = harness();
     h.broker.hold_confirms(true);
     let gateway = h.gateway.clone();
-    let submit =
-        tokio::spawn(async move { gateway.submit(CONN, req("a", "echo", json!(1)), 1).await });
+    let submit = tokio::spawn(async move {
+        gateway
+            .handle_request(CONN, req("a", "echo", json!(1)), 1)
+            .await
+    });
     while h.broker.published().is_empty() {
         tokio::task::yield_now().await;
     }
@@ -374,8 +379,11 @@ async fn cancel_while_publishing_acks_then_cancels() {
     let h = harness();
     h.broker.hold_confirms(true);
     let gateway = h.gateway.clone();
-    let submit =
-        tokio::spawn(async move { gateway.submit(CONN, req("a", "echo", json!(1)), 1).await });
+    let submit = tokio::spawn(async move {
+        gateway
+            .handle_request(CONN, req("a", "echo", json!(1)), 1)
+            .await
+    });
     while h.broker.published().is_empty() {
         tokio::task::yield_now().await;
     }
@@ -519,4 +527,24 @@ async fn a_client_that_does_not_read_is_disconnected() {
     h.gateway
         .on_reply(reply(h.last_correlation_id(), "chunk", "1"));
     assert_eq!(h.sink.disconnected(), vec![CONN]);
+}
+
+#[tokio::test]
+async fn a_cancel_right_after_a_request_finds_it_even_before_the_publish_runs() {
+    let h = harness();
+    // Admission is synchronous: the publish step has not run yet when cancel arrives.
+    let publish = h
+        .gateway
+        .submit(CONN, req("a", "echo", json!(1)), 1)
+        .expect("admitted");
+    h.gateway.cancel(
+        CONN,
+        Ok(CancelEnvelope {
+            id: Some(json!("a")),
+        }),
+    );
+    publish.await;
+    assert_eq!(h.sink.acks(1), vec![json!({"ok": true})]);
+    assert_eq!(h.sink.events(CONN)[0]["error"]["code"], json!("CANCELLED"));
+    h.assert_clean();
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
 use taskgate_protocol::{events, ErrorBody};
@@ -69,41 +70,50 @@ impl ClientSink for SocketIoSink {
 }
 
 /// Serves protocol §1 on the default namespace of `io`.
+///
+/// Handlers are registered in a connect middleware, which socketioxide awaits before it
+/// sends the CONNECT packet: a client that emits right after connecting must find them
+/// (the connect handler itself runs only after CONNECT was sent). Each handler does its
+/// gateway work synchronously in the closure body, so events of one connection are
+/// handled in the order they arrived; only publishing runs in the spawned future.
 pub fn attach<B: Broker>(io: &SocketIo, gateway: Arc<Gateway<B, SocketIoSink>>) {
-    io.ns("/", move |socket: SocketRef| {
+    let register = move |socket: SocketRef| {
         let gateway = gateway.clone();
         async move {
-            debug!(sid = %socket.id, "client connected");
-            gateway.connected(socket.id);
-            let on_request = gateway.clone();
-            socket.on(
-                events::REQUEST,
-                move |socket: SocketRef,
-                      TryData(envelope): TryData<RequestEnvelope>,
-                      ack: AckSender| {
-                    let gateway = on_request.clone();
-                    async move {
-                        let envelope = envelope.map_err(|e| e.to_string());
-                        gateway.submit(socket.id, envelope, ack).await;
-                    }
-                },
-            );
-            let on_cancel = gateway.clone();
-            socket.on(
-                events::CANCEL,
-                move |socket: SocketRef, TryData(envelope): TryData<CancelEnvelope>| {
-                    let gateway = on_cancel.clone();
-                    async move { gateway.cancel(socket.id, envelope.map_err(|e| e.to_string())) }
-                },
-            );
-            let on_disconnect = gateway.clone();
-            socket.on_disconnect(move |socket: SocketRef| {
-                let gateway = on_disconnect.clone();
-                async move {
-                    debug!(sid = %socket.id, "client disconnected");
-                    gateway.disconnected(socket.id);
-                }
-            });
+            register_handlers(&socket, gateway);
+            Ok::<(), std::convert::Infallible>(())
         }
+    };
+    io.ns("/", (async || {}).with(register));
+}
+
+fn register_handlers<B: Broker>(socket: &SocketRef, gateway: Arc<Gateway<B, SocketIoSink>>) {
+    debug!(sid = %socket.id, "client connected");
+    gateway.connected(socket.id);
+    let on_request = gateway.clone();
+    socket.on(
+        events::REQUEST,
+        move |socket: SocketRef, TryData(envelope): TryData<RequestEnvelope>, ack: AckSender| {
+            let envelope = envelope.map_err(|e| e.to_string());
+            let publish = on_request.submit(socket.id, envelope, ack);
+            async move {
+                if let Some(publish) = publish {
+                    publish.await;
+                }
+            }
+        },
+    );
+    let on_cancel = gateway.clone();
+    socket.on(
+        events::CANCEL,
+        move |socket: SocketRef, TryData(envelope): TryData<CancelEnvelope>| {
+            on_cancel.cancel(socket.id, envelope.map_err(|e| e.to_string()));
+            async {}
+        },
+    );
+    socket.on_disconnect(move |socket: SocketRef| {
+        debug!(sid = %socket.id, "client disconnected");
+        gateway.disconnected(socket.id);
+        async {}
     });
 }

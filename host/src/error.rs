@@ -38,6 +38,21 @@ pub enum RequestError {
     Internal(String),
 }
 
+/// Longest message the host echoes back for a malformed envelope: parse errors quote the
+/// input, and a client must not be able to make the host send its garbage back in bulk.
+const MAX_ECHOED_CHARS: usize = 200;
+
+impl RequestError {
+    /// A `BAD_REQUEST` whose message is cut to a bounded length.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        let message = message.into();
+        match message.char_indices().nth(MAX_ECHOED_CHARS) {
+            Some((cut, _)) => RequestError::BadRequest(format!("{}…", &message[..cut])),
+            None => RequestError::BadRequest(message),
+        }
+    }
+}
+
 fn summarize(problems: &[Problem]) -> String {
     match problems {
         [] => "rejected by the plugin".to_owned(),
@@ -105,6 +120,19 @@ mod tests {
         assert_eq!(
             body.details,
             Some(json!({"problems": [{"pointer": "/text", "message": "expected a string"}]}))
+        );
+    }
+
+    #[test]
+    fn bad_request_messages_are_bounded() {
+        let long = "[".repeat(10_000);
+        let RequestError::BadRequest(message) = RequestError::bad_request(long) else {
+            panic!("not a bad request");
+        };
+        assert_eq!(message.chars().count(), MAX_ECHOED_CHARS + 1);
+        assert_eq!(
+            RequestError::bad_request("short").to_string(),
+            "malformed request envelope: short"
         );
     }
 

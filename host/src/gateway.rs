@@ -255,7 +255,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         conn: S::Conn,
         envelope: Result<RequestEnvelope, String>,
     ) -> Result<Admitted, RequestError> {
-        let envelope = envelope.map_err(RequestError::BadRequest)?;
+        let envelope = envelope.map_err(RequestError::bad_request)?;
         let id = required_string(envelope.id, "id")?;
         let len = id.chars().count();
         if len == 0 || len > MAX_CLIENT_ID_LEN {

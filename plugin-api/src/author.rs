@@ -115,19 +115,25 @@ impl RequestType {
     where
         T: DeserializeOwned + Serialize + JsonSchema + 'static,
     {
-        let mut request_type = Self::bare(name, schema_of::<T>());
-        request_type.validate = Some(Arc::new(|json| parse_and_check::<T>(json, |_| Vec::new())));
-        request_type
+        Self::bare(name, Value::Bool(true)).check(|_: &T| Vec::new())
     }
 
     /// Extra checks after deserialization into `T` (ranges, lengths, relations between
     /// fields). Return no problems for a valid payload.
+    ///
+    /// The payload is deserialized into the `T` this check takes, and the declared payload
+    /// schema becomes `T`'s: validation and schema cannot describe different types.
     pub fn check<T, F>(mut self, check: F) -> Self
     where
-        T: DeserializeOwned + Serialize + 'static,
+        T: DeserializeOwned + Serialize + JsonSchema + 'static,
         F: Fn(&T) -> Vec<Problem> + Send + Sync + 'static,
     {
-        self.validate = Some(Arc::new(move |json| parse_and_check::<T>(json, &check)));
+        self.payload_schema = schema_of::<T>();
+        let shape = Shape::of(&self.payload_schema);
+        self.validate = Some(Arc::new(move |json| {
+            shape.check(json)?;
+            parse_and_check::<T>(json, &check)
+        }));
         self
     }
 
@@ -199,6 +205,33 @@ impl RequestType {
             chunk_schema: self.chunk_schema.clone(),
             validates: self.validate.is_some(),
             description: self.description.clone(),
+        }
+    }
+}
+
+/// serde's derived structs also accept arrays (`[5]` for `{"from": 5}`). A payload whose
+/// schema says object must be one, as the schema promises clients and workers.
+#[derive(Clone, Copy)]
+enum Shape {
+    Object,
+    Anything,
+}
+
+impl Shape {
+    fn of(schema: &Value) -> Shape {
+        if schema.get("type").and_then(Value::as_str) == Some("object") {
+            Shape::Object
+        } else {
+            Shape::Anything
+        }
+    }
+
+    fn check(self, json: &str) -> Result<(), Vec<Problem>> {
+        match self {
+            Shape::Object if !json.trim_start().starts_with('{') => {
+                Err(vec![Problem::new("", "must be a JSON object")])
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -360,6 +393,40 @@ mod tests {
         let p = plugin();
         assert_eq!(p.validate("echo", "[1, 2]").unwrap(), "[1, 2]");
         assert!(p.validate("nope", "1").is_err());
+    }
+
+    #[test]
+    fn the_checked_type_is_the_declared_schema() {
+        #[derive(Deserialize, Serialize, JsonSchema)]
+        struct Other {
+            n: u8,
+        }
+        let t = RequestType::typed::<Payload>("t").check(|_: &Other| Vec::new());
+        let m = t.manifest();
+        assert_eq!(m.payload_schema["required"], serde_json::json!(["n"]));
+        let p = Plugin::new("p", "1").request_type(t);
+        assert_eq!(p.validate("t", r#"{"n": 1}"#).unwrap(), r#"{"n":1}"#);
+        let any_checked = RequestType::any("a")
+            .check(|_: &Other| Vec::new())
+            .manifest();
+        assert!(any_checked.validates);
+        assert_eq!(
+            any_checked.payload_schema["required"],
+            serde_json::json!(["n"])
+        );
+    }
+
+    #[test]
+    fn payloads_that_are_not_json_or_not_objects_are_problems_at_the_root() {
+        let p = plugin();
+        for payload in ["", "{", "[]", "[\"a\"]", "null", "\"text\""] {
+            let problems = p.validate("typed", payload).unwrap_err();
+            assert_eq!(problems[0].pointer, "", "{payload}");
+        }
+        assert_eq!(
+            p.validate("typed", r#"["a", []]"#).unwrap_err(),
+            vec![Problem::new("", "must be a JSON object")]
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::author::Plugin;
 
 /// Log levels across the boundary.
 pub mod level {
+    pub const OFF: u8 = 0;
     pub const ERROR: u8 = 1;
     pub const WARN: u8 = 2;
     pub const INFO: u8 = 3;
@@ -29,12 +30,16 @@ pub mod level {
     pub const TRACE: u8 = 5;
 }
 
-/// The host's log callback: level, target (the plugin's module path), message. A struct
-/// because abi_stable checks function pointers as struct fields.
+/// The host's logger as the plugin sees it: a callback (level, target — the plugin's module
+/// path —, message), and the most verbose level the host records, so a plugin does not
+/// format events the host would drop. A struct because abi_stable checks function pointers
+/// as struct fields.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, StableAbi)]
 pub struct LogFn {
     pub log: extern "C" fn(level: u8, target: RStr<'_>, message: RStr<'_>),
+    /// One of [`level`]; [`level::OFF`] forwards nothing.
+    pub max_level: u8,
 }
 
 /// The outcome of one validation, as it crosses the boundary.
@@ -131,8 +136,8 @@ pub fn run_validate(
 /// Exports a plugin: `export_plugin!(constructor)` where `constructor: fn() -> Plugin`.
 ///
 /// The constructor runs once, when the host loads the library. Every exported function
-/// catches panics. Invoke it at the crate root. The plugin crate must be a `cdylib` and
-/// depend on `abi_stable` (its export attribute names that crate by path).
+/// catches panics. Invoke it once, at the crate root of a `cdylib`. The plugin needs no
+/// dependency on abi_stable: the export is spelled out here with `$crate` paths.
 #[macro_export]
 macro_rules! export_plugin {
     ($constructor:path) => {
@@ -163,16 +168,50 @@ macro_rules! export_plugin {
                 $crate::ffi::run_validate(plugin, request_type, payload)
             }
 
-            #[::abi_stable::export_root_module]
-            pub fn taskgate_plugin_root() -> $crate::ffi::PluginModRef {
+            fn root_module() -> $crate::ffi::PluginModRef {
                 $crate::ffi::PluginMod { init, validate }.into_root()
             }
+
+            extern "C" fn erased_root_module() -> $crate::ffi::abi::RootModuleResult {
+                $crate::ffi::abi::__call_root_module_loader(root_module)
+            }
+
+            /// What abi_stable's `#[export_root_module]` generates, with `$crate` paths. The
+            /// symbol name is `abi_stable::library::ROOT_MODULE_LOADER_NAME` (a test in
+            /// taskgate-plugin-api checks it).
+            #[export_name = "_1as_0lib_1header_0root_bmodule_bloader"]
+            pub static TASKGATE_PLUGIN_HEADER: $crate::ffi::abi::LibHeader =
+                // SAFETY: `erased_root_module` returns the `PluginModRef` built by
+                // `root_module`, erased by abi_stable's own loader function, which is
+                // what `from_constructor::<PluginModRef>` requires.
+                unsafe {
+                    $crate::ffi::abi::LibHeader::from_constructor::<$crate::ffi::PluginModRef>(
+                        erased_root_module,
+                        $crate::ffi::abi::CheckTypeLayout::Yes,
+                    )
+                };
         }
     };
 }
 
-/// The abi_stable types the generated code names.
+/// The abi_stable items the generated code names.
 #[doc(hidden)]
 pub mod abi {
+    pub use abi_stable::library::{
+        __call_root_module_loader, CheckTypeLayout, LibHeader, RootModuleResult,
+    };
     pub use abi_stable::std_types::{RResult, RStr, RString};
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_exported_symbol_is_the_one_abi_stable_looks_up() {
+        let source = include_str!("ffi.rs");
+        let name = abi_stable::library::ROOT_MODULE_LOADER_NAME;
+        assert!(
+            source.contains(&format!("#[export_name = \"{name}\"]")),
+            "export_plugin! must export `{name}`"
+        );
+    }
 }

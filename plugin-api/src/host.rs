@@ -25,7 +25,7 @@ use crate::manifest::{PluginManifest, Problem};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LoadError {
-    #[error("{path}: not a loadable library ({reason})")]
+    #[error("{path}: not a loadable library: {reason}")]
     NotALibrary { path: PathBuf, reason: String },
     #[error("{path}: not a taskgate plugin (no root module symbol)")]
     NotAPlugin { path: PathBuf },
@@ -126,9 +126,20 @@ fn check_complete(path: &Path) -> Result<(), LoadError> {
         path: path.to_owned(),
         reason,
     };
-    let data = std::fs::read(path).map_err(|e| not_a_library(e.to_string()))?;
-    let file = object::File::parse(&*data)
-        .map_err(|e| not_a_library(format!("not a shared library: {e}")))?;
+    let data = std::fs::read(path).map_err(|e| not_a_library(format!("unreadable: {e}")))?;
+    if data.is_empty() {
+        return Err(not_a_library("the file is empty".to_owned()));
+    }
+    let file = object::File::parse(&*data).map_err(|e| {
+        let magic = data.get(..4).unwrap_or_default();
+        // ELF, then the two Mach-O 64-bit byte orders.
+        let known = [b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xfe\xed\xfa\xcf"];
+        if known.iter().any(|m| m.as_slice() == magic) {
+            not_a_library(format!("truncated or corrupt ({e})"))
+        } else {
+            not_a_library("neither ELF nor Mach-O".to_owned())
+        }
+    })?;
     let len = data.len() as u64;
     let ranges = file
         .segments()
@@ -137,7 +148,7 @@ fn check_complete(path: &Path) -> Result<(), LoadError> {
     for (offset, size) in ranges {
         if offset.saturating_add(size) > len {
             return Err(not_a_library(format!(
-                "truncated: the file is {len} bytes but its headers need {}",
+                "truncated (the file is {len} bytes, its headers need {})",
                 offset.saturating_add(size)
             )));
         }
@@ -204,6 +215,24 @@ extern "C" fn host_log(level: u8, target: RStr<'_>, message: RStr<'_>) {
     }
 }
 
+/// The most verbose level any of the host's subscribers records, for the plugin to filter
+/// on its side (per-target filters still apply when a line arrives here). Read once, at
+/// load: a host that later makes its filter more verbose sees more of a plugin's lines only
+/// after the plugin is loaded again.
+fn host_max_level() -> u8 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        // `tracing` starts at OFF until a subscriber exists: a host that loads plugins
+        // before setting up its log must not silence them for good, so forward everything.
+        LevelFilter::OFF => level::TRACE,
+        LevelFilter::ERROR => level::ERROR,
+        LevelFilter::WARN => level::WARN,
+        LevelFilter::INFO => level::INFO,
+        LevelFilter::DEBUG => level::DEBUG,
+        _ => level::TRACE,
+    }
+}
+
 impl LoadedPlugin {
     /// Loads the plugin library at `path`. Never panics; every refusal is a [`LoadError`].
     pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
@@ -212,7 +241,11 @@ impl LoadedPlugin {
         let module = header
             .init_root_module::<PluginModRef>()
             .map_err(|e| classify(path, e))?;
-        let manifest_json = match (module.init())(LogFn { log: host_log }) {
+        let logger = LogFn {
+            log: host_log,
+            max_level: host_max_level(),
+        };
+        let manifest_json = match (module.init())(logger) {
             RResult::ROk(json) => json.into_string(),
             RResult::RErr(reason) => {
                 return Err(LoadError::Init {

@@ -3,19 +3,49 @@
 //! A plugin declares request types — name, queue, limits, timeout, whether it streams, the
 //! JSON Schema of its payload — and validates payloads. It is plain, safe Rust:
 //!
-//! ```ignore
-//! use taskgate_plugin_api::{export_plugin, JsonSchema, Plugin, Problem, RequestType};
+//! ```
 //! use serde::{Deserialize, Serialize};
+//! use taskgate_plugin_api::prelude::*;
+//!
+//! const MAX_TIMES: u32 = 100;
 //!
 //! #[derive(Deserialize, Serialize, JsonSchema)]
-//! struct WordCount { text: String }
+//! struct Repeat {
+//!     text: String,
+//!     // The limit is declared in the schema (`maximum`) and enforced by `check` below,
+//!     // from the same constant.
+//!     #[schemars(range(min = 1, max = MAX_TIMES))]
+//!     times: u32,
+//! }
 //!
 //! fn plugin() -> Plugin {
-//!     Plugin::new("wordcount", env!("CARGO_PKG_VERSION"))
-//!         .request_type(RequestType::typed::<WordCount>("text.wordcount").max_payload_bytes(1 << 20))
+//!     tracing::info!("repeat plugin ready");
+//!     Plugin::new("repeat", env!("CARGO_PKG_VERSION")).request_type(
+//!         RequestType::typed::<Repeat>("text.repeat")
+//!             .max_payload_bytes(64 * 1024)
+//!             .check(|r: &Repeat| match r.times {
+//!                 1..=MAX_TIMES => vec![],
+//!                 _ => vec![Problem::new("/times", format!("must be 1 to {MAX_TIMES}"))],
+//!             }),
+//!     )
 //! }
 //! export_plugin!(plugin);
+//! # fn main() {}
 //! ```
+//!
+//! A plugin's Cargo.toml needs `taskgate-plugin-api` and `serde` (with `derive`), and
+//! `crate-type = ["cdylib", "rlib"]` (the `rlib` lets its unit tests call `plugin()`
+//! in-process). The prelude brings `schemars` (for the derive) and `tracing` into scope:
+//! log with the re-exported `tracing`, so events reach the copy that forwards them to the
+//! host.
+//!
+//! # Limits in schemas
+//! A limit is written twice from one constant: as a schemars attribute (`range`, `length`),
+//! so the JSON Schema the host publishes shows it, and in the request type's `check`, so
+//! the plugin enforces it itself. The host also checks payloads against the schema, but a
+//! plugin never relies on that. (Validation crates whose attributes schemars also reads
+//! report Rust field names, not the serde names clients send, so their problems would
+//! point at the wrong place.)
 //!
 //! # Design
 //! The host loads plugins as `cdylib`s through [abi_stable]. The boundary is kept as small
@@ -51,6 +81,12 @@ pub use author::{Plugin, RequestType};
 pub use manifest::{PluginManifest, Problem, RequestTypeManifest};
 pub use schemars::{self, JsonSchema};
 pub use serde_json;
+pub use tracing;
+
+/// What a plugin's source needs: `use taskgate_plugin_api::prelude::*;`.
+pub mod prelude {
+    pub use crate::{export_plugin, schemars, tracing, JsonSchema, Plugin, Problem, RequestType};
+}
 
 /// Defaults of a request type that does not set them.
 pub mod defaults {

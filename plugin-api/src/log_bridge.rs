@@ -10,9 +10,10 @@ use std::fmt::{self, Write as _};
 use std::sync::OnceLock;
 
 use abi_stable::std_types::RStr;
-use tracing_core::field::{Field, Visit};
-use tracing_core::span::{Attributes, Id, Record};
-use tracing_core::{Event, Level, Metadata, Subscriber};
+use tracing::field::{Field, Visit};
+use tracing::level_filters::LevelFilter;
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Metadata, Subscriber};
 
 use crate::ffi::{level, LogFn};
 
@@ -22,8 +23,10 @@ static HOST_LOG: OnceLock<LogFn> = OnceLock::new();
 /// panics through the host instead of printing them to stderr.
 pub(crate) fn install(log: LogFn) {
     if HOST_LOG.set(log).is_ok() {
-        let _ =
-            tracing_core::dispatcher::set_global_default(tracing_core::Dispatch::new(Forwarder));
+        let forwarder = Forwarder {
+            max_level: level_filter(log.max_level),
+        };
+        let _ = tracing::dispatcher::set_global_default(tracing::Dispatch::new(forwarder));
         std::panic::set_hook(Box::new(|info| {
             forward(level::ERROR, "taskgate_plugin::panic", &info.to_string());
         }));
@@ -36,7 +39,11 @@ fn forward(level: u8, target: &str, message: &str) {
     }
 }
 
-struct Forwarder;
+/// The plugin's subscriber. Events above the host's level are disabled at their callsite,
+/// so they cost a plugin next to nothing.
+struct Forwarder {
+    max_level: LevelFilter,
+}
 
 struct Fields(String);
 
@@ -61,6 +68,17 @@ impl Visit for Fields {
     }
 }
 
+fn level_filter(code: u8) -> LevelFilter {
+    match code {
+        level::OFF => LevelFilter::OFF,
+        level::ERROR => LevelFilter::ERROR,
+        level::WARN => LevelFilter::WARN,
+        level::INFO => LevelFilter::INFO,
+        level::DEBUG => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    }
+}
+
 fn level_code(level: &Level) -> u8 {
     match *level {
         Level::ERROR => level::ERROR,
@@ -72,8 +90,12 @@ fn level_code(level: &Level) -> u8 {
 }
 
 impl Subscriber for Forwarder {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.max_level >= *metadata.level()
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(self.max_level)
     }
 
     fn new_span(&self, _: &Attributes<'_>) -> Id {

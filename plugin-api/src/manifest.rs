@@ -96,7 +96,115 @@ impl PluginManifest {
             if t.timeout_ms == 0 {
                 return Err(format!("timeout of `{}` is zero", t.name));
             }
+            if t.max_payload_bytes == 0 {
+                return Err(format!("max payload bytes of `{}` is zero", t.name));
+            }
+            // What an AMQP field table can carry without guessing a type.
+            for (key, value) in &t.queue_arguments {
+                let plain = value.is_string() || value.is_boolean() || value.is_i64();
+                if !plain {
+                    return Err(format!(
+                        "queue argument `{key}` of `{}` must be a string, an integer or a boolean",
+                        t.name
+                    ));
+                }
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn manifest() -> PluginManifest {
+        PluginManifest {
+            name: "p".to_owned(),
+            version: "1.0.0".to_owned(),
+            request_types: vec![RequestTypeManifest {
+                name: "a.b".to_owned(),
+                queue: "taskgate.a.b".to_owned(),
+                queue_arguments: Map::new(),
+                streams: false,
+                timeout_ms: 1000,
+                max_payload_bytes: 1024,
+                payload_schema: json!({"type": "object"}),
+                result_schema: None,
+                chunk_schema: None,
+                validates: true,
+                description: None,
+            }],
+        }
+    }
+
+    /// Applies `change` to a good manifest and returns the refusal.
+    fn refusal(change: impl FnOnce(&mut PluginManifest)) -> String {
+        let mut m = manifest();
+        change(&mut m);
+        m.check().expect_err("should be refused")
+    }
+
+    #[test]
+    fn a_well_formed_manifest_passes() {
+        let mut m = manifest();
+        m.request_types[0]
+            .queue_arguments
+            .insert("x-queue-type".to_owned(), json!("quorum"));
+        m.request_types[0]
+            .queue_arguments
+            .insert("x-max-length".to_owned(), json!(1000));
+        m.request_types[0]
+            .queue_arguments
+            .insert("x-single-active-consumer".to_owned(), json!(true));
+        assert_eq!(m.check(), Ok(()));
+    }
+
+    #[test]
+    fn each_broken_rule_is_named() {
+        assert!(refusal(|m| m.name = " ".to_owned()).contains("plugin name is empty"));
+        assert!(refusal(|m| m.request_types.clear()).contains("no request types"));
+        assert!(refusal(|m| m.request_types[0].name = String::new()).contains("empty name"));
+        assert!(refusal(|m| {
+            let again = m.request_types[0].clone();
+            m.request_types.push(again);
+        })
+        .contains("`a.b` is declared twice"));
+        assert!(refusal(|m| m.request_types[0].queue = String::new()).contains("1 to 255"));
+        assert!(refusal(|m| m.request_types[0].queue = "q".repeat(256)).contains("1 to 255"));
+        assert!(refusal(|m| m.request_types[0].queue = "amq.x".to_owned()).contains("amq."));
+        assert!(
+            refusal(|m| m.request_types[0].payload_schema = json!("string"))
+                .contains("payload schema")
+        );
+        assert!(refusal(|m| m.request_types[0].timeout_ms = 0).contains("timeout"));
+        assert!(refusal(|m| m.request_types[0].max_payload_bytes = 0).contains("max payload"));
+        assert!(refusal(|m| {
+            m.request_types[0]
+                .queue_arguments
+                .insert("x-ttl".to_owned(), json!(1.5));
+        })
+        .contains("queue argument `x-ttl`"));
+    }
+
+    #[test]
+    fn the_largest_queue_name_rabbitmq_accepts_is_accepted() {
+        let mut m = manifest();
+        m.request_types[0].queue = "q".repeat(255);
+        assert_eq!(m.check(), Ok(()));
+    }
+
+    #[test]
+    fn older_manifests_without_the_optional_fields_still_parse() {
+        let m: PluginManifest = serde_json::from_value(json!({
+            "name": "p", "version": "1", "request_types": [{
+                "name": "a", "queue": "q", "timeout_ms": 1, "max_payload_bytes": 1,
+                "payload_schema": true
+            }]
+        }))
+        .unwrap();
+        assert!(!m.request_types[0].validates);
+        assert!(m.request_types[0].queue_arguments.is_empty());
     }
 }

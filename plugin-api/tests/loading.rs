@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use taskgate_plugin_api::host::{LoadError, LoadedPlugin, Validation};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_owned()
 }
 
 fn built(dir: &str, name: &str) -> PathBuf {
@@ -34,12 +35,33 @@ fn fixture(name: &str) -> PathBuf {
     built("test-plugins", &format!("taskgate_fixture_{name}"))
 }
 
-fn scratch_file(name: &str, bytes: &[u8]) -> PathBuf {
+/// A file written by a test, removed (with its directory, once empty) when dropped.
+/// Removing a library after loading it is safe: the mapping stays.
+#[derive(Debug)]
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+fn scratch_file(name: &str, bytes: &[u8]) -> Scratch {
     let dir = std::env::temp_dir().join(format!("taskgate-loading-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();
-    path
+    Scratch(path)
 }
 
 fn assert_one_line_naming(err: &LoadError, path: &Path) {
@@ -49,6 +71,7 @@ fn assert_one_line_naming(err: &LoadError, path: &Path) {
         text.contains(&path.display().to_string()),
         "does not name the file: {text}"
     );
+    eprintln!("refused as expected: {text}");
 }
 
 #[test]
@@ -105,26 +128,65 @@ fn validation_crosses_the_boundary() {
 #[test]
 fn a_panic_inside_a_plugin_is_a_failure_and_the_plugin_keeps_working() {
     let panicky = LoadedPlugin::load(&fixture("panicky")).unwrap();
-    match panicky.validate("test.panic", r#"{"panic": true}"#) {
-        Validation::Failed(reason) => assert!(reason.contains("asked to panic"), "{reason}"),
+    assert_eq!(panicky.manifest().name, "panicky");
+    assert_eq!(panicky.manifest().request_types[0].name, "test.panic");
+    assert_eq!(
+        panicky.manifest().request_types[0].queue,
+        "taskgate.test.panic"
+    );
+    let (outcome, log) = capturing_logs(|| panicky.validate("test.panic", r#"{"panic": true}"#));
+    match outcome {
+        Validation::Failed(reason) => {
+            assert_eq!(reason, "plugin panicked: asked to panic")
+        }
         other => panic!("expected a failure, got {other:?}"),
     }
-    assert_eq!(
-        panicky.validate("test.panic", "{}"),
-        Validation::Valid(r#"{"panic":false}"#.to_owned())
-    );
+    // The plugin's panic message went to the host's log, not to stderr.
+    assert!(log.contains("ERROR"), "log was: {log}");
+    assert!(log.contains("asked to panic"), "log was: {log}");
+    for _ in 0..3 {
+        assert_eq!(
+            panicky.validate("test.panic", "{}"),
+            Validation::Valid("{}".to_owned())
+        );
+        assert!(matches!(
+            panicky.validate("test.panic", r#"{"panic": true}"#),
+            Validation::Failed(_)
+        ));
+    }
+}
+
+/// Bytes that look like nothing in particular (xorshift; no dependency needed).
+fn noise(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
 }
 
 #[test]
 fn files_that_are_not_plugins_are_refused_with_one_line_naming_them() {
-    let garbage = scratch_file(
-        "libgarbage.so",
-        &[0x7f, b'E', b'L', b'F', 1, 2, 3, 4, 5, 6, 7, 8],
-    );
-    let empty = scratch_file("libempty.so", b"");
     let real = std::fs::read(example("echo")).unwrap();
-    let truncated = scratch_file("libtruncated.so", &real[..real.len() / 2]);
-    for path in [&garbage, &empty, &truncated] {
+    let files = [
+        scratch_file("libnoise.so", &noise(64 * 1024)),
+        scratch_file("libtext.so", b"not a plugin\n"),
+        scratch_file("libempty.so", b""),
+        // An ELF magic number and nothing sensible after it.
+        scratch_file(
+            "libelfish.so",
+            &[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 9, 9, 9, 9],
+        ),
+        // A real plugin cut in half: it would map, then crash the process when touched.
+        scratch_file("libtruncated.so", &real[..real.len() / 2]),
+        // Only the headers of a real plugin.
+        scratch_file("libheaders.so", &real[..4096]),
+    ];
+    for path in &files {
         let err = LoadedPlugin::load(path).unwrap_err();
         assert!(
             matches!(err, LoadError::NotALibrary { .. }),
@@ -133,7 +195,16 @@ fn files_that_are_not_plugins_are_refused_with_one_line_naming_them() {
         assert_one_line_naming(&err, path);
     }
     let missing = repo().join("build/plugins/libnothing-here.so");
-    assert_one_line_naming(&LoadedPlugin::load(&missing).unwrap_err(), &missing);
+    let err = LoadedPlugin::load(&missing).unwrap_err();
+    assert_one_line_naming(&err, &missing);
+    // The process is still fine: a real plugin loads after all that.
+    assert_eq!(
+        LoadedPlugin::load(&example("echo"))
+            .unwrap()
+            .manifest()
+            .name,
+        "echo"
+    );
 }
 
 #[test]
@@ -174,6 +245,50 @@ fn a_plugin_built_against_an_incompatible_api_is_refused() {
     assert!(text.contains("found `FutureMod`"), "{text}");
 }
 
+#[test]
+fn a_plugin_built_against_an_older_api_is_refused_for_its_version() {
+    let path = fixture("outdated");
+    let err = LoadedPlugin::load(&path).unwrap_err();
+    assert!(
+        matches!(err, LoadError::IncompatibleVersion { .. }),
+        "{err:?}"
+    );
+    assert_one_line_naming(&err, &path);
+    assert!(
+        err.to_string().ends_with(&format!(
+            "built against taskgate-plugin-api 0.0.1, this host has {}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_loaded_plugin_can_be_shared_between_threads() {
+    fn shareable<T: Clone + Send + Sync + std::fmt::Debug + 'static>(_: &T) {}
+    let wordcount = LoadedPlugin::load(&example("wordcount")).unwrap();
+    shareable(&wordcount);
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let plugin = wordcount.clone();
+            std::thread::spawn(move || {
+                let payload = format!(r#"{{"text": "thread {i}"}}"#);
+                for _ in 0..200 {
+                    assert!(matches!(
+                        plugin.validate("text.wordcount", &payload),
+                        Validation::Valid(_)
+                    ));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(format!("{wordcount:?}").contains("wordcount"));
+    assert_eq!(wordcount.path(), example("wordcount"));
+}
+
 /// Collects the host-side log lines, to see the plugins' own log lines arrive.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -188,24 +303,73 @@ impl std::io::Write for Captured {
     }
 }
 
-#[test]
-fn a_plugin_log_line_reaches_the_host_log() {
+/// Runs `f` with a subscriber that records the host-side log, and returns that log.
+fn capturing_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .finish();
+    let outcome = tracing::subscriber::with_default(subscriber, f);
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    (outcome, log)
+}
+
+#[test]
+fn a_plugin_log_line_reaches_the_host_log() {
     // A private copy of the library, so this test sees the plugin's init run (a library
     // already loaded by another test of this process would not be initialised again).
     let copy = scratch_file(
         "libtaskgate_plugin_wordcount_logcopy.so",
         &std::fs::read(example("wordcount")).unwrap(),
     );
-    tracing::subscriber::with_default(subscriber, || {
-        LoadedPlugin::load(&copy).unwrap();
-    });
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(log.contains("wordcount plugin ready"), "log was: {log}");
-    assert!(log.contains("taskgate_plugin_wordcount"), "log was: {log}");
+    let (loaded, log) = capturing_logs(|| LoadedPlugin::load(&copy));
+    loaded.unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("wordcount plugin ready"))
+        .unwrap_or_else(|| panic!("no plugin line in the log: {log}"));
+    assert!(line.contains("INFO"), "{line}");
+    assert!(
+        line.contains("plugin=\"taskgate_plugin_wordcount\""),
+        "{line}"
+    );
+}
+
+/// Not a benchmark with thresholds: prints what one validation through the boundary costs.
+/// Meaningful with release plugins: `scripts/build-plugins --release && cargo test
+/// --release -p taskgate-plugin-api --features host --test loading validation_cost --
+/// --nocapture`.
+#[test]
+fn validation_cost() {
+    let wordcount = LoadedPlugin::load(&example("wordcount")).unwrap();
+    let echo = LoadedPlugin::load(&example("echo")).unwrap();
+    let text = "lorem ipsum dolor sit amet ".repeat(38); // ≈ 1 KB
+    let payload = format!(r#"{{"text": "{}"}}"#, text.trim_end());
+    let mut report = Vec::new();
+    for (label, plugin, request_type) in [
+        (
+            "wordcount (serde + check + re-serialise)",
+            &wordcount,
+            "text.wordcount",
+        ),
+        ("echo (the boundary and string copies only)", &echo, "echo"),
+    ] {
+        let calls = 20_000u32;
+        for _ in 0..1000 {
+            std::hint::black_box(plugin.validate(request_type, &payload));
+        }
+        let start = std::time::Instant::now();
+        for _ in 0..calls {
+            std::hint::black_box(plugin.validate(request_type, std::hint::black_box(&payload)));
+        }
+        let per_call = start.elapsed() / calls;
+        report.push(format!(
+            "{label}: {} ns/call for a {}-byte payload",
+            per_call.as_nanos(),
+            payload.len()
+        ));
+    }
+    eprintln!("{}", report.join("\n"));
 }

@@ -1,9 +1,9 @@
 //! The `echo` plugin: request type `echo` on queue `taskgate.echo`. Any JSON payload is
-//! accepted and forwarded byte for byte (the host never calls into this plugin per
-//! request); workers may stream. The example workers' conventions for it (`chunks`,
-//! `delayMs`, `fail`) are documented in `workers/rust`.
+//! accepted and forwarded byte for byte (the manifest says `validates: false`, so the host
+//! never calls into this plugin per request); workers may stream. The example workers'
+//! conventions for it (`chunks`, `delayMs`, `fail`) are documented in `workers/rust`.
 
-use taskgate_plugin_api::{export_plugin, Plugin, RequestType};
+use taskgate_plugin_api::prelude::*;
 
 pub fn plugin() -> Plugin {
     tracing::info!("echo plugin ready");
@@ -25,6 +25,7 @@ mod tests {
     fn declares_echo_on_its_queue_without_validation() {
         let manifest = plugin().manifest();
         assert_eq!(manifest.name, "echo");
+        assert_eq!(manifest.check(), Ok(()));
         let t = &manifest.request_types[0];
         assert_eq!(
             (t.name.as_str(), t.queue.as_str()),
@@ -32,13 +33,18 @@ mod tests {
         );
         assert!(t.streams);
         assert!(!t.validates);
+        assert_eq!(
+            t.payload_schema,
+            taskgate_plugin_api::serde_json::json!(true)
+        );
+        assert_eq!(t.timeout_ms, 30_000);
+        assert_eq!(t.max_payload_bytes, 1 << 20);
     }
 
     #[test]
     fn any_json_is_accepted_unchanged() {
-        assert_eq!(
-            plugin().validate("echo", r#"{"a": [1, null]}"#).unwrap(),
-            r#"{"a": [1, null]}"#
-        );
+        for payload in [r#"{"a": [1, null]}"#, "null", "\"text\"", "[ ]"] {
+            assert_eq!(plugin().validate("echo", payload).unwrap(), payload);
+        }
     }
 }

@@ -75,7 +75,7 @@ pub fn resolve(files: &[PluginFile], settings: &Settings) -> Resolved {
         let plugin = match &file.outcome {
             Ok(plugin) => plugin,
             Err(e) => {
-                error!(file = %file.path.display(), reason = %e, "plugin refused");
+                error!("plugin refused: {e}");
                 continue;
             }
         };

@@ -1,0 +1,325 @@
+//! What a phase measures: a time window (warm-up excluded), per-task latency histograms
+//! merged at the end, and the report of one phase (throughput, latency percentiles, CPU and
+//! memory of the processes under test), printed as a table or written as JSON.
+//!
+//! Each load task owns its histogram and counters, so recording a request takes no lock and
+//! no cross-core traffic; they are merged once when the phase ends.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Highest latency the histograms hold (longer ones are clamped to it): one minute, in µs.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// The measured part of a phase: requests completing in `[start, end)` count.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub start: Instant,
+    pub end: Instant,
+}
+
+impl Window {
+    /// A window opening after `warmup` from now and lasting `duration`.
+    pub fn after(warmup: Duration, duration: Duration) -> Self {
+        let start = Instant::now() + warmup;
+        Window {
+            start,
+            end: start + duration,
+        }
+    }
+
+    /// Whether new requests may still be started (the closed loop stops at the end).
+    pub fn open_for_new(&self, now: Instant) -> bool {
+        now < self.end
+    }
+}
+
+/// What one load task saw.
+#[derive(Debug)]
+pub struct TaskStats {
+    pub latency_us: Histogram<u64>,
+    /// Requests that completed with a result inside the window.
+    pub ok: u64,
+    /// Requests that completed with an error (refused ack or error response) inside the window.
+    pub errors: u64,
+    /// Requests still in flight when the task gave up waiting after the window.
+    pub unfinished: u64,
+    /// Requests completed before the window (warm-up).
+    pub warmup: u64,
+}
+
+impl TaskStats {
+    pub fn new() -> Result<Self, hdrhistogram::CreationError> {
+        Ok(TaskStats {
+            // Three significant digits, 1 µs to one minute: a few tens of KiB per task.
+            latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)?,
+            ok: 0,
+            errors: 0,
+            unfinished: 0,
+            warmup: 0,
+        })
+    }
+
+    /// Records a request started at `started` that completed at `now`.
+    pub fn record(&mut self, window: &Window, started: Instant, now: Instant, ok: bool) {
+        if now < window.start {
+            self.warmup += 1;
+            return;
+        }
+        if now >= window.end {
+            return;
+        }
+        let us = now.saturating_duration_since(started).as_micros();
+        let us = u64::try_from(us)
+            .unwrap_or(MAX_LATENCY_US)
+            .clamp(1, MAX_LATENCY_US);
+        self.latency_us.saturating_record(us);
+        if ok {
+            self.ok += 1;
+        } else {
+            self.errors += 1;
+        }
+    }
+
+    pub fn merge(&mut self, other: &TaskStats) {
+        // Same bounds on both sides, so adding cannot fail; saturate if it ever did.
+        let _ = self.latency_us.add(&other.latency_us);
+        self.ok += other.ok;
+        self.errors += other.errors;
+        self.unfinished += other.unfinished;
+        self.warmup += other.warmup;
+    }
+}
+
+/// CPU seconds one process used during the window.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CpuUse {
+    pub seconds: f64,
+    /// Seconds of CPU per 1,000 completed requests.
+    pub seconds_per_1k_requests: f64,
+}
+
+impl CpuUse {
+    pub fn new(seconds: f64, requests: u64) -> Self {
+        CpuUse {
+            seconds,
+            seconds_per_1k_requests: if requests == 0 {
+                0.0
+            } else {
+                seconds * 1000.0 / requests as f64
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+impl Latency {
+    pub fn from_histogram(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Latency::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p90_ms: ms(h.value_at_quantile(0.90)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+            mean_ms: h.mean() / 1000.0,
+        }
+    }
+}
+
+/// The result of one phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseReport {
+    pub phase: &'static str,
+    pub seconds: f64,
+    /// Completed requests (results + errors) inside the window.
+    pub requests: u64,
+    pub errors: u64,
+    pub unfinished: u64,
+    pub requests_per_second: f64,
+    pub latency: Latency,
+    pub host_cpu: CpuUse,
+    pub worker_cpu: CpuUse,
+    /// This benchmark process (the load generator), for judging whether it was the bottleneck.
+    pub bench_cpu: CpuUse,
+    /// RabbitMQ (`beam.smp`), when this user may read its `/proc` entry.
+    pub broker_cpu: Option<CpuUse>,
+}
+
+/// CPU seconds used during a phase's window, per process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuSeconds {
+    pub host: f64,
+    pub worker: f64,
+    pub bench: f64,
+    pub broker: Option<f64>,
+}
+
+impl PhaseReport {
+    pub fn new(phase: &'static str, seconds: f64, stats: &TaskStats, cpu: CpuSeconds) -> Self {
+        let requests = stats.ok + stats.errors;
+        PhaseReport {
+            phase,
+            seconds,
+            requests,
+            errors: stats.errors,
+            unfinished: stats.unfinished,
+            requests_per_second: if seconds > 0.0 {
+                requests as f64 / seconds
+            } else {
+                0.0
+            },
+            latency: Latency::from_histogram(&stats.latency_us),
+            host_cpu: CpuUse::new(cpu.host, requests),
+            worker_cpu: CpuUse::new(cpu.worker, requests),
+            bench_cpu: CpuUse::new(cpu.bench, requests),
+            broker_cpu: cpu.broker.map(|s| CpuUse::new(s, requests)),
+        }
+    }
+}
+
+/// host ÷ direct, for throughput and tail latency.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Ratios {
+    pub throughput_host_over_direct: f64,
+    pub p99_host_over_direct: f64,
+}
+
+impl Ratios {
+    pub fn new(host: &PhaseReport, direct: &PhaseReport) -> Self {
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        Ratios {
+            throughput_host_over_direct: ratio(
+                host.requests_per_second,
+                direct.requests_per_second,
+            ),
+            p99_host_over_direct: ratio(host.latency.p99_ms, direct.latency.p99_ms),
+        }
+    }
+}
+
+/// The phases side by side as a plain-text table.
+pub fn table(phases: &[PhaseReport]) -> String {
+    let mut out = String::new();
+    let header = format!(
+        "{:<7} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}\n",
+        "phase",
+        "req/s",
+        "errors",
+        "unfin",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "host s/1k",
+        "wrkr s/1k",
+        "bench s/1k",
+        "rmq s/1k"
+    );
+    out.push_str(&header);
+    for p in phases {
+        out.push_str(&format!(
+            "{:<7} {:>9.0} {:>7} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10.3} {:>10.3} {:>10.3} {:>10}\n",
+            p.phase,
+            p.requests_per_second,
+            p.errors,
+            p.unfinished,
+            p.latency.p50_ms,
+            p.latency.p90_ms,
+            p.latency.p99_ms,
+            p.latency.max_ms,
+            p.host_cpu.seconds_per_1k_requests,
+            p.worker_cpu.seconds_per_1k_requests,
+            p.bench_cpu.seconds_per_1k_requests,
+            p.broker_cpu
+                .map_or("?".to_owned(), |c| format!("{:.3}", c.seconds_per_1k_requests)),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_completions_inside_the_window_count() {
+        let now = Instant::now();
+        let window = Window {
+            start: now + Duration::from_secs(1),
+            end: now + Duration::from_secs(2),
+        };
+        let mut stats = TaskStats::new().unwrap();
+        stats.record(&window, now, now + Duration::from_millis(500), true);
+        stats.record(
+            &window,
+            now + Duration::from_millis(900),
+            now + Duration::from_millis(1100),
+            true,
+        );
+        stats.record(&window, now, now + Duration::from_millis(1500), false);
+        stats.record(&window, now, now + Duration::from_secs(3), true);
+        assert_eq!((stats.warmup, stats.ok, stats.errors), (1, 1, 1));
+        assert_eq!(stats.latency_us.len(), 2);
+        // 200 ms, within hdrhistogram's 3 significant digits.
+        assert!((stats.latency_us.min() as i64 - 200_000).abs() < 200);
+    }
+
+    #[test]
+    fn reports_rates_percentiles_and_cpu_per_thousand() {
+        let mut stats = TaskStats::new().unwrap();
+        for us in 1..=1000u64 {
+            stats.latency_us.record(us * 10).unwrap();
+        }
+        stats.ok = 990;
+        stats.errors = 10;
+        let report = PhaseReport::new(
+            "host",
+            2.0,
+            &stats,
+            CpuSeconds {
+                host: 1.0,
+                worker: 0.5,
+                bench: 0.0,
+                broker: None,
+            },
+        );
+        assert_eq!(report.requests, 1000);
+        assert_eq!(report.requests_per_second, 500.0);
+        assert!((report.latency.p50_ms - 5.0).abs() < 0.01);
+        assert!((report.latency.p99_ms - 9.9).abs() < 0.01);
+        assert!((report.latency.max_ms - 10.0).abs() < 0.01);
+        assert_eq!(report.host_cpu.seconds_per_1k_requests, 1.0);
+        assert_eq!(report.worker_cpu.seconds_per_1k_requests, 0.5);
+        let text = table(&[report.clone(), report]);
+        assert_eq!(text.lines().count(), 3);
+    }
+
+    #[test]
+    fn ratios_divide_host_by_direct() {
+        let mut stats = TaskStats::new().unwrap();
+        stats.ok = 100;
+        stats.latency_us.record(4000).unwrap();
+        let host = PhaseReport::new("host", 1.0, &stats, CpuSeconds::default());
+        stats.ok = 200;
+        stats.latency_us.reset();
+        stats.latency_us.record(2000).unwrap();
+        let direct = PhaseReport::new("direct", 1.0, &stats, CpuSeconds::default());
+        let r = Ratios::new(&host, &direct);
+        assert!((r.throughput_host_over_direct - 0.5).abs() < 1e-9);
+        assert!((r.p99_host_over_direct - 2.0).abs() < 0.01);
+    }
+}

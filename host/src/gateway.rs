@@ -109,7 +109,8 @@ pub struct Gateway<B: Broker, S: ClientSink> {
     options: GatewayOptions,
 }
 
-struct Admitted {
+struct Admitted<C> {
+    conn: C,
     correlation_id: Uuid,
     spec: Arc<RequestTypeSpec>,
     body: Box<str>,
@@ -198,7 +199,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             }
             Err(error) => {
                 debug!(?conn, code = %error.code(), %error, "request refused");
-                self.sink.ack(ack, Err(&error.to_body()));
+                self.send_refusal(conn, ack, &error);
                 None
             }
         }
@@ -216,8 +217,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
     }
 
-    async fn publish(self: Arc<Self>, admitted: Admitted, ack: S::Ack) {
+    async fn publish(self: Arc<Self>, admitted: Admitted<S::Conn>, ack: S::Ack) {
         let Admitted {
+            conn,
             correlation_id,
             spec,
             body,
@@ -238,14 +240,14 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             Err(_) => Err(PublishError::ConfirmTimeout(wait)),
         };
         match published {
-            Ok(()) => self.activate(correlation_id, ack, deadline),
+            Ok(()) => self.activate(conn, correlation_id, ack, deadline),
             Err(error) => {
                 warn!(%correlation_id, request_type = %spec.name, %error, "publish failed");
                 if let Some((_, request)) = self.inflight.remove(&correlation_id) {
                     self.release_id(correlation_id, &request);
                 }
                 let error = RequestError::Unavailable(error.to_string());
-                self.sink.ack(ack, Err(&error.to_body()));
+                self.send_refusal(conn, ack, &error);
             }
         }
     }
@@ -254,7 +256,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         &self,
         conn: S::Conn,
         envelope: Result<RequestEnvelope, String>,
-    ) -> Result<Admitted, RequestError> {
+    ) -> Result<Admitted<S::Conn>, RequestError> {
         let envelope = envelope.map_err(RequestError::bad_request)?;
         let id = required_string(envelope.id, "id")?;
         let len = id.chars().count();
@@ -309,6 +311,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         );
         debug!(%correlation_id, request_type = %spec.name, "request admitted");
         Ok(Admitted {
+            conn,
             correlation_id,
             spec,
             body,
@@ -316,14 +319,24 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     }
 
     /// The broker confirmed the publish: acknowledge, then deliver what arrived meanwhile.
-    fn activate(self: &Arc<Self>, correlation_id: Uuid, ack: S::Ack, deadline: Instant) {
+    fn activate(
+        self: &Arc<Self>,
+        conn: S::Conn,
+        correlation_id: Uuid,
+        ack: S::Ack,
+        deadline: Instant,
+    ) {
         let mut ack = Some(ack);
         let mut known = false;
         let mut cancelled_early = false;
+        let mut ack_lost = false;
         let finished = self.inflight.remove_if_mut(&correlation_id, |_, request| {
             known = true;
             if let Some(ack) = ack.take() {
-                self.sink.ack(ack, Ok(()));
+                if self.sink.ack(ack, Ok(())).is_err() {
+                    ack_lost = true;
+                    return true;
+                }
             }
             let Stage::Publishing {
                 buffered,
@@ -347,15 +360,31 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         });
         if let Some((_, request)) = finished {
             self.release_id(correlation_id, &request);
-            if cancelled_early {
+            if cancelled_early || ack_lost {
                 self.spawn_cancel(correlation_id);
+            }
+            if ack_lost {
+                warn!(%correlation_id, ?conn, "the ack could not be sent (client not reading); request cancelled and client disconnected");
+                self.sink.disconnect(conn);
             }
         } else if !known {
             // The client disconnected while we were publishing: nobody waits for this.
             if let Some(ack) = ack.take() {
-                self.sink.ack(ack, Ok(()));
+                let _ = self.sink.ack(ack, Ok(()));
             }
             self.spawn_cancel(correlation_id);
+        }
+    }
+
+    /// Sends a refusal; a client that cannot even receive that is dropped, so it does not
+    /// wait forever for an answer.
+    fn send_refusal(&self, conn: S::Conn, ack: S::Ack, error: &RequestError) {
+        if self.sink.ack(ack, Err(&error.to_body())).is_err() {
+            warn!(
+                ?conn,
+                "a refusal could not be sent (client not reading); disconnecting it"
+            );
+            self.sink.disconnect(conn);
         }
     }
 

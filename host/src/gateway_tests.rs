@@ -548,3 +548,26 @@ async fn a_cancel_right_after_a_request_finds_it_even_before_the_publish_runs() 
     assert_eq!(h.sink.events(CONN)[0]["error"]["code"], json!("CANCELLED"));
     h.assert_clean();
 }
+
+#[tokio::test]
+async fn an_ack_that_cannot_be_sent_cancels_the_request_and_drops_the_client() {
+    let h = harness();
+    h.sink.fail_ack(1);
+    h.gateway
+        .handle_request(CONN, req("a", "echo", json!(1)), 1)
+        .await;
+    h.assert_clean();
+    assert_eq!(h.sink.disconnected(), vec![CONN]);
+    tokio::task::yield_now().await;
+    assert_eq!(h.broker.cancels().len(), 1, "workers are told to stop");
+}
+
+#[tokio::test]
+async fn a_refusal_that_cannot_be_sent_drops_the_client() {
+    let h = harness();
+    h.sink.fail_ack(1);
+    h.gateway
+        .handle_request(CONN, req("a", "nope", json!(1)), 1)
+        .await;
+    assert_eq!(h.sink.disconnected(), vec![CONN]);
+}

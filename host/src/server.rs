@@ -22,7 +22,7 @@ use crate::broker::amqp::AmqpBroker;
 use crate::config::{redact_url, Settings};
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::plugins;
-use crate::socketio::{self, SocketIoSink};
+use crate::socketio::{self, BacklogLimits, SocketIoSink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -65,7 +65,7 @@ pub async fn run(
         .max_buffer_size(settings.socket_buffer)
         .max_payload(settings.max_message_bytes)
         .build_layer();
-    let sink = Arc::new(SocketIoSink::new(io.clone()));
+    let sink = Arc::new(SocketIoSink::new(io.clone(), BacklogLimits::default()));
     let gateway = Arc::new(Gateway::new(
         Arc::new(broker.clone()),
         sink,

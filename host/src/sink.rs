@@ -54,6 +54,45 @@ impl<'a> ResponseEvent<'a> {
     }
 }
 
+/// A [`ResponseEvent`] that owns its data: kept when it cannot be sent at once.
+#[derive(Debug, Clone)]
+pub struct OwnedResponse {
+    pub id: Box<str>,
+    pub kind: ReplyKind,
+    pub seq: Option<u64>,
+    pub data: Option<Box<RawValue>>,
+    pub error: Option<ErrorBody>,
+}
+
+impl OwnedResponse {
+    pub fn as_event(&self) -> ResponseEvent<'_> {
+        ResponseEvent {
+            id: &self.id,
+            kind: self.kind,
+            seq: self.seq,
+            data: self.data.as_deref(),
+            error: self.error.as_ref(),
+        }
+    }
+
+    /// Approximate size in memory, to bound what is kept per connection.
+    pub fn weight(&self) -> usize {
+        self.id.len() + self.data.as_ref().map_or(0, |d| d.get().len()) + 64
+    }
+}
+
+impl ResponseEvent<'_> {
+    pub fn to_owned_response(&self) -> OwnedResponse {
+        OwnedResponse {
+            id: self.id.into(),
+            kind: self.kind,
+            seq: self.seq,
+            data: self.data.map(ToOwned::to_owned),
+            error: self.error.cloned(),
+        }
+    }
+}
+
 /// The ack body of a `request` (protocol §1).
 #[derive(Debug, Serialize)]
 pub struct AckBody<'a> {
@@ -79,7 +118,11 @@ pub trait ClientSink: Send + Sync + 'static {
     /// The acknowledgement callback of one `request`.
     type Ack: Send + 'static;
 
-    fn ack(&self, ack: Self::Ack, outcome: Result<(), &ErrorBody>);
+    /// Sends the ack. An error means the client will never see it: the caller must end
+    /// the request and drop the connection rather than leave the client waiting.
+    fn ack(&self, ack: Self::Ack, outcome: Result<(), &ErrorBody>) -> Result<(), EmitError>;
+    /// Sends a response, in order with the connection's earlier ones. `Full` means the
+    /// client fell too far behind (its backlog passed the limit).
     fn emit(&self, conn: Self::Conn, event: &ResponseEvent<'_>) -> Result<(), EmitError>;
     /// Drops a connection that cannot keep up; its requests are then cleaned up through
     /// the ordinary disconnect path.
@@ -99,6 +142,7 @@ pub mod memory {
         events: Mutex<Vec<(u32, Value)>>,
         acks: Mutex<Vec<(u32, Value)>>,
         full: Mutex<Vec<u32>>,
+        failing_acks: Mutex<Vec<u32>>,
         disconnected: Mutex<Vec<u32>>,
     }
 
@@ -127,6 +171,10 @@ pub mod memory {
         pub fn make_full(&self, conn: u32) {
             lock(&self.full).push(conn);
         }
+        /// The ack with this tag will fail to send.
+        pub fn fail_ack(&self, tag: u32) {
+            lock(&self.failing_acks).push(tag);
+        }
         pub fn disconnected(&self) -> Vec<u32> {
             lock(&self.disconnected).clone()
         }
@@ -136,13 +184,17 @@ pub mod memory {
         type Conn = u32;
         type Ack = u32;
 
-        fn ack(&self, tag: u32, outcome: Result<(), &ErrorBody>) {
+        fn ack(&self, tag: u32, outcome: Result<(), &ErrorBody>) -> Result<(), EmitError> {
+            if lock(&self.failing_acks).contains(&tag) {
+                return Err(EmitError::Full);
+            }
             let body = AckBody {
                 ok: outcome.is_ok(),
                 error: outcome.err(),
             };
             let value = serde_json::to_value(&body).unwrap_or(Value::Null);
             lock(&self.acks).push((tag, value));
+            Ok(())
         }
 
         fn emit(&self, conn: u32, event: &ResponseEvent<'_>) -> Result<(), EmitError> {

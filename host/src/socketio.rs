@@ -2,70 +2,218 @@
 //! `cancel` handlers on the default namespace and implements [`ClientSink`] for them.
 //! Everything protocol-specific is decided in the gateway; this module only translates.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
 
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
 use taskgate_protocol::{events, ErrorBody};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::broker::Broker;
 use crate::gateway::{CancelEnvelope, Gateway, RequestEnvelope};
-use crate::sink::{AckBody, ClientSink, EmitError, ResponseEvent};
+use crate::sink::{AckBody, ClientSink, EmitError, OwnedResponse, ResponseEvent};
+
+/// How far a client may fall behind before it is dropped.
+#[derive(Debug, Clone, Copy)]
+pub struct BacklogLimits {
+    /// Responses kept for one connection beyond socketioxide's own buffer, in bytes.
+    pub max_bytes: usize,
+    /// How long a backlog may go without any progress.
+    pub stall: Duration,
+}
+
+impl Default for BacklogLimits {
+    fn default() -> Self {
+        BacklogLimits {
+            max_bytes: 16 * 1024 * 1024,
+            stall: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Responses waiting for room in a connection's socketioxide buffer, in order.
+#[derive(Default)]
+struct Backlog {
+    queue: VecDeque<OwnedResponse>,
+    bytes: usize,
+}
+
+struct Inner {
+    io: SocketIo,
+    limits: BacklogLimits,
+    /// Only connections whose socketioxide buffer was full have an entry. While one
+    /// exists, new responses queue behind it, so the order is kept.
+    backlogs: DashMap<Sid, Backlog>,
+    /// Connections being dropped, so each is dropped (and logged) once.
+    closing: DashMap<Sid, ()>,
+}
 
 /// Sends acks and responses through socketioxide.
+///
+/// socketioxide's per-socket buffer (`socket_buffer` packets) fills whenever replies
+/// arrive faster than the transport writes them — even for a client reading at full
+/// speed — and its `emit` then fails. Instead of dropping the client, the response waits
+/// in a per-connection backlog drained by one task; only a client whose backlog passes
+/// [`BacklogLimits`] is disconnected.
+#[derive(Clone)]
 pub struct SocketIoSink {
-    io: SocketIo,
+    inner: Arc<Inner>,
 }
 
 impl SocketIoSink {
-    pub fn new(io: SocketIo) -> Self {
-        SocketIoSink { io }
+    pub fn new(io: SocketIo, limits: BacklogLimits) -> Self {
+        SocketIoSink {
+            inner: Arc::new(Inner {
+                io,
+                limits,
+                backlogs: DashMap::new(),
+                closing: DashMap::new(),
+            }),
+        }
     }
+
+    /// Connections with responses waiting (for tests and metrics).
+    pub fn backlogged(&self) -> usize {
+        self.inner.backlogs.len()
+    }
+}
+
+fn emit_error(e: SendError) -> EmitError {
+    match e {
+        SendError::Socket(SocketError::InternalChannelFull) => EmitError::Full,
+        SendError::Socket(SocketError::Closed) => EmitError::Gone,
+        SendError::Serialize(_) => EmitError::Encode,
+    }
+}
+
+impl Inner {
+    fn enqueue(&self, backlog: &mut Backlog, event: &ResponseEvent<'_>) -> Result<(), EmitError> {
+        let owned = event.to_owned_response();
+        let weight = owned.weight();
+        if backlog.bytes + weight > self.limits.max_bytes {
+            return Err(EmitError::Full);
+        }
+        backlog.bytes += weight;
+        backlog.queue.push_back(owned);
+        Ok(())
+    }
+
+    /// Sends the backlog of `conn` as room frees up, until it is empty.
+    async fn drain(self: Arc<Self>, conn: Sid) {
+        let mut progress = Instant::now();
+        loop {
+            let Some(socket) = self.io.get_socket(conn) else {
+                self.backlogs.remove(&conn);
+                return;
+            };
+            if let Some(mut backlog) = self.backlogs.get_mut(&conn) {
+                while let Some(front) = backlog.queue.front() {
+                    match socket.emit(events::RESPONSE, &front.as_event()) {
+                        Ok(()) => {
+                            let weight = front.weight();
+                            backlog.queue.pop_front();
+                            backlog.bytes = backlog.bytes.saturating_sub(weight);
+                            progress = Instant::now();
+                        }
+                        Err(SendError::Socket(SocketError::InternalChannelFull)) => break,
+                        Err(_) => {
+                            drop(backlog);
+                            self.backlogs.remove(&conn);
+                            return;
+                        }
+                    }
+                }
+            }
+            if self
+                .backlogs
+                .remove_if(&conn, |_, b| b.queue.is_empty())
+                .is_some()
+                || !self.backlogs.contains_key(&conn)
+            {
+                return;
+            }
+            if progress.elapsed() > self.limits.stall {
+                self.backlogs.remove(&conn);
+                drop_client(&self, conn, "its responses made no progress");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+fn drop_client(inner: &Arc<Inner>, conn: Sid, why: &str) {
+    if inner.closing.insert(conn, ()).is_some() {
+        return;
+    }
+    warn!(sid = %conn, reason = why, "disconnecting a client that does not keep up");
+    inner.backlogs.remove(&conn);
+    let Some(socket) = inner.io.get_socket(conn) else {
+        inner.closing.remove(&conn);
+        return;
+    };
+    let inner = inner.clone();
+    // The disconnect packet itself needs room in the full buffer: retry for a while; the
+    // engine.io heartbeat closes a client that never reads in the end anyway.
+    tokio::spawn(async move {
+        for _ in 0..100 {
+            match socket.clone().disconnect() {
+                Err(SocketError::InternalChannelFull) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                _ => break,
+            }
+        }
+        inner.closing.remove(&conn);
+    });
 }
 
 impl ClientSink for SocketIoSink {
     type Conn = Sid;
     type Ack = AckSender;
 
-    fn ack(&self, ack: AckSender, outcome: Result<(), &ErrorBody>) {
+    fn ack(&self, ack: AckSender, outcome: Result<(), &ErrorBody>) -> Result<(), EmitError> {
         let body = AckBody {
             ok: outcome.is_ok(),
             error: outcome.err(),
         };
-        if let Err(e) = ack.send(&body) {
-            debug!(error = %e, "ack not sent (client gone?)");
-        }
+        ack.send(&body).map_err(emit_error)
     }
 
     fn emit(&self, conn: Sid, event: &ResponseEvent<'_>) -> Result<(), EmitError> {
-        let socket = self.io.get_socket(conn).ok_or(EmitError::Gone)?;
-        socket.emit(events::RESPONSE, event).map_err(|e| match e {
-            SendError::Socket(SocketError::InternalChannelFull) => EmitError::Full,
-            SendError::Socket(SocketError::Closed) => EmitError::Gone,
-            SendError::Serialize(_) => EmitError::Encode,
-        })
+        let inner = &self.inner;
+        match inner.backlogs.entry(conn) {
+            Entry::Occupied(mut backlog) => inner.enqueue(backlog.get_mut(), event),
+            Entry::Vacant(slot) => {
+                let socket = inner.io.get_socket(conn).ok_or(EmitError::Gone)?;
+                match socket.emit(events::RESPONSE, event).map_err(emit_error) {
+                    Err(EmitError::Full) => {
+                        let mut backlog = Backlog::default();
+                        inner.enqueue(&mut backlog, event)?;
+                        slot.insert(backlog);
+                        debug!(sid = %conn, "send buffer full; responses wait in the backlog");
+                        tokio::spawn(inner.clone().drain(conn));
+                        Ok(())
+                    }
+                    other => other,
+                }
+            }
+        }
     }
 
     fn disconnect(&self, conn: Sid) {
-        let Some(socket) = self.io.get_socket(conn) else {
-            return;
-        };
-        // The disconnect packet itself needs room in the full buffer: retry for a while;
-        // the engine.io heartbeat closes a client that never reads in the end anyway.
-        tokio::spawn(async move {
-            for _ in 0..50 {
-                match socket.clone().disconnect() {
-                    Err(SocketError::InternalChannelFull) => {
-                        tokio::time::sleep(Duration::from_millis(100)).await
-                    }
-                    _ => return,
-                }
-            }
-        });
+        drop_client(
+            &self.inner,
+            conn,
+            "its backlog passed the limit or an ack could not be sent",
+        );
     }
 }
 

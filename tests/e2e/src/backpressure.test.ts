@@ -33,8 +33,8 @@ async function burst(ctx: TestContext, transport: 'websocket' | 'polling', count
   const worker = await FakeWorker.start(ctx, host.queues[TYPES.echo]);
   const client = await connect(ctx, host.url, { transport });
   const id = uniqueId();
-  // The worker may start before the host has the confirm: the ack then waits for every buffered
-  // chunk to be relayed behind it (§3.1), which takes a while on a loaded 2-core machine.
+  // The worker may start streaming before the host has processed the publisher confirm: the
+  // host then buffers chunks until it acks (§3.1), which took over 5 s on a loaded 2-core machine.
   const pending = request(client, { id, requestType: TYPES.echo, payload: {} }, { timeout: 60_000, ackTimeout: 60_000 });
   const received = await worker.next();
   for (let i = 0; i < count; i++) {

@@ -46,8 +46,38 @@ pub async fn connect(url: &str) -> anyhow::Result<Connection> {
         .context("connecting to RabbitMQ")
 }
 
+/// One closed loop of phase direct, between runs: its channel, its reply queue and the
+/// consumer of that queue, and how many requests it keeps in flight.
+pub struct DirectLoop {
+    channel: Channel,
+    consumer: lapin::Consumer,
+    reply_queue: String,
+    in_flight: usize,
+}
+
+impl DirectLoop {
+    /// Opens a channel in confirm mode consuming from a new exclusive reply queue.
+    pub async fn open(
+        connection: &Connection,
+        reply_queue: String,
+        in_flight: usize,
+    ) -> anyhow::Result<Self> {
+        let (channel, consumer) = open_task(connection, &reply_queue).await?;
+        Ok(DirectLoop {
+            channel,
+            consumer,
+            reply_queue,
+            in_flight,
+        })
+    }
+
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "benchmark done".into()).await;
+    }
+}
+
 /// A channel in confirm mode consuming from a new exclusive reply queue.
-pub async fn open_task(
+async fn open_task(
     connection: &Connection,
     reply_queue: &str,
 ) -> anyhow::Result<(Channel, lapin::Consumer)> {
@@ -83,23 +113,29 @@ pub async fn open_task(
 }
 
 /// Runs one task's closed loop until the window has closed and its requests are done (or
-/// [`DRAIN`] has passed).
+/// [`DRAIN`] has passed); returns the loop for the next run. Correlation ids are fresh
+/// UUIDs, so a straggler from an earlier run is never taken for a request of this one.
 pub async fn run_task(
-    channel: Channel,
-    mut consumer: lapin::Consumer,
-    reply_queue: String,
-    in_flight: usize,
+    mut task: DirectLoop,
     target: Target,
     window: Window,
-) -> anyhow::Result<TaskStats> {
+) -> anyhow::Result<(DirectLoop, TaskStats)> {
+    let DirectLoop {
+        channel,
+        consumer,
+        reply_queue,
+        in_flight,
+    } = &mut task;
+    let (channel, reply_queue, in_flight) = (&*channel, reply_queue.as_str(), *in_flight);
     let mut stats = TaskStats::new()?;
-    let mut pending: HashMap<String, Instant> = HashMap::with_capacity(in_flight * 2);
+    // Correlation id → (sent at, broker confirmed yet).
+    let mut pending: HashMap<String, (Instant, bool)> = HashMap::with_capacity(in_flight * 2);
     // Confirms are awaited concurrently with replies: awaiting each inline would serialise
     // the task's K requests on broker round trips, which the host does not do either.
     let mut confirms = FuturesUnordered::new();
     for _ in 0..in_flight {
-        let (id, confirm) = publish(&channel, &reply_queue, &target).await?;
-        pending.insert(id.clone(), Instant::now());
+        let (id, confirm) = publish(channel, reply_queue, &target).await?;
+        pending.insert(id.clone(), (Instant::now(), false));
         confirms.push(confirmed(id, confirm));
     }
     let give_up = tokio::time::Instant::from_std(window.end + DRAIN);
@@ -114,7 +150,12 @@ pub async fn run_task(
             }
             Some((id, confirm)) = confirms.next(), if !confirms.is_empty() => {
                 match confirm {
-                    Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => None,
+                    Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {
+                        if let Some((_, confirmed)) = pending.get_mut(&id) {
+                            *confirmed = true;
+                        }
+                        None
+                    }
                     // Returned (unroutable) or refused: the request will never be answered.
                     Ok(_) => Some((id, false)),
                     Err(e) => bail!("publish confirm: {e}"),
@@ -139,19 +180,23 @@ pub async fn run_task(
             }
         };
         if let Some((id, ok)) = finished {
-            if let Some(started) = pending.remove(&id) {
+            if let Some((started, was_confirmed)) = pending.remove(&id) {
                 let now = Instant::now();
+                if !was_confirmed && window.measures(now) {
+                    // The host could not have relayed this reply yet: it answers a request's
+                    // ack only after the confirm, and holds replies until then (protocol §1).
+                    stats.replies_before_confirm += 1;
+                }
                 stats.record(&window, started, now, ok);
                 if window.open_for_new(now) {
-                    let (id, confirm) = publish(&channel, &reply_queue, &target).await?;
-                    pending.insert(id.clone(), Instant::now());
+                    let (id, confirm) = publish(channel, reply_queue, &target).await?;
+                    pending.insert(id.clone(), (Instant::now(), false));
                     confirms.push(confirmed(id, confirm));
                 }
             }
         }
     }
-    let _ = channel.close(200, "benchmark done".into()).await;
-    Ok(stats)
+    Ok((task, stats))
 }
 
 /// A confirm tagged with its request's correlation id.

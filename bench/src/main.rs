@@ -8,13 +8,18 @@
 //! - **direct**: AMQP clients → RabbitMQ → worker → RabbitMQ → clients (what the host adds is
 //!   the difference).
 //!
+//! The phases run in alternating slices (host, direct, direct, host …; see `schedule`) so
+//! that both meet the same background load on this shared machine.
+//!
 //! It reports throughput, latency percentiles, CPU seconds per 1,000 requests of the host,
 //! the worker and itself, and the host's peak RSS; then stops everything and deletes its queue.
 //! See bench/README.md.
 
+mod builtin_worker;
 mod direct_load;
 mod host_load;
 mod procs;
+mod schedule;
 mod sio;
 mod stats;
 
@@ -30,9 +35,11 @@ use lapin::options::QueueDeleteOptions;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use crate::direct_load::Target;
+use crate::builtin_worker::BuiltinWorker;
+use crate::direct_load::{DirectLoop, Target};
 use crate::procs::Process;
-use crate::stats::{CpuSeconds, PhaseReport, Ratios, TaskStats, Window};
+use crate::schedule::{Phase, Slice};
+use crate::stats::{CpuSeconds, PhaseReport, PhaseTotals, Ratios, SliceSummary, TaskStats, Window};
 
 /// The request type under test; the example `echo` plugin declares it streams.
 const REQUEST_TYPE: &str = "echo";
@@ -43,6 +50,14 @@ const TIMEOUT_MS: u64 = 30_000;
 /// RabbitMQ's process name, for reporting the broker's share of the CPU.
 const BROKER_COMM: &str = "beam.smp";
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum WorkerKind {
+    /// The project's Rust example worker (`taskgate-example-workers --only echo`), a separate process.
+    Example,
+    /// A trivial lapin echo consumer inside this process (fallback; no worker CPU column).
+    Builtin,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Phases {
@@ -70,6 +85,10 @@ struct Cli {
     /// Seconds of load before measuring, per phase.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
+    /// Slices each phase's measured time is cut into; the phases alternate host, direct,
+    /// direct, host … so both see the same background load (see bench/README.md).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    rounds: u32,
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -82,6 +101,9 @@ struct Cli {
     /// The host binary [default: `taskgate` next to this binary].
     #[arg(long)]
     host_bin: Option<PathBuf>,
+    /// Which echo worker answers the requests (the same one in both phases).
+    #[arg(long, value_enum, default_value_t = WorkerKind::Example)]
+    worker: WorkerKind,
     /// The worker binary [default: `taskgate-example-workers` next to this binary].
     #[arg(long)]
     worker_bin: Option<PathBuf>,
@@ -105,7 +127,30 @@ struct Run {
     queue: String,
     amqp_url: String,
     host: Option<Process>,
-    worker: Option<Process>,
+    worker: Option<Worker>,
+}
+
+/// The echo worker under test.
+enum Worker {
+    Example(Process),
+    Builtin(BuiltinWorker),
+}
+
+impl Worker {
+    /// The worker's own process, if it has one.
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Worker::Example(process) => Some(process.pid()),
+            Worker::Builtin(_) => None,
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Worker::Example(process) => process.stop().await,
+            Worker::Builtin(worker) => worker.stop().await,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -113,6 +158,9 @@ struct JsonReport<'a> {
     config: JsonConfig,
     phases: &'a [PhaseReport],
     ratios: Option<Ratios>,
+    /// host ÷ direct throughput of each round: their spread shows how noisy the run was.
+    round_throughput_ratios: Vec<f64>,
+    slices: &'a [SliceSummary],
     host_peak_rss_kib: Option<u64>,
     worker_peak_rss_kib: Option<u64>,
 }
@@ -124,6 +172,8 @@ struct JsonConfig {
     payload_bytes: usize,
     duration_s: f64,
     warmup_s: f64,
+    rounds: u32,
+    worker: &'static str,
     worker_prefetch: u16,
     direct_channels: u32,
     cpus: usize,
@@ -173,7 +223,10 @@ fn validate(cli: &Cli) -> anyhow::Result<()> {
 
 async fn bench(cli: &Cli, run: &mut Run) -> anyhow::Result<()> {
     let host_bin = binary(&cli.host_bin, "taskgate")?;
-    let worker_bin = binary(&cli.worker_bin, "taskgate-example-workers")?;
+    let worker_bin = match cli.worker {
+        WorkerKind::Example => Some(binary(&cli.worker_bin, "taskgate-example-workers")?),
+        WorkerKind::Builtin => None,
+    };
     let plugins_dir = match &cli.plugins_dir {
         Some(dir) => dir.clone(),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/plugins"),
@@ -207,24 +260,33 @@ async fn bench(cli: &Cli, run: &mut Run) -> anyhow::Result<()> {
     procs::wait_ready(addr, STARTUP_TIMEOUT).await?;
 
     // After the host: it declares the request queue the worker consumes from.
-    let (worker, _) = Process::spawn(
-        "worker",
-        &worker_bin,
-        &[
-            "--amqp-url".to_owned(),
-            cli.amqp_url.clone(),
-            "--queue".to_owned(),
-            format!("{REQUEST_TYPE}={}", run.queue),
-            "--only".to_owned(),
-            REQUEST_TYPE.to_owned(),
-            "--prefetch".to_owned(),
-            cli.worker_prefetch.to_string(),
-        ],
-        "worker ready",
-        STARTUP_TIMEOUT,
-    )
-    .await?;
-    run.worker = Some(worker);
+    run.worker = Some(match &worker_bin {
+        Some(worker_bin) => {
+            let (process, _) = Process::spawn(
+                "worker",
+                worker_bin,
+                &[
+                    "--amqp-url".to_owned(),
+                    cli.amqp_url.clone(),
+                    "--queue".to_owned(),
+                    format!("{REQUEST_TYPE}={}", run.queue),
+                    "--only".to_owned(),
+                    REQUEST_TYPE.to_owned(),
+                    "--prefetch".to_owned(),
+                    cli.worker_prefetch.to_string(),
+                ],
+                "worker ready",
+                STARTUP_TIMEOUT,
+            )
+            .await?;
+            Worker::Example(process)
+        }
+        None => Worker::Builtin(
+            BuiltinWorker::start(&cli.amqp_url, &run.queue, cli.worker_prefetch)
+                .await
+                .context("starting the built-in worker")?,
+        ),
+    });
 
     let payload_json: Arc<str> = payload_of_size(cli.payload_bytes).into();
     let config = JsonConfig {
@@ -233,43 +295,35 @@ async fn bench(cli: &Cli, run: &mut Run) -> anyhow::Result<()> {
         payload_bytes: payload_json.len(),
         duration_s: cli.duration,
         warmup_s: cli.warmup,
+        rounds: cli.rounds,
+        worker: match cli.worker {
+            WorkerKind::Example => "example",
+            WorkerKind::Builtin => "builtin",
+        },
         worker_prefetch: cli.worker_prefetch,
         direct_channels: direct_channels(cli),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
     };
     println!(
-        "taskgate-bench: C={} K={} payload={} B duration={} s warmup={} s worker prefetch={} direct channels={} cpus={} host={addr}",
+        "taskgate-bench: C={} K={} payload={} B duration={} s warmup={} s rounds={} worker={} prefetch={} direct channels={} cpus={} host={addr}",
         config.connections,
         config.in_flight,
         config.payload_bytes,
         config.duration_s,
         config.warmup_s,
+        config.rounds,
+        config.worker,
         config.worker_prefetch,
         config.direct_channels,
         config.cpus
     );
 
-    let mut phases = Vec::new();
-    if cli.phases != Phases::Direct {
-        let report = host_phase(cli, run, addr, &payload_json).await?;
-        println!(
-            "host:   {:.0} req/s, p99 {:.2} ms",
-            report.requests_per_second, report.latency.p99_ms
-        );
-        phases.push(report);
-    }
-    if cli.phases != Phases::Host {
-        let report = direct_phase(cli, run, &payload_json).await?;
-        println!(
-            "direct: {:.0} req/s, p99 {:.2} ms",
-            report.requests_per_second, report.latency.p99_ms
-        );
-        phases.push(report);
-    }
+    let (phases, slices) = run_slices(cli, run, addr, &payload_json).await?;
+    let round_ratios = stats::round_throughput_ratios(&slices);
     let host_pid = pid_of(&run.host)?;
-    let worker_pid = pid_of(&run.worker)?;
+    let worker_pid = run.worker.as_ref().and_then(Worker::pid);
     let host_peak_rss_kib = procs::peak_rss_kib(host_pid).ok();
-    let worker_peak_rss_kib = procs::peak_rss_kib(worker_pid).ok();
+    let worker_peak_rss_kib = worker_pid.and_then(|pid| procs::peak_rss_kib(pid).ok());
     let ratios = match phases.as_slice() {
         [host, direct] => Some(Ratios::new(host, direct)),
         _ => None,
@@ -283,15 +337,44 @@ async fn bench(cli: &Cli, run: &mut Run) -> anyhow::Result<()> {
             r.throughput_host_over_direct, r.p99_host_over_direct
         );
     }
+    let lowest = round_ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = round_ratios
+        .iter()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max);
+    if round_ratios.len() > 1 {
+        println!(
+            "  per-round throughput ratio: {lowest:.2}–{highest:.2} over {} rounds",
+            round_ratios.len()
+        );
+    }
     let kib =
         |v: Option<u64>| v.map_or("?".to_owned(), |v| format!("{:.1} MiB", v as f64 / 1024.0));
+    let worker_rss = match cli.worker {
+        WorkerKind::Example => kib(worker_peak_rss_kib),
+        WorkerKind::Builtin => "- (built in)".to_owned(),
+    };
     println!(
-        "peak RSS: host {}, worker {}",
-        kib(host_peak_rss_kib),
-        kib(worker_peak_rss_kib)
+        "peak RSS: host {}, worker {worker_rss}",
+        kib(host_peak_rss_kib)
     );
     if phases.iter().any(|p| p.errors > 0 || p.unfinished > 0) {
         println!("warning: some requests failed or never finished (see errors/unfin)");
+    }
+    for p in phases
+        .iter()
+        .filter(|p| p.phase == "direct" && p.requests > 0)
+    {
+        println!(
+            "direct: {:.0}% of replies arrived before the broker confirmed their request (the host holds such replies until the confirm)",
+            100.0 * p.replies_before_confirm as f64 / p.requests as f64
+        );
+    }
+    let missing_acks: u64 = phases.iter().map(|p| p.missing_acks).sum();
+    if missing_acks > 0 {
+        println!(
+            "warning: {missing_acks} final responses arrived without their ack (protocol §1 violation; counted as errors)"
+        );
     }
 
     if let Some(path) = &cli.json {
@@ -299,6 +382,8 @@ async fn bench(cli: &Cli, run: &mut Run) -> anyhow::Result<()> {
             config,
             phases: &phases,
             ratios,
+            round_throughput_ratios: round_ratios,
+            slices: &slices,
             host_peak_rss_kib,
             worker_peak_rss_kib,
         };
@@ -309,67 +394,135 @@ async fn bench(cli: &Cli, run: &mut Run) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn host_phase(
+/// Opens the connections of the phases to run, runs the slices of the schedule on them,
+/// then closes them; returns each phase's totals and every slice's summary.
+async fn run_slices(
     cli: &Cli,
     run: &mut Run,
     addr: SocketAddr,
     payload_json: &Arc<str>,
-) -> anyhow::Result<PhaseReport> {
-    let streams = host_load::connect_all(addr, cli.connections as usize).await?;
-    let window = Window::after(secs(cli.warmup), secs(cli.duration));
+) -> anyhow::Result<(Vec<PhaseReport>, Vec<SliceSummary>)> {
+    let wanted: &[Phase] = match cli.phases {
+        Phases::Both => &[Phase::Host, Phase::Direct],
+        Phases::Host => &[Phase::Host],
+        Phases::Direct => &[Phase::Direct],
+    };
+    // Connections are set up once, before any clock starts: set-up is not what we measure.
+    let mut host_conns = if wanted.contains(&Phase::Host) {
+        host_load::connect_all(addr, cli.connections as usize).await?
+    } else {
+        Vec::new()
+    };
+    let mut direct = if wanted.contains(&Phase::Direct) {
+        Some(DirectSide::open(cli, run, payload_json).await?)
+    } else {
+        None
+    };
     let request_type: Arc<str> = REQUEST_TYPE.into();
-    let tasks: Vec<_> = streams
-        .into_iter()
-        .map(|ws| {
-            tokio::spawn(host_load::run_connection(
-                ws,
-                cli.in_flight as usize,
-                Arc::clone(&request_type),
-                Arc::clone(payload_json),
-                window,
-            ))
-        })
-        .collect();
-    measure("host", run, window, tasks).await
+    let mut host_totals = PhaseTotals::new()?;
+    let mut direct_totals = PhaseTotals::new()?;
+    let mut summaries = Vec::new();
+    let plan = schedule::slices(wanted, cli.rounds, secs(cli.duration), secs(cli.warmup));
+    for slice in plan {
+        let window = Window::after(slice.warmup, slice.duration);
+        let (stats, seconds) = match slice.phase {
+            Phase::Host => {
+                let tasks = std::mem::take(&mut host_conns)
+                    .into_iter()
+                    .map(|conn| {
+                        tokio::spawn(host_load::run_connection(
+                            conn,
+                            cli.in_flight as usize,
+                            Arc::clone(&request_type),
+                            Arc::clone(payload_json),
+                            window,
+                        ))
+                    })
+                    .collect();
+                let (conns, stats, seconds, cpu) = measure("host", run, window, tasks).await?;
+                host_conns = conns;
+                host_totals.add(&stats, seconds, &cpu);
+                (stats, seconds)
+            }
+            Phase::Direct => {
+                let side = direct
+                    .as_mut()
+                    .ok_or_else(|| anyhow!("phase direct was not set up"))?;
+                let tasks = std::mem::take(&mut side.loops)
+                    .into_iter()
+                    .map(|task| {
+                        tokio::spawn(direct_load::run_task(task, side.target.clone(), window))
+                    })
+                    .collect();
+                let (loops, stats, seconds, cpu) = measure("direct", run, window, tasks).await?;
+                side.loops = loops;
+                direct_totals.add(&stats, seconds, &cpu);
+                (stats, seconds)
+            }
+        };
+        let summary = SliceSummary::new(slice.phase.name(), slice.round, seconds, &stats);
+        print_slice(&slice, &summary);
+        summaries.push(summary);
+    }
+    for conn in host_conns {
+        conn.close().await;
+    }
+    if let Some(side) = direct {
+        side.close().await;
+    }
+    let mut reports = Vec::new();
+    for phase in wanted {
+        reports.push(match phase {
+            Phase::Host => host_totals.report("host"),
+            Phase::Direct => direct_totals.report("direct"),
+        });
+    }
+    Ok((reports, summaries))
 }
 
-async fn direct_phase(
-    cli: &Cli,
-    run: &mut Run,
-    payload_json: &Arc<str>,
-) -> anyhow::Result<PhaseReport> {
-    let connection = direct_load::connect(&cli.amqp_url).await?;
-    let target = Target {
-        queue: run.queue.as_str().into(),
-        request_type: REQUEST_TYPE.into(),
-        payload_json: Arc::clone(payload_json),
-        timeout_ms: TIMEOUT_MS,
-        streams: ECHO_STREAMS,
-    };
-    let shares = in_flight_shares(cli.connections, cli.in_flight, direct_channels(cli));
-    let mut opened = Vec::with_capacity(shares.len());
-    for (i, in_flight) in shares.into_iter().enumerate() {
-        let reply_queue = format!("taskgate.bench.reply.{}.{i}", uuid::Uuid::new_v4());
-        let (channel, consumer) = direct_load::open_task(&connection, &reply_queue).await?;
-        opened.push((channel, consumer, reply_queue, in_flight));
-    }
-    let window = Window::after(secs(cli.warmup), secs(cli.duration));
-    let tasks: Vec<_> = opened
-        .into_iter()
-        .map(|(channel, consumer, reply_queue, in_flight)| {
-            tokio::spawn(direct_load::run_task(
-                channel,
-                consumer,
-                reply_queue,
-                in_flight,
-                target.clone(),
-                window,
-            ))
+fn print_slice(slice: &Slice, summary: &SliceSummary) {
+    println!(
+        "round {} {:<6} {:>6.0} req/s, p99 {:.2} ms",
+        slice.round, summary.phase, summary.requests_per_second, summary.p99_ms
+    );
+}
+
+/// Phase direct's AMQP connection and closed loops, kept across its slices.
+struct DirectSide {
+    connection: lapin::Connection,
+    loops: Vec<DirectLoop>,
+    target: Target,
+}
+
+impl DirectSide {
+    async fn open(cli: &Cli, run: &Run, payload_json: &Arc<str>) -> anyhow::Result<Self> {
+        let connection = direct_load::connect(&cli.amqp_url).await?;
+        let shares = in_flight_shares(cli.connections, cli.in_flight, direct_channels(cli));
+        let mut loops = Vec::with_capacity(shares.len());
+        for (i, in_flight) in shares.into_iter().enumerate() {
+            let reply_queue = format!("taskgate.bench.reply.{}.{i}", uuid::Uuid::new_v4());
+            loops.push(DirectLoop::open(&connection, reply_queue, in_flight).await?);
+        }
+        let target = Target {
+            queue: run.queue.as_str().into(),
+            request_type: REQUEST_TYPE.into(),
+            payload_json: Arc::clone(payload_json),
+            timeout_ms: TIMEOUT_MS,
+            streams: ECHO_STREAMS,
+        };
+        Ok(DirectSide {
+            connection,
+            loops,
+            target,
         })
-        .collect();
-    let report = measure("direct", run, window, tasks).await;
-    let _ = connection.close(200, "benchmark done".into()).await;
-    report
+    }
+
+    async fn close(self) {
+        for task in self.loops {
+            task.close().await;
+        }
+        let _ = self.connection.close(200, "benchmark done".into()).await;
+    }
 }
 
 /// Channels (each with its own reply queue) of phase direct: `--direct-channels`, at most
@@ -389,20 +542,26 @@ fn in_flight_shares(connections: u32, in_flight: u32, channels: u32) -> Vec<usiz
         .collect()
 }
 
-/// Samples CPU times at the window's edges, then collects the tasks' statistics.
-async fn measure(
+/// Samples CPU times at the window's edges, then collects the tasks' statistics and the
+/// connections they hand back; returns those, the statistics, the measured seconds and the
+/// CPU used in the window.
+async fn measure<T>(
     phase: &'static str,
     run: &mut Run,
     window: Window,
-    tasks: Vec<JoinHandle<anyhow::Result<TaskStats>>>,
-) -> anyhow::Result<PhaseReport> {
+    tasks: Vec<JoinHandle<anyhow::Result<(T, TaskStats)>>>,
+) -> anyhow::Result<(Vec<T>, TaskStats, f64, CpuSeconds)> {
     let ticks = procs::clock_ticks_per_second();
-    let (host, worker, bench) = (pid_of(&run.host)?, pid_of(&run.worker)?, std::process::id());
+    let (host, bench) = (pid_of(&run.host)?, std::process::id());
+    let worker = run.worker.as_ref().and_then(Worker::pid);
     let broker = procs::find_pid_by_comm(BROKER_COMM);
     let sample = || -> anyhow::Result<CpuSeconds> {
         Ok(CpuSeconds {
             host: procs::cpu_seconds(host, ticks)?,
-            worker: procs::cpu_seconds(worker, ticks)?,
+            worker: match worker {
+                Some(pid) => Some(procs::cpu_seconds(pid, ticks)?),
+                None => None,
+            },
             bench: procs::cpu_seconds(bench, ticks)?,
             broker: broker.and_then(|pid| procs::cpu_seconds(pid, ticks).ok()),
         })
@@ -415,27 +574,34 @@ async fn measure(
     let seconds = started.elapsed().as_secs_f64();
 
     let mut total = TaskStats::new()?;
+    let mut handed_back = Vec::with_capacity(tasks.len());
     let mut failure = None;
     for task in tasks {
         match task.await {
-            Ok(Ok(stats)) => total.merge(&stats),
+            Ok(Ok((conn, stats))) => {
+                total.merge(&stats);
+                handed_back.push(conn);
+            }
             Ok(Err(e)) => failure = failure.or(Some(e)),
             Err(e) => failure = failure.or(Some(anyhow!("load task panicked: {e}"))),
         }
     }
-    for process in [&mut run.host, &mut run.worker].into_iter().flatten() {
-        process.check_alive()?;
+    if let Some(host) = &mut run.host {
+        host.check_alive()?;
+    }
+    if let Some(Worker::Example(worker)) = &mut run.worker {
+        worker.check_alive()?;
     }
     if let Some(e) = failure {
         return Err(e.context(format!("phase {phase}")));
     }
     let used = CpuSeconds {
         host: after.host - before.host,
-        worker: after.worker - before.worker,
+        worker: after.worker.zip(before.worker).map(|(a, b)| a - b),
         bench: after.bench - before.bench,
         broker: after.broker.zip(before.broker).map(|(a, b)| a - b),
     };
-    Ok(PhaseReport::new(phase, seconds, &total, used))
+    Ok((handed_back, total, seconds, used))
 }
 
 async fn cleanup(run: Run) {

@@ -30,6 +30,11 @@ impl Window {
         }
     }
 
+    /// Whether a completion at `now` is measured.
+    pub fn measures(&self, now: Instant) -> bool {
+        self.start <= now && now < self.end
+    }
+
     /// Whether new requests may still be started (the closed loop stops at the end).
     pub fn open_for_new(&self, now: Instant) -> bool {
         now < self.end
@@ -48,6 +53,12 @@ pub struct TaskStats {
     pub unfinished: u64,
     /// Requests completed before the window (warm-up).
     pub warmup: u64,
+    /// Final responses that arrived without their `{"ok":true}` ack first (protocol §1
+    /// violations), whenever they happened; they also count as errors inside the window.
+    pub missing_acks: u64,
+    /// Phase direct: replies (inside the window) that arrived before the broker confirmed
+    /// their request — ones the host would have had to hold back.
+    pub replies_before_confirm: u64,
 }
 
 impl TaskStats {
@@ -59,6 +70,8 @@ impl TaskStats {
             errors: 0,
             unfinished: 0,
             warmup: 0,
+            missing_acks: 0,
+            replies_before_confirm: 0,
         })
     }
 
@@ -90,6 +103,8 @@ impl TaskStats {
         self.errors += other.errors;
         self.unfinished += other.unfinished;
         self.warmup += other.warmup;
+        self.missing_acks += other.missing_acks;
+        self.replies_before_confirm += other.replies_before_confirm;
     }
 }
 
@@ -148,10 +163,15 @@ pub struct PhaseReport {
     pub requests: u64,
     pub errors: u64,
     pub unfinished: u64,
+    /// Final responses without a prior ack (phase host only; must be 0).
+    pub missing_acks: u64,
+    /// Phase direct only: replies that beat their request's publisher confirm.
+    pub replies_before_confirm: u64,
     pub requests_per_second: f64,
     pub latency: Latency,
     pub host_cpu: CpuUse,
-    pub worker_cpu: CpuUse,
+    /// The worker process; `None` with `--worker builtin` (its CPU is in `bench_cpu`).
+    pub worker_cpu: Option<CpuUse>,
     /// This benchmark process (the load generator), for judging whether it was the bottleneck.
     pub bench_cpu: CpuUse,
     /// RabbitMQ (`beam.smp`), when this user may read its `/proc` entry.
@@ -162,7 +182,7 @@ pub struct PhaseReport {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuSeconds {
     pub host: f64,
-    pub worker: f64,
+    pub worker: Option<f64>,
     pub bench: f64,
     pub broker: Option<f64>,
 }
@@ -176,6 +196,8 @@ impl PhaseReport {
             requests,
             errors: stats.errors,
             unfinished: stats.unfinished,
+            missing_acks: stats.missing_acks,
+            replies_before_confirm: stats.replies_before_confirm,
             requests_per_second: if seconds > 0.0 {
                 requests as f64 / seconds
             } else {
@@ -183,11 +205,104 @@ impl PhaseReport {
             },
             latency: Latency::from_histogram(&stats.latency_us),
             host_cpu: CpuUse::new(cpu.host, requests),
-            worker_cpu: CpuUse::new(cpu.worker, requests),
+            worker_cpu: cpu.worker.map(|s| CpuUse::new(s, requests)),
             bench_cpu: CpuUse::new(cpu.bench, requests),
             broker_cpu: cpu.broker.map(|s| CpuUse::new(s, requests)),
         }
     }
+}
+
+impl CpuSeconds {
+    /// Adds another window's CPU; a process unmeasured in either stays unmeasured.
+    fn add(&mut self, other: &CpuSeconds) {
+        let sum = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a + b);
+        self.host += other.host;
+        self.worker = sum(self.worker, other.worker);
+        self.bench += other.bench;
+        self.broker = sum(self.broker, other.broker);
+    }
+}
+
+/// One phase's slices added up: requests, measured seconds and CPU.
+#[derive(Debug)]
+pub struct PhaseTotals {
+    pub stats: TaskStats,
+    pub seconds: f64,
+    cpu: Option<CpuSeconds>,
+}
+
+impl PhaseTotals {
+    pub fn new() -> Result<Self, hdrhistogram::CreationError> {
+        Ok(PhaseTotals {
+            stats: TaskStats::new()?,
+            seconds: 0.0,
+            cpu: None,
+        })
+    }
+
+    pub fn add(&mut self, stats: &TaskStats, seconds: f64, cpu: &CpuSeconds) {
+        self.stats.merge(stats);
+        self.seconds += seconds;
+        match &mut self.cpu {
+            Some(total) => total.add(cpu),
+            None => self.cpu = Some(*cpu),
+        }
+    }
+
+    pub fn report(&self, phase: &'static str) -> PhaseReport {
+        PhaseReport::new(
+            phase,
+            self.seconds,
+            &self.stats,
+            self.cpu.unwrap_or_default(),
+        )
+    }
+}
+
+/// One slice of a phase, for judging how much the numbers moved during the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SliceSummary {
+    pub phase: &'static str,
+    pub round: u32,
+    pub seconds: f64,
+    pub requests_per_second: f64,
+    pub p99_ms: f64,
+}
+
+impl SliceSummary {
+    pub fn new(phase: &'static str, round: u32, seconds: f64, stats: &TaskStats) -> Self {
+        let requests = stats.ok + stats.errors;
+        SliceSummary {
+            phase,
+            round,
+            seconds,
+            requests_per_second: if seconds > 0.0 {
+                requests as f64 / seconds
+            } else {
+                0.0
+            },
+            p99_ms: Latency::from_histogram(&stats.latency_us).p99_ms,
+        }
+    }
+}
+
+/// host ÷ direct throughput of each round that ran both phases, in round order.
+pub fn round_throughput_ratios(slices: &[SliceSummary]) -> Vec<f64> {
+    let rounds = slices.iter().map(|s| s.round).max().map_or(0, |r| r + 1);
+    (0..rounds)
+        .filter_map(|round| {
+            let rps = |phase: &str| {
+                slices
+                    .iter()
+                    .find(|s| s.round == round && s.phase == phase)
+                    .map(|s| s.requests_per_second)
+            };
+            match (rps("host"), rps("direct")) {
+                (Some(h), Some(d)) if d > 0.0 => Some(h / d),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// host ÷ direct, for throughput and tail latency.
@@ -208,6 +323,13 @@ impl Ratios {
             p99_host_over_direct: ratio(host.latency.p99_ms, direct.latency.p99_ms),
         }
     }
+}
+
+/// A CPU column's cell: `-` when that process was not measured.
+fn per_1k(cpu: Option<CpuUse>) -> String {
+    cpu.map_or("-".to_owned(), |c| {
+        format!("{:.3}", c.seconds_per_1k_requests)
+    })
 }
 
 /// The phases side by side as a plain-text table.
@@ -231,7 +353,7 @@ pub fn table(phases: &[PhaseReport]) -> String {
     out.push_str(&header);
     for p in phases {
         out.push_str(&format!(
-            "{:<7} {:>9.0} {:>7} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10.3} {:>10.3} {:>10.3} {:>10}\n",
+            "{:<7} {:>9.0} {:>7} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10.3} {:>10} {:>10.3} {:>10}\n",
             p.phase,
             p.requests_per_second,
             p.errors,
@@ -241,10 +363,9 @@ pub fn table(phases: &[PhaseReport]) -> String {
             p.latency.p99_ms,
             p.latency.max_ms,
             p.host_cpu.seconds_per_1k_requests,
-            p.worker_cpu.seconds_per_1k_requests,
+            per_1k(p.worker_cpu),
             p.bench_cpu.seconds_per_1k_requests,
-            p.broker_cpu
-                .map_or("?".to_owned(), |c| format!("{:.3}", c.seconds_per_1k_requests)),
+            per_1k(p.broker_cpu),
         ));
     }
     out
@@ -273,6 +394,9 @@ mod tests {
         stats.record(&window, now, now + Duration::from_millis(1500), false);
         stats.record(&window, now, now + Duration::from_secs(3), true);
         assert_eq!((stats.warmup, stats.ok, stats.errors), (1, 1, 1));
+        assert!(!window.measures(now + Duration::from_millis(999)));
+        assert!(window.measures(now + Duration::from_secs(1)));
+        assert!(!window.measures(now + Duration::from_secs(2)));
         assert_eq!(stats.latency_us.len(), 2);
         // 200 ms, within hdrhistogram's 3 significant digits.
         assert!((stats.latency_us.min() as i64 - 200_000).abs() < 200);
@@ -292,7 +416,7 @@ mod tests {
             &stats,
             CpuSeconds {
                 host: 1.0,
-                worker: 0.5,
+                worker: Some(0.5),
                 bench: 0.0,
                 broker: None,
             },
@@ -303,9 +427,51 @@ mod tests {
         assert!((report.latency.p99_ms - 9.9).abs() < 0.01);
         assert!((report.latency.max_ms - 10.0).abs() < 0.01);
         assert_eq!(report.host_cpu.seconds_per_1k_requests, 1.0);
-        assert_eq!(report.worker_cpu.seconds_per_1k_requests, 0.5);
+        assert_eq!(report.worker_cpu.unwrap().seconds_per_1k_requests, 0.5);
         let text = table(&[report.clone(), report]);
         assert_eq!(text.lines().count(), 3);
+    }
+
+    #[test]
+    fn totals_add_slices_and_cpu() {
+        let mut totals = PhaseTotals::new().unwrap();
+        let mut stats = TaskStats::new().unwrap();
+        stats.ok = 300;
+        stats.latency_us.record(1000).unwrap();
+        let cpu = CpuSeconds {
+            host: 0.3,
+            worker: Some(0.6),
+            bench: 0.1,
+            broker: None,
+        };
+        totals.add(&stats, 1.5, &cpu);
+        totals.add(&stats, 1.5, &cpu);
+        let report = totals.report("host");
+        assert_eq!(report.requests, 600);
+        assert!((report.requests_per_second - 200.0).abs() < 1e-9);
+        assert!((report.host_cpu.seconds_per_1k_requests - 1.0).abs() < 1e-9);
+        assert!((report.worker_cpu.unwrap().seconds_per_1k_requests - 2.0).abs() < 1e-9);
+        assert!(report.broker_cpu.is_none());
+    }
+
+    #[test]
+    fn round_ratios_pair_the_phases_of_each_round() {
+        let slice = |phase, round, rps| SliceSummary {
+            phase,
+            round,
+            seconds: 1.0,
+            requests_per_second: rps,
+            p99_ms: 1.0,
+        };
+        let slices = [
+            slice("host", 0, 50.0),
+            slice("direct", 0, 100.0),
+            slice("direct", 1, 100.0),
+            slice("host", 1, 80.0),
+            slice("host", 2, 10.0),
+        ];
+        assert_eq!(round_throughput_ratios(&slices), vec![0.5, 0.8]);
+        assert!(round_throughput_ratios(&[]).is_empty());
     }
 
     #[test]

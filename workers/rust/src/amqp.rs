@@ -1,93 +1,149 @@
 //! The RabbitMQ side of a worker, on lapin: connect (retrying with backoff), make sure the
 //! queues exist, consume them with a prefetch limit, listen for cancellations on the
 //! `taskgate.cancel` fanout exchange, publish replies with confirms on one channel, and
-//! shut down gracefully. Each delivery runs through [`crate::runner::process`].
+//! shut down gracefully. Each delivery runs through the runner (`crate::runner`), which holds
+//! the protocol's rules; this module only translates between lapin and it.
+//!
+//! Reconnection is done here rather than with lapin's auto-recovery: a lost connection
+//! ends the session (its in-flight requests are redelivered by RabbitMQ, and acks on the
+//! old channels could not succeed anyway) and a new session declares and consumes afresh.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{select_all, StreamExt};
+use futures_util::stream::{self, select_all, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use serde_json::{Map, Value};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 use taskgate_protocol::amqp as names;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::handler::Handler;
+use crate::handler::{erase, BoxFuture, ErasedHandler, Handler};
 use crate::runner::{
-    process, BoxFuture, Cancellations, Delivery, PendingConfirm, Reply, Transport,
+    Cancellations, Delivery, PendingConfirm, Reply, Runner, Settlement, Transport, TransportError,
 };
 
+/// The RabbitMQ of a development machine.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Requests of one queue handled at once.
+pub const DEFAULT_PREFETCH: u16 = 16;
+/// How long shutdown waits for requests in progress.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long a cancelled handler may take to return by itself before it is dropped.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(1);
 
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// Why a worker stopped (other than being asked to).
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    /// The AMQP URL does not parse.
     #[error("invalid AMQP URL: {0}")]
     InvalidUrl(String),
+    /// The broker refused the connection for good (credentials, vhost, permissions).
+    #[error("the broker refused the connection: {0}")]
+    Refused(String),
+    /// A queue cannot be declared or consumed (permissions, exclusive elsewhere …).
     #[error("queue `{queue}` cannot be used: {reason}")]
     Queue { queue: String, reason: String },
-    #[error("no handlers registered")]
-    NoHandlers,
+    /// The builder's settings are contradictory.
+    #[error("invalid worker configuration: {0}")]
+    Config(String),
 }
 
 struct Route {
     queue: String,
-    arguments: Map<String, Value>,
-    handler: Arc<dyn Handler>,
+    /// Queue arguments to declare with; `None`: the worker has no opinion.
+    arguments: Option<Value>,
+    handler: ErasedHandler,
 }
 
-/// Configures a [`Worker`].
+/// Configures a [`Worker`]; from [`Worker::builder`].
 pub struct WorkerBuilder {
     amqp_url: String,
     prefetch: u16,
-    grace: Duration,
+    shutdown_grace: Duration,
+    cancel_grace: Duration,
     routes: Vec<Route>,
 }
 
 impl WorkerBuilder {
+    /// The broker, e.g. `amqp://user:password@host:5672/%2f`. Default [`DEFAULT_AMQP_URL`].
     pub fn amqp_url(mut self, url: impl Into<String>) -> Self {
         self.amqp_url = url.into();
         self
     }
 
-    /// Requests handled at once (the consumer's prefetch). Default 16.
+    /// Requests of each queue handled at once (the consumer's prefetch; at least 1).
+    /// Default [`DEFAULT_PREFETCH`].
     pub fn prefetch(mut self, prefetch: u16) -> Self {
         self.prefetch = prefetch.max(1);
         self
     }
 
-    /// How long shutdown waits for requests in progress. Default 30 s.
+    /// How long shutdown waits for requests in progress; the unfinished ones are then
+    /// dropped and redelivered to another worker. Default [`DEFAULT_SHUTDOWN_GRACE`].
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.grace = grace;
+        self.shutdown_grace = grace;
         self
     }
 
-    /// Serves `queue` with `handler`. If the queue does not exist yet it is declared
-    /// durable (the host declares the queues of enabled request types too).
-    pub fn handle(self, queue: impl Into<String>, handler: impl Handler) -> Self {
-        self.handle_with_arguments(queue, Map::new(), handler)
+    /// How long a cancelled handler may take to return by itself (to clean up) before
+    /// it is dropped. Default [`DEFAULT_CANCEL_GRACE`].
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
     }
 
-    /// Like [`WorkerBuilder::handle`], declaring a missing queue with these arguments
-    /// (they must match the host's, e.g. `{"x-queue-type": "quorum"}`).
-    pub fn handle_with_arguments(
-        mut self,
+    /// Serves `queue` with `handler`. The queue is used as it is if it exists (the host
+    /// declares the queues of enabled request types, with their arguments); otherwise it
+    /// is declared durable without arguments.
+    pub fn handle<P, H>(self, queue: impl Into<String>, handler: H) -> Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        H: Handler<P>,
+    {
+        self.route(queue.into(), None, erase(handler))
+    }
+
+    /// Like [`WorkerBuilder::handle`], for a queue with arguments, e.g.
+    /// `json!({ "x-queue-type": "quorum" })` (a JSON object of strings, integers, floats
+    /// and booleans; they must match the host's). A missing queue is declared with them;
+    /// an existing queue with other arguments is used as it is, with a warning.
+    pub fn handle_with_arguments<P, H>(
+        self,
         queue: impl Into<String>,
-        arguments: Map<String, Value>,
-        handler: impl Handler,
-    ) -> Self {
+        arguments: Value,
+        handler: H,
+    ) -> Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        H: Handler<P>,
+    {
+        self.route(queue.into(), Some(arguments), erase(handler))
+    }
+
+    fn route(mut self, queue: String, arguments: Option<Value>, handler: ErasedHandler) -> Self {
         self.routes.push(Route {
-            queue: queue.into(),
+            queue,
             arguments,
-            handler: Arc::new(handler),
+            handler,
         });
         self
     }
@@ -104,95 +160,180 @@ pub struct Worker {
     config: Arc<WorkerBuilder>,
 }
 
+/// How a session with the broker ended.
 enum SessionEnd {
     Shutdown,
     Lost(String),
+}
+
+/// Why a session could not go on.
+enum SessionError {
+    /// Retrying cannot help.
+    Fatal(WorkerError),
+    /// The connection or a channel failed: reconnect.
+    Lost(String),
+}
+
+impl From<lapin::Error> for SessionError {
+    fn from(e: lapin::Error) -> Self {
+        SessionError::Lost(e.to_string())
+    }
+}
+
+/// What a session learned before it ended.
+#[derive(Default)]
+struct Progress {
+    /// It got as far as consuming: the next reconnection starts with a short delay.
+    ready: bool,
 }
 
 impl Worker {
     pub fn builder() -> WorkerBuilder {
         WorkerBuilder {
             amqp_url: DEFAULT_AMQP_URL.to_owned(),
-            prefetch: 16,
-            grace: Duration::from_secs(30),
+            prefetch: DEFAULT_PREFETCH,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            cancel_grace: DEFAULT_CANCEL_GRACE,
             routes: Vec::new(),
         }
     }
 
-    /// Serves until `shutdown` resolves: then stops consuming, lets requests in progress
-    /// finish (up to the grace period) and closes the connection. Reconnects with backoff
-    /// whenever the broker is unreachable or the connection is lost.
+    /// Serves until `shutdown` resolves: then stops consuming, lets the requests in
+    /// progress finish (up to the shutdown grace period) and closes the connection.
+    /// Connects with backoff while the broker is unreachable, and reconnects whenever
+    /// the connection is lost. Logs `worker ready` once it consumes.
+    ///
+    /// Returns an error at once for a bad URL or configuration, when the broker refuses
+    /// the credentials or virtual host, or when a queue cannot be used.
     pub async fn run<S: Future + Send>(self, shutdown: S) -> Result<(), WorkerError> {
-        if self.config.routes.is_empty() {
-            return Err(WorkerError::NoHandlers);
-        }
-        lapin::uri::AMQPUri::from_str(&self.config.amqp_url)
-            .map_err(|e| WorkerError::InvalidUrl(e.to_string()))?;
-        let shutdown = shutdown;
-        tokio::pin!(shutdown);
-        let mut delay = Duration::from_millis(100);
+        self.check()?;
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut delay = FIRST_RETRY_DELAY;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let connection = tokio::select! {
+            let properties =
+                ConnectionProperties::default().with_connection_name("taskgate-worker".into());
+            let connecting = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                Connection::connect(&self.config.amqp_url, properties),
+            );
+            let connected = tokio::select! {
                 _ = &mut shutdown => return Ok(()),
-                c = Connection::connect(&self.config.amqp_url, ConnectionProperties::default()) => c,
+                connected = connecting => connected,
             };
-            match connection {
-                Ok(connection) => {
-                    attempt = 0;
-                    delay = Duration::from_millis(100);
-                    match self.session(connection, &mut shutdown).await? {
-                        SessionEnd::Shutdown => return Ok(()),
-                        SessionEnd::Lost(reason) => {
-                            warn!(%reason, "lost the broker connection; reconnecting")
-                        }
+            let retry_in_ms =
+                |delay: Duration| u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            match connected {
+                Ok(Ok(connection)) => {
+                    debug!(attempt, "connected to the broker");
+                    let mut progress = Progress::default();
+                    let end = self
+                        .session(connection, &mut shutdown, &mut progress)
+                        .await?;
+                    let SessionEnd::Lost(reason) = end else {
+                        return Ok(());
+                    };
+                    if progress.ready {
+                        attempt = 0;
+                        delay = FIRST_RETRY_DELAY;
                     }
+                    warn!(
+                        retry_in_ms = retry_in_ms(delay),
+                        "lost the broker connection: {reason}"
+                    );
                 }
-                Err(e) => {
-                    warn!(attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "broker not available");
-                    tokio::select! {
-                        _ = &mut shutdown => return Ok(()),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                Ok(Err(error)) if is_refusal(&error) => {
+                    return Err(WorkerError::Refused(error.to_string()))
                 }
+                Ok(Err(error)) => {
+                    warn!(
+                        attempt,
+                        retry_in_ms = retry_in_ms(delay),
+                        "broker not available: {error}"
+                    )
+                }
+                Err(_) => warn!(
+                    attempt,
+                    retry_in_ms = retry_in_ms(delay),
+                    "broker not available: no answer within {CONNECT_TIMEOUT:?}"
+                ),
+            }
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(MAX_RETRY_DELAY);
+        }
+    }
+
+    fn check(&self) -> Result<(), WorkerError> {
+        let config = &self.config;
+        lapin::uri::AMQPUri::from_str(&config.amqp_url).map_err(WorkerError::InvalidUrl)?;
+        if config.routes.is_empty() {
+            return Err(WorkerError::Config("no handlers registered".into()));
+        }
+        for (i, route) in config.routes.iter().enumerate() {
+            if route.queue.is_empty() || route.queue.len() > 255 {
+                return Err(WorkerError::Config(format!(
+                    "queue name `{}` must be 1 to 255 bytes long",
+                    route.queue
+                )));
+            }
+            if config.routes[..i].iter().any(|r| r.queue == route.queue) {
+                return Err(WorkerError::Config(format!(
+                    "queue `{}` has two handlers",
+                    route.queue
+                )));
+            }
+            if let Some(arguments) = &route.arguments {
+                field_table(arguments).map_err(|reason| {
+                    WorkerError::Config(format!("arguments of queue `{}`: {reason}", route.queue))
+                })?;
             }
         }
+        Ok(())
     }
 
     async fn session<S: Future>(
         &self,
         connection: Connection,
-        shutdown: &mut std::pin::Pin<&mut S>,
+        shutdown: &mut Pin<&mut S>,
+        progress: &mut Progress,
     ) -> Result<SessionEnd, WorkerError> {
-        match self.serve(&connection, shutdown).await {
-            Ok(end) => {
-                let _ = connection.close(200, "worker stopping".into()).await;
-                Ok(end)
-            }
-            Err(SetupError::Fatal(e)) => {
-                let _ = connection.close(200, "worker stopping".into()).await;
-                Err(e)
-            }
-            Err(SetupError::Lost(reason)) => Ok(SessionEnd::Lost(reason)),
+        let end = self.serve(&connection, shutdown, progress).await;
+        if connection.status().connected() {
+            let _ = connection.close(200, "worker stopping".into()).await;
+        }
+        match end {
+            Ok(end) => Ok(end),
+            Err(SessionError::Fatal(e)) => Err(e),
+            Err(SessionError::Lost(reason)) => Ok(SessionEnd::Lost(reason)),
         }
     }
 
     async fn serve<S: Future>(
         &self,
         connection: &Connection,
-        shutdown: &mut std::pin::Pin<&mut S>,
-    ) -> Result<SessionEnd, SetupError> {
+        shutdown: &mut Pin<&mut S>,
+        progress: &mut Progress,
+    ) -> Result<SessionEnd, SessionError> {
         let config = &self.config;
         for route in &config.routes {
-            ensure_queue(connection, &route.queue, &route.arguments).await?;
+            ensure_queue(connection, &route.queue, route.arguments.as_ref()).await?;
         }
         let publish = connection.create_channel().await?;
         publish
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let mut cancels = cancel_consumer(connection).await?;
+        let broken = Arc::new(Notify::new());
+        let transport: Arc<dyn Transport> = Arc::new(AmqpTransport {
+            channel: publish.clone(),
+            broken: broken.clone(),
+        });
+        // Before the request consumers: a request must not start before its
+        // cancellation could reach it.
+        let (cancel_channel, mut cancels) = cancel_consumer(connection).await?;
 
         let consume = connection.create_channel().await?;
         consume
@@ -209,44 +350,54 @@ impl Worker {
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
-                .await?;
+                .await
+                .map_err(|e| queue_error(&route.queue, e))?;
             tags.push(tag);
-            consumers.push(consumer.map(move |d| (index, d)));
+            // A consumer's end is an item too: `select_all` alone would only end once
+            // every consumer has.
+            consumers.push(
+                consumer
+                    .map(move |d| (index, Some(d)))
+                    .chain(stream::once(std::future::ready((index, None)))),
+            );
         }
         let mut deliveries = select_all(consumers);
         let queues: Vec<&str> = config.routes.iter().map(|r| r.queue.as_str()).collect();
         info!(?queues, prefetch = config.prefetch, "worker ready");
+        progress.ready = true;
 
-        let transport: Arc<dyn Transport> = Arc::new(AmqpTransport { channel: publish });
-        let cancellations = Arc::new(Cancellations::default());
+        let runner = Arc::new(Runner {
+            transport,
+            cancellations: Arc::new(Cancellations::default()),
+            cancel_grace: config.cancel_grace,
+        });
         let mut tasks = JoinSet::new();
         loop {
             tokio::select! {
                 _ = shutdown.as_mut() => break,
+                _ = broken.notified() => {
+                    return Err(SessionError::Lost("the reply channel failed".into()))
+                }
                 cancel = cancels.next() => match cancel {
-                    Some(Ok(message)) => {
-                        if let Some(id) = message.properties.correlation_id() {
-                            cancellations.cancel(id.as_str());
-                        }
-                    }
-                    Some(Err(e)) => return Err(SetupError::Lost(e.to_string())),
-                    None => return Err(SetupError::Lost("the cancel consumer stopped".into())),
+                    Some(Ok(message)) => cancel_one(&runner.cancellations, &message),
+                    Some(Err(e)) => return Err(SessionError::Lost(e.to_string())),
+                    None => return Err(SessionError::Lost("the cancellation consumer stopped".into())),
                 },
                 delivery = deliveries.next() => match delivery {
-                    Some((index, Ok(delivery))) => {
+                    Some((index, Some(Ok(delivery)))) => {
                         let handler = config.routes[index].handler.clone();
-                        let transport = transport.clone();
-                        let cancellations = cancellations.clone();
+                        let runner = runner.clone();
                         tasks.spawn(async move {
                             let (request, acker) = split(delivery);
-                            process(request, handler, transport, &cancellations, || async move {
-                                acker.ack(BasicAckOptions::default()).await.map(|_| ()).map_err(|e| e.to_string())
-                            })
-                            .await
+                            runner.process(request, &handler, |settlement| settle(acker, settlement)).await
                         });
                     }
-                    Some((_, Err(e))) => return Err(SetupError::Lost(e.to_string())),
-                    None => return Err(SetupError::Lost("a consumer was cancelled by the broker".into())),
+                    Some((_, Some(Err(e)))) => return Err(SessionError::Lost(e.to_string())),
+                    Some((index, None)) => return Err(SessionError::Lost(format!(
+                        "the broker cancelled the consumer of queue `{}` (was it deleted?)",
+                        config.routes[index].queue
+                    ))),
+                    None => return Err(SessionError::Lost("no consumers left".into())),
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
@@ -261,77 +412,164 @@ impl Worker {
                 .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
                 .await;
         }
-        let drained = tokio::time::timeout(config.grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            warn!(
-                abandoned = tasks.len(),
-                "grace period over; unfinished requests will be redelivered"
-            );
-            tasks.abort_all();
+        // Deliveries already prefetched but not started stay unacked and go back to the
+        // queue when the connection closes.
+        let grace_over = tokio::time::sleep(config.shutdown_grace);
+        tokio::pin!(grace_over);
+        let mut cancels_open = true;
+        loop {
+            tokio::select! {
+                joined = tasks.join_next() => if joined.is_none() { break },
+                // Requests still running can still be cancelled.
+                cancel = cancels.next(), if cancels_open => match cancel {
+                    Some(Ok(message)) => cancel_one(&runner.cancellations, &message),
+                    _ => cancels_open = false,
+                },
+                _ = &mut grace_over => {
+                    warn!(
+                        abandoned = tasks.len(),
+                        "shutdown grace period over; unfinished requests will be redelivered"
+                    );
+                    tasks.abort_all();
+                    break;
+                }
+            }
         }
+        // Closed one by one before the connection: channels dropped while the connection
+        // closes make lapin log errors.
+        for channel in [&consume, &cancel_channel, &publish] {
+            let _ = channel.close(200, "worker stopping".into()).await;
+        }
+        info!("worker stopped");
         Ok(SessionEnd::Shutdown)
     }
 }
 
-enum SetupError {
-    Fatal(WorkerError),
-    Lost(String),
-}
-
-impl From<lapin::Error> for SetupError {
-    fn from(e: lapin::Error) -> Self {
-        SetupError::Lost(e.to_string())
+fn cancel_one(cancellations: &Cancellations, message: &lapin::message::Delivery) {
+    match message.properties.correlation_id() {
+        Some(id) => {
+            debug!(correlation_id = %id, "cancellation");
+            cancellations.cancel(id.as_str());
+        }
+        None => debug!("cancellation without correlation_id ignored"),
     }
 }
 
-/// Declares the queue durable with `arguments`; when it already exists with other
-/// arguments (e.g. the host made it a quorum queue), uses it as it is. Each attempt gets
-/// its own channel: a refused declare closes its channel.
+/// Acks a delivery, or gives it back to the queue.
+async fn settle(acker: lapin::Acker, settlement: Settlement) -> Result<(), TransportError> {
+    let settled = match settlement {
+        Settlement::Ack => acker.ack(BasicAckOptions::default()).await,
+        Settlement::Requeue => {
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            acker.nack(requeue).await
+        }
+    };
+    settled
+        .map(|_| ())
+        .map_err(|e| TransportError(e.to_string()))
+}
+
+/// The AMQP code of a protocol error, if it is one.
+fn amqp_kind(error: &lapin::Error) -> Option<&AMQPErrorKind> {
+    match error.kind() {
+        ErrorKind::ProtocolError(e) => Some(e.kind()),
+        _ => None,
+    }
+}
+
+/// Errors at connection time that retrying cannot fix.
+fn is_refusal(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::AuthProviderError(_) | ErrorKind::InvalidProtocolVersion(_)
+    ) || matches!(
+        amqp_kind(error),
+        Some(
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+                | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED | AMQPHardError::INVALIDPATH)
+        )
+    )
+}
+
+/// A channel-level refusal about a queue is final; anything else is a lost connection.
+fn queue_error(queue: &str, error: lapin::Error) -> SessionError {
+    match amqp_kind(&error) {
+        Some(AMQPErrorKind::Soft(_)) => SessionError::Fatal(WorkerError::Queue {
+            queue: queue.to_owned(),
+            reason: error.to_string(),
+        }),
+        _ => SessionError::Lost(error.to_string()),
+    }
+}
+
+fn is_soft(error: &lapin::Error, code: AMQPSoftError) -> bool {
+    matches!(amqp_kind(error), Some(AMQPErrorKind::Soft(c)) if *c == code)
+}
+
+/// Makes sure `queue` exists. An existing queue is used as it is: the host declares the
+/// queues of its request types with their arguments, and a declaration with other
+/// arguments would be refused. A missing queue is declared durable with `arguments`.
+/// When the worker has `arguments` and the queue exists, they are checked, and a
+/// mismatch is logged. Each step gets its own channel: a refused declaration closes it.
 async fn ensure_queue(
     connection: &Connection,
     queue: &str,
-    arguments: &Map<String, Value>,
-) -> Result<(), SetupError> {
-    let channel = connection.create_channel().await?;
+    arguments: Option<&Value>,
+) -> Result<(), SessionError> {
+    let table = match arguments {
+        Some(arguments) => field_table(arguments)
+            .map_err(|reason| SessionError::Fatal(WorkerError::Config(reason)))?,
+        None => FieldTable::default(),
+    };
     let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    let declared = channel
-        .queue_declare(queue.into(), durable, field_table(arguments))
-        .await;
-    if declared.is_ok() {
-        let _ = channel.close(200, "ok".into()).await;
-        return Ok(());
-    }
     let probe = connection.create_channel().await?;
     let passive = QueueDeclareOptions {
         passive: true,
         ..Default::default()
     };
-    match probe
+    let exists = match probe
         .queue_declare(queue.into(), passive, FieldTable::default())
         .await
     {
         Ok(_) => {
-            warn!(
-                queue,
-                "the queue exists with other arguments than this worker's; using it as it is"
-            );
             let _ = probe.close(200, "ok".into()).await;
+            true
+        }
+        Err(e) if is_soft(&e, AMQPSoftError::NOTFOUND) => false,
+        Err(e) => return Err(queue_error(queue, e)),
+    };
+    if exists && arguments.is_none() {
+        return Ok(());
+    }
+    let declare = connection.create_channel().await?;
+    match declare.queue_declare(queue.into(), durable, table).await {
+        Ok(_) => {
+            if !exists {
+                info!(queue, "declared the queue (it did not exist)");
+            }
+            let _ = declare.close(200, "ok".into()).await;
             Ok(())
         }
-        Err(e) => Err(SetupError::Fatal(WorkerError::Queue {
-            queue: queue.to_owned(),
-            reason: e.to_string(),
-        })),
+        Err(e) if is_soft(&e, AMQPSoftError::PRECONDITIONFAILED) => {
+            warn!(queue, error = %e, "the queue exists with other arguments than this worker's; using it as it is");
+            Ok(())
+        }
+        Err(e) => Err(queue_error(queue, e)),
     }
 }
 
-async fn cancel_consumer(connection: &Connection) -> Result<lapin::Consumer, SetupError> {
+/// Declares the cancellation exchange and consumes it through a queue of this worker's
+/// own (exclusive, auto-delete, named by us: a server-named queue cannot be declared
+/// again by name).
+async fn cancel_consumer(
+    connection: &Connection,
+) -> Result<(Channel, lapin::Consumer), SessionError> {
     let channel = connection.create_channel().await?;
     channel
         .exchange_declare(
@@ -344,8 +582,7 @@ async fn cancel_consumer(connection: &Connection) -> Result<lapin::Consumer, Set
             FieldTable::default(),
         )
         .await?;
-    // Named by us: server-named queues cannot be re-declared after a reconnect.
-    let queue = format!("taskgate.cancel.{}", Uuid::new_v4());
+    let queue = format!("{}.{}", names::CANCEL_EXCHANGE, Uuid::new_v4());
     channel
         .queue_declare(
             queue.as_str().into(),
@@ -366,7 +603,7 @@ async fn cancel_consumer(connection: &Connection) -> Result<lapin::Consumer, Set
             FieldTable::default(),
         )
         .await?;
-    Ok(channel
+    let consumer = channel
         .basic_consume(
             queue.as_str().into(),
             "".into(),
@@ -376,24 +613,36 @@ async fn cancel_consumer(connection: &Connection) -> Result<lapin::Consumer, Set
             },
             FieldTable::default(),
         )
-        .await?)
+        .await?;
+    Ok((channel, consumer))
 }
 
-fn field_table(arguments: &Map<String, Value>) -> FieldTable {
+/// Queue arguments from a JSON object.
+fn field_table(arguments: &Value) -> Result<FieldTable, String> {
+    let Value::Object(arguments) = arguments else {
+        return Err(format!(
+            "queue arguments must be a JSON object, not `{arguments}`"
+        ));
+    };
     let mut table = FieldTable::default();
     for (key, value) in arguments {
         let value = match value {
             Value::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
             Value::Bool(b) => AMQPValue::Boolean(*b),
-            Value::Number(n) => match n.as_i64() {
-                Some(i) => AMQPValue::LongLongInt(i),
-                None => AMQPValue::Double(n.as_f64().unwrap_or_default()),
+            Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => AMQPValue::LongLongInt(i),
+                (None, Some(f)) => AMQPValue::Double(f),
+                (None, None) => return Err(format!("`{key}`: {n} is out of range")),
             },
-            _ => continue,
+            other => {
+                return Err(format!(
+                    "`{key}`: only strings, numbers and booleans are supported, not `{other}`"
+                ))
+            }
         };
         table.insert(ShortString::from(key.as_str()), value);
     }
-    table
+    Ok(table)
 }
 
 fn header_i64(headers: &FieldTable, name: &str) -> Option<i64> {
@@ -404,11 +653,12 @@ fn header_i64(headers: &FieldTable, name: &str) -> Option<i64> {
         AMQPValue::ShortInt(v) => Some(i64::from(*v)),
         AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
         AMQPValue::Timestamp(v) => i64::try_from(*v).ok(),
-        AMQPValue::LongString(s) => s.to_string().parse().ok(),
+        AMQPValue::LongString(s) => s.to_string().trim().parse().ok(),
         _ => None,
     }
 }
 
+/// The request as the runner sees it, and the means to ack it.
 fn split(delivery: lapin::message::Delivery) -> (Delivery, lapin::Acker) {
     let properties = &delivery.properties;
     let headers = properties.headers().clone().unwrap_or_default();
@@ -427,13 +677,15 @@ fn split(delivery: lapin::message::Delivery) -> (Delivery, lapin::Acker) {
     (request, delivery.acker)
 }
 
-/// Publishes replies on one confirm-mode channel.
+/// Publishes replies on one confirm-mode channel. A failed publish also reports the
+/// channel as broken, which ends the session: requests could not be answered on it.
 struct AmqpTransport {
     channel: Channel,
+    broken: Arc<Notify>,
 }
 
 impl Transport for AmqpTransport {
-    fn publish(&self, reply: Reply) -> BoxFuture<'_, Result<PendingConfirm, String>> {
+    fn publish(&self, reply: Reply) -> BoxFuture<'_, Result<PendingConfirm, TransportError>> {
         Box::pin(async move {
             let mut properties = BasicProperties::default()
                 .with_content_type(names::CONTENT_TYPE_JSON.into())
@@ -447,7 +699,7 @@ impl Transport for AmqpTransport {
                 );
                 properties = properties.with_headers(headers);
             }
-            let confirm = self
+            let confirm = match self
                 .channel
                 .basic_publish(
                     "".into(),
@@ -457,14 +709,94 @@ impl Transport for AmqpTransport {
                     properties,
                 )
                 .await
-                .map_err(|e| e.to_string())?;
+            {
+                Ok(confirm) => confirm,
+                Err(e) => {
+                    self.broken.notify_one();
+                    return Err(TransportError(e.to_string()));
+                }
+            };
+            let broken = self.broken.clone();
             Ok(Box::pin(async move {
                 match confirm.await {
-                    Ok(c) if c.is_nack() => Err("the broker refused the reply (nack)".to_owned()),
+                    Ok(c) if c.is_nack() => {
+                        Err(TransportError("the broker refused the reply (nack)".into()))
+                    }
                     Ok(_) => Ok(()),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => {
+                        broken.notify_one();
+                        Err(TransportError(e.to_string()))
+                    }
                 }
             }) as PendingConfirm)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn queue_arguments_become_a_field_table() {
+        let table = field_table(
+            &json!({"x-queue-type": "quorum", "x-max-length": 10, "x": true, "f": 1.5}),
+        )
+        .unwrap();
+        let inner = table.inner();
+        assert_eq!(
+            inner.get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(inner.get("x-max-length"), Some(&AMQPValue::LongLongInt(10)));
+        assert_eq!(inner.get("x"), Some(&AMQPValue::Boolean(true)));
+        assert_eq!(inner.get("f"), Some(&AMQPValue::Double(1.5)));
+        assert!(field_table(&json!([1])).is_err());
+        assert!(field_table(&json!({"a": {"b": 1}})).is_err());
+    }
+
+    #[test]
+    fn deadline_headers_of_any_integer_type_are_read() {
+        let mut headers = FieldTable::default();
+        headers.insert("a".into(), AMQPValue::LongLongInt(5));
+        headers.insert("b".into(), AMQPValue::LongUInt(6));
+        headers.insert("c".into(), AMQPValue::LongString("7".into()));
+        headers.insert("d".into(), AMQPValue::Boolean(true));
+        assert_eq!(header_i64(&headers, "a"), Some(5));
+        assert_eq!(header_i64(&headers, "b"), Some(6));
+        assert_eq!(header_i64(&headers, "c"), Some(7));
+        assert_eq!(header_i64(&headers, "d"), None);
+        assert_eq!(header_i64(&headers, "missing"), None);
+    }
+
+    #[tokio::test]
+    async fn bad_settings_are_refused_before_connecting() {
+        let ok = |_: Value, _: crate::Context| async move { Ok(Value::Null) };
+        let run = |builder: WorkerBuilder| async move {
+            builder
+                .build()
+                .run(std::future::pending::<()>())
+                .await
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(run(Worker::builder().amqp_url("http://x").handle("q", ok))
+            .await
+            .starts_with("invalid AMQP URL"));
+        assert!(run(Worker::builder()).await.contains("no handlers"));
+        assert!(run(Worker::builder().handle("q", ok).handle("q", ok))
+            .await
+            .contains("two handlers"));
+        assert!(
+            run(Worker::builder().handle_with_arguments("q", json!(["x"]), ok))
+                .await
+                .contains("JSON object")
+        );
+        assert!(run(Worker::builder().handle("", ok))
+            .await
+            .contains("1 to 255"));
     }
 }

@@ -1,16 +1,21 @@
 //! What a handler sees of its request: metadata, a way to stream chunks, cancellation.
+//!
+//! The context also owns the request's reply sequence: chunks and the final reply go out
+//! under one lock, so `x-seq` follows publish order even when a handler sends chunks from
+//! several tasks, and nothing is published after the final reply.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::TaskError;
-use crate::runner::{PendingConfirm, Reply, ReplyKind, Transport};
+use crate::runner::{PendingConfirm, Reply, ReplyKind, Transport, TransportError};
 
-/// One request's context. Cheap to clone.
+/// One request's context. Cheap to clone; clones share the request.
 #[derive(Clone)]
 pub struct Context {
     inner: Arc<Inner>,
@@ -24,12 +29,24 @@ struct Inner {
     streams: bool,
     redelivered: bool,
     cancel: CancellationToken,
-    next_seq: AtomicU64,
     transport: Arc<dyn Transport>,
-    /// Confirms of chunks sent so far: awaited before the request is acked.
-    pending: Mutex<Vec<PendingConfirm>>,
+    replies: Mutex<ReplyState>,
 }
 
+/// The request's replies so far.
+#[derive(Default)]
+struct ReplyState {
+    next_seq: u64,
+    /// The final reply is out (or being sent): no more chunks.
+    finished: bool,
+    /// A chunk could not be published: the request must not be acked (it would be
+    /// acknowledged with a chunk missing).
+    failed: Option<TransportError>,
+    /// Confirms of the chunks sent so far, awaited before the request is acked.
+    pending: Vec<PendingConfirm>,
+}
+
+/// Everything [`Context::new`] needs; built by the runner from a delivery.
 pub(crate) struct ContextParts {
     pub request_type: String,
     pub correlation_id: String,
@@ -52,14 +69,14 @@ impl Context {
                 streams: parts.streams,
                 redelivered: parts.redelivered,
                 cancel: parts.cancel,
-                next_seq: AtomicU64::new(0),
                 transport: parts.transport,
-                pending: Mutex::new(Vec::new()),
+                replies: Mutex::new(ReplyState::default()),
             }),
         }
     }
 
-    /// The request type (the message's `type` property), e.g. `text.wordcount`.
+    /// The request type (the message's `type` property), e.g. `text.wordcount`; empty if
+    /// the message had none.
     pub fn request_type(&self) -> &str {
         &self.inner.request_type
     }
@@ -69,12 +86,12 @@ impl Context {
         &self.inner.correlation_id
     }
 
-    /// The deadline as Unix milliseconds, if the host set one.
+    /// The deadline as Unix milliseconds (header `x-deadline-ms`), if the host set one.
     pub fn deadline_ms(&self) -> Option<u64> {
         self.inner.deadline_ms
     }
 
-    /// Time left until the deadline (zero when passed; `None` without a deadline).
+    /// Time left until the deadline (zero once passed; `None` without a deadline).
     pub fn remaining(&self) -> Option<Duration> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -89,52 +106,115 @@ impl Context {
         self.inner.streams
     }
 
-    /// Whether RabbitMQ delivered this request before (another worker may have started it).
+    /// Whether RabbitMQ delivered this request before: another worker may have started
+    /// it (and sent some chunks) and died.
     pub fn redelivered(&self) -> bool {
         self.inner.redelivered
     }
 
+    /// Whether the request was cancelled (by the client, a timeout or a disconnect).
     pub fn is_cancelled(&self) -> bool {
         self.inner.cancel.is_cancelled()
     }
 
-    /// Resolves when the request is cancelled (by the client, a timeout or a disconnect).
+    /// Resolves when the request is cancelled. The handler then has the worker's
+    /// cancel grace period to return (any error it returns is replaced by `CANCELLED`)
+    /// before it is dropped.
     pub async fn cancelled(&self) {
         self.inner.cancel.cancelled().await
     }
 
-    /// Sends one partial result. Fails with `CANCELLED` once the request is cancelled, so
-    /// `ctx.chunk(..).await?` also stops a handler at its next chunk.
+    /// Runs `work` unless the request is cancelled first, in which case `work` is dropped
+    /// and the result is `Err(TaskError::cancelled())`:
+    /// `ctx.until_cancelled(tokio::time::sleep(d)).await?`.
+    pub async fn until_cancelled<F: Future>(&self, work: F) -> Result<F::Output, TaskError> {
+        tokio::select! {
+            biased;
+            _ = self.inner.cancel.cancelled() => Err(TaskError::cancelled()),
+            output = work => Ok(output),
+        }
+    }
+
+    /// Sends one partial result (a `chunk` reply with the next `x-seq`). Fails with
+    /// `CANCELLED` once the request is cancelled, so `ctx.chunk(..).await?` also stops a
+    /// handler at its next chunk; fails with `WORKER_ERROR` after the final reply or when
+    /// the broker connection is lost.
     pub async fn chunk(&self, data: impl Serialize) -> Result<(), TaskError> {
         if self.is_cancelled() {
             return Err(TaskError::cancelled());
         }
         let body = serde_json::to_vec(&data)
-            .map_err(|e| TaskError::new(format!("chunk not serializable: {e}")))?;
-        let seq = self.inner.next_seq.fetch_add(1, Ordering::SeqCst);
-        let confirm = self
+            .map_err(|e| TaskError::new(format!("the chunk could not be serialised: {e}")))?;
+        let mut state = self.inner.replies.lock().await;
+        if state.finished {
+            return Err(TaskError::new(
+                "the request is already answered: no chunk is sent after the final reply",
+            ));
+        }
+        if self.is_cancelled() {
+            return Err(TaskError::cancelled());
+        }
+        let seq = state.next_seq;
+        match self
             .inner
             .transport
-            .publish(Reply {
-                reply_to: self.inner.reply_to.clone(),
-                correlation_id: self.inner.correlation_id.clone(),
-                kind: ReplyKind::Chunk,
-                seq: Some(seq),
-                body,
-            })
+            .publish(self.reply(ReplyKind::Chunk, Some(seq), body))
             .await
-            .map_err(|e| TaskError::new(format!("chunk not sent: {e}")))?;
-        if let Ok(mut pending) = self.inner.pending.lock() {
-            pending.push(confirm);
+        {
+            Ok(confirm) => {
+                state.next_seq += 1;
+                state.pending.push(confirm);
+                Ok(())
+            }
+            Err(error) => {
+                let message = format!("the chunk could not be sent: {error}");
+                state.failed = Some(error);
+                Err(TaskError::new(message))
+            }
         }
-        Ok(())
     }
 
-    pub(crate) fn take_pending(&self) -> Vec<PendingConfirm> {
-        self.inner
-            .pending
-            .lock()
-            .map(|mut p| std::mem::take(&mut *p))
-            .unwrap_or_default()
+    /// Publishes the final reply and returns the confirms of every reply of the request.
+    /// After this, [`Context::chunk`] fails.
+    pub(crate) async fn finish(
+        &self,
+        kind: ReplyKind,
+        body: Vec<u8>,
+    ) -> Result<Vec<PendingConfirm>, TransportError> {
+        let mut state = self.inner.replies.lock().await;
+        state.finished = true;
+        if let Some(error) = state.failed.take() {
+            return Err(error);
+        }
+        let last = self
+            .inner
+            .transport
+            .publish(self.reply(kind, None, body))
+            .await?;
+        let mut confirms = std::mem::take(&mut state.pending);
+        confirms.push(last);
+        Ok(confirms)
+    }
+
+    fn reply(&self, kind: ReplyKind, seq: Option<u64>, body: Vec<u8>) -> Reply {
+        Reply {
+            reply_to: self.inner.reply_to.clone(),
+            correlation_id: self.inner.correlation_id.clone(),
+            kind,
+            seq,
+            body,
+        }
+    }
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("request_type", &self.inner.request_type)
+            .field("correlation_id", &self.inner.correlation_id)
+            .field("deadline_ms", &self.inner.deadline_ms)
+            .field("redelivered", &self.inner.redelivered)
+            .field("cancelled", &self.is_cancelled())
+            .finish_non_exhaustive()
     }
 }

@@ -1,50 +1,100 @@
 //! `taskgate-worker`: the Rust worker SDK for taskgate.
 //!
-//! A worker is a set of handlers, one per queue. A handler gets the payload and a
-//! [`Context`], and returns the result — or a [`TaskError`], or sends chunks first:
+//! A worker is a set of handlers, one per queue. A handler gets the payload (as
+//! `serde_json::Value` or any `Deserialize` type) and a [`Context`], may stream chunks, and
+//! returns a result (any `Serialize` type) or a [`TaskError`]:
 //!
 //! ```no_run
+//! use serde::Deserialize;
+//! use serde_json::json;
 //! use taskgate_worker::{Context, TaskError, Worker};
-//! use serde_json::{json, Value};
 //!
-//! async fn countdown(payload: Value, ctx: Context) -> Result<Value, TaskError> {
-//!     let from = payload["from"].as_u64().unwrap_or(3);
-//!     for remaining in (0..from).rev() {
-//!         ctx.chunk(json!({ "remaining": remaining })).await?;
+//! #[derive(Deserialize)]
+//! struct Countdown { from: u32 }
+//!
+//! async fn countdown(req: Countdown, ctx: Context) -> Result<serde_json::Value, TaskError> {
+//!     for remaining in (0..req.from).rev() {
+//!         ctx.chunk(json!({ "remaining": remaining })).await?; // fails once cancelled
 //!     }
 //!     Ok(json!({ "done": true }))
 //! }
 //!
-//! # async fn run() -> Result<(), taskgate_worker::WorkerError> {
-//! Worker::builder()
-//!     .amqp_url("amqp://guest:guest@127.0.0.1:5672/%2f")
-//!     .handle("taskgate.demo.countdown", countdown)
-//!     .build()
-//!     .run(tokio::signal::ctrl_c())
-//!     .await
-//! # }
+//! #[tokio::main]
+//! async fn main() -> Result<(), taskgate_worker::WorkerError> {
+//!     Worker::builder()
+//!         .amqp_url("amqp://guest:guest@127.0.0.1:5672/%2f")
+//!         .handle("taskgate.demo.countdown", countdown)
+//!         .build()
+//!         .run(tokio::signal::ctrl_c())
+//!         .await
+//! }
 //! ```
 //!
-//! The SDK implements the worker half of protocol v1 §2 (docs/protocol.md): replies go to
-//! the request's `reply_to` with its `correlation_id`, all on one channel (so they stay in
-//! order), with publisher confirms; the request is acked only after its final reply is
-//! confirmed, so a worker that dies mid-request leaves it to be redelivered. Requests whose
-//! deadline passed are not started. A cancellation (§2.4) fires [`Context::cancelled`]; a
-//! handler that does not stop by itself is dropped at its next await, and the SDK replies
-//! `CANCELLED`. A panicking handler becomes `WORKER_ERROR` without taking the worker down.
+//! # What the SDK does for you (protocol v1 §2, docs/protocol.md)
+//! - **Replies** go to the request's `reply_to` through the default exchange with its
+//!   `correlation_id`, `content_type: application/json` and `type` `chunk` / `result` /
+//!   `error`; chunks carry `x-seq` 0, 1, 2 …. All replies go through one channel, in
+//!   order, with publisher confirms.
+//! - **Ack after the final reply**: the request is acked only once its final reply and
+//!   every chunk are confirmed, so a worker that dies mid-request leaves the request to be
+//!   redelivered ([`Context::redelivered`] tells the next worker). A request whose replies
+//!   did not all reach the broker goes back to the queue (`basic.nack` with requeue); a
+//!   failed publish also ends the broker session (the worker reconnects).
+//! - **Errors**: a [`TaskError`] becomes an `error` reply with its code (default
+//!   `WORKER_ERROR`), message and details. A payload that is not JSON, or does not fit
+//!   the handler's payload type, is answered `INVALID_PAYLOAD` with
+//!   `details.problems[].pointer` without calling the handler. A panicking handler is
+//!   answered `WORKER_ERROR` (the panic message is logged, not sent) and the worker goes
+//!   on. In every one of these cases the request is acked: it is never requeued forever.
+//! - **Deadlines**: a request whose `x-deadline-ms` has passed is acked and dropped
+//!   without running (the host has already answered `TIMEOUT`); [`Context::remaining`]
+//!   tells a handler how long it has. A request without `reply_to` or `correlation_id`
+//!   is logged, acked and dropped.
+//! - **Cancellation** (§2.4): the worker consumes the `taskgate.cancel` fanout exchange
+//!   through an exclusive queue of its own, `taskgate.cancel.<uuid>`. A cancellation
+//!   fires [`Context::cancelled`] / [`Context::is_cancelled`], makes [`Context::chunk`]
+//!   fail with `CANCELLED`, and gives the handler the cancel grace period (default 1 s)
+//!   to return by itself (to clean up); then it is dropped. The reply is then `CANCELLED`
+//!   (unless the handler returned a result anyway). A cancellation that arrives before its
+//!   request is remembered for a while, and the request is answered `CANCELLED` without
+//!   running.
+//! - **Concurrency**: each queue is consumed with a prefetch (default 16) and every
+//!   delivery runs as its own task, so up to `prefetch` requests per queue run at once.
+//!   Handlers run on the caller's tokio runtime: CPU-heavy work belongs in
+//!   `tokio::task::spawn_blocking` (or a multi-thread runtime).
+//! - **Queues**: an existing queue is used as it is (the host declares the queues of its
+//!   request types, with their arguments, e.g. quorum); a missing one is declared durable,
+//!   with the arguments given to [`WorkerBuilder::handle_with_arguments`] (none with
+//!   [`WorkerBuilder::handle`]). A queue that exists with other arguments than the ones
+//!   given is used as it is, with a warning. A queue the worker may not use (permissions,
+//!   exclusive to another connection) stops [`Worker::run`] with [`WorkerError::Queue`].
+//! - **Connection**: a bad URL, or credentials / a virtual host the broker refuses, stop
+//!   [`Worker::run`] with an error at once. An unreachable broker is retried with
+//!   exponential backoff (0.1 s to 5 s, each attempt logged), at start and whenever the
+//!   connection is lost. lapin sets `TCP_NODELAY` on its socket (async-rs's tokio
+//!   connector does; replies are small and latency-bound).
+//! - **Shutdown**: when the future given to [`Worker::run`] resolves, the worker stops
+//!   consuming (`basic.cancel`), lets the requests in progress finish for up to the
+//!   shutdown grace period (default 30 s; they can still be cancelled meanwhile), drops
+//!   the rest (RabbitMQ redelivers them) and closes the connection.
+//!
+//! Handlers can be unit-tested without RabbitMQ with [`testing::TestRequest`].
 //!
 //! # Layout
-//! - [`handler`]: the handler trait and [`TaskError`].
+//! - [`handler`]: the [`Handler`] trait and [`TaskError`].
 //! - [`context`]: what a handler sees: request metadata, chunks, cancellation.
-//! - [`runner`]: one request from delivery to ack, independent of AMQP (unit-tested
+//! - `runner`: one request from delivery to ack, independent of AMQP (unit-tested
 //!   through an in-memory transport).
-//! - [`amqp`]: the lapin transport: connection, consumers, cancellation queue, reconnects.
+//! - [`amqp`]: the lapin side: [`Worker`], connection, consumers, cancellation queue,
+//!   reconnection, shutdown.
+//! - [`testing`]: runs a handler on an in-memory transport.
 
 pub mod amqp;
 pub mod context;
 pub mod handler;
-pub mod runner;
+mod runner;
+pub mod testing;
 
-pub use amqp::{Worker, WorkerBuilder, WorkerError};
+pub use amqp::{Worker, WorkerBuilder, WorkerError, DEFAULT_AMQP_URL};
 pub use context::Context;
 pub use handler::{Handler, TaskError};

@@ -1,47 +1,53 @@
 //! One request, from delivery to ack, independent of AMQP: the part of the SDK that
-//! carries the protocol's rules (reply routing and order, ack after the final reply,
-//! deadlines, cancellation, panics). [`crate::amqp`] feeds it real deliveries; the unit
-//! tests feed it an in-memory [`Transport`].
+//! carries the protocol's rules (reply routing and order, ack only after the final reply
+//! is confirmed, expired deadlines, cancellation, panics). [`crate::amqp`] feeds it real
+//! deliveries through a lapin [`Transport`]; the unit tests and [`crate::testing`] feed it
+//! an in-memory one.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use futures_util::FutureExt;
-use serde_json::Value;
-pub use taskgate_protocol::ReplyKind;
+pub(crate) use taskgate_protocol::ReplyKind;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::context::{Context, ContextParts};
-use crate::handler::{Handler, TaskError};
+use crate::handler::{BoxFuture, ErasedHandler, TaskError};
+
+/// Why a reply or an ack did not reach the broker.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct TransportError(pub String);
 
 /// A reply's publisher confirm, still to be awaited.
-pub type PendingConfirm = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type PendingConfirm = BoxFuture<'static, Result<(), TransportError>>;
 
 /// A reply message (protocol §2.3).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub reply_to: String,
     pub correlation_id: String,
     pub kind: ReplyKind,
+    /// `x-seq`, on chunks only.
     pub seq: Option<u64>,
     pub body: Vec<u8>,
 }
 
-/// Where replies go. `publish` resolves once the message is handed to the broker and
-/// returns its confirm; all replies go through one channel, so they keep their order.
-pub trait Transport: Send + Sync + 'static {
-    fn publish(&self, reply: Reply) -> BoxFuture<'_, Result<PendingConfirm, String>>;
+/// Where replies go. `publish` resolves once the message is handed to the broker's
+/// channel, in call order, and returns its confirm; one channel carries all replies, so
+/// RabbitMQ keeps them in order.
+pub(crate) trait Transport: Send + Sync + 'static {
+    fn publish(&self, reply: Reply) -> BoxFuture<'_, Result<PendingConfirm, TransportError>>;
 }
 
 /// A request message as delivered (protocol §2.2), nothing trusted yet.
 #[derive(Debug, Clone, Default)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     pub correlation_id: Option<String>,
     pub reply_to: Option<String>,
     pub request_type: Option<String>,
@@ -53,21 +59,33 @@ pub struct Delivery {
 
 /// What became of a delivery.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// The final reply was confirmed and the request acked.
+pub(crate) enum Outcome {
+    /// The final reply (and every chunk) was confirmed and the request acked.
     Replied(ReplyKind),
     /// Its deadline had passed: acked without running the handler.
     Expired,
     /// No `reply_to` or `correlation_id`: nobody to answer; acked.
     Unanswerable,
-    /// A reply could not be published or the ack failed: the broker will redeliver it.
-    NotAcked(String),
+    /// A reply could not be published or confirmed, or the ack failed: the request was
+    /// given back to the queue (or will be when the connection closes) for redelivery.
+    NotAcked(TransportError),
+}
+
+/// What the runner tells the broker about a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settlement {
+    /// Done with it (answered, or nothing to answer).
+    Ack,
+    /// Its replies did not all reach the broker: back to the queue, for another try.
+    Requeue,
 }
 
 /// Cancellation tokens of the requests this worker is running, plus cancellations that
-/// arrived before their request did (it may still wait in the queue or the prefetch buffer).
+/// arrived before their request did (it may still wait in the queue or the prefetch
+/// buffer). Every worker sees every cancellation (the exchange is a fanout), so most
+/// early cancellations are for other workers' requests: they are kept only for a while.
 #[derive(Default)]
-pub struct Cancellations {
+pub(crate) struct Cancellations {
     running: DashMap<String, CancellationToken>,
     early: DashMap<String, Instant>,
 }
@@ -99,6 +117,10 @@ impl Cancellations {
         }
         self.running
             .insert(correlation_id.to_owned(), token.clone());
+        // A cancellation that arrived between the two lines above went to `early`.
+        if self.early.remove(correlation_id).is_some() {
+            token.cancel();
+        }
         token
     }
 
@@ -107,143 +129,167 @@ impl Cancellations {
     }
 
     /// Requests running now.
+    #[cfg(test)]
     pub fn running(&self) -> usize {
         self.running.len()
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Runs one delivery to completion. `ack` acknowledges the delivery; it is called only
-/// after the final reply (and every chunk before it) is confirmed.
-pub async fn process<A, Fut>(
-    delivery: Delivery,
-    handler: Arc<dyn Handler>,
-    transport: Arc<dyn Transport>,
-    cancellations: &Cancellations,
-    ack: A,
-) -> Outcome
-where
-    A: FnOnce() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
-    let (Some(correlation_id), Some(reply_to)) =
-        (delivery.correlation_id.clone(), delivery.reply_to.clone())
-    else {
-        warn!(correlation_id = ?delivery.correlation_id, "request without reply_to or correlation_id: nobody to answer; dropped");
-        return finish(ack, Outcome::Unanswerable).await;
-    };
-    if let Some(deadline) = delivery.deadline_ms {
-        if deadline <= now_ms() {
-            info!(%correlation_id, "request expired before it started; skipped");
-            return finish(ack, Outcome::Expired).await;
-        }
-    }
-
-    let token = cancellations.register(&correlation_id);
-    let ctx = Context::new(ContextParts {
-        request_type: delivery.request_type.clone().unwrap_or_default(),
-        correlation_id: correlation_id.clone(),
-        reply_to: reply_to.clone(),
-        deadline_ms: delivery.deadline_ms.and_then(|d| u64::try_from(d).ok()),
-        streams: delivery.streams,
-        redelivered: delivery.redelivered,
-        cancel: token.clone(),
-        transport: transport.clone(),
-    });
-    let result = run_handler(&delivery, handler, ctx.clone(), &token).await;
-    cancellations.forget(&correlation_id);
-
-    let (kind, body) = match &result {
-        Ok(value) => (
-            ReplyKind::Result,
-            serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec()),
-        ),
-        Err(error) => (
-            ReplyKind::Error,
-            serde_json::to_vec(&error.body()).unwrap_or_default(),
-        ),
-    };
-    debug!(%correlation_id, kind = kind.as_str(), "final reply");
-    let reply = Reply {
-        reply_to,
-        correlation_id: correlation_id.clone(),
-        kind,
-        seq: None,
-        body,
-    };
-    let confirmed = async {
-        let last = transport.publish(reply).await?;
-        for chunk in ctx.take_pending() {
-            chunk.await?;
-        }
-        last.await
-    }
-    .await;
-    match confirmed {
-        Ok(()) => finish(ack, Outcome::Replied(kind)).await,
-        Err(reason) => {
-            warn!(%correlation_id, %reason, "final reply not confirmed; leaving the request for redelivery");
-            Outcome::NotAcked(reason)
-        }
-    }
+/// Runs deliveries to completion; shared by every request of a worker session.
+pub(crate) struct Runner {
+    pub transport: Arc<dyn Transport>,
+    pub cancellations: Arc<Cancellations>,
+    /// How long a cancelled handler may take to return by itself before it is dropped.
+    pub cancel_grace: Duration,
 }
 
-async fn run_handler(
-    delivery: &Delivery,
-    handler: Arc<dyn Handler>,
-    ctx: Context,
-    token: &CancellationToken,
-) -> Result<Value, TaskError> {
-    let payload: Value = match serde_json::from_slice(&delivery.body) {
-        Ok(payload) => payload,
-        Err(e) => {
-            return Err(TaskError::invalid_payload(format!(
-                "the payload is not JSON: {e}"
-            )))
-        }
-    };
-    if token.is_cancelled() {
-        return Err(TaskError::cancelled());
-    }
-    let correlation_id = ctx.correlation_id().to_owned();
-    let running = AssertUnwindSafe(handler.call(payload, ctx)).catch_unwind();
-    tokio::select! {
-        biased;
-        outcome = running => match outcome {
-            Ok(result) => result,
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                error!(%correlation_id, panic = %message, "handler panicked");
-                Err(TaskError::new("the worker failed while handling the request"))
+impl Runner {
+    /// Runs one delivery. `settle` acks it only after the final reply and every chunk
+    /// before it are confirmed (or when there is nothing to reply), and requeues it when a
+    /// reply could not be published or confirmed.
+    pub async fn process<S, Fut>(
+        &self,
+        delivery: Delivery,
+        handler: &ErasedHandler,
+        settle: S,
+    ) -> Outcome
+    where
+        S: FnOnce(Settlement) -> Fut,
+        Fut: Future<Output = Result<(), TransportError>>,
+    {
+        let (Some(correlation_id), Some(reply_to)) =
+            (delivery.correlation_id.clone(), delivery.reply_to.clone())
+        else {
+            warn!(
+                correlation_id = ?delivery.correlation_id,
+                reply_to = ?delivery.reply_to,
+                "request without reply_to or correlation_id: nobody to answer; acked and dropped"
+            );
+            return ack(settle, Outcome::Unanswerable).await;
+        };
+        if let Some(deadline) = delivery.deadline_ms {
+            let late_by = now_ms().saturating_sub(deadline);
+            if late_by >= 0 {
+                info!(%correlation_id, late_by_ms = late_by, "request expired before it started; acked and dropped");
+                return ack(settle, Outcome::Expired).await;
             }
-        },
-        _ = token.cancelled() => {
-            info!(%correlation_id, "request cancelled");
-            Err(TaskError::cancelled())
         }
+
+        let token = self.cancellations.register(&correlation_id);
+        let ctx = Context::new(ContextParts {
+            request_type: delivery.request_type.unwrap_or_default(),
+            correlation_id: correlation_id.clone(),
+            reply_to,
+            deadline_ms: delivery.deadline_ms.and_then(|d| u64::try_from(d).ok()),
+            streams: delivery.streams,
+            redelivered: delivery.redelivered,
+            cancel: token.clone(),
+            transport: self.transport.clone(),
+        });
+        let result = if token.is_cancelled() {
+            info!(%correlation_id, "request cancelled before it started");
+            Err(TaskError::cancelled())
+        } else {
+            self.run_handler(handler, delivery.body, ctx.clone(), &token)
+                .await
+        };
+        self.cancellations.forget(&correlation_id);
+
+        let (kind, body) = match result {
+            Ok(body) => (ReplyKind::Result, body),
+            // Whatever a cancelled handler fails with, the request failed because it
+            // was cancelled.
+            Err(_) if token.is_cancelled() => {
+                (ReplyKind::Error, error_body(&TaskError::cancelled()))
+            }
+            Err(error) => (ReplyKind::Error, error_body(&error)),
+        };
+        debug!(%correlation_id, kind = kind.as_str(), "final reply");
+        let confirmed = async {
+            for confirm in ctx.finish(kind, body).await? {
+                confirm.await?;
+            }
+            Ok::<(), TransportError>(())
+        }
+        .await;
+        match confirmed {
+            Ok(()) => ack(settle, Outcome::Replied(kind)).await,
+            Err(error) => {
+                warn!(%correlation_id, %error, "a reply did not reach the broker; the request goes back to the queue");
+                if let Err(requeue_error) = settle(Settlement::Requeue).await {
+                    debug!(%correlation_id, %requeue_error, "requeue failed; the broker requeues the request when the connection closes");
+                }
+                Outcome::NotAcked(error)
+            }
+        }
+    }
+
+    /// Runs the handler, catching panics; on cancellation, gives it the grace period to
+    /// return by itself, then drops it.
+    async fn run_handler(
+        &self,
+        handler: &ErasedHandler,
+        body: Vec<u8>,
+        ctx: Context,
+        token: &CancellationToken,
+    ) -> Result<Vec<u8>, TaskError> {
+        let correlation_id = ctx.correlation_id().to_owned();
+        let mut running = pin!(AssertUnwindSafe(handler(body, ctx)).catch_unwind());
+        let finished = tokio::select! {
+            biased;
+            outcome = &mut running => Some(outcome),
+            _ = token.cancelled() => None,
+        };
+        let outcome = match finished {
+            Some(outcome) => outcome,
+            None => {
+                info!(%correlation_id, "request cancelled");
+                match tokio::time::timeout(self.cancel_grace, &mut running).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        debug!(%correlation_id, "the handler did not stop within the cancel grace period; dropped");
+                        return Err(TaskError::cancelled());
+                    }
+                }
+            }
+        };
+        outcome.unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            error!(%correlation_id, panic = %message, "the handler panicked");
+            Err(TaskError::new(
+                "the worker failed while handling the request",
+            ))
+        })
     }
 }
 
-async fn finish<A, Fut>(ack: A, outcome: Outcome) -> Outcome
+fn error_body(error: &TaskError) -> Vec<u8> {
+    // A struct of strings and a `Value` always serialises; the fallback is unreachable.
+    serde_json::to_vec(&error.body())
+        .unwrap_or_else(|_| br#"{"message":"the worker failed"}"#.to_vec())
+}
+
+async fn ack<S, Fut>(settle: S, outcome: Outcome) -> Outcome
 where
-    A: FnOnce() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
+    S: FnOnce(Settlement) -> Fut,
+    Fut: Future<Output = Result<(), TransportError>>,
 {
-    match ack().await {
+    match settle(Settlement::Ack).await {
         Ok(()) => outcome,
-        Err(reason) => {
-            warn!(%reason, "ack failed; the broker will redeliver the request");
-            Outcome::NotAcked(reason)
+        Err(error) => {
+            warn!(%error, "ack failed; the broker will redeliver the request");
+            Outcome::NotAcked(error)
         }
     }
 }

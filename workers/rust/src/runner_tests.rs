@@ -1,50 +1,18 @@
-//! The request lifecycle through an in-memory transport.
+//! The request lifecycle through an in-memory transport: what is published, in which
+//! order, and when the request is acked.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
-use serde_json::json;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
 
 use super::*;
+use crate::handler::{erase, Handler};
+use crate::testing::{MemoryLog, MemoryTransport};
 
-/// Records every reply, and the ack, into one ordered log.
-#[derive(Default)]
-struct Log {
-    events: Mutex<Vec<String>>,
-    replies: Mutex<Vec<Reply>>,
-    fail_publish: Mutex<bool>,
-}
-
-impl Log {
-    fn push(&self, event: String) {
-        self.events.lock().unwrap().push(event);
-    }
-    fn events(&self) -> Vec<String> {
-        self.events.lock().unwrap().clone()
-    }
-    fn replies(&self) -> Vec<Reply> {
-        self.replies.lock().unwrap().clone()
-    }
-}
-
-struct MemoryTransport(Arc<Log>);
-
-impl Transport for MemoryTransport {
-    fn publish(&self, reply: Reply) -> BoxFuture<'_, Result<PendingConfirm, String>> {
-        Box::pin(async move {
-            if *self.0.fail_publish.lock().unwrap() {
-                return Err("connection lost".to_owned());
-            }
-            self.0.push(format!("publish {}", reply.kind.as_str()));
-            self.0.replies.lock().unwrap().push(reply);
-            let log = self.0.clone();
-            Ok(Box::pin(async move {
-                log.push("confirm".to_owned());
-                Ok(())
-            }) as PendingConfirm)
-        })
-    }
-}
+const GRACE: Duration = Duration::from_millis(200);
 
 fn delivery(body: &str) -> Delivery {
     Delivery {
@@ -58,112 +26,256 @@ fn delivery(body: &str) -> Delivery {
     }
 }
 
-async fn run(delivery: Delivery, handler: impl Handler) -> (Outcome, Arc<Log>) {
-    run_with(delivery, handler, &Cancellations::default()).await
+fn runner(log: &Arc<MemoryLog>, cancellations: Arc<Cancellations>) -> Runner {
+    Runner {
+        transport: Arc::new(MemoryTransport(log.clone())),
+        cancellations,
+        cancel_grace: GRACE,
+    }
 }
 
-async fn run_with(
+async fn run<P, H>(delivery: Delivery, handler: H) -> (Outcome, Arc<MemoryLog>)
+where
+    P: DeserializeOwned + Send + 'static,
+    H: Handler<P>,
+{
+    run_with(delivery, handler, Arc::new(Cancellations::default())).await
+}
+
+async fn run_with<P, H>(
     delivery: Delivery,
-    handler: impl Handler,
-    cancellations: &Cancellations,
-) -> (Outcome, Arc<Log>) {
-    let log = Arc::new(Log::default());
-    let transport: Arc<dyn Transport> = Arc::new(MemoryTransport(log.clone()));
+    handler: H,
+    cancellations: Arc<Cancellations>,
+) -> (Outcome, Arc<MemoryLog>)
+where
+    P: DeserializeOwned + Send + 'static,
+    H: Handler<P>,
+{
+    let log = Arc::new(MemoryLog::default());
     let ack_log = log.clone();
-    let outcome = process(
-        delivery,
-        Arc::new(handler),
-        transport,
-        cancellations,
-        || async move {
-            ack_log.push("ack".to_owned());
+    let outcome = runner(&log, cancellations)
+        .process(delivery, &erase(handler), |settlement| async move {
+            ack_log.push(settled(settlement));
             Ok(())
-        },
-    )
-    .await;
+        })
+        .await;
     (outcome, log)
+}
+
+fn settled(settlement: Settlement) -> &'static str {
+    match settlement {
+        Settlement::Ack => "ack",
+        Settlement::Requeue => "requeue",
+    }
 }
 
 fn body(reply: &Reply) -> Value {
     serde_json::from_slice(&reply.body).unwrap()
 }
 
+fn last_body(log: &MemoryLog) -> Value {
+    body(log.replies().last().unwrap())
+}
+
+/// Cancels `c-1` as soon as it runs.
+fn cancel_when_running(cancellations: &Arc<Cancellations>) -> tokio::task::JoinHandle<()> {
+    let c = cancellations.clone();
+    tokio::spawn(async move {
+        while c.running() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        c.cancel("c-1");
+    })
+}
+
 #[tokio::test]
-async fn a_result_is_replied_then_acked() {
+async fn a_result_is_published_to_reply_to_then_confirmed_then_acked() {
     let (outcome, log) = run(
         delivery(r#"{"x":1}"#),
         |p: Value, _ctx: Context| async move { Ok(json!({ "got": p })) },
     )
     .await;
     assert_eq!(outcome, Outcome::Replied(ReplyKind::Result));
-    assert_eq!(log.events(), vec!["publish result", "confirm", "ack"]);
+    assert_eq!(log.events(), ["publish result", "confirm result", "ack"]);
     let reply = &log.replies()[0];
     assert_eq!(reply.reply_to, "taskgate.reply.h");
     assert_eq!(reply.correlation_id, "c-1");
+    assert_eq!(reply.seq, None);
     assert_eq!(body(reply), json!({"got": {"x": 1}}));
 }
 
 #[tokio::test]
-async fn chunks_carry_seq_in_order_and_are_confirmed_before_the_ack() {
-    let (outcome, log) = run(delivery("3"), |p: Value, ctx: Context| async move {
-        for i in 0..p.as_u64().unwrap() {
+async fn chunks_carry_seq_in_order_and_everything_is_confirmed_before_the_ack() {
+    let (outcome, log) = run(delivery("3"), |n: u64, ctx: Context| async move {
+        for i in 0..n {
             ctx.chunk(json!({ "i": i })).await?;
         }
-        Ok(json!("done"))
+        Ok("done")
     })
     .await;
     assert_eq!(outcome, Outcome::Replied(ReplyKind::Result));
-    let replies = log.replies();
-    let seqs: Vec<Option<u64>> = replies.iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, vec![Some(0), Some(1), Some(2), None]);
-    assert_eq!(body(&replies[1]), json!({"i": 1}));
-    let events = log.events();
-    assert_eq!(events.last().unwrap(), "ack");
-    assert_eq!(events.iter().filter(|e| *e == "confirm").count(), 4);
-}
-
-#[tokio::test]
-async fn task_errors_become_error_replies_with_their_code() {
-    let (_, log) = run(delivery("1"), |_: Value, _: Context| async move {
-        Err(TaskError::with_code("NOT_FOUND", "no such thing").details(json!({"id": 7})))
-    })
-    .await;
-    assert_eq!(log.replies()[0].kind, ReplyKind::Error);
     assert_eq!(
-        body(&log.replies()[0]),
-        json!({"code": "NOT_FOUND", "message": "no such thing", "details": {"id": 7}})
+        log.events(),
+        [
+            "publish chunk 0",
+            "publish chunk 1",
+            "publish chunk 2",
+            "publish result",
+            "confirm chunk 0",
+            "confirm chunk 1",
+            "confirm chunk 2",
+            "confirm result",
+            "ack"
+        ]
     );
-    let (_, log) = run(delivery("1"), |_: Value, _: Context| async move {
-        Err(TaskError::new("boom"))
-    })
-    .await;
-    assert_eq!(body(&log.replies()[0])["code"], json!("WORKER_ERROR"));
+    let replies = log.replies();
+    assert_eq!(body(&replies[1]), json!({"i": 1}));
+    assert_eq!(body(&replies[3]), json!("done"));
 }
 
 #[tokio::test]
-async fn a_panicking_handler_is_a_worker_error_without_its_message() {
-    let (outcome, log) = run(delivery("1"), |_: Value, _: Context| async move {
-        if true {
-            panic!("secret internals");
+async fn chunks_from_several_tasks_get_seq_in_publish_order() {
+    let (_, log) = run(delivery("null"), |_: Value, ctx: Context| async move {
+        let senders: Vec<_> = (0..8)
+            .map(|t| {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    for i in 0..25 {
+                        ctx.chunk(json!([t, i])).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for s in senders {
+            s.await.unwrap();
         }
-        Ok(json!(1))
+        Ok(Value::Null)
+    })
+    .await;
+    let seqs: Vec<u64> = log.replies().iter().filter_map(|r| r.seq).collect();
+    assert_eq!(seqs, (0..200).collect::<Vec<_>>());
+    // Each task's chunks keep their own order too.
+    let mut next: HashMap<u64, u64> = HashMap::new();
+    for reply in log.replies().iter().filter(|r| r.seq.is_some()) {
+        let [t, i] = serde_json::from_slice::<[u64; 2]>(&reply.body).unwrap();
+        assert_eq!(*next.entry(t).or_default(), i);
+        next.insert(t, i + 1);
+    }
+}
+
+#[tokio::test]
+async fn nothing_is_published_after_the_final_reply() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
+    let (_, log) = run(delivery("null"), move |_: Value, ctx: Context| {
+        let tx = tx.lock().unwrap().take().unwrap();
+        async move {
+            // A chunk sent from a task that outlives the handler.
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = tx.send(ctx.chunk(1).await);
+            });
+            Ok(Value::Null)
+        }
+    })
+    .await;
+    let late = rx.await.unwrap().unwrap_err();
+    assert_eq!(late.code, "WORKER_ERROR");
+    assert!(late.message.contains("already answered"));
+    assert_eq!(log.events(), ["publish result", "confirm result", "ack"]);
+}
+
+#[tokio::test]
+async fn task_errors_become_error_replies_with_their_code_message_and_details() {
+    let (outcome, log) = run(delivery("1"), |_: Value, _: Context| async move {
+        Err::<Value, _>(
+            TaskError::with_code("NOT_FOUND", "no such thing").with_details(json!({"id": 7})),
+        )
     })
     .await;
     assert_eq!(outcome, Outcome::Replied(ReplyKind::Error));
-    let error = body(&log.replies()[0]);
+    assert_eq!(log.events(), ["publish error", "confirm error", "ack"]);
+    assert_eq!(
+        last_body(&log),
+        json!({"code": "NOT_FOUND", "message": "no such thing", "details": {"id": 7}})
+    );
+}
+
+#[tokio::test]
+async fn the_default_error_code_is_worker_error() {
+    let (_, log) = run(delivery("1"), |_: Value, _: Context| async move {
+        Err::<Value, _>(TaskError::new("boom"))
+    })
+    .await;
+    assert_eq!(
+        last_body(&log),
+        json!({"code": "WORKER_ERROR", "message": "boom"})
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_a_worker_error_without_its_message_and_the_runner_goes_on() {
+    let log = Arc::new(MemoryLog::default());
+    let runner = runner(&log, Arc::new(Cancellations::default()));
+    let handler = erase(|n: u64, _: Context| async move {
+        if n == 1 {
+            panic!("secret internals");
+        }
+        Ok(n)
+    });
+    let outcome = runner
+        .process(delivery("1"), &handler, |_| async { Ok(()) })
+        .await;
+    assert_eq!(outcome, Outcome::Replied(ReplyKind::Error));
+    let error = last_body(&log);
     assert_eq!(error["code"], json!("WORKER_ERROR"));
     assert!(!error["message"].as_str().unwrap().contains("secret"));
+    let outcome = runner
+        .process(delivery("2"), &handler, |_| async { Ok(()) })
+        .await;
+    assert_eq!(outcome, Outcome::Replied(ReplyKind::Result));
+    assert_eq!(last_body(&log), json!(2));
+}
+
+#[tokio::test]
+async fn invalid_json_is_an_invalid_payload_error_and_acked_without_running() {
+    let (outcome, log) = run(delivery("{not json"), |_: Value, _: Context| async move {
+        panic!("must not run");
+        #[allow(unreachable_code)]
+        Ok(Value::Null)
+    })
+    .await;
+    assert_eq!(outcome, Outcome::Replied(ReplyKind::Error));
+    assert_eq!(last_body(&log)["code"], json!("INVALID_PAYLOAD"));
     assert_eq!(log.events().last().unwrap(), "ack");
 }
 
 #[tokio::test]
-async fn invalid_json_is_an_error_reply_and_acked() {
-    let (outcome, log) = run(delivery("{not json"), |_: Value, _: Context| async move {
-        panic!("must not run")
+async fn a_payload_that_does_not_fit_the_handlers_type_is_invalid_payload_with_a_pointer() {
+    #[derive(serde::Deserialize)]
+    struct Countdown {
+        from: u32,
+    }
+    let (_, log) = run(
+        delivery(r#"{"from":"ten"}"#),
+        |p: Countdown, _: Context| async move { Ok(p.from) },
+    )
+    .await;
+    let error = last_body(&log);
+    assert_eq!(error["code"], json!("INVALID_PAYLOAD"));
+    assert_eq!(error["details"]["problems"][0]["pointer"], json!("/from"));
+}
+
+#[tokio::test]
+async fn a_result_that_does_not_serialise_is_a_worker_error() {
+    let (_, log) = run(delivery("1"), |_: Value, _: Context| async move {
+        // JSON object keys must be strings.
+        Ok(HashMap::from([((1, 2), 3)]))
     })
     .await;
-    assert_eq!(outcome, Outcome::Replied(ReplyKind::Error));
-    assert_eq!(body(&log.replies()[0])["code"], json!("INVALID_PAYLOAD"));
+    let error = last_body(&log);
+    assert_eq!(error["code"], json!("WORKER_ERROR"));
+    assert!(error["message"].as_str().unwrap().contains("serialised"));
 }
 
 #[tokio::test]
@@ -171,101 +283,269 @@ async fn an_expired_request_is_acked_without_running() {
     let mut expired = delivery("1");
     expired.deadline_ms = Some(now_ms() - 1);
     let (outcome, log) = run(expired, |_: Value, _: Context| async move {
-        panic!("must not run")
+        panic!("must not run");
+        #[allow(unreachable_code)]
+        Ok(Value::Null)
     })
     .await;
     assert_eq!(outcome, Outcome::Expired);
-    assert_eq!(log.events(), vec!["ack"]);
+    assert_eq!(log.events(), ["ack"]);
 }
 
 #[tokio::test]
-async fn a_request_without_reply_to_is_acked_and_dropped() {
-    let mut orphan = delivery("1");
-    orphan.reply_to = None;
-    let (outcome, log) = run(orphan, |_: Value, _: Context| async move {
-        panic!("must not run")
-    })
-    .await;
-    assert_eq!(outcome, Outcome::Unanswerable);
-    assert_eq!(log.events(), vec!["ack"]);
+async fn a_request_without_reply_to_or_correlation_id_is_acked_and_dropped() {
+    let mut no_reply_to = delivery("1");
+    no_reply_to.reply_to = None;
+    let mut no_correlation_id = delivery("1");
+    no_correlation_id.correlation_id = None;
+    for orphan in [no_reply_to, no_correlation_id] {
+        let (outcome, log) = run(orphan, |_: Value, _: Context| async move {
+            panic!("must not run");
+            #[allow(unreachable_code)]
+            Ok(Value::Null)
+        })
+        .await;
+        assert_eq!(outcome, Outcome::Unanswerable);
+        assert_eq!(log.events(), ["ack"]);
+    }
 }
 
 #[tokio::test]
-async fn cancellation_stops_the_handler_and_replies_cancelled() {
+async fn a_handler_that_ignores_cancellation_is_dropped_after_the_grace_and_cancelled_is_replied() {
     let cancellations = Arc::new(Cancellations::default());
-    let c = cancellations.clone();
-    let canceller = tokio::spawn(async move {
-        while c.running() == 0 {
-            tokio::task::yield_now().await;
-        }
-        c.cancel("c-1");
-    });
+    let canceller = cancel_when_running(&cancellations);
+    let started = Instant::now();
     let (outcome, log) = run_with(
         delivery("1"),
         |_: Value, ctx: Context| async move {
-            ctx.chunk(json!(0)).await?;
+            ctx.chunk(0).await?;
             std::future::pending::<()>().await;
-            Ok(json!("never"))
+            Ok(Value::Null)
         },
-        &cancellations,
+        cancellations.clone(),
     )
     .await;
     canceller.await.unwrap();
+    assert!(started.elapsed() >= GRACE);
     assert_eq!(outcome, Outcome::Replied(ReplyKind::Error));
-    let last = log.replies().pop().unwrap();
-    assert_eq!(body(&last)["code"], json!("CANCELLED"));
+    assert_eq!(last_body(&log)["code"], json!("CANCELLED"));
+    assert_eq!(log.events().last().unwrap(), "ack");
     assert_eq!(cancellations.running(), 0);
 }
 
 #[tokio::test]
-async fn a_cancellation_that_arrives_first_stops_the_request_before_it_runs() {
-    let cancellations = Cancellations::default();
-    cancellations.cancel("c-1");
+async fn a_cooperative_handler_may_clean_up_after_cancellation_and_cancelled_is_replied() {
+    let cancellations = Arc::new(Cancellations::default());
+    let canceller = cancel_when_running(&cancellations);
+    let cleaned = Arc::new(AtomicBoolFlag::default());
+    let flag = cleaned.clone();
+    let started = Instant::now();
     let (_, log) = run_with(
         delivery("1"),
-        |_: Value, _: Context| async move { panic!("must not run") },
-        &cancellations,
+        move |_: Value, ctx: Context| {
+            let flag = flag.clone();
+            async move {
+                ctx.cancelled().await;
+                tokio::time::sleep(Duration::from_millis(20)).await; // async clean-up
+                flag.set();
+                Err::<Value, _>(TaskError::new("stopped"))
+            }
+        },
+        cancellations,
     )
     .await;
-    assert_eq!(body(&log.replies()[0])["code"], json!("CANCELLED"));
+    canceller.await.unwrap();
+    assert!(cleaned.get());
+    assert!(started.elapsed() < GRACE);
+    assert_eq!(last_body(&log)["code"], json!("CANCELLED"));
+}
+
+#[derive(Default)]
+struct AtomicBoolFlag(std::sync::atomic::AtomicBool);
+impl AtomicBoolFlag {
+    fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 #[tokio::test]
 async fn chunks_after_cancellation_fail_with_cancelled() {
-    let cancellations = Cancellations::default();
+    let cancellations = Arc::new(Cancellations::default());
+    let canceller = cancel_when_running(&cancellations);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
     let (_, log) = run_with(
         delivery("1"),
-        |_: Value, ctx: Context| async move {
-            assert!(!ctx.is_cancelled());
-            assert_eq!(ctx.request_type(), "t");
-            assert!(ctx.streams());
-            assert!(ctx.remaining().unwrap() > std::time::Duration::from_secs(50));
-            Ok(json!(ctx.redelivered()))
+        move |_: Value, ctx: Context| {
+            let tx = tx.lock().unwrap().take().unwrap();
+            async move {
+                ctx.cancelled().await;
+                let _ = tx.send(ctx.chunk(1).await);
+                Ok(Value::Null)
+            }
         },
-        &cancellations,
+        cancellations,
     )
     .await;
-    assert_eq!(body(&log.replies()[0]), json!(false));
+    canceller.await.unwrap();
+    assert_eq!(rx.await.unwrap(), Err(TaskError::cancelled()));
+    // It chose to return a result anyway: that is its answer.
+    assert_eq!(log.events(), ["publish result", "confirm result", "ack"]);
 }
 
 #[tokio::test]
-async fn a_final_reply_that_cannot_be_published_leaves_the_request_unacked() {
-    let log = Arc::new(Log::default());
-    *log.fail_publish.lock().unwrap() = true;
-    let transport: Arc<dyn Transport> = Arc::new(MemoryTransport(log.clone()));
-    let ack_log = log.clone();
-    let handler: Arc<dyn Handler> = Arc::new(|_: Value, _: Context| async move { Ok(json!(1)) });
-    let outcome = process(
+async fn until_cancelled_stops_waiting_at_the_cancellation() {
+    let cancellations = Arc::new(Cancellations::default());
+    let canceller = cancel_when_running(&cancellations);
+    let (_, log) = run_with(
         delivery("1"),
-        handler,
-        transport,
-        &Cancellations::default(),
-        || async move {
-            ack_log.push("ack".to_owned());
-            Ok(())
+        |_: Value, ctx: Context| async move {
+            ctx.until_cancelled(tokio::time::sleep(Duration::from_secs(60)))
+                .await?;
+            Ok("slept")
         },
+        cancellations,
     )
     .await;
+    canceller.await.unwrap();
+    assert_eq!(last_body(&log)["code"], json!("CANCELLED"));
+}
+
+#[tokio::test]
+async fn a_cancellation_that_arrives_first_stops_the_request_before_it_runs() {
+    let cancellations = Arc::new(Cancellations::default());
+    cancellations.cancel("c-1");
+    let (_, log) = run_with(
+        delivery("1"),
+        |_: Value, _: Context| async move {
+            panic!("must not run");
+            #[allow(unreachable_code)]
+            Ok(Value::Null)
+        },
+        cancellations,
+    )
+    .await;
+    assert_eq!(log.events(), ["publish error", "confirm error", "ack"]);
+    assert_eq!(last_body(&log)["code"], json!("CANCELLED"));
+}
+
+#[tokio::test]
+async fn the_handler_sees_the_requests_metadata() {
+    let mut d = delivery("1");
+    d.redelivered = true;
+    let (_, log) = run(d, |_: Value, ctx: Context| async move {
+        assert!(!ctx.is_cancelled());
+        assert!(ctx.remaining().unwrap() > Duration::from_secs(50));
+        Ok(json!({
+            "type": ctx.request_type(),
+            "id": ctx.correlation_id(),
+            "streams": ctx.streams(),
+            "redelivered": ctx.redelivered(),
+        }))
+    })
+    .await;
+    assert_eq!(
+        last_body(&log),
+        json!({"type": "t", "id": "c-1", "streams": true, "redelivered": true})
+    );
+}
+
+#[tokio::test]
+async fn a_final_reply_that_cannot_be_published_sends_the_request_back_to_the_queue() {
+    let log = Arc::new(MemoryLog::default());
+    log.fail_publish.store(true, Ordering::SeqCst);
+    let ack_log = log.clone();
+    let outcome = runner(&log, Arc::new(Cancellations::default()))
+        .process(
+            delivery("1"),
+            &erase(|_: Value, _: Context| async move { Ok(1) }),
+            |settlement| async move {
+                ack_log.push(settled(settlement));
+                Ok(())
+            },
+        )
+        .await;
     assert!(matches!(outcome, Outcome::NotAcked(_)));
-    assert!(log.events().is_empty());
+    assert_eq!(log.events(), ["requeue"]);
+}
+
+#[tokio::test]
+async fn a_negative_confirm_sends_the_request_back_to_the_queue() {
+    let log = Arc::new(MemoryLog::default());
+    log.nack.store(true, Ordering::SeqCst);
+    let ack_log = log.clone();
+    let outcome = runner(&log, Arc::new(Cancellations::default()))
+        .process(
+            delivery("1"),
+            &erase(|_: Value, ctx: Context| async move {
+                ctx.chunk(0).await?;
+                Ok(1)
+            }),
+            |settlement| async move {
+                ack_log.push(settled(settlement));
+                Ok(())
+            },
+        )
+        .await;
+    assert!(matches!(outcome, Outcome::NotAcked(_)));
+    assert_eq!(
+        log.events(),
+        ["publish chunk 0", "publish result", "requeue"]
+    );
+}
+
+#[tokio::test]
+async fn a_lost_chunk_sends_the_request_back_to_the_queue_even_if_the_final_reply_goes_out() {
+    let log = Arc::new(MemoryLog::default());
+    let switch = log.clone();
+    let ack_log = log.clone();
+    let outcome = runner(&log, Arc::new(Cancellations::default()))
+        .process(
+            delivery("1"),
+            &erase(move |_: Value, ctx: Context| {
+                let switch = switch.clone();
+                async move {
+                    switch.fail_publish.store(true, Ordering::SeqCst);
+                    let lost = ctx.chunk(0).await;
+                    switch.fail_publish.store(false, Ordering::SeqCst);
+                    assert_eq!(lost.unwrap_err().code, "WORKER_ERROR");
+                    Ok(1) // ignores the failure
+                }
+            }),
+            |settlement| async move {
+                ack_log.push(settled(settlement));
+                Ok(())
+            },
+        )
+        .await;
+    assert!(matches!(outcome, Outcome::NotAcked(_)));
+    assert_eq!(log.events(), ["requeue"]);
+}
+
+#[tokio::test]
+async fn a_failed_ack_is_reported() {
+    let log = Arc::new(MemoryLog::default());
+    let outcome = runner(&log, Arc::new(Cancellations::default()))
+        .process(
+            delivery("1"),
+            &erase(|_: Value, _: Context| async move { Ok(1) }),
+            |_| async { Err(TransportError("channel closed".into())) },
+        )
+        .await;
+    assert_eq!(
+        outcome,
+        Outcome::NotAcked(TransportError("channel closed".into()))
+    );
+}
+
+#[test]
+fn early_cancellations_are_bounded() {
+    let cancellations = Cancellations::default();
+    for i in 0..(EARLY_CANCEL_MAX + 10) {
+        cancellations.cancel(&format!("other-{i}"));
+    }
+    assert!(cancellations.early.len() <= EARLY_CANCEL_MAX);
 }

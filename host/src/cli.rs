@@ -55,6 +55,9 @@ pub enum Command {
     Run,
     /// List every plugin file found, whether it loads and why not, and its request types.
     Plugins,
+    /// Print the JSON Schemas (payload, result, chunk) of every enabled request type as one
+    /// JSON document, for the client package's TypeScript codegen (`taskgate-codegen`).
+    Schemas,
 }
 
 impl Cli {

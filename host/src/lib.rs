@@ -10,6 +10,7 @@
 //! - [`sink`]: the client-side trait and response types; [`socketio`] implements it.
 //! - [`routes`]: the routing table of enabled request types and payload validation.
 //! - [`plugins`]: scanning the plugins directory and applying plugins.toml.
+//! - [`schemas`]: `taskgate schemas`, the request types' JSON Schemas for client codegen.
 //! - [`config`] and [`cli`]: plugins.toml, flags, environment variables.
 //! - [`server`]: wiring it all up behind axum.
 //! - [`error`]: why a request fails, mapped to protocol error codes.
@@ -21,6 +22,7 @@ pub mod error;
 pub mod gateway;
 pub mod plugins;
 pub mod routes;
+pub mod schemas;
 pub mod server;
 pub mod sink;
 pub mod socketio;

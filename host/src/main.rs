@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use taskgate_host::cli::{Cli, Command, LogFormat};
-use taskgate_host::{plugins, server};
+use taskgate_host::{plugins, schemas, server};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
@@ -59,6 +59,19 @@ async fn main() -> ExitCode {
             let files = plugins::scan(&settings.plugins_dir);
             print!("{}", plugins::report(&files, &settings));
             ExitCode::SUCCESS
+        }
+        Command::Schemas => {
+            let files = plugins::scan(&settings.plugins_dir);
+            match serde_json::to_string_pretty(&schemas::from_files(&files, &settings)) {
+                Ok(json) => {
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("taskgate: cannot print the schemas: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Run => {
             let listener = match server::bind(settings.listen).await {

@@ -1,0 +1,118 @@
+/**
+ * The taskgate-codegen command (bin: cli.ts): `taskgate schemas` JSON in, a TypeScript module typing every request
+ * type out.
+ *
+ *   taskgate schemas --config plugins.toml | taskgate-codegen --output src/taskgate-types.ts
+ *   taskgate-codegen --input schemas.json --output src/taskgate-types.ts --check
+ *
+ * `--check` writes nothing and exits 1 when the file is not what would be generated (for CI).
+ */
+
+import { readFile, writeFile } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+
+import { generateTypes, SchemasError } from './generate.js';
+
+const USAGE = `usage: taskgate-codegen [--input FILE] [--output FILE] [--check] [--module NAME]
+
+Reads the JSON printed by \`taskgate schemas --config plugins.toml\` (from FILE, or standard
+input) and writes a TypeScript module that types every request type for @taskgate/client
+(to FILE, or standard output).
+
+  --input FILE    the schemas JSON (default: standard input)
+  --output FILE   where to write the module (default: standard output)
+  --check         write nothing; exit 1 if --output is not up to date
+  --module NAME   the module to augment (default: @taskgate/client)
+  --help          this text`;
+
+/** Where the command reads and writes (the process's streams by default; tests pass their own). */
+export interface CommandIo {
+  stdout(text: string): void;
+  stderr(text: string): void;
+  stdin(): Promise<string>;
+}
+
+const processIo: CommandIo = {
+  stdout: (text) => void process.stdout.write(text),
+  stderr: (text) => void process.stderr.write(text),
+  stdin: readStdin,
+};
+
+/** Runs the command; resolves with its exit code. */
+export async function main(argv: string[], io: CommandIo = processIo): Promise<number> {
+  let args;
+  try {
+    args = parseArgs({
+      args: argv,
+      options: {
+        input: { type: 'string' },
+        output: { type: 'string' },
+        check: { type: 'boolean', default: false },
+        module: { type: 'string' },
+        help: { type: 'boolean', default: false },
+      },
+      strict: true,
+      allowPositionals: false,
+    }).values;
+  } catch (error) {
+    io.stderr(`taskgate-codegen: ${(error as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  if (args.help) {
+    io.stdout(`${USAGE}\n`);
+    return 0;
+  }
+  if (args.check && !args.output) {
+    io.stderr('taskgate-codegen: --check needs --output FILE\n');
+    return 2;
+  }
+
+  const from = args.input ?? 'standard input';
+  let text: string;
+  try {
+    text = args.input ? await readFile(args.input, 'utf8') : await io.stdin();
+  } catch (error) {
+    io.stderr(`taskgate-codegen: cannot read ${from}: ${(error as Error).message}\n`);
+    return 1;
+  }
+  let document: unknown;
+  try {
+    document = JSON.parse(text);
+  } catch (error) {
+    io.stderr(`taskgate-codegen: ${from} is not JSON: ${(error as Error).message}\n`);
+    return 1;
+  }
+
+  let generated: string;
+  try {
+    generated = await generateTypes(document, args.module ? { moduleName: args.module } : {});
+  } catch (error) {
+    const what = error instanceof SchemasError ? `${from} is not \`taskgate schemas\` output: ` : '';
+    io.stderr(`taskgate-codegen: ${what}${(error as Error).message}\n`);
+    return 1;
+  }
+
+  if (args.check) {
+    const current = await readFile(args.output!, 'utf8').catch(() => undefined);
+    if (current === generated) return 0;
+    io.stderr(
+      `taskgate-codegen: ${args.output} is ${current === undefined ? 'missing' : 'out of date'}; ` +
+        'regenerate it with `taskgate schemas --config plugins.toml | taskgate-codegen --output FILE`\n',
+    );
+    return 1;
+  }
+  if (args.output) {
+    await writeFile(args.output, generated);
+    io.stderr(`taskgate-codegen: wrote ${args.output}\n`);
+  } else {
+    io.stdout(generated);
+  }
+  return 0;
+}
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+

@@ -1,0 +1,24 @@
+/**
+ * @taskgate/client — call taskgate request types from TypeScript as if they were async
+ * functions. `createClient` + `client.request`, or `configureTaskgate` once and then
+ * `makeBackendRequest` anywhere. React bindings: `@taskgate/client/react`. Types from the
+ * host's plugins: the `taskgate-codegen` command.
+ */
+
+export { createClient, TaskgateClient } from './client.js';
+export type { ClientOptions, RequestFunction, RequestOptions } from './client.js';
+export { configureTaskgate, getDefaultClient, makeBackendRequest, setDefaultClient } from './default-client.js';
+export type { ConnectionState, StateListener } from './connection-state.js';
+export { ERROR_CODES, TaskgateError, isErrorObject, isTaskgateError } from './errors.js';
+export type { ErrorCode, ErrorObject, PayloadProblem, ProtocolErrorCode } from './errors.js';
+export type {
+  ChunkOf,
+  KnownRequestType,
+  PayloadOf,
+  RequestTypeSpec,
+  ResultOf,
+  TaskgateRequestMap,
+  UnknownRequestType,
+} from './request-map.js';
+export { EVENTS, defaultSocketFactory } from './socket.js';
+export type { Listener, RequestEnvelope, ResponseMessage, SocketFactory, SocketFactoryOptions, SocketLike } from './socket.js';

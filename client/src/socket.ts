@@ -1,0 +1,50 @@
+/**
+ * The socket the client talks through, as an interface: the real one is socket.io-client's
+ * `Socket`; tests inject a small in-memory fake (test/fake-socket.ts). Only what the client
+ * uses is here, so a fake stays honest and small.
+ */
+
+import { io, type ManagerOptions, type SocketOptions } from 'socket.io-client';
+
+/** Events of protocol v1 §1 (and the Socket.IO connection events the client follows). */
+export const EVENTS = {
+  request: 'request',
+  response: 'response',
+  cancel: 'cancel',
+} as const;
+
+/** `{ id, requestType, payload }`, sent with an acknowledgement callback. */
+export interface RequestEnvelope {
+  id: string;
+  requestType: string;
+  payload: unknown;
+}
+
+/** A `response` event as the host sends it. */
+export type ResponseMessage =
+  | { id: string; type: 'chunk'; seq: number; data: unknown }
+  | { id: string; type: 'result'; data: unknown }
+  | { id: string; type: 'error'; error: unknown };
+
+export type Listener = (...args: any[]) => void;
+
+/** The part of socket.io-client's `Socket` the client uses. */
+export interface SocketLike {
+  /** True while connected. */
+  readonly connected: boolean;
+  /** True while the socket is connected or will try to (re)connect by itself. */
+  readonly active: boolean;
+  on(event: string, listener: Listener): unknown;
+  off(event: string, listener: Listener): unknown;
+  emit(event: string, ...args: unknown[]): unknown;
+  connect(): unknown;
+  disconnect(): unknown;
+}
+
+export type SocketFactoryOptions = Partial<ManagerOptions & SocketOptions>;
+
+/** Makes the socket for `url` (socket.io-client's `io` by default). */
+export type SocketFactory = (url: string | undefined, options: SocketFactoryOptions) => SocketLike;
+
+export const defaultSocketFactory: SocketFactory = (url, options) =>
+  url === undefined ? io(options) : io(url, options);

@@ -1,0 +1,171 @@
+/**
+ * An in-memory stand-in for socket.io-client's `Socket`, injected through `createClient({ io })`.
+ * The test plays the host: it connects and drops the socket, answers requests (ack, chunk,
+ * result, error) and sees every event the client emitted. Nothing is asynchronous: each call
+ * runs the client's handlers at once, so tests need no timing.
+ */
+
+import type { Listener, RequestEnvelope, SocketFactory, SocketFactoryOptions, SocketLike } from '../src/socket.js';
+
+export interface Emitted {
+  event: string;
+  args: unknown[];
+}
+
+export class FakeSocket implements SocketLike {
+  connected = false;
+  active = false;
+  /** Everything the client emitted, in order. */
+  readonly emitted: Emitted[] = [];
+  /** Request id → the ack callback the client passed (removed once called). */
+  readonly acks = new Map<string, (ack: unknown) => void>();
+  connectCalls = 0;
+  disconnectCalls = 0;
+  private readonly listeners = new Map<string, Set<Listener>>();
+
+  constructor(
+    readonly url: string | undefined,
+    readonly options: SocketFactoryOptions,
+    /** Connect as soon as the client asks (like a host that is up). */
+    private readonly autoConnect: boolean,
+  ) {}
+
+  // --- SocketLike: what the client calls ------------------------------------------------
+
+  on(event: string, listener: Listener): this {
+    let set = this.listeners.get(event);
+    if (!set) this.listeners.set(event, (set = new Set()));
+    set.add(listener);
+    return this;
+  }
+
+  off(event: string, listener: Listener): this {
+    this.listeners.get(event)?.delete(listener);
+    return this;
+  }
+
+  emit(event: string, ...args: unknown[]): this {
+    this.emitted.push({ event, args });
+    if (event === 'request' && typeof args[1] === 'function') {
+      const envelope = args[0] as RequestEnvelope;
+      this.acks.set(envelope.id, args[1] as (ack: unknown) => void);
+    }
+    return this;
+  }
+
+  connect(): this {
+    this.connectCalls += 1;
+    this.active = true;
+    if (this.autoConnect) this.serverAccepts();
+    return this;
+  }
+
+  disconnect(): this {
+    this.disconnectCalls += 1;
+    const was = this.connected;
+    this.connected = false;
+    this.active = false;
+    if (was) this.fire('disconnect', 'io client disconnect');
+    return this;
+  }
+
+  // --- The host's side: what tests call ----------------------------------------------------
+
+  /** The connection is up. */
+  serverAccepts(): void {
+    this.connected = true;
+    this.active = true;
+    this.fire('connect');
+  }
+
+  /** The connection drops; `willRetry` = socket.io-client reconnects by itself. */
+  drop(reason = 'transport close', willRetry = true): void {
+    this.connected = false;
+    this.active = willRetry;
+    this.fire('disconnect', reason);
+  }
+
+  /** A connection attempt fails; `willRetry` false is a refusal by the host (e.g. `unauthorized`). */
+  connectError(message: string, willRetry: boolean): void {
+    this.connected = false;
+    this.active = willRetry;
+    this.fire('connect_error', new Error(message));
+  }
+
+  /** The requests the client sent, in order. */
+  requests(): RequestEnvelope[] {
+    return this.emitted.filter((e) => e.event === 'request').map((e) => e.args[0] as RequestEnvelope);
+  }
+
+  lastRequest(): RequestEnvelope {
+    const all = this.requests();
+    if (all.length === 0) throw new Error('the client sent no request');
+    return all[all.length - 1]!;
+  }
+
+  /** Ids of the `cancel` events the client sent. */
+  cancels(): string[] {
+    return this.emitted.filter((e) => e.event === 'cancel').map((e) => (e.args[0] as { id: string }).id);
+  }
+
+  ack(id: string, body: unknown = { ok: true }): void {
+    this.rawAck(id, body);
+  }
+
+  /** Calls the ack callback with exactly `body` (even `undefined`). */
+  rawAck(id: string, body: unknown): void {
+    const callback = this.acks.get(id);
+    if (!callback) throw new Error(`no ack callback for request ${id}`);
+    this.acks.delete(id);
+    callback(body);
+  }
+
+  refuse(id: string, code: string, message: string, details?: unknown): void {
+    this.ack(id, { ok: false, error: details === undefined ? { code, message } : { code, message, details } });
+  }
+
+  chunk(id: string, seq: number, data: unknown): void {
+    this.fire('response', { id, type: 'chunk', seq, data });
+  }
+
+  result(id: string, data: unknown): void {
+    this.fire('response', { id, type: 'result', data });
+  }
+
+  error(id: string, error: unknown): void {
+    this.fire('response', { id, type: 'error', error });
+  }
+
+  /** Any `response` body at all (for malformed ones). */
+  respond(body: unknown): void {
+    this.fire('response', body);
+  }
+
+  listenerCount(event?: string): number {
+    if (event !== undefined) return this.listeners.get(event)?.size ?? 0;
+    let n = 0;
+    for (const set of this.listeners.values()) n += set.size;
+    return n;
+  }
+
+  private fire(event: string, ...args: unknown[]): void {
+    for (const listener of [...(this.listeners.get(event) ?? [])]) listener(...args);
+  }
+}
+
+/** A socket factory that records the sockets it made. */
+export function fakeSocketFactory(options: { autoConnect?: boolean } = {}): SocketFactory & { sockets: FakeSocket[]; last(): FakeSocket } {
+  const sockets: FakeSocket[] = [];
+  const factory = ((url: string | undefined, opts: SocketFactoryOptions) => {
+    const socket = new FakeSocket(url, opts, options.autoConnect ?? false);
+    sockets.push(socket);
+    return socket;
+  }) as SocketFactory & { sockets: FakeSocket[]; last(): FakeSocket };
+  factory.sockets = sockets;
+  factory.last = () => {
+    const s = sockets[sockets.length - 1];
+    if (!s) throw new Error('no socket was made');
+    return s;
+  };
+  return factory;
+}

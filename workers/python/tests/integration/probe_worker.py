@@ -1,0 +1,41 @@
+"""A worker for the integration tests, served on the echo plugin's queue (the echo plugin
+accepts any JSON). ``{"op": …}`` picks what it does:
+
+- ``"raise"``: raises ``ValueError(message)`` (an unexpected exception);
+- ``"sleep"``: sleeps ``seconds`` ignoring ``ctx.cancelled`` (so a cancellation has to
+  cancel its task), logging ``probe cancelled`` when that happens; then returns
+  ``{"slept": seconds}``;
+- ``"info"``: returns what the context says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from taskgate_worker import Context, Worker
+
+worker = Worker(cancel_grace=0.2)
+
+
+@worker.handler("echo")
+async def probe(payload: Any, ctx: Context) -> Any:
+    op = payload.get("op") if isinstance(payload, dict) else None
+    if op == "raise":
+        raise ValueError(payload.get("message", "boom"))
+    if op == "sleep":
+        ctx.log.info("probe sleeping %s s (redelivered %s)", payload["seconds"], ctx.redelivered)
+        try:
+            await asyncio.sleep(payload["seconds"])
+        except asyncio.CancelledError:
+            ctx.log.info("probe cancelled")
+            raise
+        return {"slept": payload["seconds"]}
+    return {
+        "requestType": ctx.request_type,
+        "correlationId": ctx.correlation_id,
+        "redelivered": ctx.redelivered,
+        "hasDeadline": ctx.deadline_ms is not None,
+        "streams": ctx.streams,
+        "traceparent": ctx.traceparent,
+    }

@@ -5,7 +5,18 @@
 
 import { getEventListeners } from 'node:events';
 
-import { createClient, ERROR_CODES, TaskgateError, type ConnectionState, type TaskgateClient } from '../src/index.js';
+import {
+  configureTaskgate,
+  createClient,
+  ERROR_CODES,
+  getDefaultClient,
+  isTaskgateError,
+  makeBackendRequest,
+  setDefaultClient,
+  TaskgateError,
+  type ConnectionState,
+  type TaskgateClient,
+} from '../src/index.js';
 import { fakeSocketFactory, type FakeSocket } from './fake-socket.js';
 
 /** A connected client and its fake socket. */
@@ -638,5 +649,52 @@ describe('no leaks', () => {
     } finally {
       jest.useRealTimers();
     }
+  });
+});
+
+describe('makeBackendRequest and the default client', () => {
+  afterEach(() => setDefaultClient(undefined));
+
+  test('without a default client it rejects, saying how to configure one', async () => {
+    await expect(makeBackendRequest('echo', 1)).rejects.toThrow(/configureTaskgate/);
+    expect(() => getDefaultClient()).toThrow(/configureTaskgate/);
+  });
+
+  test('configureTaskgate makes the default client that makeBackendRequest uses', async () => {
+    const io = fakeSocketFactory({ autoConnect: true });
+    const client = configureTaskgate({ url: 'http://host.test', io, timeoutMs: 1234 });
+    expect(getDefaultClient()).toBe(client);
+    const seen: unknown[] = [];
+    const p = makeBackendRequest('demo.countdown', { from: 1 }, { onChunk: (c) => seen.push(c) });
+    const socket = io.last();
+    const { id } = socket.lastRequest();
+    socket.ack(id);
+    socket.chunk(id, 0, { remaining: 0 });
+    socket.result(id, { done: true });
+    await expect(p).resolves.toEqual({ done: true });
+    expect(seen).toEqual([{ remaining: 0 }]);
+    client.close();
+  });
+
+  test('setDefaultClient switches the client makeBackendRequest uses', async () => {
+    const a = connected();
+    const b = connected();
+    setDefaultClient(a.client);
+    void makeBackendRequest('echo', 'to a');
+    setDefaultClient(b.client);
+    void makeBackendRequest('echo', 'to b');
+    expect(a.socket.requests().map((r) => r.payload)).toEqual(['to a']);
+    expect(b.socket.requests().map((r) => r.payload)).toEqual(['to b']);
+  });
+});
+
+describe('TaskgateError', () => {
+  test('fromWire keeps code, message and details; toJSON gives the wire object back', () => {
+    const e = TaskgateError.fromWire({ code: 'PAYLOAD_TOO_LARGE', message: 'too large', details: { size: 2, limit: 1 } });
+    expect(e).toBeInstanceOf(Error);
+    expect(isTaskgateError(e)).toBe(true);
+    expect(e.toJSON()).toEqual({ code: 'PAYLOAD_TOO_LARGE', message: 'too large', details: { size: 2, limit: 1 } });
+    expect(JSON.parse(JSON.stringify(e))).toEqual(e.toJSON());
+    expect(isTaskgateError(new Error('x'))).toBe(false);
   });
 });

@@ -156,16 +156,15 @@ export class FakeSocket implements SocketLike {
 /** A socket factory that records the sockets it made. */
 export function fakeSocketFactory(options: { autoConnect?: boolean } = {}): SocketFactory & { sockets: FakeSocket[]; last(): FakeSocket } {
   const sockets: FakeSocket[] = [];
-  const factory = ((url: string | undefined, opts: SocketFactoryOptions) => {
+  const make = (url: string | undefined, opts: SocketFactoryOptions) => {
     const socket = new FakeSocket(url, opts, options.autoConnect ?? false);
     sockets.push(socket);
     return socket;
-  }) as SocketFactory & { sockets: FakeSocket[]; last(): FakeSocket };
-  factory.sockets = sockets;
-  factory.last = () => {
+  };
+  const last = () => {
     const s = sockets[sockets.length - 1];
     if (!s) throw new Error('no socket was made');
     return s;
   };
-  return factory;
+  return Object.assign(make, { sockets, last });
 }

@@ -1,0 +1,12 @@
+/**
+ * @taskgate/client/react — `<TaskgateProvider client>`, `useBackendRequest(requestType)` and
+ * `useConnectionState()`. Status names and callback stability follow TanStack Query's
+ * mutations: `status` is idle | pending | success | error, and `run`, `runAsync`, `cancel`,
+ * `reset` keep their identity across renders.
+ */
+
+export { TaskgateProvider, useTaskgateClient } from './context.js';
+export type { TaskgateProviderProps } from './context.js';
+export { useBackendRequest } from './use-backend-request.js';
+export type { BackendRequest, BackendRequestState, RequestStatus, RunOptions, UseBackendRequestOptions } from './use-backend-request.js';
+export { useConnectionState } from './use-connection-state.js';

@@ -268,6 +268,7 @@ class Runner:
             settle = run.settle
             try:
                 await settle(Settlement.ACK)
+                log.debug("request acked")
                 return Outcome(OutcomeKind.REPLIED, reply=kind)
             except TransportError as error:
                 if run.settle is not settle:

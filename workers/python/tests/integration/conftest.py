@@ -3,8 +3,10 @@ and clients, all cleaned up), with every process's log printed when the test fai
 
 from __future__ import annotations
 
+import os
+
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +17,9 @@ from .private_broker import PrivateBroker
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[Any]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[Any]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     setattr(item, f"report_{report.when}", report)
     return report
@@ -50,7 +54,7 @@ async def run(request: pytest.FixtureRequest) -> AsyncIterator[Run]:
         yield current
     finally:
         report = getattr(request.node, "report_call", None)
-        if report is None or report.failed:
+        if report is None or report.failed or os.environ.get("TASKGATE_TEST_DUMP"):
             print(current.dump())
         await current.cleanup()
 

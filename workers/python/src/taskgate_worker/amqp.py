@@ -222,7 +222,7 @@ class Session:
             " progress here go on and still reply; their redeliveries to this worker are"
             " adopted, not run twice (another worker may run them again). Raise the broker's"
             " consumer_timeout above the longest task (rabbitmq.conf `consumer_timeout`, or"
-            " per queue on RabbitMQ 3.12+: the `x-consumer-timeout` queue argument or the"
+            " per queue on RabbitMQ 3.11.15+: the `x-consumer-timeout` queue argument or the"
             " `consumer-timeout` policy key).",
             error,
             self.runner.running,

@@ -3,6 +3,8 @@ would and gets the worker's results, chunks in order, and errors."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from .harness import Run
@@ -82,3 +84,17 @@ async def test_a_cancelled_request_stops_its_handler_and_is_acked(run: Run) -> N
     await worker.wait_for_line(rf"final reply: error \[correlation_id={correlation_id}")
     assert await worker.stop() == 0
     assert await run.queue_depth(host.queues["echo"]) == 0  # acked: not back in the queue
+
+
+async def test_prefetch_bounds_the_requests_in_progress(run: Run) -> None:
+    host = await run.start_host()
+    worker = await run.start_worker(
+        "tests.integration.probe_worker:worker", {"echo": host.queues["echo"]}, "--prefetch", "1"
+    )
+    client = await run.client(host)
+    first, _ = await client.request("echo", {"op": "sleep", "seconds": 0.5})
+    second, _ = await client.request("echo", {"op": "sleep", "seconds": 0.5})
+    assert (await client.final(first))["data"] == (await client.final(second))["data"] == {"slept": 0.5}
+    events = [line for line in worker.lines if re.search(r"probe sleeping|final reply", line)]
+    # One at a time: started, answered, started, answered.
+    assert [("start" if "probe sleeping" in line else "end") for line in events] == ["start", "end", "start", "end"]

@@ -76,7 +76,14 @@ def _is_refusal(error: BaseException) -> bool:
             amqp_errors.ConnectionNotAllowed,
             amqp_errors.IncompatibleProtocolError,
         ),
-    ) or (isinstance(error, amqp_errors.ConnectionClosed) and "ACCESS_REFUSED" in str(error))
+    ) or (isinstance(error, amqp_errors.ConnectionClosed) and "ACCESS_REFUSED" in str(error)) or (
+        # A virtual host that does not exist or may not be used: the broker answers
+        # connection.open with connection.close (530 NOT_ALLOWED), which aiormq reports as
+        # an unexpected frame without the code.
+        isinstance(error, amqp_errors.InvalidFrameError)
+        and "Connection.OpenOk" in str(error)
+        and "Connection.Close" in str(error)
+    )
 
 
 class AmqpWorker:
@@ -117,7 +124,7 @@ class AmqpWorker:
                     attempt, delay = 0, FIRST_RETRY_DELAY
                 logger.warning("lost the broker connection: %s (retry in %.1f s)", reason, delay)
             elif _is_refusal(error):
-                raise WorkerError(f"the broker refused the connection: {error!r}") from error
+                raise WorkerError(f"the broker refused the connection: {_describe(error)}") from error
             else:
                 logger.warning(
                     "broker not available (attempt %d, retry in %.1f s): %s", attempt, delay, _describe(error)

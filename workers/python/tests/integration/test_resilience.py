@@ -80,11 +80,14 @@ async def test_sigterm_stops_consuming_and_finishes_the_requests_in_progress(run
     await successor.stop()
 
 
-async def test_refused_credentials_stop_the_worker_with_a_clear_message(run: Run) -> None:
+@pytest.mark.parametrize(
+    "url", ["amqp://nobody:wrong@127.0.0.1:5672/%2f", "amqp://guest:guest@127.0.0.1:5672/no-such-vhost"]
+)
+async def test_refused_credentials_or_virtual_host_stop_the_worker_with_a_clear_message(run: Run, url: str) -> None:
     proc = await Proc.start(
-        "bad-credentials",
+        "refused",
         [sys.executable, "-m", "taskgate_worker", "examples.echo:worker",
-         "--amqp-url", "amqp://nobody:wrong@127.0.0.1:5672/%2f", "--queue", f"echo={run.queue_for('echo')}"],
+         "--amqp-url", url, "--queue", f"echo={run.queue_for('echo')}"],
         child_env(), cwd=PYTHON_DIR,
     )
     run.procs.append(proc)

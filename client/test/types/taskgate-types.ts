@@ -75,17 +75,17 @@ export interface TextWordcountPayload {
  */
 export interface TextWordcountResult {
   /**
-   * Whitespace-separated words.
+   * Unicode scalar values.
    */
-  words: number;
+  chars: number;
   /**
    * Lines, as `str::lines` counts them.
    */
   lines: number;
   /**
-   * Unicode scalar values.
+   * Whitespace-separated words.
    */
-  chars: number;
+  words: number;
 }
 
 declare module '@taskgate/client' {

@@ -13,7 +13,7 @@ import { after, before, describe, test, type TestContext } from 'node:test';
 
 import { chromium, type Browser, type Page } from 'playwright-core';
 
-import { REPO_ROOT, startStack, WORKER_SET, type Stack } from './stack.js';
+import { describeWorkers, REPO_ROOT, startStack, type Stack } from './stack.js';
 
 const ARTIFACTS = path.join(REPO_ROOT, 'tests/browser/artifacts');
 /** Generous: the machine is shared with Rust builds. */
@@ -55,7 +55,7 @@ async function step(t: TestContext, body: () => Promise<void>): Promise<void> {
   }
 }
 
-describe(`the React demo in chromium (workers: ${WORKER_SET === 'sdk' ? 'Python text.wordcount, Node demo.countdown' : 'Rust'})`, () => {
+describe(`the React demo in chromium (workers: ${describeWorkers()})`, () => {
   before(async () => {
     stack = await startStack();
     browser = await chromium.launch({

@@ -1,8 +1,7 @@
 /**
  * The whole stack for the browser test: the real `taskgate` host serving the built React demo
- * (its static dir) on a free port, the real RabbitMQ, and example workers: the Rust example
- * workers, or with TASKGATE_BROWSER_WORKERS=sdk the Python SDK's `text.wordcount` and the
- * Node SDK's `demo.countdown`.
+ * (its static dir) on a free port, the real RabbitMQ, and the example workers of the SDKs
+ * (`WORKERS` below says which serves which type).
  *
  * RabbitMQ is shared with whatever else runs: every run uses its own queue names
  * (`browser.<runId>.<type>`, through a private plugins.toml) and deletes them at the end;
@@ -138,10 +137,25 @@ function cleanEnv(): NodeJS.ProcessEnv {
 // ---------------------------------------------------------------------------------------
 // Workers
 
-export type WorkerSet = 'sdk' | 'rust';
+/**
+ * Which worker serves each of the demo's request types: `text.wordcount` the Python SDK's
+ * example (`python`) or the Rust one; `demo.countdown` the Node SDK's example (`node`) or the
+ * Rust one. TASKGATE_BROWSER_WORKERS lists the SDKs to use, e.g. `python,node`; `rust` alone
+ * uses only the Rust example workers.
+ */
+export const WORKERS = (() => {
+  const kinds = (process.env.TASKGATE_BROWSER_WORKERS ?? 'python').split(',').map((k) => k.trim());
+  return {
+    [WORDCOUNT]: kinds.includes('python') ? 'python' : 'rust',
+    [COUNTDOWN]: kinds.includes('node') ? 'node' : 'rust',
+  } as const;
+})();
 
-/** Which workers serve the demo's request types: the Rust examples, or the Python and Node SDKs' (`sdk`). */
-export const WORKER_SET: WorkerSet = process.env.TASKGATE_BROWSER_WORKERS === 'sdk' ? 'sdk' : 'rust';
+export function describeWorkers(): string {
+  return Object.entries(WORKERS)
+    .map(([type, kind]) => `${type}: ${kind}`)
+    .join(', ');
+}
 
 function need(file: string, what: string, how: string): void {
   if (!existsSync(file)) throw new Error(`${what} not found at ${file}: ${how}`);
@@ -151,12 +165,14 @@ function need(file: string, what: string, how: string): void {
 async function startWorkers(queues: Record<string, string>): Promise<Proc[]> {
   const env = { TASKGATE_AMQP_URL: AMQP_URL };
   const procs: Proc[] = [];
-  if (WORKER_SET === 'rust') {
+  const rustTypes = Object.entries(WORKERS).filter(([, kind]) => kind === 'rust').map(([type]) => type);
+  if (rustTypes.length > 0) {
     need(RUST_WORKERS_BIN, 'the Rust example workers', 'cargo build -p taskgate-worker --bins');
     const args = ['--amqp-url', AMQP_URL];
-    for (const [type, queue] of Object.entries(queues)) args.push('--queue', `${type}=${queue}`, '--only', type);
+    for (const type of rustTypes) args.push('--queue', `${type}=${queues[type]}`, '--only', type);
     procs.push(new Proc('rust-workers', RUST_WORKERS_BIN, args, { env: { RUST_LOG: 'info' } }));
-  } else {
+  }
+  if (WORKERS[WORDCOUNT] === 'python') {
     const python = path.join(PYTHON_DIR, '.venv/bin/python');
     need(python, 'the Python worker SDK', 'run workers/python/scripts/test (it makes workers/python/.venv)');
     procs.push(
@@ -167,6 +183,8 @@ async function startWorkers(queues: Record<string, string>): Promise<Proc[]> {
         { cwd: PYTHON_DIR, env },
       ),
     );
+  }
+  if (WORKERS[COUNTDOWN] === 'node') {
     const nodeWorker = nodeCountdownCommand(queues[COUNTDOWN]!);
     procs.push(new Proc('node-countdown', nodeWorker.command, nodeWorker.args, { cwd: NODE_DIR, env }));
   }

@@ -49,6 +49,13 @@ class _Lost(Exception):
     """The connection or a channel failed: reconnect."""
 
 
+# What a broken connection or channel raises while the session sets up or recovers
+# (ChannelInvalidStateError: an operation on a channel that closed meanwhile).
+_SESSION_FAILURES = (
+    _Lost, asyncio.TimeoutError, amqp_errors.AMQPError, ConnectionError, amqp_errors.ChannelInvalidStateError
+)
+
+
 @dataclass(frozen=True)
 class _Event:
     kind: str  # "stop", "lost", "consume-closed", "consumer-cancelled", "reply-channel"
@@ -163,7 +170,7 @@ class Session:
         try:
             try:
                 await asyncio.wait_for(self._set_up(), timeout=SETUP_TIMEOUT)
-            except (_Lost, asyncio.TimeoutError, amqp_errors.AMQPError, ConnectionError) as error:
+            except _SESSION_FAILURES as error:
                 return f"setting up: {_describe(error)}"
             if stop.is_set():
                 await self._shut_down(abandon)
@@ -212,7 +219,7 @@ class Session:
                 self._on_consumer_timeout(event.error)
                 try:
                     await asyncio.wait_for(self._consume_requests(), timeout=SETUP_TIMEOUT)
-                except (_Lost, asyncio.TimeoutError, amqp_errors.AMQPError, ConnectionError) as error:
+                except _SESSION_FAILURES as error:
                     return f"consuming again after the consumer timeout: {_describe(error)}"
                 logger.warning("consuming again after the consumer timeout; requests in progress go on")
                 continue

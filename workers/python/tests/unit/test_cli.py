@@ -101,3 +101,11 @@ def test_the_cli_refuses_bad_flags(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         parser().parse_args(argv)
     assert exited.value.code == 2
+
+
+def test_the_combined_example_serves_both_types_on_their_default_queues() -> None:
+    worker = load_worker("examples.all:worker")
+    assert [(r.request_type, r.queue) for r in worker.routes] == [
+        ("echo", "taskgate.echo"),
+        ("text.wordcount", "taskgate.text.wordcount"),
+    ]

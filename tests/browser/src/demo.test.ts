@@ -162,6 +162,19 @@ describe(`the React demo in chromium (workers: ${describeWorkers()})`, () => {
       await screenshot(t, 'invalid-panel', 'invalid-payload');
     });
   });
+
+  test('when the host goes away the indicator says reconnecting', async (t) => {
+    await step(t, async () => {
+      const host = stack.procs.find((p) => p.name === 'host')!;
+      await host.stop();
+      const state = page.getByTestId('connection-state');
+      await state.filter({ hasText: 'reconnecting' }).waitFor();
+      assert.equal(await state.textContent(), 'reconnecting');
+      // The page's failed reconnection attempts are expected from here on.
+      pageErrors.length = 0;
+      page.removeAllListeners('console');
+    });
+  });
 });
 
 async function waitFor(check: () => Promise<boolean>, what: string): Promise<void> {

@@ -1,0 +1,329 @@
+/**
+ * The RabbitMQ side of a worker, on amqplib: one connection per session, with a channel per
+ * concern — replies (publisher confirms), cancellations (the `taskgate.cancel` fanout through
+ * an exclusive queue of the session's own) and request consumers (prefetch) — plus throwaway
+ * channels for queue checks, since a refused declaration closes its channel.
+ *
+ * Reconnection is done by the worker loop, not amqplib's recovering connection: a lost
+ * connection ends the session (its in-flight requests are redelivered by RabbitMQ, and acks
+ * on the old channels could not succeed anyway) and a new session declares and consumes afresh.
+ */
+
+import { randomUUID } from 'node:crypto';
+
+import amqp from 'amqplib';
+import type { Channel, ChannelModel, ConfirmChannel, ConsumeMessage } from 'amqplib';
+
+import {
+  BrokerRefused,
+  QueueUnusable,
+  type Broker,
+  type BrokerSession,
+  type OnDelivery,
+  type QueueArguments,
+  type SessionLost,
+} from './broker.js';
+import type { Logger } from './log.js';
+import {
+  CANCEL_EXCHANGE,
+  CONTENT_TYPE_JSON,
+  HEADER_DEADLINE_MS,
+  HEADER_SEQ,
+  HEADER_STREAM,
+  HEADER_TRACEPARENT,
+} from './protocol.js';
+import type { Confirmation, Delivery, Reply, Settle, Transport } from './transport.js';
+
+/** How long one connection attempt may take. */
+const CONNECT_TIMEOUT_MS = 10_000;
+
+export interface AmqpBrokerOptions {
+  url: string;
+  connectionName: string;
+  log: Logger;
+}
+
+/** The AMQP reply code of an amqplib error, if it carries one. */
+function replyCode(error: unknown): number | undefined {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'number' ? code : undefined;
+}
+
+/** Connection errors that retrying cannot fix: refused credentials or virtual host. */
+export function isRefusal(error: unknown): boolean {
+  const code = replyCode(error);
+  if (code === 403 || code === 530) return true;
+  const text = error instanceof Error ? error.message : String(error);
+  return /\b(403|530)\b.*\b(ACCESS[-_]REFUSED|NOT[-_]ALLOWED)\b/.test(text) || /ACCESS_REFUSED - Login was refused/.test(text);
+}
+
+/**
+ * Whether a channel error is RabbitMQ's consumer timeout (a delivery unacked past
+ * `consumer_timeout`), and the timeout it reports.
+ */
+export function consumerTimeout(error: unknown): { timeoutMs: number | undefined } | undefined {
+  const text = error instanceof Error ? error.message : String(error);
+  if (!/PRECONDITION[-_]FAILED/.test(text) || !/acknowledgement on channel \d+ timed out/i.test(text)) return undefined;
+  const m = /Timeout value used: (\d+) ms/.exec(text);
+  return { timeoutMs: m?.[1] === undefined ? undefined : Number(m[1]) };
+}
+
+/** A header that holds an integer, whatever integer type (or decimal string) the publisher chose. */
+export function headerInteger(value: unknown): number | undefined {
+  if (typeof value === 'number') return Number.isFinite(value) ? Math.trunc(value) : undefined;
+  if (typeof value === 'bigint') return Number(value);
+  if (typeof value === 'string' && /^\s*-?\d+\s*$/.test(value)) return Number(value);
+  if (value instanceof Date) return value.getTime();
+  return undefined;
+}
+
+function headerString(value: unknown): string | undefined {
+  if (typeof value === 'string') return value;
+  if (Buffer.isBuffer(value)) return value.toString('utf8');
+  return undefined;
+}
+
+/** The request as the runner sees it. */
+export function toDelivery(message: ConsumeMessage): Delivery {
+  const properties = message.properties;
+  const headers = (properties.headers ?? {}) as Record<string, unknown>;
+  return {
+    correlationId: typeof properties.correlationId === 'string' ? properties.correlationId : undefined,
+    replyTo: typeof properties.replyTo === 'string' ? properties.replyTo : undefined,
+    requestType: typeof properties.type === 'string' ? properties.type : undefined,
+    deadlineMs: headerInteger(headers[HEADER_DEADLINE_MS]),
+    streams: headers[HEADER_STREAM] === true,
+    redelivered: message.fields.redelivered,
+    traceparent: headerString(headers[HEADER_TRACEPARENT]),
+    body: message.content,
+  };
+}
+
+export class AmqpBroker implements Broker {
+  constructor(private readonly options: AmqpBrokerOptions) {}
+
+  async connect(): Promise<BrokerSession> {
+    let model: ChannelModel;
+    try {
+      model = await amqp.connect(this.options.url, {
+        // Replies are small and latency-bound: Nagle's algorithm halves throughput.
+        noDelay: true,
+        timeout: CONNECT_TIMEOUT_MS,
+        clientProperties: { connection_name: this.options.connectionName },
+      });
+    } catch (error) {
+      if (isRefusal(error)) throw new BrokerRefused(error instanceof Error ? error.message : String(error));
+      throw error;
+    }
+    return new AmqpSession(model, this.options.log);
+  }
+}
+
+class AmqpSession implements BrokerSession {
+  readonly lost: Promise<SessionLost>;
+  private reportLost!: (lost: SessionLost) => void;
+  private closing = false;
+  /** Long-lived channels, closed in this order before the connection. */
+  private readonly channels: Channel[] = [];
+  private consumeChannel: Channel | undefined;
+  private readonly consumerTags: string[] = [];
+
+  constructor(
+    private readonly model: ChannelModel,
+    private readonly log: Logger,
+  ) {
+    let settled = false;
+    this.lost = new Promise((resolve) => {
+      this.reportLost = (lost) => {
+        if (settled || this.closing) return;
+        settled = true;
+        resolve(lost);
+      };
+    });
+    model.on('error', (error: Error) => this.reportLost({ message: error.message }));
+    model.on('close', (error?: Error) => this.reportLost({ message: error?.message ?? 'the connection was closed' }));
+    model.on('blocked', (reason: string) => this.log.warn('the broker blocks publishing (resource alarm)', { reason }));
+    model.on('unblocked', () => this.log.info('the broker accepts publishing again'));
+  }
+
+  /** A channel whose failure ends the session (`what` names it in the log). */
+  private async longLived<C extends Channel>(open: Promise<C>, what: string): Promise<C> {
+    const channel = await open;
+    channel.on('error', (error: Error) => {
+      const timeout = what === 'request consumer' ? consumerTimeout(error) : undefined;
+      this.reportLost(timeout ? { message: error.message, consumerTimeout: timeout } : { message: `the ${what} channel failed: ${error.message}` });
+    });
+    channel.on('close', () => this.reportLost({ message: `the ${what} channel was closed` }));
+    this.channels.push(channel);
+    return channel;
+  }
+
+  /** A channel for one operation that the broker may refuse (which closes the channel). */
+  private async throwaway<T>(op: (channel: Channel) => Promise<T>): Promise<T> {
+    const channel = await this.model.createChannel();
+    channel.on('error', () => undefined); // the refusal surfaces as op's rejection
+    try {
+      return await op(channel);
+    } finally {
+      await channel.close().catch(() => undefined);
+    }
+  }
+
+  async ensureQueue(queue: string, args?: QueueArguments): Promise<void> {
+    let exists: boolean;
+    try {
+      await this.throwaway((ch) => ch.checkQueue(queue));
+      exists = true;
+    } catch (error) {
+      if (replyCode(error) !== 404) throw this.queueError(queue, error);
+      exists = false;
+    }
+    if (exists && !args) return;
+    try {
+      await this.throwaway((ch) => ch.assertQueue(queue, { durable: true, ...(args ? { arguments: args } : {}) }));
+      if (!exists) this.log.info('declared the queue (it did not exist)', { queue });
+    } catch (error) {
+      if (replyCode(error) === 406) {
+        this.log.warn("the queue exists with other arguments than this worker's; using it as it is", {
+          queue,
+          error: String(error),
+        });
+        return;
+      }
+      throw this.queueError(queue, error);
+    }
+  }
+
+  /** A channel-level refusal about a queue is final; anything else is a lost connection. */
+  private queueError(queue: string, error: unknown): Error {
+    const code = replyCode(error);
+    const text = error instanceof Error ? error.message : String(error);
+    if (code !== undefined && code >= 403 && code <= 406) return new QueueUnusable(queue, text);
+    return error instanceof Error ? error : new Error(text);
+  }
+
+  async openReplies(): Promise<Transport> {
+    const channel = await this.longLived(this.model.createConfirmChannel(), 'reply');
+    return new AmqpTransport(channel);
+  }
+
+  async consumeCancellations(onCancel: (correlationId: string) => void): Promise<void> {
+    const channel = await this.longLived(this.model.createChannel(), 'cancellation');
+    await channel.assertExchange(CANCEL_EXCHANGE, 'fanout', { durable: true });
+    // Named by us: a server-named queue could not be declared again by name.
+    const queue = `${CANCEL_EXCHANGE}.${randomUUID()}`;
+    await channel.assertQueue(queue, { exclusive: true, autoDelete: true });
+    await channel.bindQueue(queue, CANCEL_EXCHANGE, '');
+    await channel.consume(
+      queue,
+      (message) => {
+        if (!message) {
+          this.reportLost({ message: 'the broker cancelled the cancellation consumer' });
+          return;
+        }
+        const id = message.properties.correlationId;
+        if (typeof id === 'string' && id) onCancel(id);
+        else this.log.debug('cancellation without correlation_id ignored');
+      },
+      { noAck: true },
+    );
+  }
+
+  async consume(queues: string[], prefetch: number, onDelivery: OnDelivery): Promise<void> {
+    const channel = await this.longLived(this.model.createChannel(), 'request consumer');
+    this.consumeChannel = channel;
+    // Per consumer (global = false), as the Rust SDK's basic.qos.
+    await channel.prefetch(prefetch, false);
+    for (const [index, queue] of queues.entries()) {
+      const tag = `taskgate-worker-${randomUUID()}`;
+      try {
+        await channel.consume(
+          queue,
+          (message) => {
+            if (!message) {
+              this.reportLost({ message: `the broker cancelled the consumer of queue \`${queue}\` (was it deleted?)` });
+              return;
+            }
+            onDelivery(index, toDelivery(message), settler(channel, message));
+          },
+          { noAck: false, consumerTag: tag },
+        );
+      } catch (error) {
+        throw this.queueError(queue, error);
+      }
+      this.consumerTags.push(tag);
+    }
+  }
+
+  async stopConsuming(): Promise<void> {
+    const channel = this.consumeChannel;
+    if (!channel) return;
+    for (const tag of this.consumerTags.splice(0)) await channel.cancel(tag).catch(() => undefined);
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    // One by one before the connection, newest first: the consumers stop before the replies.
+    for (const channel of this.channels.reverse()) await channel.close().catch(() => undefined);
+    await this.model.close().catch(() => undefined);
+  }
+}
+
+/** Acks a delivery or gives it back to its queue. amqplib throws when the channel is closed. */
+function settler(channel: Channel, message: ConsumeMessage): Settle {
+  return async (settlement) => {
+    if (settlement === 'ack') channel.ack(message);
+    else channel.nack(message, false, true);
+  };
+}
+
+/** Publishes replies on one confirm-mode channel, in call order. */
+class AmqpTransport implements Transport {
+  /** The previous publish: the next waits for it (and for the socket to drain, if it had to). */
+  private tail: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly channel: ConfirmChannel) {}
+
+  publish(reply: Reply): Promise<{ confirmed: Confirmation }> {
+    const publishing = this.tail.then(() => this.publishNow(reply));
+    this.tail = publishing.catch(() => undefined);
+    return publishing;
+  }
+
+  private publishNow(reply: Reply): Promise<{ confirmed: Confirmation }> {
+    return new Promise((resolve, reject) => {
+      let confirm!: (error: Error | undefined) => void;
+      const confirmed: Confirmation = new Promise((r) => {
+        confirm = r;
+      });
+      const options = {
+        contentType: CONTENT_TYPE_JSON,
+        correlationId: reply.correlationId,
+        type: reply.kind,
+        ...(reply.seq === undefined ? {} : { headers: { [HEADER_SEQ]: reply.seq } }),
+      };
+      let flowing: boolean;
+      try {
+        flowing = this.channel.publish('', reply.replyTo, reply.body, options, (error: unknown) => {
+          if (!error) confirm(undefined);
+          else confirm(error instanceof Error ? error : new Error('the broker refused the reply (nack)'));
+        });
+      } catch (error) {
+        reject(error instanceof Error ? error : new Error(String(error)));
+        return;
+      }
+      if (flowing) {
+        resolve({ confirmed });
+        return;
+      }
+      // The channel's buffer is full: hand over the next reply only once it drains.
+      const done = () => {
+        this.channel.off('drain', done);
+        this.channel.off('close', done);
+        resolve({ confirmed });
+      };
+      this.channel.on('drain', done);
+      this.channel.on('close', done);
+    });
+  }
+}

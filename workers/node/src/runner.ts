@@ -1,0 +1,345 @@
+/**
+ * One request, from delivery to ack, independent of AMQP: the part of the SDK that carries
+ * the protocol's rules (reply routing and order, ack only after every reply is confirmed,
+ * expired deadlines, cancellation with a grace period, handler failures). It mirrors the Rust
+ * SDK's `workers/rust/src/runner.rs`. `worker.ts` feeds it deliveries from a broker session;
+ * the unit tests and `testing.ts` feed it an in-memory transport.
+ */
+
+import { RequestAbandoned, RequestContext, jsonBody, type Context } from './context.js';
+import { TaskError, type ErrorBody } from './errors.js';
+import type { Fields, Logger } from './log.js';
+import { ErrorCodes } from './protocol.js';
+import type { Delivery, Settle, Transport } from './transport.js';
+
+/**
+ * A handler: gets the parsed JSON payload and the context; returns the result (any JSON value),
+ * or throws (`TaskError` for a reported failure). It may stream chunks with `ctx.chunk`, or be
+ * an async generator: each `yield` is a chunk and its `return` value the result.
+ */
+export type Handler<P = any, R = unknown> = (
+  payload: P,
+  ctx: Context,
+) => Promise<R> | R | AsyncIterable<unknown>;
+
+/** What became of a delivery. */
+export type Outcome =
+  /** The final reply (and every chunk) was confirmed and the request acked. */
+  | { kind: 'replied'; reply: 'result' | 'error' }
+  /** Its deadline had passed: acked without running the handler. */
+  | { kind: 'expired' }
+  /** No `reply_to` or `correlation_id`: nobody to answer; acked. */
+  | { kind: 'unanswerable' }
+  /** A reply was not published or confirmed, or the ack failed: given back to the queue. */
+  | { kind: 'not-acked'; error: Error }
+  /** The worker gave up on it (connection lost, shutdown grace over): no reply, no ack. */
+  | { kind: 'abandoned' };
+
+/** How long, and how many, early cancellations are remembered. */
+const EARLY_CANCEL_TTL_MS = 600_000;
+const EARLY_CANCEL_MAX = 10_000;
+
+/**
+ * The abort controllers of the requests running now, plus cancellations that arrived before
+ * their request did (it may still wait in the queue or the prefetch buffer). Every worker sees
+ * every cancellation (the exchange is a fanout), so most early ones are for other workers'
+ * requests: they are kept only for a while.
+ */
+export class Cancellations {
+  private readonly running = new Map<string, AbortController>();
+  private readonly early = new Map<string, number>();
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  /** A cancellation for `correlationId` arrived. */
+  cancel(correlationId: string): void {
+    const controller = this.running.get(correlationId);
+    if (controller) {
+      if (!controller.signal.aborted) controller.abort(TaskError.cancelled());
+      return;
+    }
+    if (this.early.size >= EARLY_CANCEL_MAX) {
+      const now = this.now();
+      for (const [id, at] of this.early) if (now - at >= EARLY_CANCEL_TTL_MS) this.early.delete(id);
+      if (this.early.size >= EARLY_CANCEL_MAX) this.early.clear();
+    }
+    this.early.set(correlationId, this.now());
+  }
+
+  /** A controller for a request that starts now; already aborted if its cancellation came first. */
+  register(correlationId: string): AbortController {
+    const controller = new AbortController();
+    const at = this.early.get(correlationId);
+    this.early.delete(correlationId);
+    if (at !== undefined && this.now() - at < EARLY_CANCEL_TTL_MS) controller.abort(TaskError.cancelled());
+    this.running.set(correlationId, controller);
+    return controller;
+  }
+
+  forget(correlationId: string, controller: AbortController): void {
+    if (this.running.get(correlationId) === controller) this.running.delete(correlationId);
+  }
+
+  /** Early cancellations remembered now. */
+  get remembered(): number {
+    return this.early.size;
+  }
+}
+
+export interface RunnerOptions {
+  transport: Transport;
+  /** How long a cancelled handler may take to return by itself before it is dropped. */
+  cancelGraceMs: number;
+  log: Logger;
+}
+
+type Settled = { ok: true; value: unknown } | { ok: false; error: unknown };
+type Final = { kind: 'result' | 'error'; body: Buffer } | 'abandoned';
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+function isAsyncIterable(value: unknown): value is AsyncIterable<unknown> {
+  return (
+    typeof value === 'object' &&
+    value !== null &&
+    typeof (value as { [Symbol.asyncIterator]?: unknown })[Symbol.asyncIterator] === 'function'
+  );
+}
+
+/** Parses a request body; a body that is not UTF-8 JSON is `INVALID_PAYLOAD` (pointer `""`). */
+export function parsePayload(body: Buffer): unknown {
+  try {
+    return JSON.parse(utf8.decode(body));
+  } catch (error) {
+    const why = error instanceof Error ? error.message : String(error);
+    throw TaskError.invalidPayload([{ pointer: '', message: `the payload is not valid JSON: ${why}` }]);
+  }
+}
+
+/** Drives an async-generator handler: each yielded value becomes a chunk; the return value is the result. */
+async function drive(iterable: AsyncIterable<unknown>, ctx: Context): Promise<unknown> {
+  const iterator = iterable[Symbol.asyncIterator]();
+  for (;;) {
+    const step = await iterator.next();
+    if (step.done) return step.value;
+    try {
+      await ctx.chunk(step.value);
+    } catch (error) {
+      // Let the generator run its `finally` blocks.
+      await iterator.return?.(undefined).catch(() => undefined);
+      throw error;
+    }
+  }
+}
+
+/** Calls the handler; never rejects. */
+async function invoke(handler: Handler, body: Buffer, ctx: Context): Promise<Settled> {
+  try {
+    const payload = parsePayload(body);
+    let value: unknown = handler(payload, ctx);
+    if (!isAsyncIterable(value)) value = await value;
+    if (isAsyncIterable(value)) value = await drive(value, ctx);
+    return { ok: true, value };
+  } catch (error) {
+    return { ok: false, error };
+  }
+}
+
+/** A timer that can be cleared, as a promise. */
+function delay(ms: number): { done: Promise<'timeout'>; clear(): void } {
+  let timer: NodeJS.Timeout | undefined;
+  const done = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), ms);
+  });
+  return { done, clear: () => clearTimeout(timer) };
+}
+
+/** Resolves when `signal` fires; `dispose` removes the listener. */
+function aborted(signal: AbortSignal): { done: Promise<'aborted'>; dispose(): void } {
+  let listener: (() => void) | undefined;
+  const done = new Promise<'aborted'>((resolve) => {
+    if (signal.aborted) return resolve('aborted');
+    listener = () => resolve('aborted');
+    signal.addEventListener('abort', listener, { once: true });
+  });
+  return { done, dispose: () => listener && signal.removeEventListener('abort', listener) };
+}
+
+function errorBody(error: TaskError): Buffer {
+  return jsonBody(error.toBody());
+}
+
+async function ack(settle: Settle, outcome: Outcome, log: Logger): Promise<Outcome> {
+  try {
+    await settle('ack');
+    return outcome;
+  } catch (error) {
+    log.warn('ack failed; the broker will redeliver the request', { error: String(error) });
+    return { kind: 'not-acked', error: error instanceof Error ? error : new Error(String(error)) };
+  }
+}
+
+/** Runs deliveries to completion; one per broker session, shared by all its requests. */
+export class Runner {
+  readonly cancellations: Cancellations;
+  private readonly transport: Transport;
+  private readonly cancelGraceMs: number;
+  private readonly log: Logger;
+  /** Fires when the session gives up on every request still running. */
+  private readonly giveUp = new AbortController();
+  private readonly running = new Set<AbortController>();
+
+  constructor(options: RunnerOptions, cancellations = new Cancellations()) {
+    this.transport = options.transport;
+    this.cancelGraceMs = options.cancelGraceMs;
+    this.log = options.log;
+    this.cancellations = cancellations;
+  }
+
+  /** Requests whose handlers run now. */
+  get inFlight(): number {
+    return this.running.size;
+  }
+
+  /**
+   * Gives up on every request still running: their signals fire with `RequestAbandoned`,
+   * and nothing more is published or acked for them (the broker gives them back to the queue
+   * when the connection closes). For a lost connection and the end of the shutdown grace.
+   */
+  abandonAll(reason: string): void {
+    if (this.giveUp.signal.aborted) return;
+    const why = new RequestAbandoned(reason);
+    this.giveUp.abort(why);
+    for (const controller of this.running) if (!controller.signal.aborted) controller.abort(why);
+  }
+
+  /**
+   * Runs one delivery with `handler`. Acks it (through `settle`) only after the final reply
+   * and every chunk before it are confirmed, or when there is nothing to answer; requeues it
+   * when a reply could not be published or confirmed. `requestType` names the request when
+   * the message has no `type`.
+   */
+  async process(delivery: Delivery, handler: Handler, settle: Settle, requestType = ''): Promise<Outcome> {
+    const fields: Fields = {};
+    if (delivery.correlationId !== undefined) fields.correlation_id = delivery.correlationId;
+    if (delivery.traceparent !== undefined) fields.traceparent = delivery.traceparent;
+    const log = this.log.child(fields);
+    const { correlationId, replyTo } = delivery;
+    if (!correlationId || !replyTo) {
+      log.warn('request without reply_to or correlation_id: nobody to answer; acked and dropped', {
+        reply_to: replyTo,
+      });
+      return ack(settle, { kind: 'unanswerable' }, log);
+    }
+    if (delivery.deadlineMs !== undefined) {
+      const lateBy = Date.now() - delivery.deadlineMs;
+      if (lateBy >= 0) {
+        log.info('request expired before it started; acked and dropped', { late_by_ms: lateBy });
+        return ack(settle, { kind: 'expired' }, log);
+      }
+    }
+    if (this.giveUp.signal.aborted) return { kind: 'abandoned' };
+
+    const controller = this.cancellations.register(correlationId);
+    this.running.add(controller);
+    const ctx = new RequestContext({
+      requestType: delivery.requestType || requestType,
+      correlationId,
+      replyTo,
+      deadlineMs: delivery.deadlineMs,
+      streams: delivery.streams ?? false,
+      redelivered: delivery.redelivered ?? false,
+      traceparent: delivery.traceparent,
+      controller,
+      transport: this.transport,
+      log,
+    });
+    log.debug('request started', { request_type: ctx.requestType, redelivered: ctx.redelivered });
+    let final: Final;
+    try {
+      if (controller.signal.aborted) {
+        log.info('request cancelled before it started');
+        final = { kind: 'error', body: errorBody(TaskError.cancelled()) };
+      } else {
+        final = await this.runHandler(handler, delivery.body, ctx, controller, log);
+      }
+    } finally {
+      this.cancellations.forget(correlationId, controller);
+      this.running.delete(controller);
+    }
+    if (final === 'abandoned' || this.giveUp.signal.aborted) {
+      log.warn('request abandoned: no reply; the broker will redeliver it', {
+        reason: (this.giveUp.signal.reason as Error | undefined)?.message,
+      });
+      return { kind: 'abandoned' };
+    }
+
+    log.debug('final reply', { kind: final.kind });
+    const confirms = await ctx.finish(final.kind, final.body);
+    let failure = confirms instanceof Error ? confirms : undefined;
+    if (!failure && Array.isArray(confirms)) {
+      for (const result of await Promise.all(confirms)) failure ??= result;
+    }
+    if (failure) {
+      log.warn('a reply did not reach the broker; the request goes back to the queue', { error: failure.message });
+      await settle('requeue').catch((error: unknown) =>
+        log.debug('requeue failed; the broker requeues the request when the connection closes', {
+          error: String(error),
+        }),
+      );
+      return { kind: 'not-acked', error: failure };
+    }
+    return ack(settle, { kind: 'replied', reply: final.kind }, log);
+  }
+
+  /**
+   * Runs the handler; once the request is cancelled, gives it the grace period to return by
+   * itself, then answers without it. A request the worker gives up on is `abandoned`.
+   */
+  private async runHandler(
+    handler: Handler,
+    body: Buffer,
+    ctx: Context,
+    controller: AbortController,
+    log: Logger,
+  ): Promise<Final> {
+    const running = invoke(handler, body, ctx);
+    const stop = aborted(controller.signal);
+    let settled = await Promise.race([running, stop.done]);
+    stop.dispose();
+    if (settled === 'aborted') {
+      if (this.giveUp.signal.aborted) return 'abandoned';
+      log.info('request cancelled');
+      const grace = delay(this.cancelGraceMs);
+      const giveUp = aborted(this.giveUp.signal);
+      const late = await Promise.race([running, grace.done, giveUp.done]);
+      grace.clear();
+      giveUp.dispose();
+      if (late === 'aborted') return 'abandoned';
+      if (late === 'timeout') {
+        log.debug('the handler did not stop within the cancel grace period; answered without it');
+        return { kind: 'error', body: errorBody(TaskError.cancelled()) };
+      }
+      settled = late;
+    }
+    if (settled.ok) {
+      try {
+        return { kind: 'result', body: jsonBody(settled.value) };
+      } catch (error) {
+        const why = error instanceof Error ? error.message : String(error);
+        return { kind: 'error', body: errorBody(new TaskError(ErrorCodes.WORKER_ERROR, `the result could not be serialised: ${why}`)) };
+      }
+    }
+    // Whatever a cancelled handler fails with, the request failed because it was cancelled.
+    if (controller.signal.aborted) return { kind: 'error', body: errorBody(TaskError.cancelled()) };
+    return { kind: 'error', body: errorBody(this.toTaskError(settled.error, log)) };
+  }
+
+  private toTaskError(error: unknown, log: Logger): TaskError {
+    if (error instanceof TaskError) return error;
+    // The stack stays in the worker's log; the client gets the message.
+    log.error('the handler failed', { error });
+    const message = error instanceof Error ? error.message : String(error);
+    return new TaskError(ErrorCodes.WORKER_ERROR, message || 'the worker failed while handling the request');
+  }
+}

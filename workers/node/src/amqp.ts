@@ -19,6 +19,7 @@ import {
   QueueUnusable,
   type Broker,
   type BrokerSession,
+  type ConsumerTimeout,
   type OnDelivery,
   type QueueArguments,
   type SessionLost,
@@ -61,11 +62,11 @@ export function isRefusal(error: unknown): boolean {
  * Whether a channel error is RabbitMQ's consumer timeout (a delivery unacked past
  * `consumer_timeout`), and the timeout it reports.
  */
-export function consumerTimeout(error: unknown): { timeoutMs: number | undefined } | undefined {
+export function consumerTimeout(error: unknown): ConsumerTimeout | undefined {
   const text = error instanceof Error ? error.message : String(error);
   if (!/PRECONDITION[-_]FAILED/.test(text) || !/acknowledgement on channel \d+ timed out/i.test(text)) return undefined;
   const m = /Timeout value used: (\d+) ms/.exec(text);
-  return { timeoutMs: m?.[1] === undefined ? undefined : Number(m[1]) };
+  return { message: text, timeoutMs: m?.[1] === undefined ? undefined : Number(m[1]) };
 }
 
 /** A header that holds an integer, whatever integer type (or decimal string) the publisher chose. */
@@ -146,14 +147,29 @@ class AmqpSession implements BrokerSession {
     model.on('unblocked', () => this.log.info('the broker accepts publishing again'));
   }
 
-  /** A channel whose failure ends the session (`what` names it in the log). */
-  private async longLived<C extends Channel>(open: Promise<C>, what: string): Promise<C> {
+  /**
+   * A channel whose failure ends the session (`what` names it in the log), unless `survive`
+   * says the failure is one the worker recovers from (then the channel is simply dropped).
+   */
+  private async longLived<C extends Channel>(
+    open: Promise<C>,
+    what: string,
+    survive: (error: Error) => boolean = () => false,
+  ): Promise<C> {
     const channel = await open;
+    let survived = false;
     channel.on('error', (error: Error) => {
-      const timeout = what === 'request consumer' ? consumerTimeout(error) : undefined;
-      this.reportLost(timeout ? { message: error.message, consumerTimeout: timeout } : { message: `the ${what} channel failed: ${error.message}` });
+      if (survive(error)) {
+        survived = true;
+        return;
+      }
+      this.reportLost({ message: `the ${what} channel failed: ${error.message}` });
     });
-    channel.on('close', () => this.reportLost({ message: `the ${what} channel was closed` }));
+    channel.on('close', () => {
+      const index = this.channels.indexOf(channel);
+      if (index >= 0) this.channels.splice(index, 1);
+      if (!survived) this.reportLost({ message: `the ${what} channel was closed` });
+    });
     this.channels.push(channel);
     return channel;
   }
@@ -229,8 +245,23 @@ class AmqpSession implements BrokerSession {
     );
   }
 
-  async consume(queues: string[], prefetch: number, onDelivery: OnDelivery): Promise<void> {
-    const channel = await this.longLived(this.model.createChannel(), 'request consumer');
+  async consume(
+    queues: string[],
+    prefetch: number,
+    onDelivery: OnDelivery,
+    onConsumerTimeout: (timeout: ConsumerTimeout) => void,
+  ): Promise<void> {
+    const channel = await this.longLived(this.model.createChannel(), 'request consumer', (error) => {
+      const timeout = consumerTimeout(error);
+      if (!timeout) return false;
+      // Its consumers are gone with it; deliveries it still sees are not ours to settle.
+      if (this.consumeChannel === channel) {
+        this.consumeChannel = undefined;
+        this.consumerTags.splice(0);
+      }
+      setImmediate(() => onConsumerTimeout(timeout));
+      return true;
+    });
     this.consumeChannel = channel;
     // Per consumer (global = false), as the Rust SDK's basic.qos.
     await channel.prefetch(prefetch, false);
@@ -241,7 +272,9 @@ class AmqpSession implements BrokerSession {
           queue,
           (message) => {
             if (!message) {
-              this.reportLost({ message: `the broker cancelled the consumer of queue \`${queue}\` (was it deleted?)` });
+              if (this.consumeChannel === channel) {
+                this.reportLost({ message: `the broker cancelled the consumer of queue \`${queue}\` (was it deleted?)` });
+              }
               return;
             }
             onDelivery(index, toDelivery(message), settler(channel, message));

@@ -29,11 +29,19 @@ export class QueueUnusable extends Error {
 /** Why a session ended without being closed by the worker. */
 export interface SessionLost {
   message: string;
-  /**
-   * Set when RabbitMQ closed the consumer's channel because a delivery stayed unacked past its
-   * `consumer_timeout` (PRECONDITION_FAILED, "delivery acknowledgement … timed out").
-   */
-  consumerTimeout?: { timeoutMs: number | undefined };
+}
+
+/**
+ * RabbitMQ closed the consumer's channel because a delivery stayed unacked past its
+ * `consumer_timeout` (PRECONDITION_FAILED, "delivery acknowledgement on channel N timed out").
+ * Every delivery unacked on that channel went back to its queue; the connection and the other
+ * channels are still up.
+ */
+export interface ConsumerTimeout {
+  /** The broker's words. */
+  message: string;
+  /** The timeout it reports, if it does. */
+  timeoutMs: number | undefined;
 }
 
 /** Called for each request a consumer receives: `queueIndex` is its queue's index in `consume`'s list. */
@@ -52,8 +60,12 @@ export interface BrokerSession {
   openReplies(): Promise<Transport>;
   /** Binds an exclusive, auto-delete queue of this session's own to the cancel fanout exchange and consumes it. */
   consumeCancellations(onCancel: (correlationId: string) => void): Promise<void>;
-  /** Consumes `queues` on one channel with `prefetch` unacked requests per consumer. */
-  consume(queues: string[], prefetch: number, onDelivery: OnDelivery): Promise<void>;
+  /**
+   * Consumes `queues` on a new channel with `prefetch` unacked requests per consumer. When the
+   * broker closes that channel for its consumer timeout, `onConsumerTimeout` is called instead
+   * of the session being lost (the worker may consume again); any other failure loses the session.
+   */
+  consume(queues: string[], prefetch: number, onDelivery: OnDelivery, onConsumerTimeout: (timeout: ConsumerTimeout) => void): Promise<void>;
   /** Cancels the consumers (`basic.cancel`): no new requests arrive. */
   stopConsuming(): Promise<void>;
   /** Closes the channels and the connection; unacked requests go back to their queues. Never rejects. */

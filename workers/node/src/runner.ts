@@ -33,11 +33,53 @@ export type Outcome =
   /** A reply was not published or confirmed, or the ack failed: given back to the queue. */
   | { kind: 'not-acked'; error: Error }
   /** The worker gave up on it (connection lost, shutdown grace over): no reply, no ack. */
-  | { kind: 'abandoned' };
+  | { kind: 'abandoned' }
+  /**
+   * Delivered again while it still runs here (the broker took the first delivery back when it
+   * closed the consumer's channel for its consumer timeout): not started twice; this delivery
+   * is settled when the running request ends.
+   */
+  | { kind: 'adopted' }
+  /** Delivered again after its final reply was confirmed here (only its ack failed): acked without running. */
+  | { kind: 'already-answered' };
 
 /** How long, and how many, early cancellations are remembered. */
 const EARLY_CANCEL_TTL_MS = 600_000;
 const EARLY_CANCEL_MAX = 10_000;
+/** How long, and how many, requests answered here but not acked are remembered. */
+const ANSWERED_TTL_MS = 1_800_000;
+const ANSWERED_MAX = 10_000;
+
+/** Correlation ids remembered for a while, at most `max` of them. */
+class RecentIds {
+  private readonly ids = new Map<string, number>();
+
+  constructor(
+    private readonly ttlMs: number,
+    private readonly max: number,
+    private readonly now: () => number,
+  ) {}
+
+  add(id: string): void {
+    if (this.ids.size >= this.max) {
+      const now = this.now();
+      for (const [old, at] of this.ids) if (now - at >= this.ttlMs) this.ids.delete(old);
+      if (this.ids.size >= this.max) this.ids.clear();
+    }
+    this.ids.set(id, this.now());
+  }
+
+  /** Whether `id` is remembered (and fresh); forgets it. */
+  take(id: string): boolean {
+    const at = this.ids.get(id);
+    this.ids.delete(id);
+    return at !== undefined && this.now() - at < this.ttlMs;
+  }
+
+  get size(): number {
+    return this.ids.size;
+  }
+}
 
 /**
  * The abort controllers of the requests running now, plus cancellations that arrived before
@@ -47,9 +89,11 @@ const EARLY_CANCEL_MAX = 10_000;
  */
 export class Cancellations {
   private readonly running = new Map<string, AbortController>();
-  private readonly early = new Map<string, number>();
+  private readonly early: RecentIds;
 
-  constructor(private readonly now: () => number = Date.now) {}
+  constructor(now: () => number = Date.now) {
+    this.early = new RecentIds(EARLY_CANCEL_TTL_MS, EARLY_CANCEL_MAX, now);
+  }
 
   /** A cancellation for `correlationId` arrived. */
   cancel(correlationId: string): void {
@@ -58,20 +102,13 @@ export class Cancellations {
       if (!controller.signal.aborted) controller.abort(TaskError.cancelled());
       return;
     }
-    if (this.early.size >= EARLY_CANCEL_MAX) {
-      const now = this.now();
-      for (const [id, at] of this.early) if (now - at >= EARLY_CANCEL_TTL_MS) this.early.delete(id);
-      if (this.early.size >= EARLY_CANCEL_MAX) this.early.clear();
-    }
-    this.early.set(correlationId, this.now());
+    this.early.add(correlationId);
   }
 
   /** A controller for a request that starts now; already aborted if its cancellation came first. */
   register(correlationId: string): AbortController {
     const controller = new AbortController();
-    const at = this.early.get(correlationId);
-    this.early.delete(correlationId);
-    if (at !== undefined && this.now() - at < EARLY_CANCEL_TTL_MS) controller.abort(TaskError.cancelled());
+    if (this.early.take(correlationId)) controller.abort(TaskError.cancelled());
     this.running.set(correlationId, controller);
     return controller;
   }
@@ -187,7 +224,10 @@ export class Runner {
   private readonly log: Logger;
   /** Fires when the session gives up on every request still running. */
   private readonly giveUp = new AbortController();
-  private readonly running = new Set<AbortController>();
+  /** The requests running now; `settle` is their latest delivery's (see adoption in `process`). */
+  private readonly running = new Map<string, { controller: AbortController; settle: Settle }>();
+  /** Final reply confirmed, ack failed: a redelivery is acked without running. */
+  private readonly answered = new RecentIds(ANSWERED_TTL_MS, ANSWERED_MAX, Date.now);
 
   constructor(options: RunnerOptions, cancellations = new Cancellations()) {
     this.transport = options.transport;
@@ -210,7 +250,7 @@ export class Runner {
     if (this.giveUp.signal.aborted) return;
     const why = new RequestAbandoned(reason);
     this.giveUp.abort(why);
-    for (const controller of this.running) if (!controller.signal.aborted) controller.abort(why);
+    for (const { controller } of this.running.values()) if (!controller.signal.aborted) controller.abort(why);
   }
 
   /**
@@ -218,6 +258,11 @@ export class Runner {
    * and every chunk before it are confirmed, or when there is nothing to answer; requeues it
    * when a reply could not be published or confirmed. `requestType` names the request when
    * the message has no `type`.
+   *
+   * A delivery whose correlation id runs here already is not started again: it came back
+   * because the broker took the first one back (it closed the consumer's channel for its
+   * consumer timeout) while the handler went on. The running request adopts it and settles
+   * it when it ends.
    */
   async process(delivery: Delivery, handler: Handler, settle: Settle, requestType = ''): Promise<Outcome> {
     const fields: Fields = {};
@@ -231,6 +276,19 @@ export class Runner {
       });
       return ack(settle, { kind: 'unanswerable' }, log);
     }
+    const alreadyRunning = this.running.get(correlationId);
+    if (alreadyRunning) {
+      alreadyRunning.settle = settle;
+      log.warn(
+        'delivered again while it still runs here (the broker took the first delivery back, e.g. it closed the ' +
+          "channel for its consumer timeout): not started twice; this delivery is acked when the request ends",
+      );
+      return { kind: 'adopted' };
+    }
+    if (this.answered.take(correlationId)) {
+      log.info('delivered again after its final reply was confirmed here; acked without running');
+      return ack(settle, { kind: 'already-answered' }, log);
+    }
     if (delivery.deadlineMs !== undefined) {
       const lateBy = Date.now() - delivery.deadlineMs;
       if (lateBy >= 0) {
@@ -241,7 +299,8 @@ export class Runner {
     if (this.giveUp.signal.aborted) return { kind: 'abandoned' };
 
     const controller = this.cancellations.register(correlationId);
-    this.running.add(controller);
+    const run = { controller, settle };
+    this.running.set(correlationId, run);
     const ctx = new RequestContext({
       requestType: delivery.requestType || requestType,
       correlationId,
@@ -263,33 +322,64 @@ export class Runner {
       } else {
         final = await this.runHandler(handler, delivery.body, ctx, controller, log);
       }
-    } finally {
+    } catch (error) {
       this.cancellations.forget(correlationId, controller);
-      this.running.delete(controller);
+      this.running.delete(correlationId);
+      throw error;
     }
+    this.cancellations.forget(correlationId, controller);
     if (final === 'abandoned' || this.giveUp.signal.aborted) {
+      this.running.delete(correlationId);
       log.warn('request abandoned: no reply; the broker will redeliver it', {
         reason: (this.giveUp.signal.reason as Error | undefined)?.message,
       });
       return { kind: 'abandoned' };
     }
 
-    log.debug('final reply', { kind: final.kind });
-    const confirms = await ctx.finish(final.kind, final.body);
-    let failure = confirms instanceof Error ? confirms : undefined;
-    if (!failure && Array.isArray(confirms)) {
-      for (const result of await Promise.all(confirms)) failure ??= result;
-    }
-    if (failure) {
-      log.warn('a reply did not reach the broker; the request goes back to the queue', { error: failure.message });
-      await settle('requeue').catch((error: unknown) =>
-        log.debug('requeue failed; the broker requeues the request when the connection closes', {
+    // Until it is settled, a redelivery of this request is adopted (its settle replaces ours).
+    try {
+      log.debug('final reply', { kind: final.kind });
+      const confirms = await ctx.finish(final.kind, final.body);
+      let failure = confirms instanceof Error ? confirms : undefined;
+      if (!failure && Array.isArray(confirms)) {
+        for (const result of await Promise.all(confirms)) failure ??= result;
+      }
+      if (failure) {
+        log.warn('a reply did not reach the broker; the request goes back to the queue', { error: failure.message });
+        await this.settleRun(run, 'requeue').catch((error: unknown) =>
+          log.debug('requeue failed; the broker requeues the request when its channel closes', {
+            error: String(error),
+          }),
+        );
+        return { kind: 'not-acked', error: failure };
+      }
+      try {
+        await this.settleRun(run, 'ack');
+        log.debug('request acked');
+        return { kind: 'replied', reply: final.kind };
+      } catch (error) {
+        this.answered.add(correlationId);
+        log.warn('the ack did not reach the broker; the reply did, so a redelivery will be acked without running', {
           error: String(error),
-        }),
-      );
-      return { kind: 'not-acked', error: failure };
+        });
+        return { kind: 'not-acked', error: error instanceof Error ? error : new Error(String(error)) };
+      }
+    } finally {
+      this.running.delete(correlationId);
     }
-    return ack(settle, { kind: 'replied', reply: final.kind }, log);
+  }
+
+  /** Settles the request's latest delivery; if one is adopted while an older one fails, settles that. */
+  private async settleRun(run: { settle: Settle }, settlement: 'ack' | 'requeue'): Promise<void> {
+    for (;;) {
+      const settle = run.settle;
+      try {
+        await settle(settlement);
+        return;
+      } catch (error) {
+        if (run.settle === settle) throw error;
+      }
+    }
   }
 
   /**

@@ -5,7 +5,7 @@
  * connections, deliveries, cancellations) for the worker loop.
  */
 
-import { BrokerRefused, QueueUnusable, type Broker, type BrokerSession, type OnDelivery, type QueueArguments, type SessionLost } from './broker.js';
+import { BrokerRefused, QueueUnusable, type Broker, type BrokerSession, type ConsumerTimeout, type OnDelivery, type QueueArguments, type SessionLost } from './broker.js';
 import type { ErrorBody } from './errors.js';
 import { memoryLogger, type Logger } from './log.js';
 import { Runner, type Handler, type Outcome } from './runner.js';
@@ -126,6 +126,9 @@ export class MemorySession implements BrokerSession {
   repliesOpen = false;
   private onCancel: ((id: string) => void) | undefined;
   private onDelivery: OnDelivery | undefined;
+  private onConsumerTimeout: ((timeout: ConsumerTimeout) => void) | undefined;
+  /** Channels the worker opened to consume (1 + one per recovery from a consumer timeout). */
+  consumeChannels = 0;
 
   constructor(private readonly broker: MemoryBroker) {
     this.lost = new Promise((resolve) => {
@@ -154,11 +157,31 @@ export class MemorySession implements BrokerSession {
     this.onCancel = onCancel;
   }
 
-  async consume(queues: string[], prefetch: number, onDelivery: OnDelivery): Promise<void> {
+  async consume(
+    queues: string[],
+    prefetch: number,
+    onDelivery: OnDelivery,
+    onConsumerTimeout: (timeout: ConsumerTimeout) => void,
+  ): Promise<void> {
+    this.consumeChannels += 1;
     this.consuming = [...queues];
     this.prefetch = prefetch;
     this.onDelivery = onDelivery;
+    this.onConsumerTimeout = onConsumerTimeout;
   }
+
+  /**
+   * The broker closes the consuming channel for its consumer timeout: settling the deliveries
+   * made so far fails from now on (they went back to the queue), and nothing is consumed until
+   * the worker consumes again.
+   */
+  timeOutConsumer(timeout: ConsumerTimeout = { message: 'delivery acknowledgement on channel 1 timed out', timeoutMs: 1000 }): void {
+    this.consuming = [];
+    this.channelGeneration += 1;
+    this.onConsumerTimeout?.(timeout);
+  }
+
+  private channelGeneration = 0;
 
   async stopConsuming(): Promise<void> {
     this.consuming = [];
@@ -173,10 +196,11 @@ export class MemorySession implements BrokerSession {
   deliver(queue: string, delivery: Delivery): Promise<Settlement> {
     const index = this.consuming.indexOf(queue);
     if (index < 0 || !this.onDelivery) throw new Error(`nobody consumes ${queue} in this session`);
+    const generation = this.channelGeneration;
     return new Promise((resolve, reject) => {
       this.onDelivery?.(index, delivery, async (settlement) => {
-        if (this.closed) {
-          reject(new Error('settled on a closed session'));
+        if (this.closed || generation !== this.channelGeneration) {
+          reject(new Error('settled on a closed channel'));
           throw new Error('the channel is closed');
         }
         this.broker.events.push({ type: 'settle', correlationId: delivery.correlationId, settlement });

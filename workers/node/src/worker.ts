@@ -6,7 +6,16 @@
  */
 
 import { AmqpBroker } from './amqp.js';
-import { BrokerRefused, QueueUnusable, type Broker, type BrokerSession, type QueueArguments, type SessionLost } from './broker.js';
+import {
+  BrokerRefused,
+  QueueUnusable,
+  type Broker,
+  type BrokerSession,
+  type ConsumerTimeout,
+  type OnDelivery,
+  type QueueArguments,
+  type SessionLost,
+} from './broker.js';
 import { WorkerError } from './errors.js';
 import { consoleLogger, type Logger } from './log.js';
 import { defaultQueue } from './protocol.js';
@@ -229,19 +238,7 @@ export class Worker {
         attempt = 0;
         delayMs = FIRST_RETRY_DELAY_MS;
       }
-      if (end.consumerTimeout) {
-        const timeout = end.consumerTimeout.timeoutMs;
-        this.log.error(
-          'RABBITMQ CONSUMER TIMEOUT: the broker closed the consumer channel because a request stayed unacknowledged ' +
-            `longer than its consumer_timeout${timeout === undefined ? '' : ` (${timeout} ms)`}. The requests in progress ` +
-            'were abandoned and go back to the queue, to be redelivered from the start. A handler that runs longer than ' +
-            'this will never finish: raise consumer_timeout in rabbitmq.conf (or per queue with the x-consumer-timeout ' +
-            'argument on RabbitMQ 3.12+) above the longest task, or split the task.',
-          { broker_message: end.message, timeout_ms: timeout, retry_in_ms: delayMs },
-        );
-      } else {
-        this.log.warn(`lost the broker connection: ${end.message}`, { retry_in_ms: delayMs });
-      }
+      this.log.warn(`lost the broker connection: ${end.message}`, { retry_in_ms: delayMs });
       await sleep(delayMs, stop);
       delayMs = Math.min(delayMs * 2, MAX_RETRY_DELAY_MS);
     }
@@ -259,6 +256,31 @@ export class Worker {
     const tasks = new Set<Promise<void>>();
     let draining = false;
 
+    // A failure the worker noticed itself (consuming again after a consumer timeout failed).
+    let fail!: (lost: SessionLost) => void;
+    const failed = new Promise<SessionLost>((resolve) => {
+      fail = resolve;
+    });
+    const lost = Promise.race([session.lost, failed]);
+    let onDelivery: OnDelivery | undefined;
+    const queues = this.routes.map((r) => r.queue);
+    const onConsumerTimeout = (timeout: ConsumerTimeout) => {
+      this.log.error(
+        'RABBITMQ CONSUMER TIMEOUT: the broker closed the consuming channel because a request stayed unacknowledged ' +
+          `longer than its consumer_timeout${timeout.timeoutMs === undefined ? '' : ` (${timeout.timeoutMs} ms)`}. ` +
+          'Every request unacked on that channel went back to its queue and is redelivered. The requests in progress ' +
+          'here go on and still reply; their redeliveries to this worker are adopted, not run twice (another worker may ' +
+          'run them again). Raise consumer_timeout above the longest task: rabbitmq.conf `consumer_timeout`, or per ' +
+          'queue on RabbitMQ 3.12+ the `x-consumer-timeout` argument or the `consumer-timeout` policy key.',
+        { broker_message: timeout.message, timeout_ms: timeout.timeoutMs, in_progress: runner?.inFlight },
+      );
+      if (draining || !onDelivery) return;
+      session.consume(queues, prefetch, onDelivery, onConsumerTimeout).then(
+        () => this.log.warn('consuming again after the consumer timeout; requests in progress go on'),
+        (error: unknown) => fail({ message: `consuming again after the consumer timeout failed: ${message(error)}` }),
+      );
+    };
+
     const setup = (async () => {
       for (const route of this.routes) await session.ensureQueue(route.queue, route.queueArguments);
       const transport = await session.openReplies();
@@ -273,33 +295,30 @@ export class Worker {
         this.log.debug('cancellation', { correlation_id: id });
         sessionRunner.cancellations.cancel(id);
       });
-      await session.consume(
-        this.routes.map((r) => r.queue),
-        prefetch,
-        (index, delivery, settle) => {
-          const route = this.routes[index];
-          if (!route || draining) {
-            // Arrived after the consumers were cancelled: straight back to the queue, for another worker.
-            void settle('requeue').catch(() => undefined);
-            return;
-          }
-          const task = sessionRunner
-            .process(delivery, route.handler, settle, route.requestType)
-            .then(
-              () => undefined,
-              (error: unknown) => this.log.error('request processing failed', { error }),
-            )
-            .finally(() => tasks.delete(task));
-          tasks.add(task);
-        },
-      );
+      onDelivery = (index, delivery, settle) => {
+        const route = this.routes[index];
+        if (!route || draining) {
+          // Arrived after the consumers were cancelled: straight back to the queue, for another worker.
+          void settle('requeue').catch(() => undefined);
+          return;
+        }
+        const task = sessionRunner
+          .process(delivery, route.handler, settle, route.requestType)
+          .then(
+            () => undefined,
+            (error: unknown) => this.log.error('request processing failed', { error }),
+          )
+          .finally(() => tasks.delete(task));
+        tasks.add(task);
+      };
+      await session.consume(queues, prefetch, onDelivery, onConsumerTimeout);
       return 'ready' as const;
     })();
     setup.catch(() => undefined);
 
     let first: 'ready' | 'stop' | SessionLost;
     try {
-      first = await Promise.race([setup, session.lost, stopped]);
+      first = await Promise.race([setup, lost, stopped]);
     } catch (error) {
       await session.close();
       if (error instanceof QueueUnusable) throw new WorkerError('queue', error.message);
@@ -313,8 +332,8 @@ export class Worker {
 
     progress.ready = true;
     this.consumingNow = true;
-    this.log.info('worker ready', { queues: this.routes.map((r) => r.queue), prefetch });
-    const end = await Promise.race([session.lost, stopped]);
+    this.log.info('worker ready', { queues, prefetch });
+    const end = await Promise.race([lost, stopped]);
     if (end !== 'stop') {
       this.consumingNow = false;
       runner?.abandonAll(`the broker session was lost: ${end.message}`);
@@ -325,13 +344,13 @@ export class Worker {
     draining = true;
     this.consumingNow = false;
     this.log.info('shutting down: no new requests; finishing the ones in progress', { in_flight: tasks.size });
-    await Promise.race([session.stopConsuming().catch(() => undefined), session.lost]);
+    await Promise.race([session.stopConsuming().catch(() => undefined), lost]);
     const graceMs = this.options.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS;
     let timer: NodeJS.Timeout | undefined;
     const graceOver = new Promise<'grace'>((resolve) => {
       timer = setTimeout(() => resolve('grace'), graceMs);
     });
-    const drained = await Promise.race([Promise.all([...tasks]).then(() => 'drained' as const), graceOver, session.lost]);
+    const drained = await Promise.race([Promise.all([...tasks]).then(() => 'drained' as const), graceOver, lost]);
     clearTimeout(timer);
     if (drained === 'grace') {
       this.log.warn('shutdown grace period over; unfinished requests will be redelivered', { abandoned: tasks.size });

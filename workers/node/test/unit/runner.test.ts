@@ -467,6 +467,45 @@ describe('ack only after every reply is confirmed', () => {
   });
 });
 
+describe('redeliveries', () => {
+  test('a redelivery of a request still running here is adopted: run once, the newest delivery acked', async () => {
+    const events: MemoryEvent[] = [];
+    const runner = new Runner({ transport: new MemoryTransport(events), cancelGraceMs: 100, log: memoryLogger() });
+    const release = deferred();
+    let runs = 0;
+    const handler: Handler = async () => {
+      runs += 1;
+      await release.promise;
+      return 'once';
+    };
+    const oldSettle = async () => {
+      throw new Error('the channel is closed');
+    };
+    const first = runner.process(testDelivery({}), handler, oldSettle);
+    const second = await runner.process(testDelivery({}, { redelivered: true }), handler, recordingSettle(events, 'new'));
+    expect(second).toEqual({ kind: 'adopted' });
+    release.resolve();
+    expect(await first).toEqual({ kind: 'replied', reply: 'result' });
+    expect(runs).toBe(1);
+    expect(trace(events)).toEqual(['result', 'ack']);
+  });
+
+  test('a redelivery after the reply was confirmed but the ack failed is acked without running', async () => {
+    const events: MemoryEvent[] = [];
+    const runner = new Runner({ transport: new MemoryTransport(events), cancelGraceMs: 100, log: memoryLogger() });
+    let runs = 0;
+    const handler: Handler = async () => (runs += 1);
+    const failedAck = await runner.process(testDelivery({}), handler, async () => {
+      throw new Error('the channel is closed');
+    });
+    expect(failedAck.kind).toBe('not-acked');
+    const again = await runner.process(testDelivery({}, { redelivered: true }), handler, recordingSettle(events, ID));
+    expect(again).toEqual({ kind: 'already-answered' });
+    expect(runs).toBe(1);
+    expect(trace(events)).toEqual(['result', 'ack']);
+  });
+});
+
 describe('abandoned requests', () => {
   test('abandonAll fires the signal with RequestAbandoned; nothing is replied or acked', async () => {
     const { events, runner, run } = setup();

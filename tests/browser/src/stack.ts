@@ -144,7 +144,7 @@ function cleanEnv(): NodeJS.ProcessEnv {
  * uses only the Rust example workers.
  */
 export const WORKERS = (() => {
-  const kinds = (process.env.TASKGATE_BROWSER_WORKERS ?? 'python').split(',').map((k) => k.trim());
+  const kinds = (process.env.TASKGATE_BROWSER_WORKERS ?? 'python,node').split(',').map((k) => k.trim());
   return {
     [WORDCOUNT]: kinds.includes('python') ? 'python' : 'rust',
     [COUNTDOWN]: kinds.includes('node') ? 'node' : 'rust',
@@ -194,11 +194,11 @@ async function startWorkers(queues: Record<string, string>): Promise<Proc[]> {
 
 /** The Node SDK's example `demo.countdown` worker on `queue`. */
 function nodeCountdownCommand(queue: string): { command: string; args: string[] } {
-  const cli = path.join(NODE_DIR, 'dist/cli.js');
-  need(cli, 'the Node worker SDK', 'build workers/node (npm ci && npm run build)');
+  const script = path.join(NODE_DIR, 'dist/examples/countdown.js');
+  need(script, 'the Node worker SDK\'s countdown example', 'build workers/node (npm ci && npm run build)');
   return {
     command: process.execPath,
-    args: [cli, path.join(NODE_DIR, 'dist/examples/countdown.js'), '--queue', `${COUNTDOWN}=${queue}`],
+    args: [script, '--queue', `${COUNTDOWN}=${queue}`],
   };
 }
 

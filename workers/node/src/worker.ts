@@ -94,6 +94,12 @@ function whenAborted(signal: AbortSignal): Promise<void> {
   });
 }
 
+/** `node v22.1.0` or `bun 1.2.3`: which JavaScript runtime serves. */
+function runtime(): string {
+  const bun = (process.versions as Record<string, string | undefined>).bun;
+  return bun ? `bun ${bun}` : `node ${process.version}`;
+}
+
 export class Worker {
   private readonly routes: Route[] = [];
   private readonly options: WorkerOptions;
@@ -332,7 +338,7 @@ export class Worker {
 
     progress.ready = true;
     this.consumingNow = true;
-    this.log.info('worker ready', { queues, prefetch });
+    this.log.info('worker ready', { queues, prefetch, runtime: runtime() });
     const end = await Promise.race([lost, stopped]);
     if (end !== 'stop') {
       this.consumingNow = false;

@@ -172,6 +172,9 @@ export class TestRun {
   private readonly dirs: string[] = [];
   private connection: ChannelModel | undefined;
 
+  /** The broker this run's queues live on (a test with a private broker changes it). */
+  amqpUrl = AMQP_URL;
+
   queueFor(requestType: string): string {
     return `node-sdk.${this.id}.${requestType}`;
   }
@@ -189,7 +192,7 @@ export class TestRun {
   /** A connection of the test's own, for looking at queues. */
   async amqp(): Promise<ChannelModel> {
     if (!this.connection) {
-      this.connection = await amqp.connect(AMQP_URL, { noDelay: true });
+      this.connection = await amqp.connect(this.amqpUrl, { noDelay: true });
       this.connection.on('error', () => undefined);
     }
     return this.connection;
@@ -266,14 +269,18 @@ export type PluginSettings = Record<string, string | number | boolean>;
  * Starts the host with the echo and countdown plugins (each on a queue unique to the run;
  * `plugins` adds settings) on a free port, and waits until it is connected to RabbitMQ.
  */
-export async function startHost(run: TestRun, plugins: Record<string, PluginSettings> = {}): Promise<Host> {
+export async function startHost(
+  run: TestRun,
+  plugins: Record<string, PluginSettings> = {},
+  amqpUrl: string = AMQP_URL,
+): Promise<Host> {
   if (!existsSync(HOST_BIN)) throw new Error(`the host binary is not at ${HOST_BIN}: cargo build --workspace --bins`);
   if (!existsSync(PLUGINS_DIR) || !readdirSync(PLUGINS_DIR).some((f) => f.endsWith('.so'))) {
     throw new Error(`no plugins in ${PLUGINS_DIR}: scripts/build-plugins`);
   }
   const types: Record<string, string> = { echo: 'echo', countdown: 'demo.countdown' };
   const queues: Record<string, string> = {};
-  const lines = ['[host]', 'listen = "127.0.0.1:0"', `amqp_url = ${JSON.stringify(AMQP_URL)}`, `plugins_dir = ${JSON.stringify(PLUGINS_DIR)}`];
+  const lines = ['[host]', 'listen = "127.0.0.1:0"', `amqp_url = ${JSON.stringify(amqpUrl)}`, `plugins_dir = ${JSON.stringify(PLUGINS_DIR)}`];
   for (const [plugin, type] of Object.entries(types)) {
     const queue = run.queueFor(type);
     queues[type] = queue;

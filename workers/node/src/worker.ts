@@ -105,6 +105,8 @@ export class Worker {
   private readonly options: WorkerOptions;
   private readonly log: Logger;
   private readonly stopSignal = new AbortController();
+  /** Settles on `stop()`; one promise (one listener) however many sessions race against it. */
+  private readonly stopRequested = whenAborted(this.stopSignal.signal);
   private running: Promise<void> | undefined;
   private consumingNow = false;
 
@@ -223,7 +225,7 @@ export class Worker {
       let session: BrokerSession;
       try {
         const connecting = broker.connect();
-        const first = await Promise.race([connecting, whenAborted(stop).then(() => undefined)]);
+        const first = await Promise.race([connecting, this.stopRequested.then(() => undefined)]);
         if (!first) {
           void connecting.then((late) => late.close(), () => undefined);
           return;
@@ -256,8 +258,7 @@ export class Worker {
     prefetch: number,
     progress: { ready: boolean },
   ): Promise<'shutdown' | SessionLost> {
-    const stop = this.stopSignal.signal;
-    const stopped = whenAborted(stop).then(() => 'stop' as const);
+    const stopped = this.stopRequested.then(() => 'stop' as const);
     let runner: Runner | undefined;
     const tasks = new Set<Promise<void>>();
     let draining = false;

@@ -94,6 +94,9 @@ struct InFlight<C> {
     conn: C,
     client_id: Arc<str>,
     request_type: Arc<str>,
+    /// The timeout the request was admitted with: a reload may change or remove its type
+    /// meanwhile, and the `TIMEOUT` error must name the timeout that applied.
+    timeout_ms: u64,
     stage: Stage,
     /// The `seq` of the next chunk sent to the client.
     next_seq: u64,
@@ -301,6 +304,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 conn,
                 client_id,
                 request_type: spec.name.as_str().into(),
+                timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
                 stage: Stage::Publishing {
                     buffered: Vec::new(),
                     cancelled: false,
@@ -579,14 +583,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             if !matches!(request.stage, Stage::Active) {
                 return false;
             }
-            let timeout_ms = self
-                .routes
-                .load()
-                .get(&request.request_type)
-                .map(|s| s.timeout.as_millis() as u64)
-                .unwrap_or_default();
             request.timer = None;
-            self.emit_error(request, &RequestError::Timeout(timeout_ms).to_body());
+            self.emit_error(request, &RequestError::Timeout(request.timeout_ms).to_body());
             true
         });
         if let Some((_, request)) = expired {

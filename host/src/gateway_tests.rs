@@ -571,3 +571,66 @@ async fn a_refusal_that_cannot_be_sent_drops_the_client() {
         .await;
     assert_eq!(h.sink.disconnected(), vec![CONN]);
 }
+
+// Hot reload swaps the routing table under requests in flight: they finish with what they
+// were admitted with, even when their type is gone from the new table or changed.
+
+#[tokio::test]
+async fn a_request_in_flight_when_its_type_is_disabled_still_gets_its_replies() {
+    let h = harness();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let c = h.last_correlation_id();
+    h.gateway.set_routes(RoutingTable::default());
+
+    let ack = h.submit(2, req("b", "echo", json!(2))).await;
+    assert_eq!(refusal_code(&ack), "UNKNOWN_REQUEST_TYPE");
+
+    let mut chunk = reply(c, "chunk", "\"part\"");
+    chunk.seq = Some(0);
+    h.gateway.on_reply(chunk);
+    h.gateway.on_reply(reply(c, "result", "\"done\""));
+    assert_eq!(
+        h.sink.events(CONN),
+        vec![
+            json!({"id": "a", "type": "chunk", "seq": 0, "data": "part"}),
+            json!({"id": "a", "type": "result", "data": "done"}),
+        ]
+    );
+    h.assert_clean();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_whose_type_was_disabled_times_out_with_the_timeout_it_was_admitted_with() {
+    let h = harness();
+    h.submit(1, req("a", "slow", json!(1))).await;
+    h.gateway.set_routes(RoutingTable::default());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let events = h.sink.events(CONN);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["error"]["code"], json!("TIMEOUT"));
+    assert_eq!(events[0]["error"]["details"]["timeoutMs"], json!(500));
+    h.assert_clean();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_timeout_applies_to_new_requests_only() {
+    let h = harness();
+    h.submit(1, req("a", "slow", json!(1))).await;
+    let mut longer = parts("slow");
+    longer.timeout = Duration::from_millis(5000);
+    h.gateway
+        .set_routes(RoutingTable::new([RequestTypeSpec::new(longer, None).unwrap()]));
+    h.submit(2, req("b", "slow", json!(2))).await;
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let events = h.sink.events(CONN);
+    assert_eq!(events.len(), 1, "only the first request timed out: {events:?}");
+    assert_eq!(events[0]["id"], json!("a"));
+    assert_eq!(events[0]["error"]["details"]["timeoutMs"], json!(500));
+    tokio::time::sleep(Duration::from_millis(5000)).await;
+    let events = h.sink.events(CONN);
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["id"], json!("b"));
+    assert_eq!(events[1]["error"]["details"]["timeoutMs"], json!(5000));
+    h.assert_clean();
+}

@@ -8,8 +8,8 @@
 //! [`LoadError`] line naming the file.
 //!
 //! Libraries are never unloaded (abi_stable leaks them by design): loading the same path
-//! twice returns the already-loaded code, which is why hot reload (later) loads each
-//! version from its own copy.
+//! twice returns the already-loaded code, which is why hot reload loads each version from
+//! its own private copy ([`LoadedPlugin::load_copy`]), named for the operator's file.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -120,13 +120,13 @@ fn summarize_abi(text: &str) -> String {
 
 /// Refuses files a dynamic loader would map but that cannot be whole: a truncated copy maps
 /// fine and crashes the process (SIGBUS) when a missing page is touched.
-fn check_complete(path: &Path) -> Result<(), LoadError> {
+fn check_complete(file: &Path, path: &Path) -> Result<(), LoadError> {
     use object::{Object, ObjectSection, ObjectSegment};
     let not_a_library = |reason: String| LoadError::NotALibrary {
         path: path.to_owned(),
         reason,
     };
-    let data = std::fs::read(path).map_err(|e| not_a_library(format!("unreadable: {e}")))?;
+    let data = std::fs::read(file).map_err(|e| not_a_library(format!("unreadable: {e}")))?;
     if data.is_empty() {
         return Err(not_a_library("the file is empty".to_owned()));
     }
@@ -156,12 +156,17 @@ fn check_complete(path: &Path) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn classify(path: &Path, error: LibraryError) -> LoadError {
+/// `copy` is the file the loader opened, `path` the one to name (see [`LoadedPlugin::load_copy`]).
+fn classify(copy: &Path, path: &Path, error: LibraryError) -> LoadError {
     let path = path.to_owned();
     match error {
         LibraryError::OpenError { err, .. } => LoadError::NotALibrary {
+            // The loader's message starts with the file it opened: name the operator's.
+            reason: summarize(
+                &err.to_string()
+                    .replace(&copy.display().to_string(), &path.display().to_string()),
+            ),
             path,
-            reason: summarize(&err.to_string()),
         },
         LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin { path },
         LibraryError::IncompatibleVersionNumber {
@@ -196,7 +201,7 @@ fn classify(path: &Path, error: LibraryError) -> LoadError {
             reason: summarize(&err.to_string()),
         },
         LibraryError::Many(errors) => match errors.into_iter().next() {
-            Some(first) => classify(&path, first),
+            Some(first) => classify(copy, &path, first),
             None => LoadError::NotAPlugin { path },
         },
     }
@@ -236,11 +241,19 @@ fn host_max_level() -> u8 {
 impl LoadedPlugin {
     /// Loads the plugin library at `path`. Never panics; every refusal is a [`LoadError`].
     pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
-        check_complete(path)?;
-        let header = lib_header_from_path(path).map_err(|e| classify(path, e))?;
+        Self::load_copy(path, path)
+    }
+
+    /// Loads the library at `copy`, a private copy of the operator's file `source`: errors
+    /// and [`LoadedPlugin::path`] name `source`. The dynamic loader knows the library by
+    /// `copy`, so a new version must come from a copy at a path never used before.
+    pub fn load_copy(copy: &Path, source: &Path) -> Result<LoadedPlugin, LoadError> {
+        check_complete(copy, source)?;
+        let path = source;
+        let header = lib_header_from_path(copy).map_err(|e| classify(copy, path, e))?;
         let module = header
             .init_root_module::<PluginModRef>()
-            .map_err(|e| classify(path, e))?;
+            .map_err(|e| classify(copy, path, e))?;
         let logger = LogFn {
             log: host_log,
             max_level: host_max_level(),

@@ -373,3 +373,46 @@ fn validation_cost() {
     }
     eprintln!("{}", report.join("\n"));
 }
+
+#[test]
+fn a_private_copy_loads_as_a_new_library_and_is_named_for_the_operators_file() {
+    // The copy of a library already loaded by this process: the dynamic loader knows it by
+    // the copy's path, so its init runs again (a log line proves it is new code).
+    let source = example("wordcount");
+    let copy = scratch_file(
+        "libtaskgate_plugin_wordcount-0123abcd.so",
+        &std::fs::read(&source).unwrap(),
+    );
+    LoadedPlugin::load(&source).unwrap();
+    let (loaded, log) = capturing_logs(|| LoadedPlugin::load_copy(&copy, &source));
+    let loaded = loaded.unwrap();
+    assert_eq!(loaded.path(), source);
+    assert!(
+        log.contains("wordcount plugin ready"),
+        "not initialised again: {log}"
+    );
+    // Deleting the copy after loading is safe: the mapping stays.
+    drop(copy);
+    assert!(matches!(
+        loaded.validate("text.wordcount", r#"{"text": "a b"}"#),
+        Validation::Valid(_)
+    ));
+
+    // Refusals name the operator's file, never the private copy.
+    let real = std::fs::read(example("echo")).unwrap();
+    let source = repo().join("build/plugins/libtaskgate_plugin_echo.so");
+    for (name, bytes) in [
+        ("libhalf-1.so", &real[..real.len() / 2]),
+        ("libtext-1.so", &b"not a plugin"[..]),
+    ] {
+        let copy = scratch_file(name, bytes);
+        let err = LoadedPlugin::load_copy(&copy, &source).unwrap_err();
+        assert_one_line_naming(&err, &source);
+        assert!(!err.to_string().contains(name), "{err}");
+    }
+    let incompatible = std::fs::read(fixture("incompatible")).unwrap();
+    let copy = scratch_file("libincompatible-1.so", &incompatible);
+    let err = LoadedPlugin::load_copy(&copy, &source).unwrap_err();
+    assert_one_line_naming(&err, &source);
+    assert!(!err.to_string().contains("libincompatible-1"), "{err}");
+}

@@ -18,6 +18,9 @@ pub const DEFAULT_PLUGINS_DIR: &str = "plugins";
 pub const DEFAULT_SOCKET_BUFFER: usize = 1024;
 /// Largest Socket.IO message accepted (long-polling body and WebSocket frame).
 pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 8 * 1024 * 1024;
+/// Plugin libraries a host maps at most over its life: libraries cannot be unloaded, so
+/// every distinct file version hot reload loads stays mapped (see ARCHITECTURE.md).
+pub const DEFAULT_MAX_PLUGIN_LIBRARIES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -55,6 +58,7 @@ pub struct HostSection {
     pub static_dir: Option<PathBuf>,
     pub socket_buffer: Option<usize>,
     pub max_message_bytes: Option<u64>,
+    pub max_plugin_libraries: Option<usize>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, PartialEq)]
@@ -116,10 +120,14 @@ pub struct Settings {
     pub static_dir: Option<PathBuf>,
     pub socket_buffer: usize,
     pub max_message_bytes: u64,
+    pub max_plugin_libraries: usize,
     /// The plugin tables of plugins.toml.
     pub plugins: BTreeMap<String, PluginSection>,
     /// Where the configuration came from, for log lines; `None` when defaults only.
     pub config_path: Option<PathBuf>,
+    /// The flags and variables applied over the file: hot reload applies them again over a
+    /// changed file.
+    pub overrides: Overrides,
 }
 
 impl Settings {
@@ -135,6 +143,7 @@ impl Settings {
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .unwrap_or_default();
+        let given = overrides.clone();
         let listen_text = overrides
             .listen
             .or(file.host.listen)
@@ -177,8 +186,14 @@ impl Settings {
                 .host
                 .max_message_bytes
                 .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            max_plugin_libraries: file
+                .host
+                .max_plugin_libraries
+                .unwrap_or(DEFAULT_MAX_PLUGIN_LIBRARIES)
+                .max(1),
             plugins: file.plugins,
             config_path: config_path.map(Path::to_path_buf),
+            overrides: given,
         })
     }
 

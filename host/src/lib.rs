@@ -9,7 +9,10 @@
 //! - [`broker`]: the broker trait; `broker::amqp` (lapin) and `broker::memory` (tests).
 //! - [`sink`]: the client-side trait and response types; [`socketio`] implements it.
 //! - [`routes`]: the routing table of enabled request types and payload validation.
-//! - [`plugins`]: scanning the plugins directory and applying plugins.toml.
+//! - [`plugins`]: loading plugin files (each version from a private copy) and applying
+//!   plugins.toml.
+//! - [`reload`] and [`watcher`]: hot reload — rescan on every change of the plugins
+//!   directory or plugins.toml, swap in a new routing table.
 //! - [`schemas`]: `taskgate schemas`, the request types' JSON Schemas for client codegen.
 //! - [`config`] and [`cli`]: plugins.toml, flags, environment variables.
 //! - [`server`]: wiring it all up behind axum.
@@ -21,8 +24,10 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod plugins;
+pub mod reload;
 pub mod routes;
 pub mod schemas;
 pub mod server;
 pub mod sink;
 pub mod socketio;
+pub mod watcher;

@@ -56,7 +56,15 @@ async fn main() -> ExitCode {
     };
     match cli.command.clone().unwrap_or(Command::Run) {
         Command::Plugins => {
-            let files = plugins::scan(&settings.plugins_dir);
+            // Each file is loaded from a private copy, as the host does.
+            let mut loader = match plugins::PrivateCopyLoader::in_temp_dir(usize::MAX) {
+                Ok(loader) => loader,
+                Err(e) => {
+                    eprintln!("taskgate: cannot create a private directory for plugin copies: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let files = plugins::scan(&settings.plugins_dir, &mut loader);
             print!("{}", plugins::report(&files, &settings));
             ExitCode::SUCCESS
         }

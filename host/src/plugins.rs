@@ -1,122 +1,348 @@
-//! Finding plugin files, loading them, and turning the enabled ones into a routing table.
+//! Plugin files → loaded plugin versions → the routing table.
 //!
 //! Loading itself (the ABI boundary) lives in `taskgate_plugin_api::host`; this module
-//! decides what to do with each file: which plugins plugins.toml enables, what the
-//! operator overrides, and what is refused — each refusal one log line naming the file.
+//! decides what to do with each file: it loads every version from a private copy named by
+//! its content hash ([`PrivateCopyLoader`]), applies plugins.toml (which plugins are
+//! enabled, the operator's overrides) and says what is refused and why. Hot reload
+//! (`reload`) calls the same functions whenever the directory or plugins.toml changes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use taskgate_plugin_api::host::{LoadError, LoadedPlugin};
-use taskgate_plugin_api::RequestTypeManifest;
-use tracing::{error, info, warn};
+use taskgate_plugin_api::{PluginManifest, RequestTypeManifest};
+use tracing::Level;
+use uuid::Uuid;
 
 use crate::broker::amqp::QueueDecl;
 use crate::config::Settings;
-use crate::routes::{PayloadValidator, RequestTypeSpec, RoutingTable, SpecParts};
+use crate::routes::{PayloadValidator, RequestTypeSpec, RoutingTable, ServedPlugin, SpecParts};
 
-/// One file of the plugins directory and what loading it gave.
-#[derive(Debug)]
-pub struct PluginFile {
-    pub path: PathBuf,
-    pub outcome: Result<LoadedPlugin, LoadError>,
+/// The SHA-256 of a library file: what tells two versions of a plugin apart.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContentHash(String);
+
+impl ContentHash {
+    pub fn of(bytes: &[u8]) -> Self {
+        let digest = Sha256::digest(bytes);
+        let mut hex = String::with_capacity(64);
+        for byte in digest.iter() {
+            let _ = write!(hex, "{byte:02x}");
+        }
+        ContentHash(hex)
+    }
+
+    /// The first 16 hex digits: what logs, metrics, `/readyz` and file names show.
+    pub fn short(&self) -> &str {
+        &self.0[..16.min(self.0.len())]
+    }
+}
+
+impl fmt::Display for ContentHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.short())
+    }
+}
+
+/// One plugin version, loaded once and shared by every routing table that serves it.
+#[derive(Clone)]
+pub struct Loaded {
+    pub manifest: Arc<PluginManifest>,
+    pub validator: Arc<dyn PayloadValidator>,
+}
+
+impl fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loaded")
+            .field("name", &self.manifest.name)
+            .field("version", &self.manifest.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<LoadedPlugin> for Loaded {
+    fn from(plugin: LoadedPlugin) -> Self {
+        Loaded {
+            manifest: Arc::new(plugin.manifest().clone()),
+            validator: Arc::new(plugin),
+        }
+    }
+}
+
+/// Why a file version was not loaded. `Display` is one line naming the file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LoadFailure {
+    /// The content is not a loadable plugin: the same bytes would fail the same way.
+    #[error("{0}")]
+    Refused(String),
+    /// Loading was not attempted (the private copy could not be written, or the limit of
+    /// mapped libraries is reached): worth trying again later.
+    #[error("{0}")]
+    NotAttempted(String),
+}
+
+/// Turns the bytes of a library file into a loaded plugin. The host's implementation is
+/// [`PrivateCopyLoader`]; tests of the reload logic inject one without any dlopen.
+pub trait Loader: Send {
+    /// Loads one version of the file `source`, whose content is `bytes` (hashed as `hash`).
+    fn load(
+        &mut self,
+        source: &Path,
+        hash: &ContentHash,
+        bytes: &[u8],
+    ) -> Result<Loaded, LoadFailure>;
+}
+
+/// Loads every version from its own copy, `<runtime dir>/<file stem>-<hash>.<ext>`:
+/// the dynamic loader returns the library it already has for a path it knows, and
+/// overwriting a mapped library crashes the process, so the operator's file is never the
+/// one mapped. The copy is deleted once loaded (the mapping stays); libraries are never
+/// unloaded, so each distinct version costs its mapping once, up to `max_libraries`.
+pub struct PrivateCopyLoader {
+    dir: PathBuf,
+    max_libraries: usize,
+    mapped_libraries: usize,
+    mapped_bytes: u64,
+}
+
+impl PrivateCopyLoader {
+    /// Creates a private runtime directory under `parent` (mode 0700 on Unix: nobody else
+    /// may swap a copy between its write and its load).
+    pub fn new(parent: &Path, max_libraries: usize) -> std::io::Result<Self> {
+        let dir = parent.join(format!("taskgate-plugins-{}", Uuid::new_v4()));
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder.create(&dir)?;
+        Ok(PrivateCopyLoader {
+            dir,
+            max_libraries,
+            mapped_libraries: 0,
+            mapped_bytes: 0,
+        })
+    }
+
+    /// In the system's temporary directory (`TMPDIR`).
+    pub fn in_temp_dir(max_libraries: usize) -> std::io::Result<Self> {
+        Self::new(&std::env::temp_dir(), max_libraries)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Libraries mapped into the process by this loader (refused ones included when the
+    /// loader got as far as mapping them).
+    pub fn mapped_libraries(&self) -> usize {
+        self.mapped_libraries
+    }
+
+    /// The size of the files of those libraries: an upper bound of what they cost in
+    /// memory until the process exits.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.mapped_bytes
+    }
+}
+
+impl Drop for PrivateCopyLoader {
+    fn drop(&mut self) {
+        // Copies are deleted right after loading; the directory is empty by now.
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+impl Loader for PrivateCopyLoader {
+    fn load(
+        &mut self,
+        source: &Path,
+        hash: &ContentHash,
+        bytes: &[u8],
+    ) -> Result<Loaded, LoadFailure> {
+        if self.mapped_libraries >= self.max_libraries {
+            return Err(LoadFailure::NotAttempted(format!(
+                "{}: not loaded: this host already mapped {} plugin libraries (max_plugin_libraries); restart it to load more",
+                source.display(),
+                self.mapped_libraries
+            )));
+        }
+        let stem = source
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin".to_owned());
+        let copy = self.dir.join(format!(
+            "{stem}-{}.{}",
+            hash.short(),
+            std::env::consts::DLL_EXTENSION
+        ));
+        write_new(&copy, bytes).map_err(|e| {
+            LoadFailure::NotAttempted(format!(
+                "{}: cannot write its private copy {}: {e}",
+                source.display(),
+                copy.display()
+            ))
+        })?;
+        let outcome = LoadedPlugin::load_copy(&copy, source);
+        // The mapping outlives the file; nothing else may ever open this path again.
+        let _ = std::fs::remove_file(&copy);
+        // Files refused before the loader mapped them cost nothing; everything else stays.
+        if !matches!(outcome, Err(LoadError::NotALibrary { .. })) {
+            self.mapped_libraries += 1;
+            self.mapped_bytes += bytes.len() as u64;
+            metrics::gauge!("taskgate_plugin_libraries_mapped").set(self.mapped_libraries as f64);
+            metrics::gauge!("taskgate_plugin_mapped_bytes").set(self.mapped_bytes as f64);
+        }
+        outcome
+            .map(Loaded::from)
+            .map_err(|e| LoadFailure::Refused(e.to_string()))
+    }
+}
+
+fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    // No fsync: the loader reads the copy back through the page cache, and a copy lost to a
+    // crash is never needed again.
+    file.write_all(bytes)
 }
 
 /// Whether `path` looks like a shared library on this platform.
-fn is_library(path: &Path) -> bool {
+pub fn is_library(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| e == std::env::consts::DLL_EXTENSION)
 }
 
-/// Loads every shared library in `dir`, in file-name order. A missing directory is an
-/// empty one (with a warning): the host still serves, with no request types.
-pub fn scan(dir: &Path) -> Vec<PluginFile> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            warn!(dir = %dir.display(), error = %e, "cannot read the plugins directory; no plugins loaded");
-            return Vec::new();
-        }
-    };
-    let mut paths: Vec<PathBuf> = entries
+/// The shared libraries in `dir`, in file-name order.
+pub fn library_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.is_file() && is_library(p))
         .collect();
     paths.sort();
-    paths
-        .into_iter()
-        .map(|path| {
-            let outcome = LoadedPlugin::load(&path);
-            PluginFile { path, outcome }
-        })
-        .collect()
+    Ok(paths)
 }
 
-/// The result of applying plugins.toml to the loaded files.
-#[derive(Default)]
+/// A loaded plugin version offered to [`resolve`]: the file it came from and its hash.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub file: PathBuf,
+    pub hash: ContentHash,
+    pub plugin: Loaded,
+}
+
+/// Something [`resolve`] has to tell the operator, at `level`. Hot reload logs each once,
+/// not again at every rescan while it stays true.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Note {
+    pub level: Level,
+    pub text: String,
+}
+
+impl Note {
+    fn new(level: Level, text: String) -> Self {
+        Note { level, text }
+    }
+}
+
+/// The result of applying plugins.toml to the loaded plugin versions.
+#[derive(Debug, Default)]
 pub struct Resolved {
     pub routes: RoutingTable,
     pub queues: Vec<QueueDecl>,
-    /// Plugin name → the file it was loaded from, for every loaded plugin.
-    pub plugins: BTreeMap<String, PathBuf>,
+    /// Plugin name → the version serving it (enabled plugins with at least one type).
+    pub served: BTreeMap<String, ServedPlugin>,
+    pub notes: Vec<Note>,
 }
 
-/// Builds the routing table of the enabled plugins and logs every decision once.
-pub fn resolve(files: &[PluginFile], settings: &Settings) -> Resolved {
+/// Builds the routing table of the enabled plugins, with a note for every refusal.
+pub fn resolve(candidates: &[Candidate], settings: &Settings) -> Resolved {
     let mut resolved = Resolved::default();
     let mut specs: Vec<RequestTypeSpec> = Vec::new();
     let mut owners: HashMap<String, String> = HashMap::new();
-    for file in files {
-        let plugin = match &file.outcome {
-            Ok(plugin) => plugin,
-            Err(e) => {
-                error!("plugin refused: {e}");
-                continue;
-            }
-        };
-        let manifest = plugin.manifest();
-        if let Some(first) = resolved.plugins.get(&manifest.name) {
-            error!(file = %file.path.display(), plugin = %manifest.name, first = %first.display(), "plugin refused: another file already declares this plugin name");
+    let mut files: BTreeMap<String, &Path> = BTreeMap::new();
+    for candidate in candidates {
+        let manifest = &candidate.plugin.manifest;
+        let file = candidate.file.display();
+        if let Some(first) = files.get(&manifest.name) {
+            resolved.notes.push(Note::new(
+                Level::ERROR,
+                format!(
+                    "plugin refused: {file} declares plugin `{}`, which {} already declares",
+                    manifest.name,
+                    first.display()
+                ),
+            ));
             continue;
         }
-        resolved
-            .plugins
-            .insert(manifest.name.clone(), file.path.clone());
+        files.insert(manifest.name.clone(), &candidate.file);
         if !settings.is_enabled(&manifest.name) {
-            info!(file = %file.path.display(), plugin = %manifest.name, version = %manifest.version, "plugin found but not enabled in plugins.toml");
+            resolved.notes.push(Note::new(
+                Level::INFO,
+                format!(
+                    "plugin `{}` {} found in {file} but not enabled in plugins.toml",
+                    manifest.name, manifest.version
+                ),
+            ));
             continue;
         }
-        let validator: Arc<dyn PayloadValidator> = Arc::new(plugin.clone());
+        let mut served = ServedPlugin {
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+            hash: candidate.hash.short().to_owned(),
+            file: candidate.file.clone(),
+            request_types: Vec::new(),
+        };
         for declared in &manifest.request_types {
             if let Some(owner) = owners.get(&declared.name) {
-                error!(plugin = %manifest.name, request_type = %declared.name, owner = %owner, "request type refused: already served by another plugin");
+                resolved.notes.push(Note::new(
+                    Level::ERROR,
+                    format!(
+                    "request type `{}` of plugin `{}` refused: plugin `{owner}` already serves it",
+                    declared.name, manifest.name
+                ),
+                ));
                 continue;
             }
-            match spec_for(
+            let spec = spec_for(
                 &manifest.name,
                 &manifest.version,
                 declared,
                 settings,
-                validator.clone(),
-            ) {
+                candidate.plugin.validator.clone(),
+            );
+            match spec {
                 Ok(spec) => {
-                    info!(plugin = %manifest.name, version = %manifest.version, request_type = %spec.name, queue = %spec.queue, "request type enabled");
                     owners.insert(spec.name.clone(), manifest.name.clone());
                     resolved.queues.push(QueueDecl {
                         name: spec.queue.clone(),
                         arguments: spec.queue_arguments.clone(),
                     });
+                    served.request_types.push(spec.name.clone());
                     specs.push(spec);
                 }
-                Err(reason) => {
-                    error!(plugin = %manifest.name, request_type = %declared.name, %reason, "request type refused")
-                }
+                Err(reason) => resolved.notes.push(Note::new(
+                    Level::ERROR,
+                    format!(
+                        "request type `{}` of plugin `{}` refused: {reason}",
+                        declared.name, manifest.name
+                    ),
+                )),
             }
+        }
+        if !served.request_types.is_empty() {
+            resolved.served.insert(served.name.clone(), served);
         }
     }
     for name in settings
@@ -125,11 +351,18 @@ pub fn resolve(files: &[PluginFile], settings: &Settings) -> Resolved {
         .filter(|(_, p)| p.enabled)
         .map(|(n, _)| n)
     {
-        if !resolved.plugins.contains_key(name) {
-            warn!(plugin = %name, dir = %settings.plugins_dir.display(), "plugin enabled in plugins.toml but no file in the plugins directory declares it");
+        if !files.contains_key(name) {
+            resolved.notes.push(Note::new(
+                Level::WARN,
+                format!(
+                    "plugin `{name}` is enabled in plugins.toml but no file in {} declares it",
+                    settings.plugins_dir.display()
+                ),
+            ));
         }
     }
-    resolved.routes = RoutingTable::new(specs);
+    resolved.routes =
+        RoutingTable::new(specs).with_plugins(resolved.served.values().cloned().collect());
     resolved
 }
 
@@ -166,8 +399,44 @@ fn spec_for(
     RequestTypeSpec::new(parts, declared.validates.then_some(validator))
 }
 
-/// The report of `taskgate plugins`: every file, whether it loads and why not, and each
-/// request type with its queue.
+/// One file of the plugins directory as `taskgate plugins` reports it.
+#[derive(Debug)]
+pub struct PluginFile {
+    pub path: PathBuf,
+    pub hash: Option<ContentHash>,
+    pub outcome: Result<Loaded, LoadFailure>,
+}
+
+/// Loads every library file of `dir` once (for the `taskgate plugins` report). A missing
+/// directory is an empty one.
+pub fn scan(dir: &Path, loader: &mut dyn Loader) -> Vec<PluginFile> {
+    let paths = library_files(dir).unwrap_or_default();
+    paths
+        .into_iter()
+        .map(|path| match std::fs::read(&path) {
+            Ok(bytes) => {
+                let hash = ContentHash::of(&bytes);
+                let outcome = loader.load(&path, &hash, &bytes);
+                PluginFile {
+                    path,
+                    hash: Some(hash),
+                    outcome,
+                }
+            }
+            Err(e) => PluginFile {
+                outcome: Err(LoadFailure::NotAttempted(format!(
+                    "{}: unreadable: {e}",
+                    path.display()
+                ))),
+                path,
+                hash: None,
+            },
+        })
+        .collect()
+}
+
+/// The report of `taskgate plugins`: every file, its content hash, whether it loads and why
+/// not, and each request type with its queue.
 pub fn report(files: &[PluginFile], settings: &Settings) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "plugins directory: {}", settings.plugins_dir.display());
@@ -181,12 +450,17 @@ pub fn report(files: &[PluginFile], settings: &Settings) -> String {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let hash = file
+            .hash
+            .as_ref()
+            .map(|h| format!(" (sha256 {h})"))
+            .unwrap_or_default();
         match &file.outcome {
             Err(e) => {
-                let _ = writeln!(out, "\n{name}: REFUSED — {e}");
+                let _ = writeln!(out, "\n{name}{hash}: REFUSED — {e}");
             }
             Ok(plugin) => {
-                let m = plugin.manifest();
+                let m = &plugin.manifest;
                 let state = if seen.insert(m.name.clone(), ()).is_some() {
                     "REFUSED — duplicate plugin name"
                 } else if settings.is_enabled(&m.name) {
@@ -194,7 +468,11 @@ pub fn report(files: &[PluginFile], settings: &Settings) -> String {
                 } else {
                     "loads, not enabled in plugins.toml"
                 };
-                let _ = writeln!(out, "\n{name}: plugin `{}` {} — {state}", m.name, m.version);
+                let _ = writeln!(
+                    out,
+                    "\n{name}: plugin `{}` {}{hash} — {state}",
+                    m.name, m.version
+                );
                 for t in &m.request_types {
                     let o = settings.overrides_for(&m.name, &t.name);
                     let queue = o.queue.unwrap_or_else(|| t.queue.clone());
@@ -219,5 +497,26 @@ pub fn report(files: &[PluginFile], settings: &Settings) -> String {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "\nThis lists the files. A running host's /readyz lists the versions it serves."
+    );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn content_hashes_are_sha256_in_hex_shown_by_their_first_16_digits() {
+        let h = ContentHash::of(b"abc");
+        assert_eq!(
+            h.0,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(h.to_string(), "ba7816bf8f01cfea");
+        assert_ne!(ContentHash::of(b"abd"), h);
+    }
 }

@@ -1,11 +1,12 @@
 //! The routing table: for each enabled request type, everything the host needs to serve it
 //! (queue, limits, timeout, streaming flag) and how to validate its payload.
 //!
-//! A table is immutable once built; hot reload (later) swaps a whole new table in, so a
+//! A table is immutable once built; hot reload (`reload`) swaps a whole new table in, so a
 //! request always sees one consistent version of its type.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,10 +185,24 @@ fn is_trivial_schema(schema: &Value) -> bool {
     }
 }
 
+/// A plugin version that serves request types of a table: what operators see in the log,
+/// `/readyz` and metrics, to know which build answers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedPlugin {
+    pub name: String,
+    pub version: String,
+    /// The first 16 hex digits of the SHA-256 of the library file it was loaded from.
+    pub hash: String,
+    pub file: PathBuf,
+    pub request_types: Vec<String>,
+}
+
 /// Request type name → spec. Built once per configuration, then shared read-only.
 #[derive(Debug, Default)]
 pub struct RoutingTable {
     types: HashMap<String, Arc<RequestTypeSpec>>,
+    plugins: Vec<ServedPlugin>,
 }
 
 impl RoutingTable {
@@ -197,7 +212,19 @@ impl RoutingTable {
                 .into_iter()
                 .map(|s| (s.name.clone(), Arc::new(s)))
                 .collect(),
+            plugins: Vec::new(),
         }
+    }
+
+    /// Records which plugin versions serve this table's types.
+    pub fn with_plugins(mut self, plugins: Vec<ServedPlugin>) -> Self {
+        self.plugins = plugins;
+        self
+    }
+
+    /// The plugin versions serving this table, by name.
+    pub fn plugins(&self) -> &[ServedPlugin] {
+        &self.plugins
     }
 
     pub fn get(&self, request_type: &str) -> Option<&Arc<RequestTypeSpec>> {

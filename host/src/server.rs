@@ -18,11 +18,14 @@ use tower_http::services::ServeDir;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::broker::amqp::AmqpBroker;
+use crate::broker::amqp::{AmqpBroker, QueueDecl};
 use crate::config::{redact_url, Settings};
 use crate::gateway::{Gateway, GatewayOptions};
-use crate::plugins;
+use crate::plugins::PrivateCopyLoader;
+use crate::reload::{self, Reloader};
+use crate::routes::RoutingTable;
 use crate::socketio::{self, BacklogLimits, SocketIoSink};
+use crate::watcher::{self, ReloadTarget};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -33,6 +36,11 @@ pub enum ServeError {
     },
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("cannot create a private directory for plugin copies under {dir}: {source}")]
+    RuntimeDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Binds the listening socket, with a clear error for a port in use or a bad address.
@@ -56,10 +64,18 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let files = plugins::scan(&settings.plugins_dir);
-    let resolved = plugins::resolve(&files, &settings);
+    let loader =
+        PrivateCopyLoader::in_temp_dir(settings.max_plugin_libraries).map_err(|source| {
+            ServeError::RuntimeDir {
+                dir: std::env::temp_dir(),
+                source,
+            }
+        })?;
+    let mut reloader = Reloader::new(settings.clone(), loader);
+    let initial = reloader.rescan();
+    reload::log_and_record(&initial.events);
     let host_id = Uuid::new_v4();
-    let broker = AmqpBroker::new(settings.amqp_url.clone(), host_id, resolved.queues);
+    let broker = AmqpBroker::new(settings.amqp_url.clone(), host_id, initial.queues.clone());
 
     let (layer, io) = SocketIo::builder()
         .max_buffer_size(settings.socket_buffer)
@@ -69,12 +85,22 @@ pub async fn run(
     let gateway = Arc::new(Gateway::new(
         Arc::new(broker.clone()),
         sink,
-        resolved.routes,
+        initial.routes,
         GatewayOptions::default(),
     ));
     socketio::attach(&io, gateway.clone());
 
     let stop = CancellationToken::new();
+    let reload_task = start_hot_reload(
+        &settings,
+        reloader,
+        HotReloadTarget {
+            broker: broker.clone(),
+            gateway: gateway.clone(),
+        },
+        initial.queues,
+        stop.clone(),
+    );
     let broker_task = {
         let broker = broker.clone();
         let gateway = gateway.clone();
@@ -125,18 +151,24 @@ pub async fn run(
     if let Err(e) = broker_task.await {
         warn!(error = %e, "broker task ended abnormally");
     }
+    if let Err(e) = reload_task.await {
+        warn!(error = %e, "hot reload task ended abnormally");
+    }
     info!("stopped");
     served.map_err(ServeError::Serve)
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     let broker = state.broker.is_connected();
-    let request_types = state.gateway.routes().len();
+    let routes = state.gateway.routes();
     let body = json!({
         "ready": broker,
         "broker": if broker { "connected" } else { "disconnected" },
-        "requestTypes": request_types,
+        "requestTypes": routes.len(),
         "inFlight": state.gateway.in_flight(),
+        // The plugin versions serving now (hot reload changes them): name, version,
+        // hash (of the library file), file, requestTypes.
+        "plugins": routes.plugins(),
     });
     let status = if broker {
         StatusCode::OK
@@ -144,4 +176,51 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body))
+}
+
+/// Hot reload acts on the broker (queues of new types) and the gateway (the table).
+struct HotReloadTarget {
+    broker: AmqpBroker,
+    gateway: Arc<HostGateway>,
+}
+
+impl ReloadTarget for HotReloadTarget {
+    async fn declare_queues(&self, queues: Vec<QueueDecl>) {
+        self.broker.declare_queues(queues).await;
+    }
+
+    fn swap_routes(&self, routes: RoutingTable) {
+        self.gateway.set_routes(routes);
+    }
+}
+
+/// Watches the plugins directory and plugins.toml and rescans on every change. Without
+/// change notification (an error, e.g. the inotify limit) rescans happen on SIGHUP only.
+fn start_hot_reload(
+    settings: &Settings,
+    reloader: Reloader<PrivateCopyLoader>,
+    target: HotReloadTarget,
+    queues: Vec<QueueDecl>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let trigger = Arc::new(tokio::sync::Notify::new());
+    let watch = match watcher::watch(
+        &settings.plugins_dir,
+        settings.config_path.as_deref(),
+        trigger.clone(),
+    ) {
+        Ok(watch) => {
+            info!(plugins_dir = %settings.plugins_dir.display(), config = ?settings.config_path, "hot reload: watching the plugins directory and plugins.toml");
+            Some(watch)
+        }
+        Err(reason) => {
+            warn!(%reason, "hot reload: not watching for changes; send SIGHUP to rescan");
+            None
+        }
+    };
+    tokio::spawn(async move {
+        // The watches live as long as the loop.
+        let _watch = watch;
+        watcher::run(reloader, Arc::new(target), trigger, queues, stop).await;
+    })
 }

@@ -113,6 +113,19 @@ impl AmqpBroker {
         self.shared.live.load().is_some()
     }
 
+    /// Replaces the request queues declared on every (re)connection, and declares them now
+    /// when connected. Hot reload calls this before a new routing table serves.
+    pub async fn declare_queues(&self, queues: Vec<QueueDecl>) {
+        if let Ok(mut declared) = self.shared.queues.lock() {
+            declared.clone_from(&queues);
+        }
+        if let Some(live) = self.shared.live.load_full() {
+            for queue in &queues {
+                declare_request_queue(&live.connection, queue).await;
+            }
+        }
+    }
+
     /// Connects and serves until `shutdown` resolves, reconnecting whenever the connection
     /// is lost. Every reply is handed to `on_reply`, in the order the broker delivered them.
     pub async fn run<F>(&self, on_reply: F, shutdown: impl Future<Output = ()>)

@@ -28,9 +28,17 @@ pub struct ContentHash(String);
 
 impl ContentHash {
     pub fn of(bytes: &[u8]) -> Self {
-        let digest = Sha256::digest(bytes);
+        Self::from_digest(Sha256::digest(bytes).as_slice())
+    }
+
+    /// Hashes the file at `path` without holding it in memory (plugin files are megabytes).
+    pub fn of_file(path: &Path) -> std::io::Result<Self> {
+        copy_hashing(path, None).map(|(hash, _)| hash)
+    }
+
+    fn from_digest(digest: &[u8]) -> Self {
         let mut hex = String::with_capacity(64);
-        for byte in digest.iter() {
+        for byte in digest {
             let _ = write!(hex, "{byte:02x}");
         }
         ContentHash(hex)
@@ -85,16 +93,12 @@ pub enum LoadFailure {
     NotAttempted(String),
 }
 
-/// Turns the bytes of a library file into a loaded plugin. The host's implementation is
+/// Turns a library file into a loaded plugin. The host's implementation is
 /// [`PrivateCopyLoader`]; tests of the reload logic inject one without any dlopen.
 pub trait Loader: Send {
-    /// Loads one version of the file `source`, whose content is `bytes` (hashed as `hash`).
-    fn load(
-        &mut self,
-        source: &Path,
-        hash: &ContentHash,
-        bytes: &[u8],
-    ) -> Result<Loaded, LoadFailure>;
+    /// Loads the version of the file `source` whose content hashes to `hash`; if the file
+    /// no longer has that content, loads nothing ([`LoadFailure::NotAttempted`]).
+    fn load(&mut self, source: &Path, hash: &ContentHash) -> Result<Loaded, LoadFailure>;
 }
 
 /// Loads every version from its own copy, `<runtime dir>/<file stem>-<hash>.<ext>`:
@@ -160,12 +164,7 @@ impl Drop for PrivateCopyLoader {
 }
 
 impl Loader for PrivateCopyLoader {
-    fn load(
-        &mut self,
-        source: &Path,
-        hash: &ContentHash,
-        bytes: &[u8],
-    ) -> Result<Loaded, LoadFailure> {
+    fn load(&mut self, source: &Path, hash: &ContentHash) -> Result<Loaded, LoadFailure> {
         if self.mapped_libraries >= self.max_libraries {
             return Err(LoadFailure::NotAttempted(format!(
                 "{}: not loaded: this host already mapped {} plugin libraries (max_plugin_libraries); restart it to load more",
@@ -182,20 +181,28 @@ impl Loader for PrivateCopyLoader {
             hash.short(),
             std::env::consts::DLL_EXTENSION
         ));
-        write_new(&copy, bytes).map_err(|e| {
+        let (copied, len) = copy_hashing(source, Some(&copy)).map_err(|e| {
+            let _ = std::fs::remove_file(&copy);
             LoadFailure::NotAttempted(format!(
-                "{}: cannot write its private copy {}: {e}",
+                "{}: cannot copy it to {}: {e}",
                 source.display(),
                 copy.display()
             ))
         })?;
+        if &copied != hash {
+            let _ = std::fs::remove_file(&copy);
+            return Err(LoadFailure::NotAttempted(format!(
+                "{}: changed while being copied; loaded once it is stable",
+                source.display()
+            )));
+        }
         let outcome = LoadedPlugin::load_copy(&copy, source);
         // The mapping outlives the file; nothing else may ever open this path again.
         let _ = std::fs::remove_file(&copy);
         // Files refused before the loader mapped them cost nothing; everything else stays.
         if !matches!(outcome, Err(LoadError::NotALibrary { .. })) {
             self.mapped_libraries += 1;
-            self.mapped_bytes += bytes.len() as u64;
+            self.mapped_bytes += len;
             metrics::gauge!("taskgate_plugin_libraries_mapped").set(self.mapped_libraries as f64);
             metrics::gauge!("taskgate_plugin_mapped_bytes").set(self.mapped_bytes as f64);
         }
@@ -205,15 +212,40 @@ impl Loader for PrivateCopyLoader {
     }
 }
 
-fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)?;
+/// Streams `from` through SHA-256, into `to` when given (a new file: never one that
+/// exists). Returns the hash and the length of what was read.
+fn copy_hashing(from: &Path, to: Option<&Path>) -> std::io::Result<(ContentHash, u64)> {
+    use std::io::{Read, Write};
+    let mut source = std::fs::File::open(from)?;
+    let mut target = match to {
+        Some(to) => Some(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(to)?,
+        ),
+        None => None,
+    };
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = match source.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let chunk = buffer.get(..n).unwrap_or_default();
+        hasher.update(chunk);
+        if let Some(target) = target.as_mut() {
+            target.write_all(chunk)?;
+        }
+        len += n as u64;
+    }
     // No fsync: the loader reads the copy back through the page cache, and a copy lost to a
     // crash is never needed again.
-    file.write_all(bytes)
+    Ok((ContentHash::from_digest(hasher.finalize().as_slice()), len))
 }
 
 /// Whether `path` looks like a shared library on this platform.
@@ -413,10 +445,9 @@ pub fn scan(dir: &Path, loader: &mut dyn Loader) -> Vec<PluginFile> {
     let paths = library_files(dir).unwrap_or_default();
     paths
         .into_iter()
-        .map(|path| match std::fs::read(&path) {
-            Ok(bytes) => {
-                let hash = ContentHash::of(&bytes);
-                let outcome = loader.load(&path, &hash, &bytes);
+        .map(|path| match ContentHash::of_file(&path) {
+            Ok(hash) => {
+                let outcome = loader.load(&path, &hash);
                 PluginFile {
                     path,
                     hash: Some(hash),

@@ -320,8 +320,8 @@ impl<L: Loader> Reloader<L> {
         if stamp.is_some() && stamp == state.stamp && state.seen.is_some() {
             return state;
         }
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
+        let hash = match ContentHash::of_file(path) {
+            Ok(hash) => hash,
             Err(e) => {
                 events.push(Event::FileUnreadable {
                     file: path.to_owned(),
@@ -331,14 +331,13 @@ impl<L: Loader> Reloader<L> {
             }
         };
         state.stamp = stamp;
-        let hash = ContentHash::of(&bytes);
         if state.seen.as_ref() == Some(&hash) {
             return state;
         }
         let outcome = match self.versions.get(&hash) {
             Some(known) => known.clone(),
             None => {
-                let outcome = self.loader.load(path, &hash, &bytes);
+                let outcome = self.loader.load(path, &hash);
                 if !matches!(outcome, Err(LoadFailure::NotAttempted(_))) {
                     self.versions.insert(hash.clone(), outcome.clone());
                 }

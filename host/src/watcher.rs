@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use notify::{RecommendedWatcher, RecursiveMode};
-use notify_debouncer_mini::{new_debouncer, DebounceEventResult, Debouncer};
+use notify_debouncer_mini::{new_debouncer, DebounceEventResult, DebouncedEventKind, Debouncer};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -53,10 +53,11 @@ pub fn watch(
     let config_name = config.and_then(Path::file_name).map(|n| n.to_owned());
     let handler = move |result: DebounceEventResult| match result {
         Ok(events) => {
-            if events
-                .iter()
-                .any(|e| relevant(&e.path, config_name.as_deref()))
-            {
+            // `AnyContinuous` comes while a path is still being written (a long copy): wait
+            // for the `Any` that follows its last write, so as not to load half a file.
+            if events.iter().any(|e| {
+                e.kind == DebouncedEventKind::Any && relevant(&e.path, config_name.as_deref())
+            }) {
                 trigger.notify_one();
             }
         }

@@ -119,19 +119,28 @@ fn summarize_abi(text: &str) -> String {
 }
 
 /// Refuses files a dynamic loader would map but that cannot be whole: a truncated copy maps
-/// fine and crashes the process (SIGBUS) when a missing page is touched.
+/// fine and crashes the process (SIGBUS) when a missing page is touched. Reads only the
+/// headers (through a read cache), not the whole library: plugin files are megabytes.
 fn check_complete(file: &Path, path: &Path) -> Result<(), LoadError> {
-    use object::{Object, ObjectSection, ObjectSegment};
+    use object::{Object, ObjectSection, ObjectSegment, ReadCache};
+    use std::io::Read;
     let not_a_library = |reason: String| LoadError::NotALibrary {
         path: path.to_owned(),
         reason,
     };
-    let data = std::fs::read(file).map_err(|e| not_a_library(format!("unreadable: {e}")))?;
-    if data.is_empty() {
+    let unreadable = |e: std::io::Error| not_a_library(format!("unreadable: {e}"));
+    let mut opened = std::fs::File::open(file).map_err(unreadable)?;
+    let len = opened.metadata().map_err(unreadable)?.len();
+    if len == 0 {
         return Err(not_a_library("the file is empty".to_owned()));
     }
-    let file = object::File::parse(&*data).map_err(|e| {
-        let magic = data.get(..4).unwrap_or_default();
+    let mut magic = Vec::with_capacity(4);
+    (&mut opened)
+        .take(4)
+        .read_to_end(&mut magic)
+        .map_err(unreadable)?;
+    let cache = ReadCache::new(opened);
+    let parsed = object::File::parse(&cache).map_err(|e| {
         // ELF, then the two Mach-O 64-bit byte orders.
         let known = [b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xfe\xed\xfa\xcf"];
         if known.iter().any(|m| m.as_slice() == magic) {
@@ -140,11 +149,10 @@ fn check_complete(file: &Path, path: &Path) -> Result<(), LoadError> {
             not_a_library("neither ELF nor Mach-O".to_owned())
         }
     })?;
-    let len = data.len() as u64;
-    let ranges = file
+    let ranges = parsed
         .segments()
         .map(|s| s.file_range())
-        .chain(file.sections().filter_map(|s| s.file_range()));
+        .chain(parsed.sections().filter_map(|s| s.file_range()));
     for (offset, size) in ranges {
         if offset.saturating_add(size) > len {
             return Err(not_a_library(format!(

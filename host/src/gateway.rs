@@ -584,7 +584,10 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 return false;
             }
             request.timer = None;
-            self.emit_error(request, &RequestError::Timeout(request.timeout_ms).to_body());
+            self.emit_error(
+                request,
+                &RequestError::Timeout(request.timeout_ms).to_body(),
+            );
             true
         });
         if let Some((_, request)) = expired {

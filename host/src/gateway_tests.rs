@@ -618,13 +618,18 @@ async fn a_new_timeout_applies_to_new_requests_only() {
     h.submit(1, req("a", "slow", json!(1))).await;
     let mut longer = parts("slow");
     longer.timeout = Duration::from_millis(5000);
-    h.gateway
-        .set_routes(RoutingTable::new([RequestTypeSpec::new(longer, None).unwrap()]));
+    h.gateway.set_routes(RoutingTable::new([
+        RequestTypeSpec::new(longer, None).unwrap()
+    ]));
     h.submit(2, req("b", "slow", json!(2))).await;
 
     tokio::time::sleep(Duration::from_millis(600)).await;
     let events = h.sink.events(CONN);
-    assert_eq!(events.len(), 1, "only the first request timed out: {events:?}");
+    assert_eq!(
+        events.len(),
+        1,
+        "only the first request timed out: {events:?}"
+    );
     assert_eq!(events[0]["id"], json!("a"));
     assert_eq!(events[0]["error"]["details"]["timeoutMs"], json!(500));
     tokio::time::sleep(Duration::from_millis(5000)).await;

@@ -43,6 +43,18 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// Loads every file of the plugins directory once, each from a private copy as the host
+/// does (for the subcommands that report on them).
+fn scan_plugins(settings: &taskgate_host::config::Settings) -> Option<Vec<plugins::PluginFile>> {
+    match plugins::PrivateCopyLoader::in_temp_dir(usize::MAX) {
+        Ok(mut loader) => Some(plugins::scan(&settings.plugins_dir, &mut loader)),
+        Err(e) => {
+            eprintln!("taskgate: cannot create a private directory for plugin copies: {e}");
+            None
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -56,20 +68,16 @@ async fn main() -> ExitCode {
     };
     match cli.command.clone().unwrap_or(Command::Run) {
         Command::Plugins => {
-            // Each file is loaded from a private copy, as the host does.
-            let mut loader = match plugins::PrivateCopyLoader::in_temp_dir(usize::MAX) {
-                Ok(loader) => loader,
-                Err(e) => {
-                    eprintln!("taskgate: cannot create a private directory for plugin copies: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(files) = scan_plugins(&settings) else {
+                return ExitCode::FAILURE;
             };
-            let files = plugins::scan(&settings.plugins_dir, &mut loader);
             print!("{}", plugins::report(&files, &settings));
             ExitCode::SUCCESS
         }
         Command::Schemas => {
-            let files = plugins::scan(&settings.plugins_dir);
+            let Some(files) = scan_plugins(&settings) else {
+                return ExitCode::FAILURE;
+            };
             match serde_json::to_string_pretty(&schemas::from_files(&files, &settings)) {
                 Ok(json) => {
                     println!("{json}");

@@ -78,7 +78,7 @@ pub fn from_files(files: &[PluginFile], settings: &Settings) -> SchemaDocument {
         files
             .iter()
             .filter_map(|f| f.outcome.as_ref().ok())
-            .map(|p| p.manifest()),
+            .map(|p| &*p.manifest),
         settings,
     )
 }

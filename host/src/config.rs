@@ -7,8 +7,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+use crate::limits::Limits;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -46,6 +50,112 @@ pub struct FileConfig {
     /// One table per plugin, keyed by the name the plugin declares.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginSection>,
+    /// How clients authenticate (see `auth`).
+    #[serde(default)]
+    pub auth: AuthSection,
+    /// Limits per connection and per host (see `limits`).
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// How clients authenticate at the Socket.IO handshake.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Everyone is let in, anonymously (development only; the host warns at start).
+    #[default]
+    None,
+    /// Tokens listed by the operator, each mapped to an identity.
+    Static,
+    /// Signed JSON Web Tokens from an identity provider.
+    Jwt,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::None => "none",
+            AuthMode::Static => "static",
+            AuthMode::Jwt => "jwt",
+        }
+    }
+}
+
+/// `[auth]` of plugins.toml. Holds where secrets are, never secrets themselves.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    #[serde(default)]
+    pub mode: AuthMode,
+    /// static: a TOML file of `[[tokens]]` (token or token_sha256, subject, roles).
+    pub tokens_file: Option<PathBuf>,
+    /// static: the name of an environment variable holding the same TOML.
+    pub tokens_env: Option<String>,
+    /// jwt: the one algorithm tokens must be signed with, e.g. "RS256", "ES256", "HS256".
+    pub algorithm: Option<String>,
+    /// jwt, HS*: a file holding the shared secret.
+    pub secret_file: Option<PathBuf>,
+    /// jwt, HS*: the name of an environment variable holding the shared secret.
+    pub secret_env: Option<String>,
+    /// jwt, RS*/PS*/ES*/EdDSA: the identity provider's public key, PEM.
+    pub public_key_file: Option<PathBuf>,
+    /// jwt: the required `iss` claim.
+    pub issuer: Option<String>,
+    /// jwt: the required `aud` claim (one of the token's audiences).
+    pub audience: Option<String>,
+    /// jwt: clock skew tolerated for `exp` and `nbf`, seconds.
+    pub leeway_secs: Option<u64>,
+    /// jwt: the claim holding the roles, a dotted path (e.g. "realm_access.roles").
+    pub roles_claim: Option<String>,
+}
+
+/// `[limits]` of plugins.toml; every key is optional.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    pub max_payload_bytes: Option<u64>,
+    pub max_in_flight: Option<usize>,
+    pub requests_per_second: Option<u32>,
+    pub request_burst: Option<u32>,
+    pub max_connections: Option<usize>,
+    pub client_backlog_bytes: Option<usize>,
+    pub client_stall_ms: Option<u64>,
+}
+
+impl LimitsSection {
+    fn resolve(&self) -> Result<Limits, ConfigError> {
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_payload_bytes: self
+                .max_payload_bytes
+                .map_or(defaults.max_payload_bytes, |b| {
+                    usize::try_from(b).unwrap_or(usize::MAX)
+                }),
+            max_in_flight: self.max_in_flight.unwrap_or(defaults.max_in_flight),
+            requests_per_second: self
+                .requests_per_second
+                .unwrap_or(defaults.requests_per_second),
+            request_burst: self.request_burst.unwrap_or(defaults.request_burst),
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+            client_backlog_bytes: self
+                .client_backlog_bytes
+                .unwrap_or(defaults.client_backlog_bytes),
+            client_stall: self
+                .client_stall_ms
+                .map_or(defaults.client_stall, Duration::from_millis),
+        };
+        if limits.max_payload_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "[limits] max_payload_bytes must be at least 1".to_owned(),
+            ));
+        }
+        if limits.client_stall.is_zero() || limits.client_backlog_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "[limits] client_backlog_bytes and client_stall_ms must be at least 1".to_owned(),
+            ));
+        }
+        Ok(limits)
+    }
 }
 
 #[derive(Debug, Default, Clone, Deserialize, PartialEq)]
@@ -59,6 +169,9 @@ pub struct HostSection {
     pub socket_buffer: Option<usize>,
     pub max_message_bytes: Option<u64>,
     pub max_plugin_libraries: Option<usize>,
+    /// Browser origins allowed to open Socket.IO connections besides the host's own
+    /// (e.g. "https://app.example.com"); "*" allows any.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, PartialEq)]
@@ -71,6 +184,8 @@ pub struct PluginSection {
     pub timeout_ms: Option<u64>,
     pub max_payload_bytes: Option<u64>,
     pub queue_arguments: Option<Map<String, Value>>,
+    /// Roles a client must all have (replaces what the plugin declares; `[]`: none).
+    pub required_roles: Option<Vec<String>>,
     /// Overrides for one request type, keyed by its name.
     #[serde(default)]
     pub request_types: BTreeMap<String, TypeOverrides>,
@@ -83,6 +198,7 @@ pub struct TypeOverrides {
     pub timeout_ms: Option<u64>,
     pub max_payload_bytes: Option<u64>,
     pub queue_arguments: Option<Map<String, Value>>,
+    pub required_roles: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -119,8 +235,15 @@ pub struct Settings {
     pub plugins_dir: PathBuf,
     pub static_dir: Option<PathBuf>,
     pub socket_buffer: usize,
+    /// The largest Socket.IO message, on both transports: at least the payload ceiling
+    /// of `limits` plus room for the envelope.
     pub max_message_bytes: u64,
     pub max_plugin_libraries: usize,
+    /// `[auth]`, with its file paths resolved.
+    pub auth: AuthSection,
+    pub limits: Limits,
+    /// `[host] allowed_origins` (empty: the host's own origin only).
+    pub allowed_origins: Vec<String>,
     /// The plugin tables of plugins.toml.
     pub plugins: BTreeMap<String, PluginSection>,
     /// Where the configuration came from, for log lines; `None` when defaults only.
@@ -172,6 +295,25 @@ impl Settings {
                 redact_url(&amqp_url)
             )));
         }
+        let limits = file.limits.resolve()?;
+        let configured_message_bytes = usize::try_from(
+            file.host
+                .max_message_bytes
+                .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+        )
+        .unwrap_or(usize::MAX);
+        let max_message_bytes = limits.transport_message_limit(configured_message_bytes) as u64;
+        let mut auth = file.auth;
+        for path in [
+            &mut auth.tokens_file,
+            &mut auth.secret_file,
+            &mut auth.public_key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *path = base.join(&*path);
+        }
         Ok(Settings {
             listen,
             amqp_url,
@@ -182,15 +324,15 @@ impl Settings {
                 .socket_buffer
                 .unwrap_or(DEFAULT_SOCKET_BUFFER)
                 .max(16),
-            max_message_bytes: file
-                .host
-                .max_message_bytes
-                .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            max_message_bytes,
             max_plugin_libraries: file
                 .host
                 .max_plugin_libraries
                 .unwrap_or(DEFAULT_MAX_PLUGIN_LIBRARIES)
                 .max(1),
+            auth,
+            limits,
+            allowed_origins: file.host.allowed_origins.unwrap_or_default(),
             plugins: file.plugins,
             config_path: config_path.map(Path::to_path_buf),
             overrides: given,
@@ -215,6 +357,9 @@ impl Settings {
             queue_arguments: specific
                 .queue_arguments
                 .or_else(|| section.queue_arguments.clone()),
+            required_roles: specific
+                .required_roles
+                .or_else(|| section.required_roles.clone()),
         }
     }
 
@@ -345,6 +490,116 @@ mod tests {
         assert_eq!(o.queue.as_deref(), Some("q.wc"));
         assert_eq!(o.timeout_ms, Some(1000));
         assert_eq!(s.overrides_for("text", "text.other").queue, None);
+    }
+
+    #[test]
+    fn auth_and_limits_have_safe_defaults() {
+        let s = Settings::resolve(parse("").unwrap(), None, Overrides::default()).unwrap();
+        assert_eq!(s.auth.mode, AuthMode::None);
+        assert_eq!(s.limits, Limits::default());
+        assert!(s.allowed_origins.is_empty());
+        // A WebSocket message may not be larger than a polling body.
+        assert_eq!(s.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn auth_limits_and_origins_are_read_and_auth_paths_are_relative_to_the_file() {
+        let file = parse(
+            r#"
+            [host]
+            allowed_origins = ["https://app.example.com"]
+            max_message_bytes = 1000
+            [auth]
+            mode = "static"
+            tokens_file = "tokens.toml"
+            [limits]
+            max_payload_bytes = 2000000
+            max_in_flight = 5
+            requests_per_second = 0
+            request_burst = 7
+            max_connections = 3
+            client_backlog_bytes = 4096
+            client_stall_ms = 1500
+            "#,
+        )
+        .unwrap();
+        let s = Settings::resolve(
+            file,
+            Some(Path::new("/etc/taskgate/plugins.toml")),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.auth.mode, AuthMode::Static);
+        assert_eq!(
+            s.auth.tokens_file,
+            Some(PathBuf::from("/etc/taskgate/tokens.toml"))
+        );
+        assert_eq!(s.allowed_origins, vec!["https://app.example.com"]);
+        assert_eq!(s.limits.max_payload_bytes, 2_000_000);
+        assert_eq!(s.limits.max_in_flight, 5);
+        assert_eq!(s.limits.requests_per_second, 0);
+        assert_eq!(s.limits.request_burst, 7);
+        assert_eq!(s.limits.max_connections, 3);
+        assert_eq!(s.limits.client_backlog_bytes, 4096);
+        assert_eq!(s.limits.client_stall, Duration::from_millis(1500));
+        // The transport limit grows to fit the payload ceiling and its envelope.
+        assert_eq!(
+            s.max_message_bytes,
+            2_000_000 + crate::limits::ENVELOPE_ALLOWANCE as u64
+        );
+    }
+
+    #[test]
+    fn unknown_auth_and_limits_keys_and_modes_are_errors() {
+        let err = parse(
+            "[auth]
+mode = \"oauth\"
+",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("oauth"), "{err}");
+        let err = parse(
+            "[auth]
+token = \"x\"
+",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("token"), "{err}");
+        let err = parse(
+            "[limits]
+max_rps = 1
+",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("max_rps"), "{err}");
+        let zero = parse(
+            "[limits]
+max_payload_bytes = 0
+",
+        )
+        .unwrap();
+        assert!(Settings::resolve(zero, None, Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn required_roles_override_per_type_over_per_plugin() {
+        let file = parse(
+            r#"
+            [plugins.p]
+            enabled = true
+            required_roles = ["staff"]
+            [plugins.p.request_types."p.open"]
+            required_roles = []
+            "#,
+        )
+        .unwrap();
+        let s = Settings::resolve(file, None, Overrides::default()).unwrap();
+        assert_eq!(
+            s.overrides_for("p", "p.other").required_roles,
+            Some(vec!["staff".to_owned()])
+        );
+        assert_eq!(s.overrides_for("p", "p.open").required_roles, Some(vec![]));
+        assert_eq!(s.overrides_for("q", "q.x").required_roles, None);
     }
 
     #[test]

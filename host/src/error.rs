@@ -28,6 +28,12 @@ pub enum RequestError {
     },
     #[error("request id `{0}` is already in flight on this connection")]
     DuplicateId(String),
+    #[error(
+        "this connection may not call `{0}`: its identity lacks a role the request type requires"
+    )]
+    Forbidden(String),
+    #[error("{0}")]
+    RateLimited(RateLimit),
     #[error("the broker is unavailable: {0}")]
     Unavailable(String),
     #[error("no final reply within {0} ms")]
@@ -36,6 +42,35 @@ pub enum RequestError {
     Cancelled,
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Which per-connection limit a request ran into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimit {
+    /// `max` requests were already in flight on the connection.
+    InFlight { max: usize },
+    /// Over the connection's request rate; the next request fits in `retry_after_ms`.
+    Rate {
+        per_second: u32,
+        retry_after_ms: u64,
+    },
+}
+
+impl std::fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RateLimit::InFlight { max } => {
+                write!(f, "this connection already has {max} requests in flight")
+            }
+            RateLimit::Rate {
+                per_second,
+                retry_after_ms,
+            } => write!(
+                f,
+                "over this connection's limit of {per_second} requests per second; retry in {retry_after_ms} ms"
+            ),
+        }
+    }
 }
 
 /// Longest message the host echoes back for a malformed envelope: parse errors quote the
@@ -77,6 +112,8 @@ impl RequestError {
             RequestError::InvalidPayload { .. } => ErrorCode::InvalidPayload,
             RequestError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             RequestError::DuplicateId(_) => ErrorCode::DuplicateId,
+            RequestError::Forbidden(_) => ErrorCode::Forbidden,
+            RequestError::RateLimited(_) => ErrorCode::RateLimited,
             RequestError::Unavailable(_) => ErrorCode::Unavailable,
             RequestError::Timeout(_) => ErrorCode::Timeout,
             RequestError::Cancelled => ErrorCode::Cancelled,
@@ -96,6 +133,17 @@ impl RequestError {
                 body.with_details(json!({ "size": size, "limit": limit }))
             }
             RequestError::Timeout(ms) => body.with_details(json!({ "timeoutMs": ms })),
+            RequestError::RateLimited(RateLimit::InFlight { max }) => {
+                body.with_details(json!({ "limit": "inFlight", "max": max }))
+            }
+            RequestError::RateLimited(RateLimit::Rate {
+                per_second,
+                retry_after_ms,
+            }) => body.with_details(json!({
+                "limit": "rate",
+                "perSecond": per_second,
+                "retryAfterMs": retry_after_ms,
+            })),
             _ => body,
         }
     }
@@ -151,5 +199,26 @@ mod tests {
             Some(json!({"timeoutMs": 5}))
         );
         assert_eq!(RequestError::Cancelled.code().as_str(), "CANCELLED");
+        assert_eq!(
+            RequestError::Forbidden("t".into()).code().as_str(),
+            "FORBIDDEN"
+        );
+    }
+
+    #[test]
+    fn rate_limits_say_which_limit_and_when_to_retry() {
+        let body = RequestError::RateLimited(RateLimit::Rate {
+            per_second: 5,
+            retry_after_ms: 200,
+        })
+        .to_body();
+        assert_eq!(body.code, "RATE_LIMITED");
+        assert_eq!(
+            body.details,
+            Some(json!({"limit": "rate", "perSecond": 5, "retryAfterMs": 200}))
+        );
+        let body = RequestError::RateLimited(RateLimit::InFlight { max: 3 }).to_body();
+        assert_eq!(body.details, Some(json!({"limit": "inFlight", "max": 3})));
+        assert!(body.message.contains("3 requests in flight"));
     }
 }

@@ -32,8 +32,10 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::broker::{Broker, IncomingReply, OutgoingRequest, PublishError};
-use crate::error::RequestError;
+use crate::error::{RateLimit, RequestError};
+use crate::limits::Limits;
 use crate::routes::{Checked, RequestTypeSpec, RoutingTable};
+use crate::session::Session;
 use crate::sink::{ClientSink, EmitError, ResponseEvent};
 
 /// The `request` event body as received. Fields are loosely typed so that a wrong type is
@@ -109,6 +111,10 @@ pub struct Gateway<B: Broker, S: ClientSink> {
     routes: ArcSwap<RoutingTable>,
     inflight: DashMap<Uuid, InFlight<S::Conn>>,
     conns: DashMap<S::Conn, HashMap<Arc<str>, Uuid>>,
+    /// Who each connection is and its request budget (`session`).
+    sessions: DashMap<S::Conn, Arc<Session>>,
+    /// Requests one connection may have in flight (`None`: no limit).
+    max_in_flight: Option<usize>,
     options: GatewayOptions,
 }
 
@@ -117,6 +123,7 @@ struct Admitted<C> {
     correlation_id: Uuid,
     spec: Arc<RequestTypeSpec>,
     body: Box<str>,
+    identity: Option<Arc<str>>,
 }
 
 impl<B: Broker, S: ClientSink> Gateway<B, S> {
@@ -132,8 +139,17 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             routes: ArcSwap::from_pointee(routes),
             inflight: DashMap::new(),
             conns: DashMap::new(),
+            sessions: DashMap::new(),
+            max_in_flight: None,
             options,
         }
+    }
+
+    /// Applies the per-connection limits the gateway enforces (requests in flight); the
+    /// request rate is each connection's [`Session`].
+    pub fn with_limits(mut self, limits: &Limits) -> Self {
+        self.max_in_flight = limits.in_flight_limit();
+        self
     }
 
     /// The current routing table.
@@ -161,12 +177,20 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         self.conns.len()
     }
 
+    /// A connection without identity or limits (tests, and hosts without auth).
     pub fn connected(&self, conn: S::Conn) {
+        self.connected_as(conn, Session::anonymous());
+    }
+
+    /// A connection that passed the handshake, with who it is and its budget.
+    pub fn connected_as(&self, conn: S::Conn, session: Session) {
+        self.sessions.insert(conn, Arc::new(session));
         self.conns.insert(conn, HashMap::new());
     }
 
     /// The connection is gone: forget its requests and tell workers to stop them.
     pub fn disconnected(&self, conn: S::Conn) {
+        self.sessions.remove(&conn);
         let Some((_, requests)) = self.conns.remove(&conn) else {
             return;
         };
@@ -226,6 +250,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             correlation_id,
             spec,
             body,
+            identity,
         } = admitted;
         let deadline = Instant::now() + spec.timeout;
         let request = OutgoingRequest {
@@ -236,6 +261,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             streams: spec.streams,
             timeout: spec.timeout,
             deadline_ms: unix_ms_after(spec.timeout),
+            identity,
         };
         let wait = self.options.publish_timeout.min(spec.timeout);
         let published = match tokio::time::timeout(wait, self.broker.publish(request)).await {
@@ -260,6 +286,17 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         conn: S::Conn,
         envelope: Result<RequestEnvelope, String>,
     ) -> Result<Admitted<S::Conn>, RequestError> {
+        let session = self.sessions.get(&conn).map(|s| s.value().clone());
+        // Every event counts against the rate, malformed ones too, and it is the first
+        // check: a flooding client costs as little as possible.
+        if let Some(session) = &session {
+            session.check_rate().map_err(|wait| {
+                RequestError::RateLimited(RateLimit::Rate {
+                    per_second: session.requests_per_second(),
+                    retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
+                })
+            })?;
+        }
         let envelope = envelope.map_err(RequestError::bad_request)?;
         let id = required_string(envelope.id, "id")?;
         let len = id.chars().count();
@@ -275,6 +312,21 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             .get(&request_type)
             .cloned()
             .ok_or(RequestError::UnknownRequestType(request_type))?;
+        if !session
+            .as_ref()
+            .map_or(spec.required_roles.is_empty(), |s| {
+                s.may_call(&spec.required_roles)
+            })
+        {
+            return Err(RequestError::Forbidden(spec.name.clone()));
+        }
+        if let Some(max) = self.max_in_flight {
+            // Admission runs in event order per connection, so the count cannot grow
+            // between this check and the reservation below.
+            if self.conns.get(&conn).is_some_and(|r| r.len() >= max) {
+                return Err(RequestError::RateLimited(RateLimit::InFlight { max }));
+            }
+        }
         let payload = match envelope.payload {
             Some(payload) => payload,
             None => null_payload(),
@@ -319,6 +371,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             correlation_id,
             spec,
             body,
+            identity: session.and_then(|s| s.identity_header().cloned()),
         })
     }
 
@@ -654,3 +707,7 @@ fn unix_ms_after(timeout: Duration) -> u64 {
 #[cfg(test)]
 #[path = "gateway_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "gateway_security_tests.rs"]
+mod security_tests;

@@ -17,17 +17,23 @@
 //! - [`config`] and [`cli`]: plugins.toml, flags, environment variables.
 //! - [`server`]: wiring it all up behind axum.
 //! - [`error`]: why a request fails, mapped to protocol error codes.
+//! - [`auth`], [`session`], [`limits`], [`origins`]: who may connect and call what, and
+//!   how much one connection may ask of the host.
 
+pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod limits;
+pub mod origins;
 pub mod plugins;
 pub mod reload;
 pub mod routes;
 pub mod schemas;
 pub mod server;
+pub mod session;
 pub mod sink;
 pub mod socketio;
 pub mod watcher;

@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use taskgate_host::cli::{Cli, Command, LogFormat};
 use taskgate_host::{plugins, schemas, server};
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: LogFormat) {
@@ -16,9 +19,12 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
+    // Whatever TASKGATE_LOG says, the Socket.IO/WebSocket stack never logs client data
+    // (handshake tokens, payloads) at debug or trace level.
+    let no_client_data = filter_fn(taskgate_host::auth::loggable);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.finish().with(no_client_data).init(),
+        LogFormat::Json => builder.json().finish().with(no_client_data).init(),
     }
 }
 

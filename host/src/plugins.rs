@@ -410,6 +410,15 @@ fn spec_for(
     if queue.is_empty() || queue.len() > 255 {
         return Err(format!("queue name `{queue}` must be 1 to 255 bytes"));
     }
+    let wanted_payload_bytes = usize::try_from(
+        overrides
+            .max_payload_bytes
+            .unwrap_or(declared.max_payload_bytes),
+    )
+    .unwrap_or(usize::MAX);
+    if wanted_payload_bytes > settings.limits.max_payload_bytes {
+        tracing::warn!(plugin, request_type = %declared.name, wanted = wanted_payload_bytes, ceiling = settings.limits.max_payload_bytes, "payload limit cut to [limits] max_payload_bytes");
+    }
     let parts = SpecParts {
         name: declared.name.clone(),
         plugin: plugin.to_owned(),
@@ -420,12 +429,10 @@ fn spec_for(
             .unwrap_or_else(|| declared.queue_arguments.clone()),
         streams: declared.streams,
         timeout: Duration::from_millis(overrides.timeout_ms.unwrap_or(declared.timeout_ms).max(1)),
-        max_payload_bytes: usize::try_from(
-            overrides
-                .max_payload_bytes
-                .unwrap_or(declared.max_payload_bytes),
-        )
-        .unwrap_or(usize::MAX),
+        max_payload_bytes: settings.limits.payload_limit(wanted_payload_bytes),
+        required_roles: overrides
+            .required_roles
+            .unwrap_or_else(|| declared.required_roles.clone()),
         payload_schema: declared.payload_schema.clone(),
     };
     RequestTypeSpec::new(parts, declared.validates.then_some(validator))
@@ -508,10 +515,19 @@ pub fn report(files: &[PluginFile], settings: &Settings) -> String {
                     let o = settings.overrides_for(&m.name, &t.name);
                     let queue = o.queue.unwrap_or_else(|| t.queue.clone());
                     let timeout = o.timeout_ms.unwrap_or(t.timeout_ms);
-                    let limit = o.max_payload_bytes.unwrap_or(t.max_payload_bytes);
+                    let limit = settings.limits.payload_limit(
+                        usize::try_from(o.max_payload_bytes.unwrap_or(t.max_payload_bytes))
+                            .unwrap_or(usize::MAX),
+                    );
+                    let roles = o.required_roles.unwrap_or_else(|| t.required_roles.clone());
+                    let roles = if roles.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", roles {}", roles.join(" + "))
+                    };
                     let _ = writeln!(
                         out,
-                        "  {:<24} queue {:<32} {:<9} timeout {timeout} ms, payload ≤ {limit} bytes",
+                        "  {:<24} queue {:<32} {:<9} timeout {timeout} ms, payload ≤ {limit} bytes{roles}",
                         t.name,
                         queue,
                         if t.streams { "streams" } else { "" },

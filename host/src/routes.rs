@@ -50,6 +50,8 @@ pub struct RequestTypeSpec {
     pub streams: bool,
     pub timeout: Duration,
     pub max_payload_bytes: usize,
+    /// Roles a connection's identity must all have to call this type.
+    pub required_roles: Vec<String>,
     check: Check,
 }
 
@@ -62,6 +64,7 @@ impl fmt::Debug for RequestTypeSpec {
             .field("streams", &self.streams)
             .field("timeout", &self.timeout)
             .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("required_roles", &self.required_roles)
             .finish_non_exhaustive()
     }
 }
@@ -86,6 +89,7 @@ pub struct SpecParts {
     pub streams: bool,
     pub timeout: Duration,
     pub max_payload_bytes: usize,
+    pub required_roles: Vec<String>,
     pub payload_schema: Value,
 }
 
@@ -113,6 +117,7 @@ impl RequestTypeSpec {
             streams: parts.streams,
             timeout: parts.timeout,
             max_payload_bytes: parts.max_payload_bytes,
+            required_roles: parts.required_roles,
             check,
         })
     }
@@ -259,6 +264,7 @@ pub(crate) mod testing {
             streams: false,
             timeout: Duration::from_secs(30),
             max_payload_bytes: 1024,
+            required_roles: Vec::new(),
             payload_schema: Value::Bool(true),
         }
     }

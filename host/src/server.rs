@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -18,14 +19,22 @@ use tower_http::services::ServeDir;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::auth::Authenticator;
 use crate::broker::amqp::{AmqpBroker, QueueDecl};
-use crate::config::{redact_url, Settings};
+use crate::config::{redact_url, AuthMode, Settings};
 use crate::gateway::{Gateway, GatewayOptions};
+use crate::limits::ConnectionCounter;
+use crate::origins::{self, AllowedOrigins};
 use crate::plugins::PrivateCopyLoader;
 use crate::reload::{self, Reloader};
 use crate::routes::RoutingTable;
-use crate::socketio::{self, BacklogLimits, SocketIoSink};
+use crate::socketio::{self, Admission, BacklogLimits, SocketIoSink};
 use crate::watcher::{self, ReloadTarget};
+
+/// How long a client has, after the engine.io handshake, to pass the Socket.IO one.
+/// It also bounds how long a refused client's transport lingers when the client does
+/// not close it (socketioxide closes it then).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -41,6 +50,8 @@ pub enum ServeError {
         dir: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Binds the listening socket, with a clear error for a port in use or a bad address.
@@ -64,6 +75,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let authenticator = Authenticator::from_config(&settings.auth)
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let allowed_origins = Arc::new(
+        AllowedOrigins::new(&settings.allowed_origins)
+            .map_err(|e| ServeError::Config(e.to_string()))?,
+    );
     let loader =
         PrivateCopyLoader::in_temp_dir(settings.max_plugin_libraries).map_err(|source| {
             ServeError::RuntimeDir {
@@ -77,18 +94,47 @@ pub async fn run(
     let host_id = Uuid::new_v4();
     let broker = AmqpBroker::new(settings.amqp_url.clone(), host_id, initial.queues.clone());
 
+    // One message limit for both transports: socketioxide's `max_payload` bounds only
+    // long-polling bodies, and a WebSocket message could otherwise be 64 MiB.
+    let message_limit = usize::try_from(settings.max_message_bytes).unwrap_or(usize::MAX);
     let (layer, io) = SocketIo::builder()
         .max_buffer_size(settings.socket_buffer)
         .max_payload(settings.max_message_bytes)
+        .ws_max_message_size(message_limit)
+        .ws_max_frame_size(message_limit)
+        .connect_timeout(HANDSHAKE_TIMEOUT)
         .build_layer();
-    let sink = Arc::new(SocketIoSink::new(io.clone(), BacklogLimits::default()));
-    let gateway = Arc::new(Gateway::new(
-        Arc::new(broker.clone()),
-        sink,
-        initial.routes,
-        GatewayOptions::default(),
+    let sink = Arc::new(SocketIoSink::new(
+        io.clone(),
+        BacklogLimits::from(&settings.limits),
     ));
-    socketio::attach(&io, gateway.clone());
+    let gateway = Arc::new(
+        Gateway::new(
+            Arc::new(broker.clone()),
+            sink.clone(),
+            initial.routes,
+            GatewayOptions::default(),
+        )
+        .with_limits(&settings.limits),
+    );
+    {
+        let gateway = Arc::downgrade(&gateway);
+        sink.on_drop(move |sid| {
+            if let Some(gateway) = gateway.upgrade() {
+                gateway.disconnected(sid);
+            }
+        });
+    }
+    log_security(&settings, &authenticator, &allowed_origins);
+    socketio::attach(
+        &io,
+        gateway.clone(),
+        Arc::new(Admission {
+            authenticator,
+            connections: ConnectionCounter::new(settings.limits.max_connections),
+            limits: settings.limits.clone(),
+        }),
+    );
 
     let stop = CancellationToken::new();
     let reload_task = start_hot_reload(
@@ -123,7 +169,14 @@ pub async fn run(
         info!(dir = %dir.display(), "serving static files at /");
         app = app.fallback_service(ServeDir::new(dir));
     }
-    let app = app.layer(layer);
+    // Outermost last: CORS headers, then the origin check, then Socket.IO.
+    let app = app
+        .layer(layer)
+        .layer(axum::middleware::from_fn_with_state(
+            allowed_origins.clone(),
+            origins::guard,
+        ))
+        .layer(origins::cors(allowed_origins));
 
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     info!(
@@ -156,6 +209,34 @@ pub async fn run(
     }
     info!("stopped");
     served.map_err(ServeError::Serve)
+}
+
+/// Says at start how the host is protected; loudly when it is not.
+fn log_security(settings: &Settings, authenticator: &Authenticator, origins: &AllowedOrigins) {
+    if authenticator.mode() == AuthMode::None {
+        warn!("!!! AUTHENTICATION IS OFF ([auth] mode = \"none\"): anyone who can reach this host may connect and call every request type that requires no role. For development only: set [auth] mode = \"static\" or \"jwt\" in production. !!!");
+    } else {
+        info!(
+            mode = authenticator.mode().as_str(),
+            "clients must authenticate"
+        );
+    }
+    if origins.allows_any() {
+        warn!("Socket.IO accepts browser connections from any origin ([host] allowed_origins = [\"*\"])");
+    }
+    let limits = &settings.limits;
+    info!(
+        origins = %origins.describe(),
+        max_payload_bytes = limits.max_payload_bytes,
+        max_message_bytes = settings.max_message_bytes,
+        max_in_flight = limits.max_in_flight,
+        requests_per_second = limits.requests_per_second,
+        request_burst = limits.request_burst,
+        max_connections = limits.max_connections,
+        client_backlog_bytes = limits.client_backlog_bytes,
+        client_stall_ms = limits.client_stall.as_millis() as u64,
+        "limits (0 = off)"
+    );
 }
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {

@@ -3,21 +3,27 @@
 //! Everything protocol-specific is decided in the gateway; this module only translates.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
+use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
 use taskgate_protocol::{events, ErrorBody};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+use crate::auth::Authenticator;
+#[cfg(doc)]
+use crate::auth::UNAUTHORIZED;
 use crate::broker::Broker;
 use crate::gateway::{CancelEnvelope, Gateway, RequestEnvelope};
+use crate::limits::{ConnectionCounter, Limits};
+use crate::session::Session;
 use crate::sink::{AckBody, ClientSink, EmitError, OwnedResponse, ResponseEvent};
 
 /// How far a client may fall behind before it is dropped.
@@ -31,9 +37,15 @@ pub struct BacklogLimits {
 
 impl Default for BacklogLimits {
     fn default() -> Self {
+        BacklogLimits::from(&Limits::default())
+    }
+}
+
+impl From<&Limits> for BacklogLimits {
+    fn from(limits: &Limits) -> Self {
         BacklogLimits {
-            max_bytes: 16 * 1024 * 1024,
-            stall: Duration::from_secs(30),
+            max_bytes: limits.client_backlog_bytes,
+            stall: limits.client_stall,
         }
     }
 }
@@ -53,6 +65,10 @@ struct Inner {
     backlogs: DashMap<Sid, Backlog>,
     /// Connections being dropped, so each is dropped (and logged) once.
     closing: DashMap<Sid, ()>,
+    /// Called once for each dropped client, before its transport is closed (which can
+    /// take up to a heartbeat when the client reads nothing): the gateway forgets its
+    /// requests at once and tells workers to stop them.
+    on_drop: OnceLock<Box<dyn Fn(Sid) + Send + Sync>>,
 }
 
 /// Sends acks and responses through socketioxide.
@@ -75,8 +91,14 @@ impl SocketIoSink {
                 limits,
                 backlogs: DashMap::new(),
                 closing: DashMap::new(),
+                on_drop: OnceLock::new(),
             }),
         }
+    }
+
+    /// Sets what happens to a dropped client's requests (once; later calls are ignored).
+    pub fn on_drop(&self, hook: impl Fn(Sid) + Send + Sync + 'static) {
+        let _ = self.inner.on_drop.set(Box::new(hook));
     }
 
     /// Connections with responses waiting (for tests and metrics).
@@ -154,6 +176,7 @@ fn drop_client(inner: &Arc<Inner>, conn: Sid, why: &str) {
         return;
     }
     warn!(sid = %conn, reason = why, "disconnecting a client that does not keep up");
+    metrics::counter!("taskgate_slow_clients_dropped_total").increment(1);
     inner.backlogs.remove(&conn);
     let Some(socket) = inner.io.get_socket(conn) else {
         inner.closing.remove(&conn);
@@ -161,8 +184,12 @@ fn drop_client(inner: &Arc<Inner>, conn: Sid, why: &str) {
     };
     let inner = inner.clone();
     // The disconnect packet itself needs room in the full buffer: retry for a while; the
-    // engine.io heartbeat closes a client that never reads in the end anyway.
+    // engine.io heartbeat closes a client that never reads in the end anyway. Its
+    // requests are cleaned up first, in this task: the caller may hold gateway locks.
     tokio::spawn(async move {
+        if let Some(hook) = inner.on_drop.get() {
+            hook(conn);
+        }
         for _ in 0..100 {
             match socket.clone().disconnect() {
                 Err(SocketError::InternalChannelFull) => {
@@ -217,27 +244,89 @@ impl ClientSink for SocketIoSink {
     }
 }
 
-/// Serves protocol §1 on the default namespace of `io`.
-///
-/// Handlers are registered in a connect middleware, which socketioxide awaits before it
-/// sends the CONNECT packet: a client that emits right after connecting must find them
-/// (the connect handler itself runs only after CONNECT was sent). Each handler does its
-/// gateway work synchronously in the closure body, so events of one connection are
-/// handled in the order they arrived; only publishing runs in the spawned future.
-pub fn attach<B: Broker>(io: &SocketIo, gateway: Arc<Gateway<B, SocketIoSink>>) {
-    let register = move |socket: SocketRef| {
-        let gateway = gateway.clone();
-        async move {
-            register_handlers(&socket, gateway);
-            Ok::<(), std::convert::Infallible>(())
-        }
-    };
-    io.ns("/", (async || {}).with(register));
+/// What a handshake must pass before the connection gets any state.
+pub struct Admission {
+    pub authenticator: Authenticator,
+    pub connections: ConnectionCounter,
+    pub limits: Limits,
 }
 
-fn register_handlers<B: Broker>(socket: &SocketRef, gateway: Arc<Gateway<B, SocketIoSink>>) {
-    debug!(sid = %socket.id, "client connected");
-    gateway.connected(socket.id);
+impl Admission {
+    /// No authentication, default limits (tests).
+    pub fn open() -> Self {
+        let limits = Limits::default();
+        Admission {
+            authenticator: Authenticator::none(),
+            connections: ConnectionCounter::new(limits.max_connections),
+            limits,
+        }
+    }
+}
+
+/// Why a handshake was refused; the message is what the client's `connect_error` says.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeRefused {
+    /// Protocol §1's message, [`UNAUTHORIZED`].
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("too many connections")]
+    Full,
+}
+
+/// Serves protocol §1 on the default namespace of `io`.
+///
+/// Everything happens in a connect middleware, which socketioxide awaits before it
+/// sends the CONNECT packet. It first decides whether the client may connect at all
+/// (room on the host, a valid token) — a refused client gets `connect_error` and the
+/// host keeps nothing for it — then registers the handlers: a client that emits right
+/// after connecting must find them (the connect handler itself runs only after CONNECT
+/// was sent). Each handler does its gateway work synchronously in the closure body, so
+/// events of one connection are handled in the order they arrived; only publishing runs
+/// in the spawned future.
+pub fn attach<B: Broker>(
+    io: &SocketIo,
+    gateway: Arc<Gateway<B, SocketIoSink>>,
+    admission: Arc<Admission>,
+) {
+    let admit = move |socket: SocketRef, TryData(auth): TryData<Value>| {
+        let gateway = gateway.clone();
+        let admission = admission.clone();
+        async move {
+            // The cheap check first: a full host verifies no signatures.
+            let Some(slot) = admission.connections.try_acquire() else {
+                info!(sid = %socket.id, max = admission.limits.max_connections, "connection refused: the host is full");
+                metrics::counter!("taskgate_connections_refused_total", "reason" => "full")
+                    .increment(1);
+                return Err(HandshakeRefused::Full);
+            };
+            // `auth` holds the token: it is dropped with this future, never logged.
+            let identity = match admission.authenticator.authenticate(auth.ok().as_ref()) {
+                Ok(identity) => identity,
+                Err(refusal) => {
+                    info!(sid = %socket.id, reason = %refusal, "connection refused: unauthorized");
+                    metrics::counter!("taskgate_connections_refused_total", "reason" => refusal.label())
+                        .increment(1);
+                    return Err(HandshakeRefused::Unauthorized);
+                }
+            };
+            let session = Session::new(identity, admission.limits.request_rate(), Some(slot));
+            register_handlers(&socket, gateway, session);
+            Ok(())
+        }
+    };
+    io.ns("/", (async || {}).with(admit));
+}
+
+fn register_handlers<B: Broker>(
+    socket: &SocketRef,
+    gateway: Arc<Gateway<B, SocketIoSink>>,
+    session: Session,
+) {
+    match session.identity() {
+        Some(identity) => debug!(sid = %socket.id, subject = %identity.subject, "client connected"),
+        None => debug!(sid = %socket.id, "client connected"),
+    }
+    gateway.connected_as(socket.id, session);
     let on_request = gateway.clone();
     socket.on(
         events::REQUEST,
@@ -264,4 +353,30 @@ fn register_handlers<B: Broker>(socket: &SocketRef, gateway: Arc<Gateway<B, Sock
         gateway.disconnected(socket.id);
         async {}
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_handshake_says_what_protocol_1_says() {
+        assert_eq!(
+            HandshakeRefused::Unauthorized.to_string(),
+            crate::auth::UNAUTHORIZED
+        );
+        assert_eq!(HandshakeRefused::Full.to_string(), "too many connections");
+    }
+
+    #[test]
+    fn backlog_limits_come_from_the_limits() {
+        let limits = Limits {
+            client_backlog_bytes: 1234,
+            client_stall: Duration::from_millis(567),
+            ..Limits::default()
+        };
+        let backlog = BacklogLimits::from(&limits);
+        assert_eq!(backlog.max_bytes, 1234);
+        assert_eq!(backlog.stall, Duration::from_millis(567));
+    }
 }

@@ -22,6 +22,7 @@ fn request(queue: &str) -> OutgoingRequest {
         streams: false,
         timeout: Duration::from_secs(5),
         deadline_ms: 0,
+        identity: None,
     }
 }
 

@@ -77,6 +77,7 @@ pub struct RequestType {
     result_schema: Option<Value>,
     chunk_schema: Option<Value>,
     description: Option<String>,
+    required_roles: Vec<String>,
     validate: Option<ValidateFn>,
 }
 
@@ -97,6 +98,7 @@ impl RequestType {
             result_schema: None,
             chunk_schema: None,
             description: None,
+            required_roles: Vec::new(),
             validate: None,
         }
     }
@@ -184,6 +186,13 @@ impl RequestType {
         self
     }
 
+    /// Roles a client must all have to call this type (the host answers others
+    /// `FORBIDDEN`). A default: operators can change it in plugins.toml.
+    pub fn required_roles(mut self, roles: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.required_roles = roles.into_iter().map(Into::into).collect();
+        self
+    }
+
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.description = Some(description.into());
         self
@@ -205,6 +214,7 @@ impl RequestType {
             chunk_schema: self.chunk_schema.clone(),
             validates: self.validate.is_some(),
             description: self.description.clone(),
+            required_roles: self.required_roles.clone(),
         }
     }
 }
@@ -316,7 +326,11 @@ mod tests {
 
     fn plugin() -> Plugin {
         Plugin::new("p", "1.0.0")
-            .request_type(RequestType::any("echo").streams(true))
+            .request_type(
+                RequestType::any("echo")
+                    .streams(true)
+                    .required_roles(["ops"]),
+            )
             .request_type(
                 RequestType::typed::<Payload>("typed")
                     .queue("q.typed")
@@ -343,12 +357,14 @@ mod tests {
         assert!(!echo.validates);
         assert_eq!(echo.timeout_ms, 30_000);
         assert_eq!(echo.payload_schema, Value::Bool(true));
+        assert_eq!(echo.required_roles, vec!["ops".to_owned()]);
         let typed = &m.request_types[1];
         assert_eq!(typed.queue, "q.typed");
         assert_eq!(typed.queue_arguments["x-queue-type"], "quorum");
         assert_eq!(typed.timeout_ms, 5000);
         assert_eq!(typed.max_payload_bytes, 10);
         assert!(typed.validates);
+        assert!(typed.required_roles.is_empty());
         assert_eq!(
             typed.payload_schema["required"],
             serde_json::json!(["text"])

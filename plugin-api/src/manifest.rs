@@ -42,6 +42,11 @@ pub struct RequestTypeManifest {
     pub validates: bool,
     #[serde(default)]
     pub description: Option<String>,
+    /// Roles a client's identity must all have to call this type (none: anyone who may
+    /// connect). Operators can override it in plugins.toml. Added after the first
+    /// release: plugins built without it declare no roles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_roles: Vec<String>,
 }
 
 /// Why a payload was refused: where (a JSON Pointer into the payload) and what is wrong.
@@ -99,6 +104,9 @@ impl PluginManifest {
             if t.max_payload_bytes == 0 {
                 return Err(format!("max payload bytes of `{}` is zero", t.name));
             }
+            if t.required_roles.iter().any(|r| r.trim().is_empty()) {
+                return Err(format!("a required role of `{}` is empty", t.name));
+            }
             // What an AMQP field table can carry without guessing a type.
             for (key, value) in &t.queue_arguments {
                 let plain = value.is_string() || value.is_boolean() || value.is_i64();
@@ -135,6 +143,7 @@ mod tests {
                 chunk_schema: None,
                 validates: true,
                 description: None,
+                required_roles: Vec::new(),
             }],
         }
     }
@@ -180,6 +189,10 @@ mod tests {
         );
         assert!(refusal(|m| m.request_types[0].timeout_ms = 0).contains("timeout"));
         assert!(refusal(|m| m.request_types[0].max_payload_bytes = 0).contains("max payload"));
+        assert!(
+            refusal(|m| m.request_types[0].required_roles = vec![" ".to_owned()])
+                .contains("required role of `a.b` is empty")
+        );
         assert!(refusal(|m| {
             m.request_types[0]
                 .queue_arguments
@@ -206,5 +219,6 @@ mod tests {
         .unwrap();
         assert!(!m.request_types[0].validates);
         assert!(m.request_types[0].queue_arguments.is_empty());
+        assert!(m.request_types[0].required_roles.is_empty());
     }
 }

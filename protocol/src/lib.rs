@@ -20,6 +20,9 @@ pub mod amqp {
     pub const HEADER_STREAM: &str = "x-stream";
     /// Header on `chunk` replies: 0, 1, 2 … (§2.3).
     pub const HEADER_SEQ: &str = "x-seq";
+    /// Header: who the client authenticated as, an [`Identity`](crate::Identity) as a JSON
+    /// string; absent when the host runs without authentication (§3.7).
+    pub const HEADER_IDENTITY: &str = "x-identity";
     /// Content type of every request and reply body.
     pub const CONTENT_TYPE_JSON: &str = "application/json";
     /// Persistent delivery mode.
@@ -37,6 +40,41 @@ pub mod events {
 
 /// Limits on the client's request id (§1).
 pub const MAX_CLIENT_ID_LEN: usize = 128;
+
+/// Who a client authenticated as when it connected (§3.7): the host sends it to workers
+/// in the [`amqp::HEADER_IDENTITY`] header of every request of that connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The token's subject: a static token's configured subject, or a JWT's `sub` claim.
+    pub subject: String,
+    /// The roles the token grants, sorted, without duplicates.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+impl Identity {
+    pub fn new(
+        subject: impl Into<String>,
+        roles: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        let mut roles: Vec<String> = roles.into_iter().map(Into::into).collect();
+        roles.sort();
+        roles.dedup();
+        Identity {
+            subject: subject.into(),
+            roles,
+        }
+    }
+
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    /// Whether every role of `required` is granted.
+    pub fn has_roles<S: AsRef<str>>(&self, required: &[S]) -> bool {
+        required.iter().all(|r| self.has_role(r.as_ref()))
+    }
+}
 
 /// The `type` property of a reply message (§2.3), and of a `response` event (§1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -217,6 +255,18 @@ mod tests {
             details: None,
         };
         assert_eq!(body.into_error_body().code, "NOT_FOUND");
+    }
+
+    #[test]
+    fn identities_keep_sorted_unique_roles_and_read_without_roles() {
+        let id = Identity::new("alice", ["b", "a", "b"]);
+        assert_eq!(id.roles, vec!["a".to_owned(), "b".to_owned()]);
+        assert!(id.has_roles(&["a", "b"]));
+        assert!(!id.has_roles(&["a", "c"]));
+        assert!(id.has_roles::<&str>(&[]));
+        let bare: Identity = serde_json::from_str(r#"{"subject":"svc"}"#)
+            .unwrap_or_else(|_| Identity::new("x", ["y"]));
+        assert_eq!(bare, Identity::new("svc", Vec::<String>::new()));
     }
 
     #[test]

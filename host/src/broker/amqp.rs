@@ -382,6 +382,12 @@ pub fn request_properties(request: &OutgoingRequest, reply_queue: &str) -> Basic
         names::HEADER_STREAM.into(),
         AMQPValue::Boolean(request.streams),
     );
+    if let Some(identity) = &request.identity {
+        headers.insert(
+            names::HEADER_IDENTITY.into(),
+            AMQPValue::LongString(LongString::from(identity.as_ref())),
+        );
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -499,6 +505,7 @@ mod tests {
             streams: true,
             timeout: Duration::from_millis(1500),
             deadline_ms: 42,
+            identity: None,
         };
         let p = request_properties(&request, "taskgate.reply.x");
         assert_eq!(
@@ -529,6 +536,32 @@ mod tests {
             headers.get("x-stream"),
             Some(AMQPValue::Boolean(true))
         ));
+        assert!(
+            headers.get("x-identity").is_none(),
+            "no identity, no header"
+        );
+    }
+
+    #[test]
+    fn the_identity_travels_as_a_json_string_header() {
+        let request = OutgoingRequest {
+            correlation_id: Uuid::new_v4(),
+            request_type: "t".into(),
+            queue: "q".into(),
+            body: "{}".into(),
+            streams: false,
+            timeout: Duration::from_secs(1),
+            deadline_ms: 1,
+            identity: Some(r#"{"subject":"alice","roles":["admin"]}"#.into()),
+        };
+        let p = request_properties(&request, "r");
+        let headers = p.headers().as_ref().unwrap().inner();
+        match headers.get("x-identity") {
+            Some(AMQPValue::LongString(s)) => {
+                assert_eq!(s.to_string(), r#"{"subject":"alice","roles":["admin"]}"#)
+            }
+            other => panic!("x-identity is {other:?}"),
+        }
     }
 
     #[test]

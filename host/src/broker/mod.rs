@@ -25,6 +25,8 @@ pub struct OutgoingRequest {
     pub timeout: Duration,
     /// Unix milliseconds after which nobody waits for the reply anymore.
     pub deadline_ms: u64,
+    /// The client's identity as JSON, sent as header `x-identity` (none without auth).
+    pub identity: Option<Arc<str>>,
 }
 
 /// A reply message from a worker (protocol §2.3), as received: nothing is trusted yet.

@@ -1,0 +1,104 @@
+//! What the host knows about one admitted connection: who it authenticated as, its
+//! request-rate budget, and its place among the host's connections. Created by the
+//! Socket.IO connect middleware only after the handshake passed every check, kept by
+//! the gateway until the connection is gone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use taskgate_protocol::Identity;
+
+use crate::limits::{ConnectionSlot, RequestRate};
+
+#[derive(Debug)]
+pub struct Session {
+    identity: Option<Identity>,
+    /// The identity as the `x-identity` header value, serialised once per connection.
+    identity_header: Option<Arc<str>>,
+    rate: RequestRate,
+    /// Frees the connection's place when the session is dropped.
+    _slot: Option<ConnectionSlot>,
+}
+
+impl Session {
+    /// A connection of a host without authentication and without limits (tests).
+    pub fn anonymous() -> Self {
+        Session::new(None, RequestRate::unlimited(), None)
+    }
+
+    pub fn new(
+        identity: Option<Identity>,
+        rate: RequestRate,
+        slot: Option<ConnectionSlot>,
+    ) -> Self {
+        let identity_header = identity
+            .as_ref()
+            .and_then(|id| serde_json::to_string(id).ok())
+            .map(Arc::from);
+        Session {
+            identity,
+            identity_header,
+            rate,
+            _slot: slot,
+        }
+    }
+
+    /// `None` when the host runs without authentication.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
+    }
+
+    pub fn identity_header(&self) -> Option<&Arc<str>> {
+        self.identity_header.as_ref()
+    }
+
+    /// Whether the connection may call a type that requires `roles` (all of them).
+    pub fn may_call(&self, roles: &[String]) -> bool {
+        roles.is_empty() || self.identity.as_ref().is_some_and(|id| id.has_roles(roles))
+    }
+
+    /// The sustained rate of the connection's budget (0: unlimited).
+    pub fn requests_per_second(&self) -> u32 {
+        self.rate.per_second()
+    }
+
+    /// Takes one `request` event from the connection's budget.
+    pub fn check_rate(&self) -> Result<(), Duration> {
+        self.rate.check()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_checked_against_the_identity() {
+        let alice = Session::new(
+            Some(Identity::new("alice", ["admin", "ops"])),
+            RequestRate::unlimited(),
+            None,
+        );
+        assert!(alice.may_call(&[]));
+        assert!(alice.may_call(&["admin".to_owned()]));
+        assert!(alice.may_call(&["admin".to_owned(), "ops".to_owned()]));
+        assert!(!alice.may_call(&["admin".to_owned(), "billing".to_owned()]));
+        let anonymous = Session::anonymous();
+        assert!(anonymous.may_call(&[]));
+        assert!(!anonymous.may_call(&["admin".to_owned()]));
+    }
+
+    #[test]
+    fn the_identity_header_is_the_identity_as_json() {
+        let s = Session::new(
+            Some(Identity::new("svc-1", ["b", "a"])),
+            RequestRate::unlimited(),
+            None,
+        );
+        assert_eq!(
+            s.identity_header().map(|h| h.as_ref()),
+            Some(r#"{"subject":"svc-1","roles":["a","b"]}"#)
+        );
+        assert!(Session::anonymous().identity_header().is_none());
+    }
+}

@@ -672,9 +672,26 @@ fn split(delivery: lapin::message::Delivery) -> (Delivery, lapin::Acker) {
             Some(AMQPValue::Boolean(true))
         ),
         redelivered: delivery.redelivered,
+        identity: identity_header(&headers),
         body: delivery.data,
     };
     (request, delivery.acker)
+}
+
+/// Header `x-identity` (protocol §3.7): a JSON string. One that does not parse is
+/// ignored (logged): the handler then sees no identity, never a wrong one.
+fn identity_header(headers: &FieldTable) -> Option<taskgate_protocol::Identity> {
+    let text = match headers.inner().get(names::HEADER_IDENTITY)? {
+        AMQPValue::LongString(s) => s.to_string(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        _ => {
+            warn!("x-identity header is not a string; ignored");
+            return None;
+        }
+    };
+    serde_json::from_str(&text)
+        .map_err(|e| warn!(error = %e, "x-identity header is not an identity; ignored"))
+        .ok()
 }
 
 /// Publishes replies on one confirm-mode channel. A failed publish also reports the
@@ -770,6 +787,25 @@ mod tests {
         assert_eq!(header_i64(&headers, "c"), Some(7));
         assert_eq!(header_i64(&headers, "d"), None);
         assert_eq!(header_i64(&headers, "missing"), None);
+    }
+
+    #[test]
+    fn the_identity_header_is_read_and_a_malformed_one_ignored() {
+        let with = |value: AMQPValue| {
+            let mut headers = FieldTable::default();
+            headers.insert(names::HEADER_IDENTITY.into(), value);
+            identity_header(&headers)
+        };
+        assert_eq!(
+            with(AMQPValue::LongString(
+                r#"{"subject":"alice","roles":["admin"]}"#.into()
+            )),
+            Some(taskgate_protocol::Identity::new("alice", ["admin"]))
+        );
+        assert_eq!(with(AMQPValue::LongString("not json".into())), None);
+        assert_eq!(with(AMQPValue::LongString(r#"{"roles":[]}"#.into())), None);
+        assert_eq!(with(AMQPValue::Boolean(true)), None);
+        assert_eq!(identity_header(&FieldTable::default()), None);
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use taskgate_protocol::Identity;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +29,7 @@ struct Inner {
     deadline_ms: Option<u64>,
     streams: bool,
     redelivered: bool,
+    identity: Option<Identity>,
     cancel: CancellationToken,
     transport: Arc<dyn Transport>,
     replies: Mutex<ReplyState>,
@@ -54,6 +56,7 @@ pub(crate) struct ContextParts {
     pub deadline_ms: Option<u64>,
     pub streams: bool,
     pub redelivered: bool,
+    pub identity: Option<Identity>,
     pub cancel: CancellationToken,
     pub transport: Arc<dyn Transport>,
 }
@@ -68,6 +71,7 @@ impl Context {
                 deadline_ms: parts.deadline_ms,
                 streams: parts.streams,
                 redelivered: parts.redelivered,
+                identity: parts.identity,
                 cancel: parts.cancel,
                 transport: parts.transport,
                 replies: Mutex::new(ReplyState::default()),
@@ -110,6 +114,14 @@ impl Context {
     /// it (and sent some chunks) and died.
     pub fn redelivered(&self) -> bool {
         self.inner.redelivered
+    }
+
+    /// Who the client authenticated as (header `x-identity`): `None` when the host runs
+    /// without authentication. Handlers may check it themselves (e.g. that a record
+    /// belongs to `identity.subject`); the host has already checked the request type's
+    /// required roles.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.inner.identity.as_ref()
     }
 
     /// Whether the request was cancelled (by the client, a timeout or a disconnect).
@@ -214,6 +226,7 @@ impl std::fmt::Debug for Context {
             .field("correlation_id", &self.inner.correlation_id)
             .field("deadline_ms", &self.inner.deadline_ms)
             .field("redelivered", &self.inner.redelivered)
+            .field("identity", &self.inner.identity)
             .field("cancelled", &self.is_cancelled())
             .finish_non_exhaustive()
     }

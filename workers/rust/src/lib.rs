@@ -98,3 +98,4 @@ pub mod testing;
 pub use amqp::{Worker, WorkerBuilder, WorkerError, DEFAULT_AMQP_URL};
 pub use context::Context;
 pub use handler::{Handler, TaskError};
+pub use taskgate_protocol::Identity;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use futures_util::FutureExt;
+use taskgate_protocol::Identity;
 pub(crate) use taskgate_protocol::ReplyKind;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -54,6 +55,8 @@ pub(crate) struct Delivery {
     pub deadline_ms: Option<i64>,
     pub streams: bool,
     pub redelivered: bool,
+    /// Header `x-identity`, when present and well-formed.
+    pub identity: Option<Identity>,
     pub body: Vec<u8>,
 }
 
@@ -190,6 +193,7 @@ impl Runner {
             deadline_ms: delivery.deadline_ms.and_then(|d| u64::try_from(d).ok()),
             streams: delivery.streams,
             redelivered: delivery.redelivered,
+            identity: delivery.identity,
             cancel: token.clone(),
             transport: self.transport.clone(),
         });

@@ -22,6 +22,7 @@ fn delivery(body: &str) -> Delivery {
         deadline_ms: Some(now_ms() + 60_000),
         streams: true,
         redelivered: false,
+        identity: None,
         body: body.as_bytes().to_vec(),
     }
 }

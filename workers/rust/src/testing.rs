@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use taskgate_protocol::{ReplyKind, WorkerErrorBody};
+use taskgate_protocol::{Identity, ReplyKind, WorkerErrorBody};
 
 use crate::handler::{erase, BoxFuture, Handler, TaskError};
 use crate::runner::{
@@ -43,6 +43,7 @@ pub struct TestRequest {
     timeout: Option<Duration>,
     cancel_after: Option<Duration>,
     cancel_grace: Duration,
+    identity: Option<Identity>,
 }
 
 /// What the handler replied.
@@ -70,7 +71,32 @@ impl TestRequest {
             timeout: Some(Duration::from_secs(30)),
             cancel_after: None,
             cancel_grace: crate::amqp::DEFAULT_CANCEL_GRACE,
+            identity: None,
         }
+    }
+
+    /// The client's identity the handler sees in [`crate::Context::identity`]
+    /// (default: none, as from a host without authentication).
+    ///
+    /// ```
+    /// use serde_json::{json, Value};
+    /// use taskgate_worker::{testing::TestRequest, Context, Identity, TaskError};
+    ///
+    /// async fn whoami(_: Value, ctx: Context) -> Result<String, TaskError> {
+    ///     Ok(ctx.identity().map_or("anonymous".to_owned(), |id| id.subject.clone()))
+    /// }
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let alice = Identity::new("alice", ["admin"]);
+    /// let replies = TestRequest::new(json!({})).identity(alice).run(whoami).await;
+    /// assert_eq!(replies.result, Ok(json!("alice")));
+    /// let replies = TestRequest::new(json!({})).run(whoami).await;
+    /// assert_eq!(replies.result, Ok(json!("anonymous")));
+    /// # });
+    /// ```
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
     }
 
     /// The request type the handler sees in [`crate::Context::request_type`].
@@ -133,6 +159,7 @@ impl TestRequest {
             deadline_ms,
             streams: self.streams,
             redelivered: self.redelivered,
+            identity: self.identity,
             body: self.body,
         };
         let handler = erase(handler);

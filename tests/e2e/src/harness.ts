@@ -421,6 +421,7 @@ export interface PluginSettings {
   timeout_ms?: number;
   max_payload_bytes?: number;
   queue_arguments?: Record<string, string | number | boolean>;
+  required_roles?: string[];
 }
 
 export interface HostOptions {
@@ -434,7 +435,13 @@ export interface HostOptions {
   /** Written as `[host] amqp_url`. */
   amqpUrl?: string;
   /** Extra `[host]` keys. */
-  hostSettings?: Record<string, string | number | boolean>;
+  hostSettings?: Record<string, string | number | boolean | string[]>;
+  /** Other tables, e.g. `{ auth: { mode: 'static', … }, limits: { … } }`. */
+  sections?: Record<string, Record<string, unknown>>;
+  /** TOML appended verbatim (e.g. per-request-type tables). */
+  extraToml?: string;
+  /** Extra environment variables for the host process (e.g. a secret, TASKGATE_LOG). */
+  env?: Record<string, string>;
   /** Extra command-line flags. */
   args?: string[];
   /** Wait until /readyz says 200 (default true). */
@@ -457,9 +464,10 @@ export interface Host {
   stop(): Promise<ExitInfo>;
 }
 
-function tomlValue(value: unknown): string {
+export function tomlValue(value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value);
   if (typeof value === 'number' || typeof value === 'boolean') return String(value);
+  if (Array.isArray(value)) return `[${value.map(tomlValue).join(', ')}]`;
   if (value && typeof value === 'object') {
     const entries = Object.entries(value).map(([k, v]) => `${JSON.stringify(k)} = ${tomlValue(v)}`);
     return `{ ${entries.join(', ')} }`;
@@ -497,6 +505,13 @@ export function pluginsToml(
       enabled += 1;
     }
   }
+  for (const [table, keys] of Object.entries(options.sections ?? {})) {
+    lines.push('', `[${table}]`);
+    for (const [k, v] of Object.entries(keys)) {
+      if (v !== undefined) lines.push(`${k} = ${tomlValue(v)}`);
+    }
+  }
+  if (options.extraToml) lines.push('', options.extraToml);
   return { text: `${lines.join('\n')}\n`, queues, enabled };
 }
 
@@ -526,7 +541,7 @@ export async function startHost(ctx: TestContext, options: HostOptions = {}): Pr
   for (const queue of Object.values(queues)) ctx.queues.add(queue);
 
   const name = options.name ?? `host${++hostCounter}`;
-  const proc = new Proc(name, HOST_BIN, ['--config', configPath, ...(options.args ?? [])], childEnv());
+  const proc = new Proc(name, HOST_BIN, ['--config', configPath, ...(options.args ?? [])], childEnv(options.env));
   ctx.procs.push(proc);
   const host: Host = {
     name,
@@ -1134,6 +1149,23 @@ export class Client {
     });
     return client;
   }
+}
+
+/**
+ * Tries to connect and expects the host to refuse the handshake: resolves with the
+ * `connect_error` message (e.g. "unauthorized"); fails if the client connects.
+ */
+export async function connectRefusal(ctx: TestContext, url: string, options: ConnectOptions = {}): Promise<string> {
+  try {
+    const client = await Client.connect(ctx, url, options);
+    client.close();
+  } catch (error) {
+    const message = (error as Error).message;
+    const m = message.match(/connect_error (.*)$/s);
+    if (m) return m[1];
+    throw error;
+  }
+  throw new Error(`the host accepted a connection it should have refused (${describe(options.auth)})`);
 }
 
 /** `connect(ctx, url)`: a WebSocket client; `connectPolling` for HTTP long-polling. */

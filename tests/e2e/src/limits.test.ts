@@ -1,0 +1,218 @@
+/**
+ * The host's limits through real sockets (`[limits]` and `[host]` of plugins.toml,
+ * docs/protocol.md §3.1 and §3.7): the payload ceiling and the transport's message
+ * limit (PAYLOAD_TOO_LARGE, or the transport cutting the connection), requests in flight
+ * and per second per connection (RATE_LIMITED), connections per host, and the origins
+ * allowed to open Socket.IO connections.
+ */
+
+import assert from 'node:assert/strict';
+
+import WebSocket from 'ws';
+
+import {
+  assertAccepted,
+  assertAlive,
+  assertRefused,
+  connect,
+  connectPolling,
+  connectRefusal,
+  e2e,
+  FakeWorker,
+  request,
+  sleep,
+  startHost,
+  TYPES,
+  uniqueId,
+  waitUntil,
+} from './harness.js';
+import { RawSocket, wsUrl } from './raw.js';
+
+e2e('PAYLOAD_TOO_LARGE: [limits] max_payload_bytes caps every request type; a lower per-type limit still applies', async (ctx) => {
+  const host = await startHost(ctx, {
+    sections: { limits: { max_payload_bytes: 1000 } },
+    plugins: { wordcount: { max_payload_bytes: 200 } },
+  });
+  await host.proc.waitForLine(/payload limit cut to \[limits\] max_payload_bytes/, 5000);
+  const worker = await FakeWorker.start(ctx, host.queues[TYPES.echo]);
+  const client = await connect(ctx, host.url);
+  // A JSON string of n characters is n + 2 bytes.
+  assertAccepted(await client.request({ id: uniqueId(), requestType: TYPES.echo, payload: 'x'.repeat(998) }), 'echo at the ceiling');
+  await worker.next();
+  const over = assertRefused(await client.request({ id: uniqueId(), requestType: TYPES.echo, payload: 'x'.repeat(999) }), 'PAYLOAD_TOO_LARGE');
+  assert.deepEqual(over.details, { size: 1001, limit: 1000 });
+  const typed = assertRefused(
+    await client.request({ id: uniqueId(), requestType: TYPES.wordcount, payload: { text: 'w '.repeat(150) } }),
+    'PAYLOAD_TOO_LARGE',
+  );
+  assert.equal((typed.details as { limit: number }).limit, 200);
+  await worker.expectNothing(200);
+});
+
+for (const transport of ['websocket', 'polling'] as const) {
+  e2e(`over ${transport}: a message over the transport's limit is cut off before it reaches the host; a payload between the ceiling and that limit is answered PAYLOAD_TOO_LARGE`, async (ctx) => {
+    // Ceiling 10,000 bytes; the transport limit becomes the ceiling + 64 KiB for the envelope.
+    const host = await startHost(ctx, {
+      sections: { limits: { max_payload_bytes: 10_000 } },
+      hostSettings: { max_message_bytes: 20_000 },
+    });
+    await host.proc.waitForLine(/max_message_bytes=75536/, 5000);
+    const conn = transport === 'websocket' ? connect : connectPolling;
+    const client = await conn(ctx, host.url, { name: 'oversize' });
+    assertRefused(await client.request({ id: uniqueId(), requestType: TYPES.echo, payload: 'y'.repeat(50_000) }, 10_000), 'PAYLOAD_TOO_LARGE');
+    const refusedBefore = host.logs().filter((l) => l.includes('request refused')).length;
+
+    // 9 MiB: far over the limit. The transport drops the connection; the host never parses it.
+    const id = uniqueId();
+    const huge = client.request({ id, requestType: TYPES.echo, payload: 'z'.repeat(9 << 20) }, 10_000);
+    await assert.rejects(huge, /no ack/);
+    await waitUntil(() => client.lostReason, 10_000, 'the oversized client to be disconnected');
+    assert.equal(host.logs().filter((l) => l.includes('request refused')).length, refusedBefore, 'the 9 MiB request never reached the gateway');
+
+    // Everyone else is unaffected.
+    const worker = await FakeWorker.start(ctx, host.queues[TYPES.echo]);
+    const other = await connect(ctx, host.url, { name: 'other' });
+    const pending = request(other, { id: uniqueId(), requestType: TYPES.echo, payload: 'fine' });
+    const r = await worker.next();
+    await worker.result(r, 'fine');
+    assert.equal((await pending).final?.data, 'fine');
+    assertAlive(host);
+  });
+}
+
+e2e('a WebSocket message of 9 MiB is refused at the default limits too (8 MiB for both transports)', async (ctx) => {
+  const host = await startHost(ctx);
+  await host.proc.waitForLine(/max_message_bytes=8388608/, 5000);
+  const raw = await RawSocket.connected(host.url);
+  ctx.onCleanup(async () => raw.terminate());
+  // Under the limit: answered (PAYLOAD_TOO_LARGE: over echo's 1 MiB).
+  const ack = await raw.ack(raw.request({ id: 'big', requestType: TYPES.echo, payload: 'p'.repeat(2 << 20) }));
+  assert.equal(ack.error?.code, 'PAYLOAD_TOO_LARGE');
+  const refusedBefore = host.logs().filter((l) => l.includes('request refused')).length;
+  raw.send(`4299["request",{"id":"huge","requestType":"echo","payload":"${'q'.repeat(9 << 20)}"}]`);
+  assert.ok(await raw.waitClosed(15_000), 'the host closed the connection');
+  assert.equal(host.logs().filter((l) => l.includes('request refused')).length, refusedBefore, 'the host never saw the request');
+  assertAlive(host);
+});
+
+e2e('RATE_LIMITED: over [limits] max_in_flight on one connection; a place frees when a request ends; other connections unaffected', async (ctx) => {
+  const host = await startHost(ctx, { sections: { limits: { max_in_flight: 3 } } });
+  const worker = await FakeWorker.start(ctx, host.queues[TYPES.echo]);
+  const client = await connect(ctx, host.url);
+  const ids = ['a', 'b', 'c'].map((p) => uniqueId(p));
+  for (const id of ids) assertAccepted(await client.request({ id, requestType: TYPES.echo, payload: id }));
+  const limited = assertRefused(await client.request({ id: uniqueId(), requestType: TYPES.echo, payload: 0 }), 'RATE_LIMITED');
+  assert.deepEqual(limited.details, { limit: 'inFlight', max: 3 });
+  const other = await connect(ctx, host.url);
+  assertAccepted(await other.request({ id: uniqueId(), requestType: TYPES.echo, payload: 'other' }));
+
+  const first = await worker.next();
+  await worker.result(first, 'done');
+  await client.final(ids[0]);
+  assertAccepted(await client.request({ id: uniqueId(), requestType: TYPES.echo, payload: 'again' }), 'a place was freed');
+});
+
+e2e('RATE_LIMITED: over [limits] requests_per_second (burst request_burst), with a retry hint that works', async (ctx) => {
+  const host = await startHost(ctx, { sections: { limits: { requests_per_second: 2, request_burst: 4 } } });
+  const worker = await FakeWorker.start(ctx, host.queues[TYPES.echo]);
+  const client = await connect(ctx, host.url);
+  const acks = [];
+  for (let i = 0; i < 6; i++) acks.push(await client.request({ id: uniqueId(), requestType: TYPES.echo, payload: i }));
+  const accepted = acks.filter((a) => a.ok).length;
+  // The burst, and at most one more if the machine was slow enough for a refill.
+  assert.ok(accepted >= 4 && accepted <= 5, `accepted ${accepted} of 6`);
+  const limitedAck = acks.find((a) => !a.ok)!;
+  const limited = assertRefused(limitedAck, 'RATE_LIMITED');
+  const details = limited.details as { limit: string; perSecond: number; retryAfterMs: number };
+  assert.equal(details.limit, 'rate');
+  assert.equal(details.perSecond, 2);
+  assert.ok(details.retryAfterMs > 0 && details.retryAfterMs <= 500, JSON.stringify(details));
+  // Malformed events count too: three in a row cannot all fit a budget refilled every 500 ms.
+  const malformed = [];
+  for (let i = 0; i < 3; i++) malformed.push(await client.request({ id: 5 }));
+  assert.ok(malformed.some((a) => !a.ok && a.error.code === 'RATE_LIMITED'), JSON.stringify(malformed));
+  await sleep(details.retryAfterMs + 600);
+  assertAccepted(await client.request({ id: uniqueId(), requestType: TYPES.echo, payload: 'later' }), 'after the hinted wait');
+  // Each connection has its own budget.
+  const other = await connect(ctx, host.url);
+  for (let i = 0; i < 4; i++) assertAccepted(await other.request({ id: uniqueId(), requestType: TYPES.echo, payload: i }));
+  assert.ok(worker.received.length <= 10);
+});
+
+e2e('max_connections: a connection over [limits] max_connections gets connect_error "too many connections"; a freed place is reused', async (ctx) => {
+  const host = await startHost(ctx, { sections: { limits: { max_connections: 2 } } });
+  const a = await connect(ctx, host.url, { name: 'a' });
+  await connect(ctx, host.url, { name: 'b' });
+  assert.equal(await connectRefusal(ctx, host.url), 'too many connections');
+  assert.equal(await connectRefusal(ctx, host.url, { transport: 'polling' }), 'too many connections');
+  await host.proc.waitForLine(/connection refused: the host is full/, 1000);
+  a.close();
+  await waitUntil(() => host.logs().some((l) => l.includes('client disconnected')), 10_000, 'the host to see the disconnect');
+  const c = await connect(ctx, host.url, { name: 'c' });
+  assertAccepted(await c.request({ id: uniqueId(), requestType: TYPES.wordcount, payload: { text: 'a b' } }));
+});
+
+/** The status of a Socket.IO handshake request (long-polling) and its CORS header. */
+async function pollingHandshake(url: string, origin?: string) {
+  const res = await fetch(`${url}/socket.io/?EIO=4&transport=polling`, { headers: origin ? { Origin: origin } : {} });
+  await res.arrayBuffer();
+  return { status: res.status, allowOrigin: res.headers.get('access-control-allow-origin') };
+}
+
+/** The status of a WebSocket upgrade (101 when it succeeds). */
+function upgradeStatus(url: string, origin?: string): Promise<number> {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(wsUrl(url), { headers: origin ? { Origin: origin } : {} });
+    ws.once('open', () => {
+      ws.terminate();
+      resolve(101);
+    });
+    ws.once('unexpected-response', (_req, res) => {
+      resolve(res.statusCode ?? 0);
+      ws.terminate();
+    });
+    ws.once('error', () => resolve(0));
+  });
+}
+
+e2e('origins: by default only the host\'s own origin (and clients sending none) may open Socket.IO; others get 403 over both transports', async (ctx) => {
+  const host = await startHost(ctx);
+  const own = host.url;
+  assert.equal((await pollingHandshake(host.url)).status, 200, 'no Origin (a non-browser client)');
+  const same = await pollingHandshake(host.url, own);
+  assert.equal(same.status, 200, 'the host\'s own origin');
+  assert.equal(same.allowOrigin, own);
+  assert.equal(await upgradeStatus(host.url, own), 101);
+  assert.equal(await upgradeStatus(host.url), 101);
+  for (const evil of ['https://evil.example', 'null', own.replace('127.0.0.1', 'localhost')]) {
+    assert.equal((await pollingHandshake(host.url, evil)).status, 403, `polling from ${evil}`);
+    assert.equal(await upgradeStatus(host.url, evil), 403, `upgrade from ${evil}`);
+  }
+  // Other paths (static files, health) are not Socket.IO and not checked.
+  assert.equal((await fetch(`${host.url}/healthz`, { headers: { Origin: 'https://evil.example' } })).status, 200);
+});
+
+e2e('origins: [host] allowed_origins adds origins (with CORS headers for them) and "*" allows any', async (ctx) => {
+  const host = await startHost(ctx, { hostSettings: { allowed_origins: ['https://app.example.test', 'http://localhost:5173'] } });
+  for (const origin of ['https://app.example.test', 'http://localhost:5173']) {
+    const r = await pollingHandshake(host.url, origin);
+    assert.equal(r.status, 200, origin);
+    assert.equal(r.allowOrigin, origin);
+    assert.equal(await upgradeStatus(host.url, origin), 101, origin);
+  }
+  const evil = await pollingHandshake(host.url, 'https://app.example.test.evil.example');
+  assert.equal(evil.status, 403);
+  assert.equal(evil.allowOrigin, null);
+  // A preflight from an allowed origin is answered; from another it gets no CORS grant.
+  const preflight = await fetch(`${host.url}/socket.io/?EIO=4&transport=polling`, {
+    method: 'OPTIONS',
+    headers: { Origin: 'https://app.example.test', 'Access-Control-Request-Method': 'POST' },
+  });
+  assert.equal(preflight.headers.get('access-control-allow-origin'), 'https://app.example.test');
+  await host.stop();
+
+  const any = await startHost(ctx, { hostSettings: { allowed_origins: ['*'] } });
+  await any.proc.waitForLine(/accepts browser connections from any origin/, 5000);
+  assert.equal((await pollingHandshake(any.url, 'https://whoever.example')).status, 200);
+  assert.equal(await upgradeStatus(any.url, 'https://whoever.example'), 101);
+});

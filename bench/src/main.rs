@@ -663,8 +663,11 @@ fn binary(path: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
 fn plugins_toml(amqp_url: &str, plugins_dir: &Path, queue: &str) -> String {
     // TOML basic strings are JSON-compatible for what we put in them.
     let quote = |s: &str| serde_json::Value::from(s).to_string();
+    // The per-connection rate and in-flight limits are off: the benchmark measures the
+    // relay, and its closed loop keeps more requests going than a browser would.
     format!(
         "[host]\nlisten = \"127.0.0.1:0\"\namqp_url = {}\nplugins_dir = {}\n\n\
+         [limits]\nrequests_per_second = 0\nmax_in_flight = 0\n\n\
          [plugins.echo]\nenabled = true\nqueue = {}\ntimeout_ms = {TIMEOUT_MS}\n",
         quote(amqp_url),
         quote(&plugins_dir.display().to_string()),
@@ -722,6 +725,10 @@ mod tests {
         assert_eq!(
             value["plugins"]["echo"]["timeout_ms"].as_integer(),
             Some(30_000)
+        );
+        assert_eq!(
+            value["limits"]["requests_per_second"].as_integer(),
+            Some(0)
         );
     }
 }

@@ -726,9 +726,6 @@ mod tests {
             value["plugins"]["echo"]["timeout_ms"].as_integer(),
             Some(30_000)
         );
-        assert_eq!(
-            value["limits"]["requests_per_second"].as_integer(),
-            Some(0)
-        );
+        assert_eq!(value["limits"]["requests_per_second"].as_integer(), Some(0));
     }
 }

@@ -446,7 +446,7 @@ fn jwt_verifier(
 impl JwtVerifier {
     fn verify(&self, token: &str) -> Result<Identity, Refusal> {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
-            .map_err(|e| Refusal::InvalidToken(e.to_string()))?;
+            .map_err(|e| Refusal::InvalidToken(why_invalid(e.kind())))?;
         let claims = Value::Object(data.claims);
         let subject = match claims.get("sub") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -482,6 +482,27 @@ impl JwtVerifier {
                 .collect(),
             Some(_) => Err(bad()),
         }
+    }
+}
+
+/// Why a JWT was refused, in fixed words: some of the library's messages quote bytes of
+/// the token (e.g. the symbol base64 choked on), and refusals are logged.
+fn why_invalid(kind: &jsonwebtoken::errors::ErrorKind) -> String {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match kind {
+        K::ExpiredSignature => "expired (exp)".to_owned(),
+        K::ImmatureSignature => "not valid yet (nbf)".to_owned(),
+        K::InvalidIssuer => "wrong issuer (iss)".to_owned(),
+        K::InvalidAudience => "wrong audience (aud)".to_owned(),
+        K::InvalidSubject => "wrong subject (sub)".to_owned(),
+        K::InvalidSignature => "bad signature".to_owned(),
+        K::InvalidAlgorithm | K::MissingAlgorithm | K::UnsupportedAlgorithm => {
+            "signed with an algorithm other than the configured one".to_owned()
+        }
+        // Claim names come from our own validation settings, never from the token.
+        K::MissingRequiredClaim(claim) => format!("missing claim `{claim}`"),
+        K::InvalidClaimFormat(claim) => format!("claim `{claim}` has the wrong type"),
+        _ => "not a well-formed JWT".to_owned(),
     }
 }
 

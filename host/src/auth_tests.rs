@@ -305,19 +305,31 @@ fn expired_not_yet_valid_and_foreign_tokens_are_refused() {
     let expired = with(|c| {
         c.insert("exp".into(), json!(now() - 60));
     });
-    assert!(refusal(&auth, &sign(&expired)).contains("Expired"), "exp");
+    assert!(
+        refusal(&auth, &sign(&expired)).contains("expired (exp)"),
+        "exp"
+    );
     let early = with(|c| {
         c.insert("nbf".into(), json!(now() + 600));
     });
-    assert!(refusal(&auth, &sign(&early)).contains("Immature"), "nbf");
+    assert!(
+        refusal(&auth, &sign(&early)).contains("not valid yet (nbf)"),
+        "nbf"
+    );
     let issuer = with(|c| {
         c.insert("iss".into(), json!("https://evil.example.com/"));
     });
-    assert!(refusal(&auth, &sign(&issuer)).contains("Issuer"), "iss");
+    assert!(
+        refusal(&auth, &sign(&issuer)).contains("wrong issuer"),
+        "iss"
+    );
     let audience = with(|c| {
         c.insert("aud".into(), json!("another-service"));
     });
-    assert!(refusal(&auth, &sign(&audience)).contains("Audience"), "aud");
+    assert!(
+        refusal(&auth, &sign(&audience)).contains("wrong audience"),
+        "aud"
+    );
     for claim in ["exp", "iss", "aud", "sub"] {
         let missing = with(|c| {
             c.remove(claim);
@@ -356,10 +368,10 @@ fn forged_and_malformed_jwts_are_refused() {
         "another-secret-that-is-long-enough-987654321",
         Algorithm::HS256,
     );
-    assert!(refusal(&auth, &other_secret).contains("Signature"));
+    assert!(refusal(&auth, &other_secret).contains("bad signature"));
     // Another algorithm than the configured one, even with the right secret.
     let hs512 = sign_with(&good_claims(), SECRET, Algorithm::HS512);
-    assert!(refusal(&auth, &hs512).contains("Algorithm"));
+    assert!(refusal(&auth, &hs512).contains("algorithm other than the configured one"));
     // alg "none": an unsigned token.
     let good = sign(&good_claims());
     let mut parts = good.split('.');
@@ -378,12 +390,17 @@ fn forged_and_malformed_jwts_are_refused() {
         tampered.split('.').nth(1).unwrap(),
         good.split('.').nth(2).unwrap()
     );
-    assert!(refusal(&auth, &forged).contains("Signature"));
-    for junk in ["a.b.c", "not a jwt", "...", "e30.e30.", "\u{0}\u{1}"] {
-        assert!(
-            auth.authenticate(Some(&handshake(junk))).is_err(),
-            "{junk:?}"
-        );
+    assert!(refusal(&auth, &forged).contains("bad signature"));
+    for junk in [
+        "a.b.c",
+        "not a jwt",
+        "...",
+        "e30.e30.",
+        "\u{0}\u{1}",
+        "eyJ!.x.y",
+    ] {
+        // The reason quotes nothing of the token.
+        assert_eq!(refusal(&auth, junk), "not a well-formed JWT", "{junk:?}");
     }
 }
 

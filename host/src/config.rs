@@ -498,8 +498,11 @@ mod tests {
         assert_eq!(s.auth.mode, AuthMode::None);
         assert_eq!(s.limits, Limits::default());
         assert!(s.allowed_origins.is_empty());
-        // A WebSocket message may not be larger than a polling body.
-        assert_eq!(s.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+        // Both transports: the payload ceiling and room for the envelope.
+        assert_eq!(
+            s.max_message_bytes,
+            (crate::limits::DEFAULT_MAX_PAYLOAD_BYTES + crate::limits::ENVELOPE_ALLOWANCE) as u64
+        );
     }
 
     #[test]

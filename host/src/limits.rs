@@ -15,9 +15,11 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-/// Largest payload any request type accepts, unless plugins.toml says otherwise (1 MiB,
-/// the plugin API's default for a request type).
-pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// Largest payload any request type may accept, unless plugins.toml says otherwise. Each
+/// type has its own, lower limit (1 MiB unless its plugin or plugins.toml says otherwise):
+/// the ceiling bounds how far those can be raised. 8 MiB keeps every configuration that
+/// worked before the ceiling existed (the transport's limit was 8 MiB).
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 8 * 1024 * 1024;
 /// Requests one connection may have in flight at once.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 100;
 /// Sustained `request` events per second and connection…

@@ -80,9 +80,9 @@ for (const transport of ['websocket', 'polling'] as const) {
   });
 }
 
-e2e('a WebSocket message of 9 MiB is refused at the default limits too (8 MiB for both transports)', async (ctx) => {
+e2e('a WebSocket message of 9 MiB is refused at the default limits too (8 MiB + 64 KiB for both transports)', async (ctx) => {
   const host = await startHost(ctx);
-  await host.proc.waitForLine(/max_message_bytes=8388608/, 5000);
+  await host.proc.waitForLine(/max_message_bytes=8454144/, 5000);
   const raw = await RawSocket.connected(host.url);
   ctx.onCleanup(async () => raw.terminate());
   // Under the limit: answered (PAYLOAD_TOO_LARGE: over echo's 1 MiB).

@@ -21,7 +21,7 @@ pub mod amqp {
     /// Header on `chunk` replies: 0, 1, 2 … (§2.3).
     pub const HEADER_SEQ: &str = "x-seq";
     /// Header: who the client authenticated as, an [`Identity`](crate::Identity) as a JSON
-    /// string; absent when the host runs without authentication (§3.8).
+    /// string; absent when the host runs without authentication (§3.9).
     pub const HEADER_IDENTITY: &str = "x-identity";
     /// Content type of every request and reply body.
     pub const CONTENT_TYPE_JSON: &str = "application/json";
@@ -41,7 +41,7 @@ pub mod events {
 /// Limits on the client's request id (§1).
 pub const MAX_CLIENT_ID_LEN: usize = 128;
 
-/// Who a client authenticated as when it connected (§3.8): the host sends it to workers
+/// Who a client authenticated as when it connected (§3.9): the host sends it to workers
 /// in the [`amqp::HEADER_IDENTITY`] header of every request of that connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {

@@ -1,6 +1,6 @@
 /**
  * Authentication and authorization through the real host (protocol §1 "Authentication",
- * §3.8 of docs/protocol.md): `[auth] mode` none / static / jwt, `connect_error`
+ * §3.9 of docs/protocol.md): `[auth] mode` none / static / jwt, `connect_error`
  * "unauthorized" for a refused handshake, the `x-identity` header workers receive,
  * FORBIDDEN for request types whose roles the identity lacks — and that no token ever
  * reaches the host's log, even at TASKGATE_LOG=trace.

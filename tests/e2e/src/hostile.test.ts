@@ -1,7 +1,7 @@
 /**
  * Hostile input against the real host, all at once, while a well-behaved client keeps
  * working ("bad input never crashes anything and never loses data"; docs/protocol.md
- * §3.1 and §3.8):
+ * §3.1 and §3.9):
  *
  * - raw WebSocket clients (the `ws` package, frame by frame): garbage frames, invalid
  *   UTF-8 and random binary frames, JSON nested 100,000 levels deep, Socket.IO packets out

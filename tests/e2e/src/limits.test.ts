@@ -1,6 +1,6 @@
 /**
  * The host's limits through real sockets (`[limits]` and `[host]` of plugins.toml,
- * docs/protocol.md §3.1 and §3.8): the payload ceiling and the transport's message
+ * docs/protocol.md §3.1 and §3.9): the payload ceiling and the transport's message
  * limit (PAYLOAD_TOO_LARGE, or the transport cutting the connection), requests in flight
  * and per second per connection (RATE_LIMITED), connections per host, and the origins
  * allowed to open Socket.IO connections.

@@ -1,6 +1,6 @@
 /**
  * A client that stops reading its socket cannot make the host buffer without bound
- * (`[limits] client_backlog_bytes`, `client_stall_ms`; docs/protocol.md §3.8): once the
+ * (`[limits] client_backlog_bytes`, `client_stall_ms`; docs/protocol.md §3.9): once the
  * kernel's buffers and socketioxide's packet buffer are full, responses wait in the
  * connection's backlog; past its byte limit, or after a stall with no progress, the
  * client is dropped, its requests leave the host's maps and workers are told to stop

@@ -678,7 +678,7 @@ fn split(delivery: lapin::message::Delivery) -> (Delivery, lapin::Acker) {
     (request, delivery.acker)
 }
 
-/// Header `x-identity` (protocol §3.8): a JSON string. One that does not parse is
+/// Header `x-identity` (protocol §3.9): a JSON string. One that does not parse is
 /// ignored (logged): the handler then sees no identity, never a wrong one.
 fn identity_header(headers: &FieldTable) -> Option<taskgate_protocol::Identity> {
     let text = match headers.inner().get(names::HEADER_IDENTITY)? {

@@ -29,11 +29,12 @@ import {
   CANCEL_EXCHANGE,
   CONTENT_TYPE_JSON,
   HEADER_DEADLINE_MS,
+  HEADER_IDENTITY,
   HEADER_SEQ,
   HEADER_STREAM,
   HEADER_TRACEPARENT,
 } from './protocol.js';
-import type { Confirmation, Delivery, Reply, Settle, Transport } from './transport.js';
+import type { Confirmation, Delivery, Identity, Reply, Settle, Transport } from './transport.js';
 
 /** How long one connection attempt may take. */
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -84,6 +85,24 @@ function headerString(value: unknown): string | undefined {
   return undefined;
 }
 
+/** Header `x-identity` read as `{ subject, roles }`; anything else is no identity. */
+function headerIdentity(value: unknown): Identity | undefined {
+  const text = headerString(value);
+  if (text === undefined) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (typeof parsed !== 'object' || parsed === null) return undefined;
+  const { subject, roles } = parsed as { subject?: unknown; roles?: unknown };
+  if (typeof subject !== 'string' || !Array.isArray(roles) || !roles.every((r) => typeof r === 'string')) {
+    return undefined;
+  }
+  return { subject, roles: roles as string[] };
+}
+
 /** The request as the runner sees it. */
 export function toDelivery(message: ConsumeMessage): Delivery {
   const properties = message.properties;
@@ -96,6 +115,7 @@ export function toDelivery(message: ConsumeMessage): Delivery {
     streams: headers[HEADER_STREAM] === true,
     redelivered: message.fields.redelivered,
     traceparent: headerString(headers[HEADER_TRACEPARENT]),
+    identity: headerIdentity(headers[HEADER_IDENTITY]),
     body: message.content,
   };
 }

@@ -10,7 +10,7 @@
 import { TaskError } from './errors.js';
 import type { Logger } from './log.js';
 import { ErrorCodes, type ReplyKind } from './protocol.js';
-import type { Confirmation, Reply, Transport } from './transport.js';
+import type { Confirmation, Identity, Reply, Transport } from './transport.js';
 
 /** The handler's view of one request. */
 export interface Context {
@@ -26,6 +26,12 @@ export interface Context {
   readonly streams: boolean;
   /** The W3C `traceparent` the host sent with the request, if any. */
   readonly traceparent: string | undefined;
+  /**
+   * Who sent the request, as the host authenticated them (header `x-identity`); `undefined`
+   * when the host runs without authentication. The host already checked the request type's
+   * required roles; use it for finer checks (e.g. that a record belongs to `subject`).
+   */
+  readonly identity: Identity | undefined;
   /**
    * Aborted when the request is cancelled (by the client, a timeout or a disconnect; reason:
    * a `CANCELLED` TaskError), or when the worker gives up on it (the broker connection was lost,
@@ -62,6 +68,7 @@ export interface ContextParts {
   streams: boolean;
   redelivered: boolean;
   traceparent: string | undefined;
+  identity: Identity | undefined;
   controller: AbortController;
   transport: Transport;
   log: Logger;
@@ -83,6 +90,7 @@ export class RequestContext implements Context {
   readonly redelivered: boolean;
   readonly streams: boolean;
   readonly traceparent: string | undefined;
+  readonly identity: Identity | undefined;
   readonly signal: AbortSignal;
   readonly log: Logger;
   private readonly replyTo: string;
@@ -105,6 +113,7 @@ export class RequestContext implements Context {
     this.streams = parts.streams;
     this.redelivered = parts.redelivered;
     this.traceparent = parts.traceparent;
+    this.identity = parts.identity;
     this.signal = parts.controller.signal;
     this.transport = parts.transport;
     this.log = parts.log;

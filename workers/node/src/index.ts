@@ -26,6 +26,7 @@ export { createWorker, Worker, DEFAULT_AMQP_URL, DEFAULT_PREFETCH, DEFAULT_CANCE
 export type { WorkerOptions, HandleOptions, RunOptions } from './worker.js';
 export type { Handler, Outcome } from './runner.js';
 export type { Context } from './context.js';
+export type { Identity } from './transport.js';
 export { RequestAbandoned } from './context.js';
 export { TaskError, WorkerError } from './errors.js';
 export type { ErrorBody, Problem } from './errors.js';

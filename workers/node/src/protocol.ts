@@ -13,6 +13,8 @@ export const HEADER_STREAM = 'x-stream';
 export const HEADER_SEQ = 'x-seq';
 /** W3C trace context header the host may put on requests; the SDK logs it with the request. */
 export const HEADER_TRACEPARENT = 'traceparent';
+/** Header set by a host with authentication: the client's identity as JSON `{ subject, roles }`. */
+export const HEADER_IDENTITY = 'x-identity';
 /** Content type of every request and reply body. */
 export const CONTENT_TYPE_JSON = 'application/json';
 

@@ -309,6 +309,7 @@ export class Runner {
       streams: delivery.streams ?? false,
       redelivered: delivery.redelivered ?? false,
       traceparent: delivery.traceparent,
+      identity: delivery.identity,
       controller,
       transport: this.transport,
       log,

@@ -19,7 +19,15 @@ export interface Delivery {
   redelivered?: boolean;
   /** Header `traceparent` (W3C trace context), logged with the request. */
   traceparent?: string | undefined;
+  /** Header `x-identity`: who the host authenticated (absent without authentication). */
+  identity?: Identity | undefined;
   body: Buffer;
+}
+
+/** The client's identity as the host authenticated it (protocol §3.9, header `x-identity`). */
+export interface Identity {
+  readonly subject: string;
+  readonly roles: readonly string[];
 }
 
 /** A reply message (protocol §2.3). */

@@ -42,7 +42,12 @@ describe('messages', () => {
         correlationId: 'c',
         replyTo: 'taskgate.reply.h',
         type: 'echo',
-        headers: { 'x-deadline-ms': 1234, 'x-stream': true, traceparent: Buffer.from('00-t-s-01') },
+        headers: {
+          'x-deadline-ms': 1234,
+          'x-stream': true,
+          traceparent: Buffer.from('00-t-s-01'),
+          'x-identity': Buffer.from('{"subject":"ada","roles":["admin","ops"]}'),
+        },
       },
     } as unknown as ConsumeMessage;
     expect(toDelivery(message)).toEqual({
@@ -53,10 +58,23 @@ describe('messages', () => {
       streams: true,
       redelivered: true,
       traceparent: '00-t-s-01',
+      identity: { subject: 'ada', roles: ['admin', 'ops'] },
       body: message.content,
     });
     const bare = { ...message, properties: { headers: undefined } } as unknown as ConsumeMessage;
     expect(toDelivery(bare)).toMatchObject({ correlationId: undefined, replyTo: undefined, streams: false, deadlineMs: undefined });
+    expect(toDelivery(bare).identity).toBeUndefined();
+  });
+
+  test('an x-identity header that is not {subject, roles} JSON gives no identity', () => {
+    for (const raw of ['not json', '{"subject":5,"roles":[]}', '{"subject":"a","roles":"admin"}', '{"subject":"a","roles":[1]}', '[]']) {
+      const message = {
+        content: Buffer.from('{}'),
+        fields: { redelivered: false, deliveryTag: 1, consumerTag: 't', exchange: '', routingKey: 'q' },
+        properties: { headers: { 'x-identity': raw } },
+      } as unknown as ConsumeMessage;
+      expect(toDelivery(message).identity).toBeUndefined();
+    }
   });
 });
 

@@ -354,6 +354,7 @@ describe('metadata and logs', () => {
           redelivered: ctx.redelivered,
           streams: ctx.streams,
           traceparent: ctx.traceparent,
+          identity: ctx.identity,
         };
         expect(ctx.remainingMs()).toBeGreaterThan(0);
         expect(ctx.signal.aborted).toBe(false);
@@ -364,6 +365,7 @@ describe('metadata and logs', () => {
         redelivered: true,
         streams: false,
         traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+        identity: { subject: 'ada', roles: ['admin'] },
       }),
     );
     expect(seen).toEqual({
@@ -373,6 +375,7 @@ describe('metadata and logs', () => {
       redelivered: true,
       streams: false,
       traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+      identity: { subject: 'ada', roles: ['admin'] },
     });
   });
 

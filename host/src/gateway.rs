@@ -13,10 +13,15 @@
 //! confirm (a fast worker) are buffered, so a client always sees the ack before any
 //! `response`. Then it is `Active` until its final reply. Final transitions happen under
 //! the map's entry lock (`remove_if_mut`), so no event can follow a final one.
+//!
+//! Every in-flight entry carries its [`RequestMetrics`]: whichever path takes a request
+//! out of the map, dropping the entry records its outcome and duration. Log lines about a
+//! request carry its `correlation_id` and `traceparent`.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +30,7 @@ use dashmap::DashMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use taskgate_protocol::trace::TraceParent;
 use taskgate_protocol::{ErrorBody, ErrorCode, ReplyKind, WorkerErrorBody, MAX_CLIENT_ID_LEN};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -34,9 +40,12 @@ use uuid::Uuid;
 use crate::broker::{Broker, IncomingReply, OutgoingRequest, PublishError};
 use crate::error::{RateLimit, RequestError};
 use crate::limits::Limits;
+use crate::error::RequestError;
+use crate::metrics::{GatewayMetrics, Outcome, RequestMetrics, TypeMetrics};
 use crate::routes::{Checked, RequestTypeSpec, RoutingTable};
 use crate::session::Session;
 use crate::sink::{ClientSink, EmitError, ResponseEvent};
+use crate::trace::{self, ClientTrace};
 
 /// The `request` event body as received. Fields are loosely typed so that a wrong type is
 /// answered with a precise `BAD_REQUEST` instead of a generic parse error.
@@ -48,6 +57,9 @@ pub struct RequestEnvelope {
     pub request_type: Option<Value>,
     #[serde(default)]
     pub payload: Option<Box<RawValue>>,
+    /// Optional W3C trace context (protocol §3.7); an invalid one is ignored.
+    #[serde(default)]
+    pub traceparent: Option<Value>,
 }
 
 /// The `cancel` event body.
@@ -86,7 +98,9 @@ enum Outbound {
 enum Stage {
     Publishing {
         buffered: Vec<Outbound>,
-        cancelled: bool,
+        /// The request was ended while publishing (cancelled by the client, or failed by
+        /// the host): this error follows the ack, and workers are told to stop.
+        ended: Option<ErrorBody>,
     },
     Active,
 }
@@ -103,6 +117,8 @@ struct InFlight<C> {
     /// The `seq` of the next chunk sent to the client.
     next_seq: u64,
     timer: Option<AbortHandle>,
+    trace: TraceParent,
+    metrics: RequestMetrics,
 }
 
 pub struct Gateway<B: Broker, S: ClientSink> {
@@ -116,6 +132,11 @@ pub struct Gateway<B: Broker, S: ClientSink> {
     /// Requests one connection may have in flight (`None`: no limit).
     max_in_flight: Option<usize>,
     options: GatewayOptions,
+    metrics: GatewayMetrics,
+    /// False once the host is shutting down: every new request is refused `UNAVAILABLE`.
+    admitting: AtomicBool,
+    /// Cancellations spawned and not yet handed to the broker (shutdown waits for them).
+    pending_cancels: Arc<AtomicUsize>,
 }
 
 struct Admitted<C> {
@@ -124,6 +145,7 @@ struct Admitted<C> {
     spec: Arc<RequestTypeSpec>,
     body: Box<str>,
     identity: Option<Arc<str>>,
+    traceparent: TraceParent,
 }
 
 impl<B: Broker, S: ClientSink> Gateway<B, S> {
@@ -142,6 +164,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             sessions: DashMap::new(),
             max_in_flight: None,
             options,
+            metrics: GatewayMetrics::new(),
+            admitting: AtomicBool::new(true),
+            pending_cancels: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -150,6 +175,56 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     pub fn with_limits(mut self, limits: &Limits) -> Self {
         self.max_in_flight = limits.in_flight_limit();
         self
+    }
+
+    /// From now on every new request is refused with `UNAVAILABLE` (shutdown). Requests in
+    /// flight go on.
+    pub fn stop_admitting(&self) {
+        self.admitting.store(false, Ordering::SeqCst);
+    }
+
+    /// False once [`Gateway::stop_admitting`] was called.
+    pub fn is_admitting(&self) -> bool {
+        self.admitting.load(Ordering::SeqCst)
+    }
+
+    /// Nothing in flight and every cancellation handed to the broker.
+    pub fn is_settled(&self) -> bool {
+        self.inflight.is_empty() && self.pending_cancels.load(Ordering::SeqCst) == 0
+    }
+
+    /// Ends every request in flight with `UNAVAILABLE` (`reason` is the message) and tells
+    /// workers to stop them: for shutdown after the grace period, and when the broker
+    /// connection is lost (the replies of requests in flight went with their reply queue,
+    /// so waiting for them could only end in `TIMEOUT`). A request still being published
+    /// gets its ack first, then the error. Returns how many requests were ended.
+    pub fn fail_all(&self, reason: &str) -> usize {
+        let error = RequestError::Unavailable(reason.to_owned()).to_body();
+        let ids: Vec<Uuid> = self.inflight.iter().map(|entry| *entry.key()).collect();
+        let mut failed = 0;
+        for correlation_id in ids {
+            let mut known = false;
+            let ended = self.inflight.remove_if_mut(&correlation_id, |_, request| {
+                known = true;
+                match &mut request.stage {
+                    Stage::Publishing { ended, .. } => {
+                        ended.get_or_insert_with(|| error.clone());
+                        false
+                    }
+                    Stage::Active => {
+                        self.emit_error(request, &error);
+                        true
+                    }
+                }
+            });
+            if let Some((_, request)) = ended {
+                debug!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, reason, "request ended UNAVAILABLE");
+                self.release_id(correlation_id, &request);
+                self.spawn_cancel(correlation_id);
+            }
+            failed += usize::from(known);
+        }
+        failed
     }
 
     /// The current routing table.
@@ -185,7 +260,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     /// A connection that passed the handshake, with who it is and its budget.
     pub fn connected_as(&self, conn: S::Conn, session: Session) {
         self.sessions.insert(conn, Arc::new(session));
-        self.conns.insert(conn, HashMap::new());
+        if self.conns.insert(conn, HashMap::new()).is_none() {
+            self.metrics.socket_connected();
+        }
     }
 
     /// The connection is gone: forget its requests and tell workers to stop them.
@@ -194,12 +271,13 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         let Some((_, requests)) = self.conns.remove(&conn) else {
             return;
         };
+        self.metrics.socket_disconnected();
         for correlation_id in requests.into_values() {
             if let Some((_, request)) = self.inflight.remove(&correlation_id) {
                 if let Some(timer) = &request.timer {
                     timer.abort();
                 }
-                debug!(%correlation_id, client_id = %request.client_id, "client disconnected; cancelling");
+                debug!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, "client disconnected; cancelling");
                 // A request still publishing is cancelled when its confirm arrives.
                 if matches!(request.stage, Stage::Active) {
                     self.spawn_cancel(correlation_id);
@@ -219,12 +297,15 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         envelope: Result<RequestEnvelope, String>,
         ack: S::Ack,
     ) -> Option<impl Future<Output = ()> + Send + 'static> {
-        match self.admit(conn, envelope) {
+        let mut type_metrics = None;
+        match self.admit(conn, envelope, &mut type_metrics) {
             Ok(admitted) => {
                 let gateway = self.clone();
                 Some(async move { gateway.publish(admitted, ack).await })
             }
             Err(error) => {
+                self.metrics
+                    .refused(type_metrics.as_ref(), error.code().as_str());
                 debug!(?conn, code = %error.code(), %error, "request refused");
                 self.send_refusal(conn, ack, &error);
                 None
@@ -251,6 +332,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             spec,
             body,
             identity,
+            traceparent,
         } = admitted;
         let deadline = Instant::now() + spec.timeout;
         let request = OutgoingRequest {
@@ -262,6 +344,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             timeout: spec.timeout,
             deadline_ms: unix_ms_after(spec.timeout),
             identity,
+            traceparent,
         };
         let wait = self.options.publish_timeout.min(spec.timeout);
         let published = match tokio::time::timeout(wait, self.broker.publish(request)).await {
@@ -271,8 +354,11 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         match published {
             Ok(()) => self.activate(conn, correlation_id, ack, deadline),
             Err(error) => {
-                warn!(%correlation_id, request_type = %spec.name, %error, "publish failed");
-                if let Some((_, request)) = self.inflight.remove(&correlation_id) {
+                warn!(%correlation_id, %traceparent, request_type = %spec.name, %error, "publish failed");
+                if let Some((_, mut request)) = self.inflight.remove(&correlation_id) {
+                    request
+                        .metrics
+                        .finish(Outcome::Error(ErrorCode::Unavailable.as_str()));
                     self.release_id(correlation_id, &request);
                 }
                 let error = RequestError::Unavailable(error.to_string());
@@ -281,11 +367,15 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
     }
 
+    /// Checks a request and reserves its id. `type_metrics` is set as soon as the request
+    /// type is known to be served, so that a refusal after that counts against it.
     fn admit(
         &self,
         conn: S::Conn,
         envelope: Result<RequestEnvelope, String>,
+        type_metrics: &mut Option<Arc<TypeMetrics>>,
     ) -> Result<Admitted<S::Conn>, RequestError> {
+        let started = Instant::now();
         let session = self.sessions.get(&conn).map(|s| s.value().clone());
         // Every event counts against the rate, malformed ones too, and it is the first
         // check: a flooding client costs as little as possible.
@@ -296,6 +386,11 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                     retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
                 })
             })?;
+        }
+        if !self.is_admitting() {
+            return Err(RequestError::Unavailable(
+                "the host is shutting down".to_owned(),
+            ));
         }
         let envelope = envelope.map_err(RequestError::bad_request)?;
         let id = required_string(envelope.id, "id")?;
@@ -312,6 +407,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             .get(&request_type)
             .cloned()
             .ok_or(RequestError::UnknownRequestType(request_type))?;
+        let type_metrics = type_metrics
+            .insert(self.metrics.for_type(&spec.name))
+            .clone();
         if !session
             .as_ref()
             .map_or(spec.required_roles.is_empty(), |s| {
@@ -337,6 +435,11 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         };
 
         let correlation_id = Uuid::new_v4();
+        let client_trace = ClientTrace::from_envelope(envelope.traceparent.as_ref());
+        let traceparent = trace::for_request(client_trace, correlation_id);
+        if client_trace == ClientTrace::Invalid {
+            debug!(%correlation_id, %traceparent, "the client's traceparent is not valid; a new trace was started");
+        }
         let client_id: Arc<str> = id.into();
         {
             let mut requests = self
@@ -359,19 +462,22 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
                 stage: Stage::Publishing {
                     buffered: Vec::new(),
-                    cancelled: false,
+                    ended: None,
                 },
                 next_seq: 0,
                 timer: None,
+                trace: traceparent,
+                metrics: RequestMetrics::start(type_metrics, started),
             },
         );
-        debug!(%correlation_id, request_type = %spec.name, "request admitted");
+        debug!(%correlation_id, %traceparent, request_type = %spec.name, "request admitted");
         Ok(Admitted {
             conn,
             correlation_id,
             spec,
             body,
             identity: session.and_then(|s| s.identity_header().cloned()),
+            traceparent,
         })
     }
 
@@ -385,7 +491,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     ) {
         let mut ack = Some(ack);
         let mut known = false;
-        let mut cancelled_early = false;
+        let mut ended_early = false;
         let mut ack_lost = false;
         let finished = self.inflight.remove_if_mut(&correlation_id, |_, request| {
             known = true;
@@ -395,10 +501,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                     return true;
                 }
             }
-            let Stage::Publishing {
-                buffered,
-                cancelled,
-            } = std::mem::replace(&mut request.stage, Stage::Active)
+            let Stage::Publishing { buffered, ended } =
+                std::mem::replace(&mut request.stage, Stage::Active)
             else {
                 return false;
             };
@@ -407,9 +511,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                     return true;
                 }
             }
-            if cancelled {
-                cancelled_early = true;
-                self.emit_error(request, &RequestError::Cancelled.to_body());
+            if let Some(error) = ended {
+                ended_early = true;
+                self.emit_error(request, &error);
                 return true;
             }
             request.timer = Some(self.start_timer(correlation_id, deadline));
@@ -417,11 +521,11 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         });
         if let Some((_, request)) = finished {
             self.release_id(correlation_id, &request);
-            if cancelled_early || ack_lost {
+            if ended_early || ack_lost {
                 self.spawn_cancel(correlation_id);
             }
             if ack_lost {
-                warn!(%correlation_id, ?conn, "the ack could not be sent (client not reading); request cancelled and client disconnected");
+                warn!(%correlation_id, traceparent = %request.trace, ?conn, "the ack could not be sent (client not reading); request cancelled and client disconnected");
                 self.sink.disconnect(conn);
             }
         } else if !known {
@@ -458,6 +562,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 }
                 let seq = request.next_seq;
                 request.next_seq += 1;
+                request.metrics.chunk();
                 self.emit(
                     request.conn,
                     &ResponseEvent::chunk(&request.client_id, seq, &data),
@@ -465,6 +570,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 false
             }
             Outbound::Result(data) => {
+                request.metrics.finish(Outcome::Ok);
                 self.emit(
                     request.conn,
                     &ResponseEvent::result(&request.client_id, &data),
@@ -478,7 +584,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
     }
 
-    fn emit_error(&self, request: &InFlight<S::Conn>, error: &ErrorBody) {
+    /// Sends a final error (the request's outcome, for metrics).
+    fn emit_error(&self, request: &mut InFlight<S::Conn>, error: &ErrorBody) {
+        request.metrics.finish(Outcome::Error(&error.code));
         self.emit(
             request.conn,
             &ResponseEvent::error(&request.client_id, error),
@@ -579,7 +687,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             }
         });
         if let Some((_, request)) = finished {
-            debug!(%correlation_id, request_type = %request.request_type, "request finished");
+            debug!(%correlation_id, traceparent = %request.trace, request_type = %request.request_type, "request finished");
             self.release_id(correlation_id, &request);
         }
     }
@@ -604,8 +712,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         let cancelled =
             self.inflight
                 .remove_if_mut(&correlation_id, |_, request| match &mut request.stage {
-                    Stage::Publishing { cancelled, .. } => {
-                        *cancelled = true;
+                    Stage::Publishing { ended, .. } => {
+                        ended.get_or_insert_with(|| RequestError::Cancelled.to_body());
                         false
                     }
                     Stage::Active => {
@@ -614,7 +722,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                     }
                 });
         if let Some((_, request)) = cancelled {
-            info!(%correlation_id, client_id = %request.client_id, "request cancelled by the client");
+            info!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, "request cancelled by the client");
             self.release_id(correlation_id, &request);
             self.spawn_cancel(correlation_id);
         }
@@ -644,7 +752,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             true
         });
         if let Some((_, request)) = expired {
-            info!(%correlation_id, client_id = %request.client_id, request_type = %request.request_type, "request timed out");
+            info!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, request_type = %request.request_type, "request timed out");
             self.release_id(correlation_id, &request);
             self.spawn_cancel(correlation_id);
         }
@@ -664,10 +772,13 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
 
     fn spawn_cancel(&self, correlation_id: Uuid) {
         let broker = self.broker.clone();
+        let pending = self.pending_cancels.clone();
+        pending.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             if let Err(error) = broker.publish_cancel(correlation_id).await {
                 debug!(%correlation_id, %error, "cancellation not published");
             }
+            pending.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }

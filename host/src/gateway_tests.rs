@@ -638,4 +638,234 @@ async fn a_new_timeout_applies_to_new_requests_only() {
     assert_eq!(events[1]["id"], json!("b"));
     assert_eq!(events[1]["error"]["details"]["timeoutMs"], json!(5000));
     h.assert_clean();
+// ---- trace context (protocol §3.7) ----
+
+const CLIENT_TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn traced(id: &str, traceparent: Value) -> Result<RequestEnvelope, String> {
+    envelope(json!({ "id": id, "requestType": "echo", "payload": 1, "traceparent": traceparent }))
+}
+
+#[tokio::test]
+async fn a_clients_traceparent_is_continued_to_the_worker() {
+    let h = harness();
+    let ack = h.submit(1, traced("a", json!(CLIENT_TRACE))).await;
+    assert_eq!(ack, json!({"ok": true}), "the ack is unchanged by tracing");
+    let published = h.broker.published();
+    let forwarded = published[0].traceparent;
+    assert_eq!(forwarded.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+    assert_ne!(
+        forwarded.parent_id, 0x00f067aa0ba902b7,
+        "the host is a span of its own"
+    );
+    assert_eq!(forwarded.flags, 1);
+}
+
+#[tokio::test]
+async fn without_a_valid_traceparent_a_new_trace_starts_and_the_request_is_not_refused() {
+    let h = harness();
+    assert_eq!(
+        h.submit(1, req("a", "echo", json!(1))).await["ok"],
+        json!(true)
+    );
+    let invalid = "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01";
+    assert_eq!(
+        h.submit(2, traced("b", json!(invalid))).await["ok"],
+        json!(true)
+    );
+    assert_eq!(
+        h.submit(3, traced("c", json!({"x": 1}))).await["ok"],
+        json!(true)
+    );
+    let published = h.broker.published();
+    for p in &published {
+        assert_eq!(
+            p.traceparent.trace_id_hex(),
+            p.correlation_id.simple().to_string(),
+            "a new trace is named after the correlation id"
+        );
+    }
+}
+
+// ---- metrics ----
+
+/// Runs `body` with a Prometheus recorder of its own (thread-local: the tests' runtime is
+/// single-threaded, so the gateway's spawned tasks record into it too); returns the text.
+fn rendered(recorder: &metrics_exporter_prometheus::PrometheusRecorder) -> String {
+    crate::metrics::render(&recorder.handle())
+}
+
+fn count(text: &str, request_type: &str, outcome: &str) -> f64 {
+    crate::metrics::sample(
+        text,
+        crate::metrics::REQUESTS_TOTAL,
+        &[("request_type", request_type), ("outcome", outcome)],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_way_a_request_ends_is_counted_once_by_type_and_outcome() {
+    let recorder = crate::metrics::builder().build_recorder();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let h = harness();
+    // ok, with two chunks
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let c = h.last_correlation_id();
+    h.gateway.on_reply(reply(c, "chunk", "1"));
+    h.gateway.on_reply(reply(c, "chunk", "2"));
+    h.gateway.on_reply(reply(c, "result", "3"));
+    // worker error with its own code
+    h.submit(2, req("b", "echo", json!(1))).await;
+    h.gateway.on_reply(reply(
+        h.last_correlation_id(),
+        "error",
+        r#"{"code":"NOT_FOUND","message":"no"}"#,
+    ));
+    // cancelled
+    h.submit(3, req("c", "echo", json!(1))).await;
+    h.gateway.cancel(
+        CONN,
+        Ok(CancelEnvelope {
+            id: Some(json!("c")),
+        }),
+    );
+    // timeout
+    h.submit(4, req("d", "slow", json!(1))).await;
+    // refusals: unknown type, bad envelope, invalid payload
+    h.submit(5, req("e", "no.such.type", json!(1))).await;
+    h.submit(6, envelope(json!({"requestType": "echo"}))).await;
+    h.submit(7, req("f", "strict", json!({}))).await;
+    // still in flight, then the client leaves
+    h.submit(8, req("g", "echo", json!(1))).await;
+    let text = rendered(&recorder);
+    assert_eq!(
+        crate::metrics::sample(&text, crate::metrics::REQUESTS_IN_FLIGHT, &[]),
+        Some(2.0),
+        "the slow one and the last one: {text}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.gateway.disconnected(CONN);
+
+    let text = rendered(&recorder);
+    assert_eq!(count(&text, "echo", "ok"), 1.0, "{text}");
+    assert_eq!(count(&text, "echo", "not_found"), 1.0, "{text}");
+    assert_eq!(count(&text, "echo", "cancelled"), 1.0, "{text}");
+    assert_eq!(count(&text, "slow", "timeout"), 1.0, "{text}");
+    assert_eq!(count(&text, "echo", "disconnected"), 1.0, "{text}");
+    assert_eq!(
+        count(&text, "_unknown", "unknown_request_type"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(count(&text, "_unknown", "bad_request"), 1.0, "{text}");
+    assert_eq!(count(&text, "strict", "invalid_payload"), 1.0, "{text}");
+    assert_eq!(
+        crate::metrics::sample(
+            &text,
+            crate::metrics::CHUNKS_RELAYED,
+            &[("request_type", "echo")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        crate::metrics::sample(&text, crate::metrics::REQUESTS_IN_FLIGHT, &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        crate::metrics::sample(&text, crate::metrics::CONNECTED_SOCKETS, &[]),
+        Some(0.0),
+        "connected once, disconnected once"
+    );
+    let durations = format!("{}_count", crate::metrics::REQUEST_DURATION);
+    assert_eq!(
+        crate::metrics::sample(&text, &durations, &[("request_type", "echo")]),
+        Some(4.0),
+        "admitted requests have a duration; refusals before admission do not"
+    );
+    h.assert_clean();
+}
+
+#[tokio::test]
+async fn a_publish_that_fails_counts_as_unavailable() {
+    let recorder = crate::metrics::builder().build_recorder();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let h = harness();
+    h.broker.fail_with(Some(PublishError::NotConnected));
+    h.submit(1, req("a", "echo", json!(1))).await;
+    assert_eq!(count(&rendered(&recorder), "echo", "unavailable"), 1.0);
+}
+
+// ---- shutdown and broker loss ----
+
+#[tokio::test]
+async fn once_admission_stops_new_requests_are_unavailable_and_requests_in_flight_go_on() {
+    let h = harness();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let c = h.last_correlation_id();
+    h.gateway.stop_admitting();
+    assert!(!h.gateway.is_admitting());
+    let ack = h.submit(2, req("b", "echo", json!(1))).await;
+    assert_eq!(refusal_code(&ack), "UNAVAILABLE");
+    assert!(ack["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("shutting down"));
+    assert_eq!(
+        h.broker.published().len(),
+        1,
+        "the refused one was not published"
+    );
+    assert!(!h.gateway.is_settled());
+    h.gateway.on_reply(reply(c, "result", "\"done\""));
+    assert_eq!(
+        h.sink.events(CONN),
+        vec![json!({"id": "a", "type": "result", "data": "done"})]
+    );
+    assert!(h.gateway.is_settled());
+    h.assert_clean();
+}
+
+#[tokio::test]
+async fn fail_all_ends_every_request_unavailable_and_tells_workers() {
+    let h = harness();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let active = h.last_correlation_id();
+    // One more, still waiting for its confirm.
+    h.broker.hold_confirms(true);
+    let gateway = h.gateway.clone();
+    let publishing = tokio::spawn(async move {
+        gateway
+            .handle_request(CONN, req("b", "echo", json!(1)), 2)
+            .await
+    });
+    while h.broker.published().len() < 2 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(h.gateway.fail_all("the broker connection was lost"), 2);
+    let events = h.sink.events(CONN);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["id"], json!("a"));
+    assert_eq!(events[0]["error"]["code"], json!("UNAVAILABLE"));
+    assert!(events[0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("the broker connection was lost"));
+    // The publishing one: its ack first (never a response before the ack), then the error.
+    assert!(h.sink.acks(2).is_empty());
+    h.broker.release_confirms();
+    publishing.await.unwrap();
+    assert_eq!(h.sink.acks(2), vec![json!({"ok": true})]);
+    let events = h.sink.events(CONN);
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["id"], json!("b"));
+    assert_eq!(events[1]["error"]["code"], json!("UNAVAILABLE"));
+    // A late reply finds nothing.
+    h.gateway.on_reply(reply(active, "result", "1"));
+    assert_eq!(h.sink.events(CONN).len(), 2);
+    h.assert_clean();
+    while !h.gateway.is_settled() {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(h.broker.cancels().len(), 2, "workers are told to stop both");
 }

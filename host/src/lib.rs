@@ -19,6 +19,8 @@
 //! - [`error`]: why a request fails, mapped to protocol error codes.
 //! - [`auth`], [`session`], [`limits`], [`origins`]: who may connect and call what, and
 //!   how much one connection may ask of the host.
+//! - [`metrics`]: the Prometheus recorder behind `/metrics` and the metric names.
+//! - [`trace`]: the W3C trace context of a request (accepted from the client or started).
 
 pub mod auth;
 pub mod broker;
@@ -28,6 +30,7 @@ pub mod error;
 pub mod gateway;
 pub mod limits;
 pub mod origins;
+pub mod metrics;
 pub mod plugins;
 pub mod reload;
 pub mod routes;
@@ -36,4 +39,5 @@ pub mod server;
 pub mod session;
 pub mod sink;
 pub mod socketio;
+pub mod trace;
 pub mod watcher;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use taskgate_host::broker::amqp::{connect, AmqpBroker, ConnectError, QueueDecl};
 use taskgate_host::broker::{Broker, OutgoingRequest, PublishError};
+use taskgate_protocol::trace::TraceParent;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -23,6 +24,7 @@ fn request(queue: &str) -> OutgoingRequest {
         timeout: Duration::from_secs(5),
         deadline_ms: 0,
         identity: None,
+        traceparent: TraceParent::new(1, 1, 1).unwrap(),
     }
 }
 

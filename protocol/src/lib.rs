@@ -29,7 +29,12 @@ pub mod amqp {
     pub const DELIVERY_MODE_PERSISTENT: u8 = 2;
     /// Prefix of the per-host reply queue; the host appends its instance UUID.
     pub const REPLY_QUEUE_PREFIX: &str = "taskgate.reply.";
+    /// Header: the W3C trace context of the request (§3.7), e.g.
+    /// `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`.
+    pub const HEADER_TRACEPARENT: &str = "traceparent";
 }
+
+pub mod trace;
 
 /// Socket.IO event names (protocol §1).
 pub mod events {

@@ -388,6 +388,10 @@ pub fn request_properties(request: &OutgoingRequest, reply_queue: &str) -> Basic
             AMQPValue::LongString(LongString::from(identity.as_ref())),
         );
     }
+    headers.insert(
+        names::HEADER_TRACEPARENT.into(),
+        AMQPValue::LongString(request.traceparent.to_string().into()),
+    );
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -467,6 +471,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
+    use taskgate_protocol::trace::TraceParent;
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {
@@ -506,6 +513,7 @@ mod tests {
             timeout: Duration::from_millis(1500),
             deadline_ms: 42,
             identity: None,
+            traceparent: TraceParent::parse(TRACEPARENT).unwrap(),
         };
         let p = request_properties(&request, "taskgate.reply.x");
         assert_eq!(
@@ -536,6 +544,10 @@ mod tests {
             headers.get("x-stream"),
             Some(AMQPValue::Boolean(true))
         ));
+        assert_eq!(
+            headers.get("traceparent"),
+            Some(&AMQPValue::LongString(TRACEPARENT.into()))
+        );
         assert!(
             headers.get("x-identity").is_none(),
             "no identity, no header"
@@ -553,6 +565,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             deadline_ms: 1,
             identity: Some(r#"{"subject":"alice","roles":["admin"]}"#.into()),
+            traceparent: TraceParent::parse(TRACEPARENT).unwrap(),
         };
         let p = request_properties(&request, "r");
         let headers = p.headers().as_ref().unwrap().inner();

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use taskgate_protocol::trace::TraceParent;
 use uuid::Uuid;
 
 /// A request message for a worker (protocol §2.2).
@@ -27,6 +28,8 @@ pub struct OutgoingRequest {
     pub deadline_ms: u64,
     /// The client's identity as JSON, sent as header `x-identity` (none without auth).
     pub identity: Option<Arc<str>>,
+    /// The W3C trace context forwarded in the `traceparent` header (§3.7).
+    pub traceparent: TraceParent,
 }
 
 /// A reply message from a worker (protocol §2.3), as received: nothing is trusted yet.

@@ -2,6 +2,7 @@
 //! Parsed by clap; turned into [`Settings`] together with plugins.toml.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -35,9 +36,14 @@ pub struct Cli {
     #[arg(long, env = "TASKGATE_STATIC_DIR", global = true)]
     pub static_dir: Option<PathBuf>,
 
-    /// Log format.
+    /// Log format: human-readable text, or one JSON object per line.
     #[arg(long, env = "TASKGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+
+    /// On SIGTERM/SIGINT, how long requests in flight may take to finish before they are
+    /// ended with UNAVAILABLE, e.g. 30s, 2m, 500ms. Default 30s.
+    #[arg(long, env = "TASKGATE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, global = true)]
+    pub shutdown_grace: Option<Duration>,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -84,6 +90,7 @@ impl Cli {
                 amqp_url: self.amqp_url.clone(),
                 plugins_dir: self.plugins_dir.clone(),
                 static_dir: self.static_dir.clone(),
+                shutdown_grace: self.shutdown_grace,
             },
         )
     }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 8 * 1024 * 1024;
 /// Plugin libraries a host maps at most over its life: libraries cannot be unloaded, so
 /// every distinct file version hot reload loads stays mapped (see ARCHITECTURE.md).
 pub const DEFAULT_MAX_PLUGIN_LIBRARIES: usize = 64;
+/// How long shutdown waits for requests in flight before ending them `UNAVAILABLE`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -172,6 +175,8 @@ pub struct HostSection {
     /// Browser origins allowed to open Socket.IO connections besides the host's own
     /// (e.g. "https://app.example.com"); "*" allows any.
     pub allowed_origins: Option<Vec<String>>,
+    /// How long shutdown waits for requests in flight, e.g. "30s", "1m 30s", "500ms".
+    pub shutdown_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, PartialEq)]
@@ -225,6 +230,7 @@ pub struct Overrides {
     pub amqp_url: Option<String>,
     pub plugins_dir: Option<PathBuf>,
     pub static_dir: Option<PathBuf>,
+    pub shutdown_grace: Option<Duration>,
 }
 
 /// What the host runs with.
@@ -244,6 +250,8 @@ pub struct Settings {
     pub limits: Limits,
     /// `[host] allowed_origins` (empty: the host's own origin only).
     pub allowed_origins: Vec<String>,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
     /// The plugin tables of plugins.toml.
     pub plugins: BTreeMap<String, PluginSection>,
     /// Where the configuration came from, for log lines; `None` when defaults only.
@@ -314,6 +322,15 @@ impl Settings {
         {
             *path = base.join(&*path);
         }
+        let shutdown_grace = match (overrides.shutdown_grace, &file.host.shutdown_grace) {
+            (Some(grace), _) => grace,
+            (None, Some(text)) => humantime::parse_duration(text).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "[host] shutdown_grace = \"{text}\": {e} (write e.g. \"30s\" or \"1m 30s\")"
+                ))
+            })?,
+            (None, None) => DEFAULT_SHUTDOWN_GRACE,
+        };
         Ok(Settings {
             listen,
             amqp_url,
@@ -333,6 +350,7 @@ impl Settings {
             auth,
             limits,
             allowed_origins: file.host.allowed_origins.unwrap_or_default(),
+            shutdown_grace,
             plugins: file.plugins,
             config_path: config_path.map(Path::to_path_buf),
             overrides: given,
@@ -427,13 +445,37 @@ mod tests {
                 listen: Some("127.0.0.1:0".into()),
                 amqp_url: Some("amqp://x@y/z".into()),
                 plugins_dir: Some("p".into()),
-                static_dir: None,
+                ..Overrides::default()
             },
         )
         .unwrap();
         assert_eq!(s.listen.port(), 0);
         assert_eq!(s.amqp_url, "amqp://x@y/z");
         assert_eq!(s.plugins_dir, PathBuf::from("p"));
+    }
+
+    #[test]
+    fn the_shutdown_grace_comes_from_the_flag_the_file_or_the_default() {
+        let grace = |file: &str, flag: Option<Duration>| {
+            Settings::resolve(
+                parse(file).unwrap(),
+                None,
+                Overrides {
+                    shutdown_grace: flag,
+                    ..Overrides::default()
+                },
+            )
+            .map(|s| s.shutdown_grace)
+        };
+        assert_eq!(grace("", None).unwrap(), DEFAULT_SHUTDOWN_GRACE);
+        let file = "[host]\nshutdown_grace = \"1m 30s\"\n";
+        assert_eq!(grace(file, None).unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            grace(file, Some(Duration::from_millis(5))).unwrap(),
+            Duration::from_millis(5)
+        );
+        let err = grace("[host]\nshutdown_grace = \"soon\"\n", None).unwrap_err();
+        assert!(err.to_string().contains("shutdown_grace"), "{err}");
     }
 
     #[test]

@@ -361,6 +361,14 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                         .finish(Outcome::Error(ErrorCode::Unavailable.as_str()));
                     self.release_id(correlation_id, &request);
                 }
+                // The broker may have taken the message before the failure (no confirm
+                // seen): tell workers not to run it.
+                if matches!(
+                    error,
+                    PublishError::ConfirmTimeout(_) | PublishError::Amqp(_)
+                ) {
+                    self.spawn_cancel(correlation_id);
+                }
                 let error = RequestError::Unavailable(error.to_string());
                 self.send_refusal(conn, ack, &error);
             }

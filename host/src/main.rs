@@ -10,25 +10,37 @@ use taskgate_host::{plugins, schemas, server};
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
+/// Human-readable lines by default; with `--log-format json` one JSON object per line
+/// whose event fields (`correlation_id`, `traceparent` …) are top-level keys.
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("TASKGATE_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,socketioxide=warn,engineioxide=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_writer(std::io::stderr);
     // Whatever TASKGATE_LOG says, the Socket.IO/WebSocket stack never logs client data
     // (handshake tokens, payloads) at debug or trace level.
     let no_client_data = filter_fn(taskgate_host::auth::loggable);
     match format {
-        LogFormat::Text => builder.finish().with(no_client_data).init(),
-        LogFormat::Json => builder.json().finish().with(no_client_data).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(no_client_data)
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(no_client_data)
+            .init(),
     }
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or SIGINT.
+async fn signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -59,6 +71,17 @@ fn scan_plugins(settings: &taskgate_host::config::Settings) -> Option<Vec<plugin
             None
         }
     }
+}
+
+/// The first signal starts the graceful shutdown; a second one stops at once.
+async fn shutdown_signal() {
+    signal().await;
+    info!("signal received: shutting down gracefully (send it again to stop at once)");
+    tokio::spawn(async {
+        signal().await;
+        warn!("second signal: stopping at once");
+        std::process::exit(130);
+    });
 }
 
 #[tokio::main]

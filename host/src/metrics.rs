@@ -36,9 +36,10 @@ pub const CHUNKS_RELAYED: &str = "taskgate_chunks_relayed_total";
 pub const BROKER_RECONNECTS: &str = "taskgate_broker_reconnects_total";
 /// Gauge: 1 while connected to the broker with the reply consumer running, else 0.
 pub const BROKER_CONNECTED: &str = "taskgate_broker_connected";
-/// Counter `{outcome}`: plugin libraries loaded (`ok`) or refused (`error`).
+/// Counter `{outcome}`: plugin libraries `loaded`, `reloaded` or `failed` (recorded by
+/// `reload`, the initial load included).
 pub const PLUGIN_LOADS: &str = "taskgate_plugin_loads_total";
-/// Gauge `{plugin, version}` = 1: the plugins serving now.
+/// Gauge `{plugin, version, hash}`: 1 while that version serves, 0 after (recorded by `reload`).
 pub const PLUGIN_INFO: &str = "taskgate_plugin_info";
 
 /// Upper bounds of the latency buckets, in seconds: from a fast in-memory echo (a few

@@ -1,16 +1,19 @@
-//! Starting the host: load plugins, connect the broker, serve HTTP + Socket.IO until
-//! shutdown. The binary only parses flags and binds; tests call [`run`] on port 0.
+//! Starting the host: load plugins, connect the broker, serve HTTP + Socket.IO
+//! (`/healthz`, `/readyz`, `/metrics`, Socket.IO, static files) until shutdown, then shut
+//! down gracefully. The binary only parses flags and binds; tests call [`run`] on port 0.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
@@ -28,6 +31,7 @@ use crate::origins::{self, AllowedOrigins};
 use crate::plugins::PrivateCopyLoader;
 use crate::reload::{self, Reloader};
 use crate::routes::RoutingTable;
+use crate::metrics;
 use crate::socketio::{self, Admission, BacklogLimits, SocketIoSink};
 use crate::watcher::{self, ReloadTarget};
 
@@ -67,14 +71,30 @@ type HostGateway = Gateway<AmqpBroker, SocketIoSink>;
 struct AppState {
     broker: AmqpBroker,
     gateway: Arc<HostGateway>,
+    metrics: PrometheusHandle,
+    host_id: Uuid,
 }
 
-/// Runs the host on `listener` until `shutdown` resolves.
+/// After the last response, how long sockets stay open so it leaves the send buffers:
+/// closing a socket drops what its transport has not written yet.
+const LINGER: Duration = Duration::from_millis(200);
+/// How long shutdown waits for the backlogs of slow clients to drain.
+const BACKLOG_DRAIN: Duration = Duration::from_secs(2);
+/// How long connections may take to close once the sockets are closed.
+const CLOSE_CONNECTIONS: Duration = Duration::from_secs(5);
+
+/// Runs the host on `listener` until `shutdown` resolves, then shuts down gracefully:
+/// new requests are refused `UNAVAILABLE` (and `/readyz` says 503) while the requests in
+/// flight get `settings.shutdown_grace` to finish; the rest are ended `UNAVAILABLE`
+/// (workers are told to stop them), sockets are closed, and the broker connection is
+/// closed cleanly, taking the host's exclusive reply queue with it.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let metrics_handle = metrics::install();
+    let upkeep = metrics::spawn_upkeep(metrics_handle.clone());
     let authenticator = Authenticator::from_config(&settings.auth)
         .map_err(|e| ServeError::Config(e.to_string()))?;
     let allowed_origins = Arc::new(
@@ -108,12 +128,14 @@ pub async fn run(
         io.clone(),
         BacklogLimits::from(&settings.limits),
     ));
+    let options = GatewayOptions::default();
+    let publish_timeout = options.publish_timeout;
     let gateway = Arc::new(
         Gateway::new(
             Arc::new(broker.clone()),
             sink.clone(),
             initial.routes,
-            GatewayOptions::default(),
+            options,
         )
         .with_limits(&settings.limits),
     );
@@ -135,6 +157,24 @@ pub async fn run(
             limits: settings.limits.clone(),
         }),
     );
+    {
+        // Weak: the broker (owned by the gateway) must not keep the gateway alive.
+        let gateway = Arc::downgrade(&gateway);
+        broker.on_session_lost(move || {
+            let Some(gateway) = gateway.upgrade() else {
+                return;
+            };
+            let failed = gateway.fail_all(
+                "the broker connection was lost; the reply to this request cannot arrive",
+            );
+            if failed > 0 {
+                warn!(
+                    failed,
+                    "requests in flight ended UNAVAILABLE: their replies were lost with the broker connection"
+                );
+            }
+        });
+    }
 
     let stop = CancellationToken::new();
     let reload_task = start_hot_reload(
@@ -161,9 +201,12 @@ pub async fn run(
     let mut app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
         .with_state(AppState {
             broker: broker.clone(),
             gateway: gateway.clone(),
+            metrics: metrics_handle,
+            host_id,
         });
     if let Some(dir) = &settings.static_dir {
         info!(dir = %dir.display(), "serving static files at /");
@@ -191,15 +234,34 @@ pub async fn run(
             warn!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    let close_io = io.clone();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
+    let sockets_closed = CancellationToken::new();
+    let drain = {
+        let gateway = gateway.clone();
+        let sink = sink.clone();
+        let io = io.clone();
+        let grace = settings.shutdown_grace;
+        let sockets_closed = sockets_closed.clone();
+        async move {
             shutdown.await;
-            info!("shutting down");
+            drain(&gateway, &sink, grace, publish_timeout).await;
             // WebSocket connections never end by themselves: close them so serve returns.
-            close_io.close().await;
-        })
-        .await;
+            io.close().await;
+            sockets_closed.cancel();
+        }
+    };
+    let serve = axum::serve(listener, app)
+        .with_graceful_shutdown(drain)
+        .into_future();
+    let served = tokio::select! {
+        served = serve => served,
+        _ = async {
+            sockets_closed.cancelled().await;
+            tokio::time::sleep(CLOSE_CONNECTIONS).await;
+        } => {
+            warn!("HTTP connections still open {CLOSE_CONNECTIONS:?} after the sockets were closed; stopping anyway");
+            Ok(())
+        }
+    };
     stop.cancel();
     if let Err(e) = broker_task.await {
         warn!(error = %e, "broker task ended abnormally");
@@ -207,6 +269,7 @@ pub async fn run(
     if let Err(e) = reload_task.await {
         warn!(error = %e, "hot reload task ended abnormally");
     }
+    upkeep.abort();
     info!("stopped");
     served.map_err(ServeError::Serve)
 }
@@ -239,19 +302,81 @@ fn log_security(settings: &Settings, authenticator: &Authenticator, origins: &Al
     );
 }
 
+/// The shutdown sequence up to closing the sockets (see [`run`]).
+async fn drain(gateway: &HostGateway, sink: &SocketIoSink, grace: Duration, publish: Duration) {
+    gateway.stop_admitting();
+    info!(
+        in_flight = gateway.in_flight(),
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: new requests are refused; waiting for the requests in flight"
+    );
+    let finished = wait_until(|| gateway.in_flight() == 0, grace).await;
+    if !finished {
+        let failed = gateway.fail_all("the host is shutting down");
+        warn!(
+            failed,
+            "shutdown grace period over: requests still in flight ended UNAVAILABLE"
+        );
+    }
+    // Requests still being published get their ack and error once the broker answers;
+    // cancellations must reach the broker before it is closed.
+    if !wait_until(|| gateway.is_settled(), publish + Duration::from_secs(1)).await {
+        warn!(
+            in_flight = gateway.in_flight(),
+            "requests still unsettled at shutdown"
+        );
+    }
+    wait_until(|| sink.backlogged() == 0, BACKLOG_DRAIN).await;
+    tokio::time::sleep(LINGER).await;
+    info!("closing client connections");
+}
+
+/// Polls `done` until it is true (returns true) or `limit` passes (returns false).
+async fn wait_until(done: impl Fn() -> bool, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics::render(&state.metrics),
+    )
+}
+
+/// Ready = connected to the broker with the reply consumer running, the plugins loaded
+/// (the initial load is done before the listener serves; hot reload swaps atomically),
+/// and not shutting down.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    let broker = state.broker.is_connected();
+    let broker = state.broker.status();
+    let admitting = state.gateway.is_admitting();
+    let ready = broker.connected && broker.consuming && admitting;
     let routes = state.gateway.routes();
     let body = json!({
-        "ready": broker,
-        "broker": if broker { "connected" } else { "disconnected" },
+        "ready": ready,
+        "broker": if broker.connected { "connected" } else { "disconnected" },
+        "replyConsumer": if broker.consuming { "running" } else { "stopped" },
+        "replyQueue": broker.reply_queue,
         "requestTypes": routes.len(),
         "inFlight": state.gateway.in_flight(),
+        "shuttingDown": !admitting,
+        "hostId": state.host_id,
         // The plugin versions serving now (hot reload changes them): name, version,
         // hash (of the library file), file, requestTypes.
         "plugins": routes.plugins(),
     });
-    let status = if broker {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

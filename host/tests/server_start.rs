@@ -62,6 +62,31 @@ async fn serves_socket_io_and_health_on_an_ephemeral_port() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    for field in [
+        r#""broker":"connected""#,
+        r#""replyConsumer":"running""#,
+        r#""plugins":["#,
+        r#""shuttingDown":false"#,
+        r#""replyQueue":"taskgate.reply."#,
+        r#""hostId":""#,
+    ] {
+        assert!(ready.contains(field), "/readyz says {field}: {ready}");
+    }
+
+    // Prometheus text format, rendered on the host's own router.
+    let metrics = http_get(addr, "/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics
+            .to_lowercase()
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE taskgate_broker_connected gauge"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("taskgate_broker_connected 1"), "{metrics}");
 
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), server)

@@ -25,6 +25,8 @@ fn environment_variables_override_the_file_and_flags_override_both() {
     std::env::set_var("TASKGATE_LISTEN", "127.0.0.1:2222");
     std::env::set_var("TASKGATE_AMQP_URL", "amqp://env@h/%2f");
     std::env::set_var("TASKGATE_PLUGINS_DIR", "/from/env");
+    std::env::set_var("TASKGATE_SHUTDOWN_GRACE", "2s 500ms");
+    std::env::set_var("TASKGATE_LOG_FORMAT", "json");
 
     let settings = Cli::try_parse_from(["taskgate"])
         .unwrap()
@@ -34,6 +36,16 @@ fn environment_variables_override_the_file_and_flags_override_both() {
     assert_eq!(settings.amqp_url, "amqp://env@h/%2f");
     assert_eq!(settings.plugins_dir, PathBuf::from("/from/env"));
     assert_eq!(settings.config_path.as_deref(), Some(config.as_path()));
+    assert_eq!(
+        settings.shutdown_grace,
+        std::time::Duration::from_millis(2500)
+    );
+    assert_eq!(
+        Cli::try_parse_from(["taskgate"]).unwrap().log_format,
+        taskgate_host::cli::LogFormat::Json
+    );
+    std::env::remove_var("TASKGATE_SHUTDOWN_GRACE");
+    std::env::remove_var("TASKGATE_LOG_FORMAT");
 
     let settings = Cli::try_parse_from(["taskgate", "--listen", "127.0.0.1:3333"])
         .unwrap()

@@ -7,10 +7,18 @@
 //! starts over. While it is down, publishes fail at once with `NotConnected`, so clients
 //! get `UNAVAILABLE` promptly instead of a hang.
 //!
-//! The reply queue is named by the host (`taskgate.reply.<host uuid>`): server-named
-//! queues cannot be re-declared after a reconnect.
+//! Recovery is done here, not by lapin's auto-recovery: a session's reply queue is
+//! exclusive, so it — and every reply still in it or on its way to it — is gone with the
+//! connection. A lost session therefore calls the hook registered with
+//! [`AmqpBroker::on_session_lost`] (the host ends the requests in flight at once rather
+//! than letting them time out), and the next session declares everything again with a
+//! reply queue of a new name. The reply queue is always named by the host
+//! (`taskgate.reply.<uuid>`), never by the server. The connection carries the client
+//! property `connection_name` = `taskgate-host <host id>`.
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -74,17 +82,53 @@ impl Default for Backoff {
     }
 }
 
+/// One broker session: a connection, its publish channel and the reply queue consumed on it.
 struct Live {
     connection: Connection,
     publish: Channel,
+    replies: Channel,
+    /// This session's reply queue: exclusive, so it goes with the connection; the next
+    /// session gets a new one.
+    reply_queue: String,
+}
+
+/// Called when a session ends other than by shutdown (see [`AmqpBroker::on_session_lost`]).
+type LostHook = Arc<dyn Fn() + Send + Sync>;
+
+/// What `/readyz` reports of the broker side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerStatus {
+    /// The connection is open.
+    pub connected: bool,
+    /// The reply consumer of the current session is running.
+    pub consuming: bool,
+    /// The current reply queue, if connected.
+    pub reply_queue: Option<String>,
+    /// Sessions opened since start (1 after the first connection).
+    pub sessions: u64,
 }
 
 struct Shared {
     url: String,
-    reply_queue: String,
+    host_id: Uuid,
     live: ArcSwapOption<Live>,
     queues: Mutex<Vec<QueueDecl>>,
+    on_lost: Mutex<Option<LostHook>>,
+    /// Cancellations asked for while disconnected, published once connected again (the
+    /// workers still run those requests; their replies have nowhere to go).
+    pending_cancels: Mutex<VecDeque<Uuid>>,
+    sessions: AtomicU64,
+    consuming: AtomicBool,
 }
+
+/// At most this many cancellations wait for a connection; older ones are dropped first.
+const MAX_PENDING_CANCELS: usize = 10_000;
+/// How long one connection attempt may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long closing a session may take (a dead connection must not hold up shutdown).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a session checks that its channels are still open.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The host's RabbitMQ connection. Cheap to clone.
 #[derive(Clone)]
@@ -97,20 +141,57 @@ impl AmqpBroker {
         AmqpBroker {
             shared: Arc::new(Shared {
                 url: url.into(),
-                reply_queue: format!("{}{host_id}", names::REPLY_QUEUE_PREFIX),
+                host_id,
                 live: ArcSwapOption::empty(),
                 queues: Mutex::new(queues),
+                on_lost: Mutex::new(None),
+                pending_cancels: Mutex::new(VecDeque::new()),
+                sessions: AtomicU64::new(0),
+                consuming: AtomicBool::new(false),
             }),
         }
     }
 
-    pub fn reply_queue(&self) -> &str {
-        &self.shared.reply_queue
+    /// The name the host's connection carries on the broker (client property
+    /// `connection_name`), so operators — and tests — can find it:
+    /// `taskgate-host <host id>`.
+    pub fn connection_name(&self) -> String {
+        format!("taskgate-host {}", self.shared.host_id)
+    }
+
+    /// The reply queue of the current session, if connected. The first session's queue is
+    /// `taskgate.reply.<host id>`; each later one gets a fresh UUID, because the replies
+    /// meant for the old queue are gone with it.
+    pub fn reply_queue(&self) -> Option<String> {
+        self.shared
+            .live
+            .load()
+            .as_ref()
+            .map(|l| l.reply_queue.clone())
     }
 
     /// True while connected with the reply consumer running.
     pub fn is_connected(&self) -> bool {
-        self.shared.live.load().is_some()
+        self.shared.live.load().is_some() && self.shared.consuming.load(Ordering::SeqCst)
+    }
+
+    pub fn status(&self) -> BrokerStatus {
+        let live = self.shared.live.load();
+        let connected = live
+            .as_ref()
+            .is_some_and(|l| l.connection.status().connected());
+        BrokerStatus {
+            connected,
+            consuming: connected && self.shared.consuming.load(Ordering::SeqCst),
+            reply_queue: live.as_ref().map(|l| l.reply_queue.clone()),
+            sessions: self.shared.sessions.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Registers what to do when a session is lost (not at shutdown): the host ends the
+    /// requests in flight, whose replies went with the session's reply queue.
+    pub fn on_session_lost(&self, hook: impl Fn() + Send + Sync + 'static) {
+        *lock(&self.shared.on_lost) = Some(Arc::new(hook));
     }
 
     /// Replaces the request queues declared on every (re)connection, and declares them now
@@ -142,22 +223,40 @@ impl AmqpBroker {
                 session = self.open_session() => session,
             };
             match session {
-                Ok(mut replies) => {
-                    info!(url = %redact_url(&self.shared.url), reply_queue = %self.shared.reply_queue, "connected to the broker");
+                Ok((mut replies, live)) => {
+                    let sessions = self.shared.sessions.fetch_add(1, Ordering::SeqCst) + 1;
+                    if sessions > 1 {
+                        metrics::counter!(crate::metrics::BROKER_RECONNECTS).increment(1);
+                    }
+                    metrics::gauge!(crate::metrics::BROKER_CONNECTED).set(1.0);
+                    info!(url = %redact_url(&self.shared.url), reply_queue = %live.reply_queue, connection_name = %self.connection_name(), session = sessions, "connected to the broker");
                     attempt = 0;
                     backoff = Backoff::default();
+                    self.flush_pending_cancels();
                     let lost = tokio::select! {
                         _ = &mut shutdown => None,
                         reason = read_replies(&mut replies, &on_reply) => Some(reason),
+                        reason = watch(&live) => Some(reason),
                     };
-                    self.close_live().await;
+                    self.shared.consuming.store(false, Ordering::SeqCst);
+                    metrics::gauge!(crate::metrics::BROKER_CONNECTED).set(0.0);
                     match lost {
                         None => break,
-                        Some(reason) => warn!(%reason, "lost the broker connection; reconnecting"),
+                        Some(reason) => {
+                            // Publishes fail fast from here on, before anything waits on
+                            // the dead connection.
+                            self.shared.live.store(None);
+                            warn!(%reason, reply_queue = %live.reply_queue, "lost the broker connection; reconnecting");
+                            let hook = lock(&self.shared.on_lost).clone();
+                            if let Some(hook) = hook {
+                                hook();
+                            }
+                            close(&live, "taskgate host: session lost").await;
+                        }
                     }
                 }
                 Err(err) => {
-                    let delay = backoff.next_delay();
+                    let delay = jitter(backoff.next_delay());
                     warn!(attempt, error = %err, retry_in_ms = delay.as_millis() as u64, "broker not available");
                     tokio::select! {
                         _ = &mut shutdown => break,
@@ -166,21 +265,55 @@ impl AmqpBroker {
                 }
             }
         }
-        self.close_live().await;
-    }
-
-    async fn close_live(&self) {
+        self.shared.consuming.store(false, Ordering::SeqCst);
         if let Some(live) = self.shared.live.swap(None) {
-            let _ = live
-                .connection
-                .close(200, "taskgate host closing".into())
-                .await;
+            close(&live, "taskgate host shutting down").await;
+            info!(reply_queue = %live.reply_queue, "broker connection closed");
         }
     }
 
+    /// Publishes the cancellations that waited for a connection, in the background.
+    fn flush_pending_cancels(&self) {
+        let pending: Vec<Uuid> = lock(&self.shared.pending_cancels).drain(..).collect();
+        if pending.is_empty() {
+            return;
+        }
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let count = pending.len();
+            for correlation_id in pending {
+                if let Err(error) = broker.publish_cancel(correlation_id).await {
+                    debug!(%correlation_id, %error, "cancellation not published");
+                }
+            }
+            debug!(
+                count,
+                "published the cancellations that waited for the connection"
+            );
+        });
+    }
+
+    /// The reply queue name of the next session.
+    fn next_reply_queue(&self) -> String {
+        let id = if self.shared.sessions.load(Ordering::SeqCst) == 0 {
+            self.shared.host_id
+        } else {
+            Uuid::new_v4()
+        };
+        format!("{}{id}", names::REPLY_QUEUE_PREFIX)
+    }
+
     /// One connection: declares everything, then returns the reply stream.
-    async fn open_session(&self) -> Result<lapin::Consumer, ConnectError> {
-        let connection = connect(&self.shared.url).await?;
+    async fn open_session(&self) -> Result<(lapin::Consumer, Arc<Live>), ConnectError> {
+        let properties =
+            ConnectionProperties::default().with_connection_name(self.connection_name().into());
+        let connection =
+            tokio::time::timeout(CONNECT_TIMEOUT, connect_with(&self.shared.url, properties))
+                .await
+                .map_err(|_| ConnectError::Unreachable {
+                    url: redact_url(&self.shared.url),
+                    reason: format!("no answer within {CONNECT_TIMEOUT:?}"),
+                })??;
         let setup = |what: &str, e: lapin::Error| ConnectError::Setup {
             what: what.to_owned(),
             reason: e.to_string(),
@@ -205,12 +338,7 @@ impl AmqpBroker {
             )
             .await
             .map_err(|e| setup("the cancel exchange", e))?;
-        let queues = self
-            .shared
-            .queues
-            .lock()
-            .map(|q| q.clone())
-            .unwrap_or_default();
+        let queues = lock(&self.shared.queues).clone();
         for queue in &queues {
             declare_request_queue(&connection, queue).await;
         }
@@ -218,9 +346,10 @@ impl AmqpBroker {
             .create_channel()
             .await
             .map_err(|e| setup("the reply channel", e))?;
+        let reply_queue = self.next_reply_queue();
         replies
             .queue_declare(
-                self.shared.reply_queue.as_str().into(),
+                reply_queue.as_str().into(),
                 QueueDeclareOptions {
                     exclusive: true,
                     auto_delete: true,
@@ -232,7 +361,7 @@ impl AmqpBroker {
             .map_err(|e| setup("the reply queue", e))?;
         let consumer = replies
             .basic_consume(
-                self.shared.reply_queue.as_str().into(),
+                reply_queue.as_str().into(),
                 "taskgate-host".into(),
                 BasicConsumeOptions {
                     no_ack: true,
@@ -243,30 +372,81 @@ impl AmqpBroker {
             )
             .await
             .map_err(|e| setup("the reply consumer", e))?;
-        self.shared.live.store(Some(Arc::new(Live {
+        let live = Arc::new(Live {
             connection,
             publish,
-        })));
-        Ok(consumer)
+            replies,
+            reply_queue,
+        });
+        self.shared.consuming.store(true, Ordering::SeqCst);
+        self.shared.live.store(Some(live.clone()));
+        Ok((consumer, live))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// ±20 %, so that hosts cut off together do not all reconnect in the same instant.
+fn jitter(delay: Duration) -> Duration {
+    let random = (Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
+    delay.mul_f64(0.8 + 0.4 * random)
+}
+
+/// Resolves when a channel or the connection of `live` is no longer open (a closed
+/// publish channel would otherwise fail every publish while replies still flow).
+async fn watch(live: &Live) -> String {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        tick.tick().await;
+        if !live.connection.status().connected() {
+            return "the connection is closed".to_owned();
+        }
+        if !live.publish.status().connected() {
+            return "the publish channel is closed".to_owned();
+        }
+        if !live.replies.status().connected() {
+            return "the reply channel is closed".to_owned();
+        }
+    }
+}
+
+/// Closes a session's channels, then its connection (the broker then deletes the
+/// exclusive reply queue), each step bounded in time.
+async fn close(live: &Live, reason: &str) {
+    for channel in [&live.replies, &live.publish] {
+        if channel.status().connected() {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, reason.into())).await;
+        }
+    }
+    if live.connection.status().connected() {
+        let _ =
+            tokio::time::timeout(CLOSE_TIMEOUT, live.connection.close(200, reason.into())).await;
     }
 }
 
 /// Opens one connection, classifying failures for a clear log line.
 pub async fn connect(url: &str) -> Result<Connection, ConnectError> {
-    Connection::connect(url, ConnectionProperties::default())
-        .await
-        .map_err(|e| {
-            let reason = e.to_string();
-            let url = redact_url(url);
-            let refused = reason.contains("ACCESS_REFUSED")
-                || reason.contains("NOT_ALLOWED")
-                || reason.contains("auth");
-            if refused {
-                ConnectError::Refused { url, reason }
-            } else {
-                ConnectError::Unreachable { url, reason }
-            }
-        })
+    connect_with(url, ConnectionProperties::default()).await
+}
+
+async fn connect_with(
+    url: &str,
+    properties: ConnectionProperties,
+) -> Result<Connection, ConnectError> {
+    Connection::connect(url, properties).await.map_err(|e| {
+        let reason = e.to_string();
+        let url = redact_url(url);
+        let refused = reason.contains("ACCESS_REFUSED")
+            || reason.contains("NOT_ALLOWED")
+            || reason.contains("auth");
+        if refused {
+            ConnectError::Refused { url, reason }
+        } else {
+            ConnectError::Unreachable { url, reason }
+        }
+    })
 }
 
 /// Declares a request queue on its own channel: an argument mismatch with an existing
@@ -417,7 +597,7 @@ impl Broker for AmqpBroker {
             .live
             .load_full()
             .ok_or(PublishError::NotConnected)?;
-        let properties = request_properties(&request, &self.shared.reply_queue);
+        let properties = request_properties(&request, &live.reply_queue);
         let confirm = live
             .publish
             .basic_publish(
@@ -441,12 +621,17 @@ impl Broker for AmqpBroker {
         }
     }
 
+    /// While disconnected, the cancellation waits for the next session.
     async fn publish_cancel(&self, correlation_id: Uuid) -> Result<(), PublishError> {
-        let live = self
-            .shared
-            .live
-            .load_full()
-            .ok_or(PublishError::NotConnected)?;
+        let Some(live) = self.shared.live.load_full() else {
+            let mut pending = lock(&self.shared.pending_cancels);
+            if pending.len() >= MAX_PENDING_CANCELS {
+                pending.pop_front();
+            }
+            pending.push_back(correlation_id);
+            debug!(%correlation_id, "cancellation kept until the broker is connected again");
+            return Ok(());
+        };
         let properties = BasicProperties::default()
             .with_content_type(names::CONTENT_TYPE_JSON.into())
             .with_correlation_id(correlation_id.to_string().into());

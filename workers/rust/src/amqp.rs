@@ -658,6 +658,14 @@ fn header_i64(headers: &FieldTable, name: &str) -> Option<i64> {
     }
 }
 
+fn header_string(headers: &FieldTable, name: &str) -> Option<String> {
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
 /// The request as the runner sees it, and the means to ack it.
 fn split(delivery: lapin::message::Delivery) -> (Delivery, lapin::Acker) {
     let properties = &delivery.properties;
@@ -673,6 +681,7 @@ fn split(delivery: lapin::message::Delivery) -> (Delivery, lapin::Acker) {
         ),
         redelivered: delivery.redelivered,
         identity: identity_header(&headers),
+        traceparent: header_string(&headers, names::HEADER_TRACEPARENT),
         body: delivery.data,
     };
     (request, delivery.acker)
@@ -806,6 +815,18 @@ mod tests {
         assert_eq!(with(AMQPValue::LongString(r#"{"roles":[]}"#.into())), None);
         assert_eq!(with(AMQPValue::Boolean(true)), None);
         assert_eq!(identity_header(&FieldTable::default()), None);
+    }
+
+    #[test]
+    fn string_headers_of_either_string_type_are_read() {
+        let mut headers = FieldTable::default();
+        headers.insert("long".into(), AMQPValue::LongString("a".into()));
+        headers.insert("short".into(), AMQPValue::ShortString("b".into()));
+        headers.insert("int".into(), AMQPValue::LongInt(1));
+        assert_eq!(header_string(&headers, "long").as_deref(), Some("a"));
+        assert_eq!(header_string(&headers, "short").as_deref(), Some("b"));
+        assert_eq!(header_string(&headers, "int"), None);
+        assert_eq!(header_string(&headers, "missing"), None);
     }
 
     #[tokio::test]

@@ -30,6 +30,7 @@ struct Inner {
     streams: bool,
     redelivered: bool,
     identity: Option<Identity>,
+    traceparent: Option<String>,
     cancel: CancellationToken,
     transport: Arc<dyn Transport>,
     replies: Mutex<ReplyState>,
@@ -57,6 +58,7 @@ pub(crate) struct ContextParts {
     pub streams: bool,
     pub redelivered: bool,
     pub identity: Option<Identity>,
+    pub traceparent: Option<String>,
     pub cancel: CancellationToken,
     pub transport: Arc<dyn Transport>,
 }
@@ -72,6 +74,7 @@ impl Context {
                 streams: parts.streams,
                 redelivered: parts.redelivered,
                 identity: parts.identity,
+                traceparent: parts.traceparent,
                 cancel: parts.cancel,
                 transport: parts.transport,
                 replies: Mutex::new(ReplyState::default()),
@@ -122,6 +125,13 @@ impl Context {
     /// required roles.
     pub fn identity(&self) -> Option<&Identity> {
         self.inner.identity.as_ref()
+    }
+
+    /// The request's W3C trace context (header `traceparent`, e.g.
+    /// `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`), to pass on to whatever
+    /// the handler calls. The SDK already puts it on every log line of the request.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.inner.traceparent.as_deref()
     }
 
     /// Whether the request was cancelled (by the client, a timeout or a disconnect).
@@ -227,6 +237,7 @@ impl std::fmt::Debug for Context {
             .field("deadline_ms", &self.inner.deadline_ms)
             .field("redelivered", &self.inner.redelivered)
             .field("identity", &self.inner.identity)
+            .field("traceparent", &self.inner.traceparent)
             .field("cancelled", &self.is_cancelled())
             .finish_non_exhaustive()
     }

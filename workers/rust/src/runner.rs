@@ -15,7 +15,7 @@ use futures_util::FutureExt;
 use taskgate_protocol::Identity;
 pub(crate) use taskgate_protocol::ReplyKind;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::context::{Context, ContextParts};
 use crate::handler::{BoxFuture, ErasedHandler, TaskError};
@@ -57,6 +57,8 @@ pub(crate) struct Delivery {
     pub redelivered: bool,
     /// Header `x-identity`, when present and well-formed.
     pub identity: Option<Identity>,
+    /// Header `traceparent` (W3C trace context, protocol §3.10), as received.
+    pub traceparent: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -157,7 +159,35 @@ impl Runner {
     /// Runs one delivery. `settle` acks it only after the final reply and every chunk
     /// before it are confirmed (or when there is nothing to reply), and requeues it when a
     /// reply could not be published or confirmed.
+    ///
+    /// Everything logged meanwhile — by the SDK and by the handler — is inside the span
+    /// `request{correlation_id, request_type, traceparent}`, so each line names its request
+    /// and trace (the host logs the same `traceparent`).
     pub async fn process<S, Fut>(
+        &self,
+        delivery: Delivery,
+        handler: &ErasedHandler,
+        settle: S,
+    ) -> Outcome
+    where
+        S: FnOnce(Settlement) -> Fut,
+        Fut: Future<Output = Result<(), TransportError>>,
+    {
+        let span = tracing::info_span!(
+            "request",
+            correlation_id = %delivery.correlation_id.as_deref().unwrap_or_default(),
+            request_type = %delivery.request_type.as_deref().unwrap_or_default(),
+            traceparent = tracing::field::Empty,
+        );
+        if let Some(traceparent) = &delivery.traceparent {
+            span.record("traceparent", tracing::field::display(traceparent));
+        }
+        self.process_in_span(delivery, handler, settle)
+            .instrument(span)
+            .await
+    }
+
+    async fn process_in_span<S, Fut>(
         &self,
         delivery: Delivery,
         handler: &ErasedHandler,
@@ -194,6 +224,7 @@ impl Runner {
             streams: delivery.streams,
             redelivered: delivery.redelivered,
             identity: delivery.identity,
+            traceparent: delivery.traceparent,
             cancel: token.clone(),
             transport: self.transport.clone(),
         });

@@ -23,6 +23,7 @@ fn delivery(body: &str) -> Delivery {
         streams: true,
         redelivered: false,
         identity: None,
+        traceparent: None,
         body: body.as_bytes().to_vec(),
     }
 }
@@ -549,4 +550,55 @@ fn early_cancellations_are_bounded() {
         cancellations.cancel(&format!("other-{i}"));
     }
     assert!(cancellations.early.len() <= EARLY_CANCEL_MAX);
+}
+
+/// A log line written by the handler (and the SDK's own lines) names the request and its
+/// trace: the host logs the same `traceparent`, so one request can be followed across.
+#[tokio::test]
+async fn log_lines_of_a_request_carry_its_correlation_id_and_traceparent() {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // Thread-local: the test's runtime is single-threaded, so the handler logs here too.
+    let _default = tracing::subscriber::set_default(subscriber);
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = Delivery {
+        traceparent: Some(TRACEPARENT.into()),
+        ..delivery("1")
+    };
+    let (outcome, _) = run(traced, |_: Value, ctx: Context| async move {
+        assert_eq!(ctx.traceparent(), Some(TRACEPARENT));
+        tracing::info!("handler says hello");
+        Ok(json!(1))
+    })
+    .await;
+    assert_eq!(outcome, Outcome::Replied(ReplyKind::Result));
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("handler says hello"))
+        .unwrap_or_else(|| panic!("no handler line in {text}"));
+    assert!(line.contains("correlation_id=c-1"), "{line}");
+    assert!(
+        line.contains(&format!("traceparent={TRACEPARENT}")),
+        "{line}"
+    );
+    assert!(line.contains("request_type=t"), "{line}");
+    let sdk_line = text.lines().find(|l| l.contains("final reply")).unwrap();
+    assert!(sdk_line.contains(TRACEPARENT), "{sdk_line}");
 }

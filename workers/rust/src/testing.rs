@@ -44,6 +44,7 @@ pub struct TestRequest {
     cancel_after: Option<Duration>,
     cancel_grace: Duration,
     identity: Option<Identity>,
+    traceparent: Option<String>,
 }
 
 /// What the handler replied.
@@ -72,6 +73,7 @@ impl TestRequest {
             cancel_after: None,
             cancel_grace: crate::amqp::DEFAULT_CANCEL_GRACE,
             identity: None,
+            traceparent: None,
         }
     }
 
@@ -96,6 +98,12 @@ impl TestRequest {
     /// ```
     pub fn identity(mut self, identity: Identity) -> Self {
         self.identity = Some(identity);
+        self
+    }
+
+    /// The trace context the handler sees in [`crate::Context::traceparent`].
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
         self
     }
 
@@ -160,6 +168,7 @@ impl TestRequest {
             streams: self.streams,
             redelivered: self.redelivered,
             identity: self.identity,
+            traceparent: self.traceparent,
             body: self.body,
         };
         let handler = erase(handler);

@@ -57,7 +57,7 @@ pub struct RequestEnvelope {
     pub request_type: Option<Value>,
     #[serde(default)]
     pub payload: Option<Box<RawValue>>,
-    /// Optional W3C trace context (protocol §3.7); an invalid one is ignored.
+    /// Optional W3C trace context (protocol §3.10); an invalid one is ignored.
     #[serde(default)]
     pub traceparent: Option<Value>,
 }
@@ -535,6 +535,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             if ack_lost {
                 warn!(%correlation_id, traceparent = %request.trace, ?conn, "the ack could not be sent (client not reading); request cancelled and client disconnected");
                 self.sink.disconnect(conn);
+            } else {
+                // Its final reply (or its end) came before the confirm.
+                debug!(%correlation_id, traceparent = %request.trace, request_type = %request.request_type, "request finished");
             }
         } else if !known {
             // The client disconnected while we were publishing: nobody waits for this.

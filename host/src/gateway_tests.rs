@@ -638,7 +638,9 @@ async fn a_new_timeout_applies_to_new_requests_only() {
     assert_eq!(events[1]["id"], json!("b"));
     assert_eq!(events[1]["error"]["details"]["timeoutMs"], json!(5000));
     h.assert_clean();
-// ---- trace context (protocol §3.7) ----
+}
+
+// ---- trace context (protocol §3.10) ----
 
 const CLIENT_TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 

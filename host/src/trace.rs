@@ -1,4 +1,4 @@
-//! The trace context of a request (docs/protocol.md §3.7): the W3C `traceparent` the client
+//! The trace context of a request (docs/protocol.md §3.10): the W3C `traceparent` the client
 //! sent in its envelope, continued by a span of the host's own, or a new trace when the
 //! client sent none (or one that is not valid — ignored, never refused).
 //!

@@ -21,7 +21,7 @@ pub mod amqp {
     /// Header on `chunk` replies: 0, 1, 2 … (§2.3).
     pub const HEADER_SEQ: &str = "x-seq";
     /// Header: who the client authenticated as, an [`Identity`](crate::Identity) as a JSON
-    /// string; absent when the host runs without authentication (§3.9).
+    /// string; absent when the host runs without authentication (§3.10).
     pub const HEADER_IDENTITY: &str = "x-identity";
     /// Content type of every request and reply body.
     pub const CONTENT_TYPE_JSON: &str = "application/json";
@@ -29,7 +29,7 @@ pub mod amqp {
     pub const DELIVERY_MODE_PERSISTENT: u8 = 2;
     /// Prefix of the per-host reply queue; the host appends its instance UUID.
     pub const REPLY_QUEUE_PREFIX: &str = "taskgate.reply.";
-    /// Header: the W3C trace context of the request (§3.7), e.g.
+    /// Header: the W3C trace context of the request (§3.10), e.g.
     /// `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`.
     pub const HEADER_TRACEPARENT: &str = "traceparent";
 }
@@ -46,7 +46,7 @@ pub mod events {
 /// Limits on the client's request id (§1).
 pub const MAX_CLIENT_ID_LEN: usize = 128;
 
-/// Who a client authenticated as when it connected (§3.9): the host sends it to workers
+/// Who a client authenticated as when it connected (§3.10): the host sends it to workers
 /// in the [`amqp::HEADER_IDENTITY`] header of every request of that connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {

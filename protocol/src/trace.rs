@@ -1,5 +1,5 @@
 //! W3C Trace Context `traceparent` (https://www.w3.org/TR/trace-context/), the v1-compatible
-//! addition of docs/protocol.md §3.7: a client may send one in its `request` envelope, the
+//! addition of docs/protocol.md §3.10: a client may send one in its `request` envelope, the
 //! host forwards one to workers in the AMQP header `traceparent`, and every party puts it
 //! on its log lines, so one request can be followed browser → host → worker.
 //!

@@ -28,7 +28,7 @@ pub struct OutgoingRequest {
     pub deadline_ms: u64,
     /// The client's identity as JSON, sent as header `x-identity` (none without auth).
     pub identity: Option<Arc<str>>,
-    /// The W3C trace context forwarded in the `traceparent` header (§3.7).
+    /// The W3C trace context forwarded in the `traceparent` header (§3.10).
     pub traceparent: TraceParent,
 }
 

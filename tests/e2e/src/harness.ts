@@ -560,7 +560,8 @@ export async function startHost(ctx: TestContext, options: HostOptions = {}): Pr
   ctx.hosts.push(host);
   ctx.note(`${name} config ${configPath}:\n${text}`);
 
-  const m = await proc.waitForLine(/listening on (\S+)/, 15_000);
+  // Text or JSON logs (`--log-format json`): the address ends at a space or a quote.
+  const m = await proc.waitForLine(/listening on ([^\s"]+)/, 15_000);
   host.url = `http://${m[1]}`;
   if (options.waitReady ?? true) {
     const body = await waitUntil(
@@ -629,6 +630,8 @@ export interface WorkersOptions {
   only?: string[];
   prefetch?: number;
   name?: string;
+  /** Extra environment variables, e.g. `{ TASKGATE_LOG: 'info,taskgate_worker=debug' }`. */
+  env?: Record<string, string>;
 }
 
 let workersCounter = 0;
@@ -652,6 +655,7 @@ export async function startWorkers(
   if (options.prefetch !== undefined) args.push('--prefetch', String(options.prefetch));
   const proc = new Proc(options.name ?? `workers${++workersCounter}`, WORKERS_BIN, args, childEnv({
     RUST_LOG: process.env.RUST_LOG ?? 'info',
+    ...options.env,
   }));
   ctx.procs.push(proc);
   await proc.waitForLine(/worker ready/, 30_000);

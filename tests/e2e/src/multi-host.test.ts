@@ -98,3 +98,31 @@ e2e('a host stopping does not disturb another host sharing its queues', async (c
   await worker.result(r, 'again');
   assert.equal((await pending).final?.data, 'again');
 });
+
+e2e('quorum queues from plugins.toml: two hosts declare the same quorum queue and share the workers behind it', async (ctx) => {
+  const quorum = { queue_arguments: { 'x-queue-type': 'quorum' } };
+  const a = await startHost(ctx, { name: 'hostA', plugins: { echo: quorum } });
+  const b = await startHost(ctx, { name: 'hostB', plugins: { echo: quorum } });
+  const queue = a.queues[TYPES.echo];
+  assert.ok(!a.logs().concat(b.logs()).some((l) => l.includes('could not be declared')), 'both declared it without complaint');
+  // It is a quorum queue: declaring it as a classic one is refused, as a quorum one accepted.
+  const asClassic = await ctx.tryOnChannel((ch) => ch.assertQueue(queue, { durable: true, arguments: { 'x-queue-type': 'classic' } }));
+  assert.equal(asClassic.ok, false, 'the queue is not a classic queue');
+  assert.match(String(!asClassic.ok && asClassic.error.message), /PRECONDITION_FAILED/);
+  const asQuorum = await ctx.tryOnChannel((ch) => ch.assertQueue(queue, { durable: true, arguments: { 'x-queue-type': 'quorum' } }));
+  assert.ok(asQuorum.ok, 'the queue is a quorum queue');
+
+  await startWorkers(ctx, a.queues, { only: [TYPES.echo] });
+  const clients = [await connect(ctx, a.url, { name: 'viaA' }), await connect(ctx, b.url, { name: 'viaB' })];
+  const outcomes = await Promise.all(
+    clients.flatMap((client) =>
+      Array.from({ length: 10 }, (_, i) =>
+        request(client, { id: `q-${i}`, requestType: TYPES.echo, payload: { via: client.name, i } }, { timeout: 20_000 }),
+      ),
+    ),
+  );
+  outcomes.forEach((o, k) => {
+    assertAccepted(o.ack);
+    assert.deepEqual(o.final?.data, { via: clients[Math.floor(k / 10)].name, i: k % 10 });
+  });
+});

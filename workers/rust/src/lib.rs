@@ -61,7 +61,7 @@
 //! - **Tracing**: every log line of a request — the SDK's and the handler's own
 //!   `tracing` events — is inside the span `request{correlation_id, request_type,
 //!   traceparent}`; `traceparent` is the W3C trace context the host forwards in the AMQP
-//!   header of that name (protocol §3.7), also readable as [`Context::traceparent`] to pass
+//!   header of that name (protocol §3.10), also readable as [`Context::traceparent`] to pass
 //!   on to what the handler calls.
 //! - **Concurrency**: each queue is consumed with a prefetch (default 16) and every
 //!   delivery runs as its own task, so up to `prefetch` requests per queue run at once.

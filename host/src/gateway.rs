@@ -567,7 +567,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 if let Some(worker_seq) = seq {
                     // A redelivered request starts its chunks over: skip the ones sent.
                     if worker_seq >= 0 && (worker_seq as u64) < request.next_seq {
-                        debug!(client_id = %request.client_id, worker_seq, "duplicate chunk dropped");
+                        debug!(traceparent = %request.trace, client_id = %request.client_id, worker_seq, "duplicate chunk dropped");
                         return false;
                     }
                 }

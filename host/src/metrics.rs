@@ -201,18 +201,11 @@ pub fn code_label(code: &str) -> &'static str {
     label
 }
 
-fn outcome_label(outcome: Outcome<'_>) -> &'static str {
-    match outcome {
-        Outcome::Ok => "ok",
-        Outcome::Error(code) => code_label(code),
-        Outcome::Disconnected => "disconnected",
-    }
-}
-
 /// The handles of one request type, labels bound.
 pub struct TypeMetrics {
     request_type: SharedString,
     ok: Counter,
+    disconnected: Counter,
     /// One counter per protocol error code, made on first use.
     codes: [OnceLock<Counter>; 12],
     duration: Histogram,
@@ -225,6 +218,7 @@ impl TypeMetrics {
         let request_type = SharedString::from(request_type.to_owned());
         TypeMetrics {
             ok: metrics::counter!(REQUESTS_TOTAL, "request_type" => request_type.clone(), "outcome" => "ok"),
+            disconnected: metrics::counter!(REQUESTS_TOTAL, "request_type" => request_type.clone(), "outcome" => "disconnected"),
             codes: Default::default(),
             duration: metrics::histogram!(REQUEST_DURATION, "request_type" => request_type.clone()),
             chunks: metrics::counter!(CHUNKS_RELAYED, "request_type" => request_type.clone()),
@@ -234,11 +228,11 @@ impl TypeMetrics {
     }
 
     fn count(&self, outcome: Outcome<'_>) {
-        if outcome == Outcome::Ok {
-            self.ok.increment(1);
-            return;
-        }
-        let label = outcome_label(outcome);
+        let label = match outcome {
+            Outcome::Ok => return self.ok.increment(1),
+            Outcome::Disconnected => return self.disconnected.increment(1),
+            Outcome::Error(code) => code_label(code),
+        };
         match CODE_LABELS.iter().position(|(_, l)| *l == label) {
             Some(i) => self.codes[i]
                 .get_or_init(|| self.outcome_counter(label))

@@ -27,11 +27,11 @@ use crate::broker::amqp::{AmqpBroker, QueueDecl};
 use crate::config::{redact_url, AuthMode, Settings};
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::limits::ConnectionCounter;
+use crate::metrics;
 use crate::origins::{self, AllowedOrigins};
 use crate::plugins::PrivateCopyLoader;
 use crate::reload::{self, Reloader};
 use crate::routes::RoutingTable;
-use crate::metrics;
 use crate::socketio::{self, Admission, BacklogLimits, SocketIoSink};
 use crate::watcher::{self, ReloadTarget};
 

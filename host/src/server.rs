@@ -93,8 +93,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // First: everything after (the initial plugin load too) records into it.
     let metrics_handle = metrics::install();
-    let upkeep = metrics::spawn_upkeep(metrics_handle.clone());
     let authenticator = Authenticator::from_config(&settings.auth)
         .map_err(|e| ServeError::Config(e.to_string()))?;
     let allowed_origins = Arc::new(
@@ -108,6 +108,7 @@ pub async fn run(
                 source,
             }
         })?;
+    let upkeep = metrics::spawn_upkeep(metrics_handle.clone());
     let mut reloader = Reloader::new(settings.clone(), loader);
     let initial = reloader.rescan();
     reload::log_and_record(&initial.events);

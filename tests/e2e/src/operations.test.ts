@@ -39,7 +39,7 @@ e2e('GET /metrics: Prometheus text whose counters and gauges follow the traffic'
   assert.match(before, /# TYPE taskgate_requests_total counter/);
   assert.equal(metric(before, 'taskgate_broker_connected'), 1);
   assert.equal(metric(before, 'taskgate_connected_sockets'), 1);
-  assert.equal(metric(before, 'taskgate_plugin_loads_total', { outcome: 'ok' }), pluginFiles(PLUGINS_DIR).length);
+  assert.equal(metric(before, 'taskgate_plugin_loads_total', { outcome: 'loaded' }), pluginFiles(PLUGINS_DIR).length);
   assert.equal(metric(before, 'taskgate_plugin_info', { plugin: 'echo' }), 1, 'the echo plugin serves');
   assert.equal(metric(before, 'taskgate_requests_total') ?? 0, 0);
 

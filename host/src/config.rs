@@ -8,8 +8,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use std::time::Duration;
-
 use serde::Deserialize;
 use serde_json::{Map, Value};
 

@@ -40,7 +40,6 @@ use uuid::Uuid;
 use crate::broker::{Broker, IncomingReply, OutgoingRequest, PublishError};
 use crate::error::{RateLimit, RequestError};
 use crate::limits::Limits;
-use crate::error::RequestError;
 use crate::metrics::{GatewayMetrics, Outcome, RequestMetrics, TypeMetrics};
 use crate::routes::{Checked, RequestTypeSpec, RoutingTable};
 use crate::session::Session;

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use taskgate_host::cli::{Cli, Command, LogFormat};
 use taskgate_host::{plugins, schemas, server};
+use tracing::{info, warn};
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// Human-readable lines by default; with `--log-format json` one JSON object per line

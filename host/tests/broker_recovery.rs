@@ -110,6 +110,7 @@ fn request(queue: &str) -> OutgoingRequest {
         streams: false,
         timeout: Duration::from_secs(5),
         deadline_ms: 0,
+        identity: None,
         traceparent: TraceParent::new(1, 1, 1).unwrap(),
     }
 }

@@ -243,7 +243,6 @@ class Session:
         )
 
     async def _shut_down(self, abandon: asyncio.Event) -> None:
-        logger.info("shutting down: no new requests; finishing the %d in progress", len(self.tasks))
         channel = self.consume_channel
         if channel is not None and not channel.is_closed:
             underlay = await channel.get_underlay_channel()
@@ -252,6 +251,7 @@ class Session:
                     await underlay.basic_cancel(tag)
                 except Exception as error:
                     logger.debug("cancelling consumer %s: %s", tag, _describe(error))
+        logger.info("shutting down: stopped consuming; finishing the %d request(s) in progress", len(self.tasks))
         # Every delivery starts at once (prefetch is what bounds them), so there are no
         # prefetched-but-waiting deliveries to hand back. Requests still running can still
         # be cancelled meanwhile: the cancellation consumer stays.

@@ -67,7 +67,7 @@ async def test_sigterm_stops_consuming_and_finishes_the_requests_in_progress(run
 
     await asyncio.sleep(0.2)
     worker.process.terminate()
-    await worker.wait_for_line(r"shutting down: no new requests; finishing the 1 in progress")
+    await worker.wait_for_line(r"shutting down: stopped consuming; finishing the 1 request\(s\) in progress")
     # Not consumed any more: this one waits in the queue for another worker.
     later, _ = await client.request("echo", {"op": "info"})
     assert (await client.final(rid))["data"] == {"slept": 2}

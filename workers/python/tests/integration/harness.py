@@ -199,13 +199,16 @@ class Client:
     async def connect(self, url: str) -> None:
         await self.sio.connect(url, transports=["websocket"], wait_timeout=20)
 
-    async def request(self, request_type: str, payload: Any, request_id: str | None = None) -> tuple[str, Exchange]:
+    async def request(
+        self, request_type: str, payload: Any, request_id: str | None = None, traceparent: str | None = None
+    ) -> tuple[str, Exchange]:
         """Sends a request and waits for its ack (which must be positive)."""
         request_id = request_id or f"r-{secrets.token_hex(4)}"
         exchange = self.exchanges[request_id] = Exchange()
-        exchange.ack = await self.sio.call(
-            "request", {"id": request_id, "requestType": request_type, "payload": payload}, timeout=30
-        )
+        envelope: dict[str, Any] = {"id": request_id, "requestType": request_type, "payload": payload}
+        if traceparent is not None:
+            envelope["traceparent"] = traceparent
+        exchange.ack = await self.sio.call("request", envelope, timeout=30)
         assert exchange.ack == {"ok": True}, exchange.ack
         return request_id, exchange
 

@@ -66,6 +66,19 @@ async def test_an_unexpected_exception_is_a_worker_error_without_the_traceback(r
     assert info["requestType"] == "echo" and info["redelivered"] is False and info["hasDeadline"] is True
 
 
+async def test_the_clients_trace_reaches_the_handler_and_the_workers_log_lines(run: Run) -> None:
+    host = await run.start_host()
+    worker = await run.start_worker("tests.integration.probe_worker:worker", {"echo": host.queues["echo"]})
+    client = await run.client(host)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    rid, _ = await client.request("echo", {"op": "info"}, traceparent=f"00-{trace_id}-00f067aa0ba902b7-01")
+    info = (await client.final(rid))["data"]
+    # The host passes the client's trace on with its own span as the parent (protocol §3.10).
+    assert re.fullmatch(rf"00-{trace_id}-[0-9a-f]{{16}}-01", info["traceparent"]), info
+    line = rf"final reply: result \[correlation_id={info['correlationId']} traceparent={info['traceparent']}\]"
+    await worker.wait_for_line(line)
+
+
 async def test_a_cancelled_request_stops_its_handler_and_is_acked(run: Run) -> None:
     host = await run.start_host()
     worker = await run.start_worker("tests.integration.probe_worker:worker", {"echo": host.queues["echo"]})

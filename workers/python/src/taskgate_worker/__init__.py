@@ -58,6 +58,7 @@ Layout: :mod:`~taskgate_worker.worker` (the :class:`Worker` a user configures),
 from .context import Context
 from .errors import TaskError, WorkerError
 from .handlers import Final, Handler
+from .transport import Identity
 from .worker import DEFAULT_AMQP_URL, Worker
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "DEFAULT_AMQP_URL",
     "Final",
     "Handler",
+    "Identity",
     "TaskError",
     "Worker",
     "WorkerError",

@@ -21,6 +21,7 @@ new channel, and the runner adopts the redeliveries of requests still running he
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from . import protocol
 from .errors import WorkerError
 from .logs import logger
 from .runner import Runner
-from .transport import Delivery, Reply, Settlement, TransportError
+from .transport import Delivery, Identity, Reply, Settlement, TransportError
 from .worker import Route, Settings
 
 CONNECT_TIMEOUT = 10.0
@@ -412,6 +413,27 @@ def _header_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _header_identity(value: Any) -> Identity | None:
+    """Header ``x-identity`` read as subject and roles; anything else is no identity."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    subject, roles = parsed.get("subject"), parsed.get("roles")
+    if not isinstance(subject, str) or not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        return None
+    return Identity(subject, tuple(roles))
+
+
 def _delivery(message: AbstractIncomingMessage) -> Delivery:
     """The request as the runner sees it."""
     headers = message.headers or {}
@@ -423,6 +445,7 @@ def _delivery(message: AbstractIncomingMessage) -> Delivery:
         streams=headers.get(protocol.HEADER_STREAM) is True,
         redelivered=bool(message.redelivered),
         traceparent=_header_str(headers.get(protocol.HEADER_TRACEPARENT)),
+        identity=_header_identity(headers.get(protocol.HEADER_IDENTITY)),
         body=message.body,
     )
 

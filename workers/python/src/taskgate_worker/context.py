@@ -17,7 +17,7 @@ from . import protocol
 from .errors import TaskError
 from .jsonio import encode
 from .logs import RequestLog
-from .transport import Reply, Transport, TransportError
+from .transport import Identity, Reply, Transport, TransportError
 
 
 class Context:
@@ -35,6 +35,7 @@ class Context:
         streams: bool = False,
         redelivered: bool = False,
         traceparent: str | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self._request_type = request_type
         self._correlation_id = correlation_id
@@ -45,6 +46,7 @@ class Context:
         self._streams = streams
         self._redelivered = redelivered
         self._traceparent = traceparent
+        self._identity = identity
         self._log = RequestLog(correlation_id, traceparent)
         self._lock = asyncio.Lock()
         self._next_seq = 0
@@ -95,6 +97,12 @@ class Context:
     def traceparent(self) -> str | None:
         """The request's W3C ``traceparent`` header, if the host sent one."""
         return self._traceparent
+
+    @property
+    def identity(self) -> Identity | None:
+        """Who sent the request (header ``x-identity``); ``None`` when the host runs
+        without authentication."""
+        return self._identity
 
     @property
     def log(self) -> RequestLog:

@@ -202,6 +202,7 @@ class Runner:
                 streams=delivery.streams,
                 redelivered=delivery.redelivered,
                 traceparent=delivery.traceparent,
+                identity=delivery.identity,
             )
             log.debug(
                 "request started (type %s, redelivered %s)", ctx.request_type, delivery.redelivered

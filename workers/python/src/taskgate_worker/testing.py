@@ -24,7 +24,7 @@ from . import protocol
 from .errors import TaskError
 from .handlers import Handler
 from .runner import DEFAULT_CANCEL_GRACE, Outcome, Runner
-from .transport import Delivery, Reply, Settlement, TransportError
+from .transport import Delivery, Identity, Reply, Settlement, TransportError
 
 
 class MemoryTransport:
@@ -109,6 +109,7 @@ async def run_request(
     cancel_after: float | None = None,
     cancel_grace: float = DEFAULT_CANCEL_GRACE,
     traceparent: str | None = None,
+    identity: Identity | None = None,
 ) -> Replies:
     """Runs ``handler`` on one request with ``payload`` (or the exact ``body`` bytes) and
     returns its replies. ``cancel_after`` seconds cancels it, as the host would; the
@@ -124,6 +125,7 @@ async def run_request(
         streams=True,
         redelivered=redelivered,
         traceparent=traceparent,
+        identity=identity,
         body=body if body is not None else json.dumps(payload).encode("utf-8"),
     )
     settle = MemorySettle()

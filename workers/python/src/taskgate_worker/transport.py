@@ -35,6 +35,16 @@ class Transport(Protocol):
     async def publish(self, reply: Reply) -> None: ...
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Who sent a request, as the host authenticated them (header ``x-identity``,
+    protocol §3.9). The host already checked the request type's required roles; workers
+    may use it for finer checks (e.g. that a record belongs to ``subject``)."""
+
+    subject: str
+    roles: tuple[str, ...] = ()
+
+
 @dataclass
 class Delivery:
     """A request message as delivered (protocol §2.2), nothing trusted yet."""
@@ -46,6 +56,7 @@ class Delivery:
     streams: bool = False
     redelivered: bool = False
     traceparent: str | None = None
+    identity: Identity | None = None
     body: bytes = b""
 
 

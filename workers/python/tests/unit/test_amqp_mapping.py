@@ -8,7 +8,8 @@ from typing import Any
 import aiormq.exceptions as amqp_errors
 import pytest
 
-from taskgate_worker.amqp import _header_int, _header_str, _is_refusal, is_consumer_timeout
+from taskgate_worker.amqp import _header_identity, _header_int, _header_str, _is_refusal, is_consumer_timeout
+from taskgate_worker.transport import Identity
 
 TIMEOUT_TEXT = (
     "PRECONDITION_FAILED - delivery acknowledgement on channel 3 timed out. Timeout value used: 1800000 ms."
@@ -29,6 +30,14 @@ def test_traceparent_headers_are_text() -> None:
     assert _header_str(b"00-ab-cd-01") == "00-ab-cd-01"
     assert _header_str("00-ab-cd-01") == "00-ab-cd-01"
     assert _header_str(7) is None
+
+
+def test_identity_headers_are_subject_and_roles_json() -> None:
+    assert _header_identity(b'{"subject":"ada","roles":["admin","ops"]}') == Identity("ada", ("admin", "ops"))
+    assert _header_identity('{"subject":"bob","roles":[]}') == Identity("bob", ())
+    for malformed in [None, 7, b"not json", b'{"subject":5,"roles":[]}', b'{"subject":"a","roles":"admin"}',
+                      b'{"subject":"a","roles":[1]}', b"[]", b"\xff"]:
+        assert _header_identity(malformed) is None, malformed
 
 
 def test_the_consumer_timeout_close_is_recognised_and_nothing_else() -> None:

@@ -15,7 +15,7 @@ import pytest
 from taskgate_worker import Context, Final, TaskError
 from taskgate_worker.runner import OutcomeKind, Runner
 from taskgate_worker.testing import MemorySettle, MemoryTransport, collect, run_request
-from taskgate_worker.transport import Delivery, Settlement
+from taskgate_worker.transport import Delivery, Identity, Settlement
 
 
 def delivery(correlation_id: str = "c-1", body: Any = None, **fields: Any) -> Delivery:
@@ -204,6 +204,17 @@ async def test_the_context_tells_the_deadline_and_the_trace() -> None:
     assert seen["at"].timestamp() == deadline / 1000
     assert 0 < seen["remaining"] <= 60
     assert (seen["trace"], seen["streams"], seen["cancelled"]) == ("00-ab-cd-01", True, False)
+
+
+async def test_the_context_tells_who_sent_the_request() -> None:
+    seen: list[Identity | None] = []
+
+    async def handler(payload: Any, ctx: Context) -> Any:
+        seen.append(ctx.identity)
+
+    await run_request(handler, None, identity=Identity("ada", ("admin",)))
+    await run_request(handler, None)
+    assert seen == [Identity("ada", ("admin",)), None]
 
 
 # --- cancellation -------------------------------------------------------------------------

@@ -175,6 +175,12 @@ pub async fn run_task(
                 match (delivery.properties.correlation_id(), kind) {
                     (Some(id), Some(ReplyKind::Result)) => Some((id.as_str().to_owned(), true)),
                     (Some(id), Some(ReplyKind::Error)) => Some((id.as_str().to_owned(), false)),
+                    (Some(id), Some(ReplyKind::Chunk)) => {
+                        if pending.contains_key(id.as_str()) {
+                            stats.record_chunk(&window, Instant::now());
+                        }
+                        None
+                    }
                     _ => None,
                 }
             }

@@ -118,15 +118,26 @@ pub async fn run_connection(
                 None
             }
             Incoming::Ack { ack_id, ok } => pending.acked(ack_id, ok),
-            Incoming::Response { id, kind } => match kind {
-                ReplyKind::Chunk => None,
-                ReplyKind::Result | ReplyKind::Error => {
-                    let id = id
-                        .parse()
-                        .map_err(|_| anyhow!("response for an id we never sent: {id:?}"))?;
-                    pending.finished(id, kind == ReplyKind::Result)
+            Incoming::Response { id, kind } => {
+                let id = id
+                    .parse()
+                    .map_err(|_| anyhow!("response for an id we never sent: {id:?}"))?;
+                match kind {
+                    ReplyKind::Chunk => {
+                        // A chunk before its request's ack breaks protocol §1 as well.
+                        if let Some(ack_seen) = pending.chunk(id) {
+                            if !ack_seen {
+                                stats.missing_acks += 1;
+                            }
+                            stats.record_chunk(&window, Instant::now());
+                        }
+                        None
+                    }
+                    ReplyKind::Result | ReplyKind::Error => {
+                        pending.finished(id, kind == ReplyKind::Result)
+                    }
                 }
-            },
+            }
             Incoming::ConnectError(message) => bail!("the host disconnected us: {message}"),
             Incoming::Ignored | Incoming::Open | Incoming::Connected | Incoming::OtherEvent(_) => {
                 None
@@ -220,6 +231,12 @@ impl Outstanding {
         }
     }
 
+    /// A chunk arrived for `id`: whether its ack came first, or `None` if `id` is not
+    /// in flight.
+    pub fn chunk(&self, id: u64) -> Option<bool> {
+        self.requests.get(&id).map(|(_, ack_seen)| *ack_seen)
+    }
+
     /// A final response (`result` if `ok`, else `error`) arrived for `id`.
     pub fn finished(&mut self, id: u64, ok: bool) -> Option<Done> {
         let (started, ack_seen) = self.requests.remove(&id)?;
@@ -251,6 +268,17 @@ mod tests {
             })
         );
         assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn chunks_say_whether_their_ack_came_first() {
+        let t = Instant::now();
+        let mut pending = Outstanding::default();
+        pending.sent(4, t);
+        assert_eq!(pending.chunk(4), Some(false));
+        pending.acked(4, true);
+        assert_eq!(pending.chunk(4), Some(true));
+        assert_eq!(pending.chunk(5), None);
     }
 
     #[test]

@@ -226,6 +226,38 @@ pub fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
     parse_status_kib(&text, "VmHWM:").ok_or_else(|| anyhow!("no VmHWM in {path}"))
 }
 
+/// Current resident set size (`VmRSS`) in KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_status_kib(&text, "VmRSS:").ok_or_else(|| anyhow!("no VmRSS in {path}"))
+}
+
+/// Context switches (voluntary + involuntary) of all threads of a process so far: each
+/// is a thread going to sleep or being preempted, so per request it shows how much
+/// waking and handing over between threads a design does.
+pub fn context_switches(pid: u32) -> anyhow::Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(entry) = entry else { continue };
+        // A thread may end between listing and reading: skip it.
+        let Ok(text) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        total += parse_status_count(&text, "voluntary_ctxt_switches:").unwrap_or(0);
+        total += parse_status_count(&text, "nonvoluntary_ctxt_switches:").unwrap_or(0);
+    }
+    Ok(total)
+}
+
+fn parse_status_count(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.trim().parse().ok())
+}
+
 /// A `Key:   1234 kB` line of `/proc/<pid>/status`.
 pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
     status
@@ -273,6 +305,15 @@ mod tests {
             "Name:\ttaskgate\nVmPeak:\t  200000 kB\nVmHWM:\t   12345 kB\nVmRSS:\t 1000 kB\n";
         assert_eq!(parse_status_kib(status, "VmHWM:"), Some(12345));
         assert_eq!(parse_status_kib(status, "VmSwap:"), None);
+        let status = "voluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t3\n";
+        assert_eq!(
+            parse_status_count(status, "voluntary_ctxt_switches:"),
+            Some(120)
+        );
+        assert_eq!(
+            parse_status_count(status, "nonvoluntary_ctxt_switches:"),
+            Some(3)
+        );
     }
 
     #[test]
@@ -280,5 +321,7 @@ mod tests {
         let pid = std::process::id();
         assert!(cpu_seconds(pid, clock_ticks_per_second()).unwrap() >= 0.0);
         assert!(peak_rss_kib(pid).unwrap() > 0);
+        assert!(rss_kib(pid).unwrap() > 0);
+        assert!(context_switches(pid).is_ok());
     }
 }

@@ -59,6 +59,8 @@ pub struct TaskStats {
     /// Phase direct: replies (inside the window) that arrived before the broker confirmed
     /// their request — ones the host would have had to hold back.
     pub replies_before_confirm: u64,
+    /// Streamed chunks received inside the window.
+    pub chunks: u64,
 }
 
 impl TaskStats {
@@ -72,7 +74,15 @@ impl TaskStats {
             warmup: 0,
             missing_acks: 0,
             replies_before_confirm: 0,
+            chunks: 0,
         })
+    }
+
+    /// Counts a chunk received at `now`.
+    pub fn record_chunk(&mut self, window: &Window, now: Instant) {
+        if window.measures(now) {
+            self.chunks += 1;
+        }
     }
 
     /// Records a request started at `started` that completed at `now`.
@@ -105,6 +115,7 @@ impl TaskStats {
         self.warmup += other.warmup;
         self.missing_acks += other.missing_acks;
         self.replies_before_confirm += other.replies_before_confirm;
+        self.chunks += other.chunks;
     }
 }
 
@@ -168,8 +179,15 @@ pub struct PhaseReport {
     /// Phase direct only: replies that beat their request's publisher confirm.
     pub replies_before_confirm: u64,
     pub requests_per_second: f64,
+    /// Streamed chunks received inside the window (0 without streaming).
+    pub chunks: u64,
+    pub chunks_per_second: f64,
     pub latency: Latency,
     pub host_cpu: CpuUse,
+    /// Context switches of all the host's threads per completed request (each one a
+    /// thread sleeping or preempted: a measure of cross-thread hand-overs that does not
+    /// depend on the machine's speed).
+    pub host_context_switches_per_request: f64,
     /// The worker process; `None` with `--worker builtin` (its CPU is in `bench_cpu`).
     pub worker_cpu: Option<CpuUse>,
     /// This benchmark process (the load generator), for judging whether it was the bottleneck.
@@ -182,6 +200,8 @@ pub struct PhaseReport {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CpuSeconds {
     pub host: f64,
+    /// Context switches of the host's threads (a count, not seconds).
+    pub host_context_switches: f64,
     pub worker: Option<f64>,
     pub bench: f64,
     pub broker: Option<f64>,
@@ -190,6 +210,13 @@ pub struct CpuSeconds {
 impl PhaseReport {
     pub fn new(phase: &'static str, seconds: f64, stats: &TaskStats, cpu: CpuSeconds) -> Self {
         let requests = stats.ok + stats.errors;
+        let per_second = |n: u64| {
+            if seconds > 0.0 {
+                n as f64 / seconds
+            } else {
+                0.0
+            }
+        };
         PhaseReport {
             phase,
             seconds,
@@ -198,13 +225,16 @@ impl PhaseReport {
             unfinished: stats.unfinished,
             missing_acks: stats.missing_acks,
             replies_before_confirm: stats.replies_before_confirm,
-            requests_per_second: if seconds > 0.0 {
-                requests as f64 / seconds
-            } else {
-                0.0
-            },
+            requests_per_second: per_second(requests),
+            chunks: stats.chunks,
+            chunks_per_second: per_second(stats.chunks),
             latency: Latency::from_histogram(&stats.latency_us),
             host_cpu: CpuUse::new(cpu.host, requests),
+            host_context_switches_per_request: if requests == 0 {
+                0.0
+            } else {
+                cpu.host_context_switches / requests as f64
+            },
             worker_cpu: cpu.worker.map(|s| CpuUse::new(s, requests)),
             bench_cpu: CpuUse::new(cpu.bench, requests),
             broker_cpu: cpu.broker.map(|s| CpuUse::new(s, requests)),
@@ -217,6 +247,7 @@ impl CpuSeconds {
     fn add(&mut self, other: &CpuSeconds) {
         let sum = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a + b);
         self.host += other.host;
+        self.host_context_switches += other.host_context_switches;
         self.worker = sum(self.worker, other.worker);
         self.bench += other.bench;
         self.broker = sum(self.broker, other.broker);
@@ -310,6 +341,8 @@ pub fn round_throughput_ratios(slices: &[SliceSummary]) -> Vec<f64> {
 pub struct Ratios {
     pub throughput_host_over_direct: f64,
     pub p99_host_over_direct: f64,
+    /// Streaming only: chunks/s through the host ÷ chunks/s direct.
+    pub chunks_host_over_direct: Option<f64>,
 }
 
 impl Ratios {
@@ -321,6 +354,8 @@ impl Ratios {
                 direct.requests_per_second,
             ),
             p99_host_over_direct: ratio(host.latency.p99_ms, direct.latency.p99_ms),
+            chunks_host_over_direct: (direct.chunks > 0)
+                .then(|| ratio(host.chunks_per_second, direct.chunks_per_second)),
         }
     }
 }
@@ -336,9 +371,10 @@ fn per_1k(cpu: Option<CpuUse>) -> String {
 pub fn table(phases: &[PhaseReport]) -> String {
     let mut out = String::new();
     let header = format!(
-        "{:<7} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}\n",
+        "{:<7} {:>9} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>10} {:>10} {:>10}\n",
         "phase",
         "req/s",
+        "chunks/s",
         "errors",
         "unfin",
         "p50 ms",
@@ -346,6 +382,7 @@ pub fn table(phases: &[PhaseReport]) -> String {
         "p99 ms",
         "max ms",
         "host s/1k",
+        "host cs/r",
         "wrkr s/1k",
         "bench s/1k",
         "rmq s/1k"
@@ -353,9 +390,10 @@ pub fn table(phases: &[PhaseReport]) -> String {
     out.push_str(&header);
     for p in phases {
         out.push_str(&format!(
-            "{:<7} {:>9.0} {:>7} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10.3} {:>10} {:>10.3} {:>10}\n",
+            "{:<7} {:>9.0} {:>9.0} {:>7} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10.3} {:>8.2} {:>10} {:>10.3} {:>10}\n",
             p.phase,
             p.requests_per_second,
+            p.chunks_per_second,
             p.errors,
             p.unfinished,
             p.latency.p50_ms,
@@ -363,6 +401,7 @@ pub fn table(phases: &[PhaseReport]) -> String {
             p.latency.p99_ms,
             p.latency.max_ms,
             p.host_cpu.seconds_per_1k_requests,
+            p.host_context_switches_per_request,
             per_1k(p.worker_cpu),
             p.bench_cpu.seconds_per_1k_requests,
             per_1k(p.broker_cpu),
@@ -416,6 +455,7 @@ mod tests {
             &stats,
             CpuSeconds {
                 host: 1.0,
+                host_context_switches: 3000.0,
                 worker: Some(0.5),
                 bench: 0.0,
                 broker: None,
@@ -428,6 +468,7 @@ mod tests {
         assert!((report.latency.max_ms - 10.0).abs() < 0.01);
         assert_eq!(report.host_cpu.seconds_per_1k_requests, 1.0);
         assert_eq!(report.worker_cpu.unwrap().seconds_per_1k_requests, 0.5);
+        assert_eq!(report.host_context_switches_per_request, 3.0);
         let text = table(&[report.clone(), report]);
         assert_eq!(text.lines().count(), 3);
     }
@@ -440,6 +481,7 @@ mod tests {
         stats.latency_us.record(1000).unwrap();
         let cpu = CpuSeconds {
             host: 0.3,
+            host_context_switches: 0.0,
             worker: Some(0.6),
             bench: 0.1,
             broker: None,
@@ -487,5 +529,6 @@ mod tests {
         let r = Ratios::new(&host, &direct);
         assert!((r.throughput_host_over_direct - 0.5).abs() < 1e-9);
         assert!((r.p99_host_over_direct - 2.0).abs() < 0.01);
+        assert_eq!(r.chunks_host_over_direct, None);
     }
 }

@@ -42,6 +42,8 @@ pub struct Env {
     pub example_worker_bin: Option<PathBuf>,
     pub plugins_dir: PathBuf,
     pub host_wrapper: Vec<String>,
+    pub at_window_start: Option<String>,
+    pub at_window_end: Option<String>,
 }
 
 impl Env {
@@ -69,6 +71,8 @@ impl Env {
                 .split_whitespace()
                 .map(str::to_owned)
                 .collect(),
+            at_window_start: args.at_window_start.clone(),
+            at_window_end: args.at_window_end.clone(),
         })
     }
 }
@@ -303,7 +307,7 @@ async fn run_case(env: &Env, spec: &CaseSpec, run: &mut Run) -> anyhow::Result<C
         direct_channels(spec),
     );
 
-    let (phases, slices) = run_slices(spec, run, addr, &payload_json).await?;
+    let (phases, slices) = run_slices(env, spec, run, addr, &payload_json).await?;
     let round_ratios = stats::round_throughput_ratios(&slices);
     let host_pid = pid_of(&run.host)?;
     let worker_pid = run.worker.as_ref().and_then(Worker::pid);
@@ -384,6 +388,7 @@ async fn run_case(env: &Env, spec: &CaseSpec, run: &mut Run) -> anyhow::Result<C
 /// Opens the connections of the phases to run, runs the slices of the schedule on them,
 /// then closes them; returns each phase's totals and every slice's summary.
 async fn run_slices(
+    env: &Env,
     cli: &CaseSpec,
     run: &mut Run,
     addr: SocketAddr,
@@ -426,7 +431,9 @@ async fn run_slices(
                         ))
                     })
                     .collect();
-                let (conns, stats, seconds, cpu) = measure("host", run, window, tasks).await?;
+                let hooks = (env.at_window_start.as_deref(), env.at_window_end.as_deref());
+                let (conns, stats, seconds, cpu) =
+                    measure("host", run, window, tasks, hooks).await?;
                 host_conns = conns;
                 host_totals.add(&stats, seconds, &cpu);
                 (stats, seconds)
@@ -441,7 +448,8 @@ async fn run_slices(
                         tokio::spawn(direct_load::run_task(task, side.target.clone(), window))
                     })
                     .collect();
-                let (loops, stats, seconds, cpu) = measure("direct", run, window, tasks).await?;
+                let (loops, stats, seconds, cpu) =
+                    measure("direct", run, window, tasks, (None, None)).await?;
                 side.loops = loops;
                 direct_totals.add(&stats, seconds, &cpu);
                 (stats, seconds)
@@ -537,6 +545,7 @@ async fn measure<T>(
     run: &mut Run,
     window: Window,
     tasks: Vec<JoinHandle<anyhow::Result<(T, TaskStats)>>>,
+    (at_start, at_end): (Option<&str>, Option<&str>),
 ) -> anyhow::Result<(Vec<T>, TaskStats, f64, CpuSeconds)> {
     let ticks = procs::clock_ticks_per_second();
     let (host, bench) = (pid_of(&run.host)?, std::process::id());
@@ -555,10 +564,12 @@ async fn measure<T>(
         })
     };
     tokio::time::sleep_until(tokio::time::Instant::from_std(window.start)).await;
+    run_hook(at_start, host).await;
     let before = sample()?;
     let started = Instant::now();
     tokio::time::sleep_until(tokio::time::Instant::from_std(window.end)).await;
     let after = sample()?;
+    run_hook(at_end, host).await;
     let seconds = started.elapsed().as_secs_f64();
 
     let mut total = TaskStats::new()?;
@@ -591,6 +602,22 @@ async fn measure<T>(
         broker: after.broker.zip(before.broker).map(|(a, b)| a - b),
     };
     Ok((handed_back, total, seconds, used))
+}
+
+/// Runs a `--at-window-*` command with `{pid}` replaced; failures are reported, not fatal.
+async fn run_hook(command: Option<&str>, host_pid: u32) {
+    let Some(command) = command else { return };
+    let command = command.replace("{pid}", &host_pid.to_string());
+    match tokio::process::Command::new("sh")
+        .args(["-c", &command])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+    {
+        Ok(status) if status.success() => {}
+        Ok(status) => eprintln!("taskgate-bench: `{command}` exited with {status}"),
+        Err(e) => eprintln!("taskgate-bench: cannot run `{command}`: {e}"),
+    }
 }
 
 async fn cleanup(run: Run) {

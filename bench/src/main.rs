@@ -121,6 +121,14 @@ pub struct EnvArgs {
     /// spaces; for profiling — the CPU column is then the wrapper's).
     #[arg(long)]
     pub host_wrapper: Option<String>,
+    /// Runs this shell command when a measured window of phase host opens, `{pid}`
+    /// replaced by the host's pid (e.g. `callgrind_control -z {pid}` to count only the
+    /// window's instructions).
+    #[arg(long)]
+    pub at_window_start: Option<String>,
+    /// Like `--at-window-start`, when the window closes (e.g. `callgrind_control -d {pid}`).
+    #[arg(long)]
+    pub at_window_end: Option<String>,
 }
 
 /// One closed-loop case.

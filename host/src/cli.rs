@@ -36,6 +36,14 @@ pub struct Cli {
     #[arg(long, env = "TASKGATE_STATIC_DIR", global = true)]
     pub static_dir: Option<PathBuf>,
 
+    /// Threads running the async runtime. 1 (the default) runs everything on one thread
+    /// (tokio's current-thread runtime): on the 2-core benchmark machine it had the same
+    /// CPU cost per request as 2 and a shorter tail (docs/performance.md); lapin does its
+    /// broker I/O on a thread of its own either way. More threads help when plugins'
+    /// payload validation is CPU-heavy.
+    #[arg(long, env = "TASKGATE_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
+    pub worker_threads: u16,
+
     /// Log format: human-readable text, or one JSON object per line.
     #[arg(long, env = "TASKGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,

@@ -32,12 +32,12 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use taskgate_protocol::trace::TraceParent;
 use taskgate_protocol::{ErrorBody, ErrorCode, ReplyKind, WorkerErrorBody, MAX_CLIENT_ID_LEN};
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::broker::{Broker, IncomingReply, OutgoingRequest, PublishError};
+use crate::deadlines::Deadlines;
 use crate::error::{RateLimit, RequestError};
 use crate::limits::Limits;
 use crate::metrics::{GatewayMetrics, Outcome, RequestMetrics, TypeMetrics};
@@ -115,7 +115,8 @@ struct InFlight<C> {
     stage: Stage,
     /// The `seq` of the next chunk sent to the client.
     next_seq: u64,
-    timer: Option<AbortHandle>,
+    /// When it times out, once it is `Active` (watched in `Gateway::deadlines`).
+    deadline: Option<Instant>,
     trace: TraceParent,
     metrics: RequestMetrics,
 }
@@ -130,12 +131,22 @@ pub struct Gateway<B: Broker, S: ClientSink> {
     sessions: DashMap<S::Conn, Arc<Session>>,
     /// Requests one connection may have in flight (`None`: no limit).
     max_in_flight: Option<usize>,
+    /// Deadlines of active requests, watched by one task (started with the first one).
+    deadlines: Arc<Deadlines>,
+    watching_deadlines: AtomicBool,
     options: GatewayOptions,
     metrics: GatewayMetrics,
     /// False once the host is shutting down: every new request is refused `UNAVAILABLE`.
     admitting: AtomicBool,
     /// Cancellations spawned and not yet handed to the broker (shutdown waits for them).
     pending_cancels: Arc<AtomicUsize>,
+}
+
+impl<B: Broker, S: ClientSink> Drop for Gateway<B, S> {
+    fn drop(&mut self) {
+        // Lets the deadline watcher notice that the gateway is gone and end.
+        self.deadlines.wake();
+    }
 }
 
 struct Admitted<C> {
@@ -162,6 +173,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             conns: DashMap::new(),
             sessions: DashMap::new(),
             max_in_flight: None,
+            deadlines: Arc::default(),
+            watching_deadlines: AtomicBool::new(false),
             options,
             metrics: GatewayMetrics::new(),
             admitting: AtomicBool::new(true),
@@ -273,8 +286,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         self.metrics.socket_disconnected();
         for correlation_id in requests.into_values() {
             if let Some((_, request)) = self.inflight.remove(&correlation_id) {
-                if let Some(timer) = &request.timer {
-                    timer.abort();
+                if let Some(deadline) = request.deadline {
+                    self.deadlines.remove(deadline, correlation_id);
                 }
                 debug!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, "client disconnected; cancelling");
                 // A request still publishing is cancelled when its confirm arrives.
@@ -472,7 +485,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                     ended: None,
                 },
                 next_seq: 0,
-                timer: None,
+                deadline: None,
                 trace: traceparent,
                 metrics: RequestMetrics::start(type_metrics, started),
             },
@@ -523,7 +536,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 self.emit_error(request, &error);
                 return true;
             }
-            request.timer = Some(self.start_timer(correlation_id, deadline));
+            self.watch_deadline(correlation_id, deadline);
+            request.deadline = Some(deadline);
             false
         });
         if let Some((_, request)) = finished {
@@ -738,15 +752,32 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
     }
 
-    fn start_timer(self: &Arc<Self>, correlation_id: Uuid, deadline: Instant) -> AbortHandle {
+    /// Times the request out at `deadline` unless it ends first (`release_id`).
+    fn watch_deadline(self: &Arc<Self>, correlation_id: Uuid, deadline: Instant) {
+        self.deadlines.insert(deadline, correlation_id);
+        if self.watching_deadlines.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        // The one watcher task, holding only a weak reference: it ends once the gateway
+        // is dropped (which wakes it).
         let gateway = Arc::downgrade(self);
+        let deadlines = self.deadlines.clone();
         tokio::spawn(async move {
-            tokio::time::sleep_until(deadline).await;
-            if let Some(gateway) = gateway.upgrade() {
-                gateway.expire(correlation_id);
+            loop {
+                let expired = deadlines.next_expired().await;
+                let Some(gateway) = gateway.upgrade() else {
+                    return;
+                };
+                for correlation_id in expired {
+                    gateway.expire(correlation_id);
+                }
             }
-        })
-        .abort_handle()
+        });
+    }
+
+    /// Deadlines being watched (tests assert it returns to zero with `in_flight`).
+    pub fn watched_deadlines(&self) -> usize {
+        self.deadlines.len()
     }
 
     fn expire(&self, correlation_id: Uuid) {
@@ -754,7 +785,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             if !matches!(request.stage, Stage::Active) {
                 return false;
             }
-            request.timer = None;
+            // Already taken out of `deadlines` by the watcher.
+            request.deadline = None;
             self.emit_error(
                 request,
                 &RequestError::Timeout(request.timeout_ms).to_body(),
@@ -768,10 +800,10 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
     }
 
-    /// Frees the client id of a finished request and stops its timer.
+    /// Frees the client id of a finished request and stops watching its deadline.
     fn release_id(&self, correlation_id: Uuid, request: &InFlight<S::Conn>) {
-        if let Some(timer) = &request.timer {
-            timer.abort();
+        if let Some(deadline) = request.deadline {
+            self.deadlines.remove(deadline, correlation_id);
         }
         if let Some(mut requests) = self.conns.get_mut(&request.conn) {
             if requests.get(&request.client_id) == Some(&correlation_id) {

@@ -98,6 +98,11 @@ impl Harness {
     fn assert_clean(&self) {
         assert_eq!(self.gateway.in_flight(), 0, "in-flight map not empty");
         assert_eq!(self.gateway.reserved_ids(), 0, "client id map not empty");
+        assert_eq!(
+            self.gateway.watched_deadlines(),
+            0,
+            "deadlines still watched"
+        );
     }
 }
 
@@ -427,6 +432,27 @@ async fn a_finished_request_does_not_time_out_later() {
         .on_reply(reply(h.last_correlation_id(), "result", "1"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(h.sink.events(CONN).len(), 1);
+    h.assert_clean();
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_time_out_one_by_one_at_their_own_deadlines() {
+    let h = harness();
+    h.submit(1, req("a", "slow", json!(1))).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.submit(2, req("b", "slow", json!(1))).await;
+    // a's deadline (500 ms) passes, b's (700 ms) not yet.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let events = h.sink.events(CONN);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["id"], json!("a"));
+    assert_eq!(h.gateway.watched_deadlines(), 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let events = h.sink.events(CONN);
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["id"], json!("b"));
+    assert_eq!(events[1]["error"]["code"], json!("TIMEOUT"));
+    h.assert_clean();
 }
 
 #[tokio::test]

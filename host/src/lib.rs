@@ -3,7 +3,8 @@
 //! chunks, results and errors back to the socket that asked.
 //!
 //! # Layout
-//! - [`gateway`]: the core — admission, the in-flight maps, reply relay, cancel, timeouts.
+//! - [`gateway`]: the core — admission, the in-flight maps, reply relay, cancel, timeouts
+//!   (watched in [`deadlines`]).
 //!   It knows neither socketioxide nor lapin: it talks to a [`broker::Broker`] and a
 //!   [`sink::ClientSink`].
 //! - [`broker`]: the broker trait; `broker::amqp` (lapin) and `broker::memory` (tests).
@@ -15,7 +16,7 @@
 //!   directory or plugins.toml, swap in a new routing table.
 //! - [`schemas`]: `taskgate schemas`, the request types' JSON Schemas for client codegen.
 //! - [`config`] and [`cli`]: plugins.toml, flags, environment variables.
-//! - [`server`]: wiring it all up behind axum.
+//! - [`server`]: wiring it all up behind axum; [`request_head`] keeps idle WebSockets small.
 //! - [`error`]: why a request fails, mapped to protocol error codes.
 //! - [`auth`], [`session`], [`limits`], [`origins`]: who may connect and call what, and
 //!   how much one connection may ask of the host.
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod deadlines;
 pub mod error;
 pub mod gateway;
 pub mod limits;
@@ -33,6 +35,7 @@ pub mod metrics;
 pub mod origins;
 pub mod plugins;
 pub mod reload;
+pub mod request_head;
 pub mod routes;
 pub mod schemas;
 pub mod server;

@@ -94,6 +94,9 @@ pub struct CaseSpec {
     pub worker: WorkerKind,
     pub worker_prefetch: u16,
     pub direct_channels: u32,
+    /// Phase direct receives replies through RabbitMQ's Direct Reply-to instead of a
+    /// reply queue (the host always uses a reply queue).
+    pub direct_reply_to: bool,
 }
 
 impl CaseSpec {
@@ -495,7 +498,11 @@ impl DirectSide {
         let shares = in_flight_shares(cli.connections, cli.in_flight, direct_channels(cli));
         let mut loops = Vec::with_capacity(shares.len());
         for (i, in_flight) in shares.into_iter().enumerate() {
-            let reply_queue = format!("taskgate.bench.reply.{}.{i}", uuid::Uuid::new_v4());
+            let reply_queue = if cli.direct_reply_to {
+                direct_load::DIRECT_REPLY_TO.to_owned()
+            } else {
+                format!("taskgate.bench.reply.{}.{i}", uuid::Uuid::new_v4())
+            };
             loops.push(DirectLoop::open(&connection, reply_queue, in_flight).await?);
         }
         let target = Target {

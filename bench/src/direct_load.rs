@@ -76,7 +76,12 @@ impl DirectLoop {
     }
 }
 
-/// A channel in confirm mode consuming from a new exclusive reply queue.
+/// RabbitMQ's Direct Reply-to pseudo-queue: replies go straight to the consuming
+/// channel, without a queue (`--direct-reply-to`).
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// A channel in confirm mode consuming from a new exclusive reply queue (or from Direct
+/// Reply-to, which needs no declaration and must be consumed before publishing).
 async fn open_task(
     connection: &Connection,
     reply_queue: &str,
@@ -85,25 +90,28 @@ async fn open_task(
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    channel
-        .queue_declare(
-            reply_queue.into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .with_context(|| format!("declaring reply queue {reply_queue}"))?;
+    let direct_reply_to = reply_queue == DIRECT_REPLY_TO;
+    if !direct_reply_to {
+        channel
+            .queue_declare(
+                reply_queue.into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("declaring reply queue {reply_queue}"))?;
+    }
     let consumer = channel
         .basic_consume(
             reply_queue.into(),
             "taskgate-bench".into(),
             BasicConsumeOptions {
                 no_ack: true,
-                exclusive: true,
+                exclusive: !direct_reply_to,
                 ..Default::default()
             },
             FieldTable::default(),

@@ -174,6 +174,10 @@ struct CaseArgs {
     /// connection its own (slower: RabbitMQ pays per queue and channel).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     direct_channels: u32,
+    /// Phase direct gets its replies through RabbitMQ's Direct Reply-to
+    /// (`amq.rabbitmq.reply-to`) instead of a reply queue, to compare the two.
+    #[arg(long)]
+    direct_reply_to: bool,
     /// The worker's `--prefetch` (requests it handles at once).
     #[arg(long, default_value_t = 32)]
     worker_prefetch: u16,
@@ -251,6 +255,7 @@ async fn case_command(args: CaseArgs, env: EnvArgs) -> anyhow::Result<()> {
         worker: args.worker,
         worker_prefetch: args.worker_prefetch,
         direct_channels: args.direct_channels,
+        direct_reply_to: args.direct_reply_to,
     };
     spec.validate()?;
     let report = case::run(&env, &spec).await?;

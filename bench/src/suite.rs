@@ -48,6 +48,7 @@ pub fn cases(duration_s: f64, quick: bool) -> Vec<CaseSpec> {
         worker,
         worker_prefetch: 32,
         direct_channels: 1,
+        direct_reply_to: false,
     };
     vec![
         case("echo-100B", 50, 4, 100, 0, WorkerKind::Example),

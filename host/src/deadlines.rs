@@ -2,9 +2,8 @@
 //!
 //! The first version spawned a timer task per request and aborted it when the request
 //! finished: a task allocation, two scheduler round trips and a timer-wheel entry per
-//! request, about a tenth of the host's CPU per request (docs/performance.md). Here a
-//! request costs one insert and one remove in a `BTreeSet` under a short, uncontended
-//! lock; the watching task sleeps until the earliest deadline and is woken only when a
+//! request (docs/performance.md). Here a request costs one insert and one remove in a
+//! `BTreeSet` under a short, uncontended lock; the watching task sleeps until the earliest deadline and is woken only when a
 //! new deadline becomes the earliest (rare: one request type's deadlines mostly arrive in
 //! order).
 

@@ -13,13 +13,6 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc instead of glibc's malloc: the host allocates a few dozen small objects per
-/// request (mostly inside lapin and socketioxide); with mimalloc it ran 15% fewer
-/// instructions per request (callgrind). It costs ≈ 2 KiB more per idle WebSocket.
-/// See docs/performance.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Human-readable lines by default; with `--log-format json` one JSON object per line
 /// whose event fields (`correlation_id`, `traceparent` …) are top-level keys.
 fn init_logging(format: LogFormat) {

@@ -67,8 +67,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 }
 
 /// tungstenite's read buffer, kept by every WebSocket for its whole life. socketioxide's
-/// default is 4 KiB; 2 KiB saved ≈ 2 KiB per idle connection (10,000 connections: 23.4 →
-/// 21.5 KiB each), at the price of more `read` calls for messages above 2 KiB (tungstenite
+/// default is 4 KiB; 2 KiB saved ≈ 2 KiB per idle connection (10,000 connections), at the
+/// price of more `read` calls for messages above 2 KiB (tungstenite
 /// reads at most this much per call). 1 KiB saved another KiB but tripled the reads of a
 /// 10 KB request. See docs/performance.md.
 const WS_READ_BUFFER_BYTES: usize = 2048;

@@ -47,6 +47,12 @@ export interface RequestOptions<Chunk = unknown> {
   signal?: AbortSignal;
   /** Client-side timeout in ms: rejects with `TIMEOUT` and cancels on the host. Overrides the client's. */
   timeoutMs?: number;
+  /**
+   * A W3C `traceparent` (e.g. from the page's tracing library) that the host forwards to the
+   * worker and puts on its log lines, so one request can be followed browser → host → worker
+   * (protocol §3.10). Without it, the host starts a new trace. An invalid one is ignored.
+   */
+  traceparent?: string;
 }
 
 /**
@@ -159,7 +165,10 @@ export class TaskgateClient {
       const id = `${this.idPrefix}-${(this.nextId++).toString(36)}`;
       const entry: Pending = {
         id,
-        envelope: { id, requestType, payload },
+        envelope:
+          options.traceparent === undefined
+            ? { id, requestType, payload }
+            : { id, requestType, payload, traceparent: options.traceparent },
         resolve,
         reject,
         onChunk: options.onChunk,

@@ -13,11 +13,13 @@ export const EVENTS = {
   cancel: 'cancel',
 } as const;
 
-/** `{ id, requestType, payload }`, sent with an acknowledgement callback. */
+/** `{ id, requestType, payload, traceparent? }`, sent with an acknowledgement callback. */
 export interface RequestEnvelope {
   id: string;
   requestType: string;
   payload: unknown;
+  /** W3C trace context (protocol §3.10, optional). */
+  traceparent?: string;
 }
 
 /** A `response` event as the host sends it. */

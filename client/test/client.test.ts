@@ -105,6 +105,16 @@ describe('request', () => {
     expect(client.inFlight).toBe(0);
   });
 
+  test('a traceparent option travels in the envelope (protocol §3.10), and only when given', () => {
+    const { client, socket } = connected();
+    const traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+    void client.request('echo', {}, { traceparent }).catch(() => undefined);
+    expect(socket.lastRequest()).toEqual({ id: expect.any(String), requestType: 'echo', payload: {}, traceparent });
+    void client.request('echo', {}).catch(() => undefined);
+    expect('traceparent' in socket.lastRequest()).toBe(false);
+    client.close();
+  });
+
   test('ids are unique on a connection, and 1 to 128 characters', () => {
     const { client, socket } = connected();
     for (let i = 0; i < 200; i++) void client.request('echo', i).catch(() => undefined);

@@ -7,26 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use taskgate_host::broker::amqp::{connect, AmqpBroker, ConnectError, QueueDecl};
-use taskgate_host::broker::{Broker, OutgoingRequest, PublishError};
-use taskgate_protocol::trace::TraceParent;
+use taskgate_host::broker::{Broker, PublishError};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+mod support;
 
-fn request(queue: &str) -> OutgoingRequest {
-    OutgoingRequest {
-        correlation_id: Uuid::new_v4(),
-        request_type: "test".into(),
-        queue: queue.into(),
-        body: "{}".into(),
-        streams: false,
-        timeout: Duration::from_secs(5),
-        deadline_ms: 0,
-        identity: None,
-        traceparent: TraceParent::new(1, 1, 1).unwrap(),
-    }
-}
+use support::{request, URL};
 
 async fn wait_connected(broker: &AmqpBroker) {
     for _ in 0..100 {

@@ -13,15 +13,16 @@ use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use taskgate_host::broker::amqp::{connect, AmqpBroker};
-use taskgate_host::broker::{Broker, OutgoingRequest, PublishError};
-use taskgate_protocol::trace::TraceParent;
+use taskgate_host::broker::{Broker, PublishError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const BROKER: &str = "127.0.0.1:5672";
-const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+mod support;
+
+use support::{request, URL};
 
 /// A TCP proxy to RabbitMQ. `cut` drops every proxied connection; while `down`, new
 /// connections are closed at once.
@@ -99,20 +100,6 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for {what}");
-}
-
-fn request(queue: &str) -> OutgoingRequest {
-    OutgoingRequest {
-        correlation_id: Uuid::new_v4(),
-        request_type: "test".into(),
-        queue: queue.into(),
-        body: "{}".into(),
-        streams: false,
-        timeout: Duration::from_secs(5),
-        deadline_ms: 0,
-        identity: None,
-        traceparent: TraceParent::new(1, 1, 1).unwrap(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

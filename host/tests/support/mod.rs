@@ -1,0 +1,27 @@
+//! Pieces shared by the host's integration tests against the real RabbitMQ.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use taskgate_host::broker::OutgoingRequest;
+use taskgate_protocol::trace::TraceParent;
+use uuid::Uuid;
+
+/// The RabbitMQ every test shares (isolation is by unique queue names).
+pub const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A request of type `test` with an empty-object payload for `queue`, its own correlation id.
+pub fn request(queue: &str) -> OutgoingRequest {
+    OutgoingRequest {
+        correlation_id: Uuid::new_v4(),
+        request_type: "test".into(),
+        queue: queue.into(),
+        body: "{}".into(),
+        streams: false,
+        timeout: Duration::from_secs(5),
+        deadline_ms: 0,
+        identity: None,
+        traceparent: TraceParent::new(1, 1, 1).unwrap(),
+    }
+}

@@ -38,9 +38,9 @@ pub struct Cli {
 
     /// Threads running the async runtime. 1 (the default) runs everything on one thread
     /// (tokio's current-thread runtime): on the 2-core benchmark machine it had the same
-    /// CPU cost per request as 2 and a shorter tail (docs/performance.md); lapin does its
-    /// broker I/O on a thread of its own either way. More threads help when plugins'
-    /// payload validation is CPU-heavy.
+    /// CPU cost per request as 2 and a shorter tail (docs/performance.md), and the broker
+    /// client's I/O runs on that same thread (no hand-over between threads per message).
+    /// More threads help when plugins' payload validation is CPU-heavy.
     #[arg(long, env = "TASKGATE_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
     pub worker_threads: u16,
 

@@ -1,4 +1,4 @@
-//! The gateway: the host's core, independent of socketioxide and lapin.
+//! The gateway: the host's core, independent of socketioxide and the AMQP client.
 //!
 //! It admits `request`s (envelope checks, routing, size and payload validation, duplicate
 //! ids), publishes them through a [`Broker`], acknowledges them once the broker confirmed,

@@ -5,9 +5,9 @@
 //! # Layout
 //! - [`gateway`]: the core — admission, the in-flight maps, reply relay, cancel, timeouts
 //!   (watched in [`deadlines`]).
-//!   It knows neither socketioxide nor lapin: it talks to a [`broker::Broker`] and a
+//!   It knows neither socketioxide nor the AMQP client: it talks to a [`broker::Broker`] and a
 //!   [`sink::ClientSink`].
-//! - [`broker`]: the broker trait; `broker::amqp` (lapin) and `broker::memory` (tests).
+//! - [`broker`]: the broker trait; `broker::amqp` (amqprs) and `broker::memory` (tests).
 //! - [`sink`]: the client-side trait and response types; [`socketio`] implements it.
 //! - [`routes`]: the routing table of enabled request types and payload validation.
 //! - [`plugins`]: loading plugin files (each version from a private copy) and applying

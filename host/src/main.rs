@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 /// whose event fields (`correlation_id`, `traceparent` …) are top-level keys.
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("TASKGATE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,socketioxide=warn,engineioxide=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,amqprs=warn,socketioxide=warn,engineioxide=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use taskgate_host::broker::amqp::{connect, AmqpBroker};
+use taskgate_host::broker::amqp::AmqpBroker;
 use taskgate_host::broker::{Broker, PublishError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -113,7 +113,9 @@ async fn a_lost_connection_is_reported_refused_while_down_and_recovered_with_a_n
     .unwrap_or(0.0);
 
     // Our own view of the cancellation exchange, straight to RabbitMQ.
-    let observer = connect(URL).await.unwrap();
+    let observer = lapin::Connection::connect(URL, Default::default())
+        .await
+        .unwrap();
     let channel = observer.create_channel().await.unwrap();
     let cancels_queue = format!("taskgate-test.cancels.{}", Uuid::new_v4());
     channel

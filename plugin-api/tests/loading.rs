@@ -56,8 +56,12 @@ impl Drop for Scratch {
     }
 }
 
+/// Each scratch file gets a directory of its own: tests run in parallel, and one test's
+/// `Drop` removing a shared (momentarily empty) directory made another's write fail.
 fn scratch_file(name: &str, bytes: &[u8]) -> Scratch {
-    let dir = std::env::temp_dir().join(format!("taskgate-loading-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("taskgate-loading-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, bytes).unwrap();

@@ -1,4 +1,4 @@
-//! The RabbitMQ implementation of [`Broker`], on lapin.
+//! The RabbitMQ implementation of [`Broker`], on amqprs.
 //!
 //! One connection per host. A supervisor loop ([`AmqpBroker::run`]) connects (retrying
 //! with backoff and saying so in the log), declares the topology — the `taskgate.cancel`
@@ -7,36 +7,47 @@
 //! starts over. While it is down, publishes fail at once with `NotConnected`, so clients
 //! get `UNAVAILABLE` promptly instead of a hang.
 //!
-//! Recovery is done here, not by lapin's auto-recovery: a session's reply queue is
-//! exclusive, so it — and every reply still in it or on its way to it — is gone with the
-//! connection. A lost session therefore calls the hook registered with
-//! [`AmqpBroker::on_session_lost`] (the host ends the requests in flight at once rather
-//! than letting them time out), and the next session declares everything again with a
-//! reply queue of a new name. The reply queue is always named by the host
-//! (`taskgate.reply.<uuid>`), never by the server. The connection carries the client
-//! property `connection_name` = `taskgate-host <host id>`.
+//! Why amqprs: its reader and writer are tasks on the host's own tokio runtime, so a
+//! publish, its confirm and a reply never cross threads. (lapin, used before, does its
+//! socket I/O on a thread of its own: each batch of confirms and replies was a hand-over
+//! between threads, which cost the host about half of its CPU per request —
+//! docs/performance.md.) amqprs reports publisher confirms through a callback;
+//! [`super::confirms`] matches them to the waiting publishes.
+//!
+//! Recovery is done here: a session's reply queue is exclusive, so it — and every reply
+//! still in it or on its way to it — is gone with the connection. A lost session therefore
+//! calls the hook registered with [`AmqpBroker::on_session_lost`] (the host ends the
+//! requests in flight at once rather than letting them time out), and the next session
+//! declares everything again with a reply queue of a new name. The reply queue is always
+//! named by the host (`taskgate.reply.<uuid>`), never by the server. The connection carries
+//! the client property `connection_name` = `taskgate-host <host id>`.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use amqprs::callbacks::{ChannelCallback, ConnectionCallback};
+use amqprs::channel::{
+    BasicConsumeArguments, BasicPublishArguments, Channel, ConfirmSelectArguments, ConsumerMessage,
+    ExchangeDeclareArguments, ExchangeType, QueueDeclareArguments,
+};
+use amqprs::connection::Connection;
+use amqprs::{
+    Ack, BasicProperties, Cancel, Close, CloseChannel, FieldName, FieldTable, FieldValue, LongStr,
+    Nack, Return, DELIVERY_MODE_PERSISTENT,
+};
 use arc_swap::ArcSwapOption;
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
 use serde_json::{Map, Value};
 use taskgate_protocol::amqp as names;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
+use super::amqp_url;
+use super::confirms::Confirms;
 use super::{Broker, IncomingReply, OutgoingRequest, PublishError};
 use crate::config::redact_url;
 
@@ -53,6 +64,8 @@ pub enum ConnectError {
     Unreachable { url: String, reason: String },
     #[error("the broker at {url} refused the connection: {reason}")]
     Refused { url: String, reason: String },
+    #[error("the broker URL {url} is not usable: {reason}")]
+    BadUrl { url: String, reason: String },
     #[error("cannot set up {what}: {reason}")]
     Setup { what: String, reason: String },
 }
@@ -82,14 +95,202 @@ impl Default for Backoff {
     }
 }
 
+/// How a session ends: the first reason given wins, and whoever waits is woken.
+#[derive(Default)]
+struct SessionEnd {
+    reason: Mutex<Option<String>>,
+    token: CancellationToken,
+}
+
+impl SessionEnd {
+    fn end(&self, reason: String) {
+        lock(&self.reason).get_or_insert(reason);
+        self.token.cancel();
+    }
+
+    async fn ended(&self) -> String {
+        self.token.cancelled().await;
+        lock(&self.reason)
+            .clone()
+            .unwrap_or_else(|| "the session ended".to_owned())
+    }
+}
+
+/// The publish channel with its confirm numbering.
+struct Publisher {
+    channel: Channel,
+    /// The number of the last publish sent on the channel. Held across the hand-over to
+    /// the client so that numbers follow the order in which the broker receives messages.
+    last_tag: tokio::sync::Mutex<u64>,
+    confirms: Arc<Confirms>,
+}
+
+/// The message of a publish, as the AMQP client takes it.
+struct Message<'a> {
+    exchange: &'a str,
+    routing_key: &'a Arc<str>,
+    mandatory: bool,
+    correlation_id: Uuid,
+    properties: BasicProperties,
+    body: Vec<u8>,
+}
+
+impl Publisher {
+    /// Sends a message and waits for the broker's confirm.
+    async fn publish(&self, message: Message<'_>) -> Result<(), PublishError> {
+        // amqprs would panic on names over 255 bytes; they come from plugins.toml.
+        if message.routing_key.len() > 255 {
+            return Err(PublishError::Amqp(format!(
+                "queue name `{}…` is longer than AMQP's 255 bytes",
+                &message.routing_key[..32]
+            )));
+        }
+        let confirmed = {
+            let mut last_tag = self.last_tag.lock().await;
+            let tag = *last_tag + 1;
+            let confirmed =
+                self.confirms
+                    .expect(tag, message.correlation_id, message.routing_key.clone())?;
+            // Until the client has the message, the number is only reserved: dropped here
+            // (an error, or the caller gave up), the number is released.
+            let reserved = Reserved {
+                confirms: &self.confirms,
+                tag,
+            };
+            let mut arguments = BasicPublishArguments::new(message.exchange, message.routing_key);
+            arguments.mandatory(message.mandatory);
+            self.channel
+                .basic_publish(message.properties, message.body, arguments)
+                .await
+                .map_err(|e| PublishError::Amqp(e.to_string()))?;
+            std::mem::forget(reserved);
+            *last_tag = tag;
+            confirmed
+        };
+        confirmed.await.unwrap_or_else(|_| {
+            Err(PublishError::Amqp(
+                "the session ended before the broker confirmed the message".to_owned(),
+            ))
+        })
+    }
+}
+
+/// A confirm number reserved for a message not yet handed to the client.
+struct Reserved<'a> {
+    confirms: &'a Confirms,
+    tag: u64,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.confirms.forget(self.tag);
+    }
+}
+
+/// Broker events on the publish channel: confirms, returns, a close.
+struct PublishEvents {
+    confirms: Arc<Confirms>,
+    end: Arc<SessionEnd>,
+}
+
+#[async_trait::async_trait]
+impl ChannelCallback for PublishEvents {
+    async fn close(
+        &mut self,
+        _: &Channel,
+        close: CloseChannel,
+    ) -> Result<(), amqprs::error::Error> {
+        let reason = format!("the broker closed the publish channel: {close}");
+        self.confirms.close(&reason);
+        self.end.end(reason);
+        Ok(())
+    }
+    async fn cancel(&mut self, _: &Channel, _: Cancel) -> Result<(), amqprs::error::Error> {
+        Ok(())
+    }
+    async fn flow(&mut self, _: &Channel, active: bool) -> Result<bool, amqprs::error::Error> {
+        Ok(active)
+    }
+    async fn publish_ack(&mut self, _: &Channel, ack: Ack) {
+        self.confirms.ack(ack.delivery_tag(), ack.mutiple());
+    }
+    async fn publish_nack(&mut self, _: &Channel, nack: Nack) {
+        self.confirms.nack(nack.delivery_tag(), nack.multiple());
+    }
+    async fn publish_return(
+        &mut self,
+        _: &Channel,
+        _: Return,
+        properties: BasicProperties,
+        _: Vec<u8>,
+    ) {
+        if let Some(correlation_id) = properties.correlation_id() {
+            self.confirms.returned(correlation_id);
+        }
+    }
+}
+
+/// Broker events on the reply channel: a close, or the reply consumer cancelled (its queue
+/// deleted) end the session.
+struct ReplyEvents {
+    end: Arc<SessionEnd>,
+}
+
+#[async_trait::async_trait]
+impl ChannelCallback for ReplyEvents {
+    async fn close(
+        &mut self,
+        _: &Channel,
+        close: CloseChannel,
+    ) -> Result<(), amqprs::error::Error> {
+        self.end
+            .end(format!("the broker closed the reply channel: {close}"));
+        Ok(())
+    }
+    async fn cancel(&mut self, _: &Channel, _: Cancel) -> Result<(), amqprs::error::Error> {
+        self.end
+            .end("the broker cancelled the reply consumer".to_owned());
+        Ok(())
+    }
+    async fn flow(&mut self, _: &Channel, active: bool) -> Result<bool, amqprs::error::Error> {
+        Ok(active)
+    }
+    async fn publish_ack(&mut self, _: &Channel, _: Ack) {}
+    async fn publish_nack(&mut self, _: &Channel, _: Nack) {}
+    async fn publish_return(&mut self, _: &Channel, _: Return, _: BasicProperties, _: Vec<u8>) {}
+}
+
+/// Broker events on the connection: a close ends the session; a block (RabbitMQ's memory
+/// or disk alarm: publishes stall until it lifts) is logged.
+struct ConnectionEvents {
+    end: Arc<SessionEnd>,
+}
+
+#[async_trait::async_trait]
+impl ConnectionCallback for ConnectionEvents {
+    async fn close(&mut self, _: &Connection, close: Close) -> Result<(), amqprs::error::Error> {
+        self.end
+            .end(format!("the broker closed the connection: {close}"));
+        Ok(())
+    }
+    async fn blocked(&mut self, _: &Connection, reason: String) {
+        warn!(%reason, "the broker blocks this connection: publishes wait until it unblocks");
+    }
+    async fn unblocked(&mut self, _: &Connection) {
+        info!("the broker unblocked this connection");
+    }
+    async fn secret_updated(&mut self, _: &Connection) {}
+}
+
 /// One broker session: a connection, its publish channel and the reply queue consumed on it.
 struct Live {
     connection: Connection,
-    publish: Channel,
+    publisher: Publisher,
     replies: Channel,
     /// This session's reply queue: exclusive, so it goes with the connection; the next
     /// session gets a new one.
     reply_queue: String,
+    end: Arc<SessionEnd>,
 }
 
 /// Called when a session ends other than by shutdown (see [`AmqpBroker::on_session_lost`]).
@@ -177,9 +378,7 @@ impl AmqpBroker {
 
     pub fn status(&self) -> BrokerStatus {
         let live = self.shared.live.load();
-        let connected = live
-            .as_ref()
-            .is_some_and(|l| l.connection.status().connected());
+        let connected = live.as_ref().is_some_and(|l| l.connection.is_open());
         BrokerStatus {
             connected,
             consuming: connected && self.shared.consuming.load(Ordering::SeqCst),
@@ -304,37 +503,48 @@ impl AmqpBroker {
     }
 
     /// One connection: declares everything, then returns the reply stream.
-    async fn open_session(&self) -> Result<(lapin::Consumer, Arc<Live>), ConnectError> {
-        let properties =
-            ConnectionProperties::default().with_connection_name(self.connection_name().into());
-        let connection =
-            tokio::time::timeout(CONNECT_TIMEOUT, connect_with(&self.shared.url, properties))
-                .await
-                .map_err(|_| ConnectError::Unreachable {
-                    url: redact_url(&self.shared.url),
-                    reason: format!("no answer within {CONNECT_TIMEOUT:?}"),
-                })??;
-        let setup = |what: &str, e: lapin::Error| ConnectError::Setup {
+    async fn open_session(
+        &self,
+    ) -> Result<(UnboundedReceiver<ConsumerMessage>, Arc<Live>), ConnectError> {
+        let connection = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            connect_named(&self.shared.url, &self.connection_name()),
+        )
+        .await
+        .map_err(|_| ConnectError::Unreachable {
+            url: redact_url(&self.shared.url),
+            reason: format!("no answer within {CONNECT_TIMEOUT:?}"),
+        })??;
+        let setup = |what: &str, e: amqprs::error::Error| ConnectError::Setup {
             what: what.to_owned(),
             reason: e.to_string(),
         };
-        let publish = connection
-            .create_channel()
+        let end = Arc::new(SessionEnd::default());
+        connection
+            .register_callback(ConnectionEvents { end: end.clone() })
+            .await
+            .map_err(|e| setup("the connection", e))?;
+        let channel = connection
+            .open_channel(None)
             .await
             .map_err(|e| setup("the publish channel", e))?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
+        let confirms = Confirms::new();
+        channel
+            .register_callback(PublishEvents {
+                confirms: confirms.clone(),
+                end: end.clone(),
+            })
+            .await
+            .map_err(|e| setup("the publish channel", e))?;
+        channel
+            .confirm_select(ConfirmSelectArguments::default())
             .await
             .map_err(|e| setup("publisher confirms", e))?;
-        publish
+        channel
             .exchange_declare(
-                names::CANCEL_EXCHANGE.into(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
+                ExchangeDeclareArguments::of_type(names::CANCEL_EXCHANGE, ExchangeType::Fanout)
+                    .durable(true)
+                    .finish(),
             )
             .await
             .map_err(|e| setup("the cancel exchange", e))?;
@@ -343,40 +553,42 @@ impl AmqpBroker {
             declare_request_queue(&connection, queue).await;
         }
         let replies = connection
-            .create_channel()
+            .open_channel(None)
+            .await
+            .map_err(|e| setup("the reply channel", e))?;
+        replies
+            .register_callback(ReplyEvents { end: end.clone() })
             .await
             .map_err(|e| setup("the reply channel", e))?;
         let reply_queue = self.next_reply_queue();
         replies
             .queue_declare(
-                reply_queue.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
+                QueueDeclareArguments::new(&reply_queue)
+                    .exclusive(true)
+                    .auto_delete(true)
+                    .finish(),
             )
             .await
             .map_err(|e| setup("the reply queue", e))?;
-        let consumer = replies
-            .basic_consume(
-                reply_queue.as_str().into(),
-                "taskgate-host".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    exclusive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
+        let (_, consumer) = replies
+            .basic_consume_rx(
+                BasicConsumeArguments::new(&reply_queue, "taskgate-host")
+                    .manual_ack(false)
+                    .exclusive(true)
+                    .finish(),
             )
             .await
             .map_err(|e| setup("the reply consumer", e))?;
         let live = Arc::new(Live {
             connection,
-            publish,
+            publisher: Publisher {
+                channel,
+                last_tag: tokio::sync::Mutex::new(0),
+                confirms,
+            },
             replies,
             reply_queue,
+            end,
         });
         self.shared.consuming.store(true, Ordering::SeqCst);
         self.shared.live.store(Some(live.clone()));
@@ -394,19 +606,30 @@ fn jitter(delay: Duration) -> Duration {
     delay.mul_f64(0.8 + 0.4 * random)
 }
 
-/// Resolves when a channel or the connection of `live` is no longer open (a closed
-/// publish channel would otherwise fail every publish while replies still flow).
+/// Resolves when the session of `live` is over: the broker closed the connection or a
+/// channel, the socket failed, or — checked on a timer, as a backstop — the client says a
+/// channel or the connection is no longer open. The waiting publishes then fail at once.
 async fn watch(live: &Live) -> String {
+    let reason = tokio::select! {
+        reason = live.end.ended() => reason,
+        _ = live.connection.listen_network_io_failure() => "the connection to the broker failed".to_owned(),
+        reason = poll_open(live) => reason,
+    };
+    live.publisher.confirms.close(&reason);
+    reason
+}
+
+async fn poll_open(live: &Live) -> String {
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     loop {
         tick.tick().await;
-        if !live.connection.status().connected() {
+        if !live.connection.is_open() {
             return "the connection is closed".to_owned();
         }
-        if !live.publish.status().connected() {
+        if !live.publisher.channel.is_open() {
             return "the publish channel is closed".to_owned();
         }
-        if !live.replies.status().connected() {
+        if !live.replies.is_open() {
             return "the reply channel is closed".to_owned();
         }
     }
@@ -415,38 +638,52 @@ async fn watch(live: &Live) -> String {
 /// Closes a session's channels, then its connection (the broker then deletes the
 /// exclusive reply queue), each step bounded in time.
 async fn close(live: &Live, reason: &str) {
-    for channel in [&live.replies, &live.publish] {
-        if channel.status().connected() {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, reason.into())).await;
+    live.publisher.confirms.close(reason);
+    for channel in [&live.replies, &live.publisher.channel] {
+        if channel.is_open() {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.clone().close()).await;
         }
     }
-    if live.connection.status().connected() {
-        let _ =
-            tokio::time::timeout(CLOSE_TIMEOUT, live.connection.close(200, reason.into())).await;
+    if live.connection.is_open() {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, live.connection.clone().close()).await;
     }
 }
 
 /// Opens one connection, classifying failures for a clear log line.
 pub async fn connect(url: &str) -> Result<Connection, ConnectError> {
-    connect_with(url, ConnectionProperties::default()).await
+    connect_named(url, "taskgate-host").await
 }
 
-async fn connect_with(
-    url: &str,
-    properties: ConnectionProperties,
-) -> Result<Connection, ConnectError> {
-    Connection::connect(url, properties).await.map_err(|e| {
-        let reason = e.to_string();
-        let url = redact_url(url);
-        let refused = reason.contains("ACCESS_REFUSED")
-            || reason.contains("NOT_ALLOWED")
-            || reason.contains("auth");
-        if refused {
-            ConnectError::Refused { url, reason }
-        } else {
-            ConnectError::Unreachable { url, reason }
+async fn connect_named(url: &str, connection_name: &str) -> Result<Connection, ConnectError> {
+    let arguments = amqp_url::parse(url)
+        .map_err(|reason| ConnectError::BadUrl {
+            url: redact_url(url),
+            reason,
+        })?
+        .connection_arguments(connection_name);
+    Connection::open(&arguments)
+        .await
+        .map_err(|e| classify(url, e.to_string()))
+}
+
+/// Refused (credentials, vhost) or unreachable, from the client's error text.
+fn classify(url: &str, reason: String) -> ConnectError {
+    let url = redact_url(url);
+    if reason.contains("ACCESS_REFUSED") || reason.contains("NOT_ALLOWED") {
+        ConnectError::Refused { url, reason }
+    } else if reason.contains("reset by peer") {
+        // RabbitMQ tells a client why its login failed only if the client announced the
+        // `authentication_failure_close` capability, which amqprs does not: it just drops
+        // the TCP connection, which it had accepted.
+        ConnectError::Refused {
+            url,
+            reason: format!(
+                "it dropped the connection during the login (wrong user or password?): {reason}"
+            ),
         }
-    })
+    } else {
+        ConnectError::Unreachable { url, reason }
+    }
 }
 
 /// Declares a request queue on its own channel: an argument mismatch with an existing
@@ -459,19 +696,21 @@ async fn declare_request_queue(connection: &Connection, queue: &QueueDecl) {
             return;
         }
     };
+    if queue.name.len() > 255 {
+        error!(queue = %queue.name, "queue not declared: AMQP queue names have at most 255 bytes");
+        return;
+    }
     let result = async {
-        let channel = connection.create_channel().await?;
+        let channel = connection.open_channel(None).await?;
         channel
             .queue_declare(
-                queue.name.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                arguments,
+                QueueDeclareArguments::new(&queue.name)
+                    .durable(true)
+                    .arguments(arguments)
+                    .finish(),
             )
             .await?;
-        channel.close(200, "declared".into()).await
+        channel.close().await
     }
     .await;
     match result {
@@ -484,110 +723,113 @@ async fn declare_request_queue(connection: &Connection, queue: &QueueDecl) {
 
 /// JSON queue arguments (from plugins and plugins.toml) as an AMQP field table.
 pub fn field_table(arguments: &Map<String, Value>) -> Result<FieldTable, String> {
-    let mut table = FieldTable::default();
+    let mut table = FieldTable::new();
     for (key, value) in arguments {
         let value = match value {
-            Value::String(s) => AMQPValue::LongString(LongString::from(s.as_str())),
-            Value::Bool(b) => AMQPValue::Boolean(*b),
-            Value::Number(n) if n.is_i64() => {
-                AMQPValue::LongLongInt(n.as_i64().unwrap_or_default())
-            }
-            Value::Number(n) if n.is_u64() => AMQPValue::LongLongInt(
+            Value::String(s) => FieldValue::S(long_string(s)?),
+            Value::Bool(b) => FieldValue::t(*b),
+            Value::Number(n) if n.is_i64() => FieldValue::l(n.as_i64().unwrap_or_default()),
+            Value::Number(n) if n.is_u64() => FieldValue::l(
                 i64::try_from(n.as_u64().unwrap_or_default())
                     .map_err(|_| format!("queue argument `{key}` is too large"))?,
             ),
-            Value::Number(n) => AMQPValue::Double(n.as_f64().unwrap_or_default()),
+            Value::Number(n) => FieldValue::d(n.as_f64().unwrap_or_default()),
             other => {
                 return Err(format!(
                     "queue argument `{key}` has an unsupported value {other}"
                 ))
             }
         };
-        table.insert(ShortString::from(key.as_str()), value);
+        let name = FieldName::try_from(key.as_str())
+            .map_err(|_| format!("queue argument name `{key}` is longer than 255 bytes"))?;
+        table.insert(name, value);
     }
     Ok(table)
 }
 
+fn long_string(s: &str) -> Result<LongStr, String> {
+    LongStr::try_from(s).map_err(|_| "a header or argument value is over 4 GiB".to_owned())
+}
+
 async fn read_replies<F: Fn(IncomingReply)>(
-    consumer: &mut lapin::Consumer,
+    consumer: &mut UnboundedReceiver<ConsumerMessage>,
     on_reply: &F,
 ) -> String {
-    while let Some(delivery) = consumer.next().await {
-        match delivery {
-            Ok(delivery) => on_reply(incoming_reply(delivery.properties, delivery.data)),
-            Err(e) => return e.to_string(),
-        }
+    while let Some(message) = consumer.recv().await {
+        on_reply(incoming_reply(message.basic_properties, message.content));
     }
-    "the reply consumer was cancelled".to_owned()
+    "the reply consumer ended".to_owned()
 }
 
-fn incoming_reply(properties: BasicProperties, body: Vec<u8>) -> IncomingReply {
+static HEADER_SEQ: LazyLock<Option<FieldName>> =
+    LazyLock::new(|| FieldName::try_from(names::HEADER_SEQ).ok());
+
+fn incoming_reply(properties: Option<BasicProperties>, body: Option<Vec<u8>>) -> IncomingReply {
+    let properties = properties.unwrap_or_default();
     let seq = properties
         .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(names::HEADER_SEQ))
+        .zip(HEADER_SEQ.as_ref())
+        .and_then(|(headers, name)| headers.get(name))
         .and_then(amqp_int);
     IncomingReply {
-        correlation_id: properties.correlation_id().as_ref().map(|c| c.to_string()),
-        kind: properties.kind().as_ref().map(|k| k.to_string()),
+        correlation_id: properties.correlation_id().cloned(),
+        kind: properties.message_type().cloned(),
         seq,
-        body,
+        body: body.unwrap_or_default(),
     }
 }
 
-fn amqp_int(value: &AMQPValue) -> Option<i64> {
+fn amqp_int(value: &FieldValue) -> Option<i64> {
     match value {
-        AMQPValue::ShortShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortShortUInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortInt(v) => Some(i64::from(*v)),
-        AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongUInt(v) => Some(i64::from(*v)),
-        AMQPValue::LongLongInt(v) => Some(*v),
-        AMQPValue::Timestamp(v) => i64::try_from(*v).ok(),
-        AMQPValue::LongString(s) => s.to_string().parse().ok(),
-        AMQPValue::ShortString(s) => s.as_str().parse().ok(),
+        FieldValue::b(v) => Some(i64::from(*v)),
+        FieldValue::B(v) => Some(i64::from(*v)),
+        FieldValue::s(v) => Some(i64::from(*v)),
+        FieldValue::u(v) => Some(i64::from(*v)),
+        FieldValue::I(v) => Some(i64::from(*v)),
+        FieldValue::i(v) => Some(i64::from(*v)),
+        FieldValue::l(v) => Some(*v),
+        FieldValue::T(v) => i64::try_from(*v).ok(),
+        FieldValue::S(s) => s.as_ref().parse().ok(),
         _ => None,
     }
 }
 
 /// The AMQP properties of a request message (protocol §2.2).
 pub fn request_properties(request: &OutgoingRequest, reply_queue: &str) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        names::HEADER_DEADLINE_MS.into(),
-        AMQPValue::LongLongInt(i64::try_from(request.deadline_ms).unwrap_or(i64::MAX)),
+    let mut headers = FieldTable::new();
+    let mut header = |name: &str, value: FieldValue| {
+        if let Ok(name) = FieldName::try_from(name) {
+            headers.insert(name, value);
+        }
+    };
+    header(
+        names::HEADER_DEADLINE_MS,
+        FieldValue::l(i64::try_from(request.deadline_ms).unwrap_or(i64::MAX)),
     );
-    headers.insert(
-        names::HEADER_STREAM.into(),
-        AMQPValue::Boolean(request.streams),
-    );
-    if let Some(identity) = &request.identity {
-        headers.insert(
-            names::HEADER_IDENTITY.into(),
-            AMQPValue::LongString(LongString::from(identity.as_ref())),
-        );
+    header(names::HEADER_STREAM, FieldValue::t(request.streams));
+    if let Some(identity) = request
+        .identity
+        .as_deref()
+        .and_then(|i| long_string(i).ok())
+    {
+        header(names::HEADER_IDENTITY, FieldValue::S(identity));
     }
-    headers.insert(
-        names::HEADER_TRACEPARENT.into(),
-        AMQPValue::LongString(request.traceparent.to_string().into()),
-    );
+    if let Ok(traceparent) = long_string(&request.traceparent.to_string()) {
+        header(names::HEADER_TRACEPARENT, FieldValue::S(traceparent));
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     BasicProperties::default()
-        .with_content_type(names::CONTENT_TYPE_JSON.into())
-        .with_delivery_mode(names::DELIVERY_MODE_PERSISTENT)
-        .with_correlation_id(request.correlation_id.to_string().into())
-        .with_reply_to(reply_queue.into())
-        .with_type(request.request_type.as_ref().into())
+        .with_content_type(names::CONTENT_TYPE_JSON)
+        .with_delivery_mode(DELIVERY_MODE_PERSISTENT)
+        .with_correlation_id(&request.correlation_id.to_string())
+        .with_reply_to(reply_queue)
+        .with_message_type(&request.request_type)
         .with_timestamp(now.as_secs())
-        .with_expiration(request.timeout.as_millis().max(1).to_string().into())
+        .with_expiration(&request.timeout.as_millis().max(1).to_string())
         .with_headers(headers)
-}
-
-fn amqp_error(e: lapin::Error) -> PublishError {
-    PublishError::Amqp(e.to_string())
+        .finish()
 }
 
 impl Broker for AmqpBroker {
@@ -598,27 +840,17 @@ impl Broker for AmqpBroker {
             .load_full()
             .ok_or(PublishError::NotConnected)?;
         let properties = request_properties(&request, &live.reply_queue);
-        let confirm = live
-            .publish
-            .basic_publish(
-                "".into(),
-                request.queue.as_ref().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    immediate: false,
-                },
-                request.body.as_bytes(),
+        live.publisher
+            .publish(Message {
+                exchange: "",
+                routing_key: &request.queue,
+                mandatory: true,
+                correlation_id: request.correlation_id,
                 properties,
-            )
+                // The host's one copy of the payload becomes the message body as it is.
+                body: request.body.into_string().into_bytes(),
+            })
             .await
-            .map_err(amqp_error)?;
-        match confirm.await.map_err(amqp_error)? {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_returned)) => {
-                Err(PublishError::Unroutable(request.queue.to_string()))
-            }
-            Confirmation::Nack(_) => Err(PublishError::Nacked),
-        }
     }
 
     /// While disconnected, the cancellation waits for the next session.
@@ -633,23 +865,23 @@ impl Broker for AmqpBroker {
             return Ok(());
         };
         let properties = BasicProperties::default()
-            .with_content_type(names::CONTENT_TYPE_JSON.into())
-            .with_correlation_id(correlation_id.to_string().into());
-        let confirm = live
-            .publish
-            .basic_publish(
-                names::CANCEL_EXCHANGE.into(),
-                "".into(),
-                BasicPublishOptions::default(),
-                b"",
+            .with_content_type(names::CONTENT_TYPE_JSON)
+            .with_correlation_id(&correlation_id.to_string())
+            .finish();
+        live.publisher
+            .publish(Message {
+                exchange: names::CANCEL_EXCHANGE,
+                routing_key: &EMPTY_ROUTING_KEY,
+                mandatory: false,
+                correlation_id,
                 properties,
-            )
+                body: Vec::new(),
+            })
             .await
-            .map_err(amqp_error)?;
-        confirm.await.map_err(amqp_error)?;
-        Ok(())
     }
 }
+
+static EMPTY_ROUTING_KEY: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
 
 #[cfg(test)]
 mod tests {
@@ -657,6 +889,10 @@ mod tests {
     use super::*;
     use serde_json::json;
     use taskgate_protocol::trace::TraceParent;
+
+    fn get<'a>(table: &'a FieldTable, name: &str) -> Option<&'a FieldValue> {
+        table.get(&FieldName::try_from(name).unwrap())
+    }
 
     const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -671,19 +907,15 @@ mod tests {
     fn queue_arguments_become_typed_amqp_values() {
         let args = json!({"x-queue-type": "quorum", "x-max-length": 10, "x-flag": true});
         let table = field_table(args.as_object().unwrap()).unwrap();
-        let inner = table.inner();
         assert!(matches!(
-            inner.get("x-queue-type"),
-            Some(AMQPValue::LongString(_))
+            get(&table, "x-queue-type"),
+            Some(FieldValue::S(_))
         ));
         assert!(matches!(
-            inner.get("x-max-length"),
-            Some(AMQPValue::LongLongInt(10))
+            get(&table, "x-max-length"),
+            Some(FieldValue::l(10))
         ));
-        assert!(matches!(
-            inner.get("x-flag"),
-            Some(AMQPValue::Boolean(true))
-        ));
+        assert!(matches!(get(&table, "x-flag"), Some(FieldValue::t(true))));
         assert!(field_table(json!({"x": [1]}).as_object().unwrap()).is_err());
     }
 
@@ -702,39 +934,33 @@ mod tests {
         };
         let p = request_properties(&request, "taskgate.reply.x");
         assert_eq!(
-            p.content_type().as_ref().map(|s| s.as_str()),
+            p.content_type().map(|s| s.as_str()),
             Some("application/json")
         );
-        assert_eq!(*p.delivery_mode(), Some(2));
+        assert_eq!(p.delivery_mode(), Some(2));
         assert_eq!(
-            p.correlation_id().as_ref().map(|s| s.to_string()),
+            p.correlation_id().cloned(),
             Some(request.correlation_id.to_string())
         );
-        assert_eq!(
-            p.reply_to().as_ref().map(|s| s.as_str()),
-            Some("taskgate.reply.x")
-        );
-        assert_eq!(
-            p.kind().as_ref().map(|s| s.as_str()),
-            Some("text.wordcount")
-        );
-        assert_eq!(p.expiration().as_ref().map(|s| s.as_str()), Some("1500"));
+        assert_eq!(p.reply_to().map(|s| s.as_str()), Some("taskgate.reply.x"));
+        assert_eq!(p.message_type().map(|s| s.as_str()), Some("text.wordcount"));
+        assert_eq!(p.expiration().map(|s| s.as_str()), Some("1500"));
         assert!(p.timestamp().is_some());
-        let headers = p.headers().as_ref().unwrap().inner();
+        let headers = p.headers().unwrap();
         assert!(matches!(
-            headers.get("x-deadline-ms"),
-            Some(AMQPValue::LongLongInt(42))
+            get(headers, "x-deadline-ms"),
+            Some(FieldValue::l(42))
         ));
         assert!(matches!(
-            headers.get("x-stream"),
-            Some(AMQPValue::Boolean(true))
+            get(headers, "x-stream"),
+            Some(FieldValue::t(true))
         ));
-        assert_eq!(
-            headers.get("traceparent"),
-            Some(&AMQPValue::LongString(TRACEPARENT.into()))
-        );
+        match get(headers, "traceparent") {
+            Some(FieldValue::S(s)) => assert_eq!(s.as_ref(), TRACEPARENT),
+            other => panic!("traceparent is {other:?}"),
+        }
         assert!(
-            headers.get("x-identity").is_none(),
+            get(headers, "x-identity").is_none(),
             "no identity, no header"
         );
     }
@@ -753,10 +979,9 @@ mod tests {
             traceparent: TraceParent::parse(TRACEPARENT).unwrap(),
         };
         let p = request_properties(&request, "r");
-        let headers = p.headers().as_ref().unwrap().inner();
-        match headers.get("x-identity") {
-            Some(AMQPValue::LongString(s)) => {
-                assert_eq!(s.to_string(), r#"{"subject":"alice","roles":["admin"]}"#)
+        match get(p.headers().unwrap(), "x-identity") {
+            Some(FieldValue::S(s)) => {
+                assert_eq!(s.as_ref(), r#"{"subject":"alice","roles":["admin"]}"#)
             }
             other => panic!("x-identity is {other:?}"),
         }
@@ -764,15 +989,32 @@ mod tests {
 
     #[test]
     fn reply_seq_is_read_from_any_integer_header() {
-        let mut headers = FieldTable::default();
-        headers.insert("x-seq".into(), AMQPValue::LongInt(3));
-        let p = BasicProperties::default()
-            .with_headers(headers)
-            .with_type("chunk".into())
-            .with_correlation_id("c".into());
-        let r = incoming_reply(p, b"1".to_vec());
-        assert_eq!(r.seq, Some(3));
-        assert_eq!(r.kind.as_deref(), Some("chunk"));
-        assert_eq!(r.correlation_id.as_deref(), Some("c"));
+        for (value, seq) in [
+            (FieldValue::I(3), Some(3)),
+            (FieldValue::l(4), Some(4)),
+            (FieldValue::u(5), Some(5)),
+            (FieldValue::S("6".try_into().unwrap()), Some(6)),
+            (FieldValue::t(true), None),
+        ] {
+            let mut headers = FieldTable::new();
+            headers.insert(FieldName::try_from("x-seq").unwrap(), value);
+            let p = BasicProperties::default()
+                .with_headers(headers)
+                .with_message_type("chunk")
+                .with_correlation_id("c")
+                .finish();
+            let r = incoming_reply(Some(p), Some(b"1".to_vec()));
+            assert_eq!(r.seq, seq);
+            assert_eq!(r.kind.as_deref(), Some("chunk"));
+            assert_eq!(r.correlation_id.as_deref(), Some("c"));
+            assert_eq!(r.body, b"1");
+        }
+    }
+
+    #[test]
+    fn a_reply_without_properties_or_body_is_still_a_reply() {
+        let r = incoming_reply(None, None);
+        assert_eq!(r.correlation_id, None);
+        assert!(r.body.is_empty());
     }
 }

@@ -1,10 +1,13 @@
 //! The broker side of the host, as a trait: publish a request (resolving once the broker
 //! confirmed it), publish a cancellation, and receive replies.
 //!
-//! `amqp` is the RabbitMQ implementation; `memory` is an in-process one for unit tests of
-//! everything above the broker. Only `amqp` knows lapin.
+//! `amqp` is the RabbitMQ implementation (with `confirms` and `amqp_url`); `memory` is an
+//! in-process one for unit tests of everything above the broker. Only `amqp` knows the
+//! AMQP client (amqprs).
 
 pub mod amqp;
+pub mod amqp_url;
+pub mod confirms;
 pub mod memory;
 
 use std::future::Future;

@@ -576,6 +576,10 @@ async fn log_lines_of_a_request_carry_its_correlation_id_and_traceparent() {
         .finish();
     // Thread-local: the test's runtime is single-threaded, so the handler logs here too.
     let _default = tracing::subscriber::set_default(subscriber);
+    // Other tests run the SDK's log lines in parallel threads without a subscriber; a
+    // callsite first seen there may have cached "never enabled" while this subscriber was
+    // being registered (the test failed now and then). Recompute those caches now.
+    tracing::callsite::rebuild_interest_cache();
     const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let traced = Delivery {
         traceparent: Some(TRACEPARENT.into()),

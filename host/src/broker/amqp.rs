@@ -656,11 +656,11 @@ pub async fn connect(url: &str) -> Result<Connection, ConnectError> {
 
 async fn connect_named(url: &str, connection_name: &str) -> Result<Connection, ConnectError> {
     let arguments = amqp_url::parse(url)
+        .and_then(|uri| uri.connection_arguments(connection_name))
         .map_err(|reason| ConnectError::BadUrl {
             url: redact_url(url),
             reason,
-        })?
-        .connection_arguments(connection_name);
+        })?;
     Connection::open(&arguments)
         .await
         .map_err(|e| classify(url, e.to_string()))

@@ -2,12 +2,24 @@
 //! settings of the AMQP client, following RabbitMQ's URI spec: user, password and vhost are
 //! percent-decoded (`/%2f` is the vhost `/`), a missing user or password is `guest`, a
 //! missing vhost is `/`.
+//!
+//! `amqps://` connects with TLS (rustls), checking the broker's certificate against the
+//! system's CA store plus, with `?cacertfile=/path/ca.pem` (the name RabbitMQ's URI spec
+//! uses), a private CA. The certificate must name the URI's host.
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use amqprs::connection::OpenConnectionArguments;
+use amqprs::tls::TlsAdaptor;
 use percent_encoding::percent_decode_str;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore};
 use url::Url;
 
 const DEFAULT_PORT: u16 = 5672;
+const DEFAULT_TLS_PORT: u16 = 5671;
 const DEFAULT_CREDENTIAL: &str = "guest";
 
 /// What an AMQP URI says.
@@ -20,11 +32,24 @@ pub struct AmqpUri {
     pub vhost: String,
     /// Seconds; the client's default when absent.
     pub heartbeat: Option<u16>,
+    /// `amqps://`: TLS, with these settings.
+    pub tls: Option<Tls>,
+}
+
+/// TLS settings of an `amqps://` URI.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tls {
+    /// A PEM file of CA certificates trusted besides the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl AmqpUri {
-    /// The AMQP client's connection settings, with the name the connection carries.
-    pub fn connection_arguments(&self, connection_name: &str) -> OpenConnectionArguments {
+    /// The AMQP client's connection settings, with the name the connection carries. Fails
+    /// only when TLS cannot be set up (an unreadable CA file, no CA at all).
+    pub fn connection_arguments(
+        &self,
+        connection_name: &str,
+    ) -> Result<OpenConnectionArguments, String> {
         let mut arguments =
             OpenConnectionArguments::new(&self.host, self.port, &self.user, &self.password);
         arguments
@@ -33,24 +58,65 @@ impl AmqpUri {
         if let Some(seconds) = self.heartbeat {
             arguments.heartbeat(seconds);
         }
-        arguments.finish()
+        if let Some(tls) = &self.tls {
+            arguments.tls_adaptor(tls_adaptor(&self.host, tls)?);
+        }
+        Ok(arguments.finish())
     }
+}
+
+/// A rustls client on ring that trusts the system's CAs and the URI's `cacertfile`.
+fn tls_adaptor(host: &str, tls: &Tls) -> Result<TlsAdaptor, String> {
+    let mut roots = RootCertStore::empty();
+    // Unreadable entries of the system store are skipped, as every TLS client does.
+    let system = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(system.certs);
+    if let Some(path) = &tls.ca_file {
+        let unreadable =
+            |e: &dyn std::fmt::Display| format!("cannot read the CA file {}: {e}", path.display());
+        let certificates = CertificateDer::pem_file_iter(path)
+            .map_err(|e| unreadable(&e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| unreadable(&e))?;
+        if certificates.is_empty() {
+            return Err(unreadable(&"no PEM certificate in it"));
+        }
+        for certificate in certificates {
+            roots.add(certificate).map_err(|e| unreadable(&e))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err(
+            "no CA certificate to check the broker's against: the system has none; \
+             give one with ?cacertfile=/path/ca.pem"
+                .to_owned(),
+        );
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let server_name = host.trim_start_matches('[').trim_end_matches(']');
+    Ok(TlsAdaptor::new(
+        tokio_rustls::TlsConnector::from(Arc::new(config)),
+        server_name.to_owned(),
+    ))
 }
 
 /// Reads an AMQP URI; the error says what is wrong (it never repeats the password).
 pub fn parse(uri: &str) -> Result<AmqpUri, String> {
     let url = Url::parse(uri).map_err(|e| format!("not an AMQP URI ({e})"))?;
-    match url.scheme() {
-        "amqp" => {}
-        "amqps" => {
-            return Err(
-                "amqps:// (TLS to the broker) is not built into this host; reach RabbitMQ over \
-                 amqp:// on a private network or through a local TLS tunnel"
-                    .to_owned(),
-            )
+    let mut tls = match url.scheme() {
+        "amqp" => None,
+        "amqps" => Some(Tls::default()),
+        other => {
+            return Err(format!(
+                "unsupported scheme `{other}` (expected amqp:// or amqps://)"
+            ))
         }
-        other => return Err(format!("unsupported scheme `{other}` (expected amqp://)")),
-    }
+    };
     let host = url
         .host_str()
         .filter(|h| !h.is_empty())
@@ -77,6 +143,10 @@ pub fn parse(uri: &str) -> Result<AmqpUri, String> {
     let mut heartbeat = None;
     for (key, value) in url.query_pairs() {
         match key.as_ref() {
+            "cacertfile" => match &mut tls {
+                Some(tls) => tls.ca_file = Some(PathBuf::from(value.as_ref())),
+                None => return Err("cacertfile is for amqps:// URIs".to_owned()),
+            },
             "heartbeat" => {
                 let seconds = value
                     .parse::<u16>()
@@ -91,11 +161,16 @@ pub fn parse(uri: &str) -> Result<AmqpUri, String> {
     }
     Ok(AmqpUri {
         host: host.to_owned(),
-        port: url.port().unwrap_or(DEFAULT_PORT),
+        port: url.port().unwrap_or(if tls.is_some() {
+            DEFAULT_TLS_PORT
+        } else {
+            DEFAULT_PORT
+        }),
         user,
         password,
         vhost,
         heartbeat,
+        tls,
     })
 }
 
@@ -123,6 +198,7 @@ mod tests {
                 password: "guest".into(),
                 vhost: "/".into(),
                 heartbeat: None,
+                tls: None,
             }
         );
     }
@@ -150,11 +226,30 @@ mod tests {
     }
 
     #[test]
+    fn amqps_means_tls_on_port_5671_with_an_optional_ca_file() {
+        let uri = parse("amqps://rabbit.internal/%2f").unwrap();
+        assert_eq!(uri.port, 5671);
+        assert_eq!(uri.tls, Some(Tls::default()));
+        let uri = parse("amqps://rabbit.internal:5999/?cacertfile=%2Fetc%2Fca.pem").unwrap();
+        assert_eq!(uri.port, 5999);
+        assert_eq!(uri.tls.unwrap().ca_file, Some(PathBuf::from("/etc/ca.pem")));
+    }
+
+    #[test]
+    fn an_unreadable_ca_file_is_named_in_the_error() {
+        let uri = parse("amqps://rabbit/?cacertfile=/nonexistent/ca.pem").unwrap();
+        let Err(error) = uri.connection_arguments("n") else {
+            panic!("a missing CA file was accepted");
+        };
+        assert!(error.contains("/nonexistent/ca.pem"), "{error}");
+    }
+
+    #[test]
     fn bad_uris_are_refused_with_a_reason() {
         let long_vhost = format!("amqp://rabbit/{}", "v".repeat(256));
         for (uri, reason) in [
             ("http://rabbit", "unsupported scheme"),
-            ("amqps://rabbit", "TLS"),
+            ("amqp://rabbit?cacertfile=/ca.pem", "amqps://"),
             ("not a uri", "not an AMQP URI"),
             ("amqp://rabbit?heartbeat=soon", "heartbeat"),
             ("amqp://rabbit?frobnicate=1", "unknown URI option"),

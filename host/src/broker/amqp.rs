@@ -833,7 +833,21 @@ pub fn request_properties(request: &OutgoingRequest, reply_queue: &str) -> Basic
 }
 
 impl Broker for AmqpBroker {
+    /// The work is boxed: with amqprs's publish inside, it is a ~2.5 KiB future, and it would
+    /// otherwise be part of every request's task — copied whole when the task is spawned and
+    /// again when it completes (≈5% of the host's CPU per request, perf).
     async fn publish(&self, request: OutgoingRequest) -> Result<(), PublishError> {
+        Box::pin(self.publish_request(request)).await
+    }
+
+    /// While disconnected, the cancellation waits for the next session.
+    async fn publish_cancel(&self, correlation_id: Uuid) -> Result<(), PublishError> {
+        Box::pin(self.publish_cancel_request(correlation_id)).await
+    }
+}
+
+impl AmqpBroker {
+    async fn publish_request(&self, request: OutgoingRequest) -> Result<(), PublishError> {
         let live = self
             .shared
             .live
@@ -853,8 +867,7 @@ impl Broker for AmqpBroker {
             .await
     }
 
-    /// While disconnected, the cancellation waits for the next session.
-    async fn publish_cancel(&self, correlation_id: Uuid) -> Result<(), PublishError> {
+    async fn publish_cancel_request(&self, correlation_id: Uuid) -> Result<(), PublishError> {
         let Some(live) = self.shared.live.load_full() else {
             let mut pending = lock(&self.shared.pending_cancels);
             if pending.len() >= MAX_PENDING_CANCELS {

@@ -133,3 +133,65 @@ async fn publishes_are_confirmed_and_unroutable_ones_refused() {
         .unwrap();
     assert!(!broker.is_connected());
 }
+
+#[tokio::test]
+async fn a_queue_that_exists_with_other_arguments_does_not_take_the_session_down() {
+    // The queue exists as a quorum queue; the host is configured to declare it classic.
+    let conflicting = format!("taskgate-test.conflict.{}", Uuid::new_v4());
+    let fine = format!("taskgate-test.{}", Uuid::new_v4());
+    let connection = lapin::Connection::connect(URL, Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut quorum = lapin::types::FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(
+            conflicting.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            quorum,
+        )
+        .await
+        .unwrap();
+
+    let decl = |name: &str| QueueDecl {
+        name: name.to_owned(),
+        arguments: Default::default(),
+    };
+    let broker = AmqpBroker::new(URL, Uuid::new_v4(), vec![decl(&conflicting), decl(&fine)]);
+    let stop = CancellationToken::new();
+    let task = {
+        let broker = broker.clone();
+        let stopped = stop.clone().cancelled_owned();
+        tokio::spawn(async move { broker.run(|_| {}, stopped).await })
+    };
+    wait_connected(&broker).await;
+    // Declared again at run time (hot reload does this), still on its own channel.
+    broker
+        .declare_queues(vec![decl(&conflicting), decl(&fine)])
+        .await;
+    // Both queues take messages, and the session is the first one: nothing reconnected.
+    broker.publish(request(&fine)).await.unwrap();
+    broker.publish(request(&conflicting)).await.unwrap();
+    assert_eq!(broker.status().sessions, 1);
+    assert!(broker.is_connected());
+
+    for queue in [&conflicting, &fine] {
+        let deleted = channel
+            .queue_delete(queue.as_str().into(), Default::default())
+            .await
+            .unwrap();
+        assert_eq!(deleted, 1, "{queue} holds its request");
+    }
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+}

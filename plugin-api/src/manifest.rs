@@ -80,6 +80,13 @@ impl PluginManifest {
             if t.name.trim().is_empty() {
                 return Err("a request type has an empty name".to_owned());
             }
+            // The name travels as the AMQP `type` property, a short string.
+            if t.name.len() > 255 {
+                return Err(format!(
+                    "request type name `{}…` is longer than 255 bytes",
+                    t.name.chars().take(32).collect::<String>()
+                ));
+            }
             if !seen.insert(t.name.as_str()) {
                 return Err(format!("request type `{}` is declared twice", t.name));
             }
@@ -175,6 +182,7 @@ mod tests {
         assert!(refusal(|m| m.name = " ".to_owned()).contains("plugin name is empty"));
         assert!(refusal(|m| m.request_types.clear()).contains("no request types"));
         assert!(refusal(|m| m.request_types[0].name = String::new()).contains("empty name"));
+        assert!(refusal(|m| m.request_types[0].name = "é".repeat(128)).contains("255 bytes"));
         assert!(refusal(|m| {
             let again = m.request_types[0].clone();
             m.request_types.push(again);

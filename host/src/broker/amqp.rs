@@ -138,13 +138,7 @@ struct Message<'a> {
 impl Publisher {
     /// Sends a message and waits for the broker's confirm.
     async fn publish(&self, message: Message<'_>) -> Result<(), PublishError> {
-        // amqprs would panic on names over 255 bytes; they come from plugins.toml.
-        if message.routing_key.len() > 255 {
-            return Err(PublishError::Amqp(format!(
-                "queue name `{}…` is longer than AMQP's 255 bytes",
-                &message.routing_key[..32]
-            )));
-        }
+        check_routing_key(message.routing_key)?;
         let confirmed = {
             let mut last_tag = self.last_tag.lock().await;
             let tag = *last_tag + 1;
@@ -173,6 +167,17 @@ impl Publisher {
             ))
         })
     }
+}
+
+/// amqprs would panic on a routing key over 255 bytes; queue names come from plugins.toml.
+fn check_routing_key(routing_key: &str) -> Result<(), PublishError> {
+    if routing_key.len() <= 255 {
+        return Ok(());
+    }
+    let start: String = routing_key.chars().take(32).collect();
+    Err(PublishError::Amqp(format!(
+        "queue name `{start}…` is longer than AMQP's 255 bytes"
+    )))
 }
 
 /// A confirm number reserved for a message not yet handed to the client.
@@ -908,6 +913,17 @@ mod tests {
     }
 
     const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn routing_keys_over_255_bytes_are_refused_without_splitting_a_character() {
+        assert!(check_routing_key(&"q".repeat(255)).is_ok());
+        // 'é' is two bytes: byte 32 falls inside one, which a byte slice would panic on.
+        let long = format!("q{}", "é".repeat(200));
+        match check_routing_key(&long) {
+            Err(PublishError::Amqp(message)) => assert!(message.contains("255 bytes"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap() {

@@ -32,7 +32,7 @@ impl BuiltinWorker {
     /// Connects, consumes `queue` with `prefetch` unacked requests at most, and answers
     /// every request until stopped.
     pub async fn start(amqp_url: &str, queue: &str, prefetch: u16) -> anyhow::Result<Self> {
-        let connection = direct_load::connect(amqp_url).await?;
+        let connection = direct_load::connect_lapin(amqp_url).await?;
         let replies = connection.create_channel().await?;
         replies
             .confirm_select(ConfirmSelectOptions::default())

@@ -487,7 +487,7 @@ fn print_slice(slice: &Slice, summary: &SliceSummary) {
 
 /// Phase direct's AMQP connection and closed loops, kept across its slices.
 struct DirectSide {
-    connection: lapin::Connection,
+    connection: amqprs::connection::Connection,
     loops: Vec<DirectLoop>,
     target: Target,
 }
@@ -523,7 +523,7 @@ impl DirectSide {
         for task in self.loops {
             task.close().await;
         }
-        let _ = self.connection.close(200, "benchmark done".into()).await;
+        let _ = self.connection.close().await;
     }
 }
 
@@ -644,7 +644,7 @@ async fn cleanup(run: Run) {
 }
 
 async fn delete_queue(url: &str, queue: &str) -> anyhow::Result<()> {
-    let connection = direct_load::connect(url).await?;
+    let connection = direct_load::connect_lapin(url).await?;
     let channel = connection.create_channel().await?;
     channel
         .queue_delete(queue.into(), QueueDeleteOptions::default())

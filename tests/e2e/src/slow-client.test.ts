@@ -98,12 +98,16 @@ e2e('a client whose backlog makes no progress for client_stall_ms is dropped eve
   const cancels = await CancelListener.start(ctx);
   const { requests } = await stalledClient(ctx, host, worker);
 
-  // Publish until the host starts a backlog for the client (its log says so), then stop:
-  // the backlog stays far under 64 MiB, only the stall can end it.
+  // Publish until the host has a backlog for the client (its log says so) and more than the
+  // loopback socket buffers and engine.io's queue can hold (≈ 10 MiB), then stop: the backlog
+  // stays far under 64 MiB, only the stall can end it. (Stopping at the first backlog line
+  // was flaky: a backlog that began while the kernel buffers still had room drained into
+  // them, and a client with no backlog left was never judged stalled.)
   const [first] = requests;
   let sent = 0;
+  const beyondBuffers = 256; // × 64 KiB = 16 MiB
   const backlogged = () => host.logs().some((l) => l.includes('responses wait in the backlog'));
-  while (!backlogged() && sent < 1600) {
+  while (!(backlogged() && sent >= beyondBuffers) && sent < 1600) {
     for (let i = 0; i < 8; i++, sent++) {
       worker.channel.publish('', first.replyTo, Buffer.from(JSON.stringify(CHUNK)), {
         correlationId: first.correlationId,

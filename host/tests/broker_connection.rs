@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 mod support;
 
-use support::{request, URL};
+use support::{delete_queue, request, stop_broker, URL};
 
 async fn wait_connected(broker: &AmqpBroker) {
     for _ in 0..100 {
@@ -116,21 +116,9 @@ async fn publishes_are_confirmed_and_unroutable_ones_refused() {
     assert!(matches!(err, PublishError::Unroutable(_)), "{err:?}");
     broker.publish_cancel(Uuid::new_v4()).await.unwrap();
 
-    // Clean up the queue through a plain connection.
-    let connection = lapin::Connection::connect(URL, Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let deleted = channel
-        .queue_delete(queue.as_str().into(), Default::default())
-        .await
-        .unwrap();
+    let deleted = delete_queue(&queue).await;
     assert_eq!(deleted, 1, "the published request was in the queue");
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_broker(stop, task).await;
     assert!(!broker.is_connected());
 }
 
@@ -183,15 +171,8 @@ async fn a_queue_that_exists_with_other_arguments_does_not_take_the_session_down
     assert!(broker.is_connected());
 
     for queue in [&conflicting, &fine] {
-        let deleted = channel
-            .queue_delete(queue.as_str().into(), Default::default())
-            .await
-            .unwrap();
+        let deleted = delete_queue(queue).await;
         assert_eq!(deleted, 1, "{queue} holds its request");
     }
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_broker(stop, task).await;
 }

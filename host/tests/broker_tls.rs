@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 mod support;
 
-use support::request;
+use support::{delete_queue, request, stop_broker};
 
 /// A private CA's certificate (PEM file) and a TLS port that forwards to RabbitMQ.
 struct Terminator {
@@ -111,20 +111,9 @@ async fn amqps_connects_when_the_ca_is_trusted_and_publishes_are_confirmed() {
     assert!(broker.is_connected(), "no TLS session within 5 s");
     broker.publish(request(&queue)).await.unwrap();
 
-    let connection = lapin::Connection::connect(support::URL, Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let deleted = channel
-        .queue_delete(queue.as_str().into(), Default::default())
-        .await
-        .unwrap();
+    let deleted = delete_queue(&queue).await;
     assert_eq!(deleted, 1, "the request went through TLS into its queue");
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .unwrap()
-        .unwrap();
+    stop_broker(stop, task).await;
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! Pieces shared by the host's integration tests against the real RabbitMQ.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Each test binary uses part of it.
+#![allow(dead_code)]
 
 use std::time::Duration;
 
@@ -24,4 +26,28 @@ pub fn request(queue: &str) -> OutgoingRequest {
         identity: None,
         traceparent: TraceParent::new(1, 1, 1).unwrap(),
     }
+}
+
+/// Deletes `queue` through a connection of the test's own; returns how many messages it held.
+pub async fn delete_queue(queue: &str) -> u32 {
+    let connection = lapin::Connection::connect(URL, Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_delete(queue.into(), Default::default())
+        .await
+        .unwrap()
+}
+
+/// Stops a broker started with `run`, and waits (at most 5 s) for it to end.
+pub async fn stop_broker(
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+) {
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -8,7 +8,9 @@
 //!   It knows neither socketioxide nor the AMQP client: it talks to a [`broker::Broker`] and a
 //!   [`sink::ClientSink`].
 //! - [`broker`]: the broker trait; `broker::amqp` (amqprs) and `broker::memory` (tests).
-//! - [`sink`]: the client-side trait and response types; [`socketio`] implements it.
+//! - [`sink`]: the client-side trait and response types. Two transports implement it:
+//!   [`websocket`] (the host's own, for WebSocket-only clients) and [`socketio`]
+//!   (socketioxide: long-polling and upgrades); [`clients`] routes between them.
 //! - [`routes`]: the routing table of enabled request types and payload validation.
 //! - [`plugins`]: loading plugin files (each version from a private copy) and applying
 //!   plugins.toml.
@@ -26,6 +28,7 @@
 pub mod auth;
 pub mod broker;
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod deadlines;
 pub mod error;
@@ -44,3 +47,4 @@ pub mod sink;
 pub mod socketio;
 pub mod trace;
 pub mod watcher;
+pub mod websocket;

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::auth::Authenticator;
 use crate::broker::amqp::{AmqpBroker, QueueDecl};
+use crate::clients::{ClientId, HostSink};
 use crate::config::{redact_url, AuthMode, Settings};
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::limits::ConnectionCounter;
@@ -34,6 +35,7 @@ use crate::reload::{self, Reloader};
 use crate::routes::RoutingTable;
 use crate::socketio::{self, Admission, BacklogLimits, SocketIoSink};
 use crate::watcher::{self, ReloadTarget};
+use crate::websocket::{self, Endpoint, Hub, WsSettings};
 
 /// How long a client has, after the engine.io handshake, to pass the Socket.IO one.
 /// It also bounds how long a refused client's transport lingers when the client does
@@ -73,7 +75,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 /// 10 KB request. See docs/performance.md.
 const WS_READ_BUFFER_BYTES: usize = 2048;
 
-type HostGateway = Gateway<AmqpBroker, SocketIoSink>;
+type HostGateway = Gateway<AmqpBroker, HostSink>;
 
 #[derive(Clone)]
 struct AppState {
@@ -134,10 +136,11 @@ pub async fn run(
         .ws_max_frame_size(message_limit)
         .connect_timeout(HANDSHAKE_TIMEOUT)
         .build_layer();
-    let sink = Arc::new(SocketIoSink::new(
-        io.clone(),
-        BacklogLimits::from(&settings.limits),
-    ));
+    let hub = Arc::new(Hub::new(settings.limits.client_backlog_bytes));
+    let sink = Arc::new(HostSink {
+        socketio: SocketIoSink::new(io.clone(), BacklogLimits::from(&settings.limits)),
+        websocket: hub.clone(),
+    });
     let options = GatewayOptions::default();
     let publish_timeout = options.publish_timeout;
     let gateway = Arc::new(
@@ -151,22 +154,39 @@ pub async fn run(
     );
     {
         let gateway = Arc::downgrade(&gateway);
-        sink.on_drop(move |sid| {
+        sink.socketio.on_drop(move |sid| {
             if let Some(gateway) = gateway.upgrade() {
-                gateway.disconnected(sid);
+                gateway.disconnected(ClientId::SocketIo(sid));
+            }
+        });
+    }
+    {
+        let gateway = Arc::downgrade(&gateway);
+        hub.on_drop(move |id| {
+            if let Some(gateway) = gateway.upgrade() {
+                gateway.disconnected(ClientId::WebSocket(id));
             }
         });
     }
     log_security(&settings, &authenticator, &allowed_origins);
-    socketio::attach(
-        &io,
-        gateway.clone(),
-        Arc::new(Admission {
-            authenticator,
-            connections: ConnectionCounter::new(settings.limits.max_connections),
-            limits: settings.limits.clone(),
-        }),
-    );
+    // One admission for both transports: the connection limit counts them together.
+    let admission = Arc::new(Admission {
+        authenticator,
+        connections: ConnectionCounter::new(settings.limits.max_connections),
+        limits: settings.limits.clone(),
+    });
+    socketio::attach(&io, gateway.clone(), admission.clone());
+    let endpoint = Arc::new(Endpoint {
+        gateway: gateway.clone(),
+        hub: hub.clone(),
+        admission,
+        settings: WsSettings {
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            max_message_bytes: settings.max_message_bytes,
+            stall: settings.limits.client_stall,
+            ..WsSettings::default()
+        },
+    });
     {
         // Weak: the broker (owned by the gateway) must not keep the gateway alive.
         let gateway = Arc::downgrade(&gateway);
@@ -227,6 +247,12 @@ pub async fn run(
     // alive; see request_head), then Socket.IO.
     let app = app
         .layer(layer)
+        // WebSocket-only clients are served by the host's own transport; the rest goes on
+        // to socketioxide's layer.
+        .layer(axum::middleware::from_fn_with_state(
+            endpoint,
+            websocket::upgrade::divert::<AmqpBroker, HostSink>,
+        ))
         .layer(axum::middleware::map_request(request_head::detach_layer))
         .layer(axum::middleware::from_fn_with_state(
             allowed_origins.clone(),
@@ -258,7 +284,9 @@ pub async fn run(
             shutdown.await;
             drain(&gateway, &sink, grace, publish_timeout).await;
             // WebSocket connections never end by themselves: close them so serve returns.
+            sink.websocket.close_all();
             io.close().await;
+            wait_until(|| sink.websocket.is_empty(), CLOSE_CONNECTIONS).await;
             sockets_closed.cancel();
         }
     };
@@ -316,7 +344,7 @@ fn log_security(settings: &Settings, authenticator: &Authenticator, origins: &Al
 }
 
 /// The shutdown sequence up to closing the sockets (see [`run`]).
-async fn drain(gateway: &HostGateway, sink: &SocketIoSink, grace: Duration, publish: Duration) {
+async fn drain(gateway: &HostGateway, sink: &HostSink, grace: Duration, publish: Duration) {
     gateway.stop_admitting();
     info!(
         in_flight = gateway.in_flight(),
@@ -339,7 +367,7 @@ async fn drain(gateway: &HostGateway, sink: &SocketIoSink, grace: Duration, publ
             "requests still unsettled at shutdown"
         );
     }
-    wait_until(|| sink.backlogged() == 0, BACKLOG_DRAIN).await;
+    wait_until(|| sink.socketio.backlogged() == 0, BACKLOG_DRAIN).await;
     tokio::time::sleep(LINGER).await;
     info!("closing client connections");
 }

@@ -263,9 +263,43 @@ impl Admission {
     }
 }
 
+impl Admission {
+    /// Decides whether a client may connect at all: room on the host, then a valid token
+    /// (`auth` is the handshake's auth object). A refused client gets `connect_error`
+    /// with the error's message and the host keeps nothing for it. `conn` names the
+    /// connection in log lines.
+    pub fn admit(
+        &self,
+        auth: Option<&Value>,
+        conn: &dyn std::fmt::Display,
+    ) -> Result<Session, HandshakeRefused> {
+        // The cheap check first: a full host verifies no signatures.
+        let Some(slot) = self.connections.try_acquire() else {
+            info!(sid = %conn, max = self.limits.max_connections, "connection refused: the host is full");
+            metrics::counter!("taskgate_connections_refused_total", "reason" => "full")
+                .increment(1);
+            return Err(HandshakeRefused::Full);
+        };
+        let identity = match self.authenticator.authenticate(auth) {
+            Ok(identity) => identity,
+            Err(refusal) => {
+                info!(sid = %conn, reason = %refusal, "connection refused: unauthorized");
+                metrics::counter!("taskgate_connections_refused_total", "reason" => refusal.label())
+                    .increment(1);
+                return Err(HandshakeRefused::Unauthorized);
+            }
+        };
+        Ok(Session::new(
+            identity,
+            self.limits.request_rate(),
+            Some(slot),
+        ))
+    }
+}
+
 /// Why a handshake was refused; the message is what the client's `connect_error` says.
 #[derive(Debug, thiserror::Error)]
-enum HandshakeRefused {
+pub enum HandshakeRefused {
     /// Protocol §1's message, [`UNAUTHORIZED`].
     #[error("unauthorized")]
     Unauthorized,
@@ -283,56 +317,44 @@ enum HandshakeRefused {
 /// was sent). Each handler does its gateway work synchronously in the closure body, so
 /// events of one connection are handled in the order they arrived; only publishing runs
 /// in the spawned future.
-pub fn attach<B: Broker>(
-    io: &SocketIo,
-    gateway: Arc<Gateway<B, SocketIoSink>>,
-    admission: Arc<Admission>,
-) {
+pub fn attach<B, S>(io: &SocketIo, gateway: Arc<Gateway<B, S>>, admission: Arc<Admission>)
+where
+    B: Broker,
+    S: ClientSink,
+    S::Conn: From<Sid>,
+    S::Ack: From<AckSender>,
+{
     let admit = move |socket: SocketRef, TryData(auth): TryData<Value>| {
         let gateway = gateway.clone();
         let admission = admission.clone();
         async move {
-            // The cheap check first: a full host verifies no signatures.
-            let Some(slot) = admission.connections.try_acquire() else {
-                info!(sid = %socket.id, max = admission.limits.max_connections, "connection refused: the host is full");
-                metrics::counter!("taskgate_connections_refused_total", "reason" => "full")
-                    .increment(1);
-                return Err(HandshakeRefused::Full);
-            };
             // `auth` holds the token: it is dropped with this future, never logged.
-            let identity = match admission.authenticator.authenticate(auth.ok().as_ref()) {
-                Ok(identity) => identity,
-                Err(refusal) => {
-                    info!(sid = %socket.id, reason = %refusal, "connection refused: unauthorized");
-                    metrics::counter!("taskgate_connections_refused_total", "reason" => refusal.label())
-                        .increment(1);
-                    return Err(HandshakeRefused::Unauthorized);
-                }
-            };
-            let session = Session::new(identity, admission.limits.request_rate(), Some(slot));
+            let session = admission.admit(auth.ok().as_ref(), &socket.id)?;
             register_handlers(&socket, gateway, session);
-            Ok(())
+            Ok::<(), HandshakeRefused>(())
         }
     };
     io.ns("/", (async || {}).with(admit));
 }
 
-fn register_handlers<B: Broker>(
-    socket: &SocketRef,
-    gateway: Arc<Gateway<B, SocketIoSink>>,
-    session: Session,
-) {
+fn register_handlers<B, S>(socket: &SocketRef, gateway: Arc<Gateway<B, S>>, session: Session)
+where
+    B: Broker,
+    S: ClientSink,
+    S::Conn: From<Sid>,
+    S::Ack: From<AckSender>,
+{
     match session.identity() {
         Some(identity) => debug!(sid = %socket.id, subject = %identity.subject, "client connected"),
         None => debug!(sid = %socket.id, "client connected"),
     }
-    gateway.connected_as(socket.id, session);
+    gateway.connected_as(socket.id.into(), session);
     let on_request = gateway.clone();
     socket.on(
         events::REQUEST,
         move |socket: SocketRef, TryData(envelope): TryData<RequestEnvelope>, ack: AckSender| {
             let envelope = envelope.map_err(|e| e.to_string());
-            let publish = on_request.submit(socket.id, envelope, ack);
+            let publish = on_request.submit(socket.id.into(), envelope, ack.into());
             async move {
                 if let Some(publish) = publish {
                     publish.await;
@@ -344,13 +366,13 @@ fn register_handlers<B: Broker>(
     socket.on(
         events::CANCEL,
         move |socket: SocketRef, TryData(envelope): TryData<CancelEnvelope>| {
-            on_cancel.cancel(socket.id, envelope.map_err(|e| e.to_string()));
+            on_cancel.cancel(socket.id.into(), envelope.map_err(|e| e.to_string()));
             async {}
         },
     );
     socket.on_disconnect(move |socket: SocketRef| {
         debug!(sid = %socket.id, "client disconnected");
-        gateway.disconnected(socket.id);
+        gateway.disconnected(socket.id.into());
         async {}
     });
 }

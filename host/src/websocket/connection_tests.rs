@@ -1,0 +1,316 @@
+//! The WebSocket transport end to end in memory: a tungstenite client on one side of a
+//! duplex pipe, a connection task on the other, the gateway on the in-memory broker.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::DuplexStream;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::*;
+use crate::broker::memory::MemoryBroker;
+use crate::broker::IncomingReply;
+use crate::gateway::{Gateway, GatewayOptions};
+use crate::routes::testing::parts;
+use crate::routes::{RequestTypeSpec, RoutingTable};
+use crate::socketio::Admission;
+
+type Client = WebSocketStream<DuplexStream>;
+
+struct Harness {
+    broker: Arc<MemoryBroker>,
+    gateway: Arc<Gateway<MemoryBroker, Hub>>,
+    hub: Arc<Hub>,
+    task: JoinHandle<()>,
+    client: Client,
+}
+
+async fn start(settings: WsSettings, backlog_limit: usize) -> Harness {
+    let mut echo = parts("echo");
+    echo.streams = true;
+    let routes = RoutingTable::new([RequestTypeSpec::new(echo, None).unwrap()]);
+    let broker = Arc::new(MemoryBroker::new());
+    let hub = Arc::new(Hub::new(backlog_limit));
+    let gateway = Arc::new(Gateway::new(
+        broker.clone(),
+        hub.clone(),
+        routes,
+        GatewayOptions::default(),
+    ));
+    {
+        let gateway = gateway.clone();
+        hub.on_drop(move |id| gateway.disconnected(id));
+    }
+    let endpoint = Arc::new(Endpoint {
+        gateway: gateway.clone(),
+        hub: hub.clone(),
+        admission: Arc::new(Admission::open()),
+        settings,
+    });
+    let (server_io, client_io) = tokio::io::duplex(1 << 16);
+    let task = tokio::spawn(async move {
+        let ws = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+        endpoint.serve(ws).await
+    });
+    let client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+    Harness {
+        broker,
+        gateway,
+        hub,
+        task,
+        client,
+    }
+}
+
+fn fast() -> WsSettings {
+    WsSettings {
+        ping_interval: Duration::from_secs(60),
+        ping_timeout: Duration::from_secs(60),
+        handshake_timeout: Duration::from_secs(5),
+        max_message_bytes: 1 << 20,
+        stall: Duration::from_secs(5),
+    }
+}
+
+impl Harness {
+    async fn send(&mut self, text: &str) {
+        self.client.send(Message::text(text)).await.unwrap();
+    }
+
+    /// The next text frame, or `None` once the host closed the socket.
+    async fn recv(&mut self) -> Option<String> {
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), self.client.next())
+                .await
+                .expect("a frame within 5 s");
+            match next {
+                Some(Ok(Message::Text(t))) => return Some(t.to_string()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Reads the open packet and connects the default namespace.
+    async fn connect(&mut self) -> Value {
+        let open = self.recv().await.unwrap();
+        assert!(open.starts_with("0{"), "{open}");
+        self.send("40").await;
+        let connected = self.recv().await.unwrap();
+        assert!(connected.starts_with("40{"), "{connected}");
+        serde_json::from_str(&open[1..]).unwrap()
+    }
+
+    async fn closed(mut self) -> Vec<String> {
+        let mut rest = Vec::new();
+        while let Some(frame) = self.recv().await {
+            rest.push(frame);
+        }
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("the connection task ends")
+            .unwrap();
+        rest
+    }
+}
+
+fn reply(correlation_id: uuid::Uuid, kind: &str, body: &str) -> IncomingReply {
+    IncomingReply {
+        correlation_id: Some(correlation_id.to_string()),
+        kind: Some(kind.to_owned()),
+        seq: None,
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn a_request_is_acked_and_its_chunk_and_result_relayed_as_socket_io_frames() {
+    let mut h = start(fast(), 1 << 20).await;
+    let open = h.connect().await;
+    assert_eq!(open["upgrades"], json!([]));
+    assert_eq!(open["pingInterval"], json!(60_000));
+    assert_eq!(open["maxPayload"], json!(1 << 20));
+    assert_eq!(h.gateway.connections(), 1);
+
+    h.send(r#"427["request",{"id":"r1","requestType":"echo","payload":{"n":1}}]"#)
+        .await;
+    assert_eq!(h.recv().await.unwrap(), r#"437[{"ok":true}]"#);
+    let published = h.broker.published();
+    assert_eq!(published.len(), 1);
+    assert_eq!(&*published[0].body, r#"{"n":1}"#);
+    let correlation_id = published[0].correlation_id;
+    h.gateway
+        .on_reply(reply(correlation_id, "chunk", r#"{"part":1}"#));
+    h.gateway
+        .on_reply(reply(correlation_id, "result", r#"{"done":true}"#));
+    assert_eq!(
+        h.recv().await.unwrap(),
+        r#"42["response",{"id":"r1","type":"chunk","seq":0,"data":{"part":1}}]"#
+    );
+    assert_eq!(
+        h.recv().await.unwrap(),
+        r#"42["response",{"id":"r1","type":"result","data":{"done":true}}]"#
+    );
+    assert_eq!(h.gateway.in_flight(), 0);
+
+    // A client that disconnects leaves nothing behind.
+    h.send("41").await;
+    let gateway = h.gateway.clone();
+    let hub = h.hub.clone();
+    h.closed().await;
+    assert_eq!(gateway.connections(), 0);
+    assert!(hub.is_empty());
+}
+
+#[tokio::test]
+async fn a_malformed_envelope_is_a_bad_request_and_unknown_events_are_ignored() {
+    let mut h = start(fast(), 1 << 20).await;
+    h.connect().await;
+    h.send(r#"42["hello",1]"#).await;
+    h.send(r#"421["request",5]"#).await;
+    let ack = h.recv().await.unwrap();
+    assert!(
+        ack.starts_with(r#"431[{"ok":false,"error":{"code":"BAD_REQUEST""#),
+        "{ack}"
+    );
+    h.send(r#"422["request"]"#).await;
+    let ack = h.recv().await.unwrap();
+    assert!(
+        ack.starts_with(r#"432[{"ok":false,"error":{"code":"BAD_REQUEST""#),
+        "{ack}"
+    );
+    assert!(h.broker.published().is_empty());
+}
+
+#[tokio::test]
+async fn an_event_before_connect_closes_the_connection_and_keeps_nothing() {
+    let mut h = start(fast(), 1 << 20).await;
+    let _open = h.recv().await.unwrap();
+    h.send(r#"421["request",{"id":"a","requestType":"echo"}]"#)
+        .await;
+    let broker = h.broker.clone();
+    let hub = h.hub.clone();
+    assert!(h.closed().await.is_empty());
+    assert!(broker.published().is_empty());
+    assert!(hub.is_empty());
+}
+
+#[tokio::test]
+async fn broken_frames_close_the_connection() {
+    for frame in [
+        Message::text("42[\"request\",{]"),
+        Message::text("9"),
+        Message::binary(vec![1, 2, 3]),
+    ] {
+        let mut h = start(fast(), 1 << 20).await;
+        h.connect().await;
+        h.client.send(frame.clone()).await.unwrap();
+        let gateway = h.gateway.clone();
+        h.closed().await;
+        assert_eq!(gateway.connections(), 0, "after {frame:?}");
+    }
+}
+
+#[tokio::test]
+async fn binary_attachments_are_dropped_and_their_event_handled_with_placeholders() {
+    let mut h = start(fast(), 1 << 20).await;
+    h.connect().await;
+    h.send(r#"451-4["request",{"id":"b","requestType":"echo","payload":{"_placeholder":true,"num":0}}]"#)
+        .await;
+    h.client.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+    assert_eq!(h.recv().await.unwrap(), r#"434[{"ok":true}]"#);
+    assert_eq!(
+        &*h.broker.published()[0].body,
+        r#"{"_placeholder":true,"num":0}"#
+    );
+    // A text frame where an attachment is due breaks the protocol.
+    h.send(r#"451-5["request",{"id":"c","requestType":"echo"}]"#)
+        .await;
+    h.send("3").await;
+    h.closed().await;
+}
+
+#[tokio::test]
+async fn other_namespaces_are_refused_and_the_default_one_still_connects() {
+    let mut h = start(fast(), 1 << 20).await;
+    let _open = h.recv().await.unwrap();
+    h.send("40/admin,").await;
+    assert_eq!(
+        h.recv().await.unwrap(),
+        r#"44/admin,{"message":"Invalid namespace"}"#
+    );
+    h.send("40").await;
+    assert!(h.recv().await.unwrap().starts_with("40{"));
+}
+
+#[tokio::test]
+async fn no_connect_in_time_closes_the_socket() {
+    let settings = WsSettings {
+        handshake_timeout: Duration::from_millis(100),
+        ..fast()
+    };
+    let mut h = start(settings, 1 << 20).await;
+    let _open = h.recv().await.unwrap();
+    assert!(h.closed().await.is_empty());
+}
+
+#[tokio::test]
+async fn the_host_pings_and_closes_a_client_that_does_not_answer() {
+    let settings = WsSettings {
+        ping_interval: Duration::from_millis(50),
+        ping_timeout: Duration::from_millis(50),
+        ..fast()
+    };
+    let mut h = start(settings, 1 << 20).await;
+    h.connect().await;
+    // Answered pings keep the connection alive.
+    for _ in 0..3 {
+        assert_eq!(h.recv().await.unwrap(), "2");
+        h.send("3").await;
+    }
+    assert_eq!(h.recv().await.unwrap(), "2");
+    let gateway = h.gateway.clone();
+    assert!(h.closed().await.is_empty(), "no pong: closed");
+    assert_eq!(gateway.connections(), 0);
+}
+
+#[tokio::test]
+async fn a_client_over_its_backlog_is_told_to_go_and_its_requests_are_forgotten() {
+    // Room for one chunk only: a second one queued before the task writes is over.
+    let mut h = start(fast(), 64).await;
+    h.connect().await;
+    h.send(r#"421["request",{"id":"a","requestType":"echo"}]"#)
+        .await;
+    assert_eq!(h.recv().await.unwrap(), r#"431[{"ok":true}]"#);
+    let correlation_id = h.broker.published()[0].correlation_id;
+    for _ in 0..3 {
+        h.gateway.on_reply(reply(
+            correlation_id,
+            "chunk",
+            r#""a chunk of some length""#,
+        ));
+    }
+    let gateway = h.gateway.clone();
+    let frames = h.closed().await;
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert!(frames[0].starts_with(r#"42["response""#), "{frames:?}");
+    assert_eq!(frames[1], "41");
+    assert_eq!(gateway.in_flight(), 0);
+    assert_eq!(gateway.connections(), 0);
+}
+
+#[tokio::test]
+async fn shutdown_says_goodbye_to_every_connection() {
+    let mut h = start(fast(), 1 << 20).await;
+    h.connect().await;
+    h.hub.close_all();
+    let hub = h.hub.clone();
+    assert_eq!(h.closed().await, vec!["41".to_owned()]);
+    assert!(hub.is_empty());
+}

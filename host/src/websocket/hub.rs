@@ -1,0 +1,247 @@
+//! The connections served by [`super::connection`], and the sending side of them: acks
+//! and `response` events are encoded into frames here, queued in the connection's outbox
+//! and written by the connection's own task.
+//!
+//! An outbox is bounded in bytes (`client_backlog_bytes`): a client that falls further
+//! behind is dropped, as over socketioxide. Its queue allocates nothing until the first
+//! frame, so an idle connection costs only its task.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use dashmap::DashMap;
+use taskgate_protocol::{events, ErrorBody};
+use tokio::sync::Notify;
+use tracing::warn;
+
+use super::packet;
+use crate::sink::{AckBody, ClientSink, EmitError, ResponseEvent};
+
+/// Names one connection served by the host's own WebSocket transport.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WsConnId(u64);
+
+impl fmt::Debug for WsConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ws-{}", self.0)
+    }
+}
+
+impl fmt::Display for WsConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// The ack callback of one `request`: the ack id the client sent, if any.
+#[derive(Debug)]
+pub struct WsAck {
+    pub conn: WsConnId,
+    pub id: Option<u64>,
+}
+
+/// Why the host ends a connection itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// The client fell too far behind (or an ack could not be queued).
+    Dropped,
+    /// The host is shutting down.
+    Shutdown,
+}
+
+#[derive(Default)]
+struct Outbox {
+    frames: VecDeque<String>,
+    bytes: usize,
+    closing: Option<Closing>,
+}
+
+/// What the hub and a connection's task share.
+pub struct Conn {
+    outbox: Mutex<Outbox>,
+    /// Wakes the task when frames were queued or the connection is to close.
+    wake: Notify,
+}
+
+impl Conn {
+    fn lock(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the queued frames into `into` (which the task keeps, so its capacity is
+    /// reused) and says whether the connection is to close.
+    pub fn take(&self, into: &mut VecDeque<String>) -> Option<Closing> {
+        let mut outbox = self.lock();
+        std::mem::swap(&mut outbox.frames, into);
+        outbox.bytes = 0;
+        outbox.closing
+    }
+
+    /// Waits until frames are queued or the connection is to close.
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// Queues a frame the connection itself produces (a pong, a refusal), unbounded:
+    /// the client asked for it.
+    pub fn push_own(&self, frame: String) {
+        let mut outbox = self.lock();
+        outbox.bytes += frame.len();
+        outbox.frames.push_back(frame);
+        drop(outbox);
+        self.wake.notify_one();
+    }
+
+    fn push(&self, frame: String, limit: usize) -> Result<(), EmitError> {
+        let mut outbox = self.lock();
+        if outbox.closing.is_some() {
+            return Err(EmitError::Gone);
+        }
+        // One frame always fits into an empty outbox, whatever its size: the limit is on
+        // what a client leaves unread, not on a single response.
+        if !outbox.frames.is_empty() && outbox.bytes + frame.len() > limit {
+            return Err(EmitError::Full);
+        }
+        outbox.bytes += frame.len();
+        outbox.frames.push_back(frame);
+        drop(outbox);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn close(&self, why: Closing) -> bool {
+        let mut outbox = self.lock();
+        if outbox.closing.is_some() {
+            return false;
+        }
+        outbox.closing = Some(why);
+        drop(outbox);
+        self.wake.notify_one();
+        true
+    }
+}
+
+type DropHook = Arc<dyn Fn(WsConnId) + Send + Sync>;
+
+/// The registry of connections served by the host's WebSocket transport.
+pub struct Hub {
+    conns: DashMap<WsConnId, Arc<Conn>>,
+    next_id: AtomicU64,
+    /// Bytes a connection's outbox may hold before the client counts as too slow.
+    backlog_limit: usize,
+    on_drop: OnceLock<DropHook>,
+}
+
+impl Hub {
+    pub fn new(backlog_limit: usize) -> Self {
+        Hub {
+            conns: DashMap::new(),
+            next_id: AtomicU64::new(1),
+            backlog_limit: backlog_limit.max(1),
+            on_drop: OnceLock::new(),
+        }
+    }
+
+    /// Sets what happens to a dropped client's requests (once; later calls are ignored).
+    /// It runs on a task of its own: `disconnect` is called with gateway locks held.
+    pub fn on_drop(&self, hook: impl Fn(WsConnId) + Send + Sync + 'static) {
+        let _ = self.on_drop.set(Arc::new(hook));
+    }
+
+    /// A new connection, before it is announced to the client.
+    pub fn register(&self) -> (WsConnId, Arc<Conn>) {
+        let id = WsConnId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let conn = Arc::new(Conn {
+            outbox: Mutex::new(Outbox::default()),
+            wake: Notify::new(),
+        });
+        self.conns.insert(id, conn.clone());
+        (id, conn)
+    }
+
+    /// The connection's task ended.
+    pub fn unregister(&self, id: WsConnId) {
+        self.conns.remove(&id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Asks every connection to say goodbye and close (shutdown).
+    pub fn close_all(&self) {
+        for conn in self.conns.iter() {
+            conn.close(Closing::Shutdown);
+        }
+    }
+
+    fn push(&self, id: WsConnId, frame: String) -> Result<(), EmitError> {
+        let conn = self.conns.get(&id).ok_or(EmitError::Gone)?;
+        conn.push(frame, self.backlog_limit)
+    }
+
+    pub fn ack(&self, ack: WsAck, outcome: Result<(), &ErrorBody>) -> Result<(), EmitError> {
+        // A client that asked for no ack gets none, as over socketioxide.
+        let Some(id) = ack.id else {
+            return Ok(());
+        };
+        let body = AckBody {
+            ok: outcome.is_ok(),
+            error: outcome.err(),
+        };
+        self.push(ack.conn, encode(packet::ack(id, &body))?)
+    }
+
+    pub fn emit(&self, id: WsConnId, event: &ResponseEvent<'_>) -> Result<(), EmitError> {
+        self.push(id, encode(packet::event(events::RESPONSE, event))?)
+    }
+
+    /// Drops a client that does not keep up: its requests are forgotten now (the hook),
+    /// its task says goodbye and closes the socket as soon as it can.
+    pub fn disconnect(&self, id: WsConnId, why: &str) {
+        let Some(conn) = self.conns.get(&id).map(|c| c.clone()) else {
+            return;
+        };
+        if !conn.close(Closing::Dropped) {
+            return;
+        }
+        warn!(conn = %id, reason = why, "disconnecting a client that does not keep up");
+        metrics::counter!("taskgate_slow_clients_dropped_total").increment(1);
+        if let Some(hook) = self.on_drop.get() {
+            // Not inline: the caller may hold gateway locks the hook takes.
+            let hook = hook.clone();
+            tokio::spawn(async move { hook(id) });
+        }
+    }
+}
+
+fn encode(frame: Result<String, serde_json::Error>) -> Result<String, EmitError> {
+    frame.map_err(|_| EmitError::Encode)
+}
+
+impl ClientSink for Hub {
+    type Conn = WsConnId;
+    type Ack = WsAck;
+
+    fn ack(&self, ack: WsAck, outcome: Result<(), &ErrorBody>) -> Result<(), EmitError> {
+        Hub::ack(self, ack, outcome)
+    }
+
+    fn emit(&self, conn: WsConnId, event: &ResponseEvent<'_>) -> Result<(), EmitError> {
+        Hub::emit(self, conn, event)
+    }
+
+    fn disconnect(&self, conn: WsConnId) {
+        Hub::disconnect(
+            self,
+            conn,
+            "its backlog passed the limit or an ack could not be sent",
+        )
+    }
+}

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
-use tracing::{debug, info};
+use tracing::debug;
 use uuid::Uuid;
 
 use super::hub::{Closing, Conn, Hub, WsAck, WsConnId};
@@ -303,15 +303,22 @@ where
                     event: None,
                 })
             }
-            Ok(Incoming::Ping(data)) => conn.push_own(format!("3{data}")),
+            // Answers are bounded like responses: a client that sends but never reads
+            // cannot make the host queue without end.
+            Ok(Incoming::Ping(data)) => conn
+                .push(format!("3{data}"), self.hub.backlog_limit())
+                .map_err(|_| End::Closed(Closing::Dropped))?,
             Ok(Incoming::Noop | Incoming::Ack | Incoming::BinaryAck { .. }) => {}
             Ok(Incoming::Connect {
                 namespace: DEFAULT_NAMESPACE,
                 ..
             }) => {}
-            Ok(Incoming::Connect { namespace, .. }) => {
-                conn.push_own(packet::connect_error(namespace, "Invalid namespace"))
-            }
+            Ok(Incoming::Connect { namespace, .. }) => conn
+                .push(
+                    packet::connect_error(namespace, "Invalid namespace"),
+                    self.hub.backlog_limit(),
+                )
+                .map_err(|_| End::Closed(Closing::Dropped))?,
             Ok(Incoming::Close | Incoming::Disconnect) => return Err(End::Gone),
             Ok(Incoming::Event { namespace, .. } | Incoming::BinaryEvent { namespace, .. }) => {
                 return Err(End::Protocol(format!(
@@ -400,7 +407,7 @@ where
         match &end {
             End::Gone => debug!(%sid, "client disconnected"),
             End::Protocol(why) => {
-                info!(%sid, reason = %why, "closing a connection that broke the protocol")
+                debug!(%sid, reason = %why, "closing a connection that broke the protocol")
             }
             End::Refused => debug!(%sid, "handshake refused"),
             End::Timeout(what) => debug!(%sid, "closing a connection: no {what} in time"),

@@ -84,17 +84,8 @@ impl Conn {
         self.wake.notified().await
     }
 
-    /// Queues a frame the connection itself produces (a pong, a refusal), unbounded:
-    /// the client asked for it.
-    pub fn push_own(&self, frame: String) {
-        let mut outbox = self.lock();
-        outbox.bytes += frame.len();
-        outbox.frames.push_back(frame);
-        drop(outbox);
-        self.wake.notify_one();
-    }
-
-    fn push(&self, frame: String, limit: usize) -> Result<(), EmitError> {
+    /// Queues a frame unless the client already left more than `limit` bytes unread.
+    pub fn push(&self, frame: String, limit: usize) -> Result<(), EmitError> {
         let mut outbox = self.lock();
         if outbox.closing.is_some() {
             return Err(EmitError::Gone);
@@ -164,6 +155,11 @@ impl Hub {
     /// The connection's task ended.
     pub fn unregister(&self, id: WsConnId) {
         self.conns.remove(&id);
+    }
+
+    /// Bytes a connection's outbox may hold.
+    pub fn backlog_limit(&self) -> usize {
+        self.backlog_limit
     }
 
     pub fn len(&self) -> usize {
@@ -243,5 +239,68 @@ impl ClientSink for Hub {
             conn,
             "its backlog passed the limit or an ack could not be sent",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn an_outbox_takes_one_frame_of_any_size_then_stays_under_its_limit() {
+        let hub = Hub::new(10);
+        let (id, conn) = hub.register();
+        hub.push(id, "x".repeat(100)).unwrap();
+        assert_eq!(hub.push(id, "y".into()), Err(EmitError::Full));
+        let mut frames = VecDeque::new();
+        assert_eq!(conn.take(&mut frames), None);
+        assert_eq!(frames.len(), 1);
+        // Taken frames no longer count.
+        hub.push(id, "y".repeat(6)).unwrap();
+        hub.push(id, "z".repeat(4)).unwrap();
+        assert_eq!(hub.push(id, "w".into()), Err(EmitError::Full));
+    }
+
+    #[tokio::test]
+    async fn acks_without_an_id_send_nothing_and_closed_or_unknown_connections_are_gone() {
+        let hub = Hub::new(1000);
+        let (id, conn) = hub.register();
+        hub.ack(WsAck { conn: id, id: None }, Ok(())).unwrap();
+        hub.ack(
+            WsAck {
+                conn: id,
+                id: Some(9),
+            },
+            Ok(()),
+        )
+        .unwrap();
+        let mut frames = VecDeque::new();
+        conn.take(&mut frames);
+        assert_eq!(Vec::from(frames), vec![r#"439[{"ok":true}]"#.to_owned()]);
+
+        hub.close_all();
+        assert_eq!(hub.push(id, "a".into()), Err(EmitError::Gone));
+        assert_eq!(conn.take(&mut VecDeque::new()), Some(Closing::Shutdown));
+        hub.unregister(id);
+        assert_eq!(hub.push(id, "a".into()), Err(EmitError::Gone));
+        assert!(hub.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_client_is_reported_once_to_the_hook() {
+        let hub = Hub::new(1000);
+        let dropped = Arc::new(Mutex::new(Vec::new()));
+        {
+            let dropped = dropped.clone();
+            hub.on_drop(move |id| dropped.lock().unwrap().push(id));
+        }
+        let (id, conn) = hub.register();
+        hub.disconnect(id, "test");
+        hub.disconnect(id, "test");
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert_eq!(*dropped.lock().unwrap(), vec![id]);
+        assert_eq!(conn.take(&mut VecDeque::new()), Some(Closing::Dropped));
     }
 }

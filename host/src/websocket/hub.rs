@@ -195,7 +195,15 @@ impl Hub {
     }
 
     pub fn emit(&self, id: WsConnId, event: &ResponseEvent<'_>) -> Result<(), EmitError> {
-        self.push(id, encode(packet::event(events::RESPONSE, event))?)
+        // The envelope around the data: id, type, seq and the keys take ≈ 60 bytes more.
+        let size_hint = 64
+            + event.id.len()
+            + event.data.map_or(0, |d| d.get().len())
+            + event.error.map_or(0, |e| e.message.len() + 64);
+        self.push(
+            id,
+            encode(packet::event(events::RESPONSE, event, size_hint))?,
+        )
     }
 
     /// Drops a client that does not keep up: its requests are forgotten now (the hook),

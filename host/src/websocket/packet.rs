@@ -262,8 +262,13 @@ pub fn connect_error(namespace: &str, message: &str) -> String {
 }
 
 /// Socket.IO EVENT (`42["name",data]`), data serialised straight into the frame.
-pub fn event(name: &str, data: &impl Serialize) -> Result<String, serde_json::Error> {
-    let mut frame = Vec::with_capacity(64);
+/// `size_hint`: about how many bytes `data` takes, so the frame is allocated once.
+pub fn event(
+    name: &str,
+    data: &impl Serialize,
+    size_hint: usize,
+) -> Result<String, serde_json::Error> {
+    let mut frame = Vec::with_capacity(8 + name.len() + size_hint);
     frame.extend_from_slice(b"42[");
     serde_json::to_writer(&mut frame, name)?;
     frame.push(b',');
@@ -446,7 +451,7 @@ mod tests {
         let data =
             RawValue::from_string(r#"{"id":"a","type":"result","data":{"n":1}}"#.into()).unwrap();
         assert_eq!(
-            event("response", &data).unwrap(),
+            event("response", &data, 0).unwrap(),
             r#"42["response",{"id":"a","type":"result","data":{"n":1}}]"#
         );
         assert_eq!(

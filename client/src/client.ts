@@ -27,6 +27,13 @@ import {
   type SocketLike,
 } from './socket.js';
 
+/**
+ * WebSocket first: a session is one connection, so hosts behind a load balancer need no sticky
+ * sessions, and it saves the long-polling round trips before an upgrade. Long-polling stays as
+ * the fallback for networks that block WebSocket.
+ */
+const TRANSPORT_DEFAULTS: SocketFactoryOptions = { transports: ['websocket', 'polling'], tryAllTransports: true };
+
 export interface ClientOptions {
   /** The host's URL, e.g. `http://127.0.0.1:8080`; default: the page's own origin. */
   url?: string;
@@ -34,7 +41,11 @@ export interface ClientOptions {
   auth?: { token: string } | Record<string, unknown>;
   /** Default client-side timeout of every request, in ms (default: none; the host times out each type). */
   timeoutMs?: number;
-  /** Passed to socket.io-client's `io()` (transports, path, reconnection …). */
+  /**
+   * Passed to socket.io-client's `io()` (transports, path, reconnection …). By default the
+   * client connects over WebSocket and falls back to HTTP long-polling only when WebSocket
+   * fails (`transports: ['websocket', 'polling'], tryAllTransports: true`).
+   */
   socketOptions?: SocketFactoryOptions;
   /** Makes the socket (default: socket.io-client's `io`). Tests inject a fake. */
   io?: SocketFactory;
@@ -101,7 +112,7 @@ export class TaskgateClient {
 
   constructor(options: ClientOptions = {}) {
     this.defaultTimeoutMs = options.timeoutMs;
-    const socketOptions: SocketFactoryOptions = { ...options.socketOptions };
+    const socketOptions: SocketFactoryOptions = { ...TRANSPORT_DEFAULTS, ...options.socketOptions };
     if (options.auth !== undefined) socketOptions.auth = options.auth;
     this.state = new ConnectionStateStore('connecting');
     this.socketListeners = [

@@ -76,6 +76,7 @@ describe('createClient', () => {
     expect(socket.url).toBe('http://host.test:8080');
     expect(socket.options).toEqual({
       transports: ['websocket'],
+      tryAllTransports: true,
       path: '/socket.io/',
       auth: { token: 'secret' },
       autoConnect: false,
@@ -83,6 +84,24 @@ describe('createClient', () => {
     expect(socket.connectCalls).toBe(1);
     expect(client.socket).toBe(socket);
     expect(client.connectionState).toBe('connecting');
+  });
+
+  test('connects over WebSocket first and falls back to long-polling only if WebSocket fails', () => {
+    // WebSocket first: one connection per session (no sticky sessions behind a load
+    // balancer), and the host serves it with its own, leaner transport.
+    const io = fakeSocketFactory();
+    createClient({ io });
+    expect(io.last().options).toEqual({
+      transports: ['websocket', 'polling'],
+      tryAllTransports: true,
+      autoConnect: false,
+    });
+  });
+
+  test('socket options override the transport defaults', () => {
+    const io = fakeSocketFactory();
+    createClient({ io, socketOptions: { transports: ['polling'], tryAllTransports: false } });
+    expect(io.last().options).toEqual({ transports: ['polling'], tryAllTransports: false, autoConnect: false });
   });
 
   test('without a url the socket connects to the page origin (socket.io-client default)', () => {

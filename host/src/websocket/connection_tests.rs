@@ -314,3 +314,36 @@ async fn shutdown_says_goodbye_to_every_connection() {
     assert_eq!(h.closed().await, vec!["41".to_owned()]);
     assert!(hub.is_empty());
 }
+
+#[tokio::test]
+async fn a_pong_that_waited_while_the_host_was_writing_still_counts() {
+    let settings = WsSettings {
+        ping_interval: Duration::from_millis(100),
+        ping_timeout: Duration::from_millis(100),
+        ..fast()
+    };
+    for _ in 0..5 {
+        let mut h = start(settings.clone(), 1 << 24).await;
+        h.connect().await;
+        h.send(r#"421["request",{"id":"big","requestType":"echo"}]"#)
+            .await;
+        assert_eq!(h.recv().await.unwrap(), r#"431[{"ok":true}]"#);
+        assert_eq!(h.recv().await.unwrap(), "2");
+        // A result far larger than the pipe: the host's task is stuck writing it until the
+        // client reads again, long after the pong deadline.
+        let correlation_id = h.broker.published()[0].correlation_id;
+        let big = format!("\"{}\"", "x".repeat(1 << 20));
+        h.gateway.on_reply(reply(correlation_id, "result", &big));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        h.send("3").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let result = h.recv().await.unwrap();
+        assert!(result.starts_with(r#"42["response",{"id":"big","type":"result""#));
+        // Still connected: the next pings come and are answered.
+        for _ in 0..2 {
+            assert_eq!(h.recv().await.as_deref(), Some("2"));
+            h.send("3").await;
+        }
+        assert_eq!(h.gateway.connections(), 1);
+    }
+}

@@ -1,5 +1,5 @@
-//! The host's own transport for clients that connect with WebSocket only
-//! (`transports: ["websocket"]`, the taskgate client's default): engine.io v4 and
+//! The host's own transport for clients that open their connection over WebSocket
+//! (`transports: ["websocket", …]`, the taskgate client's default): engine.io v4 and
 //! Socket.IO v5 (protocol §1) spoken directly over a tungstenite stream, one task per
 //! connection. socketioxide still serves HTTP long-polling and polling sessions that
 //! upgrade to WebSocket.

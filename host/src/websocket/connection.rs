@@ -75,7 +75,7 @@ enum End {
     Timeout(&'static str),
     /// The client read nothing for `stall`.
     Stalled,
-    /// The host ended it (slow client, shutdown): say goodbye first.
+    /// The host ended it (slow client, shutdown).
     Closed(Closing),
 }
 
@@ -418,7 +418,10 @@ where
             End::Closed(why) => debug!(%sid, ?why, "the host closes the connection"),
         }
         let goodbye = async {
-            if matches!(end, End::Closed(_)) {
+            // A dropped client is told it was disconnected (Socket.IO clients then stay
+            // away); at shutdown the socket only closes, so clients reconnect — to another
+            // host, or to this one once it is back.
+            if end == End::Closed(Closing::Dropped) {
                 let _ = ws.send(Message::text(packet::DISCONNECT)).await;
             }
             if !matches!(end, End::Gone | End::Stalled) {

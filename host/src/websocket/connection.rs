@@ -194,7 +194,11 @@ where
                     let closing = conn.take(&mut frames);
                     if !frames.is_empty() {
                         if let Err(end) = self.write(ws, &mut frames).await {
-                            return end;
+                            // Dropped while the write waited: already counted and logged.
+                            return match (end, conn.closing()) {
+                                (End::Stalled, Some(why)) => End::Closed(why),
+                                (end, _) => end,
+                            };
                         }
                     }
                     if let Some(why) = closing {

@@ -79,6 +79,11 @@ impl Conn {
         outbox.closing
     }
 
+    /// Why the host is closing the connection, if it is.
+    pub fn closing(&self) -> Option<Closing> {
+        self.lock().closing
+    }
+
     /// Waits until frames are queued or the connection is to close.
     pub async fn woken(&self) {
         self.wake.notified().await

@@ -51,6 +51,9 @@ pub enum Closing {
     Shutdown,
 }
 
+/// Frames' worth of queue capacity a connection keeps between bursts.
+const KEPT_CAPACITY: usize = 64;
+
 #[derive(Default)]
 struct Outbox {
     frames: VecDeque<String>,
@@ -73,6 +76,11 @@ impl Conn {
     /// Moves the queued frames into `into` (which the task keeps, so its capacity is
     /// reused) and says whether the connection is to close.
     pub fn take(&self, into: &mut VecDeque<String>) -> Option<Closing> {
+        // After a burst, the drained queue would keep its capacity for the connection's
+        // whole life: give it back.
+        if into.is_empty() && into.capacity() > KEPT_CAPACITY {
+            *into = VecDeque::new();
+        }
         let mut outbox = self.lock();
         std::mem::swap(&mut outbox.frames, into);
         outbox.bytes = 0;
@@ -298,6 +306,22 @@ mod tests {
         hub.unregister(id);
         assert_eq!(hub.push(id, "a".into()), Err(EmitError::Gone));
         assert!(hub.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_burst_leaves_no_large_queue_behind() {
+        let hub = Hub::new(1 << 20);
+        let (id, conn) = hub.register();
+        for i in 0..1000 {
+            hub.push(id, i.to_string()).unwrap();
+        }
+        let mut frames = VecDeque::new();
+        conn.take(&mut frames);
+        assert_eq!(frames.len(), 1000);
+        frames.clear(); // written
+        conn.take(&mut frames);
+        assert!(frames.capacity() <= KEPT_CAPACITY);
+        assert!(conn.lock().frames.capacity() <= KEPT_CAPACITY);
     }
 
     #[tokio::test]

@@ -13,15 +13,13 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use amqprs::callbacks::ChannelCallback;
-use amqprs::channel::{
-    BasicConsumeArguments, BasicPublishArguments, Channel, ConfirmSelectArguments, ConsumerMessage,
-    QueueDeclareArguments,
-};
+use amqprs::channel::{BasicPublishArguments, Channel, ConfirmSelectArguments, ConsumerMessage};
 use amqprs::connection::Connection;
 use amqprs::{
     Ack, BasicProperties, Cancel, CloseChannel, FieldName, FieldTable, FieldValue, Nack, Return,
 };
 use anyhow::{anyhow, bail, Context as _};
+use taskgate_host::broker::amqp::{reply_consumer, reply_queue_declaration};
 use taskgate_protocol::amqp as names;
 use taskgate_protocol::ReplyKind;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -150,23 +148,14 @@ impl DirectLoop {
         let direct_reply_to = reply_queue == DIRECT_REPLY_TO;
         if !direct_reply_to {
             channel
-                .queue_declare(
-                    QueueDeclareArguments::new(&reply_queue)
-                        .exclusive(true)
-                        .auto_delete(true)
-                        .finish(),
-                )
+                .queue_declare(reply_queue_declaration(&reply_queue))
                 .await
                 .with_context(|| format!("declaring reply queue {reply_queue}"))?;
         }
-        let (_, replies) = channel
-            .basic_consume_rx(
-                BasicConsumeArguments::new(&reply_queue, "taskgate-bench")
-                    .manual_ack(false)
-                    .exclusive(!direct_reply_to)
-                    .finish(),
-            )
-            .await?;
+        // Direct Reply-to's pseudo-queue cannot be consumed exclusively.
+        let mut consumer = reply_consumer(&reply_queue, "taskgate-bench");
+        consumer.exclusive(!direct_reply_to);
+        let (_, replies) = channel.basic_consume_rx(consumer).await?;
         Ok(DirectLoop {
             channel,
             replies,

@@ -68,13 +68,6 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// tungstenite's read buffer, kept by every WebSocket for its whole life. socketioxide's
-/// default is 4 KiB; 2 KiB saved ≈ 2 KiB per idle connection (10,000 connections), at the
-/// price of more `read` calls for messages above 2 KiB (tungstenite
-/// reads at most this much per call). 1 KiB saved another KiB but tripled the reads of a
-/// 10 KB request. See docs/performance.md.
-const WS_READ_BUFFER_BYTES: usize = 2048;
-
 type HostGateway = Gateway<AmqpBroker, HostSink>;
 
 #[derive(Clone)]
@@ -128,13 +121,22 @@ pub async fn run(
     // One message limit for both transports: socketioxide's `max_payload` bounds only
     // long-polling bodies, and a WebSocket message could otherwise be 64 MiB.
     let message_limit = usize::try_from(settings.max_message_bytes).unwrap_or(usize::MAX);
+    // Both transports announce and keep the same engine.io timings.
+    let ws_settings = WsSettings {
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+        max_message_bytes: settings.max_message_bytes,
+        stall: settings.limits.client_stall,
+        ..WsSettings::default()
+    };
     let (layer, io) = SocketIo::builder()
-        .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
+        .ws_read_buffer_size(websocket::upgrade::READ_BUFFER_BYTES)
+        .ping_interval(ws_settings.ping_interval)
+        .ping_timeout(ws_settings.ping_timeout)
         .max_buffer_size(settings.socket_buffer)
         .max_payload(settings.max_message_bytes)
         .ws_max_message_size(message_limit)
         .ws_max_frame_size(message_limit)
-        .connect_timeout(HANDSHAKE_TIMEOUT)
+        .connect_timeout(ws_settings.handshake_timeout)
         .build_layer();
     let hub = Arc::new(Hub::new(settings.limits.client_backlog_bytes));
     let sink = Arc::new(HostSink {
@@ -180,12 +182,7 @@ pub async fn run(
         gateway: gateway.clone(),
         hub: hub.clone(),
         admission,
-        settings: WsSettings {
-            handshake_timeout: HANDSHAKE_TIMEOUT,
-            max_message_bytes: settings.max_message_bytes,
-            stall: settings.limits.client_stall,
-            ..WsSettings::default()
-        },
+        settings: ws_settings,
     });
     {
         // Weak: the broker (owned by the gateway) must not keep the gateway alive.

@@ -112,6 +112,13 @@ pub enum EmitError {
     Encode,
 }
 
+/// Logs and counts a client dropped because it does not keep up: one log line and one
+/// metric for both transports (operators and the e2e tests look for this line).
+pub fn record_slow_client_drop(conn: &dyn std::fmt::Display, reason: &str) {
+    tracing::warn!(%conn, reason, "disconnecting a client that does not keep up");
+    metrics::counter!("taskgate_slow_clients_dropped_total").increment(1);
+}
+
 pub trait ClientSink: Send + Sync + 'static {
     /// Identifies one client connection.
     type Conn: Copy + Eq + Hash + Debug + Send + Sync + 'static;

@@ -15,7 +15,7 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
 use taskgate_protocol::{events, ErrorBody};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::auth::Authenticator;
 #[cfg(doc)]
@@ -24,7 +24,9 @@ use crate::broker::Broker;
 use crate::gateway::{CancelEnvelope, Gateway, RequestEnvelope};
 use crate::limits::{ConnectionCounter, Limits};
 use crate::session::Session;
-use crate::sink::{AckBody, ClientSink, EmitError, OwnedResponse, ResponseEvent};
+use crate::sink::{
+    record_slow_client_drop, AckBody, ClientSink, EmitError, OwnedResponse, ResponseEvent,
+};
 
 /// How far a client may fall behind before it is dropped.
 #[derive(Debug, Clone, Copy)]
@@ -175,8 +177,7 @@ fn drop_client(inner: &Arc<Inner>, conn: Sid, why: &str) {
     if inner.closing.insert(conn, ()).is_some() {
         return;
     }
-    warn!(sid = %conn, reason = why, "disconnecting a client that does not keep up");
-    metrics::counter!("taskgate_slow_clients_dropped_total").increment(1);
+    record_slow_client_drop(&conn, why);
     inner.backlogs.remove(&conn);
     let Some(socket) = inner.io.get_socket(conn) else {
         inner.closing.remove(&conn);

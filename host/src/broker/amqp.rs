@@ -567,21 +567,11 @@ impl AmqpBroker {
             .map_err(|e| setup("the reply channel", e))?;
         let reply_queue = self.next_reply_queue();
         replies
-            .queue_declare(
-                QueueDeclareArguments::new(&reply_queue)
-                    .exclusive(true)
-                    .auto_delete(true)
-                    .finish(),
-            )
+            .queue_declare(reply_queue_declaration(&reply_queue))
             .await
             .map_err(|e| setup("the reply queue", e))?;
         let (_, consumer) = replies
-            .basic_consume_rx(
-                BasicConsumeArguments::new(&reply_queue, "taskgate-host")
-                    .manual_ack(false)
-                    .exclusive(true)
-                    .finish(),
-            )
+            .basic_consume_rx(reply_consumer(&reply_queue, "taskgate-host"))
             .await
             .map_err(|e| setup("the reply consumer", e))?;
         let live = Arc::new(Live {
@@ -797,6 +787,24 @@ fn amqp_int(value: &FieldValue) -> Option<i64> {
         FieldValue::S(s) => s.as_ref().parse().ok(),
         _ => None,
     }
+}
+
+/// A host's reply queue: exclusive and auto-deleted, it lives and dies with one broker
+/// session. The benchmark's direct client declares the same, to measure the same thing.
+pub fn reply_queue_declaration(name: &str) -> QueueDeclareArguments {
+    QueueDeclareArguments::new(name)
+        .exclusive(true)
+        .auto_delete(true)
+        .finish()
+}
+
+/// The consumer of a reply queue: exclusive, and auto-ack — a reply is relayed once, and a
+/// lost session ends its requests anyway.
+pub fn reply_consumer(queue: &str, tag: &str) -> BasicConsumeArguments {
+    BasicConsumeArguments::new(queue, tag)
+        .manual_ack(false)
+        .exclusive(true)
+        .finish()
 }
 
 /// The AMQP properties of a request message (protocol §2.2).

@@ -23,7 +23,7 @@ use super::packet::{self, EventName, Incoming, DEFAULT_NAMESPACE};
 use crate::broker::Broker;
 use crate::gateway::{CancelEnvelope, Gateway, RequestEnvelope};
 use crate::session::Session;
-use crate::sink::ClientSink;
+use crate::sink::{record_slow_client_drop, ClientSink};
 use crate::socketio::Admission;
 
 /// engine.io timings and limits of the transport.
@@ -43,7 +43,7 @@ pub struct WsSettings {
 
 impl Default for WsSettings {
     fn default() -> Self {
-        // engine.io's defaults, as socketioxide uses them for its transports.
+        // engine.io's defaults; the server gives socketioxide the same.
         WsSettings {
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(20),
@@ -162,7 +162,7 @@ where
                     self.send(ws, packet::connect_error(namespace, "Invalid namespace"))
                         .await?;
                 }
-                Ok(Incoming::Ping(data)) => self.send(ws, format!("3{data}")).await?,
+                Ok(Incoming::Ping(data)) => self.send(ws, packet::pong(data)).await?,
                 Ok(Incoming::Pong | Incoming::Noop) => {}
                 Ok(Incoming::Close | Incoming::Disconnect) => return Err(End::Gone),
                 Ok(other) => {
@@ -310,7 +310,7 @@ where
             // Answers are bounded like responses: a client that sends but never reads
             // cannot make the host queue without end.
             Ok(Incoming::Ping(data)) => conn
-                .push(format!("3{data}"), self.hub.backlog_limit())
+                .push(packet::pong(data), self.hub.backlog_limit())
                 .map_err(|_| End::Closed(Closing::Dropped))?,
             Ok(Incoming::Noop | Incoming::Ack | Incoming::BinaryAck { .. }) => {}
             Ok(Incoming::Connect {
@@ -399,8 +399,9 @@ where
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut frames = VecDeque::from([frame]);
-        self.write(ws, &mut frames).await
+        let mut waited = false;
+        self.progress(ws.send(Message::text(frame)), &mut waited)
+            .await
     }
 
     /// Logs why the connection ends; says goodbye when the host ends it; closes.
@@ -415,10 +416,7 @@ where
             }
             End::Refused => debug!(%sid, "handshake refused"),
             End::Timeout(what) => debug!(%sid, "closing a connection: no {what} in time"),
-            End::Stalled => {
-                tracing::warn!(%sid, reason = "its responses made no progress", "disconnecting a client that does not keep up");
-                metrics::counter!("taskgate_slow_clients_dropped_total").increment(1);
-            }
+            End::Stalled => record_slow_client_drop(&sid, "its responses made no progress"),
             End::Closed(why) => debug!(%sid, ?why, "the host closes the connection"),
         }
         let goodbye = async {

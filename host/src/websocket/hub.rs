@@ -14,10 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use dashmap::DashMap;
 use taskgate_protocol::{events, ErrorBody};
 use tokio::sync::Notify;
-use tracing::warn;
 
 use super::packet;
-use crate::sink::{AckBody, ClientSink, EmitError, ResponseEvent};
+use crate::sink::{record_slow_client_drop, AckBody, ClientSink, EmitError, ResponseEvent};
 
 /// Names one connection served by the host's own WebSocket transport.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -175,10 +174,6 @@ impl Hub {
         self.backlog_limit
     }
 
-    pub fn len(&self) -> usize {
-        self.conns.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()
     }
@@ -228,8 +223,7 @@ impl Hub {
         if !conn.close(Closing::Dropped) {
             return;
         }
-        warn!(conn = %id, reason = why, "disconnecting a client that does not keep up");
-        metrics::counter!("taskgate_slow_clients_dropped_total").increment(1);
+        record_slow_client_drop(&id, why);
         if let Some(hook) = self.on_drop.get() {
             // Not inline: the caller may hold gateway locks the hook takes.
             let hook = hook.clone();

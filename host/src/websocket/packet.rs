@@ -7,7 +7,8 @@
 //! Socket.IO packet travels in an engine.io `4` (message): a type digit, an optional
 //! namespace (`/ns,`), an optional ack id (digits), then JSON.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
+use std::io::Write as _;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserializer, Serialize};
@@ -240,6 +241,11 @@ pub fn open(open: &Open<'_>) -> String {
 
 /// engine.io PING.
 pub const PING: &str = "2";
+
+/// engine.io PONG, echoing the ping's data.
+pub fn pong(data: &str) -> String {
+    format!("3{data}")
+}
 /// Socket.IO DISCONNECT of the default namespace: the host ends the session.
 pub const DISCONNECT: &str = "41";
 
@@ -282,7 +288,7 @@ pub fn ack(id: u64, data: &impl Serialize) -> Result<String, serde_json::Error> 
     let mut frame = Vec::with_capacity(48);
     frame.extend_from_slice(b"43");
     // Writing into a Vec cannot fail.
-    let _ = write!(VecWriter(&mut frame), "{id}");
+    let _ = write!(frame, "{id}");
     frame.push(b'[');
     serde_json::to_writer(&mut frame, data)?;
     frame.push(b']');
@@ -299,15 +305,6 @@ fn push_json(frame: &mut String, value: &impl Serialize) {
 /// serde_json writes UTF-8 only; the prefix is ASCII.
 fn into_string(frame: Vec<u8>) -> String {
     String::from_utf8(frame).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-struct VecWriter<'a>(&'a mut Vec<u8>);
-
-impl fmt::Write for VecWriter<'_> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -360,30 +357,20 @@ mod tests {
 
     #[test]
     fn events_with_and_without_ack_ids() {
-        assert_eq!(
-            parse(r#"42["request",{}]"#),
-            Ok(Incoming::Event {
-                namespace: "/",
-                ack: None,
-                data: r#"["request",{}]"#
-            })
-        );
-        assert_eq!(
-            parse(r#"4217["request",{}]"#),
-            Ok(Incoming::Event {
-                namespace: "/",
-                ack: Some(17),
-                data: r#"["request",{}]"#
-            })
-        );
-        assert_eq!(
-            parse(r#"42/x,3["a"]"#),
-            Ok(Incoming::Event {
-                namespace: "/x",
-                ack: Some(3),
-                data: r#"["a"]"#
-            })
-        );
+        for (frame, namespace, ack, data) in [
+            (r#"42["request",{}]"#, "/", None, r#"["request",{}]"#),
+            (r#"4217["request",{}]"#, "/", Some(17), r#"["request",{}]"#),
+            (r#"42/x,3["a"]"#, "/x", Some(3), r#"["a"]"#),
+        ] {
+            assert_eq!(
+                parse(frame),
+                Ok(Incoming::Event {
+                    namespace,
+                    ack,
+                    data
+                })
+            );
+        }
         assert_eq!(parse("4299999999999999999999[]"), Err(PacketError::AckId));
         assert_eq!(parse(r#"42/x["a"]"#), Err(PacketError::Namespace));
         assert_eq!(parse("431[]"), Ok(Incoming::Ack));

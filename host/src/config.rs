@@ -26,6 +26,9 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_MAX_PLUGIN_LIBRARIES: usize = 64;
 /// How long shutdown waits for requests in flight before ending them `UNAVAILABLE`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+pub use crate::websocket::DEFAULT_CHUNK_LINGER;
+/// The longest `chunk_linger` the host accepts.
+pub const MAX_CHUNK_LINGER: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -175,6 +178,9 @@ pub struct HostSection {
     pub allowed_origins: Option<Vec<String>>,
     /// How long shutdown waits for requests in flight, e.g. "30s", "1m 30s", "500ms".
     pub shutdown_grace: Option<String>,
+    /// How long streamed chunks may wait to share a write with later frames, e.g. "2ms";
+    /// "0s" writes every chunk at once.
+    pub chunk_linger: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, PartialEq)]
@@ -250,6 +256,8 @@ pub struct Settings {
     pub allowed_origins: Vec<String>,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// How long chunks may wait for company on a WebSocket connection (zero: not at all).
+    pub chunk_linger: Duration,
     /// The plugin tables of plugins.toml.
     pub plugins: BTreeMap<String, PluginSection>,
     /// Where the configuration came from, for log lines; `None` when defaults only.
@@ -329,6 +337,23 @@ impl Settings {
             })?,
             (None, None) => DEFAULT_SHUTDOWN_GRACE,
         };
+        let chunk_linger = match &file.host.chunk_linger {
+            None => DEFAULT_CHUNK_LINGER,
+            Some(text) => humantime::parse_duration(text)
+                .map_err(|e| e.to_string())
+                .and_then(|linger| {
+                    if linger > MAX_CHUNK_LINGER {
+                        Err("at most 1s: chunks are meant to stream".to_owned())
+                    } else {
+                        Ok(linger)
+                    }
+                })
+                .map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "[host] chunk_linger = \"{text}\": {e} (write e.g. \"2ms\", or \"0s\" for none)"
+                    ))
+                })?,
+        };
         Ok(Settings {
             listen,
             amqp_url,
@@ -349,6 +374,7 @@ impl Settings {
             limits,
             allowed_origins: file.host.allowed_origins.unwrap_or_default(),
             shutdown_grace,
+            chunk_linger,
             plugins: file.plugins,
             config_path: config_path.map(Path::to_path_buf),
             overrides: given,
@@ -474,6 +500,27 @@ mod tests {
         );
         let err = grace("[host]\nshutdown_grace = \"soon\"\n", None).unwrap_err();
         assert!(err.to_string().contains("shutdown_grace"), "{err}");
+    }
+
+    #[test]
+    fn chunks_linger_as_the_file_says_within_a_second() {
+        let linger = |file: &str| {
+            Settings::resolve(parse(file).unwrap(), None, Overrides::default())
+                .map(|s| s.chunk_linger)
+        };
+        assert_eq!(linger("").unwrap(), DEFAULT_CHUNK_LINGER);
+        assert_eq!(
+            linger("[host]\nchunk_linger = \"5ms\"\n").unwrap(),
+            Duration::from_millis(5)
+        );
+        assert_eq!(
+            linger("[host]\nchunk_linger = \"0s\"\n").unwrap(),
+            Duration::ZERO
+        );
+        for bad in ["\"later\"", "\"2s\""] {
+            let err = linger(&format!("[host]\nchunk_linger = {bad}\n")).unwrap_err();
+            assert!(err.to_string().contains("chunk_linger"), "{err}");
+        }
     }
 
     #[test]

@@ -126,6 +126,7 @@ pub async fn run(
         handshake_timeout: HANDSHAKE_TIMEOUT,
         max_message_bytes: settings.max_message_bytes,
         stall: settings.limits.client_stall,
+        chunk_linger: settings.chunk_linger,
         ..WsSettings::default()
     };
     let (layer, io) = SocketIo::builder()
@@ -263,6 +264,7 @@ pub async fn run(
         host_id = %host_id,
         amqp = %redact_url(&settings.amqp_url),
         request_types = gateway.routes().len(),
+        chunk_linger_us = settings.chunk_linger.as_micros() as u64,
         "listening on {addr}"
     );
     let listener = listener.tap_io(|tcp| {

@@ -18,7 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 use uuid::Uuid;
 
-use super::hub::{Closing, Conn, Hub, WsAck, WsConnId};
+use super::hub::{Closing, Conn, Hub, Urgency, WsAck, WsConnId};
 use super::packet::{self, EventName, Incoming, DEFAULT_NAMESPACE};
 use crate::broker::Broker;
 use crate::gateway::{CancelEnvelope, Gateway, RequestEnvelope};
@@ -39,7 +39,14 @@ pub struct WsSettings {
     pub max_message_bytes: u64,
     /// How long a write to the client may make no progress before it is dropped.
     pub stall: Duration,
+    /// How long chunks may wait for more frames to share their write (zero: never).
+    pub chunk_linger: Duration,
 }
+
+/// Chunks wait at most this long for company, unless `[host] chunk_linger` says otherwise:
+/// far below what a person notices, and long enough that the writes of many busy
+/// connections fall on the same timer tick (docs/performance.md).
+pub const DEFAULT_CHUNK_LINGER: Duration = Duration::from_millis(2);
 
 impl Default for WsSettings {
     fn default() -> Self {
@@ -50,6 +57,7 @@ impl Default for WsSettings {
             handshake_timeout: Duration::from_secs(10),
             max_message_bytes: 1_000_000,
             stall: crate::limits::DEFAULT_CLIENT_STALL,
+            chunk_linger: DEFAULT_CHUNK_LINGER,
         }
     }
 }
@@ -186,12 +194,33 @@ where
         };
         let heartbeat = sleep_until(state.last_ping + self.settings.ping_interval);
         tokio::pin!(heartbeat);
+        let linger = self.settings.chunk_linger;
+        // While chunks linger: the timer that lets them go.
+        let mut lingering = false;
+        let linger_over = sleep_until(Instant::now());
+        tokio::pin!(linger_over);
         loop {
             // Not biased: a client that keeps sending must not starve its responses, nor
             // a stream of responses the client's requests.
             tokio::select! {
-                () = conn.woken() => {
-                    let closing = conn.take(&mut frames);
+                by_frames = async {
+                    tokio::select! {
+                        () = conn.woken() => true,
+                        () = &mut linger_over, if lingering => false,
+                    }
+                } => {
+                    // Woken by a frame, chunks may (still) linger; once the timer is up,
+                    // everything goes.
+                    let taken = conn.take(&mut frames, by_frames && !linger.is_zero());
+                    if taken.lingering {
+                        if !lingering {
+                            lingering = true;
+                            linger_over.as_mut().reset(Instant::now() + linger);
+                        }
+                        continue;
+                    }
+                    lingering = false;
+                    let closing = taken.closing;
                     if !frames.is_empty() {
                         if let Err(end) = self.write(ws, &mut frames).await {
                             // Dropped while the write waited: already counted and logged.
@@ -310,7 +339,7 @@ where
             // Answers are bounded like responses: a client that sends but never reads
             // cannot make the host queue without end.
             Ok(Incoming::Ping(data)) => conn
-                .push(packet::pong(data), self.hub.backlog_limit())
+                .push(packet::pong(data), self.hub.backlog_limit(), Urgency::Now)
                 .map_err(|_| End::Closed(Closing::Dropped))?,
             Ok(Incoming::Noop | Incoming::Ack | Incoming::BinaryAck { .. }) => {}
             Ok(Incoming::Connect {
@@ -321,6 +350,7 @@ where
                 .push(
                     packet::connect_error(namespace, "Invalid namespace"),
                     self.hub.backlog_limit(),
+                    Urgency::Now,
                 )
                 .map_err(|_| End::Closed(Closing::Dropped))?,
             Ok(Incoming::Close | Incoming::Disconnect) => return Err(End::Gone),

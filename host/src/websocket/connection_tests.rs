@@ -75,7 +75,26 @@ fn fast() -> WsSettings {
         handshake_timeout: Duration::from_secs(5),
         max_message_bytes: 1 << 20,
         stall: Duration::from_secs(5),
+        chunk_linger: Duration::from_millis(2),
     }
+}
+
+/// A connection with one streaming request acked, and its correlation id.
+async fn streaming(chunk_linger: Duration) -> (Harness, uuid::Uuid) {
+    let mut h = start(
+        WsSettings {
+            chunk_linger,
+            ..fast()
+        },
+        1 << 20,
+    )
+    .await;
+    h.connect().await;
+    h.send(r#"421["request",{"id":"s","requestType":"echo"}]"#)
+        .await;
+    assert_eq!(h.recv().await.unwrap(), r#"431[{"ok":true}]"#);
+    let correlation_id = h.broker.published()[0].correlation_id;
+    (h, correlation_id)
 }
 
 impl Harness {
@@ -347,4 +366,89 @@ async fn a_pong_that_waited_while_the_host_was_writing_still_counts() {
         }
         assert_eq!(h.gateway.connections(), 1);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn chunks_wait_for_the_linger_and_then_leave_together() {
+    let linger = Duration::from_millis(50);
+    let (mut h, correlation_id) = streaming(linger).await;
+    let first = tokio::time::Instant::now();
+    h.gateway.on_reply(reply(correlation_id, "chunk", "1"));
+    h.gateway.on_reply(reply(correlation_id, "chunk", "2"));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), h.client.next())
+            .await
+            .is_err(),
+        "a chunk left before the linger was over"
+    );
+    assert_eq!(
+        h.recv().await.unwrap(),
+        r#"42["response",{"id":"s","type":"chunk","seq":0,"data":1}]"#
+    );
+    assert!(first.elapsed() >= linger, "{:?}", first.elapsed());
+    assert_eq!(
+        h.recv().await.unwrap(),
+        r#"42["response",{"id":"s","type":"chunk","seq":1,"data":2}]"#
+    );
+    // The next chunk waits again.
+    h.gateway.on_reply(reply(correlation_id, "chunk", "3"));
+    let third = tokio::time::Instant::now();
+    assert!(h.recv().await.unwrap().contains(r#""seq":2"#));
+    assert!(third.elapsed() >= linger, "{:?}", third.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_takes_the_waiting_chunks_with_it_at_once() {
+    // A linger far longer than the client waits: only the result can release the chunk.
+    let (mut h, correlation_id) = streaming(Duration::from_secs(30)).await;
+    let start = tokio::time::Instant::now();
+    h.gateway.on_reply(reply(correlation_id, "chunk", "1"));
+    h.gateway.on_reply(reply(correlation_id, "result", "2"));
+    assert_eq!(
+        h.recv().await.unwrap(),
+        r#"42["response",{"id":"s","type":"chunk","seq":0,"data":1}]"#
+    );
+    assert_eq!(
+        h.recv().await.unwrap(),
+        r#"42["response",{"id":"s","type":"result","data":2}]"#
+    );
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn acks_and_errors_never_wait_behind_a_lingering_chunk() {
+    let (mut h, correlation_id) = streaming(Duration::from_secs(30)).await;
+    let start = tokio::time::Instant::now();
+    h.gateway.on_reply(reply(correlation_id, "chunk", "1"));
+    // A second request's ack releases the chunk queued before it, in order.
+    h.send(r#"422["request",{"id":"t","requestType":"echo"}]"#)
+        .await;
+    assert!(h.recv().await.unwrap().contains(r#""seq":0"#));
+    assert_eq!(h.recv().await.unwrap(), r#"432[{"ok":true}]"#);
+    h.gateway.on_reply(reply(
+        correlation_id,
+        "error",
+        r#"{"code":"WORKER_ERROR","message":"no"}"#,
+    ));
+    assert!(h.recv().await.unwrap().contains(r#""type":"error""#));
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn chunks_worth_a_full_write_do_not_wait() {
+    let (mut h, correlation_id) = streaming(Duration::from_secs(30)).await;
+    let start = tokio::time::Instant::now();
+    let big = format!("\"{}\"", "x".repeat(super::hub::LINGER_MAX_BYTES));
+    h.gateway.on_reply(reply(correlation_id, "chunk", &big));
+    assert!(h.recv().await.unwrap().contains(r#""seq":0"#));
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_linger_every_chunk_leaves_at_once() {
+    let (mut h, correlation_id) = streaming(Duration::ZERO).await;
+    let start = tokio::time::Instant::now();
+    h.gateway.on_reply(reply(correlation_id, "chunk", "1"));
+    assert!(h.recv().await.unwrap().contains(r#""seq":0"#));
+    assert_eq!(start.elapsed(), Duration::ZERO);
 }

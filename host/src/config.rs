@@ -26,6 +26,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_MAX_PLUGIN_LIBRARIES: usize = 64;
 /// How long shutdown waits for requests in flight before ending them `UNAVAILABLE`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long chunks wait for company unless `[host] chunk_linger` says otherwise.
 pub use crate::websocket::DEFAULT_CHUNK_LINGER;
 /// The longest `chunk_linger` the host accepts.
 pub const MAX_CHUNK_LINGER: Duration = Duration::from_secs(1);
@@ -330,29 +331,19 @@ impl Settings {
         }
         let shutdown_grace = match (overrides.shutdown_grace, &file.host.shutdown_grace) {
             (Some(grace), _) => grace,
-            (None, Some(text)) => humantime::parse_duration(text).map_err(|e| {
-                ConfigError::Invalid(format!(
-                    "[host] shutdown_grace = \"{text}\": {e} (write e.g. \"30s\" or \"1m 30s\")"
-                ))
-            })?,
+            (None, Some(text)) => {
+                host_duration("shutdown_grace", text, None, "\"30s\" or \"1m 30s\"")?
+            }
             (None, None) => DEFAULT_SHUTDOWN_GRACE,
         };
         let chunk_linger = match &file.host.chunk_linger {
             None => DEFAULT_CHUNK_LINGER,
-            Some(text) => humantime::parse_duration(text)
-                .map_err(|e| e.to_string())
-                .and_then(|linger| {
-                    if linger > MAX_CHUNK_LINGER {
-                        Err("at most 1s: chunks are meant to stream".to_owned())
-                    } else {
-                        Ok(linger)
-                    }
-                })
-                .map_err(|e| {
-                    ConfigError::Invalid(format!(
-                        "[host] chunk_linger = \"{text}\": {e} (write e.g. \"2ms\", or \"0s\" for none)"
-                    ))
-                })?,
+            Some(text) => host_duration(
+                "chunk_linger",
+                text,
+                Some((MAX_CHUNK_LINGER, "at most 1s: chunks are meant to stream")),
+                "\"2ms\", or \"0s\" for none",
+            )?,
         };
         Ok(Settings {
             listen,
@@ -422,6 +413,26 @@ pub fn redact_url(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// A duration of `[host]` written for people ("30s", "1m 30s", "2ms"), optionally capped;
+/// an error names the key and shows how to write it.
+fn host_duration(
+    key: &str,
+    text: &str,
+    cap: Option<(Duration, &str)>,
+    example: &str,
+) -> Result<Duration, ConfigError> {
+    let parsed = humantime::parse_duration(text).map_err(|e| e.to_string());
+    let checked = parsed.and_then(|duration| match cap {
+        Some((max, why)) if duration > max => Err(why.to_owned()),
+        _ => Ok(duration),
+    });
+    checked.map_err(|e| {
+        ConfigError::Invalid(format!(
+            "[host] {key} = \"{text}\": {e} (write e.g. {example})"
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -177,6 +177,9 @@ pub struct HostSection {
     /// Browser origins allowed to open Socket.IO connections besides the host's own
     /// (e.g. "https://app.example.com"); "*" allows any.
     pub allowed_origins: Option<Vec<String>>,
+    /// Host names the host answers to besides IP addresses and localhost (DNS rebinding
+    /// protection): "app.example.com", ".example.com" (and its subdomains), "*" for any.
+    pub allowed_hosts: Option<Vec<String>>,
     /// How long shutdown waits for requests in flight, e.g. "30s", "1m 30s", "500ms".
     pub shutdown_grace: Option<String>,
     /// How long streamed chunks may wait to share a write with later frames, e.g. "2ms";
@@ -255,6 +258,8 @@ pub struct Settings {
     pub limits: Limits,
     /// `[host] allowed_origins` (empty: the host's own origin only).
     pub allowed_origins: Vec<String>,
+    /// `[host] allowed_hosts` (empty: IP addresses and localhost only).
+    pub allowed_hosts: Vec<String>,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
     /// How long chunks may wait for company on a WebSocket connection (zero: not at all).
@@ -364,6 +369,7 @@ impl Settings {
             auth,
             limits,
             allowed_origins: file.host.allowed_origins.unwrap_or_default(),
+            allowed_hosts: file.host.allowed_hosts.unwrap_or_default(),
             shutdown_grace,
             chunk_linger,
             plugins: file.plugins,
@@ -596,6 +602,7 @@ mod tests {
         assert_eq!(s.auth.mode, AuthMode::None);
         assert_eq!(s.limits, Limits::default());
         assert!(s.allowed_origins.is_empty());
+        assert!(s.allowed_hosts.is_empty());
         // Both transports: the payload ceiling and room for the envelope.
         assert_eq!(
             s.max_message_bytes,
@@ -609,6 +616,7 @@ mod tests {
             r#"
             [host]
             allowed_origins = ["https://app.example.com"]
+            allowed_hosts = ["taskgate.example.com", ".example.org"]
             max_message_bytes = 1000
             [auth]
             mode = "static"
@@ -636,6 +644,10 @@ mod tests {
             Some(PathBuf::from("/etc/taskgate/tokens.toml"))
         );
         assert_eq!(s.allowed_origins, vec!["https://app.example.com"]);
+        assert_eq!(
+            s.allowed_hosts,
+            vec!["taskgate.example.com", ".example.org"]
+        );
         assert_eq!(s.limits.max_payload_bytes, 2_000_000);
         assert_eq!(s.limits.max_in_flight, 5);
         assert_eq!(s.limits.requests_per_second, 0);

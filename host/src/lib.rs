@@ -20,8 +20,8 @@
 //! - [`config`] and [`cli`]: plugins.toml, flags, environment variables.
 //! - [`server`]: wiring it all up behind axum; [`request_head`] keeps idle WebSockets small.
 //! - [`error`]: why a request fails, mapped to protocol error codes.
-//! - [`auth`], [`session`], [`limits`], [`origins`]: who may connect and call what, and
-//!   how much one connection may ask of the host.
+//! - [`auth`], [`session`], [`limits`], [`origins`], [`host_names`]: who may connect and
+//!   call what, how much one connection may ask of the host, and which names it answers to.
 //! - [`metrics`]: the Prometheus recorder behind `/metrics` and the metric names.
 //! - [`trace`]: the W3C trace context of a request (accepted from the client or started).
 
@@ -33,6 +33,7 @@ pub mod config;
 pub mod deadlines;
 pub mod error;
 pub mod gateway;
+pub mod host_names;
 pub mod limits;
 pub mod metrics;
 pub mod origins;

@@ -27,6 +27,7 @@ use crate::broker::amqp::{AmqpBroker, QueueDecl};
 use crate::clients::{ClientId, HostSink};
 use crate::config::{redact_url, AuthMode, Settings};
 use crate::gateway::{Gateway, GatewayOptions};
+use crate::host_names::{self, AllowedHosts};
 use crate::limits::ConnectionCounter;
 use crate::metrics;
 use crate::origins::{self, AllowedOrigins};
@@ -104,6 +105,10 @@ pub async fn run(
         AllowedOrigins::new(&settings.allowed_origins)
             .map_err(|e| ServeError::Config(e.to_string()))?,
     );
+    let allowed_hosts = Arc::new(
+        AllowedHosts::new(&settings.allowed_hosts)
+            .map_err(|e| ServeError::Config(e.to_string()))?,
+    );
     let loader =
         PrivateCopyLoader::in_temp_dir(settings.max_plugin_libraries).map_err(|source| {
             ServeError::RuntimeDir {
@@ -171,7 +176,7 @@ pub async fn run(
             }
         });
     }
-    log_security(&settings, &authenticator, &allowed_origins);
+    log_security(&settings, &authenticator, &allowed_origins, &allowed_hosts);
     // One admission for both transports: the connection limit counts them together.
     let admission = Arc::new(Admission {
         authenticator,
@@ -256,7 +261,13 @@ pub async fn run(
             allowed_origins.clone(),
             origins::guard,
         ))
-        .layer(origins::cors(allowed_origins));
+        .layer(origins::cors(allowed_origins))
+        // Outermost: a request for a name this host does not answer to (DNS rebinding) is
+        // refused before any route, CORS or Socket.IO sees it.
+        .layer(axum::middleware::from_fn_with_state(
+            allowed_hosts.clone(),
+            host_names::guard,
+        ));
 
     let addr = listener.local_addr().map_err(ServeError::Serve)?;
     info!(
@@ -315,7 +326,12 @@ pub async fn run(
 }
 
 /// Says at start how the host is protected; loudly when it is not.
-fn log_security(settings: &Settings, authenticator: &Authenticator, origins: &AllowedOrigins) {
+fn log_security(
+    settings: &Settings,
+    authenticator: &Authenticator,
+    origins: &AllowedOrigins,
+    hosts: &AllowedHosts,
+) {
     if authenticator.mode() == AuthMode::None {
         warn!("!!! AUTHENTICATION IS OFF ([auth] mode = \"none\"): anyone who can reach this host may connect and call every request type that requires no role. For development only: set [auth] mode = \"static\" or \"jwt\" in production. !!!");
     } else {
@@ -327,9 +343,13 @@ fn log_security(settings: &Settings, authenticator: &Authenticator, origins: &Al
     if origins.allows_any() {
         warn!("Socket.IO accepts browser connections from any origin ([host] allowed_origins = [\"*\"])");
     }
+    if hosts.allows_any() {
+        warn!("the host answers to any Host name ([host] allowed_hosts = [\"*\"]): web pages can reach it through DNS rebinding unless a proxy in front checks Host");
+    }
     let limits = &settings.limits;
     info!(
         origins = %origins.describe(),
+        host_names = %hosts.describe(),
         max_payload_bytes = limits.max_payload_bytes,
         max_message_bytes = settings.max_message_bytes,
         max_in_flight = limits.max_in_flight,

@@ -46,6 +46,30 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Where a TOML error is and what it is, without the offending line: toml's own message
+/// quotes it, and in plugins.toml that line may be `amqp_url` with its password. The
+/// message proper (e.g. "unknown field `x`, expected one of …") names keys, not values,
+/// except for type errors, which are cut at the quoted value.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let what = error.message().trim_end();
+    // "invalid type: string \"…\", expected …" and the like quote the value itself.
+    let what = match what.split_once(['`', '"']) {
+        Some((before, _)) if what.starts_with("invalid ") => {
+            format!("{}(value not shown)", before.trim_end_matches(": "))
+        }
+        _ => what.replace('\n', " "),
+    };
+    match error.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("TOML parse error at line {line}, column {column}: {what}")
+        }
+        None => format!("TOML parse error: {what}"),
+    }
+}
+
 /// plugins.toml, as written by the operator.
 #[derive(Debug, Default, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -218,7 +242,7 @@ impl FileConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: describe_toml_error(text, &e),
         })
     }
 
@@ -594,6 +618,27 @@ mod tests {
         assert_eq!(o.queue.as_deref(), Some("q.wc"));
         assert_eq!(o.timeout_ms, Some(1000));
         assert_eq!(s.overrides_for("text", "text.other").queue, None);
+    }
+
+    #[test]
+    fn a_syntax_error_is_located_but_never_quoted() {
+        // The offending line may be amqp_url with its password (issue 20 #6).
+        let text =
+            "[host]\nlisten = \"127.0.0.1:8080\"\namqp_url = \"amqp://u:s3cr3t-pw@h/%2f\" oops\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(!err.contains("s3cr3t"), "{err}");
+        assert!(err.contains("TOML parse error at line 3, column"), "{err}");
+        assert!(err.starts_with("plugins.toml: "), "{err}");
+        // The same for a value of the wrong type, whose message would quote the value.
+        let err = parse("[host]\nlisten = 5\n").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        let err = parse("[host]\nlisten = \"x\"\namqp_url = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 3") && err.contains("invalid type"),
+            "{err}"
+        );
     }
 
     #[test]

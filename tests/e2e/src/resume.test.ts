@@ -1,0 +1,227 @@
+/**
+ * Tasks that outlive their connection, phase 1 (docs/protocol.md §4, docs/long-running-tasks.md): a
+ * client that opts in with `auth.session` keeps its requests through a network blip. The connection
+ * is cut through a TCP proxy (the host and the client learn of it only as a dead TCP connection), the
+ * worker goes on streaming, and when the client is back within the resume window it attaches each
+ * request with the last `seq` it saw: every chunk arrives once, in order, then the result, and the
+ * worker is never told to stop. Past the window the request is cancelled as before, and nobody else
+ * can attach to it.
+ */
+
+import assert from 'node:assert/strict';
+
+import { io, type Socket } from 'socket.io-client';
+
+import {
+  CancelListener,
+  e2e,
+  FakeWorker,
+  sleep,
+  startHost,
+  TYPES,
+  uniqueId,
+  waitUntil,
+  type TestContext,
+} from './harness.js';
+import { TcpProxy } from './tcp-proxy.js';
+
+interface SessionEvent {
+  token: string;
+  resumeWindowMs: number;
+}
+
+/** A socket.io-client connection that reconnects by itself and presents its session token. */
+class ResumingClient {
+  readonly socket: Socket;
+  readonly sessions: SessionEvent[] = [];
+  /** Per request id, every `response` in arrival order. */
+  readonly responses = new Map<string, Array<{ type: string; seq?: number; data?: unknown; error?: unknown }>>();
+  connects = 0;
+
+  constructor(
+    ctx: TestContext,
+    url: string,
+    /** `true` asks for a new session; a string presents this token on the first connect. */
+    first: true | string = true,
+  ) {
+    this.socket = io(url, {
+      transports: ['websocket'],
+      upgrade: false,
+      forceNew: true,
+      reconnectionDelay: 100,
+      reconnectionDelayMax: 300,
+      randomizationFactor: 0,
+      timeout: 5000,
+      // Called before every (re)connect: the latest token the host gave us.
+      auth: (cb) => cb({ session: this.sessions.at(-1)?.token ?? first }),
+    });
+    this.socket.on('connect', () => (this.connects += 1));
+    this.socket.on('session', (s: SessionEvent) => this.sessions.push(s));
+    this.socket.on('response', (r: { id: string; type: string; seq?: number }) => {
+      const list = this.responses.get(r.id) ?? [];
+      list.push(r);
+      this.responses.set(r.id, list);
+    });
+    ctx.onCleanup(async () => {
+      this.socket.disconnect();
+    });
+  }
+
+  seqs(id: string): number[] {
+    return (this.responses.get(id) ?? []).filter((r) => r.type === 'chunk').map((r) => r.seq ?? -1);
+  }
+
+  lastSeq(id: string): number {
+    const seqs = this.seqs(id);
+    return seqs.length === 0 ? -1 : seqs[seqs.length - 1];
+  }
+
+  final(id: string) {
+    return (this.responses.get(id) ?? []).find((r) => r.type !== 'chunk');
+  }
+
+  async session(count = 1): Promise<SessionEvent> {
+    return waitUntil(() => (this.sessions.length >= count ? this.sessions[count - 1] : undefined), 10_000, `session event #${count}`);
+  }
+
+  request(envelope: unknown): Promise<any> {
+    return this.socket.timeout(5000).emitWithAck('request', envelope);
+  }
+
+  attach(id: string, afterSeq?: number): Promise<any> {
+    return this.socket.timeout(5000).emitWithAck('attach', afterSeq === undefined ? { id } : { id, afterSeq });
+  }
+}
+
+async function streamingHost(ctx: TestContext, resume: Record<string, unknown> = {}) {
+  const host = await startHost(ctx, { sections: { resume: { window: '20s', ...resume } } });
+  const worker = await FakeWorker.start(ctx, host.queues[TYPES.countdown]);
+  return { host, worker };
+}
+
+e2e('resume: a stream cut at chunk 50 and restored 2 s later delivers all 200 chunks in order, once each, then the result; the worker is never cancelled', async (ctx) => {
+  const { host, worker } = await streamingHost(ctx);
+  const cancels = await CancelListener.start(ctx);
+  const proxy = await TcpProxy.start(ctx, host.url);
+  const client = new ResumingClient(ctx, proxy.url);
+  const first = await client.session();
+  assert.ok(first.token.length > 20, 'a session token');
+  assert.equal(first.resumeWindowMs, 20_000);
+
+  const id = uniqueId('blip');
+  assert.deepEqual(await client.request({ id, requestType: TYPES.countdown, payload: { from: 3, intervalMs: 10 } }), { ok: true });
+  const job = await worker.next();
+  for (let seq = 0; seq < 60; seq++) await worker.chunk(job, { n: seq }, seq);
+  await waitUntil(() => client.seqs(id).length >= 50 || undefined, 10_000, '50 chunks');
+
+  proxy.cut();
+  // While the client is away the worker goes on; some of the chunks above may have been lost in flight.
+  for (let seq = 60; seq < 150; seq++) await worker.chunk(job, { n: seq }, seq);
+  await sleep(2000);
+  proxy.restore();
+
+  await client.session(2);
+  const ack = await client.attach(id, client.lastSeq(id));
+  assert.equal(ack.ok, true, JSON.stringify(ack));
+  assert.equal(ack.state, 'running');
+  for (let seq = 150; seq < 200; seq++) await worker.chunk(job, { n: seq }, seq);
+  await worker.result(job, { done: true });
+  worker.ack(job);
+
+  await waitUntil(() => client.final(id), 10_000, 'the result');
+  assert.deepEqual(client.seqs(id), Array.from({ length: 200 }, (_, i) => i), 'every chunk once, in order');
+  assert.deepEqual(
+    (client.responses.get(id) ?? []).filter((r) => r.type === 'chunk').map((r) => (r.data as { n: number }).n),
+    Array.from({ length: 200 }, (_, i) => i),
+  );
+  assert.deepEqual(client.final(id), { id, type: 'result', data: { done: true } });
+  assert.equal(cancels.find(job.correlationId!), undefined, 'the worker was not told to stop');
+  assert.ok(client.connects >= 2, 'the client reconnected');
+});
+
+e2e('resume: a final reply that arrives while the client is away is delivered on attach; the task is then gone', async (ctx) => {
+  const { host, worker } = await streamingHost(ctx);
+  const proxy = await TcpProxy.start(ctx, host.url);
+  const client = new ResumingClient(ctx, proxy.url);
+  await client.session();
+  const id = uniqueId('away');
+  assert.deepEqual(await client.request({ id, requestType: TYPES.countdown, payload: { from: 3, intervalMs: 10 } }), { ok: true });
+  const job = await worker.next();
+  await worker.chunk(job, 'a', 0);
+  await waitUntil(() => client.seqs(id).length === 1 || undefined, 5000, 'the first chunk');
+  proxy.cut();
+  await sleep(200);
+  await worker.chunk(job, 'b', 1);
+  await worker.result(job, 'done');
+  worker.ack(job);
+  await sleep(300);
+  proxy.restore();
+  await client.session(2);
+  const ack = await client.attach(id, 0);
+  assert.equal(ack.ok, true, JSON.stringify(ack));
+  assert.equal(ack.state, 'succeeded');
+  await waitUntil(() => client.final(id), 5000, 'the result');
+  assert.deepEqual(client.seqs(id), [0, 1]);
+  // Delivered: it is over, and attaching again finds nothing.
+  const again = await client.attach(id, 1);
+  assert.equal(again.ok, false);
+  assert.equal(again.error.code, 'TASK_NOT_FOUND');
+});
+
+e2e('resume: past [resume] window the request is cancelled as on any disconnect, and attaching finds nothing', async (ctx) => {
+  const { host, worker } = await streamingHost(ctx, { window: '1s' });
+  const cancels = await CancelListener.start(ctx);
+  const proxy = await TcpProxy.start(ctx, host.url);
+  const client = new ResumingClient(ctx, proxy.url);
+  assert.equal((await client.session()).resumeWindowMs, 1000);
+  const id = uniqueId('late');
+  assert.deepEqual(await client.request({ id, requestType: TYPES.countdown, payload: { from: 3, intervalMs: 10 } }), { ok: true });
+  const job = await worker.next();
+  proxy.cut();
+  const cancelled = await cancels.waitFor(job.correlationId!, 5000);
+  assert.ok(cancelled);
+  proxy.restore();
+  await client.session(2);
+  const ack = await client.attach(id, -1);
+  assert.equal(ack.ok, false);
+  assert.equal(ack.error.code, 'TASK_NOT_FOUND');
+});
+
+e2e('resume: nobody else can attach — another session, a forged token, a v1 client — and they learn nothing', async (ctx) => {
+  const { host, worker } = await streamingHost(ctx);
+  const proxy = await TcpProxy.start(ctx, host.url);
+  const owner = new ResumingClient(ctx, proxy.url);
+  const ownerSession = await owner.session();
+  const id = uniqueId('mine');
+  assert.deepEqual(await owner.request({ id, requestType: TYPES.countdown, payload: { from: 3, intervalMs: 10 } }), { ok: true });
+  const job = await worker.next();
+  proxy.cut();
+  await sleep(200);
+
+  const [, sig] = ownerSession.token.split('.').slice(1);
+  const forged = `v1.${Buffer.from('someone-else').toString('base64url')}.${sig}`;
+  for (const [name, first] of [
+    ['another session', true],
+    ['a forged token', forged],
+    ['a token that is not one', 'nonsense'],
+  ] as const) {
+    const other = new ResumingClient(ctx, host.url, first);
+    const session = await other.session();
+    assert.notEqual(session.token, ownerSession.token, `${name}: a new session`);
+    const ack = await other.attach(id, -1);
+    assert.equal(ack.ok, false, name);
+    assert.equal(ack.error.code, 'TASK_NOT_FOUND', name);
+    const unknown = await other.attach(uniqueId('never'), -1);
+    assert.deepEqual(Object.keys(unknown.error).sort(), Object.keys(ack.error).sort(), `${name}: the same answer as for an id that never existed`);
+    assert.equal(unknown.error.message, ack.error.message, name);
+    other.socket.disconnect();
+  }
+
+  // The owner still can.
+  proxy.restore();
+  await owner.session(2);
+  assert.equal((await owner.attach(id, -1)).ok, true);
+  await worker.result(job, 'ok');
+  worker.ack(job);
+  await waitUntil(() => owner.final(id), 5000, 'the result');
+});

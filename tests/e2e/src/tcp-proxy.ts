@@ -1,0 +1,76 @@
+/**
+ * A TCP proxy between a test's clients and the host, to cut their connections the way a network
+ * does (a Wi-Fi change, a load balancer idling out): every socket through it is destroyed at
+ * once, without a Socket.IO or WebSocket close, and while it is `down` new connections are
+ * dropped as they arrive. Only loopback.
+ */
+
+import net from 'node:net';
+
+import type { TestContext } from './harness.js';
+
+export class TcpProxy {
+  private readonly sockets = new Set<net.Socket>();
+  private down = false;
+
+  private constructor(
+    private readonly server: net.Server,
+    readonly port: number,
+  ) {}
+
+  /** Listens on an ephemeral loopback port and forwards to `targetUrl` (http://127.0.0.1:PORT). */
+  static async start(ctx: TestContext, targetUrl: string): Promise<TcpProxy> {
+    const target = new URL(targetUrl);
+    let proxy!: TcpProxy;
+    const server = net.createServer((inbound) => {
+      if (proxy.down) {
+        inbound.destroy();
+        return;
+      }
+      const outbound = net.connect(Number(target.port), target.hostname);
+      inbound.setNoDelay(true);
+      outbound.setNoDelay(true);
+      for (const [a, b] of [
+        [inbound, outbound],
+        [outbound, inbound],
+      ] as const) {
+        proxy.sockets.add(a);
+        a.on('error', () => b.destroy());
+        a.on('close', () => {
+          proxy.sockets.delete(a);
+          b.destroy();
+        });
+        a.pipe(b);
+      }
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    proxy = new TcpProxy(server, (server.address() as net.AddressInfo).port);
+    ctx.onCleanup(() => proxy.close());
+    return proxy;
+  }
+
+  /** The URL clients connect to instead of the host's. */
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  /** Connections open through the proxy (each is two sockets). */
+  get open(): number {
+    return this.sockets.size / 2;
+  }
+
+  /** Cuts every connection and drops new ones until `restore()`. */
+  cut(): void {
+    this.down = true;
+    for (const socket of this.sockets) socket.destroy();
+  }
+
+  restore(): void {
+    this.down = false;
+  }
+
+  async close(): Promise<void> {
+    this.cut();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::limits::Limits;
+use crate::resume::ResumeSettings;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -85,6 +86,55 @@ pub struct FileConfig {
     /// Limits per connection and per host (see `limits`).
     #[serde(default)]
     pub limits: LimitsSection,
+    /// Requests that outlive their connection (see `resume`).
+    #[serde(default)]
+    pub resume: ResumeSection,
+}
+
+impl ResumeSection {
+    fn resolve(self, base: &Path) -> Result<(ResumeSettings, ResumeSection), ConfigError> {
+        let window = match &self.window {
+            None => crate::resume::DEFAULT_WINDOW,
+            Some(text) => duration_setting(
+                "[resume] window",
+                text,
+                Some((
+                    crate::resume::MAX_WINDOW,
+                    "at most 1h: parked requests hold memory and workers",
+                )),
+                "\"60s\", or \"0s\" to turn sessions off",
+            )?,
+        };
+        let request_bytes = self
+            .request_bytes
+            .unwrap_or(crate::resume::DEFAULT_REQUEST_BYTES);
+        let request_bytes = usize::try_from(request_bytes).unwrap_or(usize::MAX);
+        let section = ResumeSection {
+            secret_file: self.secret_file.map(|f| base.join(f)),
+            ..self
+        };
+        Ok((
+            ResumeSettings {
+                window,
+                request_bytes,
+            },
+            section,
+        ))
+    }
+}
+
+/// `[resume]`: how long a dropped connection's requests wait for their client (protocol §4).
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeSection {
+    /// e.g. "60s"; "0s" turns sessions off.
+    pub window: Option<String>,
+    /// Chunks kept per request for a client that comes back.
+    pub request_bytes: Option<u64>,
+    /// The cluster secret that signs session tokens (every host of a cluster the same), from
+    /// a file or an environment variable; without one, sessions resume on the same host only.
+    pub secret_file: Option<PathBuf>,
+    pub secret_env: Option<String>,
 }
 
 /// How clients authenticate at the Socket.IO handshake.
@@ -288,6 +338,11 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// How long chunks may wait for company on a WebSocket connection (zero: not at all).
     pub chunk_linger: Duration,
+    /// `[resume]`: the window and buffer (the secret stays in `resume_section` until the
+    /// server reads it, like `[auth]`'s).
+    pub resume: ResumeSettings,
+    /// `[resume]` as written, with `secret_file` resolved against the file's directory.
+    pub resume_section: ResumeSection,
     /// The plugin tables of plugins.toml.
     pub plugins: BTreeMap<String, PluginSection>,
     /// Where the configuration came from, for log lines; `None` when defaults only.
@@ -361,19 +416,20 @@ impl Settings {
         let shutdown_grace = match (overrides.shutdown_grace, &file.host.shutdown_grace) {
             (Some(grace), _) => grace,
             (None, Some(text)) => {
-                host_duration("shutdown_grace", text, None, "\"30s\" or \"1m 30s\"")?
+                duration_setting("[host] shutdown_grace", text, None, "\"30s\" or \"1m 30s\"")?
             }
             (None, None) => DEFAULT_SHUTDOWN_GRACE,
         };
         let chunk_linger = match &file.host.chunk_linger {
             None => DEFAULT_CHUNK_LINGER,
-            Some(text) => host_duration(
-                "chunk_linger",
+            Some(text) => duration_setting(
+                "[host] chunk_linger",
                 text,
                 Some((MAX_CHUNK_LINGER, "at most 1s: chunks are meant to stream")),
                 "\"2ms\", or \"0s\" for none",
             )?,
         };
+        let (resume, resume_section) = file.resume.resolve(&base)?;
         Ok(Settings {
             listen,
             amqp_url,
@@ -396,6 +452,8 @@ impl Settings {
             allowed_hosts: file.host.allowed_hosts.unwrap_or_default(),
             shutdown_grace,
             chunk_linger,
+            resume,
+            resume_section,
             plugins: file.plugins,
             config_path: config_path.map(Path::to_path_buf),
             overrides: given,
@@ -445,9 +503,9 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// A duration of `[host]` written for people ("30s", "1m 30s", "2ms"), optionally capped;
-/// an error names the key and shows how to write it.
-fn host_duration(
+/// A duration written for people ("30s", "1m 30s", "2ms"), optionally capped; an error names
+/// the key (e.g. "[host] shutdown_grace") and shows how to write it.
+fn duration_setting(
     key: &str,
     text: &str,
     cap: Option<(Duration, &str)>,
@@ -459,9 +517,7 @@ fn host_duration(
         _ => Ok(duration),
     });
     checked.map_err(|e| {
-        ConfigError::Invalid(format!(
-            "[host] {key} = \"{text}\": {e} (write e.g. {example})"
-        ))
+        ConfigError::Invalid(format!("{key} = \"{text}\": {e} (write e.g. {example})"))
     })
 }
 
@@ -618,6 +674,41 @@ mod tests {
         assert_eq!(o.queue.as_deref(), Some("q.wc"));
         assert_eq!(o.timeout_ms, Some(1000));
         assert_eq!(s.overrides_for("text", "text.other").queue, None);
+    }
+
+    #[test]
+    fn resume_has_defaults_bounds_and_paths_relative_to_the_file() {
+        let s = Settings::resolve(parse("").unwrap(), None, Overrides::default()).unwrap();
+        assert_eq!(s.resume, ResumeSettings::default());
+        assert!(s.resume.enabled());
+        let file = parse(
+            "[resume]\nwindow = \"5s\"\nrequest_bytes = 1000\nsecret_file = \"resume.key\"\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(
+            file,
+            Some(Path::new("/etc/tg/plugins.toml")),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.resume.window, Duration::from_secs(5));
+        assert_eq!(s.resume.request_bytes, 1000);
+        assert_eq!(
+            s.resume_section.secret_file,
+            Some(PathBuf::from("/etc/tg/resume.key"))
+        );
+        let off = parse("[resume]\nwindow = \"0s\"\n").unwrap();
+        let s = Settings::resolve(off, None, Overrides::default()).unwrap();
+        assert!(!s.resume.enabled());
+        for bad in ["\"2h\"", "\"soon\""] {
+            let file = parse(&format!("[resume]\nwindow = {bad}\n")).unwrap();
+            let err = Settings::resolve(file, None, Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("[resume] window"), "{err}");
+        }
+        assert!(
+            parse("[resume]\nwindows = \"5s\"\n").is_err(),
+            "unknown keys are errors"
+        );
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod origins;
 pub mod plugins;
 pub mod reload;
 pub mod request_head;
+pub mod resume;
 pub mod routes;
 pub mod schemas;
 pub mod server;

@@ -52,13 +52,12 @@ pub enum ConfigError {
 /// message proper (e.g. "unknown field `x`, expected one of …") names keys, not values,
 /// except for type errors, which are cut at the quoted value.
 fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
-    let what = error.message().trim_end();
-    // "invalid type: string \"…\", expected …" and the like quote the value itself.
+    let what = error.message().trim_end().replace('\n', " ");
+    // serde's "invalid type: string \"…\", expected …" and "invalid value: …" quote the value.
+    let quotes_value = what.starts_with("invalid type:") || what.starts_with("invalid value:");
     let what = match what.split_once(['`', '"']) {
-        Some((before, _)) if what.starts_with("invalid ") => {
-            format!("{}(value not shown)", before.trim_end_matches(": "))
-        }
-        _ => what.replace('\n', " "),
+        Some((before, _)) if quotes_value => format!("{before}(value not shown)"),
+        _ => what,
     };
     match error.span() {
         Some(span) => {

@@ -116,7 +116,7 @@ pub enum EmitError {
 /// metric for both transports (operators and the e2e tests look for this line).
 pub fn record_slow_client_drop(conn: &dyn std::fmt::Display, reason: &str) {
     tracing::warn!(%conn, reason, "disconnecting a client that does not keep up");
-    metrics::counter!("taskgate_slow_clients_dropped_total").increment(1);
+    metrics::counter!(crate::metrics::SLOW_CLIENTS_DROPPED).increment(1);
 }
 
 pub trait ClientSink: Send + Sync + 'static {

@@ -211,7 +211,7 @@ pub enum Outcome<'a> {
 }
 
 /// The lowercased protocol error codes, as label values.
-const CODE_LABELS: [(ErrorCode, &str); 12] = [
+const CODE_LABELS: [(ErrorCode, &str); ErrorCode::ALL.len()] = [
     (ErrorCode::BadRequest, "bad_request"),
     (ErrorCode::UnknownRequestType, "unknown_request_type"),
     (ErrorCode::InvalidPayload, "invalid_payload"),
@@ -271,7 +271,7 @@ pub struct TypeMetrics {
     ok: Counter,
     disconnected: Counter,
     /// One counter per protocol error code, made on first use.
-    codes: [OnceLock<Counter>; 12],
+    codes: [OnceLock<Counter>; ErrorCode::ALL.len()],
     duration: Histogram,
     chunks: Counter,
     in_flight: Gauge,

@@ -1,6 +1,8 @@
 //! The client side of the host, as a trait: acknowledge a `request` and emit `response`
-//! events to one connection. `socketio` implements it over socketioxide; `memory` records
-//! everything for unit tests.
+//! events to one connection. Both transports implement it — `socketio` over socketioxide,
+//! `websocket::hub` over the host's own WebSocket transport — and `clients` routes each
+//! connection to its transport; `memory` records everything for unit tests. Dropping a
+//! client that does not keep up is logged and counted here, the same for both.
 
 use std::fmt::Debug;
 use std::hash::Hash;

@@ -165,8 +165,7 @@ pub async fn guard(
             let shown: String = host.chars().take(ECHO_LIMIT).collect();
             // Debug: anyone can send these, and each would otherwise be a log line.
             debug!(host = ?shown, "request for a host name this host does not answer to refused (DNS rebinding protection)");
-            metrics::counter!("taskgate_connections_refused_total", "reason" => "host")
-                .increment(1);
+            metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "host").increment(1);
             let body = format!(
                 "misdirected request: this host does not answer to the name {shown:?}; \
                  an operator can add it to [host] allowed_hosts in plugins.toml\n"

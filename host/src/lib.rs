@@ -22,7 +22,8 @@
 //! - [`error`]: why a request fails, mapped to protocol error codes.
 //! - [`auth`], [`session`], [`limits`], [`origins`], [`host_names`]: who may connect and
 //!   call what, how much one connection may ask of the host, and which names it answers to.
-//! - [`metrics`]: the Prometheus recorder behind `/metrics` and the metric names.
+//! - [`metrics`]: the Prometheus recorder behind `/metrics`, and every metric name with its
+//!   HELP text in one table.
 //! - [`trace`]: the W3C trace context of a request (accepted from the client or started).
 
 pub mod auth;

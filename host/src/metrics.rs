@@ -1,8 +1,9 @@
-//! Prometheus metrics: the names every part of the host records under, the process-wide
-//! recorder behind `GET /metrics`, and the handles the request path uses.
+//! Prometheus metrics: every metric's name and HELP text (one table, [`METRICS`]), the
+//! process-wide recorder behind `GET /metrics`, and the handles the request path uses.
 //!
 //! Everything is recorded through the `metrics` facade (`metrics::counter!` & co.), so a
-//! module only needs the name. [`install`] puts a `metrics-exporter-prometheus` recorder
+//! module only needs the name: one of the constants declared here, never a literal (a test
+//! reads the host's sources to keep it so, and another renders every metric with its HELP). [`install`] puts a `metrics-exporter-prometheus` recorder
 //! in place once per process (no HTTP listener of its own: the axum router serves
 //! [`render`]). Several hosts started in one process (tests) share that one registry;
 //! tests therefore compare values before and after, or use request types of their own.
@@ -16,31 +17,107 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use metrics::{Counter, Gauge, Histogram, SharedString};
+use metrics::{Counter, Gauge, Histogram, KeyName, SharedString};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use taskgate_protocol::ErrorCode;
 use tokio::time::Instant;
 use tracing::warn;
 
-/// Counter `{request_type, outcome}`: requests that ended, by how (see [`Outcome`]).
-pub const REQUESTS_TOTAL: &str = "taskgate_requests_total";
-/// Histogram `{request_type}`: from the `request` event to the final response.
-pub const REQUEST_DURATION: &str = "taskgate_request_duration_seconds";
-/// Gauge: requests admitted and not finished.
-pub const REQUESTS_IN_FLIGHT: &str = "taskgate_requests_in_flight";
-/// Gauge: Socket.IO connections.
-pub const CONNECTED_SOCKETS: &str = "taskgate_connected_sockets";
-/// Counter `{request_type}`: chunks relayed to clients.
-pub const CHUNKS_RELAYED: &str = "taskgate_chunks_relayed_total";
-/// Counter: broker connections opened again after one was lost.
-pub const BROKER_RECONNECTS: &str = "taskgate_broker_reconnects_total";
-/// Gauge: 1 while connected to the broker with the reply consumer running, else 0.
-pub const BROKER_CONNECTED: &str = "taskgate_broker_connected";
-/// Counter `{outcome}`: plugin libraries `loaded`, `reloaded` or `failed` (recorded by
-/// `reload`, the initial load included).
-pub const PLUGIN_LOADS: &str = "taskgate_plugin_loads_total";
-/// Gauge `{plugin, version, hash}`: 1 while that version serves, 0 after (recorded by `reload`).
-pub const PLUGIN_INFO: &str = "taskgate_plugin_info";
+/// Declares every metric the host records, once: a constant per name (documented from the
+/// table) and [`METRICS`], from which [`install`] describes them all. A name recorded
+/// anywhere else in the host is a test failure (see the tests below).
+macro_rules! metrics_table {
+    (@unit) => { None };
+    (@unit $unit:ident) => { Some(metrics::Unit::$unit) };
+    ($(
+        $(#[$doc:meta])*
+        $constant:ident: $kind:ident $(in $unit:ident)? $name:literal {$($label:ident),*}
+            $help:literal;
+    )*) => {
+        $(
+            #[doc = concat!(
+                "`", $name, "` (", stringify!($kind), $(", `", stringify!($label), "`",)*
+                "): ", $help, "."
+            )]
+            $(#[$doc])*
+            pub const $constant: &str = $name;
+        )*
+
+        /// Every metric the host records.
+        pub const METRICS: &[Metric] = &[$(
+            Metric {
+                name: $constant,
+                kind: Kind::$kind,
+                unit: metrics_table!(@unit $($unit)?),
+                labels: &[$(stringify!($label)),*],
+                help: $help,
+            },
+        )*];
+
+        /// The constants' own names, for the test that call sites use them.
+        #[cfg(test)]
+        const CONSTANTS: &[&str] = &[$(stringify!($constant)),*];
+    };
+}
+
+metrics_table! {
+    /// See [`Outcome`].
+    REQUESTS_TOTAL: Counter "taskgate_requests_total" {request_type, outcome}
+        "Requests that ended, by request type and outcome (ok, a lowercased error code, or disconnected)";
+    REQUEST_DURATION: Histogram in Seconds "taskgate_request_duration_seconds" {request_type}
+        "Time from a request's arrival to its final response";
+    REQUESTS_IN_FLIGHT: Gauge "taskgate_requests_in_flight" {}
+        "Requests admitted and not finished";
+    CONNECTED_SOCKETS: Gauge "taskgate_connected_sockets" {}
+        "Socket.IO connections";
+    CHUNKS_RELAYED: Counter "taskgate_chunks_relayed_total" {request_type}
+        "Chunks relayed to clients";
+    /// Recorded by `host_names` (`host`), `origins` (`origin`) and at the handshake (`full`,
+    /// or [`crate::auth::Refusal::label`]).
+    CONNECTIONS_REFUSED: Counter "taskgate_connections_refused_total" {reason}
+        "Connections refused, by reason (host, origin, full, or why the token was refused)";
+    /// Recorded by `sink::record_slow_client_drop`, for both transports.
+    SLOW_CLIENTS_DROPPED: Counter "taskgate_slow_clients_dropped_total" {}
+        "Clients disconnected because they did not keep up with their responses";
+    BROKER_RECONNECTS: Counter "taskgate_broker_reconnects_total" {}
+        "Broker connections opened again after one was lost";
+    BROKER_CONNECTED: Gauge "taskgate_broker_connected" {}
+        "1 while connected to the broker with the reply consumer running";
+    /// Recorded by `reload`, the initial load included.
+    PLUGIN_LOADS: Counter "taskgate_plugin_loads_total" {outcome}
+        "Plugin libraries loaded, reloaded or refused (failed), the initial load included";
+    /// Recorded by `reload`: 1 while that version serves, 0 after.
+    PLUGIN_INFO: Gauge "taskgate_plugin_info" {plugin, version, hash}
+        "Plugin versions: 1 while that version serves, then 0";
+    /// Recorded by `reload`.
+    CONFIG_RELOADS: Counter "taskgate_config_reloads_total" {outcome}
+        "Re-reads of plugins.toml, applied or failed";
+    /// Recorded by `plugins`: libraries are never unloaded.
+    PLUGIN_LIBRARIES_MAPPED: Gauge "taskgate_plugin_libraries_mapped" {}
+        "Plugin library versions mapped into the process, which keeps them until it exits";
+    /// Recorded by `plugins`.
+    PLUGIN_MAPPED_BYTES: Gauge "taskgate_plugin_mapped_bytes" {}
+        "File sizes of the plugin library versions mapped into the process (an upper bound of their memory)";
+}
+
+/// What a metric is, which decides how it is described and recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric the host records: the name it is recorded under, its labels, and the HELP
+/// text `/metrics` shows for it.
+#[derive(Debug)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Option<metrics::Unit>,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
 
 /// Upper bounds of the latency buckets, in seconds: from a fast in-memory echo (a few
 /// milliseconds) to long streams near the longest usual timeouts.
@@ -106,33 +183,20 @@ pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// Gives every metric of [`METRICS`] its HELP text, on the recorder in effect (the global
+/// one, or a test's local one).
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(
-        REQUESTS_TOTAL,
-        "Requests that ended, by request type and outcome (ok, a lowercased error code, or disconnected)"
-    );
-    describe_histogram!(
-        REQUEST_DURATION,
-        Unit::Seconds,
-        "Time from a request's arrival to its final response"
-    );
-    describe_gauge!(REQUESTS_IN_FLIGHT, "Requests admitted and not finished");
-    describe_gauge!(CONNECTED_SOCKETS, "Socket.IO connections");
-    describe_counter!(CHUNKS_RELAYED, "Chunks relayed to clients");
-    describe_counter!(
-        BROKER_RECONNECTS,
-        "Broker connections opened again after one was lost"
-    );
-    describe_gauge!(
-        BROKER_CONNECTED,
-        "1 while connected to the broker with the reply consumer running"
-    );
-    describe_counter!(
-        PLUGIN_LOADS,
-        "Plugin libraries loaded (ok) or refused (error)"
-    );
-    describe_gauge!(PLUGIN_INFO, "Plugins serving now, by name and version");
+    for metric in METRICS {
+        let (name, help) = (
+            KeyName::from_const_str(metric.name),
+            SharedString::const_str(metric.help),
+        );
+        metrics::with_recorder(|recorder| match metric.kind {
+            Kind::Counter => recorder.describe_counter(name, metric.unit, help),
+            Kind::Gauge => recorder.describe_gauge(name, metric.unit, help),
+            Kind::Histogram => recorder.describe_histogram(name, metric.unit, help),
+        });
+    }
 }
 
 /// How a request ended, as the `outcome` label.
@@ -147,7 +211,7 @@ pub enum Outcome<'a> {
 }
 
 /// The lowercased protocol error codes, as label values.
-const CODE_LABELS: [(ErrorCode, &str); 12] = [
+const CODE_LABELS: [(ErrorCode, &str); ErrorCode::ALL.len()] = [
     (ErrorCode::BadRequest, "bad_request"),
     (ErrorCode::UnknownRequestType, "unknown_request_type"),
     (ErrorCode::InvalidPayload, "invalid_payload"),
@@ -207,7 +271,7 @@ pub struct TypeMetrics {
     ok: Counter,
     disconnected: Counter,
     /// One counter per protocol error code, made on first use.
-    codes: [OnceLock<Counter>; 12],
+    codes: [OnceLock<Counter>; ErrorCode::ALL.len()],
     duration: Histogram,
     chunks: Counter,
     in_flight: Gauge,
@@ -393,10 +457,169 @@ pub fn sample(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
     total
 }
 
+/// The `taskgate_*` metric families of a rendered exposition that have no `# HELP` line,
+/// for tests (here and in integration tests). A histogram's `_bucket`, `_sum` and `_count`
+/// series belong to their family.
+pub fn undescribed(exposition: &str) -> Vec<String> {
+    let described: Vec<&str> = exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix("# HELP "))
+        .filter_map(|rest| rest.split(' ').next())
+        .collect();
+    let mut missing: Vec<String> = Vec::new();
+    for line in exposition.lines() {
+        let name = match line.strip_prefix("# TYPE ") {
+            Some(rest) => rest.split(' ').next().unwrap_or_default(),
+            None if line.starts_with('#') => continue,
+            None => line.split(['{', ' ']).next().unwrap_or_default(),
+        };
+        if !name.starts_with("taskgate_") {
+            continue;
+        }
+        let family_described = described.iter().any(|family| {
+            name.strip_prefix(family)
+                .is_some_and(|suffix| ["", "_bucket", "_sum", "_count"].contains(&suffix))
+        });
+        if !family_described && !missing.iter().any(|m| m == name) {
+            missing.push(name.to_owned());
+        }
+    }
+    missing
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use std::path::{Path, PathBuf};
+
     use super::*;
+
+    #[test]
+    fn every_metric_renders_with_its_help_text() {
+        let recorder = builder().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            for metric in METRICS {
+                let labels: Vec<metrics::Label> = metric
+                    .labels
+                    .iter()
+                    .map(|label| metrics::Label::new(*label, "x"))
+                    .collect();
+                match metric.kind {
+                    Kind::Counter => metrics::counter!(metric.name, labels).increment(1),
+                    Kind::Gauge => metrics::gauge!(metric.name, labels).set(1.0),
+                    Kind::Histogram => metrics::histogram!(metric.name, labels).record(1.0),
+                }
+            }
+        });
+        let text = render(&handle);
+        assert_eq!(undescribed(&text), Vec::<String>::new(), "{text}");
+        for metric in METRICS {
+            let kind = format!("{:?}", metric.kind).to_lowercase();
+            assert!(
+                text.contains(&format!("# HELP {} {}\n", metric.name, metric.help)),
+                "{}: {text}",
+                metric.name
+            );
+            assert!(
+                text.contains(&format!("# TYPE {} {kind}\n", metric.name)),
+                "{}: {text}",
+                metric.name
+            );
+        }
+        assert!(
+            undescribed("# TYPE taskgate_new counter\ntaskgate_new 1\n") == ["taskgate_new"],
+            "a metric without HELP is found"
+        );
+    }
+
+    #[test]
+    fn metric_names_are_unique_and_prometheus_style() {
+        for (i, metric) in METRICS.iter().enumerate() {
+            assert!(
+                METRICS[..i].iter().all(|m| m.name != metric.name),
+                "{} is declared twice",
+                metric.name
+            );
+            assert!(metric.name.starts_with("taskgate_"), "{}", metric.name);
+            assert_eq!(
+                metric.name.ends_with("_total"),
+                metric.kind == Kind::Counter,
+                "{}: counters, and only counters, end in _total",
+                metric.name
+            );
+        }
+    }
+
+    /// Every `counter!`/`gauge!`/`histogram!` in the host names its metric by a constant of
+    /// [`METRICS`], and no metric name is written out anywhere else: a metric recorded
+    /// under a name of its own would have no HELP text.
+    #[test]
+    fn the_host_records_metrics_only_under_the_names_declared_here() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut problems = Vec::new();
+        for file in rust_files(&src) {
+            if file.ends_with("metrics.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            let shown = file.strip_prefix(&src).unwrap().display();
+            for metric in METRICS {
+                if text.contains(&format!("\"{}", metric.name)) {
+                    problems.push(format!(
+                        "{shown}: writes \"{}\" instead of using metrics::{}",
+                        metric.name,
+                        CONSTANTS[METRICS.iter().position(|m| m.name == metric.name).unwrap()]
+                    ));
+                }
+            }
+            for call in ["counter!(", "gauge!(", "histogram!("] {
+                for (at, _) in text.match_indices(call) {
+                    let argument = text[at + call.len()..]
+                        .split([',', ')'])
+                        .next()
+                        .unwrap_or_default()
+                        .trim();
+                    let constant = argument.rsplit("::").next().unwrap_or_default();
+                    if !CONSTANTS.contains(&constant) {
+                        problems.push(format!(
+                            "{shown}: {call}{argument} is not one of the names in metrics.rs"
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    fn rust_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.extend(rust_files(&path));
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+        files
+    }
+
+    #[test]
+    fn the_readme_lists_every_metric() {
+        let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let readme = std::fs::read_to_string(readme).unwrap();
+        let missing: Vec<&str> = METRICS
+            .iter()
+            .map(|m| m.name)
+            .filter(|name| !readme.contains(&format!("`{name}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "README.md's metrics table misses {missing:?}"
+        );
+    }
 
     #[test]
     fn protocol_codes_become_lowercase_labels() {

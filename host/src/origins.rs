@@ -118,7 +118,7 @@ pub async fn guard(
         if let Some(origin) = request.headers().get(ORIGIN) {
             if !policy.allows(origin, request.headers().get(HOST)) {
                 info!(origin = ?origin, "Socket.IO request from an origin that is not allowed refused");
-                metrics::counter!("taskgate_connections_refused_total", "reason" => "origin")
+                metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "origin")
                     .increment(1);
                 return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
             }

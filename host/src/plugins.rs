@@ -203,8 +203,9 @@ impl Loader for PrivateCopyLoader {
         if !matches!(outcome, Err(LoadError::NotALibrary { .. })) {
             self.mapped_libraries += 1;
             self.mapped_bytes += len;
-            metrics::gauge!("taskgate_plugin_libraries_mapped").set(self.mapped_libraries as f64);
-            metrics::gauge!("taskgate_plugin_mapped_bytes").set(self.mapped_bytes as f64);
+            metrics::gauge!(crate::metrics::PLUGIN_LIBRARIES_MAPPED)
+                .set(self.mapped_libraries as f64);
+            metrics::gauge!(crate::metrics::PLUGIN_MAPPED_BYTES).set(self.mapped_bytes as f64);
         }
         outcome
             .map(Loaded::from)

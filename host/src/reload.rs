@@ -398,7 +398,7 @@ fn changed_keys(started: &toml::Table, now: &toml::Table) -> Vec<String> {
 
 fn record_info(plugin: &ServedPlugin, value: f64) {
     metrics::gauge!(
-        "taskgate_plugin_info",
+        crate::metrics::PLUGIN_INFO,
         "plugin" => plugin.name.clone(),
         "version" => plugin.version.clone(),
         "hash" => plugin.hash.clone()
@@ -407,7 +407,7 @@ fn record_info(plugin: &ServedPlugin, value: f64) {
 }
 
 fn count_load(outcome: &'static str) {
-    metrics::counter!("taskgate_plugin_loads_total", "outcome" => outcome).increment(1);
+    metrics::counter!(crate::metrics::PLUGIN_LOADS, "outcome" => outcome).increment(1);
 }
 
 /// Logs every event on one line and records the plugin metrics.
@@ -449,12 +449,12 @@ pub fn log_and_record(events: &[Event]) {
                 warn!(dir = %dir.display(), %reason, "cannot read the plugins directory; the plugins loaded before keep serving")
             }
             Event::ConfigApplied { path } => {
-                metrics::counter!("taskgate_config_reloads_total", "outcome" => "applied")
+                metrics::counter!(crate::metrics::CONFIG_RELOADS, "outcome" => "applied")
                     .increment(1);
                 info!(config = %path.display(), "plugins.toml applied")
             }
             Event::ConfigRejected { reason } => {
-                metrics::counter!("taskgate_config_reloads_total", "outcome" => "failed")
+                metrics::counter!(crate::metrics::CONFIG_RELOADS, "outcome" => "failed")
                     .increment(1);
                 error!("plugins.toml not applied, the previous settings stay: {reason}")
             }

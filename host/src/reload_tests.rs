@@ -551,10 +551,10 @@ fn events_become_the_plugin_metrics() {
             .map(|l| format!("{}={}", l.key(), l.value()))
             .collect();
         match (key.name(), value) {
-            ("taskgate_plugin_loads_total", DebugValue::Counter(n)) => {
+            (crate::metrics::PLUGIN_LOADS, DebugValue::Counter(n)) => {
                 counters.insert(labels.join(","), n);
             }
-            ("taskgate_plugin_info", DebugValue::Gauge(v)) => {
+            (crate::metrics::PLUGIN_INFO, DebugValue::Gauge(v)) => {
                 info.insert(labels.join(","), v.into_inner());
             }
             _ => {}

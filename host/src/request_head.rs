@@ -4,10 +4,9 @@
 //! slice of the connection's read buffer (8 KiB or more), and so is the copy of the URI
 //! that axum's router keeps in the request's extensions (`OriginalUri`). engineioxide keeps the request
 //! head of every Socket.IO connection for its whole life (`Socket::req_parts`, so
-//! handlers can read headers), and with it the whole buffer: 13–16 KiB allocated, ≈ 8 KiB
-//! resident per idle WebSocket (29 → 21 KiB; massif and the idle benchmark,
-//! docs/performance.md). Copying the few hundred bytes of the head before the upgrade lets
-//! hyper's buffer be freed.
+//! handlers can read headers), and with it the whole buffer, for as long as the WebSocket
+//! stays open. Copying the few hundred bytes of the head before the upgrade lets hyper's
+//! buffer be freed (what that saves per idle connection: see docs/performance.md).
 
 use axum::extract::{OriginalUri, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};

@@ -1,6 +1,8 @@
 //! The client side of the host, as a trait: acknowledge a `request` and emit `response`
-//! events to one connection. `socketio` implements it over socketioxide; `memory` records
-//! everything for unit tests.
+//! events to one connection. Both transports implement it — `socketio` over socketioxide,
+//! `websocket::hub` over the host's own WebSocket transport — and `clients` routes each
+//! connection to its transport; `memory` records everything for unit tests. Dropping a
+//! client that does not keep up is logged and counted here, the same for both.
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -116,7 +118,7 @@ pub enum EmitError {
 /// metric for both transports (operators and the e2e tests look for this line).
 pub fn record_slow_client_drop(conn: &dyn std::fmt::Display, reason: &str) {
     tracing::warn!(%conn, reason, "disconnecting a client that does not keep up");
-    metrics::counter!("taskgate_slow_clients_dropped_total").increment(1);
+    metrics::counter!(crate::metrics::SLOW_CLIENTS_DROPPED).increment(1);
 }
 
 pub trait ClientSink: Send + Sync + 'static {

@@ -277,15 +277,14 @@ impl Admission {
         // The cheap check first: a full host verifies no signatures.
         let Some(slot) = self.connections.try_acquire() else {
             info!(sid = %conn, max = self.limits.max_connections, "connection refused: the host is full");
-            metrics::counter!("taskgate_connections_refused_total", "reason" => "full")
-                .increment(1);
+            metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "full").increment(1);
             return Err(HandshakeRefused::Full);
         };
         let identity = match self.authenticator.authenticate(auth) {
             Ok(identity) => identity,
             Err(refusal) => {
                 info!(sid = %conn, reason = %refusal, "connection refused: unauthorized");
-                metrics::counter!("taskgate_connections_refused_total", "reason" => refusal.label())
+                metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => refusal.label())
                     .increment(1);
                 return Err(HandshakeRefused::Unauthorized);
             }

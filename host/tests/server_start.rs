@@ -87,6 +87,11 @@ async fn serves_socket_io_and_health_on_an_ephemeral_port() {
         "{metrics}"
     );
     assert!(metrics.contains("taskgate_broker_connected 1"), "{metrics}");
+    assert_eq!(
+        taskgate_host::metrics::undescribed(&metrics),
+        Vec::<String>::new(),
+        "every metric the running host shows has a HELP text: {metrics}"
+    );
 
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), server)

@@ -3,6 +3,12 @@
 //! Both halves of the AMQP contract (the host in `host/` and the Rust worker SDK in
 //! `workers/rust/`) take their header names, message types and error codes from here, so a
 //! typo cannot make them disagree. Nothing here does I/O.
+//!
+//! The other languages copy these names by hand: the TypeScript client (`client/src`), the
+//! Node and Python worker SDKs, the e2e harness, and the tables of docs/protocol.md. The
+//! tidy test (`tests/tidy.rs`) compares every copy with the lists declared here (`ALL`,
+//! [`amqp::HEADERS`], [`events::ALL`]), so a name added here fails `cargo test` until each
+//! copy has it.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -10,43 +16,118 @@ use std::fmt;
 /// Protocol version implemented by this crate.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Declares string constants and a list of them all, `(constant's name, value)`, from one
+/// list: a name added here is in the list, which the tidy test (tests/tidy.rs) compares with
+/// the copies in TypeScript, Python and docs/protocol.md.
+macro_rules! name_list {
+    ($(#[$list_meta:meta])* $list:ident { $($(#[$meta:meta])* $constant:ident = $value:literal,)* }) => {
+        $($(#[$meta])* pub const $constant: &str = $value;)*
+        $(#[$list_meta])*
+        pub const $list: &[(&str, &str)] = &[$((stringify!($constant), $value)),*];
+    };
+}
+
+/// Declares a protocol enum from one list of `Variant => "NAME"`: the enum, `ALL` (in list
+/// order), `as_str`, `parse`, `Display`, and serde as those same strings.
+macro_rules! wire_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $wire:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            /// Every value, in the order docs/protocol.md lists them.
+            pub const ALL: [$name; [$($wire),*].len()] = [$($name::$variant),*];
+
+            /// The name on the wire.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $wire,)*
+                }
+            }
+
+            /// The value named `s` on the wire (case matters); `None` for anything else.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($wire => Some($name::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s)
+                    .ok_or_else(|| serde::de::Error::unknown_variant(&s, &[$($wire),*]))
+            }
+        }
+    };
+}
+
 /// AMQP names (protocol §2).
 pub mod amqp {
     /// Fanout exchange on which the host announces cancellations (§2.4).
     pub const CANCEL_EXCHANGE: &str = "taskgate.cancel";
-    /// Header: the request's deadline as Unix milliseconds (§2.2).
-    pub const HEADER_DEADLINE_MS: &str = "x-deadline-ms";
-    /// Header: `true` when the request type streams chunks (§2.2).
-    pub const HEADER_STREAM: &str = "x-stream";
-    /// Header on `chunk` replies: 0, 1, 2 … (§2.3).
-    pub const HEADER_SEQ: &str = "x-seq";
-    /// Header: who the client authenticated as, an [`Identity`](crate::Identity) as a JSON
-    /// string; absent when the host runs without authentication (§3.10).
-    pub const HEADER_IDENTITY: &str = "x-identity";
+
+    name_list! {
+        /// Every header of the protocol.
+        HEADERS {
+            /// Header: the request's deadline as Unix milliseconds (§2.2).
+            HEADER_DEADLINE_MS = "x-deadline-ms",
+            /// Header: `true` when the request type streams chunks (§2.2).
+            HEADER_STREAM = "x-stream",
+            /// Header on `chunk` replies: 0, 1, 2 … (§2.3).
+            HEADER_SEQ = "x-seq",
+            /// Header: who the client authenticated as, an [`Identity`](crate::Identity) as a JSON
+            /// string; absent when the host runs without authentication (§3.9).
+            HEADER_IDENTITY = "x-identity",
+            /// Header: the W3C trace context of the request (§3.10), e.g.
+            /// `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`.
+            HEADER_TRACEPARENT = "traceparent",
+        }
+    }
+
     /// Content type of every request and reply body.
     pub const CONTENT_TYPE_JSON: &str = "application/json";
     /// Persistent delivery mode.
     pub const DELIVERY_MODE_PERSISTENT: u8 = 2;
     /// Prefix of the per-host reply queue; the host appends its instance UUID.
     pub const REPLY_QUEUE_PREFIX: &str = "taskgate.reply.";
-    /// Header: the W3C trace context of the request (§3.10), e.g.
-    /// `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`.
-    pub const HEADER_TRACEPARENT: &str = "traceparent";
 }
 
 pub mod trace;
 
 /// Socket.IO event names (protocol §1).
 pub mod events {
-    pub const REQUEST: &str = "request";
-    pub const RESPONSE: &str = "response";
-    pub const CANCEL: &str = "cancel";
+    name_list! {
+        /// Every event of the protocol.
+        ALL {
+            REQUEST = "request",
+            RESPONSE = "response",
+            CANCEL = "cancel",
+        }
+    }
 }
 
 /// Limits on the client's request id (§1).
 pub const MAX_CLIENT_ID_LEN: usize = 128;
 
-/// Who a client authenticated as when it connected (§3.10): the host sends it to workers
+/// Who a client authenticated as when it connected (§3.9): the host sends it to workers
 /// in the [`amqp::HEADER_IDENTITY`] header of every request of that connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -81,95 +162,30 @@ impl Identity {
     }
 }
 
-/// The `type` property of a reply message (§2.3), and of a `response` event (§1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ReplyKind {
-    Chunk,
-    Result,
-    Error,
-}
-
-impl ReplyKind {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ReplyKind::Chunk => "chunk",
-            ReplyKind::Result => "result",
-            ReplyKind::Error => "error",
-        }
-    }
-
-    /// Parses the AMQP `type` property of a reply; `None` for anything else.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "chunk" => Some(ReplyKind::Chunk),
-            "result" => Some(ReplyKind::Result),
-            "error" => Some(ReplyKind::Error),
-            _ => None,
-        }
+wire_enum! {
+    /// The `type` property of a reply message (§2.3), and of a `response` event (§1).
+    pub enum ReplyKind {
+        Chunk => "chunk",
+        Result => "result",
+        Error => "error",
     }
 }
 
-/// Every error code of protocol §1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    BadRequest,
-    UnknownRequestType,
-    InvalidPayload,
-    PayloadTooLarge,
-    DuplicateId,
-    Forbidden,
-    RateLimited,
-    Unavailable,
-    Timeout,
-    Cancelled,
-    WorkerError,
-    Internal,
-}
-
-impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
-        ErrorCode::BadRequest,
-        ErrorCode::UnknownRequestType,
-        ErrorCode::InvalidPayload,
-        ErrorCode::PayloadTooLarge,
-        ErrorCode::DuplicateId,
-        ErrorCode::Forbidden,
-        ErrorCode::RateLimited,
-        ErrorCode::Unavailable,
-        ErrorCode::Timeout,
-        ErrorCode::Cancelled,
-        ErrorCode::WorkerError,
-        ErrorCode::Internal,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "BAD_REQUEST",
-            ErrorCode::UnknownRequestType => "UNKNOWN_REQUEST_TYPE",
-            ErrorCode::InvalidPayload => "INVALID_PAYLOAD",
-            ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            ErrorCode::DuplicateId => "DUPLICATE_ID",
-            ErrorCode::Forbidden => "FORBIDDEN",
-            ErrorCode::RateLimited => "RATE_LIMITED",
-            ErrorCode::Unavailable => "UNAVAILABLE",
-            ErrorCode::Timeout => "TIMEOUT",
-            ErrorCode::Cancelled => "CANCELLED",
-            ErrorCode::WorkerError => "WORKER_ERROR",
-            ErrorCode::Internal => "INTERNAL",
-        }
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for ErrorCode {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
+wire_enum! {
+    /// Every error code of protocol §1.
+    pub enum ErrorCode {
+        BadRequest => "BAD_REQUEST",
+        UnknownRequestType => "UNKNOWN_REQUEST_TYPE",
+        InvalidPayload => "INVALID_PAYLOAD",
+        PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+        DuplicateId => "DUPLICATE_ID",
+        Forbidden => "FORBIDDEN",
+        RateLimited => "RATE_LIMITED",
+        Unavailable => "UNAVAILABLE",
+        Timeout => "TIMEOUT",
+        Cancelled => "CANCELLED",
+        WorkerError => "WORKER_ERROR",
+        Internal => "INTERNAL",
     }
 }
 
@@ -239,6 +255,24 @@ mod tests {
         assert_eq!(names.len(), 12);
         assert!(names.contains(&"UNKNOWN_REQUEST_TYPE".to_owned()));
         assert!(names.contains(&"WORKER_ERROR".to_owned()));
+    }
+
+    #[test]
+    fn every_wire_name_parses_back_and_serde_uses_it() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            let json = serde_json::Value::from(code.as_str());
+            assert_eq!(serde_json::to_value(code).ok(), Some(json.clone()));
+            assert_eq!(serde_json::from_value::<ErrorCode>(json).ok(), Some(code));
+        }
+        for kind in ReplyKind::ALL {
+            assert_eq!(ReplyKind::parse(kind.as_str()), Some(kind));
+            let json = serde_json::Value::from(kind.as_str());
+            assert_eq!(serde_json::to_value(kind).ok(), Some(json.clone()));
+            assert_eq!(serde_json::from_value::<ReplyKind>(json).ok(), Some(kind));
+            assert_eq!(kind.to_string(), kind.as_str());
+        }
+        assert!(serde_json::from_str::<ReplyKind>(r#""Chunk""#).is_err());
     }
 
     #[test]

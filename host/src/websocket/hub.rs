@@ -8,10 +8,10 @@
 //!
 //! Chunks may linger (`[host] chunk_linger`): a connection whose outbox holds only chunks
 //! lets them wait a moment so that later frames leave in the same write. Acks, results and
-//! errors never wait, and take the chunks queued before them along. On this loopback
-//! benchmark, each write to a client cost about 11 µs of the host's CPU — most of it
-//! the kernel waking the reader — and chunks, spread over many connections, went out about
-//! two to a write (docs/performance.md).
+//! errors never wait, and take the chunks queued before them along. Why: a write to a
+//! client costs the host far more than its bytes (mostly the kernel waking the reader), and
+//! chunks spread over many connections went out only a few to a write; the measurements
+//! are in docs/performance.md.
 
 use std::collections::VecDeque;
 use std::fmt;

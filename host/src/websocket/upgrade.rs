@@ -24,10 +24,10 @@ use crate::sink::ClientSink;
 const SOCKET_IO_PATH: &str = "/socket.io";
 
 /// tungstenite's read buffer, for both transports: every WebSocket keeps one for its whole
-/// life. socketioxide's default is 4 KiB; 2 KiB saves ≈ 2 KiB per idle connection, at the
+/// life. socketioxide's default is 4 KiB; 2 KiB saves 2 KiB per idle connection, at the
 /// price of more `read` calls for messages above 2 KiB (tungstenite reads at most this much
-/// per call). 1 KiB saved another KiB but tripled the reads of a 10 KB request. See
-/// docs/performance.md.
+/// per call). A smaller buffer saved little more and multiplied the reads of larger
+/// requests: see docs/performance.md.
 pub const READ_BUFFER_BYTES: usize = 2048;
 
 /// Whether the request opens a WebSocket-only connection (engine.io v4, no session).

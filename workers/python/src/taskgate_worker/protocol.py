@@ -16,9 +16,10 @@ HEADER_SEQ: Final = "x-seq"
 """Header on ``chunk`` replies: 0, 1, 2 … (§2.3)."""
 
 HEADER_TRACEPARENT: Final = "traceparent"
-#: Set by a host that authenticates clients: JSON ``{"subject": str, "roles": [str]}``.
-HEADER_IDENTITY: Final = "x-identity"
 """W3C trace context of the request, when the host sends one; logged, never interpreted."""
+
+HEADER_IDENTITY: Final = "x-identity"
+"""Set by a host that authenticates clients: JSON ``{"subject": str, "roles": [str]}``."""
 
 CONTENT_TYPE_JSON: Final = "application/json"
 

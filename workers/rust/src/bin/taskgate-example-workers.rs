@@ -260,9 +260,8 @@ fn init_logging() {
 }
 
 // One thread: the handlers are short and never block, and lapin does its socket I/O on a
-// thread of its own. Measured with tests/measure.rs (echo, 200 in flight): ≈ 0.05 CPU-s
-// per 1,000 requests against ≈ 0.07 on the multi-thread runtime, at equal or better
-// throughput.
+// thread of its own. It cost less CPU per request than the multi-thread runtime, at equal
+// or better throughput (docs/performance.md, "The Rust example workers' runtime").
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

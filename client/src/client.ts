@@ -18,6 +18,7 @@
 import { ConnectionStateStore, type ConnectionState, type StateListener } from './connection-state.js';
 import { TaskgateError } from './errors.js';
 import type { ChunkOf, KnownRequestType, PayloadOf, ResultOf, UnknownRequestType } from './request-map.js';
+import { SessionResume, TokenStore, type ResumableRequest, type ResumeStage, type SessionOptions } from './resume.js';
 import {
   EVENTS,
   defaultSocketFactory,
@@ -39,6 +40,13 @@ export interface ClientOptions {
   url?: string;
   /** Sent in the handshake (protocol §1: `{ token }`). */
   auth?: { token: string } | Record<string, unknown>;
+  /**
+   * Resuming after a network blip (protocol §4), on by default: the handshake asks for a session,
+   * and requests in flight survive a dropped connection that comes back within the host's resume
+   * window. The token is kept in `sessionStorage` when the page has one (else in memory), or where
+   * `storage` says. `false`: no session is asked for, and a drop fails requests in flight (v1).
+   */
+  session?: false | SessionOptions;
   /** Default client-side timeout of every request, in ms (default: none; the host times out each type). */
   timeoutMs?: number;
   /**
@@ -84,7 +92,7 @@ export interface RequestFunction {
 }
 
 /** One request that has not ended yet. */
-interface Pending {
+interface Pending extends ResumableRequest {
   readonly id: string;
   readonly envelope: RequestEnvelope;
   readonly resolve: (result: unknown) => void;
@@ -92,6 +100,9 @@ interface Pending {
   readonly onChunk: ((data: any, seq: number) => void) | undefined;
   /** Emitted to the host (false while it waits for a connection). */
   sent: boolean;
+  /** The highest chunk `seq` delivered to `onChunk` (-1: none): later ones at or below it are replays. */
+  lastSeq: number;
+  resume: ResumeStage;
   timer: ReturnType<typeof setTimeout> | undefined;
   signal: AbortSignal | undefined;
   onAbort: (() => void) | undefined;
@@ -109,6 +120,8 @@ export class TaskgateClient {
   private closed = false;
   private everConnected = false;
   private readonly socketListeners: Array<[string, (...args: any[]) => void]>;
+  /** Sessions (protocol §4); undefined with `session: false`. */
+  private readonly resume: SessionResume<Pending> | undefined;
 
   constructor(options: ClientOptions = {}) {
     this.defaultTimeoutMs = options.timeoutMs;
@@ -121,6 +134,20 @@ export class TaskgateClient {
       ['connect_error', (error: unknown) => this.onConnectError(error)],
       [EVENTS.response, (message: unknown) => this.onResponse(message)],
     ];
+    if (options.session !== false) {
+      const resume = new SessionResume<Pending>(
+        {
+          emit: (event, ...args) => this.socket.emit(event, ...args),
+          requests: () => [...this.pending.values()],
+          isPending: (entry) => this.pending.get(entry.id) === entry,
+          end: (entry, error, cancelOnHost) => this.end(entry, error, cancelOnHost),
+        },
+        TokenStore.create(options.session ?? {}, options.url),
+      );
+      socketOptions.auth = withSessionField(socketOptions.auth, () => resume.handshakeField());
+      this.socketListeners.push([EVENTS.session, (body: unknown) => resume.onSession(body)]);
+      this.resume = resume;
+    }
     // Listeners first, then connect: a socket that connects at once must not be missed.
     const socket = (options.io ?? defaultSocketFactory)(options.url, { ...socketOptions, autoConnect: false });
     for (const [event, listener] of this.socketListeners) socket.on(event, listener);
@@ -150,6 +177,7 @@ export class TaskgateClient {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.resume?.stop();
     for (const entry of [...this.pending.values()]) {
       this.settle(entry);
       entry.reject(new TaskgateError('UNAVAILABLE', 'the taskgate client was closed'));
@@ -184,6 +212,8 @@ export class TaskgateClient {
         reject,
         onChunk: options.onChunk,
         sent: false,
+        lastSeq: -1,
+        resume: 'none',
         timer: undefined,
         signal: options.signal,
         onAbort: undefined,
@@ -209,6 +239,7 @@ export class TaskgateClient {
   }
 
   private onAck(entry: Pending, ack: unknown): void {
+    this.resume?.onOtherEvent();
     if (this.pending.get(entry.id) !== entry) return; // ended meanwhile (cancelled, timed out, dropped)
     const a = ack as { ok?: unknown; error?: unknown } | null;
     if (typeof a === 'object' && a !== null && a.ok === true) return; // accepted: responses follow
@@ -220,21 +251,28 @@ export class TaskgateClient {
   }
 
   private onResponse(message: unknown): void {
+    this.resume?.onOtherEvent();
     if (typeof message !== 'object' || message === null) return;
     const m = message as Record<string, unknown>;
     if (typeof m.id !== 'string') return;
     const entry = this.pending.get(m.id);
     if (!entry) return; // ended on our side already: late responses are expected after a cancel
     switch (m.type) {
-      case 'chunk':
+      case 'chunk': {
+        const seq = typeof m.seq === 'number' ? m.seq : Number(m.seq);
+        if (Number.isFinite(seq)) {
+          if (seq <= entry.lastSeq) return; // a replay after a resume that raced a live chunk: seen already
+          entry.lastSeq = seq;
+        }
         if (!entry.onChunk) return;
         try {
-          entry.onChunk(m.data, typeof m.seq === 'number' ? m.seq : Number(m.seq));
+          entry.onChunk(m.data, seq);
         } catch (error) {
           // The caller's own code failed: end the request with that error, and stop the work.
           this.end(entry, error, true);
         }
         return;
+      }
       case 'result':
         this.settle(entry);
         entry.resolve(m.data);
@@ -249,6 +287,7 @@ export class TaskgateClient {
 
   private onConnect(): void {
     this.everConnected = true;
+    this.resume?.onConnect();
     this.state.set('connected');
     for (const entry of [...this.pending.values()]) {
       if (!entry.sent && this.pending.get(entry.id) === entry) this.emitRequest(entry);
@@ -257,8 +296,9 @@ export class TaskgateClient {
 
   private onDisconnect(reason: string): void {
     if (this.closed) return;
+    this.resume?.onDisconnect(reason); // parks what a resumable connection carried
     for (const entry of [...this.pending.values()]) {
-      if (!entry.sent) continue;
+      if (!entry.sent || entry.resume !== 'none') continue;
       this.end(
         entry,
         new TaskgateError('UNAVAILABLE', `the connection to the taskgate host was lost (${reason})`, { reason }),
@@ -287,27 +327,53 @@ export class TaskgateClient {
   /** No connection will come: every waiting request fails. */
   private giveUp(error: TaskgateError): void {
     this.state.set('disconnected');
+    this.resume?.stop();
     for (const entry of [...this.pending.values()]) this.end(entry, error, false);
   }
 
-  /** Ends `entry` with `error`; with `cancelOnHost`, tells the host if it has the request. */
+  /**
+   * Ends `entry` with `error`; with `cancelOnHost`, tells the host if it has the request: now, or,
+   * for a request parked by a drop, once the host has resumed the session.
+   */
   private end(entry: Pending, error: unknown, cancelOnHost: boolean): void {
     if (this.pending.get(entry.id) !== entry) return;
+    const parked = entry.resume === 'parked';
     this.settle(entry);
-    if (cancelOnHost && entry.sent && this.socket.connected) this.socket.emit(EVENTS.cancel, { id: entry.id });
+    if (cancelOnHost && entry.sent) {
+      if (parked) this.resume?.cancelWhenBack(entry.id);
+      else if (this.socket.connected) this.socket.emit(EVENTS.cancel, { id: entry.id });
+    }
     entry.reject(error);
   }
 
-  /** Forgets `entry`: map entry, timer and abort listener. */
+  /** Forgets `entry`: map entry, timer, abort listener and its part in a resume. */
   private settle(entry: Pending): void {
     this.pending.delete(entry.id);
     if (entry.timer !== undefined) clearTimeout(entry.timer);
     if (entry.signal && entry.onAbort) entry.signal.removeEventListener('abort', entry.onAbort);
+    if (entry.resume !== 'none') {
+      entry.resume = 'none';
+      this.resume?.onEnded();
+    }
   }
 }
 
 function cancelledError(): TaskgateError {
   return new TaskgateError('CANCELLED', 'the request was cancelled');
+}
+
+type AuthOption = SocketFactoryOptions['auth'];
+
+/**
+ * The handshake's `auth` as a function, which socket.io-client calls before every (re)connect:
+ * the caller's fields (an object, or what their own function gives) plus `session`.
+ */
+function withSessionField(auth: AuthOption, session: () => string | true): AuthOption {
+  return (cb: (data: object) => void) => {
+    const send = (fields: object | undefined) => cb({ ...fields, session: session() });
+    if (typeof auth === 'function') auth(send);
+    else send(auth);
+  };
 }
 
 /** A client for one taskgate host; it starts connecting at once. */

@@ -6,11 +6,15 @@
 
 import { io, type ManagerOptions, type SocketOptions } from 'socket.io-client';
 
-/** Events of protocol v1 §1 (and the Socket.IO connection events the client follows). */
+/** Events of protocol v1 §1 and of sessions (§4). */
 export const EVENTS = {
   request: 'request',
   response: 'response',
   cancel: 'cancel',
+  /** host → client, right after CONNECT: `{ token, resumeWindowMs }` (§4.1). */
+  session: 'session',
+  /** client → host, with an ack: `{ id, afterSeq }` resumes a request after a reconnect (§4.2). */
+  attach: 'attach',
 } as const;
 
 /** `{ id, requestType, payload, traceparent? }`, sent with an acknowledgement callback. */
@@ -20,6 +24,12 @@ export interface RequestEnvelope {
   payload: unknown;
   /** W3C trace context (protocol §3.10, optional). */
   traceparent?: string;
+}
+
+/** An `attach` event (protocol §4.2): resume request `id`, sending the chunks after `afterSeq` (-1: all). */
+export interface AttachBody {
+  id: string;
+  afterSeq: number;
 }
 
 /** A `response` event as the host sends it. */

@@ -2,15 +2,21 @@
  * The client: one Socket.IO connection to a taskgate host, and `request()`, which turns one
  * request of protocol v1 §1 into a promise.
  *
- * Why the rules below (see docs/protocol.md §1, §3.1–3.2):
+ * Why the rules below (see docs/protocol.md §1, §3.1–3.2, §3.7, §4):
  * - Requests made while (re)connecting wait and go out on `connect`, in the order they were
  *   made. socket.io-client would buffer them by itself, but then a request could be sent on a
  *   connection made long after it was asked for; we keep them in our own map instead, where a
  *   timeout or an AbortSignal can still take them out before they are ever sent.
- * - When a connection drops, requests already sent reject with `UNAVAILABLE`: the host cancels
- *   them on its side (§3.5), and a backend task may not be idempotent, so nothing is retried.
+ * - The handshake asks for a session (§4.1) unless `session: false`. When a connection the host
+ *   made resumable (its `session` event) drops, requests already sent wait for the next
+ *   connection of the same session and are attached there (resume.ts has the rules); a drop of
+ *   any other connection rejects them with `UNAVAILABLE`, as in v1: the host cancels them on
+ *   its side (§3.5), and a backend task may not be idempotent, so nothing is ever re-sent.
+ * - Each chunk reaches `onChunk` once: one whose `seq` is not above the last one delivered is a
+ *   replay after a resume, and is dropped.
  * - Cancelling (AbortSignal, client-side timeout) rejects at once and tells the host with a
- *   `cancel` event; whatever the host sends later for that id is ignored.
+ *   `cancel` event (for a request waiting on a resume: once the host has resumed the session);
+ *   whatever the host sends later for that id is ignored.
  * - Every request ends once: `settle` removes its map entry, its timer and its abort listener,
  *   whichever way it ends.
  */

@@ -37,6 +37,13 @@ function resumable(options: Partial<ClientOptions> = {}): { client: TaskgateClie
   return { client, socket };
 }
 
+/** The connection drops and comes back, and the host resumes session `tok-1` on it. */
+function blip(socket: FakeSocket, reason = 'transport close'): void {
+  socket.drop(reason);
+  socket.serverAccepts();
+  socket.session('tok-1');
+}
+
 /** Sends a request and has the host accept it; returns its id. */
 function accepted(client: TaskgateClient, socket: FakeSocket, options: Parameters<TaskgateClient['request']>[2] = {}) {
   const promise = client.request('demo.countdown', { from: 10 }, options);
@@ -258,9 +265,7 @@ describe('a drop of a resumable connection (protocol §4.2)', () => {
     const { client, socket } = resumable();
     void client.request('echo', 1).catch(() => undefined);
     const { id } = socket.lastRequest();
-    socket.drop();
-    socket.serverAccepts();
-    socket.session('tok-1');
+    blip(socket);
     expect(socket.attaches()).toEqual([{ id, afterSeq: -1 }]);
   });
 
@@ -325,13 +330,9 @@ describe('a drop of a resumable connection (protocol §4.2)', () => {
     const seen: number[] = [];
     const { id, promise } = accepted(client, socket, { onChunk: (_d, seq) => seen.push(seq) });
     socket.chunk(id, 0, 'a');
-    socket.drop();
-    socket.serverAccepts();
-    socket.session('tok-1');
+    blip(socket);
     const staleAck = socket.attachAcks.get(id)!;
-    socket.drop();
-    socket.serverAccepts();
-    socket.session('tok-1');
+    blip(socket);
     expect(socket.attaches()).toEqual([
       { id, afterSeq: 0 },
       { id, afterSeq: 0 },
@@ -392,9 +393,7 @@ describe('what the new connection says', () => {
     const { id, promise } = accepted(client, socket, { onChunk: () => undefined });
     socket.chunk(id, 0, 'a');
     socket.chunk(id, 1, 'b');
-    socket.drop();
-    socket.serverAccepts();
-    socket.session('tok-1');
+    blip(socket);
     socket.ackAttach(id, { ok: true, state: 'running', firstSeq: 5 });
     const error = await rejection(promise);
     expect(error.code).toBe('UNAVAILABLE');
@@ -407,9 +406,7 @@ describe('what the new connection says', () => {
   test('the host no longer has it (TASK_NOT_FOUND): UNAVAILABLE not-resumed with the host’s error, no cancel', async () => {
     const { client, socket } = resumable();
     const { id, promise } = accepted(client, socket);
-    socket.drop('transport close');
-    socket.serverAccepts();
-    socket.session('tok-1');
+    blip(socket, 'transport close');
     socket.ackAttach(id, { ok: false, error: { code: 'TASK_NOT_FOUND', message: 'no such task' } });
     const error = await rejection(promise);
     expect(error.code).toBe('UNAVAILABLE');
@@ -426,9 +423,7 @@ describe('what the new connection says', () => {
   ])('a malformed attach ack (%s) ends the request with INTERNAL and cancels it', async (_name, ack) => {
     const { client, socket } = resumable();
     const { id, promise } = accepted(client, socket);
-    socket.drop();
-    socket.serverAccepts();
-    socket.session('tok-1');
+    blip(socket);
     socket.ackAttach(id, ack);
     const error = await rejection(promise);
     expect(error.code).toBe('INTERNAL');
@@ -478,9 +473,7 @@ describe('exactly once', () => {
     const { id, promise } = accepted(client, socket, { onChunk: (data, seq) => seen.push([data, seq]) });
     socket.chunk(id, 0, 'a');
     socket.chunk(id, 1, 'b');
-    socket.drop();
-    socket.serverAccepts();
-    socket.session('tok-1');
+    blip(socket);
     socket.ackAttach(id, { ok: true, state: 'running', firstSeq: 2 });
     socket.chunk(id, 1, 'b again');
     socket.chunk(id, 2, 'c');
@@ -501,9 +494,7 @@ describe('exactly once', () => {
     const { id } = accepted(client, socket);
     socket.chunk(id, 0, 'a');
     socket.chunk(id, 1, 'b');
-    socket.drop();
-    socket.serverAccepts();
-    socket.session('tok-1');
+    blip(socket);
     expect(socket.attaches()).toEqual([{ id, afterSeq: 1 }]);
   });
 });
@@ -533,9 +524,7 @@ describe('cancelled or timed out while away', () => {
       ['cancel', timedOut.id],
       ['attach', kept.id],
     ]);
-    socket.drop();
-    socket.serverAccepts();
-    socket.session('tok-1');
+    blip(socket);
     expect(socket.cancels()).toEqual([aborted.id, timedOut.id]); // once
     expect(client.inFlight).toBe(1);
   });
@@ -559,9 +548,7 @@ describe('cancelled or timed out while away', () => {
     const { client, socket } = resumable();
     const controller = new AbortController();
     const { id, promise } = accepted(client, socket, { signal: controller.signal });
-    socket.drop();
-    socket.serverAccepts();
-    socket.session('tok-1');
+    blip(socket);
     controller.abort();
     await expect(promise).rejects.toMatchObject({ code: 'CANCELLED' });
     expect(socket.cancels()).toEqual([id]);

@@ -106,7 +106,7 @@ interface Pending extends ResumableRequest {
   readonly onChunk: ((data: any, seq: number) => void) | undefined;
   /** Emitted to the host (false while it waits for a connection). */
   sent: boolean;
-  /** The highest chunk `seq` delivered to `onChunk` (-1: none): later ones at or below it are replays. */
+  /** The highest chunk `seq` received (-1: none): later ones at or below it are replays, dropped. */
   lastSeq: number;
   resume: ResumeStage;
   timer: ReturnType<typeof setTimeout> | undefined;

@@ -27,6 +27,7 @@ import type { ChunkOf, KnownRequestType, PayloadOf, ResultOf, UnknownRequestType
 import { SessionResume, TokenStore, type ResumableRequest, type ResumeStage, type SessionOptions } from './resume.js';
 import {
   EVENTS,
+  SESSION_EVENTS,
   defaultSocketFactory,
   type RequestEnvelope,
   type SocketFactory,
@@ -151,7 +152,7 @@ export class TaskgateClient {
         TokenStore.create(options.session ?? {}, options.url),
       );
       socketOptions.auth = withSessionField(socketOptions.auth, () => resume.handshakeField());
-      this.socketListeners.push([EVENTS.session, (body: unknown) => resume.onSession(body)]);
+      this.socketListeners.push([SESSION_EVENTS.session, (body: unknown) => resume.onSession(body)]);
       this.resume = resume;
     }
     // Listeners first, then connect: a socket that connects at once must not be missed.

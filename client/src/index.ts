@@ -21,5 +21,5 @@ export type {
   TaskgateRequestMap,
   UnknownRequestType,
 } from './request-map.js';
-export { EVENTS, defaultSocketFactory } from './socket.js';
+export { EVENTS, SESSION_EVENTS, defaultSocketFactory } from './socket.js';
 export type { AttachBody, Listener, RequestEnvelope, ResponseMessage, SocketFactory, SocketFactoryOptions, SocketLike } from './socket.js';

@@ -18,7 +18,7 @@
  */
 
 import { TaskgateError } from './errors.js';
-import { EVENTS, type AttachBody } from './socket.js';
+import { EVENTS, SESSION_EVENTS, type AttachBody } from './socket.js';
 
 /** The part of the Web Storage API the token store uses (`sessionStorage`, `localStorage`, your own). */
 export interface StorageLike {
@@ -134,7 +134,7 @@ export class SessionResume<R extends ResumableRequest> {
       entry.resume = 'attaching';
       const afterSeq = entry.lastSeq;
       const body: AttachBody = { id: entry.id, afterSeq };
-      this.client.emit(EVENTS.attach, body, (ack: unknown) => {
+      this.client.emit(SESSION_EVENTS.attach, body, (ack: unknown) => {
         if (generation === this.generation) this.onAttachAck(entry, afterSeq, ack);
       });
     }

@@ -6,14 +6,19 @@
 
 import { io, type ManagerOptions, type SocketOptions } from 'socket.io-client';
 
-/** Events of protocol v1 §1 and of sessions (§4). */
+/** Events of protocol v1 §1 (and the Socket.IO connection events the client follows). */
 export const EVENTS = {
   request: 'request',
   response: 'response',
   cancel: 'cancel',
-  /** host → client, right after CONNECT: `{ token, resumeWindowMs }` (§4.1). */
+} as const;
+
+/**
+ * Events of sessions (protocol §4): `session` (host → client, right after CONNECT, §4.1) and
+ * `attach` (client → host, with an ack: resumes a request after a reconnect, §4.2).
+ */
+export const SESSION_EVENTS = {
   session: 'session',
-  /** client → host, with an ack: `{ id, afterSeq }` resumes a request after a reconnect (§4.2). */
   attach: 'attach',
 } as const;
 

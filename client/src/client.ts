@@ -2,15 +2,21 @@
  * The client: one Socket.IO connection to a taskgate host, and `request()`, which turns one
  * request of protocol v1 §1 into a promise.
  *
- * Why the rules below (see docs/protocol.md §1, §3.1–3.2):
+ * Why the rules below (see docs/protocol.md §1, §3.1–3.2, §3.7, §4):
  * - Requests made while (re)connecting wait and go out on `connect`, in the order they were
  *   made. socket.io-client would buffer them by itself, but then a request could be sent on a
  *   connection made long after it was asked for; we keep them in our own map instead, where a
  *   timeout or an AbortSignal can still take them out before they are ever sent.
- * - When a connection drops, requests already sent reject with `UNAVAILABLE`: the host cancels
- *   them on its side (§3.5), and a backend task may not be idempotent, so nothing is retried.
+ * - The handshake asks for a session (§4.1) unless `session: false`. When a connection the host
+ *   made resumable (its `session` event) drops, requests already sent wait for the next
+ *   connection of the same session and are attached there (resume.ts has the rules); a drop of
+ *   any other connection rejects them with `UNAVAILABLE`, as in v1: the host cancels them on
+ *   its side (§3.5), and a backend task may not be idempotent, so nothing is ever re-sent.
+ * - Each chunk reaches `onChunk` once: one whose `seq` is not above the last one delivered is a
+ *   replay after a resume, and is dropped.
  * - Cancelling (AbortSignal, client-side timeout) rejects at once and tells the host with a
- *   `cancel` event; whatever the host sends later for that id is ignored.
+ *   `cancel` event (for a request waiting on a resume: once the host has resumed the session);
+ *   whatever the host sends later for that id is ignored.
  * - Every request ends once: `settle` removes its map entry, its timer and its abort listener,
  *   whichever way it ends.
  */
@@ -18,8 +24,10 @@
 import { ConnectionStateStore, type ConnectionState, type StateListener } from './connection-state.js';
 import { TaskgateError } from './errors.js';
 import type { ChunkOf, KnownRequestType, PayloadOf, ResultOf, UnknownRequestType } from './request-map.js';
+import { SessionResume, TokenStore, type ResumableRequest, type ResumeStage, type SessionOptions } from './resume.js';
 import {
   EVENTS,
+  SESSION_EVENTS,
   defaultSocketFactory,
   type RequestEnvelope,
   type SocketFactory,
@@ -39,6 +47,13 @@ export interface ClientOptions {
   url?: string;
   /** Sent in the handshake (protocol §1: `{ token }`). */
   auth?: { token: string } | Record<string, unknown>;
+  /**
+   * Resuming after a network blip (protocol §4), on by default: the handshake asks for a session,
+   * and requests in flight survive a dropped connection that comes back within the host's resume
+   * window. The token is kept in `sessionStorage` when the page has one (else in memory), or where
+   * `storage` says. `false`: no session is asked for, and a drop fails requests in flight (v1).
+   */
+  session?: false | SessionOptions;
   /** Default client-side timeout of every request, in ms (default: none; the host times out each type). */
   timeoutMs?: number;
   /**
@@ -84,7 +99,7 @@ export interface RequestFunction {
 }
 
 /** One request that has not ended yet. */
-interface Pending {
+interface Pending extends ResumableRequest {
   readonly id: string;
   readonly envelope: RequestEnvelope;
   readonly resolve: (result: unknown) => void;
@@ -92,6 +107,9 @@ interface Pending {
   readonly onChunk: ((data: any, seq: number) => void) | undefined;
   /** Emitted to the host (false while it waits for a connection). */
   sent: boolean;
+  /** The highest chunk `seq` received (-1: none): later ones at or below it are replays, dropped. */
+  lastSeq: number;
+  resume: ResumeStage;
   timer: ReturnType<typeof setTimeout> | undefined;
   signal: AbortSignal | undefined;
   onAbort: (() => void) | undefined;
@@ -109,6 +127,8 @@ export class TaskgateClient {
   private closed = false;
   private everConnected = false;
   private readonly socketListeners: Array<[string, (...args: any[]) => void]>;
+  /** Sessions (protocol §4); undefined with `session: false`. */
+  private readonly resume: SessionResume<Pending> | undefined;
 
   constructor(options: ClientOptions = {}) {
     this.defaultTimeoutMs = options.timeoutMs;
@@ -121,6 +141,20 @@ export class TaskgateClient {
       ['connect_error', (error: unknown) => this.onConnectError(error)],
       [EVENTS.response, (message: unknown) => this.onResponse(message)],
     ];
+    if (options.session !== false) {
+      const resume = new SessionResume<Pending>(
+        {
+          emit: (event, ...args) => this.socket.emit(event, ...args),
+          requests: () => [...this.pending.values()],
+          isPending: (entry) => this.pending.get(entry.id) === entry,
+          end: (entry, error, cancelOnHost) => this.end(entry, error, cancelOnHost),
+        },
+        TokenStore.create(options.session ?? {}, options.url),
+      );
+      socketOptions.auth = withSessionField(socketOptions.auth, () => resume.handshakeField());
+      this.socketListeners.push([SESSION_EVENTS.session, (body: unknown) => resume.onSession(body)]);
+      this.resume = resume;
+    }
     // Listeners first, then connect: a socket that connects at once must not be missed.
     const socket = (options.io ?? defaultSocketFactory)(options.url, { ...socketOptions, autoConnect: false });
     for (const [event, listener] of this.socketListeners) socket.on(event, listener);
@@ -150,6 +184,7 @@ export class TaskgateClient {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.resume?.stop();
     for (const entry of [...this.pending.values()]) {
       this.settle(entry);
       entry.reject(new TaskgateError('UNAVAILABLE', 'the taskgate client was closed'));
@@ -184,6 +219,8 @@ export class TaskgateClient {
         reject,
         onChunk: options.onChunk,
         sent: false,
+        lastSeq: -1,
+        resume: 'none',
         timer: undefined,
         signal: options.signal,
         onAbort: undefined,
@@ -209,6 +246,7 @@ export class TaskgateClient {
   }
 
   private onAck(entry: Pending, ack: unknown): void {
+    this.resume?.onOtherEvent();
     if (this.pending.get(entry.id) !== entry) return; // ended meanwhile (cancelled, timed out, dropped)
     const a = ack as { ok?: unknown; error?: unknown } | null;
     if (typeof a === 'object' && a !== null && a.ok === true) return; // accepted: responses follow
@@ -220,21 +258,28 @@ export class TaskgateClient {
   }
 
   private onResponse(message: unknown): void {
+    this.resume?.onOtherEvent();
     if (typeof message !== 'object' || message === null) return;
     const m = message as Record<string, unknown>;
     if (typeof m.id !== 'string') return;
     const entry = this.pending.get(m.id);
     if (!entry) return; // ended on our side already: late responses are expected after a cancel
     switch (m.type) {
-      case 'chunk':
+      case 'chunk': {
+        const seq = typeof m.seq === 'number' ? m.seq : Number(m.seq);
+        if (Number.isFinite(seq)) {
+          if (seq <= entry.lastSeq) return; // a replay after a resume that raced a live chunk: seen already
+          entry.lastSeq = seq;
+        }
         if (!entry.onChunk) return;
         try {
-          entry.onChunk(m.data, typeof m.seq === 'number' ? m.seq : Number(m.seq));
+          entry.onChunk(m.data, seq);
         } catch (error) {
           // The caller's own code failed: end the request with that error, and stop the work.
           this.end(entry, error, true);
         }
         return;
+      }
       case 'result':
         this.settle(entry);
         entry.resolve(m.data);
@@ -249,6 +294,7 @@ export class TaskgateClient {
 
   private onConnect(): void {
     this.everConnected = true;
+    this.resume?.onConnect();
     this.state.set('connected');
     for (const entry of [...this.pending.values()]) {
       if (!entry.sent && this.pending.get(entry.id) === entry) this.emitRequest(entry);
@@ -257,8 +303,9 @@ export class TaskgateClient {
 
   private onDisconnect(reason: string): void {
     if (this.closed) return;
+    this.resume?.onDisconnect(reason); // parks what a resumable connection carried
     for (const entry of [...this.pending.values()]) {
-      if (!entry.sent) continue;
+      if (!entry.sent || entry.resume !== 'none') continue;
       this.end(
         entry,
         new TaskgateError('UNAVAILABLE', `the connection to the taskgate host was lost (${reason})`, { reason }),
@@ -287,27 +334,53 @@ export class TaskgateClient {
   /** No connection will come: every waiting request fails. */
   private giveUp(error: TaskgateError): void {
     this.state.set('disconnected');
+    this.resume?.stop();
     for (const entry of [...this.pending.values()]) this.end(entry, error, false);
   }
 
-  /** Ends `entry` with `error`; with `cancelOnHost`, tells the host if it has the request. */
+  /**
+   * Ends `entry` with `error`; with `cancelOnHost`, tells the host if it has the request: now, or,
+   * for a request parked by a drop, once the host has resumed the session.
+   */
   private end(entry: Pending, error: unknown, cancelOnHost: boolean): void {
     if (this.pending.get(entry.id) !== entry) return;
+    const parked = entry.resume === 'parked';
     this.settle(entry);
-    if (cancelOnHost && entry.sent && this.socket.connected) this.socket.emit(EVENTS.cancel, { id: entry.id });
+    if (cancelOnHost && entry.sent) {
+      if (parked) this.resume?.cancelWhenBack(entry.id);
+      else if (this.socket.connected) this.socket.emit(EVENTS.cancel, { id: entry.id });
+    }
     entry.reject(error);
   }
 
-  /** Forgets `entry`: map entry, timer and abort listener. */
+  /** Forgets `entry`: map entry, timer, abort listener and its part in a resume. */
   private settle(entry: Pending): void {
     this.pending.delete(entry.id);
     if (entry.timer !== undefined) clearTimeout(entry.timer);
     if (entry.signal && entry.onAbort) entry.signal.removeEventListener('abort', entry.onAbort);
+    if (entry.resume !== 'none') {
+      entry.resume = 'none';
+      this.resume?.onEnded();
+    }
   }
 }
 
 function cancelledError(): TaskgateError {
   return new TaskgateError('CANCELLED', 'the request was cancelled');
+}
+
+type AuthOption = SocketFactoryOptions['auth'];
+
+/**
+ * The handshake's `auth` as a function, which socket.io-client calls before every (re)connect:
+ * the caller's fields (an object, or what their own function gives) plus `session`.
+ */
+function withSessionField(auth: AuthOption, session: () => string | true): AuthOption {
+  return (cb: (data: object) => void) => {
+    const send = (fields: object | undefined) => cb({ ...fields, session: session() });
+    if (typeof auth === 'function') auth(send);
+    else send(auth);
+  };
 }
 
 /** A client for one taskgate host; it starts connecting at once. */

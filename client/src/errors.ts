@@ -4,7 +4,7 @@
  * host or the worker gave more (e.g. `INVALID_PAYLOAD` → `{ problems: [{ pointer, message }] }`).
  */
 
-/** The error codes of protocol v1 §1. A worker may use codes of its own, so `code` is open. */
+/** The error codes of protocol §1 (`TASK_NOT_FOUND`: §4). A worker may use codes of its own, so `code` is open. */
 export const ERROR_CODES = [
   'BAD_REQUEST',
   'UNKNOWN_REQUEST_TYPE',
@@ -18,6 +18,7 @@ export const ERROR_CODES = [
   'CANCELLED',
   'WORKER_ERROR',
   'INTERNAL',
+  'TASK_NOT_FOUND',
 ] as const;
 
 export type ProtocolErrorCode = (typeof ERROR_CODES)[number];

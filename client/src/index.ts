@@ -7,6 +7,7 @@
 
 export { createClient, TaskgateClient } from './client.js';
 export type { ClientOptions, RequestFunction, RequestOptions } from './client.js';
+export type { SessionOptions, StorageLike } from './resume.js';
 export { configureTaskgate, getDefaultClient, makeBackendRequest, setDefaultClient } from './default-client.js';
 export type { ConnectionState, StateListener } from './connection-state.js';
 export { ERROR_CODES, TaskgateError, isErrorObject, isTaskgateError } from './errors.js';
@@ -20,5 +21,5 @@ export type {
   TaskgateRequestMap,
   UnknownRequestType,
 } from './request-map.js';
-export { EVENTS, defaultSocketFactory } from './socket.js';
-export type { Listener, RequestEnvelope, ResponseMessage, SocketFactory, SocketFactoryOptions, SocketLike } from './socket.js';
+export { EVENTS, SESSION_EVENTS, defaultSocketFactory } from './socket.js';
+export type { AttachBody, Listener, RequestEnvelope, ResponseMessage, SocketFactory, SocketFactoryOptions, SocketLike } from './socket.js';

@@ -13,6 +13,15 @@ export const EVENTS = {
   cancel: 'cancel',
 } as const;
 
+/**
+ * Events of sessions (protocol §4): `session` (host → client, right after CONNECT, §4.1) and
+ * `attach` (client → host, with an ack: resumes a request after a reconnect, §4.2).
+ */
+export const SESSION_EVENTS = {
+  session: 'session',
+  attach: 'attach',
+} as const;
+
 /** `{ id, requestType, payload, traceparent? }`, sent with an acknowledgement callback. */
 export interface RequestEnvelope {
   id: string;
@@ -20,6 +29,12 @@ export interface RequestEnvelope {
   payload: unknown;
   /** W3C trace context (protocol §3.10, optional). */
   traceparent?: string;
+}
+
+/** An `attach` event (protocol §4.2): resume request `id`, sending the chunks after `afterSeq` (-1: all). */
+export interface AttachBody {
+  id: string;
+  afterSeq: number;
 }
 
 /** A `response` event as the host sends it. */

@@ -18,6 +18,7 @@ import {
   type TaskgateClient,
 } from '../src/index.js';
 import { fakeSocketFactory, type FakeSocket } from './fake-socket.js';
+import { flush, flushFake, rejection, track } from './helpers.js';
 
 /** A connected client and its fake socket. */
 function connected(options: { timeoutMs?: number } = {}): { client: TaskgateClient; socket: FakeSocket } {
@@ -33,38 +34,8 @@ function connecting(): { client: TaskgateClient; socket: FakeSocket } {
   return { client, socket: io.last() };
 }
 
-/** Tracks how a promise settled, so a test can check it settled without waiting for it. */
-function track<T>(promise: Promise<T>): { settled: () => boolean; value: () => T | undefined; error: () => unknown } {
-  let settled = false;
-  let value: T | undefined;
-  let error: unknown;
-  promise.then(
-    (v) => {
-      settled = true;
-      value = v;
-    },
-    (e) => {
-      settled = true;
-      error = e;
-    },
-  );
-  return { settled: () => settled, value: () => value, error: () => error };
-}
-
-const flush = () => new Promise<void>((resolve) => setImmediate(resolve));
-
-async function rejection(promise: Promise<unknown>): Promise<TaskgateError> {
-  try {
-    await promise;
-  } catch (error) {
-    expect(error).toBeInstanceOf(TaskgateError);
-    return error as TaskgateError;
-  }
-  throw new Error('expected the request to reject');
-}
-
 describe('createClient', () => {
-  test('makes its socket with the url, auth and socket options, without auto-connect, then connects', () => {
+  test('makes its socket with the url and socket options, without auto-connect, then connects', () => {
     const io = fakeSocketFactory();
     const client = createClient({
       url: 'http://host.test:8080',
@@ -78,12 +49,23 @@ describe('createClient', () => {
       transports: ['websocket'],
       tryAllTransports: true,
       path: '/socket.io/',
-      auth: { token: 'secret' },
+      auth: expect.any(Function), // asks for a session (protocol §4.1), see resume.test.ts
       autoConnect: false,
     });
     expect(socket.connectCalls).toBe(1);
     expect(client.socket).toBe(socket);
     expect(client.connectionState).toBe('connecting');
+    socket.serverAccepts();
+    expect(socket.handshakes).toEqual([{ token: 'secret', session: true }]);
+  });
+
+  test('with session: false the handshake is the v1 one exactly: the auth object as given, or none', () => {
+    const withAuth = fakeSocketFactory();
+    createClient({ url: 'http://host.test', auth: { token: 'secret' }, session: false, io: withAuth });
+    expect(withAuth.last().options.auth).toEqual({ token: 'secret' });
+    const without = fakeSocketFactory();
+    createClient({ session: false, io: without });
+    expect(without.last().options).toEqual({ transports: ['websocket', 'polling'], tryAllTransports: true, autoConnect: false });
   });
 
   test('connects over WebSocket first and falls back to long-polling only if WebSocket fails', () => {
@@ -94,6 +76,7 @@ describe('createClient', () => {
     expect(io.last().options).toEqual({
       transports: ['websocket', 'polling'],
       tryAllTransports: true,
+      auth: expect.any(Function),
       autoConnect: false,
     });
   });
@@ -101,7 +84,7 @@ describe('createClient', () => {
   test('socket options override the transport defaults', () => {
     const io = fakeSocketFactory();
     createClient({ io, socketOptions: { transports: ['polling'], tryAllTransports: false } });
-    expect(io.last().options).toEqual({ transports: ['polling'], tryAllTransports: false, autoConnect: false });
+    expect(io.last().options).toEqual({ transports: ['polling'], tryAllTransports: false, auth: expect.any(Function), autoConnect: false });
   });
 
   test('without a url the socket connects to the page origin (socket.io-client default)', () => {
@@ -451,11 +434,6 @@ describe('client-side timeout', () => {
   });
 });
 
-/** Lets promise callbacks run while fake timers are installed. */
-async function flushFake(): Promise<void> {
-  for (let i = 0; i < 5; i++) await Promise.resolve();
-}
-
 describe('connecting and reconnecting', () => {
   test('requests made while connecting wait, then go out in order on connect', async () => {
     const { client, socket } = connecting();
@@ -596,7 +574,7 @@ describe('close', () => {
   test('rejects waiting and in-flight requests, removes its listeners and disconnects', async () => {
     const { client, socket } = connected();
     const listenersBefore = socket.listenerCount();
-    expect(listenersBefore).toBe(4);
+    expect(listenersBefore).toBe(5); // connect, disconnect, connect_error, response, session
     const sent = client.request('echo', 1);
     socket.drop();
     await expect(sent).rejects.toMatchObject({ code: 'UNAVAILABLE' });

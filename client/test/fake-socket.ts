@@ -1,8 +1,9 @@
 /**
  * An in-memory stand-in for socket.io-client's `Socket`, injected through `createClient({ io })`.
  * The test plays the host: it connects and drops the socket, answers requests (ack, chunk,
- * result, error) and sees every event the client emitted. Nothing is asynchronous: each call
- * runs the client's handlers at once, so tests need no timing.
+ * result, error), opens sessions and answers `attach` (protocol §4), and sees every event the
+ * client emitted and every handshake it sent. Nothing is asynchronous: each call runs the
+ * client's handlers at once, so tests need no timing.
  */
 
 import type { Listener, RequestEnvelope, SocketFactory, SocketFactoryOptions, SocketLike } from '../src/socket.js';
@@ -19,6 +20,12 @@ export class FakeSocket implements SocketLike {
   readonly emitted: Emitted[] = [];
   /** Request id → the ack callback the client passed (removed once called). */
   readonly acks = new Map<string, (ack: unknown) => void>();
+  /** Request id → the ack callback of the client's latest `attach` for it (removed once called). */
+  readonly attachAcks = new Map<string, (ack: unknown) => void>();
+  /** The handshake's `auth` of every connection, in order (what socket.io-client would send). */
+  readonly handshakes: unknown[] = [];
+  /** Events the client emitted while not connected (socket.io-client would buffer them). */
+  readonly emittedOffline: Emitted[] = [];
   connectCalls = 0;
   disconnectCalls = 0;
   private readonly listeners = new Map<string, Set<Listener>>();
@@ -46,9 +53,14 @@ export class FakeSocket implements SocketLike {
 
   emit(event: string, ...args: unknown[]): this {
     this.emitted.push({ event, args });
+    if (!this.connected) this.emittedOffline.push({ event, args });
     if (event === 'request' && typeof args[1] === 'function') {
       const envelope = args[0] as RequestEnvelope;
       this.acks.set(envelope.id, args[1] as (ack: unknown) => void);
+    }
+    if (event === 'attach' && typeof args[1] === 'function') {
+      const body = args[0] as { id: string };
+      this.attachAcks.set(body.id, args[1] as (ack: unknown) => void);
     }
     return this;
   }
@@ -71,8 +83,11 @@ export class FakeSocket implements SocketLike {
 
   // --- The host's side: what tests call ----------------------------------------------------
 
-  /** The connection is up. */
+  /** The connection is up. Like socket.io-client, it first asks an `auth` function for the handshake. */
   serverAccepts(): void {
+    const auth = this.options.auth;
+    if (typeof auth === 'function') auth((data: object) => this.handshakes.push(data));
+    else this.handshakes.push(auth);
     this.connected = true;
     this.active = true;
     this.fire('connect');
@@ -134,6 +149,29 @@ export class FakeSocket implements SocketLike {
 
   error(id: string, error: unknown): void {
     this.fire('response', { id, type: 'error', error });
+  }
+
+  /** The host opens (or resumes) a session: the `session` event of protocol §4.1. */
+  session(token: string, resumeWindowMs = 60_000): void {
+    this.fire('session', { token, resumeWindowMs });
+  }
+
+  /** The `attach` bodies the client sent, in order. */
+  attaches(): Array<{ id: string; afterSeq?: number }> {
+    return this.emitted.filter((e) => e.event === 'attach').map((e) => e.args[0] as { id: string; afterSeq?: number });
+  }
+
+  /** Answers the client's latest `attach` of `id` with exactly `body`. */
+  ackAttach(id: string, body: unknown): void {
+    const callback = this.attachAcks.get(id);
+    if (!callback) throw new Error(`no attach ack callback for request ${id}`);
+    this.attachAcks.delete(id);
+    callback(body);
+  }
+
+  /** Any event from the host, with any body (for malformed ones). */
+  hostEmits(event: string, ...args: unknown[]): void {
+    this.fire(event, ...args);
   }
 
   /** Any `response` body at all (for malformed ones). */

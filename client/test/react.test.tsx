@@ -344,6 +344,36 @@ describe('useBackendRequest', () => {
     expect(result.current.error?.code).toBe('UNAVAILABLE');
   });
 
+  test('a blip the host resumes (protocol §4): reconnecting meanwhile, the run stays pending, chunks go on, then success', async () => {
+    const io = fakeSocketFactory({ autoConnect: true });
+    const client = createClient({ url: 'http://host.test', io, session: { storage: 'memory' } });
+    const socket = io.last();
+    socket.session('tok-1');
+    const wrapper = ({ children }: { children: ReactNode }) => <TaskgateProvider client={client}>{children}</TaskgateProvider>;
+    const { result } = renderHook(() => ({ run: useBackendRequest('demo.countdown'), state: useConnectionState() }), { wrapper });
+    act(() => result.current.run.run({ from: 2 }));
+    const { id } = socket.lastRequest();
+    await host(() => {
+      socket.ack(id);
+      socket.chunk(id, 0, { remaining: 1 });
+    });
+    await host(() => socket.drop());
+    expect(result.current.state).toBe('reconnecting');
+    expect(result.current.run.status).toBe('pending');
+    await host(() => {
+      socket.serverAccepts();
+      socket.session('tok-1');
+      socket.ackAttach(id, { ok: true, state: 'running', firstSeq: 1 });
+      socket.chunk(id, 0, { remaining: 1 }); // a replay: dropped
+      socket.chunk(id, 1, { remaining: 0 });
+      socket.result(id, { done: true });
+    });
+    expect(result.current.state).toBe('connected');
+    expect(result.current.run.status).toBe('success');
+    expect(result.current.run.chunks).toEqual([{ remaining: 1 }, { remaining: 0 }]);
+    act(() => client.close());
+  });
+
   test('unmounting cancels the pending run and nothing updates afterwards', async () => {
     const errors = jest.spyOn(console, 'error').mockImplementation(() => undefined);
     try {

@@ -224,6 +224,7 @@ const CODE_LABELS: [(ErrorCode, &str); ErrorCode::ALL.len()] = [
     (ErrorCode::Cancelled, "cancelled"),
     (ErrorCode::WorkerError, "worker_error"),
     (ErrorCode::Internal, "internal"),
+    (ErrorCode::TaskNotFound, "task_not_found"),
 ];
 
 /// Distinct worker-defined codes given a label of their own; later ones count as `other`.

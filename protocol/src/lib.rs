@@ -122,6 +122,15 @@ pub mod events {
             CANCEL = "cancel",
         }
     }
+    name_list! {
+        /// The events of sessions (§4): requests that outlive their connection.
+        SESSION_EVENTS {
+            /// Host → client, right after CONNECT: the session token.
+            SESSION = "session",
+            /// Client → host, with an ack: pick up a request after a reconnect.
+            ATTACH = "attach",
+        }
+    }
 }
 
 /// Limits on the client's request id (§1).
@@ -186,6 +195,8 @@ wire_enum! {
         Cancelled => "CANCELLED",
         WorkerError => "WORKER_ERROR",
         Internal => "INTERNAL",
+        /// `attach`: the owner has no request with that id (§4.2).
+        TaskNotFound => "TASK_NOT_FOUND",
     }
 }
 
@@ -252,7 +263,8 @@ mod tests {
             .map(|c| serde_json::to_value(c).map(|v| v.as_str().unwrap_or_default().to_owned()))
             .collect::<Result<_, _>>()
             .unwrap_or_default();
-        assert_eq!(names.len(), 12);
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+        assert!(names.contains(&"TASK_NOT_FOUND".to_owned()));
         assert!(names.contains(&"UNKNOWN_REQUEST_TYPE".to_owned()));
         assert!(names.contains(&"WORKER_ERROR".to_owned()));
     }

@@ -7,7 +7,8 @@
 //!   (watched in [`deadlines`]).
 //!   It knows neither socketioxide nor the AMQP client: it talks to a [`broker::Broker`] and a
 //!   [`sink::ClientSink`].
-//! - [`broker`]: the broker trait; `broker::amqp` (amqprs) and `broker::memory` (tests).
+//! - [`broker`]: the broker trait; `broker::amqp` (amqprs: the session loop, callbacks,
+//!   publisher, topology, message encoding) and `broker::memory` (tests).
 //! - [`sink`]: the client-side trait and response types. Two transports implement it:
 //!   [`websocket`] (the host's own, for WebSocket-only clients) and [`socketio`]
 //!   (socketioxide: long-polling and upgrades); [`clients`] routes between them.

@@ -24,8 +24,9 @@ use uuid::Uuid;
 
 use crate::auth::Authenticator;
 use crate::broker::amqp::{AmqpBroker, QueueDecl};
+use crate::broker::amqp_url::redact_url;
 use crate::clients::{ClientId, HostSink};
-use crate::config::{redact_url, AuthMode, Settings};
+use crate::config::{AuthMode, Settings};
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::host_names::{self, AllowedHosts};
 use crate::limits::ConnectionCounter;

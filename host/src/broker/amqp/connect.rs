@@ -3,8 +3,7 @@
 
 use amqprs::connection::Connection;
 
-use crate::broker::amqp_url;
-use crate::config::redact_url;
+use crate::broker::amqp_url::{self, redact_url};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

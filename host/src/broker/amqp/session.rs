@@ -23,9 +23,9 @@ use super::topology::{
     cancel_exchange_declaration, declare_request_queue, reply_consumer, reply_queue_declaration,
 };
 use super::{lock, AmqpBroker};
+use crate::broker::amqp_url::redact_url;
 use crate::broker::confirms::Confirms;
 use crate::broker::IncomingReply;
-use crate::config::redact_url;
 
 /// How long one connection attempt may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::envelope::{self, Caller, InFlightCount, Refusal, RequestEnvelope, ValidRequest};
 use super::{Gateway, InFlight, Stage};
 use crate::broker::{Broker, OutgoingRequest, PublishError};
-use crate::error::{RateLimit, RequestError};
+use crate::error::{RateLimit, RequestError, UnavailableCause};
 use crate::metrics::{Outcome, RequestMetrics};
 use crate::routes::RequestTypeSpec;
 use crate::session::Session;
@@ -119,7 +119,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 ) {
                     self.spawn_cancel(correlation_id);
                 }
-                let error = RequestError::Unavailable(error.to_string());
+                let error = RequestError::Unavailable(UnavailableCause::PublishFailed(error));
                 self.send_refusal(conn, ack, &error);
             }
         }
@@ -145,7 +145,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             })?;
         }
         if !self.is_admitting() {
-            return Err(RequestError::Unavailable("the host is shutting down".to_owned()).into());
+            return Err(RequestError::Unavailable(UnavailableCause::ShuttingDown).into());
         }
         // Admission runs in event order per connection, so the count cannot grow between
         // this check and the reservation below.
@@ -188,10 +188,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
         let client_id: Arc<str> = client_id.into();
         {
-            let mut requests = self
-                .conns
-                .get_mut(&conn)
-                .ok_or_else(|| RequestError::Unavailable("the connection is closing".to_owned()))?;
+            let mut requests = self.conns.get_mut(&conn).ok_or(RequestError::Unavailable(
+                UnavailableCause::ConnectionClosing,
+            ))?;
             match requests.entry(client_id.clone()) {
                 Entry::Occupied(_) => return Err(RequestError::DuplicateId(client_id.to_string())),
                 Entry::Vacant(slot) => {

@@ -12,17 +12,17 @@ use uuid::Uuid;
 
 use super::{CancelEnvelope, Gateway, Stage};
 use crate::broker::Broker;
-use crate::error::RequestError;
+use crate::error::{RequestError, UnavailableCause};
 use crate::sink::ClientSink;
 
 impl<B: Broker, S: ClientSink> Gateway<B, S> {
-    /// Ends every request in flight with `UNAVAILABLE` (`reason` is the message) and tells
+    /// Ends every request in flight with `UNAVAILABLE` for `cause` and tells
     /// workers to stop them: for shutdown after the grace period, and when the broker
     /// connection is lost (the replies of requests in flight went with their reply queue,
     /// so waiting for them could only end in `TIMEOUT`). A request still being published
     /// gets its ack first, then the error. Returns how many requests were ended.
-    pub fn fail_all(&self, reason: &str) -> usize {
-        let error = RequestError::Unavailable(reason.to_owned()).to_body();
+    pub fn fail_all(&self, cause: UnavailableCause) -> usize {
+        let error = RequestError::Unavailable(cause).to_body();
         let ids: Vec<Uuid> = self.inflight.iter().map(|entry| *entry.key()).collect();
         let mut failed = 0;
         for correlation_id in ids {
@@ -41,7 +41,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 }
             });
             if let Some((_, request)) = ended {
-                debug!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, reason, "request ended UNAVAILABLE");
+                debug!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, reason = %error.message, "request ended UNAVAILABLE");
                 self.release_id(correlation_id, &request);
                 self.spawn_cancel(correlation_id);
             }

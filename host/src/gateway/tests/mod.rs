@@ -251,6 +251,10 @@ async fn a_failed_publish_is_unavailable_and_leaves_nothing_behind() {
     h.broker.fail_with(Some(PublishError::NotConnected));
     let ack = h.submit(1, req("a", "echo", json!(1))).await;
     assert_eq!(refusal_code(&ack), "UNAVAILABLE");
+    assert_eq!(
+        ack["error"]["message"],
+        json!("the request could not be handed to the broker: not connected to the broker")
+    );
     h.assert_clean();
     // And the id is free again.
     h.broker.fail_with(None);

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::broker::amqp_url::redact_url;
 use crate::limits::Limits;
 use crate::resume::ResumeSettings;
 
@@ -488,20 +489,6 @@ impl Settings {
     }
 }
 
-/// The URL with its password hidden, for log lines.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 /// A duration written for people ("30s", "1m 30s", "2ms"), optionally capped; an error names
 /// the key (e.g. "[host] shutdown_grace") and shows how to write it.
 fn duration_setting(
@@ -848,14 +835,5 @@ max_payload_bytes = 0
         );
         assert_eq!(s.overrides_for("p", "p.open").required_roles, Some(vec![]));
         assert_eq!(s.overrides_for("q", "q.x").required_roles, None);
-    }
-
-    #[test]
-    fn redact_url_hides_only_the_password() {
-        assert_eq!(
-            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
     }
 }

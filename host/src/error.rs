@@ -8,6 +8,8 @@ use serde_json::json;
 use taskgate_plugin_api::Problem;
 use taskgate_protocol::{ErrorBody, ErrorCode};
 
+use crate::broker::PublishError;
+
 /// A request the host refuses (in the `request` ack) or ends early (as a final `response`).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RequestError {
@@ -34,14 +36,34 @@ pub enum RequestError {
     Forbidden(String),
     #[error("{0}")]
     RateLimited(RateLimit),
-    #[error("the broker is unavailable: {0}")]
-    Unavailable(String),
+    #[error("{0}")]
+    Unavailable(UnavailableCause),
     #[error("no final reply within {0} ms")]
     Timeout(u64),
     #[error("the request was cancelled")]
     Cancelled,
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Why a request is `UNAVAILABLE`: the host cannot take it now, or cannot finish it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum UnavailableCause {
+    /// The host is shutting down: new requests are refused, and those still in flight
+    /// after the grace period are ended.
+    #[error("the host is shutting down")]
+    ShuttingDown,
+    /// The broker session was lost, and with its exclusive reply queue every reply of the
+    /// requests in flight.
+    #[error("the broker connection was lost; the reply to this request cannot arrive")]
+    BrokerLost,
+    /// The broker did not take the request (not connected, refused, unroutable, no
+    /// confirm in time).
+    #[error("the request could not be handed to the broker: {0}")]
+    PublishFailed(PublishError),
+    /// The connection is being closed while its request is admitted.
+    #[error("the connection is closing")]
+    ConnectionClosing,
 }
 
 /// Which per-connection limit a request ran into.
@@ -202,6 +224,34 @@ mod tests {
         assert_eq!(
             RequestError::Forbidden("t".into()).code().as_str(),
             "FORBIDDEN"
+        );
+    }
+
+    #[test]
+    fn every_unavailable_cause_is_code_unavailable_with_a_message_of_its_own() {
+        let causes = [
+            UnavailableCause::ShuttingDown,
+            UnavailableCause::BrokerLost,
+            UnavailableCause::PublishFailed(PublishError::NotConnected),
+            UnavailableCause::ConnectionClosing,
+        ];
+        let messages: Vec<String> = causes
+            .into_iter()
+            .map(|cause| {
+                let body = RequestError::Unavailable(cause).to_body();
+                assert_eq!(body.code, "UNAVAILABLE");
+                assert_eq!(body.details, None);
+                body.message
+            })
+            .collect();
+        assert_eq!(
+            messages,
+            [
+                "the host is shutting down",
+                "the broker connection was lost; the reply to this request cannot arrive",
+                "the request could not be handed to the broker: not connected to the broker",
+                "the connection is closing",
+            ]
         );
     }
 

@@ -3,11 +3,13 @@
 //! chunks, results and errors back to the socket that asked.
 //!
 //! # Layout
-//! - [`gateway`]: the core — admission, the in-flight maps, reply relay, cancel, timeouts
-//!   (watched in [`deadlines`]).
+//! - [`gateway`]: the core — admission (its checks that need no state apart from the
+//!   reservation), the in-flight maps, reply relay, cancel, timeouts (watched in
+//!   [`deadlines`]).
 //!   It knows neither socketioxide nor the AMQP client: it talks to a [`broker::Broker`] and a
 //!   [`sink::ClientSink`].
-//! - [`broker`]: the broker trait; `broker::amqp` (amqprs) and `broker::memory` (tests).
+//! - [`broker`]: the broker trait; `broker::amqp` (amqprs: the session loop, callbacks,
+//!   publisher, topology, message encoding) and `broker::memory` (tests).
 //! - [`sink`]: the client-side trait and response types. Two transports implement it:
 //!   [`websocket`] (the host's own, for WebSocket-only clients) and [`socketio`]
 //!   (socketioxide: long-polling and upgrades); [`clients`] routes between them.

@@ -24,8 +24,9 @@ use uuid::Uuid;
 
 use crate::auth::Authenticator;
 use crate::broker::amqp::{AmqpBroker, QueueDecl};
+use crate::broker::amqp_url::redact_url;
 use crate::clients::{ClientId, HostSink};
-use crate::config::{redact_url, AuthMode, Settings};
+use crate::config::{AuthMode, Settings};
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::host_names::{self, AllowedHosts};
 use crate::limits::ConnectionCounter;
@@ -197,9 +198,7 @@ pub async fn run(
             let Some(gateway) = gateway.upgrade() else {
                 return;
             };
-            let failed = gateway.fail_all(
-                "the broker connection was lost; the reply to this request cannot arrive",
-            );
+            let failed = gateway.fail_all(crate::error::UnavailableCause::BrokerLost);
             if failed > 0 {
                 warn!(
                     failed,
@@ -372,7 +371,7 @@ async fn drain(gateway: &HostGateway, sink: &HostSink, grace: Duration, publish:
     );
     let finished = wait_until(|| gateway.in_flight() == 0, grace).await;
     if !finished {
-        let failed = gateway.fail_all("the host is shutting down");
+        let failed = gateway.fail_all(crate::error::UnavailableCause::ShuttingDown);
         warn!(
             failed,
             "shutdown grace period over: requests still in flight ended UNAVAILABLE"

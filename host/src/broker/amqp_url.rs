@@ -6,6 +6,8 @@
 //! `amqps://` connects with TLS (rustls), checking the broker's certificate against the
 //! system's CA store plus, with `?cacertfile=/path/ca.pem` (the name RabbitMQ's URI spec
 //! uses), a private CA. The certificate must name the URI's host.
+//!
+//! [`redact_url`] is the URI as logs and error messages may show it: its password hidden.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -181,6 +183,20 @@ fn decode(text: &str, what: &str) -> Result<String, String> {
         .map_err(|_| format!("the {what} in the URI is not UTF-8 once decoded"))
 }
 
+/// The URL with its password hidden, for log lines.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -261,5 +277,14 @@ mod tests {
         }
         let error = parse("amqp://user:secret@rabbit?heartbeat=x").unwrap_err();
         assert!(!error.contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn redact_url_hides_only_the_password() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://127.0.0.1"), "amqp://127.0.0.1");
     }
 }

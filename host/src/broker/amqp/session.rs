@@ -1,0 +1,320 @@
+//! The session loop: connect (retrying with backoff), declare the topology, read replies
+//! until the session ends, then start over. A session is one connection with its publish
+//! channel and the reply queue consumed on it ([`Live`]); how it ends is one [`SessionEnd`].
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use amqprs::channel::{Channel, ConfirmSelectArguments, ConsumerMessage};
+use amqprs::connection::Connection;
+use taskgate_protocol::amqp as names;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use super::callbacks::{ConnectionEvents, PublishEvents, ReplyEvents};
+use super::connect::{connect_named, ConnectError};
+use super::message::incoming_reply;
+use super::publisher::Publisher;
+use super::topology::{
+    cancel_exchange_declaration, declare_request_queue, reply_consumer, reply_queue_declaration,
+};
+use super::{lock, AmqpBroker};
+use crate::broker::amqp_url::redact_url;
+use crate::broker::confirms::Confirms;
+use crate::broker::IncomingReply;
+
+/// How long one connection attempt may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long closing a session may take (a dead connection must not hold up shutdown).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a session checks that its channels are still open.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Exponential backoff between connection attempts: 100 ms doubling up to a cap.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Backoff { next: first, max }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+    }
+}
+
+/// How a session ends: the first reason given wins, and whoever waits is woken.
+#[derive(Default)]
+pub(super) struct SessionEnd {
+    reason: Mutex<Option<String>>,
+    token: CancellationToken,
+}
+
+impl SessionEnd {
+    pub(super) fn end(&self, reason: String) {
+        lock(&self.reason).get_or_insert(reason);
+        self.token.cancel();
+    }
+
+    async fn ended(&self) -> String {
+        self.token.cancelled().await;
+        lock(&self.reason)
+            .clone()
+            .unwrap_or_else(|| "the session ended".to_owned())
+    }
+}
+
+/// One broker session: a connection, its publish channel and the reply queue consumed on it.
+pub(super) struct Live {
+    pub(super) connection: Connection,
+    pub(super) publisher: Publisher,
+    replies: Channel,
+    /// This session's reply queue: exclusive, so it goes with the connection; the next
+    /// session gets a new one.
+    pub(super) reply_queue: String,
+    end: Arc<SessionEnd>,
+}
+
+impl AmqpBroker {
+    /// Connects and serves until `shutdown` resolves, reconnecting whenever the connection
+    /// is lost. Every reply is handed to `on_reply`, in the order the broker delivered them.
+    pub async fn run<F>(&self, on_reply: F, shutdown: impl Future<Output = ()>)
+    where
+        F: Fn(IncomingReply) + Send + Sync,
+    {
+        tokio::pin!(shutdown);
+        let mut backoff = Backoff::default();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let session = tokio::select! {
+                _ = &mut shutdown => break,
+                session = self.open_session() => session,
+            };
+            match session {
+                Ok((mut replies, live)) => {
+                    let sessions = self.shared.sessions.fetch_add(1, Ordering::SeqCst) + 1;
+                    if sessions > 1 {
+                        metrics::counter!(crate::metrics::BROKER_RECONNECTS).increment(1);
+                    }
+                    metrics::gauge!(crate::metrics::BROKER_CONNECTED).set(1.0);
+                    info!(url = %redact_url(&self.shared.url), reply_queue = %live.reply_queue, connection_name = %self.connection_name(), session = sessions, "connected to the broker");
+                    attempt = 0;
+                    backoff = Backoff::default();
+                    self.flush_pending_cancels();
+                    let lost = tokio::select! {
+                        _ = &mut shutdown => None,
+                        reason = read_replies(&mut replies, &on_reply) => Some(reason),
+                        reason = watch(&live) => Some(reason),
+                    };
+                    self.shared.consuming.store(false, Ordering::SeqCst);
+                    metrics::gauge!(crate::metrics::BROKER_CONNECTED).set(0.0);
+                    match lost {
+                        None => break,
+                        Some(reason) => {
+                            // Publishes fail fast from here on, before anything waits on
+                            // the dead connection.
+                            self.shared.live.store(None);
+                            warn!(%reason, reply_queue = %live.reply_queue, "lost the broker connection; reconnecting");
+                            let hook = lock(&self.shared.on_lost).clone();
+                            if let Some(hook) = hook {
+                                hook();
+                            }
+                            close(&live, "taskgate host: session lost").await;
+                        }
+                    }
+                }
+                Err(err) => {
+                    let delay = jitter(backoff.next_delay());
+                    warn!(attempt, error = %err, retry_in_ms = delay.as_millis() as u64, "broker not available");
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        self.shared.consuming.store(false, Ordering::SeqCst);
+        if let Some(live) = self.shared.live.swap(None) {
+            close(&live, "taskgate host shutting down").await;
+            info!(reply_queue = %live.reply_queue, "broker connection closed");
+        }
+    }
+
+    /// The reply queue name of the next session.
+    fn next_reply_queue(&self) -> String {
+        let id = if self.shared.sessions.load(Ordering::SeqCst) == 0 {
+            self.shared.host_id
+        } else {
+            Uuid::new_v4()
+        };
+        format!("{}{id}", names::REPLY_QUEUE_PREFIX)
+    }
+
+    /// One connection: declares everything, then returns the reply stream.
+    async fn open_session(
+        &self,
+    ) -> Result<(UnboundedReceiver<ConsumerMessage>, Arc<Live>), ConnectError> {
+        let connection = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            connect_named(&self.shared.url, &self.connection_name()),
+        )
+        .await
+        .map_err(|_| ConnectError::Unreachable {
+            url: redact_url(&self.shared.url),
+            reason: format!("no answer within {CONNECT_TIMEOUT:?}"),
+        })??;
+        let setup = |what: &str, e: amqprs::error::Error| ConnectError::Setup {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        };
+        let end = Arc::new(SessionEnd::default());
+        connection
+            .register_callback(ConnectionEvents { end: end.clone() })
+            .await
+            .map_err(|e| setup("the connection", e))?;
+        let channel = connection
+            .open_channel(None)
+            .await
+            .map_err(|e| setup("the publish channel", e))?;
+        let confirms = Confirms::new();
+        channel
+            .register_callback(PublishEvents {
+                confirms: confirms.clone(),
+                end: end.clone(),
+            })
+            .await
+            .map_err(|e| setup("the publish channel", e))?;
+        channel
+            .confirm_select(ConfirmSelectArguments::default())
+            .await
+            .map_err(|e| setup("publisher confirms", e))?;
+        channel
+            .exchange_declare(cancel_exchange_declaration())
+            .await
+            .map_err(|e| setup("the cancel exchange", e))?;
+        let queues = lock(&self.shared.queues).clone();
+        for queue in &queues {
+            declare_request_queue(&connection, queue).await;
+        }
+        let replies = connection
+            .open_channel(None)
+            .await
+            .map_err(|e| setup("the reply channel", e))?;
+        replies
+            .register_callback(ReplyEvents { end: end.clone() })
+            .await
+            .map_err(|e| setup("the reply channel", e))?;
+        let reply_queue = self.next_reply_queue();
+        replies
+            .queue_declare(reply_queue_declaration(&reply_queue))
+            .await
+            .map_err(|e| setup("the reply queue", e))?;
+        let (_, consumer) = replies
+            .basic_consume_rx(reply_consumer(&reply_queue, "taskgate-host"))
+            .await
+            .map_err(|e| setup("the reply consumer", e))?;
+        let live = Arc::new(Live {
+            connection,
+            publisher: Publisher {
+                channel,
+                last_tag: tokio::sync::Mutex::new(0),
+                confirms,
+            },
+            replies,
+            reply_queue,
+            end,
+        });
+        self.shared.consuming.store(true, Ordering::SeqCst);
+        self.shared.live.store(Some(live.clone()));
+        Ok((consumer, live))
+    }
+}
+
+/// ±20 %, so that hosts cut off together do not all reconnect in the same instant.
+fn jitter(delay: Duration) -> Duration {
+    let random = (Uuid::new_v4().as_u128() % 1000) as f64 / 1000.0;
+    delay.mul_f64(0.8 + 0.4 * random)
+}
+
+/// Resolves when the session of `live` is over: the broker closed the connection or a
+/// channel, the socket failed, or — checked on a timer, as a backstop — the client says a
+/// channel or the connection is no longer open. The waiting publishes then fail at once.
+async fn watch(live: &Live) -> String {
+    let reason = tokio::select! {
+        reason = live.end.ended() => reason,
+        _ = live.connection.listen_network_io_failure() => "the connection to the broker failed".to_owned(),
+        reason = poll_open(live) => reason,
+    };
+    live.publisher.confirms.close(&reason);
+    reason
+}
+
+async fn poll_open(live: &Live) -> String {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        tick.tick().await;
+        if !live.connection.is_open() {
+            return "the connection is closed".to_owned();
+        }
+        if !live.publisher.channel.is_open() {
+            return "the publish channel is closed".to_owned();
+        }
+        if !live.replies.is_open() {
+            return "the reply channel is closed".to_owned();
+        }
+    }
+}
+
+/// Closes a session's channels, then its connection (the broker then deletes the
+/// exclusive reply queue), each step bounded in time.
+async fn close(live: &Live, reason: &str) {
+    live.publisher.confirms.close(reason);
+    for channel in [&live.replies, &live.publisher.channel] {
+        if channel.is_open() {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.clone().close()).await;
+        }
+    }
+    if live.connection.is_open() {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, live.connection.clone().close()).await;
+    }
+}
+
+async fn read_replies<F: Fn(IncomingReply)>(
+    consumer: &mut UnboundedReceiver<ConsumerMessage>,
+    on_reply: &F,
+) -> String {
+    while let Some(message) = consumer.recv().await {
+        on_reply(incoming_reply(message.basic_properties, message.content));
+    }
+    "the reply consumer ended".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
+        let delays: Vec<u64> = (0..5).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(delays, vec![100, 200, 400, 500, 500]);
+    }
+}

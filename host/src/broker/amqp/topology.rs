@@ -1,0 +1,125 @@
+//! What the host declares on the broker (protocol §2.1): the request queues of enabled
+//! request types ([`QueueDecl`], with their arguments as an AMQP field table), the
+//! `taskgate.cancel` fanout exchange, and a session's exclusive reply queue and its consumer.
+
+use amqprs::channel::{
+    BasicConsumeArguments, ExchangeDeclareArguments, ExchangeType, QueueDeclareArguments,
+};
+use amqprs::connection::Connection;
+use amqprs::{FieldName, FieldTable, FieldValue};
+use serde_json::{Map, Value};
+use taskgate_protocol::amqp as names;
+use tracing::{debug, error};
+
+use super::message::long_string;
+
+/// A queue the host declares for an enabled request type (protocol §2.1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDecl {
+    pub name: String,
+    pub arguments: Map<String, Value>,
+}
+
+/// Declares a request queue on its own channel: an argument mismatch with an existing
+/// queue closes the channel, and must not take the others down.
+pub(super) async fn declare_request_queue(connection: &Connection, queue: &QueueDecl) {
+    let arguments = match field_table(&queue.arguments) {
+        Ok(arguments) => arguments,
+        Err(reason) => {
+            error!(queue = %queue.name, %reason, "queue not declared");
+            return;
+        }
+    };
+    if queue.name.len() > 255 {
+        error!(queue = %queue.name, "queue not declared: AMQP queue names have at most 255 bytes");
+        return;
+    }
+    let result = async {
+        let channel = connection.open_channel(None).await?;
+        channel
+            .queue_declare(
+                QueueDeclareArguments::new(&queue.name)
+                    .durable(true)
+                    .arguments(arguments)
+                    .finish(),
+            )
+            .await?;
+        channel.close().await
+    }
+    .await;
+    match result {
+        Ok(()) => debug!(queue = %queue.name, "request queue declared"),
+        Err(e) => {
+            error!(queue = %queue.name, error = %e, "request queue could not be declared (does it exist with other arguments?)")
+        }
+    }
+}
+
+/// JSON queue arguments (from plugins and plugins.toml) as an AMQP field table.
+pub fn field_table(arguments: &Map<String, Value>) -> Result<FieldTable, String> {
+    let mut table = FieldTable::new();
+    for (key, value) in arguments {
+        let value = match value {
+            Value::String(s) => FieldValue::S(long_string(s)?),
+            Value::Bool(b) => FieldValue::t(*b),
+            Value::Number(n) if n.is_i64() => FieldValue::l(n.as_i64().unwrap_or_default()),
+            Value::Number(n) if n.is_u64() => FieldValue::l(
+                i64::try_from(n.as_u64().unwrap_or_default())
+                    .map_err(|_| format!("queue argument `{key}` is too large"))?,
+            ),
+            Value::Number(n) => FieldValue::d(n.as_f64().unwrap_or_default()),
+            other => {
+                return Err(format!(
+                    "queue argument `{key}` has an unsupported value {other}"
+                ))
+            }
+        };
+        let name = FieldName::try_from(key.as_str())
+            .map_err(|_| format!("queue argument name `{key}` is longer than 255 bytes"))?;
+        table.insert(name, value);
+    }
+    Ok(table)
+}
+
+/// The fanout exchange that carries cancellations to every worker (protocol §2.4).
+pub(super) fn cancel_exchange_declaration() -> ExchangeDeclareArguments {
+    ExchangeDeclareArguments::of_type(names::CANCEL_EXCHANGE, ExchangeType::Fanout)
+        .durable(true)
+        .finish()
+}
+
+/// A host's reply queue: exclusive and auto-deleted, it lives and dies with one broker
+/// session. The benchmark's direct client declares the same, to measure the same thing.
+pub fn reply_queue_declaration(name: &str) -> QueueDeclareArguments {
+    QueueDeclareArguments::new(name)
+        .exclusive(true)
+        .auto_delete(true)
+        .finish()
+}
+
+/// The consumer of a reply queue: exclusive, and auto-ack — a reply is relayed once, and a
+/// lost session ends its requests anyway.
+pub fn reply_consumer(queue: &str, tag: &str) -> BasicConsumeArguments {
+    BasicConsumeArguments::new(queue, tag)
+        .manual_ack(false)
+        .exclusive(true)
+        .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn queue_arguments_become_typed_amqp_values() {
+        let args = json!({"x-queue-type": "quorum", "x-max-length": 10, "x-flag": true});
+        let table = field_table(args.as_object().unwrap()).unwrap();
+        let get = |name: &str| table.get(&FieldName::try_from(name).unwrap());
+        assert!(matches!(get("x-queue-type"), Some(FieldValue::S(_))));
+        assert!(matches!(get("x-max-length"), Some(FieldValue::l(10))));
+        assert!(matches!(get("x-flag"), Some(FieldValue::t(true))));
+        assert!(field_table(json!({"x": [1]}).as_object().unwrap()).is_err());
+    }
+}

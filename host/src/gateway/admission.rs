@@ -1,0 +1,306 @@
+//! Admission of a `request` event and its publish. Admission runs synchronously, in the
+//! connection's event order: the request rate and shutdown gates, the checks that need no
+//! state (`envelope::check`), then the reservation of the client id and the
+//! in-flight entry. The publish runs after it, and the ack follows the broker's confirm.
+
+use std::collections::hash_map::Entry;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use taskgate_protocol::trace::TraceParent;
+use taskgate_protocol::ErrorCode;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use super::envelope::{self, Caller, InFlightCount, Refusal, RequestEnvelope, ValidRequest};
+use super::{Gateway, InFlight, Stage};
+use crate::broker::{Broker, OutgoingRequest, PublishError};
+use crate::error::{RateLimit, RequestError, UnavailableCause};
+use crate::metrics::{Outcome, RequestMetrics};
+use crate::routes::RequestTypeSpec;
+use crate::session::Session;
+use crate::sink::ClientSink;
+use crate::trace::{self, ClientTrace};
+
+/// A request entered in flight, `Publishing`: what its publish step needs.
+struct Admitted<C> {
+    conn: C,
+    correlation_id: Uuid,
+    spec: Arc<RequestTypeSpec>,
+    body: Box<str>,
+    identity: Option<Arc<str>>,
+    traceparent: TraceParent,
+}
+
+impl<B: Broker, S: ClientSink> Gateway<B, S> {
+    /// Handles one `request` event in two steps. Admission (checks, id reservation) runs
+    /// now, synchronously, so that it is ordered with the connection's other events — a
+    /// `cancel` sent right after a `request` always finds it. The returned future publishes
+    /// and acknowledges; `None` means the request was refused and the refusal already sent.
+    /// `envelope` is `Err` with a parse message when the event body had the wrong shape.
+    pub fn submit(
+        self: &Arc<Self>,
+        conn: S::Conn,
+        envelope: Result<RequestEnvelope, String>,
+        ack: S::Ack,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        match self.admit(conn, envelope) {
+            Ok(admitted) => {
+                let gateway = self.clone();
+                Some(async move { gateway.publish(admitted, ack).await })
+            }
+            Err(Refusal { error, spec }) => {
+                // A refusal after the type lookup counts against the type.
+                let type_metrics = spec.map(|spec| self.metrics.for_type(&spec.name));
+                self.metrics
+                    .refused(type_metrics.as_ref(), error.code().as_str());
+                debug!(?conn, code = %error.code(), %error, "request refused");
+                self.send_refusal(conn, ack, &error);
+                None
+            }
+        }
+    }
+
+    /// [`Gateway::submit`] and its publish step, in one call.
+    pub async fn handle_request(
+        self: &Arc<Self>,
+        conn: S::Conn,
+        envelope: Result<RequestEnvelope, String>,
+        ack: S::Ack,
+    ) {
+        if let Some(publish) = self.submit(conn, envelope, ack) {
+            publish.await;
+        }
+    }
+
+    async fn publish(self: Arc<Self>, admitted: Admitted<S::Conn>, ack: S::Ack) {
+        let Admitted {
+            conn,
+            correlation_id,
+            spec,
+            body,
+            identity,
+            traceparent,
+        } = admitted;
+        let deadline = Instant::now() + spec.timeout;
+        let request = OutgoingRequest {
+            correlation_id,
+            request_type: spec.name.as_str().into(),
+            queue: spec.queue.as_str().into(),
+            body,
+            streams: spec.streams,
+            timeout: spec.timeout,
+            deadline_ms: unix_ms_after(spec.timeout),
+            identity,
+            traceparent,
+        };
+        let wait = self.options.publish_timeout.min(spec.timeout);
+        let published = match tokio::time::timeout(wait, self.broker.publish(request)).await {
+            Ok(result) => result,
+            Err(_) => Err(PublishError::ConfirmTimeout(wait)),
+        };
+        match published {
+            Ok(()) => self.activate(conn, correlation_id, ack, deadline),
+            Err(error) => {
+                warn!(%correlation_id, %traceparent, request_type = %spec.name, %error, "publish failed");
+                if let Some((_, mut request)) = self.inflight.remove(&correlation_id) {
+                    request
+                        .metrics
+                        .finish(Outcome::Error(ErrorCode::Unavailable.as_str()));
+                    self.release_id(correlation_id, &request);
+                }
+                // The broker may have taken the message before the failure (no confirm
+                // seen): tell workers not to run it.
+                if matches!(
+                    error,
+                    PublishError::ConfirmTimeout(_) | PublishError::Amqp(_)
+                ) {
+                    self.spawn_cancel(correlation_id);
+                }
+                let error = RequestError::Unavailable(UnavailableCause::PublishFailed(error));
+                self.send_refusal(conn, ack, &error);
+            }
+        }
+    }
+
+    /// Admits a request: the request rate and shutdown gates, then the checks that need no
+    /// state ([`envelope::check`]), then the reservation of its id and in-flight entry.
+    fn admit(
+        &self,
+        conn: S::Conn,
+        envelope: Result<RequestEnvelope, String>,
+    ) -> Result<Admitted<S::Conn>, Refusal> {
+        let started = Instant::now();
+        let session = self.sessions.get(&conn).map(|s| s.value().clone());
+        // Every event counts against the rate, malformed ones too, and it is the first
+        // check: a flooding client costs as little as possible.
+        if let Some(session) = &session {
+            session.check_rate().map_err(|wait| {
+                RequestError::RateLimited(RateLimit::Rate {
+                    per_second: session.requests_per_second(),
+                    retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
+                })
+            })?;
+        }
+        if !self.is_admitting() {
+            return Err(RequestError::Unavailable(UnavailableCause::ShuttingDown).into());
+        }
+        // Admission runs in event order per connection, so the count cannot grow between
+        // this check and the reservation below.
+        let in_flight = self.max_in_flight.map(|max| InFlightCount {
+            now: self.conns.get(&conn).map_or(0, |requests| requests.len()),
+            max,
+        });
+        let caller = Caller {
+            session: session.as_deref(),
+            in_flight,
+        };
+        let request = envelope::check(envelope, &self.routes.load(), &caller)?;
+        let spec = request.spec.clone();
+        self.reserve(conn, request, session.as_deref(), started)
+            .map_err(|error| Refusal {
+                error,
+                spec: Some(spec),
+            })
+    }
+
+    /// Reserves the client id of a checked request on its connection (`DUPLICATE_ID` if
+    /// taken) and enters it in flight, `Publishing`.
+    fn reserve(
+        &self,
+        conn: S::Conn,
+        request: ValidRequest,
+        session: Option<&Session>,
+        started: Instant,
+    ) -> Result<Admitted<S::Conn>, RequestError> {
+        let ValidRequest {
+            client_id,
+            spec,
+            body,
+            client_trace,
+        } = request;
+        let correlation_id = Uuid::new_v4();
+        let traceparent = trace::for_request(client_trace, correlation_id);
+        if client_trace == ClientTrace::Invalid {
+            debug!(%correlation_id, %traceparent, "the client's traceparent is not valid; a new trace was started");
+        }
+        let client_id: Arc<str> = client_id.into();
+        {
+            let mut requests = self.conns.get_mut(&conn).ok_or(RequestError::Unavailable(
+                UnavailableCause::ConnectionClosing,
+            ))?;
+            match requests.entry(client_id.clone()) {
+                Entry::Occupied(_) => return Err(RequestError::DuplicateId(client_id.to_string())),
+                Entry::Vacant(slot) => {
+                    slot.insert(correlation_id);
+                }
+            }
+        }
+        self.inflight.insert(
+            correlation_id,
+            InFlight {
+                conn,
+                client_id,
+                request_type: spec.name.as_str().into(),
+                timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
+                stage: Stage::Publishing {
+                    buffered: Vec::new(),
+                    ended: None,
+                },
+                next_seq: 0,
+                deadline: None,
+                trace: traceparent,
+                metrics: RequestMetrics::start(self.metrics.for_type(&spec.name), started),
+            },
+        );
+        debug!(%correlation_id, %traceparent, request_type = %spec.name, "request admitted");
+        Ok(Admitted {
+            conn,
+            correlation_id,
+            spec,
+            body,
+            identity: session.and_then(|s| s.identity_header().cloned()),
+            traceparent,
+        })
+    }
+    /// The broker confirmed the publish: acknowledge, then deliver what arrived meanwhile.
+    fn activate(
+        self: &Arc<Self>,
+        conn: S::Conn,
+        correlation_id: Uuid,
+        ack: S::Ack,
+        deadline: Instant,
+    ) {
+        let mut ack = Some(ack);
+        let mut known = false;
+        let mut ended_early = false;
+        let mut ack_lost = false;
+        let finished = self.inflight.remove_if_mut(&correlation_id, |_, request| {
+            known = true;
+            if let Some(ack) = ack.take() {
+                if self.sink.ack(ack, Ok(())).is_err() {
+                    ack_lost = true;
+                    return true;
+                }
+            }
+            let Stage::Publishing { buffered, ended } =
+                std::mem::replace(&mut request.stage, Stage::Active)
+            else {
+                return false;
+            };
+            for outbound in buffered {
+                if self.deliver(request, outbound) {
+                    return true;
+                }
+            }
+            if let Some(error) = ended {
+                ended_early = true;
+                self.emit_error(request, &error);
+                return true;
+            }
+            self.watch_deadline(correlation_id, deadline);
+            request.deadline = Some(deadline);
+            false
+        });
+        if let Some((_, request)) = finished {
+            self.release_id(correlation_id, &request);
+            if ended_early || ack_lost {
+                self.spawn_cancel(correlation_id);
+            }
+            if ack_lost {
+                warn!(%correlation_id, traceparent = %request.trace, ?conn, "the ack could not be sent (client not reading); request cancelled and client disconnected");
+                self.sink.disconnect(conn);
+            } else {
+                // Its final reply (or its end) came before the confirm.
+                debug!(%correlation_id, traceparent = %request.trace, request_type = %request.request_type, "request finished");
+            }
+        } else if !known {
+            // The client disconnected while we were publishing: nobody waits for this.
+            if let Some(ack) = ack.take() {
+                let _ = self.sink.ack(ack, Ok(()));
+            }
+            self.spawn_cancel(correlation_id);
+        }
+    }
+
+    /// Sends a refusal; a client that cannot even receive that is dropped, so it does not
+    /// wait forever for an answer.
+    fn send_refusal(&self, conn: S::Conn, ack: S::Ack, error: &RequestError) {
+        if self.sink.ack(ack, Err(&error.to_body())).is_err() {
+            warn!(
+                ?conn,
+                "a refusal could not be sent (client not reading); disconnecting it"
+            );
+            self.sink.disconnect(conn);
+        }
+    }
+}
+
+fn unix_ms_after(timeout: Duration) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    (now + timeout).as_millis() as u64
+}

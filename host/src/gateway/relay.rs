@@ -1,0 +1,169 @@
+//! Worker replies on their way to the client: a reply is read ([`Gateway::on_reply`]),
+//! held back while its request is still being published, and delivered in order — chunks
+//! numbered by the host, a result or error ending the request.
+
+use serde_json::value::RawValue;
+use taskgate_protocol::{ErrorBody, ErrorCode, ReplyKind, WorkerErrorBody};
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use super::{Gateway, InFlight, Outbound, Stage};
+use crate::broker::{Broker, IncomingReply};
+use crate::metrics::Outcome;
+use crate::sink::{ClientSink, EmitError, ResponseEvent};
+
+impl<B: Broker, S: ClientSink> Gateway<B, S> {
+    /// Sends one reply to the client. Returns true when it was the final one.
+    pub(super) fn deliver(&self, request: &mut InFlight<S::Conn>, outbound: Outbound) -> bool {
+        match outbound {
+            Outbound::Chunk { seq, data } => {
+                if let Some(worker_seq) = seq {
+                    // A redelivered request starts its chunks over: skip the ones sent.
+                    if worker_seq >= 0 && (worker_seq as u64) < request.next_seq {
+                        debug!(traceparent = %request.trace, client_id = %request.client_id, worker_seq, "duplicate chunk dropped");
+                        return false;
+                    }
+                }
+                let seq = request.next_seq;
+                request.next_seq += 1;
+                request.metrics.chunk();
+                self.emit(
+                    request.conn,
+                    &ResponseEvent::chunk(&request.client_id, seq, &data),
+                );
+                false
+            }
+            Outbound::Result(data) => {
+                request.metrics.finish(Outcome::Ok);
+                self.emit(
+                    request.conn,
+                    &ResponseEvent::result(&request.client_id, &data),
+                );
+                true
+            }
+            Outbound::Error(error) => {
+                self.emit_error(request, &error);
+                true
+            }
+        }
+    }
+
+    /// Sends a final error (the request's outcome, for metrics).
+    pub(super) fn emit_error(&self, request: &mut InFlight<S::Conn>, error: &ErrorBody) {
+        request.metrics.finish(Outcome::Error(&error.code));
+        self.emit(
+            request.conn,
+            &ResponseEvent::error(&request.client_id, error),
+        );
+    }
+
+    fn emit(&self, conn: S::Conn, event: &ResponseEvent<'_>) {
+        match self.sink.emit(conn, event) {
+            Ok(()) => {}
+            Err(EmitError::Gone) => debug!(?conn, "response for a closed connection dropped"),
+            Err(EmitError::Full) => {
+                warn!(
+                    ?conn,
+                    "client is not reading its responses (send buffer full); disconnecting it"
+                );
+                self.sink.disconnect(conn);
+            }
+            Err(EmitError::Encode) => warn!(?conn, "response could not be encoded"),
+        }
+    }
+
+    /// Handles one reply message from a worker.
+    pub fn on_reply(&self, reply: IncomingReply) {
+        let Some(correlation_id) = reply
+            .correlation_id
+            .as_deref()
+            .and_then(|c| Uuid::parse_str(c).ok())
+        else {
+            debug!(correlation_id = ?reply.correlation_id, "reply without a valid correlation id dropped");
+            return;
+        };
+        if !self.inflight.contains_key(&correlation_id) {
+            debug!(%correlation_id, "reply for an unknown or finished request dropped");
+            return;
+        }
+        let Some(kind) = reply.kind.as_deref().and_then(ReplyKind::parse) else {
+            warn!(%correlation_id, kind = ?reply.kind, "reply with an unknown `type` dropped");
+            return;
+        };
+        let outbound = match kind {
+            ReplyKind::Chunk => match raw_json(reply.body) {
+                Some(data) => Outbound::Chunk {
+                    seq: reply.seq,
+                    data,
+                },
+                None => {
+                    warn!(%correlation_id, "chunk whose body is not JSON dropped");
+                    return;
+                }
+            },
+            ReplyKind::Result => match raw_json(reply.body) {
+                Some(data) => Outbound::Result(data),
+                None => {
+                    warn!(%correlation_id, "result whose body is not JSON");
+                    Outbound::Error(ErrorBody::new(
+                        ErrorCode::WorkerError,
+                        "the worker's result was not valid JSON",
+                    ))
+                }
+            },
+            ReplyKind::Error => match serde_json::from_slice::<WorkerErrorBody>(&reply.body) {
+                Ok(body) => Outbound::Error(body.into_error_body()),
+                Err(error) => {
+                    warn!(%correlation_id, %error, "malformed error reply");
+                    Outbound::Error(ErrorBody::new(
+                        ErrorCode::WorkerError,
+                        "the worker reported an error in a malformed reply",
+                    ))
+                }
+            },
+        };
+        self.route_reply(correlation_id, outbound);
+    }
+
+    fn route_reply(&self, correlation_id: Uuid, outbound: Outbound) {
+        if let Outbound::Chunk { .. } = outbound {
+            if let Some(mut request) = self.inflight.get_mut(&correlation_id) {
+                match &mut request.stage {
+                    Stage::Publishing { buffered, .. } => buffered.push(outbound),
+                    Stage::Active => {
+                        self.deliver(&mut request, outbound);
+                    }
+                }
+            }
+            return;
+        }
+        let mut outbound = Some(outbound);
+        let finished = self.inflight.remove_if_mut(&correlation_id, |_, request| {
+            let Some(outbound) = outbound.take() else {
+                return false;
+            };
+            match &mut request.stage {
+                Stage::Publishing { buffered, .. } => {
+                    buffered.push(outbound);
+                    false
+                }
+                Stage::Active => self.deliver(request, outbound),
+            }
+        });
+        if let Some((_, request)) = finished {
+            debug!(%correlation_id, traceparent = %request.trace, request_type = %request.request_type, "request finished");
+            self.release_id(correlation_id, &request);
+        }
+    }
+}
+
+/// Takes a worker's body as JSON without copying it when it is already tight.
+fn raw_json(body: Vec<u8>) -> Option<Box<RawValue>> {
+    let text = String::from_utf8(body).ok()?;
+    if text.trim().len() == text.len() {
+        RawValue::from_string(text).ok()
+    } else {
+        // Surrounding whitespace is legal JSON but not a valid RawValue: copy it out.
+        serde_json::from_str::<Box<RawValue>>(&text).ok()
+    }
+}

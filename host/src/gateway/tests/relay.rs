@@ -1,0 +1,180 @@
+//! Worker replies relayed to the client: order, `seq`, replies before the ack, malformed
+//! replies, a client that does not read.
+
+use super::*;
+
+#[tokio::test]
+async fn chunks_are_relayed_in_order_with_seq_and_nothing_follows_the_final_reply() {
+    let h = harness();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let c = h.last_correlation_id();
+    for i in 0..3 {
+        h.gateway
+            .on_reply(reply(c, "chunk", &format!("{{\"i\":{i}}}")));
+    }
+    h.gateway.on_reply(reply(c, "result", "\"done\""));
+    h.gateway.on_reply(reply(c, "chunk", "{\"late\":true}"));
+    h.gateway.on_reply(reply(c, "result", "\"again\""));
+    assert_eq!(
+        h.sink.events(CONN),
+        vec![
+            json!({"id": "a", "type": "chunk", "seq": 0, "data": {"i": 0}}),
+            json!({"id": "a", "type": "chunk", "seq": 1, "data": {"i": 1}}),
+            json!({"id": "a", "type": "chunk", "seq": 2, "data": {"i": 2}}),
+            json!({"id": "a", "type": "result", "data": "done"}),
+        ]
+    );
+    h.assert_clean();
+}
+
+#[tokio::test]
+async fn chunks_replayed_by_a_redelivered_request_are_not_sent_twice() {
+    let h = harness();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let c = h.last_correlation_id();
+    let chunk = |seq: i64| IncomingReply {
+        seq: Some(seq),
+        ..reply(c, "chunk", &seq.to_string())
+    };
+    for seq in [0, 1, 0, 1, 2] {
+        h.gateway.on_reply(chunk(seq));
+    }
+    let seqs: Vec<Value> = h
+        .sink
+        .events(CONN)
+        .iter()
+        .map(|e| e["data"].clone())
+        .collect();
+    assert_eq!(seqs, vec![json!(0), json!(1), json!(2)]);
+}
+
+#[tokio::test]
+async fn replies_before_the_confirm_wait_until_the_ack_is_sent() {
+    let h = harness();
+    h.broker.hold_confirms(true);
+    let gateway = h.gateway.clone();
+    let submit = tokio::spawn(async move {
+        gateway
+            .handle_request(CONN, req("a", "echo", json!(1)), 1)
+            .await
+    });
+    while h.broker.published().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    let c = h.last_correlation_id();
+    h.gateway.on_reply(reply(c, "chunk", "1"));
+    h.gateway.on_reply(reply(c, "result", "2"));
+    assert!(
+        h.sink.events(CONN).is_empty(),
+        "nothing may precede the ack"
+    );
+    assert!(h.sink.acks(1).is_empty());
+    h.broker.release_confirms();
+    submit.await.unwrap();
+    assert_eq!(h.sink.acks(1), vec![json!({"ok": true})]);
+    assert_eq!(h.sink.events(CONN).len(), 2);
+    h.assert_clean();
+}
+
+#[tokio::test]
+async fn malformed_worker_replies_never_break_the_request() {
+    let h = harness();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let c = h.last_correlation_id();
+    h.gateway.on_reply(reply(c, "chunk", "not json"));
+    h.gateway.on_reply(reply(c, "bogus", "1"));
+    h.gateway.on_reply(IncomingReply {
+        kind: None,
+        ..reply(c, "x", "1")
+    });
+    h.gateway.on_reply(IncomingReply {
+        correlation_id: Some("garbage".into()),
+        ..reply(c, "result", "1")
+    });
+    h.gateway.on_reply(reply(Uuid::new_v4(), "result", "1"));
+    assert!(h.sink.events(CONN).is_empty());
+    h.gateway.on_reply(IncomingReply {
+        body: vec![0xff, 0xfe],
+        ..reply(c, "result", "")
+    });
+    let events = h.sink.events(CONN);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["error"]["code"], json!("WORKER_ERROR"));
+    h.assert_clean();
+}
+
+#[tokio::test]
+async fn worker_errors_keep_their_code_or_default_to_worker_error() {
+    let h = harness();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    h.gateway.on_reply(reply(
+        h.last_correlation_id(),
+        "error",
+        r#"{"message":"boom","details":{"k":1}}"#,
+    ));
+    h.submit(2, req("b", "echo", json!(1))).await;
+    h.gateway.on_reply(reply(
+        h.last_correlation_id(),
+        "error",
+        r#"{"code":"NOT_FOUND","message":"no"}"#,
+    ));
+    h.submit(3, req("c", "echo", json!(1))).await;
+    h.gateway
+        .on_reply(reply(h.last_correlation_id(), "error", r#"[1,2]"#));
+    let errors: Vec<Value> = h
+        .sink
+        .events(CONN)
+        .iter()
+        .map(|e| e["error"].clone())
+        .collect();
+    assert_eq!(
+        errors[0],
+        json!({"code": "WORKER_ERROR", "message": "boom", "details": {"k": 1}})
+    );
+    assert_eq!(errors[1], json!({"code": "NOT_FOUND", "message": "no"}));
+    assert_eq!(errors[2]["code"], json!("WORKER_ERROR"));
+    h.assert_clean();
+}
+
+#[tokio::test]
+async fn results_with_surrounding_whitespace_are_relayed() {
+    let h = harness();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    h.gateway
+        .on_reply(reply(h.last_correlation_id(), "result", " {\"a\":1}\n"));
+    assert_eq!(h.sink.events(CONN)[0]["data"], json!({"a": 1}));
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_disconnected() {
+    let h = harness();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    h.sink.make_full(CONN);
+    h.gateway
+        .on_reply(reply(h.last_correlation_id(), "chunk", "1"));
+    assert_eq!(h.sink.disconnected(), vec![CONN]);
+}
+
+#[tokio::test]
+async fn a_request_in_flight_when_its_type_is_disabled_still_gets_its_replies() {
+    let h = harness();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let c = h.last_correlation_id();
+    h.gateway.set_routes(RoutingTable::default());
+
+    let ack = h.submit(2, req("b", "echo", json!(2))).await;
+    assert_eq!(refusal_code(&ack), "UNKNOWN_REQUEST_TYPE");
+
+    let mut chunk = reply(c, "chunk", "\"part\"");
+    chunk.seq = Some(0);
+    h.gateway.on_reply(chunk);
+    h.gateway.on_reply(reply(c, "result", "\"done\""));
+    assert_eq!(
+        h.sink.events(CONN),
+        vec![
+            json!({"id": "a", "type": "chunk", "seq": 0, "data": "part"}),
+            json!({"id": "a", "type": "result", "data": "done"}),
+        ]
+    );
+    h.assert_clean();
+}

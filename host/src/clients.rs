@@ -78,6 +78,13 @@ impl ClientSink for HostSink {
         }
     }
 
+    fn ack_json(&self, ack: ClientAck, body: &serde_json::Value) -> Result<(), EmitError> {
+        match ack {
+            ClientAck::SocketIo(ack) => self.socketio.ack_json(ack, body),
+            ClientAck::WebSocket(ack) => self.websocket.ack_json(ack, body),
+        }
+    }
+
     fn emit(&self, conn: ClientId, event: &ResponseEvent<'_>) -> Result<(), EmitError> {
         match conn {
             ClientId::SocketIo(sid) => self.socketio.emit(sid, event),

@@ -44,6 +44,10 @@ pub enum RequestError {
     Cancelled,
     #[error("internal error: {0}")]
     Internal(String),
+    /// `attach` (protocol §4.2): the same answer whether the task never existed, belongs to
+    /// someone else or has ended, so that it reveals nothing.
+    #[error("no request with this id to attach to: it never existed, belongs to another session, or has ended")]
+    TaskNotFound,
 }
 
 /// Why a request is `UNAVAILABLE`: the host cannot take it now, or cannot finish it.
@@ -140,6 +144,7 @@ impl RequestError {
             RequestError::Timeout(_) => ErrorCode::Timeout,
             RequestError::Cancelled => ErrorCode::Cancelled,
             RequestError::Internal(_) => ErrorCode::Internal,
+            RequestError::TaskNotFound => ErrorCode::TaskNotFound,
         }
     }
 

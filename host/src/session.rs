@@ -9,6 +9,7 @@ use std::time::Duration;
 use taskgate_protocol::Identity;
 
 use crate::limits::{ConnectionSlot, RequestRate};
+use crate::resume::Owner;
 
 #[derive(Debug)]
 pub struct Session {
@@ -18,6 +19,8 @@ pub struct Session {
     rate: RequestRate,
     /// Frees the connection's place when the session is dropped.
     _slot: Option<ConnectionSlot>,
+    /// Set when the client opted in to sessions (protocol §4): who its requests belong to.
+    owner: Option<Owner>,
 }
 
 impl Session {
@@ -40,7 +43,19 @@ impl Session {
             identity_header,
             rate,
             _slot: slot,
+            owner: None,
         }
+    }
+
+    /// The connection's requests belong to `owner` and outlive it (protocol §4).
+    pub fn with_owner(mut self, owner: Owner) -> Self {
+        self.owner = Some(owner);
+        self
+    }
+
+    /// `None` unless the client opted in to sessions.
+    pub fn owner(&self) -> Option<&Owner> {
+        self.owner.as_ref()
     }
 
     /// `None` when the host runs without authentication.

@@ -130,6 +130,8 @@ pub trait ClientSink: Send + Sync + 'static {
     /// Sends the ack. An error means the client will never see it: the caller must end
     /// the request and drop the connection rather than leave the client waiting.
     fn ack(&self, ack: Self::Ack, outcome: Result<(), &ErrorBody>) -> Result<(), EmitError>;
+    /// Sends an ack with a body of its own (`attach`'s `{ ok, state, firstSeq }`).
+    fn ack_json(&self, ack: Self::Ack, body: &serde_json::Value) -> Result<(), EmitError>;
     /// Sends a response, in order with the connection's earlier ones. `Full` means the
     /// client fell too far behind (its backlog passed the limit).
     fn emit(&self, conn: Self::Conn, event: &ResponseEvent<'_>) -> Result<(), EmitError>;
@@ -203,6 +205,14 @@ pub mod memory {
             };
             let value = serde_json::to_value(&body).unwrap_or(Value::Null);
             lock(&self.acks).push((tag, value));
+            Ok(())
+        }
+
+        fn ack_json(&self, tag: u32, body: &Value) -> Result<(), EmitError> {
+            if lock(&self.failing_acks).contains(&tag) {
+                return Err(EmitError::Full);
+            }
+            lock(&self.acks).push((tag, body.clone()));
             Ok(())
         }
 

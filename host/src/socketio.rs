@@ -215,6 +215,10 @@ impl ClientSink for SocketIoSink {
         ack.send(&body).map_err(emit_error)
     }
 
+    fn ack_json(&self, ack: AckSender, body: &serde_json::Value) -> Result<(), EmitError> {
+        ack.send(body).map_err(emit_error)
+    }
+
     fn emit(&self, conn: Sid, event: &ResponseEvent<'_>) -> Result<(), EmitError> {
         let inner = &self.inner;
         match inner.backlogs.entry(conn) {

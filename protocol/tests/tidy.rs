@@ -92,9 +92,21 @@ fn event_names_match_everywhere() {
     let mut tidy = Tidy::default();
     tidy.doc_table("the event table (§1)", "| event |", &all);
     tidy.literals(CLIENT_SOCKET, "export const EVENTS = {", "}", &all);
-    let session: Vec<&str> = events::SESSION_EVENTS.iter().map(|(_, name)| *name).collect();
-    tidy.doc_table("the session event table (§4)", "| session event |", &session);
-    tidy.literals(CLIENT_SOCKET, "export const SESSION_EVENTS = {", "}", &session);
+    let session: Vec<&str> = events::SESSION_EVENTS
+        .iter()
+        .map(|(_, name)| *name)
+        .collect();
+    tidy.doc_table(
+        "the session event table (§4)",
+        "| session event |",
+        &session,
+    );
+    tidy.literals(
+        CLIENT_SOCKET,
+        "export const SESSION_EVENTS = {",
+        "}",
+        &session,
+    );
     tidy.finish();
 }
 

@@ -109,7 +109,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                     request
                         .metrics
                         .finish(Outcome::Error(ErrorCode::Unavailable.as_str()));
-                    self.release_id(correlation_id, &request);
+                    self.release_id(correlation_id, request);
                 }
                 // The broker may have taken the message before the failure (no confirm
                 // seen): tell workers not to run it.
@@ -187,16 +187,26 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             debug!(%correlation_id, %traceparent, "the client's traceparent is not valid; a new trace was started");
         }
         let client_id: Arc<str> = client_id.into();
-        {
-            let mut requests = self.conns.get_mut(&conn).ok_or(RequestError::Unavailable(
+        let owner = session.and_then(Session::owner);
+        let resume = self.resumable(owner, &client_id, correlation_id)?;
+        let reserved = match self.conns.get_mut(&conn) {
+            None => Err(RequestError::Unavailable(
                 UnavailableCause::ConnectionClosing,
-            ))?;
-            match requests.entry(client_id.clone()) {
-                Entry::Occupied(_) => return Err(RequestError::DuplicateId(client_id.to_string())),
+            )),
+            Some(mut requests) => match requests.entry(client_id.clone()) {
+                Entry::Occupied(_) => Err(RequestError::DuplicateId(client_id.to_string())),
                 Entry::Vacant(slot) => {
                     slot.insert(correlation_id);
+                    Ok(())
                 }
+            },
+        };
+        if let Err(error) = reserved {
+            if let Some(owner) = owner.filter(|_| resume.is_some()) {
+                self.owned
+                    .remove_if(&(owner.clone(), client_id), |_, id| *id == correlation_id);
             }
+            return Err(error);
         }
         self.inflight.insert(
             correlation_id,
@@ -213,6 +223,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 deadline: None,
                 trace: traceparent,
                 metrics: RequestMetrics::start(self.metrics.for_type(&spec.name), started),
+                resume,
             },
         );
         debug!(%correlation_id, %traceparent, request_type = %spec.name, "request admitted");
@@ -240,7 +251,14 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         let finished = self.inflight.remove_if_mut(&correlation_id, |_, request| {
             known = true;
             if let Some(ack) = ack.take() {
-                if self.sink.ack(ack, Ok(())).is_err() {
+                // A session's request whose connection is gone (or moved) has its client
+                // back through `attach`, whose ack stands for this one.
+                let elsewhere = request.conn != conn
+                    || request
+                        .resume
+                        .as_deref()
+                        .is_some_and(|r| r.parked_until.is_some());
+                if self.sink.ack(ack, Ok(())).is_err() && !elsewhere {
                     ack_lost = true;
                     return true;
                 }
@@ -265,16 +283,18 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             false
         });
         if let Some((_, request)) = finished {
-            self.release_id(correlation_id, &request);
+            let trace = request.trace;
+            let request_type = request.request_type.clone();
+            self.release_id(correlation_id, request);
             if ended_early || ack_lost {
                 self.spawn_cancel(correlation_id);
             }
             if ack_lost {
-                warn!(%correlation_id, traceparent = %request.trace, ?conn, "the ack could not be sent (client not reading); request cancelled and client disconnected");
+                warn!(%correlation_id, traceparent = %trace, ?conn, "the ack could not be sent (client not reading); request cancelled and client disconnected");
                 self.sink.disconnect(conn);
             } else {
                 // Its final reply (or its end) came before the confirm.
-                debug!(%correlation_id, traceparent = %request.trace, request_type = %request.request_type, "request finished");
+                debug!(%correlation_id, traceparent = %trace, %request_type, "request finished");
             }
         } else if !known {
             // The client disconnected while we were publishing: nobody waits for this.

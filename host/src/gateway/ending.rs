@@ -42,7 +42,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             });
             if let Some((_, request)) = ended {
                 debug!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, reason = %error.message, "request ended UNAVAILABLE");
-                self.release_id(correlation_id, &request);
+                self.release_id(correlation_id, request);
                 self.spawn_cancel(correlation_id);
             }
             failed += usize::from(known);
@@ -81,7 +81,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 });
         if let Some((_, request)) = cancelled {
             info!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, "request cancelled by the client");
-            self.release_id(correlation_id, &request);
+            self.release_id(correlation_id, request);
             self.spawn_cancel(correlation_id);
         }
     }
@@ -114,9 +114,14 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         self.deadlines.len()
     }
 
+    /// One of the request's deadlines came due: its timeout, or the end of its session's
+    /// window (`resume`).
     fn expire(&self, correlation_id: Uuid) {
+        let now = Instant::now();
         let expired = self.inflight.remove_if_mut(&correlation_id, |_, request| {
-            if !matches!(request.stage, Stage::Active) {
+            if !matches!(request.stage, Stage::Active)
+                || request.deadline.is_none_or(|deadline| deadline > now)
+            {
                 return false;
             }
             // Already taken out of `deadlines` by the watcher.
@@ -129,8 +134,10 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         });
         if let Some((_, request)) = expired {
             info!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, request_type = %request.request_type, "request timed out");
-            self.release_id(correlation_id, &request);
+            self.release_id(correlation_id, request);
             self.spawn_cancel(correlation_id);
+        } else {
+            self.end_of_window(correlation_id, now);
         }
     }
 }

@@ -37,6 +37,35 @@ pub struct CancelEnvelope {
     pub id: Option<Value>,
 }
 
+/// The `attach` event body (protocol §4.2).
+#[derive(Debug, Deserialize)]
+pub struct AttachEnvelope {
+    #[serde(default)]
+    pub id: Option<Value>,
+    #[serde(default, rename = "afterSeq")]
+    pub after_seq: Option<Value>,
+}
+
+/// A well-formed `attach`: the client id, and the last chunk `seq` the client has (-1: none).
+pub(super) fn check_attach(
+    envelope: Result<AttachEnvelope, String>,
+) -> Result<(String, i64), RequestError> {
+    let envelope = envelope.map_err(RequestError::bad_request)?;
+    let id = client_id(envelope.id)?;
+    let after_seq = match envelope.after_seq {
+        None | Some(Value::Null) => -1,
+        Some(Value::Number(n)) => n.as_i64().filter(|n| *n >= -1).ok_or_else(|| {
+            RequestError::BadRequest("`afterSeq` must be an integer of -1 or more".to_owned())
+        })?,
+        Some(_) => {
+            return Err(RequestError::BadRequest(
+                "`afterSeq` must be an integer of -1 or more".to_owned(),
+            ))
+        }
+    };
+    Ok((id, after_seq))
+}
+
 /// What the check needs to know of the connection that sent the request.
 #[derive(Debug, Default)]
 pub(super) struct Caller<'a> {
@@ -88,14 +117,7 @@ pub(super) fn check(
     caller: &Caller<'_>,
 ) -> Result<ValidRequest, Refusal> {
     let envelope = envelope.map_err(RequestError::bad_request)?;
-    let id = required_string(envelope.id, "id")?;
-    let len = id.chars().count();
-    if len == 0 || len > MAX_CLIENT_ID_LEN {
-        return Err(RequestError::BadRequest(format!(
-            "`id` must be 1 to {MAX_CLIENT_ID_LEN} characters long (got {len})"
-        ))
-        .into());
-    }
+    let id = client_id(envelope.id)?;
     let request_type = required_string(envelope.request_type, "requestType")?;
     let spec = routes
         .get(&request_type)
@@ -137,6 +159,18 @@ fn check_for_type(
         Checked::Unchanged => payload.into(),
         Checked::Normalised(json) => json.into_boxed_str(),
     })
+}
+
+/// A client's request id: a string of 1 to 128 characters.
+fn client_id(value: Option<Value>) -> Result<String, RequestError> {
+    let id = required_string(value, "id")?;
+    let len = id.chars().count();
+    if len == 0 || len > MAX_CLIENT_ID_LEN {
+        return Err(RequestError::BadRequest(format!(
+            "`id` must be 1 to {MAX_CLIENT_ID_LEN} characters long (got {len})"
+        )));
+    }
+    Ok(id)
 }
 
 fn required_string(value: Option<Value>, field: &str) -> Result<String, RequestError> {

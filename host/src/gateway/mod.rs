@@ -27,6 +27,7 @@ mod admission;
 mod ending;
 mod envelope;
 mod relay;
+mod resume;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -42,11 +43,13 @@ use tokio::time::Instant;
 use tracing::debug;
 use uuid::Uuid;
 
-pub use self::envelope::{CancelEnvelope, RequestEnvelope};
+pub use self::envelope::{AttachEnvelope, CancelEnvelope, RequestEnvelope};
+use self::resume::{Kept, Resumable};
 use crate::broker::Broker;
 use crate::deadlines::Deadlines;
 use crate::limits::Limits;
 use crate::metrics::{GatewayMetrics, RequestMetrics};
+use crate::resume::{Owner, ResumeSettings};
 use crate::routes::RoutingTable;
 use crate::session::Session;
 use crate::sink::ClientSink;
@@ -102,6 +105,9 @@ struct InFlight<C> {
     deadline: Option<Instant>,
     trace: TraceParent,
     metrics: RequestMetrics,
+    /// Set for a request of a session (protocol §4): its owner, the chunks it relayed, and
+    /// whether it is parked.
+    resume: Option<Box<Resumable>>,
 }
 
 pub struct Gateway<B: Broker, S: ClientSink> {
@@ -123,6 +129,14 @@ pub struct Gateway<B: Broker, S: ClientSink> {
     admitting: AtomicBool,
     /// Cancellations spawned and not yet handed to the broker (shutdown waits for them).
     pending_cancels: Arc<AtomicUsize>,
+    /// Sessions (protocol §4); `None`: off, every request ends with its connection.
+    resume: Option<ResumeSettings>,
+    /// (owner, client id) → correlation id of every request of a session, in flight or
+    /// kept: what `attach` looks up.
+    owned: DashMap<(Owner, Arc<str>), Uuid>,
+    /// Requests that ended while parked: their outcome waits for an `attach` until the
+    /// window passes.
+    kept: DashMap<Uuid, Kept>,
 }
 
 impl<B: Broker, S: ClientSink> Drop for Gateway<B, S> {
@@ -153,7 +167,17 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             metrics: GatewayMetrics::new(),
             admitting: AtomicBool::new(true),
             pending_cancels: Arc::new(AtomicUsize::new(0)),
+            resume: None,
+            owned: DashMap::new(),
+            kept: DashMap::new(),
         }
+    }
+
+    /// Turns sessions on (protocol §4): the requests of a connection that opted in are
+    /// parked when it drops, for `settings.window`.
+    pub fn with_resume(mut self, settings: ResumeSettings) -> Self {
+        self.resume = settings.enabled().then_some(settings);
+        self
     }
 
     /// Applies the per-connection limits the gateway enforces (requests in flight); the
@@ -217,13 +241,20 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
     }
 
-    /// The connection is gone: forget its requests and tell workers to stop them.
-    pub fn disconnected(&self, conn: S::Conn) {
-        self.sessions.remove(&conn);
+    /// The connection is gone: forget its requests and tell workers to stop them — or,
+    /// for a session's connection, park them until the window passes.
+    pub fn disconnected(self: &Arc<Self>, conn: S::Conn) {
+        let session = self.sessions.remove(&conn);
         let Some((_, requests)) = self.conns.remove(&conn) else {
             return;
         };
         self.metrics.socket_disconnected();
+        if let Some(window) = self.resume.as_ref().map(|r| r.window) {
+            if session.is_some_and(|(_, s)| s.owner().is_some()) {
+                self.park(requests.into_values(), window);
+                return;
+            }
+        }
         for correlation_id in requests.into_values() {
             if let Some((_, request)) = self.inflight.remove(&correlation_id) {
                 if let Some(deadline) = request.deadline {
@@ -238,8 +269,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
     }
 
-    /// Frees the client id of a finished request and stops watching its deadline.
-    fn release_id(&self, correlation_id: Uuid, request: &InFlight<S::Conn>) {
+    /// Frees the client id of a finished request and stops watching its deadline; the
+    /// outcome of a parked one is kept for its client (`resume`).
+    fn release_id(&self, correlation_id: Uuid, request: InFlight<S::Conn>) {
         if let Some(deadline) = request.deadline {
             self.deadlines.remove(deadline, correlation_id);
         }
@@ -248,6 +280,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 requests.remove(&request.client_id);
             }
         }
+        self.keep_if_parked(correlation_id, request);
     }
 
     fn spawn_cancel(&self, correlation_id: Uuid) {

@@ -27,18 +27,14 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 let seq = request.next_seq;
                 request.next_seq += 1;
                 request.metrics.chunk();
-                self.emit(
-                    request.conn,
-                    &ResponseEvent::chunk(&request.client_id, seq, &data),
-                );
+                let client_id = request.client_id.clone();
+                self.send(request, &ResponseEvent::chunk(&client_id, seq, &data));
                 false
             }
             Outbound::Result(data) => {
                 request.metrics.finish(Outcome::Ok);
-                self.emit(
-                    request.conn,
-                    &ResponseEvent::result(&request.client_id, &data),
-                );
+                let client_id = request.client_id.clone();
+                self.send(request, &ResponseEvent::result(&client_id, &data));
                 true
             }
             Outbound::Error(error) => {
@@ -51,13 +47,12 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     /// Sends a final error (the request's outcome, for metrics).
     pub(super) fn emit_error(&self, request: &mut InFlight<S::Conn>, error: &ErrorBody) {
         request.metrics.finish(Outcome::Error(&error.code));
-        self.emit(
-            request.conn,
-            &ResponseEvent::error(&request.client_id, error),
-        );
+        let client_id = request.client_id.clone();
+        self.send(request, &ResponseEvent::error(&client_id, error));
     }
 
-    fn emit(&self, conn: S::Conn, event: &ResponseEvent<'_>) {
+    /// Emits to a connection as it is (`send` is the way for a request's responses).
+    pub(super) fn emit(&self, conn: S::Conn, event: &ResponseEvent<'_>) {
         match self.sink.emit(conn, event) {
             Ok(()) => {}
             Err(EmitError::Gone) => debug!(?conn, "response for a closed connection dropped"),
@@ -152,7 +147,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         });
         if let Some((_, request)) = finished {
             debug!(%correlation_id, traceparent = %request.trace, request_type = %request.request_type, "request finished");
-            self.release_id(correlation_id, &request);
+            self.release_id(correlation_id, request);
         }
     }
 }

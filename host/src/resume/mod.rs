@@ -9,6 +9,7 @@
 pub mod replay;
 pub mod token;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use replay::Replay;
@@ -23,6 +24,14 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(3600);
 pub const DEFAULT_REQUEST_BYTES: u64 = 1024 * 1024;
 /// The shortest cluster secret accepted (HS256 keys: RFC 7518 §3.2).
 pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Who the requests of a session belong to: the authenticated subject, so that every
+/// connection of one user owns the same requests, or else the anonymous session.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Owner {
+    Subject(Arc<str>),
+    Session(SessionId),
+}
 
 /// `[resume]`, resolved.
 #[derive(Debug, Clone, PartialEq)]

@@ -249,15 +249,20 @@ impl Hub {
     }
 
     pub fn ack(&self, ack: WsAck, outcome: Result<(), &ErrorBody>) -> Result<(), EmitError> {
-        // A client that asked for no ack gets none, as over socketioxide.
-        let Some(id) = ack.id else {
-            return Ok(());
-        };
         let body = AckBody {
             ok: outcome.is_ok(),
             error: outcome.err(),
         };
-        self.push(ack.conn, encode(packet::ack(id, &body))?, Urgency::Now)
+        self.ack_with(ack, &body)
+    }
+
+    /// An ack with any body (`attach`'s); a client that asked for no ack gets none, as over
+    /// socketioxide.
+    pub fn ack_with(&self, ack: WsAck, body: &impl serde::Serialize) -> Result<(), EmitError> {
+        let Some(id) = ack.id else {
+            return Ok(());
+        };
+        self.push(ack.conn, encode(packet::ack(id, body))?, Urgency::Now)
     }
 
     pub fn emit(&self, id: WsConnId, event: &ResponseEvent<'_>) -> Result<(), EmitError> {
@@ -305,6 +310,10 @@ impl ClientSink for Hub {
 
     fn ack(&self, ack: WsAck, outcome: Result<(), &ErrorBody>) -> Result<(), EmitError> {
         Hub::ack(self, ack, outcome)
+    }
+
+    fn ack_json(&self, ack: WsAck, body: &serde_json::Value) -> Result<(), EmitError> {
+        Hub::ack_with(self, ack, body)
     }
 
     fn emit(&self, conn: WsConnId, event: &ResponseEvent<'_>) -> Result<(), EmitError> {

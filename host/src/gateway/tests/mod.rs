@@ -26,6 +26,13 @@ struct Harness {
 const CONN: u32 = 1;
 
 fn harness() -> Harness {
+    harness_with(|gateway| gateway)
+}
+
+/// A harness whose gateway `configure` finishes building (e.g. `with_resume`).
+fn harness_with(
+    configure: impl FnOnce(Gateway<MemoryBroker, MemorySink>) -> Gateway<MemoryBroker, MemorySink>,
+) -> Harness {
     let mut echo = parts("echo");
     echo.streams = true;
     let mut slow = parts("slow");
@@ -51,14 +58,14 @@ fn harness() -> Harness {
     ]);
     let broker = Arc::new(MemoryBroker::new());
     let sink = Arc::new(MemorySink::default());
-    let gateway = Arc::new(Gateway::new(
+    let gateway = Arc::new(configure(Gateway::new(
         broker.clone(),
         sink.clone(),
         routes,
         GatewayOptions {
             publish_timeout: Duration::from_secs(1),
         },
-    ));
+    )));
     gateway.connected(CONN);
     Harness {
         gateway,
@@ -373,3 +380,4 @@ async fn without_a_valid_traceparent_a_new_trace_starts_and_the_request_is_not_r
 mod ending;
 mod relay;
 mod request_metrics;
+mod resume;

@@ -1,0 +1,292 @@
+//! Requests of sessions (protocol §4): parked when their connection drops, picked up by an
+//! `attach` on the owner's next connection, cancelled when the window passes.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::resume::{Owner, ResumeSettings, SessionId};
+use crate::session::Session;
+
+const WINDOW: Duration = Duration::from_secs(10);
+
+fn settings() -> ResumeSettings {
+    ResumeSettings {
+        window: WINDOW,
+        request_bytes: 1 << 20,
+    }
+}
+
+fn resumable() -> (Harness, Owner) {
+    let h = harness_with(|g| g.with_resume(settings()));
+    let owner = Owner::Session(SessionId::new());
+    h.gateway.disconnected(CONN);
+    h.gateway
+        .connected_as(CONN, Session::anonymous().with_owner(owner.clone()));
+    (h, owner)
+}
+
+fn attach(v: Value) -> Result<AttachEnvelope, String> {
+    serde_json::from_value(v).map_err(|e| e.to_string())
+}
+
+fn chunk(correlation_id: Uuid, seq: i64, body: &str) -> IncomingReply {
+    IncomingReply {
+        seq: Some(seq),
+        ..reply(correlation_id, "chunk", body)
+    }
+}
+
+fn chunk_seqs(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "chunk")
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect()
+}
+
+impl Harness {
+    fn attach(&self, conn: u32, tag: u32, v: Value) -> Value {
+        self.gateway.attach(conn, attach(v), tag);
+        self.sink.acks(tag).pop().expect("an attach ack")
+    }
+}
+
+#[tokio::test]
+async fn a_parked_request_goes_on_and_attach_replays_what_the_client_missed() {
+    let (h, owner) = resumable();
+    assert_eq!(
+        h.submit(1, req("a", "echo", json!(1))).await,
+        json!({"ok": true})
+    );
+    let id = h.last_correlation_id();
+    for seq in 0..3 {
+        h.gateway.on_reply(chunk(id, seq, &seq.to_string()));
+    }
+    assert_eq!(chunk_seqs(&h.sink.events(CONN)), vec![0, 1, 2]);
+
+    h.gateway.disconnected(CONN);
+    for seq in 3..5 {
+        h.gateway.on_reply(chunk(id, seq, &seq.to_string()));
+    }
+    tokio::task::yield_now().await;
+    assert!(
+        h.broker.cancels().is_empty(),
+        "the worker is not told to stop"
+    );
+    assert_eq!(h.gateway.in_flight(), 1);
+
+    // The client saw up to 1 (2 was lost with the connection).
+    h.gateway
+        .connected_as(2, Session::anonymous().with_owner(owner.clone()));
+    let ack = h.attach(2, 10, json!({"id": "a", "afterSeq": 1}));
+    assert_eq!(ack, json!({"ok": true, "state": "running", "firstSeq": 2}));
+    assert_eq!(chunk_seqs(&h.sink.events(2)), vec![2, 3, 4]);
+    h.gateway.on_reply(chunk(id, 5, "5"));
+    h.gateway.on_reply(reply(id, "result", "\"done\""));
+    let events = h.sink.events(2);
+    assert_eq!(chunk_seqs(&events), vec![2, 3, 4, 5]);
+    assert_eq!(
+        events.last(),
+        Some(&json!({"id": "a", "type": "result", "data": "done"}))
+    );
+    assert_eq!(
+        chunk_seqs(&h.sink.events(CONN)),
+        vec![0, 1, 2],
+        "nothing more to the old connection"
+    );
+    // Over: nothing left, and nothing to attach to.
+    h.assert_clean();
+    assert_eq!(h.gateway.tasks_kept(), 0);
+    let again = h.attach(2, 11, json!({"id": "a", "afterSeq": 5}));
+    assert_eq!(refusal_code(&again), "TASK_NOT_FOUND");
+    assert!(h.broker.cancels().is_empty());
+}
+
+#[tokio::test]
+async fn a_final_reply_while_parked_is_kept_until_attach_delivers_it() {
+    let (h, owner) = resumable();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let id = h.last_correlation_id();
+    h.gateway.on_reply(chunk(id, 0, "0"));
+    h.gateway.disconnected(CONN);
+    h.gateway.on_reply(chunk(id, 1, "1"));
+    h.gateway.on_reply(reply(id, "result", "\"done\""));
+    assert_eq!(h.gateway.in_flight(), 0);
+    assert_eq!(h.gateway.tasks_kept(), 1);
+
+    h.gateway
+        .connected_as(2, Session::anonymous().with_owner(owner));
+    let ack = h.attach(2, 10, json!({"id": "a", "afterSeq": 0}));
+    assert_eq!(
+        ack,
+        json!({"ok": true, "state": "succeeded", "firstSeq": 1})
+    );
+    let events = h.sink.events(2);
+    assert_eq!(chunk_seqs(&events), vec![1]);
+    assert_eq!(events.last().unwrap()["type"], "result");
+    assert_eq!(h.gateway.tasks_kept(), 0);
+    let again = h.attach(2, 11, json!({"id": "a"}));
+    assert_eq!(refusal_code(&again), "TASK_NOT_FOUND");
+    h.assert_clean();
+}
+
+#[tokio::test]
+async fn an_error_while_parked_is_kept_with_its_state() {
+    let (h, owner) = resumable();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let id = h.last_correlation_id();
+    h.gateway.disconnected(CONN);
+    h.gateway.on_reply(reply(
+        id,
+        "error",
+        r#"{"code": "CANCELLED", "message": "stopped"}"#,
+    ));
+    h.gateway
+        .connected_as(2, Session::anonymous().with_owner(owner));
+    let ack = h.attach(2, 10, json!({"id": "a", "afterSeq": -1}));
+    assert_eq!(
+        ack,
+        json!({"ok": true, "state": "cancelled", "firstSeq": 0})
+    );
+    assert_eq!(
+        h.sink.events(2).last().unwrap()["error"]["code"],
+        "CANCELLED"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_the_window_a_parked_request_is_cancelled_and_forgotten() {
+    let (h, owner) = resumable();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let id = h.last_correlation_id();
+    h.gateway.disconnected(CONN);
+    tokio::time::sleep(WINDOW - Duration::from_millis(100)).await;
+    assert!(h.broker.cancels().is_empty());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(h.broker.cancels(), vec![id]);
+    h.assert_clean();
+    h.gateway
+        .connected_as(2, Session::anonymous().with_owner(owner));
+    assert_eq!(
+        refusal_code(&h.attach(2, 10, json!({"id": "a"}))),
+        "TASK_NOT_FOUND"
+    );
+    // A reply that comes later finds nothing.
+    h.gateway.on_reply(reply(id, "result", "1"));
+    assert!(h.sink.events(2).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kept_outcome_is_forgotten_when_the_window_passes() {
+    let (h, _owner) = resumable();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let id = h.last_correlation_id();
+    h.gateway.disconnected(CONN);
+    h.gateway.on_reply(reply(id, "result", "1"));
+    assert_eq!(h.gateway.tasks_kept(), 1);
+    tokio::time::sleep(WINDOW + Duration::from_millis(100)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(h.gateway.tasks_kept(), 0);
+    assert!(
+        h.broker.cancels().is_empty(),
+        "it had ended: nothing to stop"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_request_timeout_still_applies_while_parked() {
+    let (h, owner) = resumable();
+    h.submit(1, req("s", "slow", json!(1))).await;
+    h.gateway.disconnected(CONN);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::task::yield_now().await;
+    h.gateway
+        .connected_as(2, Session::anonymous().with_owner(owner));
+    let ack = h.attach(2, 10, json!({"id": "s"}));
+    assert_eq!(ack["state"], "failed");
+    assert_eq!(h.sink.events(2).last().unwrap()["error"]["code"], "TIMEOUT");
+}
+
+#[tokio::test]
+async fn nobody_else_can_attach_and_the_answer_reveals_nothing() {
+    let (h, owner) = resumable();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    h.gateway.disconnected(CONN);
+    let stranger = Owner::Session(SessionId::new());
+    h.gateway
+        .connected_as(2, Session::anonymous().with_owner(stranger));
+    h.gateway.connected(3); // did not opt in
+    let theirs = h.attach(2, 10, json!({"id": "a"}));
+    let never = h.attach(2, 11, json!({"id": "never-was"}));
+    assert_eq!(refusal_code(&theirs), "TASK_NOT_FOUND");
+    assert_eq!(
+        theirs, never,
+        "the same answer as for an id that never existed"
+    );
+    assert_eq!(
+        refusal_code(&h.attach(3, 12, json!({"id": "a"}))),
+        "TASK_NOT_FOUND"
+    );
+    // The owner still can.
+    h.gateway
+        .connected_as(4, Session::anonymous().with_owner(owner));
+    assert_eq!(h.attach(4, 13, json!({"id": "a"}))["ok"], true);
+}
+
+#[tokio::test]
+async fn a_malformed_attach_is_a_bad_request() {
+    let (h, _owner) = resumable();
+    for bad in [
+        json!({}),
+        json!({"id": 5}),
+        json!({"id": ""}),
+        json!({"id": "x".repeat(MAX_CLIENT_ID_LEN + 1)}),
+        json!({"id": "a", "afterSeq": "1"}),
+        json!({"id": "a", "afterSeq": 1.5}),
+    ] {
+        assert_eq!(
+            refusal_code(&h.attach(CONN, 10, bad.clone())),
+            "BAD_REQUEST",
+            "{bad}"
+        );
+    }
+    h.gateway.attach(CONN, Err("not an object".to_owned()), 11);
+    assert_eq!(refusal_code(&h.sink.acks(11)[0]), "BAD_REQUEST");
+}
+
+#[tokio::test]
+async fn attach_moves_a_live_request_from_another_connection_of_the_owner() {
+    let (h, owner) = resumable();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let id = h.last_correlation_id();
+    h.gateway.on_reply(chunk(id, 0, "0"));
+    h.gateway
+        .connected_as(2, Session::anonymous().with_owner(owner));
+    assert_eq!(
+        h.attach(2, 10, json!({"id": "a", "afterSeq": 0}))["ok"],
+        true
+    );
+    h.gateway.on_reply(chunk(id, 1, "1"));
+    assert_eq!(chunk_seqs(&h.sink.events(CONN)), vec![0]);
+    assert_eq!(chunk_seqs(&h.sink.events(2)), vec![1]);
+    // The first connection's end no longer touches it.
+    h.gateway.disconnected(CONN);
+    h.gateway.on_reply(reply(id, "result", "1"));
+    assert_eq!(h.sink.events(2).last().unwrap()["type"], "result");
+    h.gateway.disconnected(2);
+    h.assert_clean();
+}
+
+#[tokio::test]
+async fn without_an_owner_a_disconnect_cancels_as_before() {
+    let h = harness_with(|g| g.with_resume(settings()));
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let id = h.last_correlation_id();
+    h.gateway.disconnected(CONN);
+    tokio::task::yield_now().await;
+    assert_eq!(h.broker.cancels(), vec![id]);
+    h.assert_clean();
+}

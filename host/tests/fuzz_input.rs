@@ -521,6 +521,10 @@ impl ClientSink for TextSink {
         Ok(())
     }
 
+    fn ack_json(&self, _: (), _: &serde_json::Value) -> Result<(), EmitError> {
+        Ok(())
+    }
+
     fn emit(&self, _: u32, event: &ResponseEvent<'_>) -> Result<(), EmitError> {
         let text = serde_json::to_string(event).map_err(|_| EmitError::Encode)?;
         self.events.lock().unwrap().push(text);

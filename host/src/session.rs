@@ -9,7 +9,7 @@ use std::time::Duration;
 use taskgate_protocol::Identity;
 
 use crate::limits::{ConnectionSlot, RequestRate};
-use crate::resume::Owner;
+use crate::resume::{Owner, SessionGreeting};
 
 #[derive(Debug)]
 pub struct Session {
@@ -21,6 +21,8 @@ pub struct Session {
     _slot: Option<ConnectionSlot>,
     /// Set when the client opted in to sessions (protocol §4): who its requests belong to.
     owner: Option<Owner>,
+    /// What the `session` event tells the client, when it opted in.
+    greeting: Option<SessionGreeting>,
 }
 
 impl Session {
@@ -44,7 +46,21 @@ impl Session {
             rate,
             _slot: slot,
             owner: None,
+            greeting: None,
         }
+    }
+
+    /// The client opted in to sessions: its requests belong to `owner`, and the transport
+    /// sends it `greeting` right after CONNECT.
+    pub fn with_session(mut self, owner: Owner, greeting: SessionGreeting) -> Self {
+        self.owner = Some(owner);
+        self.greeting = Some(greeting);
+        self
+    }
+
+    /// The `session` event to send after CONNECT, if the client opted in.
+    pub fn greeting(&self) -> Option<&SessionGreeting> {
+        self.greeting.as_ref()
     }
 
     /// The connection's requests belong to `owner` and outlive it (protocol §4).

@@ -12,6 +12,9 @@ pub mod token;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
+use serde_json::Value;
+
 pub use replay::Replay;
 pub use token::{SessionId, SessionKeys};
 
@@ -53,5 +56,99 @@ impl Default for ResumeSettings {
 impl ResumeSettings {
     pub fn enabled(&self) -> bool {
         !self.window.is_zero()
+    }
+}
+
+/// The body of the `session` event (protocol §4.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionGreeting {
+    pub token: String,
+    pub resume_window_ms: u64,
+}
+
+/// Opens sessions at the handshake: who owns the connection's requests, and the token the
+/// client keeps.
+#[derive(Debug)]
+pub struct Sessions {
+    keys: SessionKeys,
+    window: Duration,
+}
+
+impl Sessions {
+    pub fn new(keys: SessionKeys, settings: &ResumeSettings) -> Self {
+        Sessions {
+            keys,
+            window: settings.window,
+        }
+    }
+
+    /// `asked` is the handshake's `auth.session`: `true` for a new session, or the token of
+    /// the one the client had (one that does not verify starts a new session: no error).
+    /// `None` when the client did not opt in. With authentication, the owner is the subject.
+    pub fn open(
+        &self,
+        asked: Option<&Value>,
+        subject: Option<&str>,
+    ) -> Option<(Owner, SessionGreeting)> {
+        let id = match asked? {
+            Value::Bool(true) => SessionId::new(),
+            Value::String(token) => self.keys.verify(token).unwrap_or_default(),
+            _ => return None,
+        };
+        let token = self.keys.issue(id)?;
+        let owner = match subject {
+            Some(subject) => Owner::Subject(subject.into()),
+            None => Owner::Session(id),
+        };
+        let greeting = SessionGreeting {
+            token,
+            resume_window_ms: u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX),
+        };
+        Some((owner, greeting))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn sessions() -> Sessions {
+        Sessions::new(SessionKeys::random(), &ResumeSettings::default())
+    }
+
+    #[test]
+    fn a_session_is_opened_only_when_asked_and_a_token_brings_it_back() {
+        let s = sessions();
+        assert_eq!(s.open(None, None), None);
+        assert_eq!(s.open(Some(&json!(false)), None), None);
+        assert_eq!(s.open(Some(&json!(5)), None), None);
+        let (owner, greeting) = s.open(Some(&json!(true)), None).unwrap();
+        assert_eq!(greeting.resume_window_ms, 60_000);
+        let (again, _) = s.open(Some(&json!(greeting.token)), None).unwrap();
+        assert_eq!(again, owner, "the token brings the same session back");
+        let (fresh, _) = s.open(Some(&json!("not a token")), None).unwrap();
+        assert_ne!(fresh, owner, "a token that does not verify: a new session");
+        let (other_host, _) = sessions()
+            .open(Some(&json!(greeting.token)), None)
+            .unwrap();
+        assert_ne!(other_host, owner, "another key: a new session");
+    }
+
+    #[test]
+    fn with_authentication_the_subject_owns_the_requests() {
+        let s = sessions();
+        let (owner, _) = s.open(Some(&json!(true)), Some("alice")).unwrap();
+        assert_eq!(owner, Owner::Subject("alice".into()));
+        assert_eq!(
+            serde_json::to_value(SessionGreeting {
+                token: "t".into(),
+                resume_window_ms: 5
+            })
+            .unwrap(),
+            json!({"token": "t", "resumeWindowMs": 5})
+        );
     }
 }

@@ -9,6 +9,7 @@
  */
 
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 
 import { io, type Socket } from 'socket.io-client';
 
@@ -198,8 +199,10 @@ e2e('resume: nobody else can attach — another session, a forged token, a v1 cl
   proxy.cut();
   await sleep(200);
 
-  const [, sig] = ownerSession.token.split('.').slice(1);
-  const forged = `v1.${Buffer.from('someone-else').toString('base64url')}.${sig}`;
+  // The owner's signature on claims naming another session.
+  const [header, , signature] = ownerSession.token.split('.');
+  const claims = Buffer.from(JSON.stringify({ sid: randomUUID(), iat: 0, exp: 4102444800 })).toString('base64url');
+  const forged = `${header}.${claims}.${signature}`;
   for (const [name, first] of [
     ['another session', true],
     ['a forged token', forged],

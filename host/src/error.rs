@@ -106,11 +106,21 @@ const MAX_ECHOED_CHARS: usize = 200;
 impl RequestError {
     /// A `BAD_REQUEST` whose message is cut to a bounded length.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        let message = message.into();
-        match message.char_indices().nth(MAX_ECHOED_CHARS) {
-            Some((cut, _)) => RequestError::BadRequest(format!("{}…", &message[..cut])),
-            None => RequestError::BadRequest(message),
-        }
+        RequestError::BadRequest(bounded(message.into()))
+    }
+
+    /// `UNKNOWN_REQUEST_TYPE` naming the client's request type, cut to a bounded length:
+    /// a request type is whatever the client sent, up to the message limit.
+    pub fn unknown_request_type(request_type: String) -> Self {
+        RequestError::UnknownRequestType(bounded(request_type))
+    }
+}
+
+/// `text`, or its first [`MAX_ECHOED_CHARS`] characters and "…".
+fn bounded(text: String) -> String {
+    match text.char_indices().nth(MAX_ECHOED_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
     }
 }
 
@@ -195,6 +205,21 @@ mod tests {
         assert_eq!(
             body.details,
             Some(json!({"problems": [{"pointer": "/text", "message": "expected a string"}]}))
+        );
+    }
+
+    #[test]
+    fn an_unknown_request_type_is_echoed_bounded() {
+        let long = "t".repeat(1_000_000);
+        let message = RequestError::unknown_request_type(long).to_string();
+        assert!(
+            message.chars().count() < MAX_ECHOED_CHARS + 100,
+            "{}",
+            message.len()
+        );
+        assert_eq!(
+            RequestError::unknown_request_type("math.prime".into()).to_string(),
+            "no enabled plugin serves request type `math.prime`"
         );
     }
 

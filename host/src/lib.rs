@@ -24,6 +24,7 @@
 //! - [`error`]: why a request fails, mapped to protocol error codes.
 //! - [`auth`], [`session`], [`limits`], [`origins`], [`host_names`]: who may connect and
 //!   call what, how much one connection may ask of the host, and which names it answers to.
+//! - [`log_lines`]: one event, one line in the text log, whatever a client sent.
 //! - [`metrics`]: the Prometheus recorder behind `/metrics`, and every metric name with its
 //!   HELP text in one table.
 //! - [`trace`]: the W3C trace context of a request (accepted from the client or started).
@@ -38,6 +39,7 @@ pub mod error;
 pub mod gateway;
 pub mod host_names;
 pub mod limits;
+pub mod log_lines;
 pub mod metrics;
 pub mod origins;
 pub mod plugins;

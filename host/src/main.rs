@@ -25,7 +25,9 @@ fn init_logging(format: LogFormat) {
     // (handshake tokens, payloads) at debug or trace level.
     let no_client_data = filter_fn(taskgate_host::auth::loggable);
     match format {
+        // One event, one line: client-chosen text cannot forge log lines.
         LogFormat::Text => builder
+            .with_writer(taskgate_host::log_lines::stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .finish()
             .with(no_client_data)

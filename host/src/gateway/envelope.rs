@@ -122,7 +122,7 @@ pub(super) fn check(
     let spec = routes
         .get(&request_type)
         .cloned()
-        .ok_or(RequestError::UnknownRequestType(request_type))?;
+        .ok_or_else(|| RequestError::unknown_request_type(request_type))?;
     match check_for_type(&spec, caller, envelope.payload) {
         Ok(body) => Ok(ValidRequest {
             client_id: id,

@@ -131,9 +131,7 @@ mod tests {
         assert_eq!(again, owner, "the token brings the same session back");
         let (fresh, _) = s.open(Some(&json!("not a token")), None).unwrap();
         assert_ne!(fresh, owner, "a token that does not verify: a new session");
-        let (other_host, _) = sessions()
-            .open(Some(&json!(greeting.token)), None)
-            .unwrap();
+        let (other_host, _) = sessions().open(Some(&json!(greeting.token)), None).unwrap();
         assert_ne!(other_host, owner, "another key: a new session");
     }
 

@@ -2,7 +2,8 @@
 //! queues exist, consume them with a prefetch limit, listen for cancellations on the
 //! `taskgate.cancel` fanout exchange, publish replies with confirms on one channel, and
 //! shut down gracefully. Each delivery runs through the runner (`crate::runner`), which holds
-//! the protocol's rules; this module only translates between lapin and it.
+//! the protocol's rules; this module only translates between lapin and it. It is the only
+//! module that knows lapin; what it serves is [`crate::settings::Settings`].
 //!
 //! Reconnection is done here rather than with lapin's auto-recovery: a lost connection
 //! ends the session (its in-flight requests are redelivered by RabbitMQ, and acks on the
@@ -14,6 +15,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::stream::{self, select_all, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
@@ -23,7 +25,6 @@ use lapin::options::{
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use taskgate_protocol::amqp as names;
 use tokio::sync::Notify;
@@ -31,134 +32,15 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::handler::{erase, BoxFuture, ErasedHandler, Handler};
-use crate::runner::{
-    Cancellations, Delivery, PendingConfirm, Reply, Runner, Settlement, Transport, TransportError,
-};
-
-/// The RabbitMQ of a development machine.
-pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-/// Requests of one queue handled at once.
-pub const DEFAULT_PREFETCH: u16 = 16;
-/// How long shutdown waits for requests in progress.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// How long a cancelled handler may take to return by itself before it is dropped.
-pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(1);
+use crate::error::WorkerError;
+use crate::runner::{Cancellations, Runner};
+use crate::settings::Settings;
+use crate::transport::{Delivery, PendingConfirm, Reply, Settlement, Transport, TransportError};
 
 /// How long one connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(100);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
-
-/// Why a worker stopped (other than being asked to).
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    /// The AMQP URL does not parse.
-    #[error("invalid AMQP URL: {0}")]
-    InvalidUrl(String),
-    /// The broker refused the connection for good (credentials, vhost, permissions).
-    #[error("the broker refused the connection: {0}")]
-    Refused(String),
-    /// A queue cannot be declared or consumed (permissions, exclusive elsewhere …).
-    #[error("queue `{queue}` cannot be used: {reason}")]
-    Queue { queue: String, reason: String },
-    /// The builder's settings are contradictory.
-    #[error("invalid worker configuration: {0}")]
-    Config(String),
-}
-
-struct Route {
-    queue: String,
-    /// Queue arguments to declare with; `None`: the worker has no opinion.
-    arguments: Option<Value>,
-    handler: ErasedHandler,
-}
-
-/// Configures a [`Worker`]; from [`Worker::builder`].
-pub struct WorkerBuilder {
-    amqp_url: String,
-    prefetch: u16,
-    shutdown_grace: Duration,
-    cancel_grace: Duration,
-    routes: Vec<Route>,
-}
-
-impl WorkerBuilder {
-    /// The broker, e.g. `amqp://user:password@host:5672/%2f`. Default [`DEFAULT_AMQP_URL`].
-    pub fn amqp_url(mut self, url: impl Into<String>) -> Self {
-        self.amqp_url = url.into();
-        self
-    }
-
-    /// Requests of each queue handled at once (the consumer's prefetch; at least 1).
-    /// Default [`DEFAULT_PREFETCH`].
-    pub fn prefetch(mut self, prefetch: u16) -> Self {
-        self.prefetch = prefetch.max(1);
-        self
-    }
-
-    /// How long shutdown waits for requests in progress; the unfinished ones are then
-    /// dropped and redelivered to another worker. Default [`DEFAULT_SHUTDOWN_GRACE`].
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.shutdown_grace = grace;
-        self
-    }
-
-    /// How long a cancelled handler may take to return by itself (to clean up) before
-    /// it is dropped. Default [`DEFAULT_CANCEL_GRACE`].
-    pub fn cancel_grace(mut self, grace: Duration) -> Self {
-        self.cancel_grace = grace;
-        self
-    }
-
-    /// Serves `queue` with `handler`. The queue is used as it is if it exists (the host
-    /// declares the queues of enabled request types, with their arguments); otherwise it
-    /// is declared durable without arguments.
-    pub fn handle<P, H>(self, queue: impl Into<String>, handler: H) -> Self
-    where
-        P: DeserializeOwned + Send + 'static,
-        H: Handler<P>,
-    {
-        self.route(queue.into(), None, erase(handler))
-    }
-
-    /// Like [`WorkerBuilder::handle`], for a queue with arguments, e.g.
-    /// `json!({ "x-queue-type": "quorum" })` (a JSON object of strings, integers, floats
-    /// and booleans; they must match the host's). A missing queue is declared with them;
-    /// an existing queue with other arguments is used as it is, with a warning.
-    pub fn handle_with_arguments<P, H>(
-        self,
-        queue: impl Into<String>,
-        arguments: Value,
-        handler: H,
-    ) -> Self
-    where
-        P: DeserializeOwned + Send + 'static,
-        H: Handler<P>,
-    {
-        self.route(queue.into(), Some(arguments), erase(handler))
-    }
-
-    fn route(mut self, queue: String, arguments: Option<Value>, handler: ErasedHandler) -> Self {
-        self.routes.push(Route {
-            queue,
-            arguments,
-            handler,
-        });
-        self
-    }
-
-    pub fn build(self) -> Worker {
-        Worker {
-            config: Arc::new(self),
-        }
-    }
-}
-
-/// A worker: consumes its queues until shut down.
-pub struct Worker {
-    config: Arc<WorkerBuilder>,
-}
 
 /// How a session with the broker ended.
 enum SessionEnd {
@@ -187,262 +69,243 @@ struct Progress {
     ready: bool,
 }
 
-impl Worker {
-    pub fn builder() -> WorkerBuilder {
-        WorkerBuilder {
-            amqp_url: DEFAULT_AMQP_URL.to_owned(),
-            prefetch: DEFAULT_PREFETCH,
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-            cancel_grace: DEFAULT_CANCEL_GRACE,
-            routes: Vec::new(),
-        }
-    }
-
-    /// Serves until `shutdown` resolves: then stops consuming, lets the requests in
-    /// progress finish (up to the shutdown grace period) and closes the connection.
-    /// Connects with backoff while the broker is unreachable, and reconnects whenever
-    /// the connection is lost. Logs `worker ready` once it consumes.
-    ///
-    /// Returns an error at once for a bad URL or configuration, when the broker refuses
-    /// the credentials or virtual host, or when a queue cannot be used.
-    pub async fn run<S: Future + Send>(self, shutdown: S) -> Result<(), WorkerError> {
-        self.check()?;
-        let mut shutdown = std::pin::pin!(shutdown);
-        let mut delay = FIRST_RETRY_DELAY;
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let properties =
-                ConnectionProperties::default().with_connection_name("taskgate-worker".into());
-            let connecting = tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                Connection::connect(&self.config.amqp_url, properties),
-            );
-            let connected = tokio::select! {
-                _ = &mut shutdown => return Ok(()),
-                connected = connecting => connected,
-            };
-            let retry_in_ms =
-                |delay: Duration| u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-            match connected {
-                Ok(Ok(connection)) => {
-                    debug!(attempt, "connected to the broker");
-                    let mut progress = Progress::default();
-                    let end = self
-                        .session(connection, &mut shutdown, &mut progress)
-                        .await?;
-                    let SessionEnd::Lost(reason) = end else {
-                        return Ok(());
-                    };
-                    if progress.ready {
-                        attempt = 0;
-                        delay = FIRST_RETRY_DELAY;
-                    }
-                    warn!(
-                        retry_in_ms = retry_in_ms(delay),
-                        "lost the broker connection: {reason}"
-                    );
+/// Serves `settings` until `shutdown` resolves; see [`crate::Worker::run`].
+pub(crate) async fn run<S: Future + Send>(
+    settings: Settings,
+    shutdown: S,
+) -> Result<(), WorkerError> {
+    check(&settings)?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut delay = FIRST_RETRY_DELAY;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let properties =
+            ConnectionProperties::default().with_connection_name("taskgate-worker".into());
+        let connecting = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(&settings.amqp_url, properties),
+        );
+        let connected = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            connected = connecting => connected,
+        };
+        let retry_in_ms = |delay: Duration| u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        match connected {
+            Ok(Ok(connection)) => {
+                debug!(attempt, "connected to the broker");
+                let mut progress = Progress::default();
+                let end = session(&settings, connection, &mut shutdown, &mut progress).await?;
+                let SessionEnd::Lost(reason) = end else {
+                    return Ok(());
+                };
+                if progress.ready {
+                    attempt = 0;
+                    delay = FIRST_RETRY_DELAY;
                 }
-                Ok(Err(error)) if is_refusal(&error) => {
-                    return Err(WorkerError::Refused(error.to_string()))
-                }
-                Ok(Err(error)) => {
-                    warn!(
-                        attempt,
-                        retry_in_ms = retry_in_ms(delay),
-                        "broker not available: {error}"
-                    )
-                }
-                Err(_) => warn!(
+                warn!(
+                    retry_in_ms = retry_in_ms(delay),
+                    "lost the broker connection: {reason}"
+                );
+            }
+            Ok(Err(error)) if is_refusal(&error) => {
+                return Err(WorkerError::Refused(error.to_string()))
+            }
+            Ok(Err(error)) => {
+                warn!(
                     attempt,
                     retry_in_ms = retry_in_ms(delay),
-                    "broker not available: no answer within {CONNECT_TIMEOUT:?}"
-                ),
-            }
-            tokio::select! {
-                _ = &mut shutdown => return Ok(()),
-                _ = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(MAX_RETRY_DELAY);
-        }
-    }
-
-    fn check(&self) -> Result<(), WorkerError> {
-        let config = &self.config;
-        lapin::uri::AMQPUri::from_str(&config.amqp_url).map_err(WorkerError::InvalidUrl)?;
-        if config.routes.is_empty() {
-            return Err(WorkerError::Config("no handlers registered".into()));
-        }
-        for (i, route) in config.routes.iter().enumerate() {
-            if route.queue.is_empty() || route.queue.len() > 255 {
-                return Err(WorkerError::Config(format!(
-                    "queue name `{}` must be 1 to 255 bytes long",
-                    route.queue
-                )));
-            }
-            if config.routes[..i].iter().any(|r| r.queue == route.queue) {
-                return Err(WorkerError::Config(format!(
-                    "queue `{}` has two handlers",
-                    route.queue
-                )));
-            }
-            if let Some(arguments) = &route.arguments {
-                field_table(arguments).map_err(|reason| {
-                    WorkerError::Config(format!("arguments of queue `{}`: {reason}", route.queue))
-                })?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn session<S: Future>(
-        &self,
-        connection: Connection,
-        shutdown: &mut Pin<&mut S>,
-        progress: &mut Progress,
-    ) -> Result<SessionEnd, WorkerError> {
-        let end = self.serve(&connection, shutdown, progress).await;
-        if connection.status().connected() {
-            let _ = connection.close(200, "worker stopping".into()).await;
-        }
-        match end {
-            Ok(end) => Ok(end),
-            Err(SessionError::Fatal(e)) => Err(e),
-            Err(SessionError::Lost(reason)) => Ok(SessionEnd::Lost(reason)),
-        }
-    }
-
-    async fn serve<S: Future>(
-        &self,
-        connection: &Connection,
-        shutdown: &mut Pin<&mut S>,
-        progress: &mut Progress,
-    ) -> Result<SessionEnd, SessionError> {
-        let config = &self.config;
-        for route in &config.routes {
-            ensure_queue(connection, &route.queue, route.arguments.as_ref()).await?;
-        }
-        let publish = connection.create_channel().await?;
-        publish
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let broken = Arc::new(Notify::new());
-        let transport: Arc<dyn Transport> = Arc::new(AmqpTransport {
-            channel: publish.clone(),
-            broken: broken.clone(),
-        });
-        // Before the request consumers: a request must not start before its
-        // cancellation could reach it.
-        let (cancel_channel, mut cancels) = cancel_consumer(connection).await?;
-
-        let consume = connection.create_channel().await?;
-        consume
-            .basic_qos(config.prefetch, BasicQosOptions::default())
-            .await?;
-        let mut consumers = Vec::new();
-        let mut tags = Vec::new();
-        for (index, route) in config.routes.iter().enumerate() {
-            let tag = format!("taskgate-worker-{}", Uuid::new_v4());
-            let consumer = consume
-                .basic_consume(
-                    route.queue.as_str().into(),
-                    tag.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
+                    "broker not available: {error}"
                 )
-                .await
-                .map_err(|e| queue_error(&route.queue, e))?;
-            tags.push(tag);
-            // A consumer's end is an item too: `select_all` alone would only end once
-            // every consumer has.
-            consumers.push(
-                consumer
-                    .map(move |d| (index, Some(d)))
-                    .chain(stream::once(std::future::ready((index, None)))),
-            );
-        }
-        let mut deliveries = select_all(consumers);
-        let queues: Vec<&str> = config.routes.iter().map(|r| r.queue.as_str()).collect();
-        info!(?queues, prefetch = config.prefetch, "worker ready");
-        progress.ready = true;
-
-        let runner = Arc::new(Runner {
-            transport,
-            cancellations: Arc::new(Cancellations::default()),
-            cancel_grace: config.cancel_grace,
-        });
-        let mut tasks = JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = shutdown.as_mut() => break,
-                _ = broken.notified() => {
-                    return Err(SessionError::Lost("the reply channel failed".into()))
-                }
-                cancel = cancels.next() => match cancel {
-                    Some(Ok(message)) => cancel_one(&runner.cancellations, &message),
-                    Some(Err(e)) => return Err(SessionError::Lost(e.to_string())),
-                    None => return Err(SessionError::Lost("the cancellation consumer stopped".into())),
-                },
-                delivery = deliveries.next() => match delivery {
-                    Some((index, Some(Ok(delivery)))) => {
-                        let handler = config.routes[index].handler.clone();
-                        let runner = runner.clone();
-                        tasks.spawn(async move {
-                            let (request, acker) = split(delivery);
-                            runner.process(request, &handler, |settlement| settle(acker, settlement)).await
-                        });
-                    }
-                    Some((_, Some(Err(e)))) => return Err(SessionError::Lost(e.to_string())),
-                    Some((index, None)) => return Err(SessionError::Lost(format!(
-                        "the broker cancelled the consumer of queue `{}` (was it deleted?)",
-                        config.routes[index].queue
-                    ))),
-                    None => return Err(SessionError::Lost("no consumers left".into())),
-                },
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
+            Err(_) => warn!(
+                attempt,
+                retry_in_ms = retry_in_ms(delay),
+                "broker not available: no answer within {CONNECT_TIMEOUT:?}"
+            ),
         }
-
-        info!(
-            in_flight = tasks.len(),
-            "shutting down: no new requests; finishing the ones in progress"
-        );
-        for tag in tags {
-            let _ = consume
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
         }
-        // Deliveries already prefetched but not started stay unacked and go back to the
-        // queue when the connection closes.
-        let grace_over = tokio::time::sleep(config.shutdown_grace);
-        tokio::pin!(grace_over);
-        let mut cancels_open = true;
-        loop {
-            tokio::select! {
-                joined = tasks.join_next() => if joined.is_none() { break },
-                // Requests still running can still be cancelled.
-                cancel = cancels.next(), if cancels_open => match cancel {
-                    Some(Ok(message)) => cancel_one(&runner.cancellations, &message),
-                    _ => cancels_open = false,
-                },
-                _ = &mut grace_over => {
-                    warn!(
-                        abandoned = tasks.len(),
-                        "shutdown grace period over; unfinished requests will be redelivered"
-                    );
-                    tasks.abort_all();
-                    break;
-                }
-            }
-        }
-        // Closed one by one before the connection: channels dropped while the connection
-        // closes make lapin log errors.
-        for channel in [&consume, &cancel_channel, &publish] {
-            let _ = channel.close(200, "worker stopping".into()).await;
-        }
-        info!("worker stopped");
-        Ok(SessionEnd::Shutdown)
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
     }
+}
+
+/// Refuses settings that could never work, before connecting.
+fn check(config: &Settings) -> Result<(), WorkerError> {
+    lapin::uri::AMQPUri::from_str(&config.amqp_url).map_err(WorkerError::InvalidUrl)?;
+    if config.routes.is_empty() {
+        return Err(WorkerError::Config("no handlers registered".into()));
+    }
+    for (i, route) in config.routes.iter().enumerate() {
+        if route.queue.is_empty() || route.queue.len() > 255 {
+            return Err(WorkerError::Config(format!(
+                "queue name `{}` must be 1 to 255 bytes long",
+                route.queue
+            )));
+        }
+        if config.routes[..i].iter().any(|r| r.queue == route.queue) {
+            return Err(WorkerError::Config(format!(
+                "queue `{}` has two handlers",
+                route.queue
+            )));
+        }
+        if let Some(arguments) = &route.arguments {
+            field_table(arguments).map_err(|reason| {
+                WorkerError::Config(format!("arguments of queue `{}`: {reason}", route.queue))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+async fn session<S: Future>(
+    settings: &Settings,
+    connection: Connection,
+    shutdown: &mut Pin<&mut S>,
+    progress: &mut Progress,
+) -> Result<SessionEnd, WorkerError> {
+    let end = serve(settings, &connection, shutdown, progress).await;
+    if connection.status().connected() {
+        let _ = connection.close(200, "worker stopping".into()).await;
+    }
+    match end {
+        Ok(end) => Ok(end),
+        Err(SessionError::Fatal(e)) => Err(e),
+        Err(SessionError::Lost(reason)) => Ok(SessionEnd::Lost(reason)),
+    }
+}
+
+async fn serve<S: Future>(
+    config: &Settings,
+    connection: &Connection,
+    shutdown: &mut Pin<&mut S>,
+    progress: &mut Progress,
+) -> Result<SessionEnd, SessionError> {
+    for route in &config.routes {
+        ensure_queue(connection, &route.queue, route.arguments.as_ref()).await?;
+    }
+    let publish = connection.create_channel().await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let broken = Arc::new(Notify::new());
+    let transport: Arc<dyn Transport> = Arc::new(AmqpTransport {
+        channel: publish.clone(),
+        broken: broken.clone(),
+    });
+    // Before the request consumers: a request must not start before its
+    // cancellation could reach it.
+    let (cancel_channel, mut cancels) = cancel_consumer(connection).await?;
+
+    let consume = connection.create_channel().await?;
+    consume
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumers = Vec::new();
+    let mut tags = Vec::new();
+    for (index, route) in config.routes.iter().enumerate() {
+        let tag = format!("taskgate-worker-{}", Uuid::new_v4());
+        let consumer = consume
+            .basic_consume(
+                route.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| queue_error(&route.queue, e))?;
+        tags.push(tag);
+        // A consumer's end is an item too: `select_all` alone would only end once
+        // every consumer has.
+        consumers.push(
+            consumer
+                .map(move |d| (index, Some(d)))
+                .chain(stream::once(std::future::ready((index, None)))),
+        );
+    }
+    let mut deliveries = select_all(consumers);
+    let queues: Vec<&str> = config.routes.iter().map(|r| r.queue.as_str()).collect();
+    info!(?queues, prefetch = config.prefetch, "worker ready");
+    progress.ready = true;
+
+    let runner = Arc::new(Runner {
+        transport,
+        cancellations: Arc::new(Cancellations::default()),
+        cancel_grace: config.cancel_grace,
+    });
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.as_mut() => break,
+            _ = broken.notified() => {
+                return Err(SessionError::Lost("the reply channel failed".into()))
+            }
+            cancel = cancels.next() => match cancel {
+                Some(Ok(message)) => cancel_one(&runner.cancellations, &message),
+                Some(Err(e)) => return Err(SessionError::Lost(e.to_string())),
+                None => return Err(SessionError::Lost("the cancellation consumer stopped".into())),
+            },
+            delivery = deliveries.next() => match delivery {
+                Some((index, Some(Ok(delivery)))) => {
+                    let handler = config.routes[index].handler.clone();
+                    let runner = runner.clone();
+                    tasks.spawn(async move {
+                        let (request, acker) = split(delivery);
+                        runner.process(request, &handler, |settlement| settle(acker, settlement)).await
+                    });
+                }
+                Some((_, Some(Err(e)))) => return Err(SessionError::Lost(e.to_string())),
+                Some((index, None)) => return Err(SessionError::Lost(format!(
+                    "the broker cancelled the consumer of queue `{}` (was it deleted?)",
+                    config.routes[index].queue
+                ))),
+                None => return Err(SessionError::Lost("no consumers left".into())),
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+
+    info!(
+        in_flight = tasks.len(),
+        "shutting down: no new requests; finishing the ones in progress"
+    );
+    for tag in tags {
+        let _ = consume
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
+    }
+    // Deliveries already prefetched but not started stay unacked and go back to the
+    // queue when the connection closes.
+    let grace_over = tokio::time::sleep(config.shutdown_grace);
+    tokio::pin!(grace_over);
+    let mut cancels_open = true;
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => if joined.is_none() { break },
+            // Requests still running can still be cancelled.
+            cancel = cancels.next(), if cancels_open => match cancel {
+                Some(Ok(message)) => cancel_one(&runner.cancellations, &message),
+                _ => cancels_open = false,
+            },
+            _ = &mut grace_over => {
+                warn!(
+                    abandoned = tasks.len(),
+                    "shutdown grace period over; unfinished requests will be redelivered"
+                );
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
+    // Closed one by one before the connection: channels dropped while the connection
+    // closes make lapin log errors.
+    for channel in [&consume, &cancel_channel, &publish] {
+        let _ = channel.close(200, "worker stopping".into()).await;
+    }
+    info!("worker stopped");
+    Ok(SessionEnd::Shutdown)
 }
 
 fn cancel_one(cancellations: &Cancellations, message: &lapin::message::Delivery) {
@@ -827,33 +690,5 @@ mod tests {
         assert_eq!(header_string(&headers, "short").as_deref(), Some("b"));
         assert_eq!(header_string(&headers, "int"), None);
         assert_eq!(header_string(&headers, "missing"), None);
-    }
-
-    #[tokio::test]
-    async fn bad_settings_are_refused_before_connecting() {
-        let ok = |_: Value, _: crate::Context| async move { Ok(Value::Null) };
-        let run = |builder: WorkerBuilder| async move {
-            builder
-                .build()
-                .run(std::future::pending::<()>())
-                .await
-                .unwrap_err()
-                .to_string()
-        };
-        assert!(run(Worker::builder().amqp_url("http://x").handle("q", ok))
-            .await
-            .starts_with("invalid AMQP URL"));
-        assert!(run(Worker::builder()).await.contains("no handlers"));
-        assert!(run(Worker::builder().handle("q", ok).handle("q", ok))
-            .await
-            .contains("two handlers"));
-        assert!(
-            run(Worker::builder().handle_with_arguments("q", json!(["x"]), ok))
-                .await
-                .contains("JSON object")
-        );
-        assert!(run(Worker::builder().handle("", ok))
-            .await
-            .contains("1 to 255"));
     }
 }

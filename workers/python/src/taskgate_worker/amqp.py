@@ -5,7 +5,7 @@ from the consumer timeout, and shut down gracefully. Each delivery runs through 
 runner (:mod:`taskgate_worker.runner`), which holds the protocol's rules; this module
 only translates between aio-pika and it.
 
-Like the Rust SDK (workers/rust/src/amqp.rs), reconnection is done here rather than with
+Like the Rust SDK (workers/rust/src/rabbitmq.rs), reconnection is done here rather than with
 aio-pika's robust connection: a lost connection ends the session (its requests in
 progress are dropped and redelivered by RabbitMQ; acks on the old channels could not
 succeed anyway) and a new session declares and consumes afresh.
@@ -37,7 +37,7 @@ from .errors import WorkerError
 from .logs import logger
 from .runner import Runner
 from .transport import Delivery, Identity, Reply, Settlement, TransportError
-from .worker import Route, Settings
+from .settings import Route, Settings
 
 CONNECT_TIMEOUT = 10.0
 FIRST_RETRY_DELAY = 0.1

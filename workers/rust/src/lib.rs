@@ -68,9 +68,13 @@
 //!   Handlers run on the caller's tokio runtime: CPU-heavy work belongs in
 //!   `tokio::task::spawn_blocking` (or a multi-thread runtime).
 //! - **Queues**: an existing queue is used as it is (the host declares the queues of its
-//!   request types, with their arguments, e.g. quorum); a missing one is declared durable,
-//!   with the arguments given to [`WorkerBuilder::handle_with_arguments`] (none with
-//!   [`WorkerBuilder::handle`]). A queue that exists with other arguments than the ones
+//!   request types, with their arguments, e.g. quorum). A missing one is waited for, as
+//!   the host may be starting too: one INFO line (`waiting for queue … to be declared by
+//!   the host`), then a look every second for up to 5 s; a queue still missing then is
+//!   declared durable, with the arguments given to [`WorkerBuilder::handle_with_arguments`]
+//!   (none with [`WorkerBuilder::handle`]). lapin itself logs each look at a missing queue
+//!   at ERROR (target `lapin::channel`: the broker closes the channel); the example
+//!   workers' default log filter leaves that target out. A queue that exists with other arguments than the ones
 //!   given is used as it is, with a warning. A queue the worker may not use (permissions,
 //!   exclusive to another connection) stops [`Worker::run`] with [`WorkerError::Queue`].
 //! - **Connection**: a bad URL, or credentials / a virtual host the broker refuses, stop

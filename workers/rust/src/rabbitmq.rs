@@ -372,9 +372,16 @@ fn is_soft(error: &lapin::Error, code: AMQPSoftError) -> bool {
     matches!(amqp_kind(error), Some(AMQPErrorKind::Soft(c)) if *c == code)
 }
 
+/// How long a session waits for a missing queue to be declared by the host (which declares
+/// its request types' queues, with their arguments, when it starts) before declaring it
+/// itself, and how often it looks meanwhile.
+const QUEUE_PATIENCE: Duration = Duration::from_secs(5);
+const QUEUE_POLL: Duration = Duration::from_secs(1);
+
 /// Makes sure `queue` exists. An existing queue is used as it is: the host declares the
 /// queues of its request types with their arguments, and a declaration with other
-/// arguments would be refused. A missing queue is declared durable with `arguments`.
+/// arguments would be refused. A missing queue is waited for (the host may be starting
+/// too; see [`wait_for_queue`]), then declared durable with `arguments`.
 /// When the worker has `arguments` and the queue exists, they are checked, and a
 /// mismatch is logged. Each step gets its own channel: a refused declaration closes it.
 async fn ensure_queue(
@@ -391,22 +398,10 @@ async fn ensure_queue(
         durable: true,
         ..Default::default()
     };
-    let probe = connection.create_channel().await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let exists = match probe
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-    {
-        Ok(_) => {
-            let _ = probe.close(200, "ok".into()).await;
-            true
-        }
-        Err(e) if is_soft(&e, AMQPSoftError::NOTFOUND) => false,
-        Err(e) => return Err(queue_error(queue, e)),
-    };
+    let exists = wait_for_queue(queue, QUEUE_PATIENCE, QUEUE_POLL, || {
+        queue_exists(connection, queue)
+    })
+    .await?;
     if exists && arguments.is_none() {
         return Ok(());
     }
@@ -414,7 +409,10 @@ async fn ensure_queue(
     match declare.queue_declare(queue.into(), durable, table).await {
         Ok(_) => {
             if !exists {
-                info!(queue, "declared the queue (it did not exist)");
+                info!(
+                    queue,
+                    "declared the queue (no host declared it within {QUEUE_PATIENCE:?})"
+                );
             }
             let _ = declare.close(200, "ok".into()).await;
             Ok(())
@@ -424,6 +422,64 @@ async fn ensure_queue(
             Ok(())
         }
         Err(e) => Err(queue_error(queue, e)),
+    }
+}
+
+/// Whether `queue` exists (a passive declaration, on a channel of its own: the broker
+/// closes the channel when the queue is missing, and lapin logs that close at ERROR under
+/// the target `lapin::channel`).
+async fn queue_exists(connection: &Connection, queue: &str) -> Result<bool, SessionError> {
+    let probe = connection.create_channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    match probe
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+    {
+        Ok(_) => {
+            let _ = probe.close(200, "ok".into()).await;
+            Ok(true)
+        }
+        Err(e) if is_soft(&e, AMQPSoftError::NOTFOUND) => Ok(false),
+        Err(e) => Err(queue_error(queue, e)),
+    }
+}
+
+/// Waits for `queue` to exist, asking `exists` now and then every `poll` until `patience`
+/// is over; whether it exists in the end. A queue that is missing at first is announced
+/// by one INFO line, and nothing is logged while waiting: a worker started before the host
+/// is not an error.
+async fn wait_for_queue<E, F, Fut>(
+    queue: &str,
+    patience: Duration,
+    poll: Duration,
+    mut exists: F,
+) -> Result<bool, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool, E>>,
+{
+    if exists().await? {
+        return Ok(true);
+    }
+    info!(
+        queue,
+        patience_ms = u64::try_from(patience.as_millis()).unwrap_or(u64::MAX),
+        "waiting for queue {queue} to be declared by the host"
+    );
+    let give_up = tokio::time::Instant::now() + patience;
+    loop {
+        let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        tokio::time::sleep(poll.min(left)).await;
+        if exists().await? {
+            debug!(queue, "the queue exists now");
+            return Ok(true);
+        }
     }
 }
 
@@ -690,5 +746,68 @@ mod tests {
         assert_eq!(header_string(&headers, "short").as_deref(), Some("b"));
         assert_eq!(header_string(&headers, "int"), None);
         assert_eq!(header_string(&headers, "missing"), None);
+    }
+
+    /// A probe that answers "missing" `missing` times, then "exists", and counts its calls.
+    fn probe(
+        missing: usize,
+    ) -> (
+        Arc<std::sync::atomic::AtomicUsize>,
+        impl FnMut() -> std::future::Ready<Result<bool, String>>,
+    ) {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let probe = move || {
+            let call = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(Ok(call >= missing))
+        };
+        (calls, probe)
+    }
+
+    #[tokio::test]
+    async fn a_queue_that_exists_is_not_waited_for() {
+        let (calls, exists) = probe(0);
+        let patience = Duration::from_secs(60);
+        let waited = wait_for_queue("q", patience, patience, exists).await;
+        assert_eq!(waited, Ok(true));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_missing_queue_is_waited_for_until_the_host_declares_it() {
+        let (calls, exists) = probe(3);
+        let poll = Duration::from_millis(5);
+        let waited = wait_for_queue("q", Duration::from_secs(60), poll, exists).await;
+        assert_eq!(waited, Ok(true));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn the_wait_for_a_queue_ends_with_the_patience() {
+        let (calls, exists) = probe(usize::MAX);
+        let started = std::time::Instant::now();
+        let patience = Duration::from_millis(100);
+        let waited = wait_for_queue("q", patience, Duration::from_millis(30), exists).await;
+        assert_eq!(waited, Ok(false));
+        assert!(started.elapsed() >= patience);
+        // At once, then every 30 ms up to 100 ms (fewer when the machine is slow).
+        let calls = calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((2..=5).contains(&calls), "{calls} probes");
+    }
+
+    #[tokio::test]
+    async fn a_failing_probe_ends_the_wait() {
+        let mut calls = 0;
+        let exists = || {
+            calls += 1;
+            std::future::ready(if calls == 1 {
+                Ok(false)
+            } else {
+                Err("refused")
+            })
+        };
+        let poll = Duration::from_millis(5);
+        let waited = wait_for_queue("q", Duration::from_secs(60), poll, exists).await;
+        assert_eq!(waited, Err("refused"));
     }
 }

@@ -73,7 +73,8 @@ class Worker:
         """Serves ``request_type`` with ``handler`` from ``queue`` (default
         ``taskgate.<request_type>``, the plugins' default). The queue is used as it is if it
         exists (the host declares the queues of its request types with their arguments);
-        a missing one is declared durable with ``queue_arguments``."""
+        a missing one is waited for up to 5 s (the host may be starting too), then declared
+        durable with ``queue_arguments``."""
         if not request_type:
             raise ValueError("the request type must not be empty")
         if request_type in self._routes:

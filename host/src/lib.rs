@@ -22,12 +22,14 @@
 //! - [`config`] and [`cli`]: plugins.toml, flags, environment variables.
 //! - [`server`]: wiring it all up behind axum; [`request_head`] keeps idle WebSockets small.
 //! - [`error`]: why a request fails, mapped to protocol error codes.
-//! - [`auth`], [`session`], [`limits`], [`origins`], [`host_names`]: who may connect and
-//!   call what, how much one connection may ask of the host, and which names it answers to.
+//! - [`admission`], [`auth`], [`session`], [`limits`], [`origins`], [`host_names`]: who may
+//!   connect and call what, how much one connection may ask of the host, and which names it
+//!   answers to.
 //! - [`metrics`]: the Prometheus recorder behind `/metrics`, and every metric name with its
 //!   HELP text in one table.
 //! - [`trace`]: the W3C trace context of a request (accepted from the client or started).
 
+pub mod admission;
 pub mod auth;
 pub mod broker;
 pub mod cli;

@@ -22,6 +22,7 @@ use tower_http::services::ServeDir;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::broker::amqp::{AmqpBroker, QueueDecl};
 use crate::broker::amqp_url::redact_url;
@@ -35,7 +36,7 @@ use crate::origins::{self, AllowedOrigins};
 use crate::plugins::PrivateCopyLoader;
 use crate::reload::{self, Reloader};
 use crate::routes::RoutingTable;
-use crate::socketio::{self, Admission, BacklogLimits, SocketIoSink};
+use crate::socketio::{self, BacklogLimits, SocketIoSink};
 use crate::watcher::{self, ReloadTarget};
 use crate::websocket::{self, Endpoint, Hub, WsSettings};
 

@@ -15,14 +15,12 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
 use taskgate_protocol::{events, ErrorBody};
-use tracing::{debug, info};
+use tracing::debug;
 
-use crate::auth::Authenticator;
-#[cfg(doc)]
-use crate::auth::UNAUTHORIZED;
+use crate::admission::{Admission, HandshakeRefused};
 use crate::broker::Broker;
 use crate::gateway::{CancelEnvelope, Gateway, RequestEnvelope};
-use crate::limits::{ConnectionCounter, Limits};
+use crate::limits::Limits;
 use crate::session::Session;
 use crate::sink::{
     record_slow_client_drop, AckBody, ClientSink, EmitError, OwnedResponse, ResponseEvent,
@@ -245,68 +243,6 @@ impl ClientSink for SocketIoSink {
     }
 }
 
-/// What a handshake must pass before the connection gets any state.
-pub struct Admission {
-    pub authenticator: Authenticator,
-    pub connections: ConnectionCounter,
-    pub limits: Limits,
-}
-
-impl Admission {
-    /// No authentication, default limits (tests).
-    pub fn open() -> Self {
-        let limits = Limits::default();
-        Admission {
-            authenticator: Authenticator::none(),
-            connections: ConnectionCounter::new(limits.max_connections),
-            limits,
-        }
-    }
-}
-
-impl Admission {
-    /// Decides whether a client may connect at all: room on the host, then a valid token
-    /// (`auth` is the handshake's auth object). A refused client gets `connect_error`
-    /// with the error's message and the host keeps nothing for it. `conn` names the
-    /// connection in log lines.
-    pub fn admit(
-        &self,
-        auth: Option<&Value>,
-        conn: &dyn std::fmt::Display,
-    ) -> Result<Session, HandshakeRefused> {
-        // The cheap check first: a full host verifies no signatures.
-        let Some(slot) = self.connections.try_acquire() else {
-            info!(sid = %conn, max = self.limits.max_connections, "connection refused: the host is full");
-            metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "full").increment(1);
-            return Err(HandshakeRefused::Full);
-        };
-        let identity = match self.authenticator.authenticate(auth) {
-            Ok(identity) => identity,
-            Err(refusal) => {
-                info!(sid = %conn, reason = %refusal, "connection refused: unauthorized");
-                metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => refusal.label())
-                    .increment(1);
-                return Err(HandshakeRefused::Unauthorized);
-            }
-        };
-        Ok(Session::new(
-            identity,
-            self.limits.request_rate(),
-            Some(slot),
-        ))
-    }
-}
-
-/// Why a handshake was refused; the message is what the client's `connect_error` says.
-#[derive(Debug, thiserror::Error)]
-pub enum HandshakeRefused {
-    /// Protocol §1's message, [`UNAUTHORIZED`].
-    #[error("unauthorized")]
-    Unauthorized,
-    #[error("too many connections")]
-    Full,
-}
-
 /// Serves protocol §1 on the default namespace of `io`.
 ///
 /// Everything happens in a connect middleware, which socketioxide awaits before it
@@ -380,15 +316,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_refused_handshake_says_what_protocol_1_says() {
-        assert_eq!(
-            HandshakeRefused::Unauthorized.to_string(),
-            crate::auth::UNAUTHORIZED
-        );
-        assert_eq!(HandshakeRefused::Full.to_string(), "too many connections");
-    }
 
     #[test]
     fn backlog_limits_come_from_the_limits() {

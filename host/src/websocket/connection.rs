@@ -20,11 +20,11 @@ use uuid::Uuid;
 
 use super::hub::{Closing, Conn, Hub, Urgency, WsAck, WsConnId};
 use super::packet::{self, EventName, Incoming, DEFAULT_NAMESPACE};
+use crate::admission::Admission;
 use crate::broker::Broker;
 use crate::gateway::{CancelEnvelope, Gateway, RequestEnvelope};
 use crate::session::Session;
 use crate::sink::{record_slow_client_drop, ClientSink};
-use crate::socketio::Admission;
 
 /// engine.io timings and limits of the transport.
 #[derive(Debug, Clone)]

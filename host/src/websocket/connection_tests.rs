@@ -14,12 +14,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::*;
+use crate::admission::Admission;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::IncomingReply;
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::routes::testing::parts;
 use crate::routes::{RequestTypeSpec, RoutingTable};
-use crate::socketio::Admission;
 
 type Client = WebSocketStream<DuplexStream>;
 

@@ -12,7 +12,8 @@
 //!   publisher, topology, message encoding) and `broker::memory` (tests).
 //! - [`sink`]: the client-side trait and response types. Two transports implement it:
 //!   [`websocket`] (the host's own, for WebSocket-only clients) and [`socketio`]
-//!   (socketioxide: long-polling and upgrades); [`clients`] routes between them.
+//!   (socketioxide: long-polling and upgrades, the only module that knows socketioxide);
+//!   [`clients`] routes between them; [`transport`] holds what both share (path, timings).
 //! - [`routes`]: the routing table of enabled request types and payload validation.
 //! - [`plugins`]: loading plugin files (each version from a private copy) and applying
 //!   plugins.toml.
@@ -52,5 +53,6 @@ pub mod session;
 pub mod sink;
 pub mod socketio;
 pub mod trace;
+pub mod transport;
 pub mod watcher;
 pub mod websocket;

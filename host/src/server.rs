@@ -15,7 +15,6 @@ use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
-use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::services::ServeDir;
@@ -35,16 +34,11 @@ use crate::metrics;
 use crate::origins::{self, AllowedOrigins};
 use crate::plugins::PrivateCopyLoader;
 use crate::reload::{self, Reloader};
+use crate::request_head;
 use crate::routes::RoutingTable;
-use crate::socketio::{self, BacklogLimits, SocketIoSink};
+use crate::socketio::{self, BacklogLimits};
 use crate::watcher::{self, ReloadTarget};
 use crate::websocket::{self, Endpoint, Hub, WsSettings};
-
-/// How long a client has, after the engine.io handshake, to pass the Socket.IO one.
-/// It also bounds how long a refused client's transport lingers when the client does
-/// not close it (socketioxide closes it then).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-use crate::request_head;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -125,30 +119,16 @@ pub async fn run(
     let host_id = Uuid::new_v4();
     let broker = AmqpBroker::new(settings.amqp_url.clone(), host_id, initial.queues.clone());
 
-    // One message limit for both transports: socketioxide's `max_payload` bounds only
-    // long-polling bodies, and a WebSocket message could otherwise be 64 MiB.
-    let message_limit = usize::try_from(settings.max_message_bytes).unwrap_or(usize::MAX);
-    // Both transports announce and keep the same engine.io timings.
     let ws_settings = WsSettings {
-        handshake_timeout: HANDSHAKE_TIMEOUT,
         max_message_bytes: settings.max_message_bytes,
         stall: settings.limits.client_stall,
         chunk_linger: settings.chunk_linger,
         ..WsSettings::default()
     };
-    let (layer, io) = SocketIo::builder()
-        .ws_read_buffer_size(websocket::upgrade::READ_BUFFER_BYTES)
-        .ping_interval(ws_settings.ping_interval)
-        .ping_timeout(ws_settings.ping_timeout)
-        .max_buffer_size(settings.socket_buffer)
-        .max_payload(settings.max_message_bytes)
-        .ws_max_message_size(message_limit)
-        .ws_max_frame_size(message_limit)
-        .connect_timeout(ws_settings.handshake_timeout)
-        .build_layer();
+    let (layer, socketio) = socketio::build(&settings, BacklogLimits::from(&settings.limits));
     let hub = Arc::new(Hub::new(settings.limits.client_backlog_bytes));
     let sink = Arc::new(HostSink {
-        socketio: SocketIoSink::new(io.clone(), BacklogLimits::from(&settings.limits)),
+        socketio,
         websocket: hub.clone(),
     });
     let options = GatewayOptions::default();
@@ -185,7 +165,7 @@ pub async fn run(
         connections: ConnectionCounter::new(settings.limits.max_connections),
         limits: settings.limits.clone(),
     });
-    socketio::attach(&io, gateway.clone(), admission.clone());
+    socketio::attach(&sink.socketio, gateway.clone(), admission.clone());
     let endpoint = Arc::new(Endpoint {
         gateway: gateway.clone(),
         hub: hub.clone(),
@@ -287,7 +267,6 @@ pub async fn run(
     let drain = {
         let gateway = gateway.clone();
         let sink = sink.clone();
-        let io = io.clone();
         let grace = settings.shutdown_grace;
         let sockets_closed = sockets_closed.clone();
         async move {
@@ -295,7 +274,7 @@ pub async fn run(
             drain(&gateway, &sink, grace, publish_timeout).await;
             // WebSocket connections never end by themselves: close them so serve returns.
             sink.websocket.close_all();
-            io.close().await;
+            sink.socketio.close().await;
             wait_until(|| sink.websocket.is_empty(), CLOSE_CONNECTIONS).await;
             sockets_closed.cancel();
         }

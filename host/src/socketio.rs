@@ -1,8 +1,12 @@
-//! The Socket.IO side (protocol §1) over socketioxide: registers the `request` and
-//! `cancel` handlers on the default namespace and implements [`ClientSink`] for them.
-//! Everything protocol-specific is decided in the gateway; this module only translates.
+//! The Socket.IO side (protocol §1) over socketioxide, for HTTP long-polling and polling
+//! sessions upgraded to WebSocket: builds socketioxide's layer from the settings, registers
+//! the `request` and `cancel` handlers on the default namespace and implements
+//! [`ClientSink`] for them. Everything protocol-specific is decided in the gateway; this
+//! module only translates. It is the only module that knows socketioxide: the rest of the
+//! host sees [`SocketIoId`], [`SocketIoAck`] and [`SocketIoSink`].
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -12,6 +16,7 @@ use dashmap::DashMap;
 use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
+use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
 use taskgate_protocol::{events, ErrorBody};
@@ -19,12 +24,56 @@ use tracing::debug;
 
 use crate::admission::{Admission, HandshakeRefused};
 use crate::broker::Broker;
+use crate::config::Settings;
 use crate::gateway::{CancelEnvelope, Gateway, RequestEnvelope};
 use crate::limits::Limits;
 use crate::session::Session;
 use crate::sink::{
     record_slow_client_drop, AckBody, ClientSink, EmitError, OwnedResponse, ResponseEvent,
 };
+use crate::transport::{
+    HANDSHAKE_TIMEOUT, PING_INTERVAL, PING_TIMEOUT, READ_BUFFER_BYTES, SOCKET_IO_PATH,
+};
+
+/// Names one connection served by socketioxide (its engine.io session id).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SocketIoId(Sid);
+
+impl fmt::Debug for SocketIoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for SocketIoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// The ack callback of one `request` served by socketioxide.
+pub struct SocketIoAck(AckSender);
+
+/// Builds socketioxide's layer (to put on the router) and the sink that sends through it.
+/// socketioxide announces and keeps the same engine.io timings and message limit as the
+/// host's own WebSocket transport, on the same path.
+pub fn build(settings: &Settings, limits: BacklogLimits) -> (SocketIoLayer, SocketIoSink) {
+    // One message limit for both transports: socketioxide's `max_payload` bounds only
+    // long-polling bodies, and a WebSocket message could otherwise be 64 MiB.
+    let message_limit = usize::try_from(settings.max_message_bytes).unwrap_or(usize::MAX);
+    let (layer, io) = SocketIo::builder()
+        .req_path(SOCKET_IO_PATH)
+        .ws_read_buffer_size(READ_BUFFER_BYTES)
+        .ping_interval(PING_INTERVAL)
+        .ping_timeout(PING_TIMEOUT)
+        .max_buffer_size(settings.socket_buffer)
+        .max_payload(settings.max_message_bytes)
+        .ws_max_message_size(message_limit)
+        .ws_max_frame_size(message_limit)
+        .connect_timeout(HANDSHAKE_TIMEOUT)
+        .build_layer();
+    (layer, SocketIoSink::new(io, limits))
+}
 
 /// How far a client may fall behind before it is dropped.
 #[derive(Debug, Clone, Copy)]
@@ -62,13 +111,13 @@ struct Inner {
     limits: BacklogLimits,
     /// Only connections whose socketioxide buffer was full have an entry. While one
     /// exists, new responses queue behind it, so the order is kept.
-    backlogs: DashMap<Sid, Backlog>,
+    backlogs: DashMap<SocketIoId, Backlog>,
     /// Connections being dropped, so each is dropped (and logged) once.
-    closing: DashMap<Sid, ()>,
+    closing: DashMap<SocketIoId, ()>,
     /// Called once for each dropped client, before its transport is closed (which can
     /// take up to a heartbeat when the client reads nothing): the gateway forgets its
     /// requests at once and tells workers to stop them.
-    on_drop: OnceLock<Box<dyn Fn(Sid) + Send + Sync>>,
+    on_drop: OnceLock<Box<dyn Fn(SocketIoId) + Send + Sync>>,
 }
 
 /// Sends acks and responses through socketioxide.
@@ -84,7 +133,7 @@ pub struct SocketIoSink {
 }
 
 impl SocketIoSink {
-    pub fn new(io: SocketIo, limits: BacklogLimits) -> Self {
+    fn new(io: SocketIo, limits: BacklogLimits) -> Self {
         SocketIoSink {
             inner: Arc::new(Inner {
                 io,
@@ -97,13 +146,18 @@ impl SocketIoSink {
     }
 
     /// Sets what happens to a dropped client's requests (once; later calls are ignored).
-    pub fn on_drop(&self, hook: impl Fn(Sid) + Send + Sync + 'static) {
+    pub fn on_drop(&self, hook: impl Fn(SocketIoId) + Send + Sync + 'static) {
         let _ = self.inner.on_drop.set(Box::new(hook));
     }
 
     /// Connections with responses waiting (for tests and metrics).
     pub fn backlogged(&self) -> usize {
         self.inner.backlogs.len()
+    }
+
+    /// Closes every socketioxide connection (shutdown).
+    pub async fn close(&self) {
+        self.inner.io.close().await;
     }
 }
 
@@ -128,10 +182,10 @@ impl Inner {
     }
 
     /// Sends the backlog of `conn` as room frees up, until it is empty.
-    async fn drain(self: Arc<Self>, conn: Sid) {
+    async fn drain(self: Arc<Self>, conn: SocketIoId) {
         let mut progress = Instant::now();
         loop {
-            let Some(socket) = self.io.get_socket(conn) else {
+            let Some(socket) = self.io.get_socket(conn.0) else {
                 self.backlogs.remove(&conn);
                 return;
             };
@@ -171,13 +225,13 @@ impl Inner {
     }
 }
 
-fn drop_client(inner: &Arc<Inner>, conn: Sid, why: &str) {
+fn drop_client(inner: &Arc<Inner>, conn: SocketIoId, why: &str) {
     if inner.closing.insert(conn, ()).is_some() {
         return;
     }
     record_slow_client_drop(&conn, why);
     inner.backlogs.remove(&conn);
-    let Some(socket) = inner.io.get_socket(conn) else {
+    let Some(socket) = inner.io.get_socket(conn.0) else {
         inner.closing.remove(&conn);
         return;
     };
@@ -202,23 +256,23 @@ fn drop_client(inner: &Arc<Inner>, conn: Sid, why: &str) {
 }
 
 impl ClientSink for SocketIoSink {
-    type Conn = Sid;
-    type Ack = AckSender;
+    type Conn = SocketIoId;
+    type Ack = SocketIoAck;
 
-    fn ack(&self, ack: AckSender, outcome: Result<(), &ErrorBody>) -> Result<(), EmitError> {
+    fn ack(&self, ack: SocketIoAck, outcome: Result<(), &ErrorBody>) -> Result<(), EmitError> {
         let body = AckBody {
             ok: outcome.is_ok(),
             error: outcome.err(),
         };
-        ack.send(&body).map_err(emit_error)
+        ack.0.send(&body).map_err(emit_error)
     }
 
-    fn emit(&self, conn: Sid, event: &ResponseEvent<'_>) -> Result<(), EmitError> {
+    fn emit(&self, conn: SocketIoId, event: &ResponseEvent<'_>) -> Result<(), EmitError> {
         let inner = &self.inner;
         match inner.backlogs.entry(conn) {
             Entry::Occupied(mut backlog) => inner.enqueue(backlog.get_mut(), event),
             Entry::Vacant(slot) => {
-                let socket = inner.io.get_socket(conn).ok_or(EmitError::Gone)?;
+                let socket = inner.io.get_socket(conn.0).ok_or(EmitError::Gone)?;
                 match socket.emit(events::RESPONSE, event).map_err(emit_error) {
                     Err(EmitError::Full) => {
                         let mut backlog = Backlog::default();
@@ -234,7 +288,7 @@ impl ClientSink for SocketIoSink {
         }
     }
 
-    fn disconnect(&self, conn: Sid) {
+    fn disconnect(&self, conn: SocketIoId) {
         drop_client(
             &self.inner,
             conn,
@@ -243,7 +297,7 @@ impl ClientSink for SocketIoSink {
     }
 }
 
-/// Serves protocol §1 on the default namespace of `io`.
+/// Serves protocol §1 on the default namespace of the sink's socketioxide instance.
 ///
 /// Everything happens in a connect middleware, which socketioxide awaits before it
 /// sends the CONNECT packet. It first decides whether the client may connect at all
@@ -253,12 +307,12 @@ impl ClientSink for SocketIoSink {
 /// was sent). Each handler does its gateway work synchronously in the closure body, so
 /// events of one connection are handled in the order they arrived; only publishing runs
 /// in the spawned future.
-pub fn attach<B, S>(io: &SocketIo, gateway: Arc<Gateway<B, S>>, admission: Arc<Admission>)
+pub fn attach<B, S>(sink: &SocketIoSink, gateway: Arc<Gateway<B, S>>, admission: Arc<Admission>)
 where
     B: Broker,
     S: ClientSink,
-    S::Conn: From<Sid>,
-    S::Ack: From<AckSender>,
+    S::Conn: From<SocketIoId>,
+    S::Ack: From<SocketIoAck>,
 {
     let admit = move |socket: SocketRef, TryData(auth): TryData<Value>| {
         let gateway = gateway.clone();
@@ -270,27 +324,31 @@ where
             Ok::<(), HandshakeRefused>(())
         }
     };
-    io.ns("/", (async || {}).with(admit));
+    sink.inner.io.ns("/", (async || {}).with(admit));
 }
 
 fn register_handlers<B, S>(socket: &SocketRef, gateway: Arc<Gateway<B, S>>, session: Session)
 where
     B: Broker,
     S: ClientSink,
-    S::Conn: From<Sid>,
-    S::Ack: From<AckSender>,
+    S::Conn: From<SocketIoId>,
+    S::Ack: From<SocketIoAck>,
 {
     match session.identity() {
         Some(identity) => debug!(sid = %socket.id, subject = %identity.subject, "client connected"),
         None => debug!(sid = %socket.id, "client connected"),
     }
-    gateway.connected_as(socket.id.into(), session);
+    gateway.connected_as(SocketIoId(socket.id).into(), session);
     let on_request = gateway.clone();
     socket.on(
         events::REQUEST,
         move |socket: SocketRef, TryData(envelope): TryData<RequestEnvelope>, ack: AckSender| {
             let envelope = envelope.map_err(|e| e.to_string());
-            let publish = on_request.submit(socket.id.into(), envelope, ack.into());
+            let publish = on_request.submit(
+                SocketIoId(socket.id).into(),
+                envelope,
+                SocketIoAck(ack).into(),
+            );
             async move {
                 if let Some(publish) = publish {
                     publish.await;
@@ -302,13 +360,16 @@ where
     socket.on(
         events::CANCEL,
         move |socket: SocketRef, TryData(envelope): TryData<CancelEnvelope>| {
-            on_cancel.cancel(socket.id.into(), envelope.map_err(|e| e.to_string()));
+            on_cancel.cancel(
+                SocketIoId(socket.id).into(),
+                envelope.map_err(|e| e.to_string()),
+            );
             async {}
         },
     );
     socket.on_disconnect(move |socket: SocketRef| {
         debug!(sid = %socket.id, "client disconnected");
-        gateway.disconnected(socket.id.into());
+        gateway.disconnected(SocketIoId(socket.id).into());
         async {}
     });
 }

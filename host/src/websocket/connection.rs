@@ -25,6 +25,7 @@ use crate::broker::Broker;
 use crate::gateway::{CancelEnvelope, Gateway, RequestEnvelope};
 use crate::session::Session;
 use crate::sink::{record_slow_client_drop, ClientSink};
+use crate::transport::{HANDSHAKE_TIMEOUT, PING_INTERVAL, PING_TIMEOUT};
 
 /// engine.io timings and limits of the transport.
 #[derive(Debug, Clone)]
@@ -50,11 +51,11 @@ pub const DEFAULT_CHUNK_LINGER: Duration = Duration::from_millis(2);
 
 impl Default for WsSettings {
     fn default() -> Self {
-        // engine.io's defaults; the server gives socketioxide the same.
+        // engine.io's defaults, which socketioxide is given too.
         WsSettings {
-            ping_interval: Duration::from_secs(25),
-            ping_timeout: Duration::from_secs(20),
-            handshake_timeout: Duration::from_secs(10),
+            ping_interval: PING_INTERVAL,
+            ping_timeout: PING_TIMEOUT,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
             max_message_bytes: 1_000_000,
             stall: crate::limits::DEFAULT_CLIENT_STALL,
             chunk_linger: DEFAULT_CHUNK_LINGER,

@@ -36,7 +36,8 @@ use crate::plugins::PrivateCopyLoader;
 use crate::reload::{self, Reloader};
 use crate::request_head;
 use crate::routes::RoutingTable;
-use crate::socketio::{self, BacklogLimits};
+use crate::socketio;
+use crate::transport::SlowClientPolicy;
 use crate::watcher::{self, ReloadTarget};
 use crate::websocket::{self, Endpoint, Hub, WsSettings};
 
@@ -121,12 +122,11 @@ pub async fn run(
 
     let ws_settings = WsSettings {
         max_message_bytes: settings.max_message_bytes,
-        stall: settings.limits.client_stall,
         chunk_linger: settings.chunk_linger,
         ..WsSettings::default()
     };
-    let (layer, socketio) = socketio::build(&settings, BacklogLimits::from(&settings.limits));
-    let hub = Arc::new(Hub::new(settings.limits.client_backlog_bytes));
+    let (layer, socketio) = socketio::build(&settings);
+    let hub = Arc::new(Hub::new(SlowClientPolicy::from(&settings.limits)));
     let sink = Arc::new(HostSink {
         socketio,
         websocket: hub.clone(),

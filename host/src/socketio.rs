@@ -26,13 +26,13 @@ use crate::admission::{Admission, HandshakeRefused};
 use crate::broker::Broker;
 use crate::config::Settings;
 use crate::gateway::{CancelEnvelope, Gateway, RequestEnvelope};
-use crate::limits::Limits;
 use crate::session::Session;
 use crate::sink::{
     record_slow_client_drop, AckBody, ClientSink, EmitError, OwnedResponse, ResponseEvent,
 };
 use crate::transport::{
-    HANDSHAKE_TIMEOUT, PING_INTERVAL, PING_TIMEOUT, READ_BUFFER_BYTES, SOCKET_IO_PATH,
+    SlowClientPolicy, HANDSHAKE_TIMEOUT, PING_INTERVAL, PING_TIMEOUT, READ_BUFFER_BYTES,
+    SOCKET_IO_PATH,
 };
 
 /// Names one connection served by socketioxide (its engine.io session id).
@@ -57,7 +57,7 @@ pub struct SocketIoAck(AckSender);
 /// Builds socketioxide's layer (to put on the router) and the sink that sends through it.
 /// socketioxide announces and keeps the same engine.io timings and message limit as the
 /// host's own WebSocket transport, on the same path.
-pub fn build(settings: &Settings, limits: BacklogLimits) -> (SocketIoLayer, SocketIoSink) {
+pub fn build(settings: &Settings) -> (SocketIoLayer, SocketIoSink) {
     // One message limit for both transports: socketioxide's `max_payload` bounds only
     // long-polling bodies, and a WebSocket message could otherwise be 64 MiB.
     let message_limit = usize::try_from(settings.max_message_bytes).unwrap_or(usize::MAX);
@@ -72,31 +72,10 @@ pub fn build(settings: &Settings, limits: BacklogLimits) -> (SocketIoLayer, Sock
         .ws_max_frame_size(message_limit)
         .connect_timeout(HANDSHAKE_TIMEOUT)
         .build_layer();
-    (layer, SocketIoSink::new(io, limits))
-}
-
-/// How far a client may fall behind before it is dropped.
-#[derive(Debug, Clone, Copy)]
-pub struct BacklogLimits {
-    /// Responses kept for one connection beyond socketioxide's own buffer, in bytes.
-    pub max_bytes: usize,
-    /// How long a backlog may go without any progress.
-    pub stall: Duration,
-}
-
-impl Default for BacklogLimits {
-    fn default() -> Self {
-        BacklogLimits::from(&Limits::default())
-    }
-}
-
-impl From<&Limits> for BacklogLimits {
-    fn from(limits: &Limits) -> Self {
-        BacklogLimits {
-            max_bytes: limits.client_backlog_bytes,
-            stall: limits.client_stall,
-        }
-    }
+    (
+        layer,
+        SocketIoSink::new(io, SlowClientPolicy::from(&settings.limits)),
+    )
 }
 
 /// Responses waiting for room in a connection's socketioxide buffer, in order.
@@ -108,7 +87,7 @@ struct Backlog {
 
 struct Inner {
     io: SocketIo,
-    limits: BacklogLimits,
+    policy: SlowClientPolicy,
     /// Only connections whose socketioxide buffer was full have an entry. While one
     /// exists, new responses queue behind it, so the order is kept.
     backlogs: DashMap<SocketIoId, Backlog>,
@@ -125,19 +104,19 @@ struct Inner {
 /// socketioxide's per-socket buffer (`socket_buffer` packets) fills whenever replies
 /// arrive faster than the transport writes them — even for a client reading at full
 /// speed — and its `emit` then fails. Instead of dropping the client, the response waits
-/// in a per-connection backlog drained by one task; only a client whose backlog passes
-/// [`BacklogLimits`] is disconnected.
+/// in a per-connection backlog drained by one task; only a client that passes the host's
+/// [`SlowClientPolicy`] (which says why the backlog is polled) is disconnected.
 #[derive(Clone)]
 pub struct SocketIoSink {
     inner: Arc<Inner>,
 }
 
 impl SocketIoSink {
-    fn new(io: SocketIo, limits: BacklogLimits) -> Self {
+    fn new(io: SocketIo, policy: SlowClientPolicy) -> Self {
         SocketIoSink {
             inner: Arc::new(Inner {
                 io,
-                limits,
+                policy,
                 backlogs: DashMap::new(),
                 closing: DashMap::new(),
                 on_drop: OnceLock::new(),
@@ -173,7 +152,7 @@ impl Inner {
     fn enqueue(&self, backlog: &mut Backlog, event: &ResponseEvent<'_>) -> Result<(), EmitError> {
         let owned = event.to_owned_response();
         let weight = owned.weight();
-        if backlog.bytes + weight > self.limits.max_bytes {
+        if !self.policy.fits(backlog.bytes, weight) {
             return Err(EmitError::Full);
         }
         backlog.bytes += weight;
@@ -181,7 +160,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Sends the backlog of `conn` as room frees up, until it is empty.
+    /// Sends the backlog of `conn` as room frees up, until it is empty: socketioxide does
+    /// not say when that is, so this polls (see [`SlowClientPolicy`]).
     async fn drain(self: Arc<Self>, conn: SocketIoId) {
         let mut progress = Instant::now();
         loop {
@@ -215,7 +195,7 @@ impl Inner {
             {
                 return;
             }
-            if progress.elapsed() > self.limits.stall {
+            if progress.elapsed() > self.policy.stall {
                 self.backlogs.remove(&conn);
                 drop_client(&self, conn, "its responses made no progress");
                 return;
@@ -377,16 +357,4 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backlog_limits_come_from_the_limits() {
-        let limits = Limits {
-            client_backlog_bytes: 1234,
-            client_stall: Duration::from_millis(567),
-            ..Limits::default()
-        };
-        let backlog = BacklogLimits::from(&limits);
-        assert_eq!(backlog.max_bytes, 1234);
-        assert_eq!(backlog.stall, Duration::from_millis(567));
-    }
 }

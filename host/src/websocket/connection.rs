@@ -38,8 +38,6 @@ pub struct WsSettings {
     pub handshake_timeout: Duration,
     /// The largest message the client may send, announced as `maxPayload`.
     pub max_message_bytes: u64,
-    /// How long a write to the client may make no progress before it is dropped.
-    pub stall: Duration,
     /// How long chunks may wait for more frames to share their write (zero: never).
     pub chunk_linger: Duration,
 }
@@ -57,7 +55,6 @@ impl Default for WsSettings {
             ping_timeout: PING_TIMEOUT,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             max_message_bytes: 1_000_000,
-            stall: crate::limits::DEFAULT_CLIENT_STALL,
             chunk_linger: DEFAULT_CHUNK_LINGER,
         }
     }
@@ -82,7 +79,7 @@ enum End {
     Refused,
     /// No CONNECT, or no pong, in time.
     Timeout(&'static str),
-    /// The client read nothing for `stall`.
+    /// The client read nothing for the slow-client policy's `stall`.
     Stalled,
     /// The host ended it (slow client, shutdown).
     Closed(Closing),
@@ -340,7 +337,7 @@ where
             // Answers are bounded like responses: a client that sends but never reads
             // cannot make the host queue without end.
             Ok(Incoming::Ping(data)) => conn
-                .push(packet::pong(data), self.hub.backlog_limit(), Urgency::Now)
+                .push(packet::pong(data), self.hub.policy(), Urgency::Now)
                 .map_err(|_| End::Closed(Closing::Dropped))?,
             Ok(Incoming::Noop | Incoming::Ack | Incoming::BinaryAck { .. }) => {}
             Ok(Incoming::Connect {
@@ -350,7 +347,7 @@ where
             Ok(Incoming::Connect { namespace, .. }) => conn
                 .push(
                     packet::connect_error(namespace, "Invalid namespace"),
-                    self.hub.backlog_limit(),
+                    self.hub.policy(),
                     Urgency::Now,
                 )
                 .map_err(|_| End::Closed(Closing::Dropped))?,
@@ -420,7 +417,7 @@ where
             *waited = true;
             debug!("send buffer full; responses wait in the backlog");
         }
-        match timeout(self.settings.stall, step).await {
+        match timeout(self.hub.policy().stall, step).await {
             Ok(done) => done.map_err(ws_error),
             Err(_) => Err(End::Stalled),
         }

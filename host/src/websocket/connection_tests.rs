@@ -20,6 +20,7 @@ use crate::broker::IncomingReply;
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::routes::testing::parts;
 use crate::routes::{RequestTypeSpec, RoutingTable};
+use crate::transport::SlowClientPolicy;
 
 type Client = WebSocketStream<DuplexStream>;
 
@@ -36,7 +37,10 @@ async fn start(settings: WsSettings, backlog_limit: usize) -> Harness {
     echo.streams = true;
     let routes = RoutingTable::new([RequestTypeSpec::new(echo, None).unwrap()]);
     let broker = Arc::new(MemoryBroker::new());
-    let hub = Arc::new(Hub::new(backlog_limit));
+    let hub = Arc::new(Hub::new(SlowClientPolicy {
+        backlog_bytes: backlog_limit,
+        stall: Duration::from_secs(5),
+    }));
     let gateway = Arc::new(Gateway::new(
         broker.clone(),
         hub.clone(),
@@ -74,7 +78,6 @@ fn fast() -> WsSettings {
         ping_timeout: Duration::from_secs(60),
         handshake_timeout: Duration::from_secs(5),
         max_message_bytes: 1 << 20,
-        stall: Duration::from_secs(5),
         chunk_linger: Duration::from_millis(2),
     }
 }

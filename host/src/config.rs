@@ -27,8 +27,10 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_MAX_PLUGIN_LIBRARIES: usize = 64;
 /// How long shutdown waits for requests in flight before ending them `UNAVAILABLE`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// How long chunks wait for company unless `[host] chunk_linger` says otherwise.
-pub use crate::websocket::DEFAULT_CHUNK_LINGER;
+/// How long chunks wait for company on a WebSocket connection unless `[host] chunk_linger`
+/// says otherwise: far below what a person notices, and long enough that the writes of
+/// many busy connections fall on the same timer tick (docs/performance.md).
+pub const DEFAULT_CHUNK_LINGER: Duration = Duration::from_millis(2);
 /// The longest `chunk_linger` the host accepts.
 pub const MAX_CHUNK_LINGER: Duration = Duration::from_secs(1);
 

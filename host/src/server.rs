@@ -120,11 +120,7 @@ pub async fn run(
     let host_id = Uuid::new_v4();
     let broker = AmqpBroker::new(settings.amqp_url.clone(), host_id, initial.queues.clone());
 
-    let ws_settings = WsSettings {
-        max_message_bytes: settings.max_message_bytes,
-        chunk_linger: settings.chunk_linger,
-        ..WsSettings::default()
-    };
+    let ws_settings = WsSettings::from(&settings);
     let (layer, socketio) = socketio::build(&settings);
     let hub = Arc::new(Hub::new(SlowClientPolicy::from(&settings.limits)));
     let sink = Arc::new(HostSink {

@@ -22,6 +22,7 @@ use super::hub::{Closing, Conn, Hub, Urgency, WsAck, WsConnId};
 use super::packet::{self, EventName, Incoming, DEFAULT_NAMESPACE};
 use crate::admission::Admission;
 use crate::broker::Broker;
+use crate::config::{Settings, DEFAULT_CHUNK_LINGER};
 use crate::gateway::{CancelEnvelope, Gateway, RequestEnvelope};
 use crate::session::Session;
 use crate::sink::{record_slow_client_drop, ClientSink};
@@ -42,10 +43,16 @@ pub struct WsSettings {
     pub chunk_linger: Duration,
 }
 
-/// Chunks wait at most this long for company, unless `[host] chunk_linger` says otherwise:
-/// far below what a person notices, and long enough that the writes of many busy
-/// connections fall on the same timer tick (docs/performance.md).
-pub const DEFAULT_CHUNK_LINGER: Duration = Duration::from_millis(2);
+impl From<&Settings> for WsSettings {
+    /// The host's settings; the engine.io timings are those socketioxide is given too.
+    fn from(settings: &Settings) -> Self {
+        WsSettings {
+            max_message_bytes: settings.max_message_bytes,
+            chunk_linger: settings.chunk_linger,
+            ..WsSettings::default()
+        }
+    }
+}
 
 impl Default for WsSettings {
     fn default() -> Self {

@@ -10,7 +10,8 @@
 //!   [`sink::ClientSink`].
 //! - [`broker`]: the broker trait; `broker::amqp` (amqprs: the session loop, callbacks,
 //!   publisher, topology, message encoding) and `broker::memory` (tests).
-//! - [`sink`]: the client-side trait and response types. Two transports implement it:
+//! - [`sink`]: the client-side trait and response types, and [`sink::ClientDropped`], how
+//!   a transport reports a client it dropped to the gateway. Two transports implement it:
 //!   [`websocket`] (the host's own, for WebSocket-only clients) and [`socketio`]
 //!   (socketioxide: long-polling and upgrades, the only module that knows socketioxide);
 //!   [`clients`] routes between them; [`transport`] holds what both share (path, timings).
@@ -21,7 +22,8 @@
 //!   directory or plugins.toml, swap in a new routing table.
 //! - [`schemas`]: `taskgate schemas`, the request types' JSON Schemas for client codegen.
 //! - [`config`] and [`cli`]: plugins.toml, flags, environment variables.
-//! - [`server`]: wiring it all up behind axum; [`request_head`] keeps idle WebSockets small.
+//! - [`server`]: build the host, its router, serve until the shutdown signal; [`shutdown`]
+//!   the graceful sequence; [`request_head`] keeps idle WebSockets small.
 //! - [`error`]: why a request fails, mapped to protocol error codes.
 //! - [`admission`], [`auth`], [`session`], [`limits`], [`origins`], [`host_names`]: who may
 //!   connect and call what, how much one connection may ask of the host, and which names it
@@ -50,6 +52,7 @@ pub mod routes;
 pub mod schemas;
 pub mod server;
 pub mod session;
+pub mod shutdown;
 pub mod sink;
 pub mod socketio;
 pub mod trace;

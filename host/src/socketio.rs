@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry;
@@ -28,7 +28,8 @@ use crate::config::Settings;
 use crate::gateway::{CancelEnvelope, Gateway, RequestEnvelope};
 use crate::session::Session;
 use crate::sink::{
-    record_slow_client_drop, AckBody, ClientSink, EmitError, OwnedResponse, ResponseEvent,
+    record_slow_client_drop, AckBody, ClientSink, DropReporter, EmitError, OwnedResponse,
+    ResponseEvent,
 };
 use crate::transport::{
     SlowClientPolicy, HANDSHAKE_TIMEOUT, PING_INTERVAL, PING_TIMEOUT, READ_BUFFER_BYTES,
@@ -54,10 +55,18 @@ impl fmt::Display for SocketIoId {
 /// The ack callback of one `request` served by socketioxide.
 pub struct SocketIoAck(AckSender);
 
+/// socketioxide's layer, to put on the router: it serves every Socket.IO request the
+/// WebSocket transport does not take over.
+pub type Layer = SocketIoLayer;
+
 /// Builds socketioxide's layer (to put on the router) and the sink that sends through it.
 /// socketioxide announces and keeps the same engine.io timings and message limit as the
 /// host's own WebSocket transport, on the same path.
-pub fn build(settings: &Settings) -> (SocketIoLayer, SocketIoSink) {
+/// Clients the sink drops are reported to `dropped` (the gateway).
+pub fn build(
+    settings: &Settings,
+    dropped: DropReporter<SocketIoId>,
+) -> (SocketIoLayer, SocketIoSink) {
     // One message limit for both transports: socketioxide's `max_payload` bounds only
     // long-polling bodies, and a WebSocket message could otherwise be 64 MiB.
     let message_limit = usize::try_from(settings.max_message_bytes).unwrap_or(usize::MAX);
@@ -72,10 +81,16 @@ pub fn build(settings: &Settings) -> (SocketIoLayer, SocketIoSink) {
         .ws_max_frame_size(message_limit)
         .connect_timeout(HANDSHAKE_TIMEOUT)
         .build_layer();
-    (
-        layer,
-        SocketIoSink::new(io, SlowClientPolicy::from(&settings.limits)),
-    )
+    let sink = SocketIoSink {
+        inner: Arc::new(Inner {
+            io,
+            policy: SlowClientPolicy::from(&settings.limits),
+            backlogs: DashMap::new(),
+            closing: DashMap::new(),
+            dropped,
+        }),
+    };
+    (layer, sink)
 }
 
 /// Responses waiting for room in a connection's socketioxide buffer, in order.
@@ -93,10 +108,10 @@ struct Inner {
     backlogs: DashMap<SocketIoId, Backlog>,
     /// Connections being dropped, so each is dropped (and logged) once.
     closing: DashMap<SocketIoId, ()>,
-    /// Called once for each dropped client, before its transport is closed (which can
-    /// take up to a heartbeat when the client reads nothing): the gateway forgets its
-    /// requests at once and tells workers to stop them.
-    on_drop: OnceLock<Box<dyn Fn(SocketIoId) + Send + Sync>>,
+    /// Told once of each dropped client, before its transport is closed (which can take
+    /// up to a heartbeat when the client reads nothing): the gateway forgets its requests
+    /// at once and tells workers to stop them.
+    dropped: DropReporter<SocketIoId>,
 }
 
 /// Sends acks and responses through socketioxide.
@@ -112,23 +127,6 @@ pub struct SocketIoSink {
 }
 
 impl SocketIoSink {
-    fn new(io: SocketIo, policy: SlowClientPolicy) -> Self {
-        SocketIoSink {
-            inner: Arc::new(Inner {
-                io,
-                policy,
-                backlogs: DashMap::new(),
-                closing: DashMap::new(),
-                on_drop: OnceLock::new(),
-            }),
-        }
-    }
-
-    /// Sets what happens to a dropped client's requests (once; later calls are ignored).
-    pub fn on_drop(&self, hook: impl Fn(SocketIoId) + Send + Sync + 'static) {
-        let _ = self.inner.on_drop.set(Box::new(hook));
-    }
-
     /// Connections with responses waiting (for tests and metrics).
     pub fn backlogged(&self) -> usize {
         self.inner.backlogs.len()
@@ -218,11 +216,9 @@ fn drop_client(inner: &Arc<Inner>, conn: SocketIoId, why: &str) {
     let inner = inner.clone();
     // The disconnect packet itself needs room in the full buffer: retry for a while; the
     // engine.io heartbeat closes a client that never reads in the end anyway. Its
-    // requests are cleaned up first, in this task: the caller may hold gateway locks.
+    // requests are cleaned up first (the report's task is spawned before this one).
+    inner.dropped.report(conn);
     tokio::spawn(async move {
-        if let Some(hook) = inner.on_drop.get() {
-            hook(conn);
-        }
         for _ in 0..100 {
             match socket.clone().disconnect() {
                 Err(SocketError::InternalChannelFull) => {
@@ -352,9 +348,4 @@ where
         gateway.disconnected(SocketIoId(socket.id).into());
         async {}
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 }

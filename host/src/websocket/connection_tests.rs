@@ -2,7 +2,7 @@
 //! duplex pipe, a connection task on the other, the gateway on the in-memory broker.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -20,6 +20,7 @@ use crate::broker::IncomingReply;
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::routes::testing::parts;
 use crate::routes::{RequestTypeSpec, RoutingTable};
+use crate::sink::{ClientDropped, DropReporter};
 use crate::transport::SlowClientPolicy;
 
 type Client = WebSocketStream<DuplexStream>;
@@ -37,20 +38,22 @@ async fn start(settings: WsSettings, backlog_limit: usize) -> Harness {
     echo.streams = true;
     let routes = RoutingTable::new([RequestTypeSpec::new(echo, None).unwrap()]);
     let broker = Arc::new(MemoryBroker::new());
-    let hub = Arc::new(Hub::new(SlowClientPolicy {
+    let policy = SlowClientPolicy {
         backlog_bytes: backlog_limit,
         stall: Duration::from_secs(5),
-    }));
-    let gateway = Arc::new(Gateway::new(
-        broker.clone(),
-        hub.clone(),
-        routes,
-        GatewayOptions::default(),
-    ));
-    {
-        let gateway = gateway.clone();
-        hub.on_drop(move |id| gateway.disconnected(id));
-    }
+    };
+    let mut hub = None;
+    let gateway = Arc::new_cyclic(|gateway: &Weak<Gateway<MemoryBroker, Hub>>| {
+        let dropped: Weak<dyn ClientDropped<WsConnId>> = gateway.clone();
+        let made = hub.insert(Arc::new(Hub::new(policy, DropReporter::new(dropped))));
+        Gateway::new(
+            broker.clone(),
+            made.clone(),
+            routes,
+            GatewayOptions::default(),
+        )
+    });
+    let hub = hub.expect("made with the gateway");
     let endpoint = Arc::new(Endpoint {
         gateway: gateway.clone(),
         hub: hub.clone(),

@@ -16,14 +16,16 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
 use taskgate_protocol::{events, ErrorBody, ReplyKind};
 use tokio::sync::Notify;
 
 use super::packet;
-use crate::sink::{record_slow_client_drop, AckBody, ClientSink, EmitError, ResponseEvent};
+use crate::sink::{
+    record_slow_client_drop, AckBody, ClientSink, DropReporter, EmitError, ResponseEvent,
+};
 use crate::transport::SlowClientPolicy;
 
 /// Names one connection served by the host's own WebSocket transport.
@@ -189,31 +191,24 @@ impl Conn {
     }
 }
 
-type DropHook = Arc<dyn Fn(WsConnId) + Send + Sync>;
-
 /// The registry of connections served by the host's WebSocket transport.
 pub struct Hub {
     conns: DashMap<WsConnId, Arc<Conn>>,
     next_id: AtomicU64,
     /// When a client counts as too slow.
     policy: SlowClientPolicy,
-    on_drop: OnceLock<DropHook>,
+    /// Where dropped clients are reported (the gateway).
+    dropped: DropReporter<WsConnId>,
 }
 
 impl Hub {
-    pub fn new(policy: SlowClientPolicy) -> Self {
+    pub fn new(policy: SlowClientPolicy, dropped: DropReporter<WsConnId>) -> Self {
         Hub {
             conns: DashMap::new(),
             next_id: AtomicU64::new(1),
             policy,
-            on_drop: OnceLock::new(),
+            dropped,
         }
-    }
-
-    /// Sets what happens to a dropped client's requests (once; later calls are ignored).
-    /// It runs on a task of its own: `disconnect` is called with gateway locks held.
-    pub fn on_drop(&self, hook: impl Fn(WsConnId) + Send + Sync + 'static) {
-        let _ = self.on_drop.set(Arc::new(hook));
     }
 
     /// A new connection, before it is announced to the client.
@@ -282,8 +277,8 @@ impl Hub {
         )
     }
 
-    /// Drops a client that does not keep up: its requests are forgotten now (the hook),
-    /// its task says goodbye and closes the socket as soon as it can.
+    /// Drops a client that does not keep up: its requests are forgotten now (reported to
+    /// the gateway), its task says goodbye and closes the socket as soon as it can.
     pub fn disconnect(&self, id: WsConnId, why: &str) {
         let Some(conn) = self.conns.get(&id).map(|c| c.clone()) else {
             return;
@@ -292,11 +287,7 @@ impl Hub {
             return;
         }
         record_slow_client_drop(&id, why);
-        if let Some(hook) = self.on_drop.get() {
-            // Not inline: the caller may hold gateway locks the hook takes.
-            let hook = hook.clone();
-            tokio::spawn(async move { hook(id) });
-        }
+        self.dropped.report(id);
     }
 }
 
@@ -331,13 +322,17 @@ mod tests {
     use futures_util::FutureExt;
 
     use super::*;
+    use crate::sink::ClientDropped;
 
     /// A hub whose outboxes hold `backlog_bytes`.
     fn hub(backlog_bytes: usize) -> Hub {
-        Hub::new(SlowClientPolicy {
-            backlog_bytes,
-            ..SlowClientPolicy::default()
-        })
+        Hub::new(
+            SlowClientPolicy {
+                backlog_bytes,
+                ..SlowClientPolicy::default()
+            },
+            DropReporter::none(),
+        )
     }
 
     #[tokio::test]
@@ -400,19 +395,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_dropped_client_is_reported_once_to_the_hook() {
-        let hub = hub(1000);
-        let dropped = Arc::new(Mutex::new(Vec::new()));
-        {
-            let dropped = dropped.clone();
-            hub.on_drop(move |id| dropped.lock().unwrap().push(id));
+    async fn a_dropped_client_is_reported_once_to_the_gateway() {
+        struct Recorder(Mutex<Vec<WsConnId>>);
+        impl ClientDropped<WsConnId> for Recorder {
+            fn client_dropped(&self, conn: WsConnId) {
+                self.0.lock().unwrap().push(conn);
+            }
         }
+        let recorder = Arc::new(Recorder(Mutex::new(Vec::new())));
+        let to: Arc<dyn ClientDropped<WsConnId>> = recorder.clone();
+        let hub = Hub::new(
+            SlowClientPolicy::default(),
+            DropReporter::new(Arc::downgrade(&to)),
+        );
         let (id, conn) = hub.register();
         hub.disconnect(id, "test");
         hub.disconnect(id, "test");
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
-        assert_eq!(*dropped.lock().unwrap(), vec![id]);
+        assert_eq!(*recorder.0.lock().unwrap(), vec![id]);
         assert_eq!(
             conn.take(&mut VecDeque::new(), false).closing,
             Some(Closing::Dropped)

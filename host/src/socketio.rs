@@ -290,17 +290,56 @@ where
     S::Conn: From<SocketIoId>,
     S::Ack: From<SocketIoAck>,
 {
+    let dropped = sink.inner.dropped.clone();
     let admit = move |socket: SocketRef, TryData(auth): TryData<Value>| {
         let gateway = gateway.clone();
         let admission = admission.clone();
+        let dropped = dropped.clone();
         async move {
             // `auth` holds the token: it is dropped with this future, never logged.
             let session = admission.admit(auth.ok().as_ref(), &socket.id)?;
             register_handlers(&socket, gateway, session);
+            // From here the socket owns its registration (and through the session, its
+            // connection slot): however socketioxide lets go of it, it is freed.
+            socket
+                .extensions
+                .insert(Registration::new(SocketIoId(socket.id), dropped));
             Ok::<(), HandshakeRefused>(())
         }
     };
     sink.inner.io.ns("/", (async || {}).with(admit));
+}
+
+/// Kept in the socket's extensions from admission on: when socketioxide drops the socket,
+/// the gateway is told the client is gone, which frees its session and connection slot.
+///
+/// The disconnect handler does that on the ordinary paths, and first. This is for the
+/// others: when CONNECT cannot be queued (socketioxide's buffer is full, e.g. after a
+/// flood of CONNECTs to an unknown namespace), socketioxide removes the socket without
+/// running its disconnect handler (issue 20 #1). Telling the gateway twice is harmless.
+/// (socketioxide's extensions hold clones: the last one dropped reports.)
+#[derive(Clone)]
+struct Registration {
+    _registered: Arc<Registered>,
+}
+
+struct Registered {
+    id: SocketIoId,
+    dropped: DropReporter<SocketIoId>,
+}
+
+impl Registration {
+    fn new(id: SocketIoId, dropped: DropReporter<SocketIoId>) -> Self {
+        Registration {
+            _registered: Arc::new(Registered { id, dropped }),
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.dropped.report(self.id);
+    }
 }
 
 fn register_handlers<B, S>(socket: &SocketRef, gateway: Arc<Gateway<B, S>>, session: Session)

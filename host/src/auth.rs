@@ -530,9 +530,7 @@ const CLIENT_TRIGGERED_ERRORS: &str = "socketioxide::client";
 /// that print client data, and for the ERROR lines a client can make socketioxide write
 /// at will. Install with `tracing_subscriber::filter::filter_fn`.
 pub fn loggable(metadata: &Metadata<'_>) -> bool {
-    if *metadata.level() == tracing::Level::ERROR
-        && metadata.target() == CLIENT_TRIGGERED_ERRORS
-    {
+    if *metadata.level() == tracing::Level::ERROR && metadata.target() == CLIENT_TRIGGERED_ERRORS {
         return false;
     }
     if *metadata.level() <= tracing::Level::INFO {

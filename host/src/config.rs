@@ -151,6 +151,8 @@ pub struct LimitsSection {
     pub max_connections: Option<usize>,
     pub client_backlog_bytes: Option<usize>,
     pub client_stall_ms: Option<u64>,
+    pub max_pending_connections: Option<usize>,
+    pub handshake_timeout_ms: Option<u64>,
 }
 
 impl LimitsSection {
@@ -174,7 +176,18 @@ impl LimitsSection {
             client_stall: self
                 .client_stall_ms
                 .map_or(defaults.client_stall, Duration::from_millis),
+            max_pending_connections: self
+                .max_pending_connections
+                .unwrap_or(defaults.max_pending_connections),
+            handshake_timeout: self
+                .handshake_timeout_ms
+                .map_or(defaults.handshake_timeout, Duration::from_millis),
         };
+        if limits.handshake_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "[limits] handshake_timeout_ms must be at least 1".to_owned(),
+            ));
+        }
         if limits.max_payload_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "[limits] max_payload_bytes must be at least 1".to_owned(),
@@ -662,6 +675,8 @@ mod tests {
             max_connections = 3
             client_backlog_bytes = 4096
             client_stall_ms = 1500
+            max_pending_connections = 9
+            handshake_timeout_ms = 2500
             "#,
         )
         .unwrap();
@@ -688,6 +703,8 @@ mod tests {
         assert_eq!(s.limits.max_connections, 3);
         assert_eq!(s.limits.client_backlog_bytes, 4096);
         assert_eq!(s.limits.client_stall, Duration::from_millis(1500));
+        assert_eq!(s.limits.max_pending_connections, 9);
+        assert_eq!(s.limits.handshake_timeout, Duration::from_millis(2500));
         // The transport limit grows to fit the payload ceiling and its envelope.
         assert_eq!(
             s.max_message_bytes,

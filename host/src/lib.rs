@@ -22,7 +22,8 @@
 //!   directory or plugins.toml, swap in a new routing table.
 //! - [`schemas`]: `taskgate schemas`, the request types' JSON Schemas for client codegen.
 //! - [`config`] and [`cli`]: plugins.toml, flags, environment variables.
-//! - [`server`]: build the host, its router, serve until the shutdown signal; [`shutdown`]
+//! - [`server`]: build the host, its router, serve until the shutdown signal; [`http`] the
+//!   accept loop (timeouts and a limit before a connection's first request); [`shutdown`]
 //!   the graceful sequence; [`request_head`] keeps idle WebSockets small.
 //! - [`error`]: why a request fails, mapped to protocol error codes.
 //! - [`admission`], [`auth`], [`session`], [`limits`], [`origins`], [`host_names`]: who may
@@ -42,6 +43,7 @@ pub mod deadlines;
 pub mod error;
 pub mod gateway;
 pub mod host_names;
+pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod origins;

@@ -2,7 +2,7 @@
 //! (`/healthz`, `/readyz`, `/metrics`, Socket.IO, static files) until shutdown, then shut
 //! down gracefully. The binary only parses flags and binds; tests call [`run`] on port 0.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
@@ -10,7 +10,6 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
@@ -29,6 +28,7 @@ use crate::clients::HostSink;
 use crate::config::{AuthMode, Settings};
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::host_names::{self, AllowedHosts};
+use crate::http;
 use crate::limits::ConnectionCounter;
 use crate::metrics;
 use crate::origins::{self, AllowedOrigins};
@@ -286,7 +286,8 @@ impl Host {
             grace: self.settings.shutdown_grace,
             publish_timeout: GatewayOptions::default().publish_timeout,
         };
-        let served = serve_http(listener, app, async move {
+        let pending = http::Pending::from(&self.settings.limits);
+        serve_http(listener, app, pending, async move {
             signal.await;
             shutdown.close_clients().await;
         })
@@ -300,7 +301,7 @@ impl Host {
         }
         self.upkeep.abort();
         info!("stopped");
-        served.map_err(ServeError::Serve)
+        Ok(())
     }
 }
 
@@ -310,29 +311,22 @@ impl Host {
 async fn serve_http(
     listener: TcpListener,
     app: Router,
+    pending: http::Pending,
     close_clients: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
+) {
     let sockets_closed = CancellationToken::new();
     let closed = sockets_closed.clone();
-    let serve = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            close_clients.await;
-            closed.cancel();
-        })
-        .into_future();
+    let serve = http::serve(listener, app, pending, async move {
+        close_clients.await;
+        closed.cancel();
+    });
     tokio::select! {
-        served = serve => served,
-        _ = async {
+        () = serve => {}
+        () = async {
             sockets_closed.cancelled().await;
             tokio::time::sleep(CLOSE_CONNECTIONS).await;
         } => {
             warn!("HTTP connections still open {CLOSE_CONNECTIONS:?} after the sockets were closed; stopping anyway");
-            Ok(())
         }
     }
 }

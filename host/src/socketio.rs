@@ -32,8 +32,7 @@ use crate::sink::{
     ResponseEvent,
 };
 use crate::transport::{
-    SlowClientPolicy, HANDSHAKE_TIMEOUT, PING_INTERVAL, PING_TIMEOUT, READ_BUFFER_BYTES,
-    SOCKET_IO_PATH,
+    SlowClientPolicy, PING_INTERVAL, PING_TIMEOUT, READ_BUFFER_BYTES, SOCKET_IO_PATH,
 };
 
 /// Names one connection served by socketioxide (its engine.io session id).
@@ -79,7 +78,7 @@ pub fn build(
         .max_payload(settings.max_message_bytes)
         .ws_max_message_size(message_limit)
         .ws_max_frame_size(message_limit)
-        .connect_timeout(HANDSHAKE_TIMEOUT)
+        .connect_timeout(settings.limits.handshake_timeout)
         .build_layer();
     let sink = SocketIoSink {
         inner: Arc::new(Inner {

@@ -17,11 +17,6 @@ pub const SOCKET_IO_PATH: &str = "/socket.io";
 pub const PING_INTERVAL: Duration = Duration::from_secs(25);
 /// How long a pong may take before the connection counts as dead (`pingTimeout`).
 pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long a client has, after the engine.io handshake, to pass the Socket.IO one.
-/// It also bounds how long a refused client's transport lingers when the client does
-/// not close it.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// tungstenite's read buffer, for both transports: every WebSocket keeps one for its whole
 /// life. socketioxide's default is 4 KiB; 2 KiB saves 2 KiB per idle connection, at the
 /// price of more `read` calls for messages above 2 KiB (tungstenite reads at most this much

@@ -24,9 +24,10 @@ use crate::admission::Admission;
 use crate::broker::Broker;
 use crate::config::{Settings, DEFAULT_CHUNK_LINGER};
 use crate::gateway::{CancelEnvelope, Gateway, RequestEnvelope};
+use crate::limits::DEFAULT_HANDSHAKE_TIMEOUT;
 use crate::session::Session;
 use crate::sink::{record_slow_client_drop, ClientSink};
-use crate::transport::{HANDSHAKE_TIMEOUT, PING_INTERVAL, PING_TIMEOUT};
+use crate::transport::{PING_INTERVAL, PING_TIMEOUT};
 
 /// engine.io timings and limits of the transport.
 #[derive(Debug, Clone)]
@@ -35,7 +36,8 @@ pub struct WsSettings {
     pub ping_interval: Duration,
     /// How long a pong may take before the connection counts as dead (`pingTimeout`).
     pub ping_timeout: Duration,
-    /// How long a client may take to send CONNECT after the socket opened.
+    /// How long a client may take to send CONNECT after the socket opened
+    /// (`[limits] handshake_timeout_ms`).
     pub handshake_timeout: Duration,
     /// The largest message the client may send, announced as `maxPayload`.
     pub max_message_bytes: u64,
@@ -49,6 +51,7 @@ impl From<&Settings> for WsSettings {
         WsSettings {
             max_message_bytes: settings.max_message_bytes,
             chunk_linger: settings.chunk_linger,
+            handshake_timeout: settings.limits.handshake_timeout,
             ..WsSettings::default()
         }
     }
@@ -60,7 +63,7 @@ impl Default for WsSettings {
         WsSettings {
             ping_interval: PING_INTERVAL,
             ping_timeout: PING_TIMEOUT,
-            handshake_timeout: HANDSHAKE_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_message_bytes: 1_000_000,
             chunk_linger: DEFAULT_CHUNK_LINGER,
         }

@@ -8,39 +8,13 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use taskgate_host::config::{FileConfig, Overrides, Settings};
-use taskgate_host::server::{bind, run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
+
+mod support;
 
 const TIMEOUT: Duration = Duration::from_millis(800);
 const MAX_PENDING: usize = 2;
-
-async fn start(plugins: &std::path::Path) -> (SocketAddr, CancellationToken) {
-    let file = FileConfig::parse(
-        &format!(
-            "[limits]\nhandshake_timeout_ms = {}\nmax_pending_connections = {MAX_PENDING}\n",
-            TIMEOUT.as_millis()
-        ),
-        std::path::Path::new("plugins.toml"),
-    )
-    .unwrap();
-    let settings = Settings::resolve(
-        file,
-        None,
-        Overrides {
-            plugins_dir: Some(plugins.to_owned()),
-            ..Overrides::default()
-        },
-    )
-    .unwrap();
-    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(run(settings, listener, stop.clone().cancelled_owned()));
-    (addr, stop)
-}
 
 /// Reads until the host closes the connection (or `limit` passes: `None`); returns what
 /// it said.
@@ -63,8 +37,11 @@ async fn healthz(addr: SocketAddr) -> String {
 
 #[tokio::test]
 async fn slow_heads_and_silent_sockets_are_cut_off() {
-    let plugins = tempfile::tempdir().unwrap();
-    let (addr, stop) = start(plugins.path()).await;
+    let (addr, stop, _plugins) = support::start_host(&format!(
+        "handshake_timeout_ms = {}\nmax_pending_connections = {MAX_PENDING}",
+        TIMEOUT.as_millis()
+    ))
+    .await;
     assert!(healthz(addr).await.starts_with("HTTP/1.1 200"));
 
     // A head trickled one byte at a time is never answered: the connection is closed

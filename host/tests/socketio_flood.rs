@@ -9,11 +9,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use taskgate_host::config::{FileConfig, Overrides, Settings};
-use taskgate_host::server::{bind, run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
+
+mod support;
 
 const MAX_CONNECTIONS: usize = 3;
 /// More than socketioxide's buffer (`socket_buffer`, 1,024 packets by default).
@@ -68,25 +67,8 @@ async fn connected_sockets(addr: SocketAddr) -> Option<u64> {
 
 #[tokio::test]
 async fn a_connect_flood_to_an_unknown_namespace_leaks_no_connection_slot() {
-    let plugins = tempfile::tempdir().unwrap();
-    let file = FileConfig::parse(
-        &format!("[limits]\nmax_connections = {MAX_CONNECTIONS}\n"),
-        std::path::Path::new("plugins.toml"),
-    )
-    .unwrap();
-    let settings = Settings::resolve(
-        file,
-        None,
-        Overrides {
-            plugins_dir: Some(plugins.path().to_owned()),
-            ..Overrides::default()
-        },
-    )
-    .unwrap();
-    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(run(settings, listener, stop.clone().cancelled_owned()));
+    let (addr, stop, _plugins) =
+        support::start_host(&format!("max_connections = {MAX_CONNECTIONS}")).await;
 
     // As many flooded sessions as the host has room for.
     let flood = format!("{}40", "40/x,\u{1e}".repeat(FLOOD));
@@ -122,9 +104,4 @@ async fn a_connect_flood_to_an_unknown_namespace_leaks_no_connection_slot() {
     assert_eq!(connected_sockets(addr).await, Some(1));
 
     stop.cancel();
-    tokio::time::timeout(Duration::from_secs(15), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
 }

@@ -519,9 +519,20 @@ const CLIENT_DATA_TARGETS: [&str; 6] = [
     "hyper_util",
 ];
 
+/// socketioxide's module that writes one ERROR line for every packet it cannot queue to a
+/// client — e.g. each "Invalid namespace" answer to a flood of CONNECTs to an unknown
+/// namespace (issue 20 #1: 229 lines from 3 requests). A client triggers these at will,
+/// and they say nothing an operator can act on (the host drops clients that do not keep
+/// up and says so itself), so its ERROR events are not logged.
+const CLIENT_TRIGGERED_ERRORS: &str = "socketioxide::client";
+
 /// Whether an event may be logged: false for DEBUG and TRACE events of the targets
-/// that print client data. Install with `tracing_subscriber::filter::filter_fn`.
+/// that print client data, and for the ERROR lines a client can make socketioxide write
+/// at will. Install with `tracing_subscriber::filter::filter_fn`.
 pub fn loggable(metadata: &Metadata<'_>) -> bool {
+    if *metadata.level() == tracing::Level::ERROR && metadata.target() == CLIENT_TRIGGERED_ERRORS {
+        return false;
+    }
     if *metadata.level() <= tracing::Level::INFO {
         return true;
     }

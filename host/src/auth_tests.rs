@@ -574,4 +574,7 @@ fn client_data_targets_are_capped_at_info() {
     assert!(loggable(&meta("socketioxide", Level::WARN)));
     assert!(loggable(&meta("taskgate_host::gateway", Level::TRACE)));
     assert!(loggable(&meta("socketioxide_like_but_other", Level::DEBUG)));
+    // One line per packet of a client's flood: not logged (issue 20 #1).
+    assert!(!loggable(&meta("socketioxide::client", Level::ERROR)));
+    assert!(loggable(&meta("socketioxide::ns", Level::ERROR)));
 }

@@ -7,18 +7,16 @@
 use std::fmt;
 use std::sync::Arc;
 
-use socketioxide::extract::AckSender;
-use socketioxide::socket::Sid;
 use taskgate_protocol::ErrorBody;
 
 use crate::sink::{ClientSink, EmitError, ResponseEvent};
-use crate::socketio::SocketIoSink;
+use crate::socketio::{SocketIoAck, SocketIoId, SocketIoSink};
 use crate::websocket::{Hub, WsAck, WsConnId};
 
 /// One client connection of either transport.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClientId {
-    SocketIo(Sid),
+    SocketIo(SocketIoId),
     WebSocket(WsConnId),
 }
 
@@ -31,8 +29,8 @@ impl fmt::Debug for ClientId {
     }
 }
 
-impl From<Sid> for ClientId {
-    fn from(sid: Sid) -> Self {
+impl From<SocketIoId> for ClientId {
+    fn from(sid: SocketIoId) -> Self {
         ClientId::SocketIo(sid)
     }
 }
@@ -45,12 +43,12 @@ impl From<WsConnId> for ClientId {
 
 /// The ack callback of one `request`, of either transport.
 pub enum ClientAck {
-    SocketIo(AckSender),
+    SocketIo(SocketIoAck),
     WebSocket(WsAck),
 }
 
-impl From<AckSender> for ClientAck {
-    fn from(ack: AckSender) -> Self {
+impl From<SocketIoAck> for ClientAck {
+    fn from(ack: SocketIoAck) -> Self {
         ClientAck::SocketIo(ack)
     }
 }

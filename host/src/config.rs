@@ -28,8 +28,10 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_MAX_PLUGIN_LIBRARIES: usize = 64;
 /// How long shutdown waits for requests in flight before ending them `UNAVAILABLE`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-/// How long chunks wait for company unless `[host] chunk_linger` says otherwise.
-pub use crate::websocket::DEFAULT_CHUNK_LINGER;
+/// How long chunks wait for company on a WebSocket connection unless `[host] chunk_linger`
+/// says otherwise: far below what a person notices, and long enough that the writes of
+/// many busy connections fall on the same timer tick (docs/performance.md).
+pub const DEFAULT_CHUNK_LINGER: Duration = Duration::from_millis(2);
 /// The longest `chunk_linger` the host accepts.
 pub const MAX_CHUNK_LINGER: Duration = Duration::from_secs(1);
 
@@ -199,6 +201,8 @@ pub struct LimitsSection {
     pub max_connections: Option<usize>,
     pub client_backlog_bytes: Option<usize>,
     pub client_stall_ms: Option<u64>,
+    pub max_pending_connections: Option<usize>,
+    pub handshake_timeout_ms: Option<u64>,
 }
 
 impl LimitsSection {
@@ -222,7 +226,18 @@ impl LimitsSection {
             client_stall: self
                 .client_stall_ms
                 .map_or(defaults.client_stall, Duration::from_millis),
+            max_pending_connections: self
+                .max_pending_connections
+                .unwrap_or(defaults.max_pending_connections),
+            handshake_timeout: self
+                .handshake_timeout_ms
+                .map_or(defaults.handshake_timeout, Duration::from_millis),
         };
+        if limits.handshake_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "[limits] handshake_timeout_ms must be at least 1".to_owned(),
+            ));
+        }
         if limits.max_payload_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "[limits] max_payload_bytes must be at least 1".to_owned(),
@@ -751,6 +766,8 @@ mod tests {
             max_connections = 3
             client_backlog_bytes = 4096
             client_stall_ms = 1500
+            max_pending_connections = 9
+            handshake_timeout_ms = 2500
             "#,
         )
         .unwrap();
@@ -777,6 +794,8 @@ mod tests {
         assert_eq!(s.limits.max_connections, 3);
         assert_eq!(s.limits.client_backlog_bytes, 4096);
         assert_eq!(s.limits.client_stall, Duration::from_millis(1500));
+        assert_eq!(s.limits.max_pending_connections, 9);
+        assert_eq!(s.limits.handshake_timeout, Duration::from_millis(2500));
         // The transport limit grows to fit the payload ceiling and its envelope.
         assert_eq!(
             s.max_message_bytes,

@@ -10,9 +10,11 @@
 //!   [`sink::ClientSink`].
 //! - [`broker`]: the broker trait; `broker::amqp` (amqprs: the session loop, callbacks,
 //!   publisher, topology, message encoding) and `broker::memory` (tests).
-//! - [`sink`]: the client-side trait and response types. Two transports implement it:
+//! - [`sink`]: the client-side trait and response types, and [`sink::ClientDropped`], how
+//!   a transport reports a client it dropped to the gateway. Two transports implement it:
 //!   [`websocket`] (the host's own, for WebSocket-only clients) and [`socketio`]
-//!   (socketioxide: long-polling and upgrades); [`clients`] routes between them.
+//!   (socketioxide: long-polling and upgrades, the only module that knows socketioxide);
+//!   [`clients`] routes between them; [`transport`] holds what both share (path, timings).
 //! - [`routes`]: the routing table of enabled request types and payload validation.
 //! - [`plugins`]: loading plugin files (each version from a private copy) and applying
 //!   plugins.toml.
@@ -20,15 +22,20 @@
 //!   directory or plugins.toml, swap in a new routing table.
 //! - [`schemas`]: `taskgate schemas`, the request types' JSON Schemas for client codegen.
 //! - [`config`] and [`cli`]: plugins.toml, flags, environment variables.
-//! - [`server`]: wiring it all up behind axum; [`request_head`] keeps idle WebSockets small.
+//! - [`server`]: build the host, its router, serve until the shutdown signal; [`http`] the
+//!   accept loop (timeouts and a limit before a connection's first request); [`shutdown`]
+//!   the graceful sequence; [`request_head`] keeps idle WebSockets small.
 //! - [`error`]: why a request fails, mapped to protocol error codes.
-//! - [`auth`], [`session`], [`limits`], [`origins`], [`host_names`]: who may connect and
-//!   call what, how much one connection may ask of the host, and which names it answers to.
+//! - [`admission`], [`auth`], [`session`], [`limits`], [`origins`], [`host_names`]: who may
+//!   connect and call what, how much one connection may ask of the host, and which names it
+//!   answers to.
+//! - [`resume`]: sessions, whose requests outlive their connection (protocol §4).
 //! - [`log_lines`]: one event, one line in the text log, whatever a client sent.
 //! - [`metrics`]: the Prometheus recorder behind `/metrics`, and every metric name with its
 //!   HELP text in one table.
 //! - [`trace`]: the W3C trace context of a request (accepted from the client or started).
 
+pub mod admission;
 pub mod auth;
 pub mod broker;
 pub mod cli;
@@ -38,6 +45,7 @@ pub mod deadlines;
 pub mod error;
 pub mod gateway;
 pub mod host_names;
+pub mod http;
 pub mod limits;
 pub mod log_lines;
 pub mod metrics;
@@ -50,8 +58,10 @@ pub mod routes;
 pub mod schemas;
 pub mod server;
 pub mod session;
+pub mod shutdown;
 pub mod sink;
 pub mod socketio;
 pub mod trace;
+pub mod transport;
 pub mod watcher;
 pub mod websocket;

@@ -32,6 +32,11 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_CLIENT_BACKLOG_BYTES: usize = 16 * 1024 * 1024;
 /// How long a client's backlog may go without any progress before it is dropped.
 pub const DEFAULT_CLIENT_STALL: Duration = Duration::from_secs(30);
+/// Connections accepted that have not sent a complete request head yet (0: no limit).
+pub const DEFAULT_MAX_PENDING_CONNECTIONS: usize = 1024;
+/// How long a connection may take to send a request head, and a client to pass the
+/// Socket.IO handshake after the engine.io one.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Room for the rest of a `request` message around its payload (event name, `id`,
 /// `requestType`, framing): the transport's message limit is at least the largest
 /// payload plus this, so that an over-limit payload is still answered `PAYLOAD_TOO_LARGE`.
@@ -49,6 +54,11 @@ pub struct Limits {
     pub max_connections: usize,
     pub client_backlog_bytes: usize,
     pub client_stall: Duration,
+    /// Connections that have not sent a complete request head yet; more are closed at once.
+    pub max_pending_connections: usize,
+    /// The longest a request head may take to arrive (a connection that sends nothing is
+    /// closed then), and the Socket.IO handshake after the engine.io one.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -61,6 +71,8 @@ impl Default for Limits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             client_backlog_bytes: DEFAULT_CLIENT_BACKLOG_BYTES,
             client_stall: DEFAULT_CLIENT_STALL,
+            max_pending_connections: DEFAULT_MAX_PENDING_CONNECTIONS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 }

@@ -22,8 +22,7 @@ use axum::response::{IntoResponse, Response};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::info;
 
-/// The path prefix socketioxide serves (its default).
-pub const SOCKET_IO_PATH: &str = "/socket.io";
+use crate::transport::SOCKET_IO_PATH;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("[host] allowed_origins: `{0}` is not an origin like \"https://app.example.com\" (scheme://host[:port], no path) or \"*\"")]

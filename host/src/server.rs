@@ -2,48 +2,46 @@
 //! (`/healthz`, `/readyz`, `/metrics`, Socket.IO, static files) until shutdown, then shut
 //! down gracefully. The binary only parses flags and binds; tests call [`run`] on port 0.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
-use socketioxide::SocketIo;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::services::ServeDir;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::broker::amqp::{AmqpBroker, QueueDecl};
 use crate::broker::amqp_url::redact_url;
-use crate::clients::{ClientId, HostSink};
+use crate::clients::HostSink;
 use crate::config::{AuthMode, Settings};
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::host_names::{self, AllowedHosts};
+use crate::http;
 use crate::limits::ConnectionCounter;
 use crate::metrics;
 use crate::origins::{self, AllowedOrigins};
 use crate::plugins::PrivateCopyLoader;
 use crate::reload::{self, Reloader};
+use crate::request_head;
 use crate::routes::RoutingTable;
-use crate::socketio::{self, Admission, BacklogLimits, SocketIoSink};
+use crate::shutdown::{Shutdown, CLOSE_CONNECTIONS};
+use crate::sink::DropReporter;
+use crate::socketio;
+use crate::transport::SlowClientPolicy;
 use crate::watcher::{self, ReloadTarget};
 use crate::websocket::{self, Endpoint, Hub, WsSettings};
-
-/// How long a client has, after the engine.io handshake, to pass the Socket.IO one.
-/// It also bounds how long a refused client's transport lingers when the client does
-/// not close it (socketioxide closes it then).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-use crate::request_head;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -80,14 +78,6 @@ struct AppState {
     host_id: Uuid,
 }
 
-/// After the last response, how long sockets stay open so it leaves the send buffers:
-/// closing a socket drops what its transport has not written yet.
-const LINGER: Duration = Duration::from_millis(200);
-/// How long shutdown waits for the backlogs of slow clients to drain.
-const BACKLOG_DRAIN: Duration = Duration::from_secs(2);
-/// How long connections may take to close once the sockets are closed.
-const CLOSE_CONNECTIONS: Duration = Duration::from_secs(5);
-
 /// Runs the host on `listener` until `shutdown` resolves, then shuts down gracefully:
 /// new requests are refused `UNAVAILABLE` (and `/readyz` says 503) while the requests in
 /// flight get `settings.shutdown_grace` to finish; the rest are ended `UNAVAILABLE`
@@ -98,230 +88,266 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    // First: everything after (the initial plugin load too) records into it.
-    let metrics_handle = metrics::install();
-    let authenticator = Authenticator::from_config(&settings.auth)
-        .map_err(|e| ServeError::Config(e.to_string()))?;
-    let allowed_origins = Arc::new(
-        AllowedOrigins::new(&settings.allowed_origins)
-            .map_err(|e| ServeError::Config(e.to_string()))?,
-    );
-    let allowed_hosts = Arc::new(
-        AllowedHosts::new(&settings.allowed_hosts)
-            .map_err(|e| ServeError::Config(e.to_string()))?,
-    );
-    let loader =
-        PrivateCopyLoader::in_temp_dir(settings.max_plugin_libraries).map_err(|source| {
-            ServeError::RuntimeDir {
-                dir: std::env::temp_dir(),
-                source,
-            }
-        })?;
-    let upkeep = metrics::spawn_upkeep(metrics_handle.clone());
-    let mut reloader = Reloader::new(settings.clone(), loader);
-    let initial = reloader.rescan();
-    reload::log_and_record(&initial.events);
-    let host_id = Uuid::new_v4();
-    let broker = AmqpBroker::new(settings.amqp_url.clone(), host_id, initial.queues.clone());
+    let host = Host::build(settings)?;
+    let app = host.router();
+    host.serve(listener, app, shutdown).await
+}
 
-    // One message limit for both transports: socketioxide's `max_payload` bounds only
-    // long-polling bodies, and a WebSocket message could otherwise be 64 MiB.
-    let message_limit = usize::try_from(settings.max_message_bytes).unwrap_or(usize::MAX);
-    // Both transports announce and keep the same engine.io timings.
-    let ws_settings = WsSettings {
-        handshake_timeout: HANDSHAKE_TIMEOUT,
-        max_message_bytes: settings.max_message_bytes,
-        stall: settings.limits.client_stall,
-        chunk_linger: settings.chunk_linger,
-        ..WsSettings::default()
-    };
-    let (layer, io) = SocketIo::builder()
-        .ws_read_buffer_size(websocket::upgrade::READ_BUFFER_BYTES)
-        .ping_interval(ws_settings.ping_interval)
-        .ping_timeout(ws_settings.ping_timeout)
-        .max_buffer_size(settings.socket_buffer)
-        .max_payload(settings.max_message_bytes)
-        .ws_max_message_size(message_limit)
-        .ws_max_frame_size(message_limit)
-        .connect_timeout(ws_settings.handshake_timeout)
-        .build_layer();
-    let hub = Arc::new(Hub::new(settings.limits.client_backlog_bytes));
-    let sink = Arc::new(HostSink {
-        socketio: SocketIoSink::new(io.clone(), BacklogLimits::from(&settings.limits)),
-        websocket: hub.clone(),
-    });
-    let options = GatewayOptions::default();
-    let publish_timeout = options.publish_timeout;
-    let gateway = Arc::new(
-        Gateway::new(
-            Arc::new(broker.clone()),
-            sink.clone(),
-            initial.routes,
-            options,
-        )
-        .with_limits(&settings.limits),
-    );
-    {
-        let gateway = Arc::downgrade(&gateway);
-        sink.socketio.on_drop(move |sid| {
-            if let Some(gateway) = gateway.upgrade() {
-                gateway.disconnected(ClientId::SocketIo(sid));
-            }
-        });
-    }
-    {
-        let gateway = Arc::downgrade(&gateway);
-        hub.on_drop(move |id| {
-            if let Some(gateway) = gateway.upgrade() {
-                gateway.disconnected(ClientId::WebSocket(id));
-            }
-        });
-    }
-    log_security(&settings, &authenticator, &allowed_origins, &allowed_hosts);
-    // One admission for both transports: the connection limit counts them together.
-    let admission = Arc::new(Admission {
-        authenticator,
-        connections: ConnectionCounter::new(settings.limits.max_connections),
-        limits: settings.limits.clone(),
-    });
-    socketio::attach(&io, gateway.clone(), admission.clone());
-    let endpoint = Arc::new(Endpoint {
-        gateway: gateway.clone(),
-        hub: hub.clone(),
-        admission,
-        settings: ws_settings,
-    });
-    {
-        // Weak: the broker (owned by the gateway) must not keep the gateway alive.
-        let gateway = Arc::downgrade(&gateway);
-        broker.on_session_lost(move || {
-            let Some(gateway) = gateway.upgrade() else {
-                return;
-            };
-            let failed = gateway.fail_all(crate::error::UnavailableCause::BrokerLost);
-            if failed > 0 {
-                warn!(
-                    failed,
-                    "requests in flight ended UNAVAILABLE: their replies were lost with the broker connection"
-                );
-            }
-        });
-    }
+/// Everything the host runs with, built from the settings before it serves.
+struct Host {
+    settings: Settings,
+    host_id: Uuid,
+    /// The Prometheus recorder behind `/metrics`, and the task that keeps its gauges.
+    metrics: PrometheusHandle,
+    upkeep: JoinHandle<()>,
+    broker: AmqpBroker,
+    gateway: Arc<HostGateway>,
+    sink: Arc<HostSink>,
+    /// What the WebSocket transport serves connections with.
+    endpoint: Arc<Endpoint<AmqpBroker, HostSink>>,
+    /// socketioxide, for every Socket.IO request the WebSocket transport does not take.
+    socketio: socketio::Layer,
+    origins: Arc<AllowedOrigins>,
+    hosts: Arc<AllowedHosts>,
+    /// Hot reload's state after the initial plugin load.
+    reloader: Reloader<PrivateCopyLoader>,
+    queues: Vec<QueueDecl>,
+}
 
-    let stop = CancellationToken::new();
-    let reload_task = start_hot_reload(
-        &settings,
-        reloader,
-        HotReloadTarget {
-            broker: broker.clone(),
+impl Host {
+    /// Loads the plugins and wires the gateway to the broker and both transports. Nothing
+    /// connects or listens yet.
+    fn build(settings: Settings) -> Result<Host, ServeError> {
+        // First: everything after (the initial plugin load too) records into it.
+        let metrics = metrics::install();
+        let authenticator = Authenticator::from_config(&settings.auth)
+            .map_err(|e| ServeError::Config(e.to_string()))?;
+        let origins = Arc::new(
+            AllowedOrigins::new(&settings.allowed_origins)
+                .map_err(|e| ServeError::Config(e.to_string()))?,
+        );
+        let hosts = Arc::new(
+            AllowedHosts::new(&settings.allowed_hosts)
+                .map_err(|e| ServeError::Config(e.to_string()))?,
+        );
+        let loader =
+            PrivateCopyLoader::in_temp_dir(settings.max_plugin_libraries).map_err(|source| {
+                ServeError::RuntimeDir {
+                    dir: std::env::temp_dir(),
+                    source,
+                }
+            })?;
+        let upkeep = metrics::spawn_upkeep(metrics.clone());
+        let mut reloader = Reloader::new(settings.clone(), loader);
+        let initial = reloader.rescan();
+        reload::log_and_record(&initial.events);
+        let host_id = Uuid::new_v4();
+        let broker = AmqpBroker::new(settings.amqp_url.clone(), host_id, initial.queues.clone());
+
+        // The transports report the clients they drop to the gateway, which owns them
+        // through its sink: they get a weak handle on it as it is made.
+        let mut transports = None;
+        let gateway = Arc::new_cyclic(|gateway: &Weak<HostGateway>| {
+            let (layer, socketio) = socketio::build(&settings, DropReporter::new(gateway.clone()));
+            let hub = Arc::new(Hub::new(
+                SlowClientPolicy::from(&settings.limits),
+                DropReporter::new(gateway.clone()),
+            ));
+            let sink = Arc::new(HostSink {
+                socketio,
+                websocket: hub,
+            });
+            transports = Some((layer, sink.clone()));
+            Gateway::new(
+                Arc::new(broker.clone()),
+                sink,
+                initial.routes,
+                GatewayOptions::default(),
+            )
+            .with_limits(&settings.limits)
+        });
+        let Some((socketio_layer, sink)) = transports else {
+            unreachable!("Arc::new_cyclic runs its closure before it returns")
+        };
+        report_lost_sessions(&broker, &gateway);
+        log_security(&settings, &authenticator, &origins, &hosts);
+        // One admission for both transports: the connection limit counts them together.
+        let admission = Arc::new(Admission {
+            authenticator,
+            connections: ConnectionCounter::new(settings.limits.max_connections),
+            limits: settings.limits.clone(),
+        });
+        socketio::attach(&sink.socketio, gateway.clone(), admission.clone());
+        let endpoint = Arc::new(Endpoint {
             gateway: gateway.clone(),
-        },
-        initial.queues,
-        stop.clone(),
-    );
-    let broker_task = {
-        let broker = broker.clone();
-        let gateway = gateway.clone();
-        let stopped = stop.clone().cancelled_owned();
-        tokio::spawn(async move {
-            broker
-                .run(move |reply| gateway.on_reply(reply), stopped)
-                .await
-        })
-    };
-
-    let mut app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
-        .with_state(AppState {
-            broker: broker.clone(),
-            gateway: gateway.clone(),
-            metrics: metrics_handle,
+            hub: sink.websocket.clone(),
+            admission,
+            settings: WsSettings::from(&settings),
+        });
+        Ok(Host {
+            settings,
             host_id,
-        });
-    if let Some(dir) = &settings.static_dir {
-        info!(dir = %dir.display(), "serving static files at /");
-        app = app.fallback_service(ServeDir::new(dir));
-    }
-    // Outermost last: CORS headers, then the origin check, then copying the request head
-    // out of hyper's read buffer (so a Socket.IO connection does not keep the buffer
-    // alive; see request_head), then Socket.IO.
-    let app = app
-        .layer(layer)
-        // WebSocket-only clients are served by the host's own transport; the rest goes on
-        // to socketioxide's layer.
-        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            upkeep,
+            broker,
+            gateway,
+            sink,
             endpoint,
-            websocket::upgrade::divert::<AmqpBroker, HostSink>,
-        ))
-        .layer(axum::middleware::map_request(request_head::detach_layer))
-        .layer(axum::middleware::from_fn_with_state(
-            allowed_origins.clone(),
-            origins::guard,
-        ))
-        .layer(origins::cors(allowed_origins))
-        // Outermost: a request for a name this host does not answer to (DNS rebinding) is
-        // refused before any route, CORS or Socket.IO sees it.
-        .layer(axum::middleware::from_fn_with_state(
-            allowed_hosts.clone(),
-            host_names::guard,
-        ));
+            socketio: socketio_layer,
+            origins,
+            hosts,
+            reloader,
+            queues: initial.queues,
+        })
+    }
 
-    let addr = listener.local_addr().map_err(ServeError::Serve)?;
-    info!(
-        %addr,
-        host_id = %host_id,
-        amqp = %redact_url(&settings.amqp_url),
-        request_types = gateway.routes().len(),
-        chunk_linger_us = settings.chunk_linger.as_micros() as u64,
-        "listening on {addr}"
-    );
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            warn!(error = %e, "cannot set TCP_NODELAY");
+    /// `/healthz`, `/readyz`, `/metrics`, Socket.IO on both transports, static files.
+    fn router(&self) -> Router {
+        let mut app = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(render_metrics))
+            .with_state(AppState {
+                broker: self.broker.clone(),
+                gateway: self.gateway.clone(),
+                metrics: self.metrics.clone(),
+                host_id: self.host_id,
+            });
+        if let Some(dir) = &self.settings.static_dir {
+            info!(dir = %dir.display(), "serving static files at /");
+            app = app.fallback_service(ServeDir::new(dir));
         }
-    });
+        // Outermost last: CORS headers, then the origin check, then copying the request head
+        // out of hyper's read buffer (so a Socket.IO connection does not keep the buffer
+        // alive; see request_head), then Socket.IO.
+        app.layer(self.socketio.clone())
+            // WebSocket-only clients are served by the host's own transport; the rest goes on
+            // to socketioxide's layer.
+            .layer(axum::middleware::from_fn_with_state(
+                self.endpoint.clone(),
+                websocket::upgrade::divert::<AmqpBroker, HostSink>,
+            ))
+            .layer(axum::middleware::map_request(request_head::detach_layer))
+            .layer(axum::middleware::from_fn_with_state(
+                self.origins.clone(),
+                origins::guard,
+            ))
+            .layer(origins::cors(self.origins.clone()))
+            // Outermost: a request for a name this host does not answer to (DNS rebinding) is
+            // refused before any route, CORS or Socket.IO sees it.
+            .layer(axum::middleware::from_fn_with_state(
+                self.hosts.clone(),
+                host_names::guard,
+            ))
+    }
+
+    /// Starts the broker session and hot reload, serves `app` until `signal`, shuts down
+    /// (see [`Shutdown`]), then stops the broker and the background tasks.
+    async fn serve(
+        self,
+        listener: TcpListener,
+        app: Router,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        let stop = CancellationToken::new();
+        let reload_task = start_hot_reload(
+            &self.settings,
+            self.reloader,
+            HotReloadTarget {
+                broker: self.broker.clone(),
+                gateway: self.gateway.clone(),
+            },
+            self.queues,
+            stop.clone(),
+        );
+        let broker_task = {
+            let broker = self.broker.clone();
+            let gateway = self.gateway.clone();
+            let stopped = stop.clone().cancelled_owned();
+            tokio::spawn(async move {
+                broker
+                    .run(move |reply| gateway.on_reply(reply), stopped)
+                    .await
+            })
+        };
+
+        let addr = listener.local_addr().map_err(ServeError::Serve)?;
+        info!(
+            %addr,
+            host_id = %self.host_id,
+            amqp = %redact_url(&self.settings.amqp_url),
+            request_types = self.gateway.routes().len(),
+            chunk_linger_us = self.settings.chunk_linger.as_micros() as u64,
+            "listening on {addr}"
+        );
+        let shutdown = Shutdown {
+            gateway: self.gateway.clone(),
+            sink: self.sink.clone(),
+            grace: self.settings.shutdown_grace,
+            publish_timeout: GatewayOptions::default().publish_timeout,
+        };
+        let pending = http::Pending::from(&self.settings.limits);
+        serve_http(listener, app, pending, async move {
+            signal.await;
+            shutdown.close_clients().await;
+        })
+        .await;
+        stop.cancel();
+        if let Err(e) = broker_task.await {
+            warn!(error = %e, "broker task ended abnormally");
+        }
+        if let Err(e) = reload_task.await {
+            warn!(error = %e, "hot reload task ended abnormally");
+        }
+        self.upkeep.abort();
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Serves HTTP connections until `close_clients` (which waits for the shutdown signal)
+/// has closed the sockets; HTTP connections still open [`CLOSE_CONNECTIONS`] later are
+/// left behind.
+async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    pending: http::Pending,
+    close_clients: impl Future<Output = ()> + Send + 'static,
+) {
     let sockets_closed = CancellationToken::new();
-    let drain = {
-        let gateway = gateway.clone();
-        let sink = sink.clone();
-        let io = io.clone();
-        let grace = settings.shutdown_grace;
-        let sockets_closed = sockets_closed.clone();
-        async move {
-            shutdown.await;
-            drain(&gateway, &sink, grace, publish_timeout).await;
-            // WebSocket connections never end by themselves: close them so serve returns.
-            sink.websocket.close_all();
-            io.close().await;
-            wait_until(|| sink.websocket.is_empty(), CLOSE_CONNECTIONS).await;
-            sockets_closed.cancel();
-        }
-    };
-    let serve = axum::serve(listener, app)
-        .with_graceful_shutdown(drain)
-        .into_future();
-    let served = tokio::select! {
-        served = serve => served,
-        _ = async {
+    let closed = sockets_closed.clone();
+    let serve = http::serve(listener, app, pending, async move {
+        close_clients.await;
+        closed.cancel();
+    });
+    tokio::select! {
+        () = serve => {}
+        () = async {
             sockets_closed.cancelled().await;
             tokio::time::sleep(CLOSE_CONNECTIONS).await;
         } => {
             warn!("HTTP connections still open {CLOSE_CONNECTIONS:?} after the sockets were closed; stopping anyway");
-            Ok(())
         }
-    };
-    stop.cancel();
-    if let Err(e) = broker_task.await {
-        warn!(error = %e, "broker task ended abnormally");
     }
-    if let Err(e) = reload_task.await {
-        warn!(error = %e, "hot reload task ended abnormally");
-    }
-    upkeep.abort();
-    info!("stopped");
-    served.map_err(ServeError::Serve)
+}
+
+/// A lost broker session ends the requests in flight `UNAVAILABLE` at once: their replies
+/// went with the session's reply queue.
+fn report_lost_sessions(broker: &AmqpBroker, gateway: &Arc<HostGateway>) {
+    // Weak: the broker (owned by the gateway) must not keep the gateway alive.
+    let gateway = Arc::downgrade(gateway);
+    broker.on_session_lost(move || {
+        let Some(gateway) = gateway.upgrade() else {
+            return;
+        };
+        let failed = gateway.fail_all(crate::error::UnavailableCause::BrokerLost);
+        if failed > 0 {
+            warn!(
+                failed,
+                "requests in flight ended UNAVAILABLE: their replies were lost with the broker connection"
+            );
+        }
+    });
 }
 
 /// Says at start how the host is protected; loudly when it is not.
@@ -359,49 +385,6 @@ fn log_security(
         client_stall_ms = limits.client_stall.as_millis() as u64,
         "limits (0 = off)"
     );
-}
-
-/// The shutdown sequence up to closing the sockets (see [`run`]).
-async fn drain(gateway: &HostGateway, sink: &HostSink, grace: Duration, publish: Duration) {
-    gateway.stop_admitting();
-    info!(
-        in_flight = gateway.in_flight(),
-        grace_ms = grace.as_millis() as u64,
-        "shutting down: new requests are refused; waiting for the requests in flight"
-    );
-    let finished = wait_until(|| gateway.in_flight() == 0, grace).await;
-    if !finished {
-        let failed = gateway.fail_all(crate::error::UnavailableCause::ShuttingDown);
-        warn!(
-            failed,
-            "shutdown grace period over: requests still in flight ended UNAVAILABLE"
-        );
-    }
-    // Requests still being published get their ack and error once the broker answers;
-    // cancellations must reach the broker before it is closed.
-    if !wait_until(|| gateway.is_settled(), publish + Duration::from_secs(1)).await {
-        warn!(
-            in_flight = gateway.in_flight(),
-            "requests still unsettled at shutdown"
-        );
-    }
-    wait_until(|| sink.socketio.backlogged() == 0, BACKLOG_DRAIN).await;
-    tokio::time::sleep(LINGER).await;
-    info!("closing client connections");
-}
-
-/// Polls `done` until it is true (returns true) or `limit` passes (returns false).
-async fn wait_until(done: impl Fn() -> bool, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if done() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -2,10 +2,13 @@
 //! events to one connection. Both transports implement it — `socketio` over socketioxide,
 //! `websocket::hub` over the host's own WebSocket transport — and `clients` routes each
 //! connection to its transport; `memory` records everything for unit tests. Dropping a
-//! client that does not keep up is logged and counted here, the same for both.
+//! client that does not keep up is logged and counted here, the same for both. The other
+//! direction — a transport telling the gateway that a client is gone — is
+//! [`ClientDropped`], reached through a [`DropReporter`].
 
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::sync::{Arc, Weak};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -138,6 +141,63 @@ pub trait ClientSink: Send + Sync + 'static {
     /// Drops a connection that cannot keep up; its requests are then cleaned up through
     /// the ordinary disconnect path.
     fn disconnect(&self, conn: Self::Conn);
+}
+
+/// How a transport tells the gateway that a client is gone without the gateway having
+/// asked: a slow client the transport dropped, or a connection it lost on a path that
+/// runs no disconnect handler. The gateway implements it (it forgets the client's
+/// requests and tells workers to stop them); `C` is the transport's connection id.
+pub trait ClientDropped<C>: Send + Sync + 'static {
+    /// By `Arc`: the gateway may start its deadline watcher here (a session's requests are
+    /// parked with a deadline).
+    fn client_dropped(self: Arc<Self>, conn: C);
+}
+
+/// A transport's handle on the [`ClientDropped`] side — one interface for both transports.
+///
+/// It holds the gateway weakly: the gateway owns the transports through its sink. A report
+/// runs on a task of its own, because a transport may report while its caller holds
+/// gateway locks (`ClientSink::disconnect` is called from inside the gateway).
+pub struct DropReporter<C> {
+    to: Option<Weak<dyn ClientDropped<C>>>,
+}
+
+impl<C> Clone for DropReporter<C> {
+    fn clone(&self) -> Self {
+        DropReporter {
+            to: self.to.clone(),
+        }
+    }
+}
+
+impl<C: Send + 'static> DropReporter<C> {
+    pub fn new(to: Weak<dyn ClientDropped<C>>) -> Self {
+        DropReporter { to: Some(to) }
+    }
+
+    /// Reports to no one (tests of a transport alone).
+    pub fn none() -> Self {
+        DropReporter { to: None }
+    }
+
+    /// The client `conn` is gone.
+    pub fn report(&self, conn: C) {
+        let Some(to) = self.to.clone() else {
+            return;
+        };
+        let report = move || {
+            if let Some(to) = to.upgrade() {
+                to.client_dropped(conn);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { report() });
+            }
+            // No runtime, no task that could hold a lock.
+            Err(_) => report(),
+        }
+    }
 }
 
 pub mod memory {

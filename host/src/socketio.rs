@@ -1,9 +1,13 @@
-//! The Socket.IO side (protocol §1) over socketioxide: registers the `request` and
-//! `cancel` handlers on the default namespace and implements [`ClientSink`] for them.
-//! Everything protocol-specific is decided in the gateway; this module only translates.
+//! The Socket.IO side (protocol §1) over socketioxide, for HTTP long-polling and polling
+//! sessions upgraded to WebSocket: builds socketioxide's layer from the settings, registers
+//! the `request` and `cancel` handlers on the default namespace and implements
+//! [`ClientSink`] for them. Everything protocol-specific is decided in the gateway; this
+//! module only translates. It is the only module that knows socketioxide: the rest of the
+//! host sees [`SocketIoId`], [`SocketIoAck`] and [`SocketIoSink`].
 
 use std::collections::VecDeque;
-use std::sync::{Arc, OnceLock};
+use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::mapref::entry::Entry;
@@ -12,44 +16,80 @@ use dashmap::DashMap;
 use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
+use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
 use taskgate_protocol::{events, ErrorBody};
-use tracing::{debug, info};
+use tracing::debug;
 
-use crate::auth::Authenticator;
-#[cfg(doc)]
-use crate::auth::UNAUTHORIZED;
+use crate::admission::{Admission, HandshakeRefused};
 use crate::broker::Broker;
+use crate::config::Settings;
 use crate::gateway::{CancelEnvelope, Gateway, RequestEnvelope};
-use crate::limits::{ConnectionCounter, Limits};
 use crate::session::Session;
 use crate::sink::{
-    record_slow_client_drop, AckBody, ClientSink, EmitError, OwnedResponse, ResponseEvent,
+    record_slow_client_drop, AckBody, ClientSink, DropReporter, EmitError, OwnedResponse,
+    ResponseEvent,
+};
+use crate::transport::{
+    SlowClientPolicy, PING_INTERVAL, PING_TIMEOUT, READ_BUFFER_BYTES, SOCKET_IO_PATH,
 };
 
-/// How far a client may fall behind before it is dropped.
-#[derive(Debug, Clone, Copy)]
-pub struct BacklogLimits {
-    /// Responses kept for one connection beyond socketioxide's own buffer, in bytes.
-    pub max_bytes: usize,
-    /// How long a backlog may go without any progress.
-    pub stall: Duration,
-}
+/// Names one connection served by socketioxide (its engine.io session id).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SocketIoId(Sid);
 
-impl Default for BacklogLimits {
-    fn default() -> Self {
-        BacklogLimits::from(&Limits::default())
+impl fmt::Debug for SocketIoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
-impl From<&Limits> for BacklogLimits {
-    fn from(limits: &Limits) -> Self {
-        BacklogLimits {
-            max_bytes: limits.client_backlog_bytes,
-            stall: limits.client_stall,
-        }
+impl fmt::Display for SocketIoId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
     }
+}
+
+/// The ack callback of one `request` served by socketioxide.
+pub struct SocketIoAck(AckSender);
+
+/// socketioxide's layer, to put on the router: it serves every Socket.IO request the
+/// WebSocket transport does not take over.
+pub type Layer = SocketIoLayer;
+
+/// Builds socketioxide's layer (to put on the router) and the sink that sends through it.
+/// socketioxide announces and keeps the same engine.io timings and message limit as the
+/// host's own WebSocket transport, on the same path.
+/// Clients the sink drops are reported to `dropped` (the gateway).
+pub fn build(
+    settings: &Settings,
+    dropped: DropReporter<SocketIoId>,
+) -> (SocketIoLayer, SocketIoSink) {
+    // One message limit for both transports: socketioxide's `max_payload` bounds only
+    // long-polling bodies, and a WebSocket message could otherwise be 64 MiB.
+    let message_limit = usize::try_from(settings.max_message_bytes).unwrap_or(usize::MAX);
+    let (layer, io) = SocketIo::builder()
+        .req_path(SOCKET_IO_PATH)
+        .ws_read_buffer_size(READ_BUFFER_BYTES)
+        .ping_interval(PING_INTERVAL)
+        .ping_timeout(PING_TIMEOUT)
+        .max_buffer_size(settings.socket_buffer)
+        .max_payload(settings.max_message_bytes)
+        .ws_max_message_size(message_limit)
+        .ws_max_frame_size(message_limit)
+        .connect_timeout(settings.limits.handshake_timeout)
+        .build_layer();
+    let sink = SocketIoSink {
+        inner: Arc::new(Inner {
+            io,
+            policy: SlowClientPolicy::from(&settings.limits),
+            backlogs: DashMap::new(),
+            closing: DashMap::new(),
+            dropped,
+        }),
+    };
+    (layer, sink)
 }
 
 /// Responses waiting for room in a connection's socketioxide buffer, in order.
@@ -61,16 +101,16 @@ struct Backlog {
 
 struct Inner {
     io: SocketIo,
-    limits: BacklogLimits,
+    policy: SlowClientPolicy,
     /// Only connections whose socketioxide buffer was full have an entry. While one
     /// exists, new responses queue behind it, so the order is kept.
-    backlogs: DashMap<Sid, Backlog>,
+    backlogs: DashMap<SocketIoId, Backlog>,
     /// Connections being dropped, so each is dropped (and logged) once.
-    closing: DashMap<Sid, ()>,
-    /// Called once for each dropped client, before its transport is closed (which can
-    /// take up to a heartbeat when the client reads nothing): the gateway forgets its
-    /// requests at once and tells workers to stop them.
-    on_drop: OnceLock<Box<dyn Fn(Sid) + Send + Sync>>,
+    closing: DashMap<SocketIoId, ()>,
+    /// Told once of each dropped client, before its transport is closed (which can take
+    /// up to a heartbeat when the client reads nothing): the gateway forgets its requests
+    /// at once and tells workers to stop them.
+    dropped: DropReporter<SocketIoId>,
 }
 
 /// Sends acks and responses through socketioxide.
@@ -78,34 +118,22 @@ struct Inner {
 /// socketioxide's per-socket buffer (`socket_buffer` packets) fills whenever replies
 /// arrive faster than the transport writes them — even for a client reading at full
 /// speed — and its `emit` then fails. Instead of dropping the client, the response waits
-/// in a per-connection backlog drained by one task; only a client whose backlog passes
-/// [`BacklogLimits`] is disconnected.
+/// in a per-connection backlog drained by one task; only a client that passes the host's
+/// [`SlowClientPolicy`] (which says why the backlog is polled) is disconnected.
 #[derive(Clone)]
 pub struct SocketIoSink {
     inner: Arc<Inner>,
 }
 
 impl SocketIoSink {
-    pub fn new(io: SocketIo, limits: BacklogLimits) -> Self {
-        SocketIoSink {
-            inner: Arc::new(Inner {
-                io,
-                limits,
-                backlogs: DashMap::new(),
-                closing: DashMap::new(),
-                on_drop: OnceLock::new(),
-            }),
-        }
-    }
-
-    /// Sets what happens to a dropped client's requests (once; later calls are ignored).
-    pub fn on_drop(&self, hook: impl Fn(Sid) + Send + Sync + 'static) {
-        let _ = self.inner.on_drop.set(Box::new(hook));
-    }
-
     /// Connections with responses waiting (for tests and metrics).
     pub fn backlogged(&self) -> usize {
         self.inner.backlogs.len()
+    }
+
+    /// Closes every socketioxide connection (shutdown).
+    pub async fn close(&self) {
+        self.inner.io.close().await;
     }
 }
 
@@ -121,7 +149,7 @@ impl Inner {
     fn enqueue(&self, backlog: &mut Backlog, event: &ResponseEvent<'_>) -> Result<(), EmitError> {
         let owned = event.to_owned_response();
         let weight = owned.weight();
-        if backlog.bytes + weight > self.limits.max_bytes {
+        if !self.policy.fits(backlog.bytes, weight) {
             return Err(EmitError::Full);
         }
         backlog.bytes += weight;
@@ -129,11 +157,12 @@ impl Inner {
         Ok(())
     }
 
-    /// Sends the backlog of `conn` as room frees up, until it is empty.
-    async fn drain(self: Arc<Self>, conn: Sid) {
+    /// Sends the backlog of `conn` as room frees up, until it is empty: socketioxide does
+    /// not say when that is, so this polls (see [`SlowClientPolicy`]).
+    async fn drain(self: Arc<Self>, conn: SocketIoId) {
         let mut progress = Instant::now();
         loop {
-            let Some(socket) = self.io.get_socket(conn) else {
+            let Some(socket) = self.io.get_socket(conn.0) else {
                 self.backlogs.remove(&conn);
                 return;
             };
@@ -163,7 +192,7 @@ impl Inner {
             {
                 return;
             }
-            if progress.elapsed() > self.limits.stall {
+            if progress.elapsed() > self.policy.stall {
                 self.backlogs.remove(&conn);
                 drop_client(&self, conn, "its responses made no progress");
                 return;
@@ -173,24 +202,22 @@ impl Inner {
     }
 }
 
-fn drop_client(inner: &Arc<Inner>, conn: Sid, why: &str) {
+fn drop_client(inner: &Arc<Inner>, conn: SocketIoId, why: &str) {
     if inner.closing.insert(conn, ()).is_some() {
         return;
     }
     record_slow_client_drop(&conn, why);
     inner.backlogs.remove(&conn);
-    let Some(socket) = inner.io.get_socket(conn) else {
+    let Some(socket) = inner.io.get_socket(conn.0) else {
         inner.closing.remove(&conn);
         return;
     };
     let inner = inner.clone();
     // The disconnect packet itself needs room in the full buffer: retry for a while; the
     // engine.io heartbeat closes a client that never reads in the end anyway. Its
-    // requests are cleaned up first, in this task: the caller may hold gateway locks.
+    // requests are cleaned up first (the report's task is spawned before this one).
+    inner.dropped.report(conn);
     tokio::spawn(async move {
-        if let Some(hook) = inner.on_drop.get() {
-            hook(conn);
-        }
         for _ in 0..100 {
             match socket.clone().disconnect() {
                 Err(SocketError::InternalChannelFull) => {
@@ -204,27 +231,27 @@ fn drop_client(inner: &Arc<Inner>, conn: Sid, why: &str) {
 }
 
 impl ClientSink for SocketIoSink {
-    type Conn = Sid;
-    type Ack = AckSender;
+    type Conn = SocketIoId;
+    type Ack = SocketIoAck;
 
-    fn ack(&self, ack: AckSender, outcome: Result<(), &ErrorBody>) -> Result<(), EmitError> {
+    fn ack(&self, ack: SocketIoAck, outcome: Result<(), &ErrorBody>) -> Result<(), EmitError> {
         let body = AckBody {
             ok: outcome.is_ok(),
             error: outcome.err(),
         };
-        ack.send(&body).map_err(emit_error)
+        ack.0.send(&body).map_err(emit_error)
     }
 
-    fn ack_json(&self, ack: AckSender, body: &serde_json::Value) -> Result<(), EmitError> {
-        ack.send(body).map_err(emit_error)
+    fn ack_json(&self, ack: SocketIoAck, body: &serde_json::Value) -> Result<(), EmitError> {
+        ack.0.send(body).map_err(emit_error)
     }
 
-    fn emit(&self, conn: Sid, event: &ResponseEvent<'_>) -> Result<(), EmitError> {
+    fn emit(&self, conn: SocketIoId, event: &ResponseEvent<'_>) -> Result<(), EmitError> {
         let inner = &self.inner;
         match inner.backlogs.entry(conn) {
             Entry::Occupied(mut backlog) => inner.enqueue(backlog.get_mut(), event),
             Entry::Vacant(slot) => {
-                let socket = inner.io.get_socket(conn).ok_or(EmitError::Gone)?;
+                let socket = inner.io.get_socket(conn.0).ok_or(EmitError::Gone)?;
                 match socket.emit(events::RESPONSE, event).map_err(emit_error) {
                     Err(EmitError::Full) => {
                         let mut backlog = Backlog::default();
@@ -240,7 +267,7 @@ impl ClientSink for SocketIoSink {
         }
     }
 
-    fn disconnect(&self, conn: Sid) {
+    fn disconnect(&self, conn: SocketIoId) {
         drop_client(
             &self.inner,
             conn,
@@ -249,69 +276,7 @@ impl ClientSink for SocketIoSink {
     }
 }
 
-/// What a handshake must pass before the connection gets any state.
-pub struct Admission {
-    pub authenticator: Authenticator,
-    pub connections: ConnectionCounter,
-    pub limits: Limits,
-}
-
-impl Admission {
-    /// No authentication, default limits (tests).
-    pub fn open() -> Self {
-        let limits = Limits::default();
-        Admission {
-            authenticator: Authenticator::none(),
-            connections: ConnectionCounter::new(limits.max_connections),
-            limits,
-        }
-    }
-}
-
-impl Admission {
-    /// Decides whether a client may connect at all: room on the host, then a valid token
-    /// (`auth` is the handshake's auth object). A refused client gets `connect_error`
-    /// with the error's message and the host keeps nothing for it. `conn` names the
-    /// connection in log lines.
-    pub fn admit(
-        &self,
-        auth: Option<&Value>,
-        conn: &dyn std::fmt::Display,
-    ) -> Result<Session, HandshakeRefused> {
-        // The cheap check first: a full host verifies no signatures.
-        let Some(slot) = self.connections.try_acquire() else {
-            info!(sid = %conn, max = self.limits.max_connections, "connection refused: the host is full");
-            metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "full").increment(1);
-            return Err(HandshakeRefused::Full);
-        };
-        let identity = match self.authenticator.authenticate(auth) {
-            Ok(identity) => identity,
-            Err(refusal) => {
-                info!(sid = %conn, reason = %refusal, "connection refused: unauthorized");
-                metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => refusal.label())
-                    .increment(1);
-                return Err(HandshakeRefused::Unauthorized);
-            }
-        };
-        Ok(Session::new(
-            identity,
-            self.limits.request_rate(),
-            Some(slot),
-        ))
-    }
-}
-
-/// Why a handshake was refused; the message is what the client's `connect_error` says.
-#[derive(Debug, thiserror::Error)]
-pub enum HandshakeRefused {
-    /// Protocol §1's message, [`UNAUTHORIZED`].
-    #[error("unauthorized")]
-    Unauthorized,
-    #[error("too many connections")]
-    Full,
-}
-
-/// Serves protocol §1 on the default namespace of `io`.
+/// Serves protocol §1 on the default namespace of the sink's socketioxide instance.
 ///
 /// Everything happens in a connect middleware, which socketioxide awaits before it
 /// sends the CONNECT packet. It first decides whether the client may connect at all
@@ -321,44 +286,87 @@ pub enum HandshakeRefused {
 /// was sent). Each handler does its gateway work synchronously in the closure body, so
 /// events of one connection are handled in the order they arrived; only publishing runs
 /// in the spawned future.
-pub fn attach<B, S>(io: &SocketIo, gateway: Arc<Gateway<B, S>>, admission: Arc<Admission>)
+pub fn attach<B, S>(sink: &SocketIoSink, gateway: Arc<Gateway<B, S>>, admission: Arc<Admission>)
 where
     B: Broker,
     S: ClientSink,
-    S::Conn: From<Sid>,
-    S::Ack: From<AckSender>,
+    S::Conn: From<SocketIoId>,
+    S::Ack: From<SocketIoAck>,
 {
+    let dropped = sink.inner.dropped.clone();
     let admit = move |socket: SocketRef, TryData(auth): TryData<Value>| {
         let gateway = gateway.clone();
         let admission = admission.clone();
+        let dropped = dropped.clone();
         async move {
             // `auth` holds the token: it is dropped with this future, never logged.
             let session = admission.admit(auth.ok().as_ref(), &socket.id)?;
             register_handlers(&socket, gateway, session);
+            // From here the socket owns its registration (and through the session, its
+            // connection slot): however socketioxide lets go of it, it is freed.
+            socket
+                .extensions
+                .insert(Registration::new(SocketIoId(socket.id), dropped));
             Ok::<(), HandshakeRefused>(())
         }
     };
-    io.ns("/", (async || {}).with(admit));
+    sink.inner.io.ns("/", (async || {}).with(admit));
+}
+
+/// Kept in the socket's extensions from admission on: when socketioxide drops the socket,
+/// the gateway is told the client is gone, which frees its session and connection slot.
+///
+/// The disconnect handler does that on the ordinary paths, and first. This is for the
+/// others: when CONNECT cannot be queued (socketioxide's buffer is full, e.g. after a
+/// flood of CONNECTs to an unknown namespace), socketioxide removes the socket without
+/// running its disconnect handler (issue 20 #1). Telling the gateway twice is harmless.
+/// (socketioxide's extensions hold clones: the last one dropped reports.)
+#[derive(Clone)]
+struct Registration {
+    _registered: Arc<Registered>,
+}
+
+struct Registered {
+    id: SocketIoId,
+    dropped: DropReporter<SocketIoId>,
+}
+
+impl Registration {
+    fn new(id: SocketIoId, dropped: DropReporter<SocketIoId>) -> Self {
+        Registration {
+            _registered: Arc::new(Registered { id, dropped }),
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.dropped.report(self.id);
+    }
 }
 
 fn register_handlers<B, S>(socket: &SocketRef, gateway: Arc<Gateway<B, S>>, session: Session)
 where
     B: Broker,
     S: ClientSink,
-    S::Conn: From<Sid>,
-    S::Ack: From<AckSender>,
+    S::Conn: From<SocketIoId>,
+    S::Ack: From<SocketIoAck>,
 {
     match session.identity() {
         Some(identity) => debug!(sid = %socket.id, subject = %identity.subject, "client connected"),
         None => debug!(sid = %socket.id, "client connected"),
     }
-    gateway.connected_as(socket.id.into(), session);
+    gateway.connected_as(SocketIoId(socket.id).into(), session);
     let on_request = gateway.clone();
     socket.on(
         events::REQUEST,
         move |socket: SocketRef, TryData(envelope): TryData<RequestEnvelope>, ack: AckSender| {
             let envelope = envelope.map_err(|e| e.to_string());
-            let publish = on_request.submit(socket.id.into(), envelope, ack.into());
+            let publish = on_request.submit(
+                SocketIoId(socket.id).into(),
+                envelope,
+                SocketIoAck(ack).into(),
+            );
             async move {
                 if let Some(publish) = publish {
                     publish.await;
@@ -370,39 +378,16 @@ where
     socket.on(
         events::CANCEL,
         move |socket: SocketRef, TryData(envelope): TryData<CancelEnvelope>| {
-            on_cancel.cancel(socket.id.into(), envelope.map_err(|e| e.to_string()));
+            on_cancel.cancel(
+                SocketIoId(socket.id).into(),
+                envelope.map_err(|e| e.to_string()),
+            );
             async {}
         },
     );
     socket.on_disconnect(move |socket: SocketRef| {
         debug!(sid = %socket.id, "client disconnected");
-        gateway.disconnected(socket.id.into());
+        gateway.disconnected(SocketIoId(socket.id).into());
         async {}
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_refused_handshake_says_what_protocol_1_says() {
-        assert_eq!(
-            HandshakeRefused::Unauthorized.to_string(),
-            crate::auth::UNAUTHORIZED
-        );
-        assert_eq!(HandshakeRefused::Full.to_string(), "too many connections");
-    }
-
-    #[test]
-    fn backlog_limits_come_from_the_limits() {
-        let limits = Limits {
-            client_backlog_bytes: 1234,
-            client_stall: Duration::from_millis(567),
-            ..Limits::default()
-        };
-        let backlog = BacklogLimits::from(&limits);
-        assert_eq!(backlog.max_bytes, 1234);
-        assert_eq!(backlog.stall, Duration::from_millis(567));
-    }
 }

@@ -52,7 +52,7 @@ use crate::metrics::{GatewayMetrics, RequestMetrics};
 use crate::resume::{Owner, ResumeSettings};
 use crate::routes::RoutingTable;
 use crate::session::Session;
-use crate::sink::ClientSink;
+use crate::sink::{ClientDropped, ClientSink};
 
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
@@ -293,6 +293,16 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             }
             pending.fetch_sub(1, Ordering::SeqCst);
         });
+    }
+}
+
+/// A client a transport dropped or lost is disconnected like any other.
+impl<B: Broker, S: ClientSink, C: 'static> ClientDropped<C> for Gateway<B, S>
+where
+    S::Conn: From<C>,
+{
+    fn client_dropped(self: Arc<Self>, conn: C) {
+        self.disconnected(conn.into());
     }
 }
 

@@ -20,11 +20,14 @@ use uuid::Uuid;
 
 use super::hub::{Closing, Conn, Hub, Urgency, WsAck, WsConnId};
 use super::packet::{self, EventName, Incoming, DEFAULT_NAMESPACE};
+use crate::admission::Admission;
 use crate::broker::Broker;
+use crate::config::{Settings, DEFAULT_CHUNK_LINGER};
 use crate::gateway::{CancelEnvelope, Gateway, RequestEnvelope};
+use crate::limits::DEFAULT_HANDSHAKE_TIMEOUT;
 use crate::session::Session;
 use crate::sink::{record_slow_client_drop, ClientSink};
-use crate::socketio::Admission;
+use crate::transport::{PING_INTERVAL, PING_TIMEOUT};
 
 /// engine.io timings and limits of the transport.
 #[derive(Debug, Clone)]
@@ -33,30 +36,35 @@ pub struct WsSettings {
     pub ping_interval: Duration,
     /// How long a pong may take before the connection counts as dead (`pingTimeout`).
     pub ping_timeout: Duration,
-    /// How long a client may take to send CONNECT after the socket opened.
+    /// How long a client may take to send CONNECT after the socket opened
+    /// (`[limits] handshake_timeout_ms`).
     pub handshake_timeout: Duration,
     /// The largest message the client may send, announced as `maxPayload`.
     pub max_message_bytes: u64,
-    /// How long a write to the client may make no progress before it is dropped.
-    pub stall: Duration,
     /// How long chunks may wait for more frames to share their write (zero: never).
     pub chunk_linger: Duration,
 }
 
-/// Chunks wait at most this long for company, unless `[host] chunk_linger` says otherwise:
-/// far below what a person notices, and long enough that the writes of many busy
-/// connections fall on the same timer tick (docs/performance.md).
-pub const DEFAULT_CHUNK_LINGER: Duration = Duration::from_millis(2);
+impl From<&Settings> for WsSettings {
+    /// The host's settings; the engine.io timings are those socketioxide is given too.
+    fn from(settings: &Settings) -> Self {
+        WsSettings {
+            max_message_bytes: settings.max_message_bytes,
+            chunk_linger: settings.chunk_linger,
+            handshake_timeout: settings.limits.handshake_timeout,
+            ..WsSettings::default()
+        }
+    }
+}
 
 impl Default for WsSettings {
     fn default() -> Self {
-        // engine.io's defaults; the server gives socketioxide the same.
+        // engine.io's defaults, which socketioxide is given too.
         WsSettings {
-            ping_interval: Duration::from_secs(25),
-            ping_timeout: Duration::from_secs(20),
-            handshake_timeout: Duration::from_secs(10),
+            ping_interval: PING_INTERVAL,
+            ping_timeout: PING_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_message_bytes: 1_000_000,
-            stall: crate::limits::DEFAULT_CLIENT_STALL,
             chunk_linger: DEFAULT_CHUNK_LINGER,
         }
     }
@@ -81,7 +89,7 @@ enum End {
     Refused,
     /// No CONNECT, or no pong, in time.
     Timeout(&'static str),
-    /// The client read nothing for `stall`.
+    /// The client read nothing for the slow-client policy's `stall`.
     Stalled,
     /// The host ended it (slow client, shutdown).
     Closed(Closing),
@@ -339,7 +347,7 @@ where
             // Answers are bounded like responses: a client that sends but never reads
             // cannot make the host queue without end.
             Ok(Incoming::Ping(data)) => conn
-                .push(packet::pong(data), self.hub.backlog_limit(), Urgency::Now)
+                .push(packet::pong(data), self.hub.policy(), Urgency::Now)
                 .map_err(|_| End::Closed(Closing::Dropped))?,
             Ok(Incoming::Noop | Incoming::Ack | Incoming::BinaryAck { .. }) => {}
             Ok(Incoming::Connect {
@@ -349,7 +357,7 @@ where
             Ok(Incoming::Connect { namespace, .. }) => conn
                 .push(
                     packet::connect_error(namespace, "Invalid namespace"),
-                    self.hub.backlog_limit(),
+                    self.hub.policy(),
                     Urgency::Now,
                 )
                 .map_err(|_| End::Closed(Closing::Dropped))?,
@@ -419,7 +427,7 @@ where
             *waited = true;
             debug!("send buffer full; responses wait in the backlog");
         }
-        match timeout(self.settings.stall, step).await {
+        match timeout(self.hub.policy().stall, step).await {
             Ok(done) => done.map_err(ws_error),
             Err(_) => Err(End::Stalled),
         }

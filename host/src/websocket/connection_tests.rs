@@ -2,7 +2,7 @@
 //! duplex pipe, a connection task on the other, the gateway on the in-memory broker.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -14,12 +14,14 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::*;
+use crate::admission::Admission;
 use crate::broker::memory::MemoryBroker;
 use crate::broker::IncomingReply;
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::routes::testing::parts;
 use crate::routes::{RequestTypeSpec, RoutingTable};
-use crate::socketio::Admission;
+use crate::sink::{ClientDropped, DropReporter};
+use crate::transport::SlowClientPolicy;
 
 type Client = WebSocketStream<DuplexStream>;
 
@@ -36,17 +38,22 @@ async fn start(settings: WsSettings, backlog_limit: usize) -> Harness {
     echo.streams = true;
     let routes = RoutingTable::new([RequestTypeSpec::new(echo, None).unwrap()]);
     let broker = Arc::new(MemoryBroker::new());
-    let hub = Arc::new(Hub::new(backlog_limit));
-    let gateway = Arc::new(Gateway::new(
-        broker.clone(),
-        hub.clone(),
-        routes,
-        GatewayOptions::default(),
-    ));
-    {
-        let gateway = gateway.clone();
-        hub.on_drop(move |id| gateway.disconnected(id));
-    }
+    let policy = SlowClientPolicy {
+        backlog_bytes: backlog_limit,
+        stall: Duration::from_secs(5),
+    };
+    let mut hub = None;
+    let gateway = Arc::new_cyclic(|gateway: &Weak<Gateway<MemoryBroker, Hub>>| {
+        let dropped: Weak<dyn ClientDropped<WsConnId>> = gateway.clone();
+        let made = hub.insert(Arc::new(Hub::new(policy, DropReporter::new(dropped))));
+        Gateway::new(
+            broker.clone(),
+            made.clone(),
+            routes,
+            GatewayOptions::default(),
+        )
+    });
+    let hub = hub.expect("made with the gateway");
     let endpoint = Arc::new(Endpoint {
         gateway: gateway.clone(),
         hub: hub.clone(),
@@ -74,7 +81,6 @@ fn fast() -> WsSettings {
         ping_timeout: Duration::from_secs(60),
         handshake_timeout: Duration::from_secs(5),
         max_message_bytes: 1 << 20,
-        stall: Duration::from_secs(5),
         chunk_linger: Duration::from_millis(2),
     }
 }

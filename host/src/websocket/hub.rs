@@ -2,8 +2,8 @@
 //! and `response` events are encoded into frames here, queued in the connection's outbox
 //! and written by the connection's own task.
 //!
-//! An outbox is bounded in bytes (`client_backlog_bytes`): a client that falls further
-//! behind is dropped, as over socketioxide. Its queue allocates nothing until the first
+//! An outbox is bounded by the host's [`SlowClientPolicy`] (`client_backlog_bytes`): a
+//! client that falls further behind is dropped, as over socketioxide. Its queue allocates nothing until the first
 //! frame, so an idle connection costs only its task.
 //!
 //! Chunks may linger (`[host] chunk_linger`): a connection whose outbox holds only chunks
@@ -16,14 +16,17 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
 use taskgate_protocol::{events, ErrorBody, ReplyKind};
 use tokio::sync::Notify;
 
 use super::packet;
-use crate::sink::{record_slow_client_drop, AckBody, ClientSink, EmitError, ResponseEvent};
+use crate::sink::{
+    record_slow_client_drop, AckBody, ClientSink, DropReporter, EmitError, ResponseEvent,
+};
+use crate::transport::SlowClientPolicy;
 
 /// Names one connection served by the host's own WebSocket transport.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -147,16 +150,20 @@ impl Conn {
         self.wake.notified().await
     }
 
-    /// Queues a frame unless the client already left more than `limit` bytes unread.
-    pub fn push(&self, frame: String, limit: usize, urgency: Urgency) -> Result<(), EmitError> {
+    /// Queues a frame unless the client already left more unread than `policy` allows.
+    pub fn push(
+        &self,
+        frame: String,
+        policy: &SlowClientPolicy,
+        urgency: Urgency,
+    ) -> Result<(), EmitError> {
         let mut outbox = self.lock();
         if outbox.closing.is_some() {
             return Err(EmitError::Gone);
         }
-        // One frame always fits into an empty outbox, whatever its size: the limit is on
-        // what a client leaves unread, not on a single response.
         let was_empty = outbox.frames.is_empty();
-        if !was_empty && outbox.bytes + frame.len() > limit {
+        let waiting = if was_empty { 0 } else { outbox.bytes };
+        if !policy.fits(waiting, frame.len()) {
             return Err(EmitError::Full);
         }
         outbox.bytes += frame.len();
@@ -184,31 +191,24 @@ impl Conn {
     }
 }
 
-type DropHook = Arc<dyn Fn(WsConnId) + Send + Sync>;
-
 /// The registry of connections served by the host's WebSocket transport.
 pub struct Hub {
     conns: DashMap<WsConnId, Arc<Conn>>,
     next_id: AtomicU64,
-    /// Bytes a connection's outbox may hold before the client counts as too slow.
-    backlog_limit: usize,
-    on_drop: OnceLock<DropHook>,
+    /// When a client counts as too slow.
+    policy: SlowClientPolicy,
+    /// Where dropped clients are reported (the gateway).
+    dropped: DropReporter<WsConnId>,
 }
 
 impl Hub {
-    pub fn new(backlog_limit: usize) -> Self {
+    pub fn new(policy: SlowClientPolicy, dropped: DropReporter<WsConnId>) -> Self {
         Hub {
             conns: DashMap::new(),
             next_id: AtomicU64::new(1),
-            backlog_limit: backlog_limit.max(1),
-            on_drop: OnceLock::new(),
+            policy,
+            dropped,
         }
-    }
-
-    /// Sets what happens to a dropped client's requests (once; later calls are ignored).
-    /// It runs on a task of its own: `disconnect` is called with gateway locks held.
-    pub fn on_drop(&self, hook: impl Fn(WsConnId) + Send + Sync + 'static) {
-        let _ = self.on_drop.set(Arc::new(hook));
     }
 
     /// A new connection, before it is announced to the client.
@@ -227,9 +227,9 @@ impl Hub {
         self.conns.remove(&id);
     }
 
-    /// Bytes a connection's outbox may hold.
-    pub fn backlog_limit(&self) -> usize {
-        self.backlog_limit
+    /// When a client counts as too slow.
+    pub fn policy(&self) -> &SlowClientPolicy {
+        &self.policy
     }
 
     pub fn is_empty(&self) -> bool {
@@ -245,7 +245,7 @@ impl Hub {
 
     fn push(&self, id: WsConnId, frame: String, urgency: Urgency) -> Result<(), EmitError> {
         let conn = self.conns.get(&id).ok_or(EmitError::Gone)?;
-        conn.push(frame, self.backlog_limit, urgency)
+        conn.push(frame, &self.policy, urgency)
     }
 
     pub fn ack(&self, ack: WsAck, outcome: Result<(), &ErrorBody>) -> Result<(), EmitError> {
@@ -282,8 +282,8 @@ impl Hub {
         )
     }
 
-    /// Drops a client that does not keep up: its requests are forgotten now (the hook),
-    /// its task says goodbye and closes the socket as soon as it can.
+    /// Drops a client that does not keep up: its requests are forgotten now (reported to
+    /// the gateway), its task says goodbye and closes the socket as soon as it can.
     pub fn disconnect(&self, id: WsConnId, why: &str) {
         let Some(conn) = self.conns.get(&id).map(|c| c.clone()) else {
             return;
@@ -292,11 +292,7 @@ impl Hub {
             return;
         }
         record_slow_client_drop(&id, why);
-        if let Some(hook) = self.on_drop.get() {
-            // Not inline: the caller may hold gateway locks the hook takes.
-            let hook = hook.clone();
-            tokio::spawn(async move { hook(id) });
-        }
+        self.dropped.report(id);
     }
 }
 
@@ -335,10 +331,22 @@ mod tests {
     use futures_util::FutureExt;
 
     use super::*;
+    use crate::sink::ClientDropped;
+
+    /// A hub whose outboxes hold `backlog_bytes`.
+    fn hub(backlog_bytes: usize) -> Hub {
+        Hub::new(
+            SlowClientPolicy {
+                backlog_bytes,
+                ..SlowClientPolicy::default()
+            },
+            DropReporter::none(),
+        )
+    }
 
     #[tokio::test]
     async fn an_outbox_takes_one_frame_of_any_size_then_stays_under_its_limit() {
-        let hub = Hub::new(10);
+        let hub = hub(10);
         let (id, conn) = hub.register();
         hub.push(id, "x".repeat(100), Urgency::Now).unwrap();
         assert_eq!(hub.push(id, "y".into(), Urgency::Now), Err(EmitError::Full));
@@ -353,7 +361,7 @@ mod tests {
 
     #[tokio::test]
     async fn acks_without_an_id_send_nothing_and_closed_or_unknown_connections_are_gone() {
-        let hub = Hub::new(1000);
+        let hub = hub(1000);
         let (id, conn) = hub.register();
         hub.ack(WsAck { conn: id, id: None }, Ok(())).unwrap();
         hub.ack(
@@ -381,7 +389,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_leaves_no_large_queue_behind() {
-        let hub = Hub::new(1 << 20);
+        let hub = hub(1 << 20);
         let (id, conn) = hub.register();
         for i in 0..1000 {
             hub.push(id, i.to_string(), Urgency::Now).unwrap();
@@ -396,19 +404,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_dropped_client_is_reported_once_to_the_hook() {
-        let hub = Hub::new(1000);
-        let dropped = Arc::new(Mutex::new(Vec::new()));
-        {
-            let dropped = dropped.clone();
-            hub.on_drop(move |id| dropped.lock().unwrap().push(id));
+    async fn a_dropped_client_is_reported_once_to_the_gateway() {
+        struct Recorder(Mutex<Vec<WsConnId>>);
+        impl ClientDropped<WsConnId> for Recorder {
+            fn client_dropped(self: Arc<Self>, conn: WsConnId) {
+                self.0.lock().unwrap().push(conn);
+            }
         }
+        let recorder = Arc::new(Recorder(Mutex::new(Vec::new())));
+        let to: Arc<dyn ClientDropped<WsConnId>> = recorder.clone();
+        let hub = Hub::new(
+            SlowClientPolicy::default(),
+            DropReporter::new(Arc::downgrade(&to)),
+        );
         let (id, conn) = hub.register();
         hub.disconnect(id, "test");
         hub.disconnect(id, "test");
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
-        assert_eq!(*dropped.lock().unwrap(), vec![id]);
+        assert_eq!(*recorder.0.lock().unwrap(), vec![id]);
         assert_eq!(
             conn.take(&mut VecDeque::new(), false).closing,
             Some(Closing::Dropped)
@@ -417,7 +431,7 @@ mod tests {
 
     #[tokio::test]
     async fn chunks_linger_until_an_urgent_frame_or_a_full_write_joins_them() {
-        let hub = Hub::new(1 << 20);
+        let hub = hub(1 << 20);
         let (id, conn) = hub.register();
         let mut frames = VecDeque::new();
         hub.push(id, "c1".into(), Urgency::MayLinger).unwrap();
@@ -447,7 +461,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_task_is_woken_by_the_first_chunk_and_by_what_may_not_wait() {
-        let hub = Hub::new(1 << 20);
+        let hub = hub(1 << 20);
         let (id, conn) = hub.register();
         let woken = |conn: &Conn| conn.woken().now_or_never().is_some();
         hub.push(id, "c1".into(), Urgency::MayLinger).unwrap();

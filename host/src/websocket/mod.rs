@@ -24,5 +24,5 @@ pub mod upgrade;
 #[path = "connection_tests.rs"]
 mod connection_tests;
 
-pub use connection::{Endpoint, WsSettings, DEFAULT_CHUNK_LINGER};
+pub use connection::{Endpoint, WsSettings};
 pub use hub::{Hub, WsAck, WsConnId};

@@ -19,16 +19,7 @@ use super::connection::Endpoint;
 use super::hub::{WsAck, WsConnId};
 use crate::broker::Broker;
 use crate::sink::ClientSink;
-
-/// The Socket.IO path (socketioxide's default, which the host keeps).
-const SOCKET_IO_PATH: &str = "/socket.io";
-
-/// tungstenite's read buffer, for both transports: every WebSocket keeps one for its whole
-/// life. socketioxide's default is 4 KiB; 2 KiB saves 2 KiB per idle connection, at the
-/// price of more `read` calls for messages above 2 KiB (tungstenite reads at most this much
-/// per call). A smaller buffer saved little more and multiplied the reads of larger
-/// requests: see docs/performance.md.
-pub const READ_BUFFER_BYTES: usize = 2048;
+use crate::transport::{READ_BUFFER_BYTES, SOCKET_IO_PATH};
 
 /// Whether the request opens a WebSocket-only connection (engine.io v4, no session).
 pub fn is_direct_websocket(method: &Method, path: &str, query: Option<&str>) -> bool {

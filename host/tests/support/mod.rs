@@ -1,4 +1,5 @@
-//! Pieces shared by the host's integration tests against the real RabbitMQ.
+//! Pieces shared by the host's integration tests: against the real RabbitMQ, and a host
+//! started in-process.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // Each test binary uses part of it.
@@ -50,4 +51,38 @@ pub async fn stop_broker(
         .await
         .unwrap()
         .unwrap();
+}
+
+/// Runs a host on an ephemeral port with `limits` as its `[limits]` table (TOML) and an
+/// empty plugins directory (kept alive by the returned guard); cancel the token to stop it.
+pub async fn start_host(
+    limits: &str,
+) -> (
+    std::net::SocketAddr,
+    tokio_util::sync::CancellationToken,
+    tempfile::TempDir,
+) {
+    use taskgate_host::config::{FileConfig, Overrides, Settings};
+    let plugins = tempfile::tempdir().unwrap();
+    let file = FileConfig::parse(
+        &format!("[limits]\n{limits}\n"),
+        std::path::Path::new("plugins.toml"),
+    )
+    .unwrap();
+    let overrides = Overrides {
+        plugins_dir: Some(plugins.path().to_owned()),
+        ..Overrides::default()
+    };
+    let settings = Settings::resolve(file, None, overrides).unwrap();
+    let listener = taskgate_host::server::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(taskgate_host::server::run(
+        settings,
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    (addr, stop, plugins)
 }

@@ -34,6 +34,7 @@ import {
   HEADER_STREAM,
   HEADER_TRACEPARENT,
 } from './protocol.js';
+import { QUEUE_PATIENCE_MS, waitForQueue } from './queue-wait.js';
 import type { Confirmation, Delivery, Identity, Reply, Settle, Transport } from './transport.js';
 
 /** How long one connection attempt may take. */
@@ -206,18 +207,12 @@ class AmqpSession implements BrokerSession {
   }
 
   async ensureQueue(queue: string, args?: QueueArguments): Promise<void> {
-    let exists: boolean;
-    try {
-      await this.throwaway((ch) => ch.checkQueue(queue));
-      exists = true;
-    } catch (error) {
-      if (replyCode(error) !== 404) throw this.queueError(queue, error);
-      exists = false;
-    }
+    // A missing queue is waited for first: the host may be starting too, and declares it with its arguments.
+    const exists = await waitForQueue(() => this.queueExists(queue), queue, this.log);
     if (exists && !args) return;
     try {
       await this.throwaway((ch) => ch.assertQueue(queue, { durable: true, ...(args ? { arguments: args } : {}) }));
-      if (!exists) this.log.info('declared the queue (it did not exist)', { queue });
+      if (!exists) this.log.info(`declared the queue (no host declared it within ${QUEUE_PATIENCE_MS / 1000} s)`, { queue });
     } catch (error) {
       if (replyCode(error) === 406) {
         this.log.warn("the queue exists with other arguments than this worker's; using it as it is", {
@@ -227,6 +222,17 @@ class AmqpSession implements BrokerSession {
         return;
       }
       throw this.queueError(queue, error);
+    }
+  }
+
+  /** Whether `queue` exists (a passive declaration, on a throwaway channel: a missing queue closes it). */
+  private async queueExists(queue: string): Promise<boolean> {
+    try {
+      await this.throwaway((ch) => ch.checkQueue(queue));
+      return true;
+    } catch (error) {
+      if (replyCode(error) !== 404) throw this.queueError(queue, error);
+      return false;
     }
   }
 

@@ -52,8 +52,9 @@ export interface BrokerSession {
   readonly lost: Promise<SessionLost>;
   /**
    * Makes sure `queue` exists. An existing queue is used as it is (the host declares the
-   * queues of its request types, with their arguments); a missing one is declared durable with
-   * `args`. Rejects with `QueueUnusable` when the broker refuses the queue.
+   * queues of its request types, with their arguments); a missing one is waited for a while
+   * (`queue-wait.ts`: the host may be starting too), then declared durable with `args`. Rejects
+   * with `QueueUnusable` when the broker refuses the queue.
    */
   ensureQueue(queue: string, args?: QueueArguments): Promise<void>;
   /** Opens the reply channel (publisher confirms on). */

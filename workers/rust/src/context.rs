@@ -13,8 +13,8 @@ use taskgate_protocol::Identity;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::handler::TaskError;
-use crate::runner::{PendingConfirm, Reply, ReplyKind, Transport, TransportError};
+use crate::error::TaskError;
+use crate::transport::{PendingConfirm, Reply, ReplyKind, Transport, TransportError};
 
 /// One request's context. Cheap to clone; clones share the request.
 #[derive(Clone)]

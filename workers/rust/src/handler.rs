@@ -1,4 +1,6 @@
-//! Handlers and the errors they report.
+//! Handlers: the [`Handler`] trait, and how a handler of any payload and result type is
+//! erased into one shape. [`TaskError`], what a handler returns when it fails, lives in
+//! `crate::error` and is re-exported here (its path since the first release).
 //!
 //! A handler is any `async fn(P, Context) -> Result<T, TaskError>` (or a closure returning
 //! such a future) where `P` is the payload type (`serde_json::Value` or any
@@ -9,76 +11,15 @@
 //! bytes.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
-use taskgate_protocol::{ErrorCode, WorkerErrorBody};
 
 use crate::context::Context;
-
-/// A failure a handler reports to the client (protocol §2.3 `error` reply):
-/// `{ "code", "message", "details"? }`.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct TaskError {
-    /// A protocol code (`WORKER_ERROR`, `INVALID_PAYLOAD` …) or one of the worker's own.
-    pub code: String,
-    /// For humans.
-    pub message: String,
-    /// Anything that helps a program react (optional).
-    pub details: Option<Value>,
-}
-
-impl TaskError {
-    /// An error with the generic `WORKER_ERROR` code.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self::with_code(ErrorCode::WorkerError.as_str(), message)
-    }
-
-    /// An error with a code of the handler's own (e.g. `NOT_FOUND`) or a protocol code.
-    pub fn with_code(code: impl Into<String>, message: impl Into<String>) -> Self {
-        TaskError {
-            code: code.into(),
-            message: message.into(),
-            details: None,
-        }
-    }
-
-    /// Attaches `details` (any JSON-serialisable value; one that does not serialise is
-    /// left out).
-    pub fn with_details(mut self, details: impl Serialize) -> Self {
-        self.details = serde_json::to_value(details).ok();
-        self
-    }
-
-    /// `CANCELLED`: the request was cancelled. [`Context::chunk`] returns it once the
-    /// request is cancelled.
-    pub fn cancelled() -> Self {
-        Self::with_code(ErrorCode::Cancelled.as_str(), "the request was cancelled")
-    }
-
-    /// `INVALID_PAYLOAD`: the payload is not what this handler accepts.
-    pub fn invalid_payload(message: impl Into<String>) -> Self {
-        Self::with_code(ErrorCode::InvalidPayload.as_str(), message)
-    }
-
-    /// Whether this is the `CANCELLED` error.
-    pub fn is_cancelled(&self) -> bool {
-        self.code == ErrorCode::Cancelled.as_str()
-    }
-
-    /// The body of the `error` reply.
-    pub(crate) fn body(&self) -> WorkerErrorBody {
-        WorkerErrorBody {
-            code: Some(self.code.clone()),
-            message: self.message.clone(),
-            details: self.details.clone(),
-        }
-    }
-}
+pub use crate::error::TaskError;
 
 /// Handles the requests of one queue, with payloads of type `P`.
 ///
@@ -123,9 +64,6 @@ where
         self(payload, ctx)
     }
 }
-
-/// A boxed, `Send` future.
-pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A handler of any payload and result type, seen as bytes in, JSON bytes out.
 pub(crate) type ErasedHandler =
@@ -267,22 +205,5 @@ mod tests {
             .await;
         assert_eq!(replies.chunks, vec![json!(2)]);
         assert_eq!(replies.result, Ok(json!(42)));
-    }
-
-    #[test]
-    fn task_errors_have_protocol_codes() {
-        assert_eq!(TaskError::new("x").code, "WORKER_ERROR");
-        assert!(TaskError::cancelled().is_cancelled());
-        assert_eq!(
-            TaskError::with_code("E", "m")
-                .with_details(json!({"k": 1}))
-                .body(),
-            WorkerErrorBody {
-                code: Some("E".into()),
-                message: "m".into(),
-                details: Some(json!({"k": 1}))
-            }
-        );
-        assert_eq!(TaskError::with_code("E", "m").to_string(), "E: m");
     }
 }

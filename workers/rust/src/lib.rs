@@ -68,9 +68,13 @@
 //!   Handlers run on the caller's tokio runtime: CPU-heavy work belongs in
 //!   `tokio::task::spawn_blocking` (or a multi-thread runtime).
 //! - **Queues**: an existing queue is used as it is (the host declares the queues of its
-//!   request types, with their arguments, e.g. quorum); a missing one is declared durable,
-//!   with the arguments given to [`WorkerBuilder::handle_with_arguments`] (none with
-//!   [`WorkerBuilder::handle`]). A queue that exists with other arguments than the ones
+//!   request types, with their arguments, e.g. quorum). A missing one is waited for, as
+//!   the host may be starting too: one INFO line (`waiting for queue … to be declared by
+//!   the host`), then a look every second for up to 5 s; a queue still missing then is
+//!   declared durable, with the arguments given to [`WorkerBuilder::handle_with_arguments`]
+//!   (none with [`WorkerBuilder::handle`]). lapin itself logs each look at a missing queue
+//!   at ERROR (target `lapin::channel`: the broker closes the channel); the example
+//!   workers' default log filter leaves that target out. A queue that exists with other arguments than the ones
 //!   given is used as it is, with a warning. A queue the worker may not use (permissions,
 //!   exclusive to another connection) stops [`Worker::run`] with [`WorkerError::Queue`].
 //! - **Connection**: a bad URL, or credentials / a virtual host the broker refuses, stop
@@ -86,21 +90,48 @@
 //! Handlers can be unit-tested without RabbitMQ with [`testing::TestRequest`].
 //!
 //! # Layout
-//! - [`handler`]: the [`Handler`] trait and [`TaskError`].
+//! Each module depends only on the ones listed before it (no import circles):
+//! - `error`: [`TaskError`] (a request's failure, for the client) and [`WorkerError`]
+//!   (why a worker stopped).
+//! - `transport`: the plain types between the runner and a broker: a delivery, a reply,
+//!   where replies are published, how a delivery is settled.
 //! - [`context`]: what a handler sees: request metadata, chunks, cancellation.
+//! - [`handler`]: the [`Handler`] trait, erased into one byte-level shape.
 //! - `runner`: one request from delivery to ack, independent of AMQP (unit-tested
 //!   through an in-memory transport).
-//! - [`amqp`]: the lapin side: [`Worker`], connection, consumers, cancellation queue,
-//!   reconnection, shutdown.
+//! - `settings`: what a worker is built with (routes, broker URL, prefetch, grace
+//!   periods) and the defaults.
+//! - `rabbitmq`: the only module that knows lapin: connection, queues, consumers,
+//!   cancellation queue, replies, reconnection, shutdown.
+//! - `worker`: [`Worker`] and [`WorkerBuilder`], the public face.
 //! - [`testing`]: runs a handler on an in-memory transport.
+//! - [`amqp`]: the paths the worker's names had when one module held them and the lapin
+//!   code; kept so that code written against them compiles.
 
-pub mod amqp;
 pub mod context;
+mod error;
 pub mod handler;
+mod rabbitmq;
 mod runner;
+mod settings;
 pub mod testing;
+mod transport;
+mod worker;
 
-pub use amqp::{Worker, WorkerBuilder, WorkerError, DEFAULT_AMQP_URL};
+/// The worker's names under their first paths (`taskgate_worker::amqp::DEFAULT_PREFETCH`
+/// …), from when this module also held the lapin code (now private). New code can use the
+/// crate root.
+pub mod amqp {
+    pub use crate::error::WorkerError;
+    pub use crate::settings::{
+        DEFAULT_AMQP_URL, DEFAULT_CANCEL_GRACE, DEFAULT_PREFETCH, DEFAULT_SHUTDOWN_GRACE,
+    };
+    pub use crate::worker::{Worker, WorkerBuilder};
+}
+
 pub use context::Context;
-pub use handler::{Handler, TaskError};
+pub use error::{TaskError, WorkerError};
+pub use handler::Handler;
+pub use settings::DEFAULT_AMQP_URL;
 pub use taskgate_protocol::Identity;
+pub use worker::{Worker, WorkerBuilder};

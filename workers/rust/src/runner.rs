@@ -1,8 +1,8 @@
 //! One request, from delivery to ack, independent of AMQP: the part of the SDK that
 //! carries the protocol's rules (reply routing and order, ack only after the final reply
-//! is confirmed, expired deadlines, cancellation, panics). [`crate::amqp`] feeds it real
+//! is confirmed, expired deadlines, cancellation, panics). [`crate::rabbitmq`] feeds it real
 //! deliveries through a lapin [`Transport`]; the unit tests and [`crate::testing`] feed it
-//! an in-memory one.
+//! an in-memory one. What it exchanges with either is in [`crate::transport`].
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -12,55 +12,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use futures_util::FutureExt;
-use taskgate_protocol::Identity;
-pub(crate) use taskgate_protocol::ReplyKind;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument};
 
 use crate::context::{Context, ContextParts};
-use crate::handler::{BoxFuture, ErasedHandler, TaskError};
-
-/// Why a reply or an ack did not reach the broker.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct TransportError(pub String);
-
-/// A reply's publisher confirm, still to be awaited.
-pub(crate) type PendingConfirm = BoxFuture<'static, Result<(), TransportError>>;
-
-/// A reply message (protocol §2.3).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Reply {
-    pub reply_to: String,
-    pub correlation_id: String,
-    pub kind: ReplyKind,
-    /// `x-seq`, on chunks only.
-    pub seq: Option<u64>,
-    pub body: Vec<u8>,
-}
-
-/// Where replies go. `publish` resolves once the message is handed to the broker's
-/// channel, in call order, and returns its confirm; one channel carries all replies, so
-/// RabbitMQ keeps them in order.
-pub(crate) trait Transport: Send + Sync + 'static {
-    fn publish(&self, reply: Reply) -> BoxFuture<'_, Result<PendingConfirm, TransportError>>;
-}
-
-/// A request message as delivered (protocol §2.2), nothing trusted yet.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Delivery {
-    pub correlation_id: Option<String>,
-    pub reply_to: Option<String>,
-    pub request_type: Option<String>,
-    pub deadline_ms: Option<i64>,
-    pub streams: bool,
-    pub redelivered: bool,
-    /// Header `x-identity`, when present and well-formed.
-    pub identity: Option<Identity>,
-    /// Header `traceparent` (W3C trace context, protocol §3.10), as received.
-    pub traceparent: Option<String>,
-    pub body: Vec<u8>,
-}
+use crate::error::TaskError;
+use crate::handler::ErasedHandler;
+use crate::transport::{Delivery, ReplyKind, Settlement, Transport, TransportError};
 
 /// What became of a delivery.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,15 +32,6 @@ pub(crate) enum Outcome {
     /// A reply could not be published or confirmed, or the ack failed: the request was
     /// given back to the queue (or will be when the connection closes) for redelivery.
     NotAcked(TransportError),
-}
-
-/// What the runner tells the broker about a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settlement {
-    /// Done with it (answered, or nothing to answer).
-    Ack,
-    /// Its replies did not all reach the broker: back to the queue, for another try.
-    Requeue,
 }
 
 /// Cancellation tokens of the requests this worker is running, plus cancellations that

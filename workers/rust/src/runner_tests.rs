@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::handler::{erase, Handler};
 use crate::testing::{MemoryLog, MemoryTransport};
+use crate::transport::Reply;
 
 const GRACE: Duration = Duration::from_millis(200);
 

@@ -28,10 +28,12 @@ use serde::Serialize;
 use serde_json::Value;
 use taskgate_protocol::{Identity, ReplyKind, WorkerErrorBody};
 
-use crate::handler::{erase, BoxFuture, Handler, TaskError};
-use crate::runner::{
-    Cancellations, Delivery, Outcome, PendingConfirm, Reply, Runner, Transport, TransportError,
-};
+use futures_util::future::BoxFuture;
+
+use crate::error::TaskError;
+use crate::handler::{erase, Handler};
+use crate::runner::{Cancellations, Outcome, Runner};
+use crate::transport::{Delivery, PendingConfirm, Reply, Transport, TransportError};
 
 /// A request to run a handler with.
 #[derive(Debug, Clone)]
@@ -71,7 +73,7 @@ impl TestRequest {
             streams: true,
             timeout: Some(Duration::from_secs(30)),
             cancel_after: None,
-            cancel_grace: crate::amqp::DEFAULT_CANCEL_GRACE,
+            cancel_grace: crate::settings::DEFAULT_CANCEL_GRACE,
             identity: None,
             traceparent: None,
         }

@@ -380,6 +380,32 @@ async fn an_existing_queue_is_used_as_it_is_and_a_missing_one_is_declared() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_before_the_host_waits_for_the_hosts_queue() {
+    let mut host = Host::connect().await;
+    let queue = unique("late");
+    let worker =
+        RunningWorker::start(builder().handle(&queue, |p: Value, _: Context| async move { Ok(p) }));
+    // The host comes up a while later and declares the queue with its arguments: had the
+    // worker declared it meanwhile (classic, without them), this declaration would fail.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        host.queue_state(&queue).await,
+        None,
+        "the worker declared the queue"
+    );
+    host.declare_queue(
+        &queue,
+        &[("x-queue-type", AMQPValue::LongString("quorum".into()))],
+    )
+    .await;
+    host.wait_for_consumer(&queue).await;
+    let id = host.request(&queue, "t", b"9").await;
+    assert_eq!(json(&host.final_reply(&id).await), json!(9));
+    worker.stop().await.unwrap();
+    host.delete_queue(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_the_worker_may_not_use_stops_it_with_a_clear_error() {
     let host = Host::connect().await;
     let queue = unique("locked");

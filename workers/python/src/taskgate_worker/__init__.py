@@ -58,8 +58,9 @@ Layout: :mod:`~taskgate_worker.worker` (the :class:`Worker` a user configures),
 from .context import Context
 from .errors import TaskError, WorkerError
 from .handlers import Final, Handler
+from .settings import DEFAULT_AMQP_URL
 from .transport import Identity
-from .worker import DEFAULT_AMQP_URL, Worker
+from .worker import Worker
 
 __all__ = [
     "Context",

@@ -5,7 +5,7 @@ from the consumer timeout, and shut down gracefully. Each delivery runs through 
 runner (:mod:`taskgate_worker.runner`), which holds the protocol's rules; this module
 only translates between aio-pika and it.
 
-Like the Rust SDK (workers/rust/src/amqp.rs), reconnection is done here rather than with
+Like the Rust SDK (workers/rust/src/rabbitmq.rs), reconnection is done here rather than with
 aio-pika's robust connection: a lost connection ends the session (its requests in
 progress are dropped and redelivered by RabbitMQ; acks on the old channels could not
 succeed anyway) and a new session declares and consumes afresh.
@@ -25,7 +25,7 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import aio_pika
 import aiormq
@@ -36,14 +36,19 @@ from . import protocol
 from .errors import WorkerError
 from .logs import logger
 from .runner import Runner
+from .settings import Route, Settings
 from .transport import Delivery, Identity, Reply, Settlement, TransportError
-from .worker import Route, Settings
 
 CONNECT_TIMEOUT = 10.0
 FIRST_RETRY_DELAY = 0.1
 MAX_RETRY_DELAY = 5.0
 # How long declaring, binding and consuming may take before the session is given up.
 SETUP_TIMEOUT = 30.0
+# How long a session waits for a missing queue to be declared by the host (which declares
+# its request types' queues, with their arguments, when it starts) before declaring it
+# itself, and how often it looks meanwhile.
+QUEUE_PATIENCE = 5.0
+QUEUE_POLL = 1.0
 
 
 class _Lost(Exception):
@@ -143,6 +148,31 @@ class AmqpWorker:
             except asyncio.TimeoutError:
                 pass
             delay = min(delay * 2, MAX_RETRY_DELAY)
+
+
+async def wait_for_queue(
+    exists: Callable[[], Awaitable[bool]],
+    queue: str,
+    patience: float = QUEUE_PATIENCE,
+    poll: float = QUEUE_POLL,
+) -> bool:
+    """Waits for ``queue`` to exist, asking ``exists`` now and then every ``poll`` seconds
+    until ``patience`` is over; whether it exists in the end. A queue that is missing at
+    first is announced by one INFO line, and nothing is logged while waiting: a worker
+    started before the host is not an error."""
+    if await exists():
+        return True
+    logger.info("waiting for queue %s to be declared by the host (up to %.0f s)", queue, patience)
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + patience
+    while True:
+        left = give_up - loop.time()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(poll, left))
+        if await exists():
+            logger.debug("queue %s exists now", queue)
+            return True
 
 
 def _describe(error: BaseException) -> str:
@@ -282,17 +312,10 @@ class Session:
     async def _ensure_queue(self, route: Route) -> None:
         """Makes sure the queue exists. An existing queue is used as it is: the host
         declares its request types' queues with their arguments, and a declaration with
-        other arguments would be refused. A missing queue is declared durable with the
-        route's arguments. Each step gets its own channel: a refused declaration closes it."""
-        probe = await self.connection.channel(publisher_confirms=False)
-        try:
-            await probe.declare_queue(route.queue, passive=True)
-            await probe.close()
-            exists = True
-        except amqp_errors.ChannelNotFoundEntity:
-            exists = False
-        except amqp_errors.ChannelClosed as error:
-            raise _queue_error(route.queue, error) from error
+        other arguments would be refused. A missing queue is waited for (the host may be
+        starting too; see :func:`wait_for_queue`), then declared durable with the route's
+        arguments. Each step gets its own channel: a refused declaration closes it."""
+        exists = await wait_for_queue(lambda: self._queue_exists(route.queue), route.queue)
         if exists and route.arguments is None:
             return
         declare = await self.connection.channel(publisher_confirms=False)
@@ -300,7 +323,7 @@ class Session:
             await declare.declare_queue(route.queue, durable=True, arguments=route.arguments)
             await declare.close()
             if not exists:
-                logger.info("declared queue %s (it did not exist)", route.queue)
+                logger.info("declared queue %s (no host declared it within %.0f s)", route.queue, QUEUE_PATIENCE)
         except amqp_errors.ChannelPreconditionFailed as error:
             logger.warning(
                 "queue %s exists with other arguments than this worker's; using it as it is (%s)",
@@ -309,6 +332,19 @@ class Session:
             )
         except amqp_errors.ChannelClosed as error:
             raise _queue_error(route.queue, error) from error
+
+    async def _queue_exists(self, queue: str) -> bool:
+        """Whether ``queue`` exists (a passive declaration, on a channel of its own: the
+        broker closes the channel when the queue is missing)."""
+        probe = await self.connection.channel(publisher_confirms=False)
+        try:
+            await probe.declare_queue(queue, passive=True)
+            await probe.close()
+            return True
+        except amqp_errors.ChannelNotFoundEntity:
+            return False
+        except amqp_errors.ChannelClosed as error:
+            raise _queue_error(queue, error) from error
 
     async def _consume_cancellations(self, runner: Runner) -> None:
         """Declares the cancellation exchange and consumes it through a queue of this

@@ -19,7 +19,8 @@ import sys
 from typing import Sequence
 
 from .errors import WorkerError
-from .worker import DEFAULT_SHUTDOWN_GRACE, Worker
+from .settings import DEFAULT_SHUTDOWN_GRACE
+from .worker import Worker
 
 
 def _queue_override(text: str) -> tuple[str, str]:

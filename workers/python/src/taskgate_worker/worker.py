@@ -1,5 +1,6 @@
 """The :class:`Worker` a user configures: handlers per request type, their queues, the
-broker and the limits. :meth:`Worker.run` hands it to :mod:`taskgate_worker.amqp`."""
+broker and the limits. :meth:`Worker.run` hands its :class:`~taskgate_worker.settings.Settings`
+and routes to :mod:`taskgate_worker.amqp`, which imports nothing from here."""
 
 from __future__ import annotations
 
@@ -7,42 +8,17 @@ import asyncio
 import os
 import signal
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from .errors import WorkerError
 from .handlers import Handler, check_handler
 from .protocol import default_queue
 from .runner import DEFAULT_CANCEL_GRACE
+from .settings import DEFAULT_AMQP_URL, DEFAULT_PREFETCH, DEFAULT_SHUTDOWN_GRACE, Route, Settings
 
-DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2f"
-"""The RabbitMQ of a development machine; ``TASKGATE_AMQP_URL`` overrides it."""
-DEFAULT_PREFETCH = 16
-"""Requests of each queue handled at once."""
-DEFAULT_SHUTDOWN_GRACE = 30.0
-"""Seconds shutdown waits for requests in progress."""
+__all__ = ["DEFAULT_AMQP_URL", "DEFAULT_PREFETCH", "DEFAULT_SHUTDOWN_GRACE", "Route", "Settings", "Worker"]
 
 H = TypeVar("H", bound=Handler)
-
-
-@dataclass
-class Route:
-    """One request type served: its queue and handler."""
-
-    request_type: str
-    queue: str
-    handler: Handler
-    arguments: dict[str, Any] | None = None
-    """Queue arguments to declare a missing queue with; ``None``: no opinion."""
-
-
-@dataclass(frozen=True)
-class Settings:
-    amqp_url: str
-    prefetch: int
-    shutdown_grace: float
-    cancel_grace: float
-    connection_name: str
 
 
 class Worker:
@@ -97,7 +73,8 @@ class Worker:
         """Serves ``request_type`` with ``handler`` from ``queue`` (default
         ``taskgate.<request_type>``, the plugins' default). The queue is used as it is if it
         exists (the host declares the queues of its request types with their arguments);
-        a missing one is declared durable with ``queue_arguments``."""
+        a missing one is waited for up to 5 s (the host may be starting too), then declared
+        durable with ``queue_arguments``."""
         if not request_type:
             raise ValueError("the request type must not be empty")
         if request_type in self._routes:

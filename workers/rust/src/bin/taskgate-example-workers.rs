@@ -5,8 +5,11 @@
 //! taskgate-example-workers [--amqp-url URL] [--queue TYPE=QUEUE]... [--only TYPE]... [--prefetch N]
 //! ```
 //!
-//! Logs go to stderr (`TASKGATE_LOG`, else `RUST_LOG`, default `info,lapin=warn`); the line
-//! `worker ready` appears once it consumes. SIGTERM or SIGINT stops it gracefully.
+//! Logs go to stderr (`TASKGATE_LOG`, else `RUST_LOG`, default
+//! `info,lapin=warn,lapin::channel=off`: lapin logs every channel the broker closes at
+//! ERROR under `lapin::channel`, including the SDK's look at a queue the host has not
+//! declared yet; the SDK logs what such a close means itself); the line `worker ready`
+//! appears once it consumes. SIGTERM or SIGINT stops it gracefully.
 //!
 //! # The request types
 //!
@@ -251,7 +254,7 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("TASKGATE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn"));
+        .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,lapin::channel=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,0 +1,89 @@
+//! Admission: what a Socket.IO handshake must pass before the connection gets any state —
+//! room on the host, then a valid token. Both transports (the host's own `websocket` and
+//! socketioxide in `socketio`) admit through the same [`Admission`], so the connection
+//! limit counts them together and a refusal reads the same on both.
+
+use serde_json::Value;
+use tracing::info;
+
+use crate::auth::Authenticator;
+#[cfg(doc)]
+use crate::auth::UNAUTHORIZED;
+use crate::limits::{ConnectionCounter, Limits};
+use crate::session::Session;
+
+/// What a handshake must pass before the connection gets any state.
+pub struct Admission {
+    pub authenticator: Authenticator,
+    pub connections: ConnectionCounter,
+    pub limits: Limits,
+}
+
+impl Admission {
+    /// No authentication, default limits (tests).
+    pub fn open() -> Self {
+        let limits = Limits::default();
+        Admission {
+            authenticator: Authenticator::none(),
+            connections: ConnectionCounter::new(limits.max_connections),
+            limits,
+        }
+    }
+}
+
+impl Admission {
+    /// Decides whether a client may connect at all: room on the host, then a valid token
+    /// (`auth` is the handshake's auth object). A refused client gets `connect_error`
+    /// with the error's message and the host keeps nothing for it. `conn` names the
+    /// connection in log lines.
+    pub fn admit(
+        &self,
+        auth: Option<&Value>,
+        conn: &dyn std::fmt::Display,
+    ) -> Result<Session, HandshakeRefused> {
+        // The cheap check first: a full host verifies no signatures.
+        let Some(slot) = self.connections.try_acquire() else {
+            info!(sid = %conn, max = self.limits.max_connections, "connection refused: the host is full");
+            metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "full").increment(1);
+            return Err(HandshakeRefused::Full);
+        };
+        let identity = match self.authenticator.authenticate(auth) {
+            Ok(identity) => identity,
+            Err(refusal) => {
+                info!(sid = %conn, reason = %refusal, "connection refused: unauthorized");
+                metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => refusal.label())
+                    .increment(1);
+                return Err(HandshakeRefused::Unauthorized);
+            }
+        };
+        Ok(Session::new(
+            identity,
+            self.limits.request_rate(),
+            Some(slot),
+        ))
+    }
+}
+
+/// Why a handshake was refused; the message is what the client's `connect_error` says.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeRefused {
+    /// Protocol §1's message, [`UNAUTHORIZED`].
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("too many connections")]
+    Full,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_handshake_says_what_protocol_1_says() {
+        assert_eq!(
+            HandshakeRefused::Unauthorized.to_string(),
+            crate::auth::UNAUTHORIZED
+        );
+        assert_eq!(HandshakeRefused::Full.to_string(), "too many connections");
+    }
+}

@@ -10,6 +10,7 @@ use crate::auth::Authenticator;
 #[cfg(doc)]
 use crate::auth::UNAUTHORIZED;
 use crate::limits::{ConnectionCounter, Limits};
+use crate::resume::Sessions;
 use crate::session::Session;
 
 /// What a handshake must pass before the connection gets any state.
@@ -17,6 +18,8 @@ pub struct Admission {
     pub authenticator: Authenticator,
     pub connections: ConnectionCounter,
     pub limits: Limits,
+    /// Sessions (protocol §4); `None` when `[resume]` is off.
+    pub sessions: Option<Sessions>,
 }
 
 impl Admission {
@@ -27,6 +30,7 @@ impl Admission {
             authenticator: Authenticator::none(),
             connections: ConnectionCounter::new(limits.max_connections),
             limits,
+            sessions: None,
         }
     }
 }
@@ -56,11 +60,17 @@ impl Admission {
                 return Err(HandshakeRefused::Unauthorized);
             }
         };
-        Ok(Session::new(
-            identity,
-            self.limits.request_rate(),
-            Some(slot),
-        ))
+        // A client that asks for a session (`auth.session`) gets one; the owner of its
+        // requests is its subject when it authenticated.
+        let opened = self.sessions.as_ref().and_then(|sessions| {
+            let asked = auth.and_then(|a| a.get("session"));
+            sessions.open(asked, identity.as_ref().map(|i| i.subject.as_str()))
+        });
+        let session = Session::new(identity, self.limits.request_rate(), Some(slot));
+        Ok(match opened {
+            Some((owner, greeting)) => session.with_session(owner, greeting),
+            None => session,
+        })
     }
 }
 

@@ -245,7 +245,7 @@ fn read_secret_file(what: &'static str, path: &Path) -> Result<String, AuthConfi
 }
 
 /// Exactly one of a file and an environment variable.
-fn file_or_env(
+pub(crate) fn file_or_env(
     what: &'static str,
     file: Option<&PathBuf>,
     file_key: &str,

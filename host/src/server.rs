@@ -35,6 +35,7 @@ use crate::origins::{self, AllowedOrigins};
 use crate::plugins::PrivateCopyLoader;
 use crate::reload::{self, Reloader};
 use crate::request_head;
+use crate::resume::{self, Sessions};
 use crate::routes::RoutingTable;
 use crate::shutdown::{Shutdown, CLOSE_CONNECTIONS};
 use crate::sink::DropReporter;
@@ -165,17 +166,20 @@ impl Host {
                 GatewayOptions::default(),
             )
             .with_limits(&settings.limits)
+            .with_resume(settings.resume.clone())
         });
         let Some((socketio_layer, sink)) = transports else {
             unreachable!("Arc::new_cyclic runs its closure before it returns")
         };
         report_lost_sessions(&broker, &gateway);
         log_security(&settings, &authenticator, &origins, &hosts);
+        let sessions = resume_sessions(&settings)?;
         // One admission for both transports: the connection limit counts them together.
         let admission = Arc::new(Admission {
             authenticator,
             connections: ConnectionCounter::new(settings.limits.max_connections),
             limits: settings.limits.clone(),
+            sessions,
         });
         socketio::attach(&sink.socketio, gateway.clone(), admission.clone());
         let endpoint = Arc::new(Endpoint {
@@ -348,6 +352,27 @@ fn report_lost_sessions(broker: &AmqpBroker, gateway: &Arc<HostGateway>) {
             );
         }
     });
+}
+
+/// Sessions (protocol §4) as `[resume]` says, with a line in the log on how far they reach.
+fn resume_sessions(settings: &Settings) -> Result<Option<Sessions>, ServeError> {
+    if !settings.resume.enabled() {
+        info!("sessions are off ([resume] window = \"0s\"): requests end with their connection");
+        return Ok(None);
+    }
+    let (keys, shared) = resume::keys(&settings.resume_section, &|name| std::env::var(name).ok())
+        .map_err(ServeError::Config)?;
+    info!(
+        window_ms = settings.resume.window.as_millis() as u64,
+        request_bytes = settings.resume.request_bytes,
+        "sessions: a dropped client's requests wait for it {}",
+        if shared {
+            "(tokens signed with the cluster secret: any host of the cluster accepts them)"
+        } else {
+            "(no [resume] secret: tokens are accepted by this host only)"
+        }
+    );
+    Ok(Some(Sessions::new(keys, &settings.resume)))
 }
 
 /// Says at start how the host is protected; loudly when it is not.

@@ -25,7 +25,8 @@ use tracing::debug;
 use crate::admission::{Admission, HandshakeRefused};
 use crate::broker::Broker;
 use crate::config::Settings;
-use crate::gateway::{CancelEnvelope, Gateway, RequestEnvelope};
+use crate::gateway::{AttachEnvelope, CancelEnvelope, Gateway, RequestEnvelope};
+use crate::resume::SessionGreeting;
 use crate::session::Session;
 use crate::sink::{
     record_slow_client_drop, AckBody, ClientSink, DropReporter, EmitError, OwnedResponse,
@@ -310,7 +311,17 @@ where
             Ok::<(), HandshakeRefused>(())
         }
     };
-    sink.inner.io.ns("/", (async || {}).with(admit));
+    sink.inner.io.ns("/", greet.with(admit));
+}
+
+/// The connect handler: socketioxide runs it once CONNECT is sent, so the `session` event
+/// comes right after it, before anything else.
+async fn greet(socket: SocketRef) {
+    if let Some(greeting) = socket.extensions.get::<SessionGreeting>() {
+        if let Err(error) = socket.emit(events::SESSION, &greeting) {
+            debug!(sid = %socket.id, %error, "the session event could not be sent");
+        }
+    }
 }
 
 /// Kept in the socket's extensions from admission on: when socketioxide drops the socket,
@@ -356,6 +367,10 @@ where
         Some(identity) => debug!(sid = %socket.id, subject = %identity.subject, "client connected"),
         None => debug!(sid = %socket.id, "client connected"),
     }
+    // The `session` event (protocol §4.1) waits for CONNECT: the connect handler sends it.
+    if let Some(greeting) = session.greeting() {
+        socket.extensions.insert(greeting.clone());
+    }
     gateway.connected_as(SocketIoId(socket.id).into(), session);
     let on_request = gateway.clone();
     socket.on(
@@ -381,6 +396,18 @@ where
             on_cancel.cancel(
                 SocketIoId(socket.id).into(),
                 envelope.map_err(|e| e.to_string()),
+            );
+            async {}
+        },
+    );
+    let on_attach = gateway.clone();
+    socket.on(
+        events::ATTACH,
+        move |socket: SocketRef, TryData(envelope): TryData<AttachEnvelope>, ack: AckSender| {
+            on_attach.attach(
+                SocketIoId(socket.id).into(),
+                envelope.map_err(|e| e.to_string()),
+                SocketIoAck(ack).into(),
             );
             async {}
         },

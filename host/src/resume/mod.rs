@@ -59,6 +59,34 @@ impl ResumeSettings {
     }
 }
 
+/// The keys that sign session tokens: from `[resume] secret_file` / `secret_env` (the
+/// cluster secret every host shares), or random for this process when neither is set.
+/// `Ok((keys, true))` when they come from the shared secret.
+pub fn keys(
+    section: &crate::config::ResumeSection,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(SessionKeys, bool), String> {
+    if section.secret_file.is_none() && section.secret_env.is_none() {
+        return Ok((SessionKeys::random(), false));
+    }
+    let (secret, origin) = crate::auth::file_or_env(
+        "the [resume] secret",
+        section.secret_file.as_ref(),
+        "secret_file",
+        section.secret_env.as_ref(),
+        "secret_env",
+        env,
+    )
+    .map_err(|e| format!("[resume] {}", e.to_string().trim_start_matches("[auth] ")))?;
+    let secret = secret.trim();
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "[resume]: the secret from {origin} is shorter than {MIN_SECRET_BYTES} bytes"
+        ));
+    }
+    Ok((SessionKeys::from_secret(secret.as_bytes()), true))
+}
+
 /// The body of the `session` event (protocol §4.1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -133,6 +161,30 @@ mod tests {
         assert_ne!(fresh, owner, "a token that does not verify: a new session");
         let (other_host, _) = sessions().open(Some(&json!(greeting.token)), None).unwrap();
         assert_ne!(other_host, owner, "another key: a new session");
+    }
+
+    #[test]
+    fn keys_come_from_the_cluster_secret_or_are_random() {
+        let none = crate::config::ResumeSection::default();
+        let (_, shared) = keys(&none, &|_| None).unwrap();
+        assert!(!shared);
+        let section = crate::config::ResumeSection {
+            secret_env: Some("SECRET".into()),
+            ..Default::default()
+        };
+        let secret = "s".repeat(MIN_SECRET_BYTES);
+        let (a, shared) = keys(&section, &|_| Some(secret.clone())).unwrap();
+        assert!(shared);
+        let (b, _) = keys(&section, &|_| Some(secret.clone())).unwrap();
+        let token = a.issue(SessionId::new()).unwrap();
+        assert!(b.verify(&token).is_some(), "two hosts, one secret");
+        let short = keys(&section, &|_| Some("short".into())).unwrap_err();
+        assert!(
+            short.contains("shorter than 32 bytes") && !short.contains("short\""),
+            "{short}"
+        );
+        let unset = keys(&section, &|_| None).unwrap_err();
+        assert!(unset.contains("SECRET"), "{unset}");
     }
 
     #[test]

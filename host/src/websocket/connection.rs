@@ -23,7 +23,7 @@ use super::packet::{self, EventName, Incoming, DEFAULT_NAMESPACE};
 use crate::admission::Admission;
 use crate::broker::Broker;
 use crate::config::{Settings, DEFAULT_CHUNK_LINGER};
-use crate::gateway::{CancelEnvelope, Gateway, RequestEnvelope};
+use crate::gateway::{AttachEnvelope, CancelEnvelope, Gateway, RequestEnvelope};
 use crate::limits::DEFAULT_HANDSHAKE_TIMEOUT;
 use crate::session::Session;
 use crate::sink::{record_slow_client_drop, ClientSink};
@@ -136,10 +136,18 @@ where
             }
             None => debug!(%sid, conn = %id, "client connected"),
         }
+        // The `session` event (protocol §4.1) follows CONNECT before anything else.
+        let greeting = session.greeting().and_then(|g| {
+            packet::event(taskgate_protocol::events::SESSION, g, g.token.len() + 48).ok()
+        });
         // Known to the gateway before the client learns it is connected: it may send a
         // request right after CONNECT.
         self.gateway.connected_as(client, session);
-        let end = match self.send(&mut ws, packet::connected(&sid)).await {
+        let mut greeted = self.send(&mut ws, packet::connected(&sid)).await;
+        if let (Ok(()), Some(frame)) = (&greeted, greeting) {
+            greeted = self.send(&mut ws, frame).await;
+        }
+        let end = match greeted {
             Ok(()) => self.run(&mut ws, id, &conn).await,
             Err(end) => end,
         };
@@ -387,6 +395,11 @@ where
             EventName::Cancel => self
                 .gateway
                 .cancel(client, argument::<CancelEnvelope>(event.arg)),
+            EventName::Attach => {
+                let ack = S::Ack::from(WsAck { conn: id, id: ack });
+                self.gateway
+                    .attach(client, argument::<AttachEnvelope>(event.arg), ack);
+            }
             // As a Socket.IO server does with events it has no handler for.
             EventName::Other => {}
         }

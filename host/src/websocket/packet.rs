@@ -154,6 +154,8 @@ fn parse_socket_io(packet: &str) -> Result<Incoming<'_>, PacketError> {
 pub enum EventName {
     Request,
     Cancel,
+    /// Protocol §4.2.
+    Attach,
     /// Any other name: ignored, as a Socket.IO server ignores events without a handler.
     Other,
 }
@@ -197,7 +199,7 @@ impl<'de> Visitor<'de> for EventVisitor {
     }
 }
 
-/// Deserialises the name without allocating it: only two names matter.
+/// Deserialises the name without allocating it: only a few names matter.
 struct NameSeed;
 
 impl<'de> DeserializeSeed<'de> for NameSeed {
@@ -216,6 +218,7 @@ impl Visitor<'_> for NameSeed {
         Ok(match name {
             taskgate_protocol::events::REQUEST => EventName::Request,
             taskgate_protocol::events::CANCEL => EventName::Cancel,
+            taskgate_protocol::events::ATTACH => EventName::Attach,
             _ => EventName::Other,
         })
     }

@@ -44,9 +44,10 @@ class ResumingClient {
     url: string,
     /** `true` asks for a new session; a string presents this token on the first connect. */
     first: true | string = true,
+    transport: 'websocket' | 'polling' = 'websocket',
   ) {
     this.socket = io(url, {
-      transports: ['websocket'],
+      transports: [transport],
       upgrade: false,
       forceNew: true,
       reconnectionDelay: 100,
@@ -227,4 +228,31 @@ e2e('resume: nobody else can attach — another session, a forged token, a v1 cl
   await worker.result(job, 'ok');
   worker.ack(job);
   await waitUntil(() => owner.final(id), 5000, 'the result');
+});
+
+e2e('resume: over long-polling too (socketioxide): a cut connection comes back and attach moves the request to it', async (ctx) => {
+  const { host, worker } = await streamingHost(ctx);
+  const cancels = await CancelListener.start(ctx);
+  const proxy = await TcpProxy.start(ctx, host.url);
+  const client = new ResumingClient(ctx, proxy.url, true, 'polling');
+  await client.session();
+  const id = uniqueId('poll');
+  assert.deepEqual(await client.request({ id, requestType: TYPES.countdown, payload: { from: 3, intervalMs: 10 } }), { ok: true });
+  const job = await worker.next();
+  for (let seq = 0; seq < 10; seq++) await worker.chunk(job, seq, seq);
+  await waitUntil(() => client.seqs(id).length === 10 || undefined, 5000, '10 chunks');
+  proxy.cut();
+  await sleep(500);
+  proxy.restore();
+  // The old polling session may linger until its ping timeout: attach takes the request anyway.
+  await waitUntil(() => client.connects >= 2 || undefined, 10_000, 'the reconnect');
+  await waitUntil(() => client.sessions.length >= 2 || undefined, 10_000, 'the second session event');
+  const ack = await client.attach(id, client.lastSeq(id));
+  assert.equal(ack.ok, true, JSON.stringify(ack));
+  for (let seq = 10; seq < 20; seq++) await worker.chunk(job, seq, seq);
+  await worker.result(job, 'done');
+  worker.ack(job);
+  await waitUntil(() => client.final(id), 10_000, 'the result');
+  assert.deepEqual(client.seqs(id), Array.from({ length: 20 }, (_, i) => i));
+  assert.equal(cancels.find(job.correlationId!), undefined);
 });

@@ -12,10 +12,8 @@ import { writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 
-import WebSocket from 'ws';
-
 import { e2e, pluginsToml, runHostCli, startHost, uniqueId, waitUntil } from './harness.js';
-import { wsUrl } from './raw.js';
+import { upgradeStatus } from './raw.js';
 
 /** A plain HTTP GET with an explicit `Host` header (fetch does not let a caller choose it). */
 function get(url: string, path: string, hostHeader: string, origin?: string): Promise<{ status: number; body: string }> {
@@ -40,22 +38,6 @@ function get(url: string, path: string, hostHeader: string, origin?: string): Pr
   });
 }
 
-/** The status of a WebSocket upgrade with an explicit `Host` (101 when it succeeds). */
-function upgradeStatus(url: string, hostHeader: string, origin: string): Promise<number> {
-  return new Promise((resolve) => {
-    const ws = new WebSocket(wsUrl(url), { headers: { Host: hostHeader, Origin: origin } });
-    ws.once('open', () => {
-      ws.terminate();
-      resolve(101);
-    });
-    ws.once('unexpected-response', (_req, res) => {
-      resolve(res.statusCode ?? 0);
-      ws.terminate();
-    });
-    ws.once('error', () => resolve(0));
-  });
-}
-
 const ROUTES = ['/healthz', '/readyz', '/metrics', '/socket.io/?EIO=4&transport=polling', '/', '/index.html'];
 
 e2e('DNS rebinding: a Host naming another site gets 421 on every route, even with a matching Origin', async (ctx) => {
@@ -67,13 +49,13 @@ e2e('DNS rebinding: a Host naming another site gets 421 on every route, even wit
     assert.equal(r.status, 421, `${route} with Host ${rebound}`);
     assert.match(r.body, /allowed_hosts/, `${route}: the refusal says what to configure`);
   }
-  assert.equal(await upgradeStatus(host.url, rebound, `http://${rebound}`), 421, 'WebSocket upgrade');
+  assert.equal(await upgradeStatus(host.url, { Host: rebound, Origin: `http://${rebound}` }), 421, 'WebSocket upgrade');
   // The names a local host is meant to have: IP literals, localhost and *.localhost.
   for (const name of [`127.0.0.1:${port}`, `localhost:${port}`, `app.localhost:${port}`, `LOCALHOST.:${port}`, `[::1]:${port}`, '127.0.0.1']) {
     assert.equal((await get(host.url, '/healthz', name)).status, 200, `Host ${name}`);
   }
   const own = `http://localhost:${port}`;
-  assert.equal(await upgradeStatus(host.url, `localhost:${port}`, own), 101, 'the host\'s own origin by name');
+  assert.equal(await upgradeStatus(host.url, { Host: `localhost:${port}`, Origin: own }), 101, 'the host\'s own origin by name');
   assert.equal((await get(host.url, '/socket.io/?EIO=4&transport=polling', `localhost:${port}`, own)).status, 200);
   // Refusals are counted, never echoed into the log verbatim at a level that floods it.
   await waitUntil(

@@ -8,7 +8,6 @@
 
 import assert from 'node:assert/strict';
 
-import WebSocket from 'ws';
 
 import {
   assertAccepted,
@@ -26,7 +25,7 @@ import {
   uniqueId,
   waitUntil,
 } from './harness.js';
-import { RawSocket, wsUrl } from './raw.js';
+import { RawSocket, upgradeStatus, wsUrl } from './raw.js';
 
 e2e('PAYLOAD_TOO_LARGE: [limits] max_payload_bytes caps every request type; a lower per-type limit still applies', async (ctx) => {
   const host = await startHost(ctx, {
@@ -159,21 +158,8 @@ async function pollingHandshake(url: string, origin?: string) {
   return { status: res.status, allowOrigin: res.headers.get('access-control-allow-origin') };
 }
 
-/** The status of a WebSocket upgrade (101 when it succeeds). */
-function upgradeStatus(url: string, origin?: string): Promise<number> {
-  return new Promise((resolve) => {
-    const ws = new WebSocket(wsUrl(url), { headers: origin ? { Origin: origin } : {} });
-    ws.once('open', () => {
-      ws.terminate();
-      resolve(101);
-    });
-    ws.once('unexpected-response', (_req, res) => {
-      resolve(res.statusCode ?? 0);
-      ws.terminate();
-    });
-    ws.once('error', () => resolve(0));
-  });
-}
+/** The status of a WebSocket upgrade, with an `Origin` when given. */
+const upgradeFrom = (url: string, origin?: string) => upgradeStatus(url, origin ? { Origin: origin } : {});
 
 e2e('origins: by default only the host\'s own origin (and clients sending none) may open Socket.IO; others get 403 over both transports', async (ctx) => {
   const host = await startHost(ctx);
@@ -182,11 +168,11 @@ e2e('origins: by default only the host\'s own origin (and clients sending none) 
   const same = await pollingHandshake(host.url, own);
   assert.equal(same.status, 200, 'the host\'s own origin');
   assert.equal(same.allowOrigin, own);
-  assert.equal(await upgradeStatus(host.url, own), 101);
-  assert.equal(await upgradeStatus(host.url), 101);
+  assert.equal(await upgradeFrom(host.url, own), 101);
+  assert.equal(await upgradeFrom(host.url), 101);
   for (const evil of ['https://evil.example', 'null', own.replace('127.0.0.1', 'localhost')]) {
     assert.equal((await pollingHandshake(host.url, evil)).status, 403, `polling from ${evil}`);
-    assert.equal(await upgradeStatus(host.url, evil), 403, `upgrade from ${evil}`);
+    assert.equal(await upgradeFrom(host.url, evil), 403, `upgrade from ${evil}`);
   }
   // Other paths (static files, health) are not Socket.IO and not checked.
   assert.equal((await fetch(`${host.url}/healthz`, { headers: { Origin: 'https://evil.example' } })).status, 200);
@@ -198,7 +184,7 @@ e2e('origins: [host] allowed_origins adds origins (with CORS headers for them) a
     const r = await pollingHandshake(host.url, origin);
     assert.equal(r.status, 200, origin);
     assert.equal(r.allowOrigin, origin);
-    assert.equal(await upgradeStatus(host.url, origin), 101, origin);
+    assert.equal(await upgradeFrom(host.url, origin), 101, origin);
   }
   const evil = await pollingHandshake(host.url, 'https://app.example.test.evil.example');
   assert.equal(evil.status, 403);
@@ -214,5 +200,5 @@ e2e('origins: [host] allowed_origins adds origins (with CORS headers for them) a
   const any = await startHost(ctx, { hostSettings: { allowed_origins: ['*'] } });
   await any.proc.waitForLine(/accepts browser connections from any origin/, 5000);
   assert.equal((await pollingHandshake(any.url, 'https://whoever.example')).status, 200);
-  assert.equal(await upgradeStatus(any.url, 'https://whoever.example'), 101);
+  assert.equal(await upgradeFrom(any.url, 'https://whoever.example'), 101);
 });

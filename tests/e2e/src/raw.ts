@@ -31,6 +31,22 @@ export function wsUrl(hostUrl: string): string {
   return `${hostUrl.replace(/^http/, 'ws')}/socket.io/?EIO=4&transport=websocket`;
 }
 
+/** The status of a WebSocket upgrade with these request headers (101 when it succeeds). */
+export function upgradeStatus(hostUrl: string, headers: Record<string, string> = {}): Promise<number> {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(wsUrl(hostUrl), { headers });
+    ws.once('open', () => {
+      ws.terminate();
+      resolve(101);
+    });
+    ws.once('unexpected-response', (_req, res) => {
+      resolve(res.statusCode ?? 0);
+      ws.terminate();
+    });
+    ws.once('error', () => resolve(0));
+  });
+}
+
 export class RawSocket {
   /** Text frames received, in order. */
   readonly texts: string[] = [];

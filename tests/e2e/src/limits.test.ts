@@ -8,7 +8,6 @@
 
 import assert from 'node:assert/strict';
 
-
 import {
   assertAccepted,
   assertAlive,
@@ -25,7 +24,7 @@ import {
   uniqueId,
   waitUntil,
 } from './harness.js';
-import { RawSocket, upgradeStatus, wsUrl } from './raw.js';
+import { RawSocket, upgradeStatus } from './raw.js';
 
 e2e('PAYLOAD_TOO_LARGE: [limits] max_payload_bytes caps every request type; a lower per-type limit still applies', async (ctx) => {
   const host = await startHost(ctx, {

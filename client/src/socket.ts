@@ -20,6 +20,7 @@ export const EVENTS = {
 export const SESSION_EVENTS = {
   session: 'session',
   attach: 'attach',
+  tasks: 'tasks',
 } as const;
 
 /** `{ id, requestType, payload, traceparent? }`, sent with an acknowledgement callback. */

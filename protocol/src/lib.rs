@@ -129,6 +129,8 @@ pub mod events {
             SESSION = "session",
             /// Client → host, with an ack: pick up a request after a reconnect.
             ATTACH = "attach",
+            /// Client → host, with an ack: the owner's detached tasks.
+            TASKS = "tasks",
         }
     }
 }

@@ -111,6 +111,19 @@ impl ResumeSection {
             .request_bytes
             .unwrap_or(crate::resume::DEFAULT_REQUEST_BYTES);
         let request_bytes = usize::try_from(request_bytes).unwrap_or(usize::MAX);
+        let result_ttl = match &self.result_ttl {
+            None => crate::resume::DEFAULT_RESULT_TTL,
+            Some(text) => duration_setting(
+                "[resume] result_ttl",
+                text,
+                Some((
+                    crate::resume::MAX_RESULT_TTL,
+                    "at most 7 days: kept outcomes hold memory",
+                )),
+                "\"1h\" or \"30m\"",
+            )?,
+        };
+        let max_tasks = self.max_tasks.unwrap_or(crate::resume::DEFAULT_MAX_TASKS);
         let section = ResumeSection {
             secret_file: self.secret_file.map(|f| base.join(f)),
             ..self
@@ -119,6 +132,8 @@ impl ResumeSection {
             ResumeSettings {
                 window,
                 request_bytes,
+                result_ttl,
+                max_tasks,
             },
             section,
         ))
@@ -133,6 +148,10 @@ pub struct ResumeSection {
     pub window: Option<String>,
     /// Chunks kept per request for a client that comes back.
     pub request_bytes: Option<u64>,
+    /// How long a finished detached task's outcome is kept, e.g. "1h".
+    pub result_ttl: Option<String>,
+    /// Detached tasks one owner may have, running or kept.
+    pub max_tasks: Option<usize>,
     /// The cluster secret that signs session tokens (every host of a cluster the same), from
     /// a file or an environment variable; without one, sessions resume on the same host only.
     pub secret_file: Option<PathBuf>,

@@ -75,6 +75,8 @@ pub enum UnavailableCause {
 pub enum RateLimit {
     /// `max` requests were already in flight on the connection.
     InFlight { max: usize },
+    /// The owner already has `max` detached tasks, running or kept (protocol §4.3).
+    Tasks { max: usize },
     /// Over the connection's request rate; the next request fits in `retry_after_ms`.
     Rate {
         per_second: u32,
@@ -88,6 +90,10 @@ impl std::fmt::Display for RateLimit {
             RateLimit::InFlight { max } => {
                 write!(f, "this connection already has {max} requests in flight")
             }
+            RateLimit::Tasks { max } => write!(
+                f,
+                "this session already has {max} detached tasks, running or kept: wait for one to end or expire"
+            ),
             RateLimit::Rate {
                 per_second,
                 retry_after_ms,
@@ -172,6 +178,9 @@ impl RequestError {
             RequestError::Timeout(ms) => body.with_details(json!({ "timeoutMs": ms })),
             RequestError::RateLimited(RateLimit::InFlight { max }) => {
                 body.with_details(json!({ "limit": "inFlight", "max": max }))
+            }
+            RequestError::RateLimited(RateLimit::Tasks { max }) => {
+                body.with_details(json!({ "limit": "tasks", "max": max }))
             }
             RequestError::RateLimited(RateLimit::Rate {
                 per_second,

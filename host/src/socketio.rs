@@ -412,6 +412,11 @@ where
             async {}
         },
     );
+    let on_tasks = gateway.clone();
+    socket.on(events::TASKS, move |socket: SocketRef, ack: AckSender| {
+        on_tasks.tasks(SocketIoId(socket.id).into(), SocketIoAck(ack).into());
+        async {}
+    });
     socket.on_disconnect(move |socket: SocketRef| {
         debug!(sid = %socket.id, "client disconnected");
         gateway.disconnected(SocketIoId(socket.id).into());

@@ -46,6 +46,16 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         envelope: Result<RequestEnvelope, String>,
         ack: S::Ack,
     ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        // A session resending the id of a request it still has: the work is not run again
+        // (protocol §4.3).
+        if let Some((correlation_id, client_id)) = self.owned_elsewhere(conn, &envelope) {
+            let session = self.sessions.get(&conn).map(|s| s.value().clone());
+            match self.gate(session.as_deref()) {
+                Ok(()) => self.reattach(conn, correlation_id, client_id, ack),
+                Err(error) => self.send_refusal(conn, ack, &error),
+            }
+            return None;
+        }
         match self.admit(conn, envelope) {
             Ok(admitted) => {
                 let gateway = self.clone();
@@ -134,19 +144,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     ) -> Result<Admitted<S::Conn>, Refusal> {
         let started = Instant::now();
         let session = self.sessions.get(&conn).map(|s| s.value().clone());
-        // Every event counts against the rate, malformed ones too, and it is the first
-        // check: a flooding client costs as little as possible.
-        if let Some(session) = &session {
-            session.check_rate().map_err(|wait| {
-                RequestError::RateLimited(RateLimit::Rate {
-                    per_second: session.requests_per_second(),
-                    retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
-                })
-            })?;
-        }
-        if !self.is_admitting() {
-            return Err(RequestError::Unavailable(UnavailableCause::ShuttingDown).into());
-        }
+        self.gate(session.as_deref())?;
         // Admission runs in event order per connection, so the count cannot grow between
         // this check and the reservation below.
         let in_flight = self.max_in_flight.map(|max| InFlightCount {
@@ -166,6 +164,24 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             })
     }
 
+    /// The gates before any check: the request rate (every event counts, malformed ones
+    /// too, and it is the first check: a flooding client costs as little as possible),
+    /// then shutdown.
+    pub(super) fn gate(&self, session: Option<&Session>) -> Result<(), RequestError> {
+        if let Some(session) = session {
+            session.check_rate().map_err(|wait| {
+                RequestError::RateLimited(RateLimit::Rate {
+                    per_second: session.requests_per_second(),
+                    retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
+                })
+            })?;
+        }
+        if !self.is_admitting() {
+            return Err(RequestError::Unavailable(UnavailableCause::ShuttingDown));
+        }
+        Ok(())
+    }
+
     /// Reserves the client id of a checked request on its connection (`DUPLICATE_ID` if
     /// taken) and enters it in flight, `Publishing`.
     fn reserve(
@@ -180,6 +196,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             spec,
             body,
             client_trace,
+            detach,
         } = request;
         let correlation_id = Uuid::new_v4();
         let traceparent = trace::for_request(client_trace, correlation_id);
@@ -188,7 +205,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
         let client_id: Arc<str> = client_id.into();
         let owner = session.and_then(Session::owner);
-        let resume = self.resumable(owner, &client_id, correlation_id)?;
+        let resume = self.resumable(owner, &client_id, correlation_id, detach)?;
         let reserved = match self.conns.get_mut(&conn) {
             None => Err(RequestError::Unavailable(
                 UnavailableCause::ConnectionClosing,
@@ -202,9 +219,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             },
         };
         if let Err(error) = reserved {
-            if let Some(owner) = owner.filter(|_| resume.is_some()) {
-                self.owned
-                    .remove_if(&(owner.clone(), client_id), |_, id| *id == correlation_id);
+            if let Some(resume) = resume {
+                self.forget_owned(&resume.owner, &client_id, correlation_id, resume.detached);
             }
             return Err(error);
         }

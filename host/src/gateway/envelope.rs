@@ -28,6 +28,9 @@ pub struct RequestEnvelope {
     /// Optional W3C trace context (protocol §3.10); an invalid one is ignored.
     #[serde(default)]
     pub traceparent: Option<Value>,
+    /// `true`: a task that outlives its connection (protocol §4.3).
+    #[serde(default)]
+    pub detach: Option<Value>,
 }
 
 /// The `cancel` event body.
@@ -90,6 +93,8 @@ pub(super) struct ValidRequest {
     /// The payload as published: the client's text, or the plugin's normalised JSON.
     pub body: Box<str>,
     pub client_trace: ClientTrace,
+    /// A detached task (protocol §4.3); whether the caller may detach is the gateway's check.
+    pub detach: bool,
 }
 
 /// Why a request was refused, with its request type once that was known (a refusal after
@@ -118,6 +123,13 @@ pub(super) fn check(
 ) -> Result<ValidRequest, Refusal> {
     let envelope = envelope.map_err(RequestError::bad_request)?;
     let id = client_id(envelope.id)?;
+    let detach = match envelope.detach {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(_) => {
+            return Err(RequestError::BadRequest("`detach` must be a boolean".to_owned()).into())
+        }
+    };
     let request_type = required_string(envelope.request_type, "requestType")?;
     let spec = routes
         .get(&request_type)
@@ -129,6 +141,7 @@ pub(super) fn check(
             spec,
             body,
             client_trace: ClientTrace::from_envelope(envelope.traceparent.as_ref()),
+            detach,
         }),
         Err(error) => Err(Refusal {
             error,

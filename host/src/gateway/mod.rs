@@ -137,6 +137,8 @@ pub struct Gateway<B: Broker, S: ClientSink> {
     /// Requests that ended while parked: their outcome waits for an `attach` until the
     /// window passes.
     kept: DashMap<Uuid, Kept>,
+    /// Detached tasks (running or kept) per owner, against `[resume] max_tasks`.
+    tasks_per_owner: DashMap<Owner, usize>,
 }
 
 impl<B: Broker, S: ClientSink> Drop for Gateway<B, S> {
@@ -170,6 +172,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             resume: None,
             owned: DashMap::new(),
             kept: DashMap::new(),
+            tasks_per_owner: DashMap::new(),
         }
     }
 

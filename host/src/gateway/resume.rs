@@ -2,15 +2,19 @@
 //! when its connection drops — they stay in flight, the worker is not told, chunks go to
 //! their replay buffer and a final reply is *kept* — until an `attach` from the owner's next
 //! connection picks each one up, or the window passes and it ends as on any disconnect.
+//! A *detached* request (a task, §4.3) has no window: it runs until it ends, and its outcome
+//! is kept for `result_ttl` whether or not a client saw it; `tasks` lists them.
 //!
 //! Window ends share the deadline watcher with request timeouts: a parked request (or a
 //! kept outcome) has one more entry in `deadlines`, and [`Gateway::expire`] tells which one
 //! came due.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::Serialize;
 use serde_json::json;
+use serde_json::value::RawValue;
 use taskgate_protocol::{ErrorCode, ReplyKind};
 use tokio::time::Instant;
 use tracing::{debug, info};
@@ -19,9 +23,12 @@ use uuid::Uuid;
 use super::envelope::{check_attach, AttachEnvelope};
 use super::{Gateway, InFlight, Stage};
 use crate::broker::Broker;
-use crate::error::RequestError;
+use crate::error::{RateLimit, RequestError};
 use crate::resume::{Owner, Replay};
 use crate::sink::{ClientSink, EmitError, OwnedResponse, ResponseEvent};
+
+/// How far off "no window" is for a parked detached task: it ends by its own timeout.
+const NO_WINDOW: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// What a request of a session carries beyond an ordinary one.
 #[derive(Debug)]
@@ -30,18 +37,79 @@ pub(super) struct Resumable {
     pub replay: Replay,
     /// While its connection is gone: when the window ends.
     pub parked_until: Option<Instant>,
-    /// A final response that reached it while parked.
+    /// A final response that reached it while parked (or, for a task, at all).
     pub outcome: Option<OwnedResponse>,
+    /// A task (protocol §4.3): no window, its outcome kept for `result_ttl`.
+    pub detached: bool,
+    pub started_at_ms: u64,
 }
 
-/// The outcome of a request that ended while parked, waiting for its client.
+/// The outcome of a request that ended while parked, or of a task, waiting for its client.
 #[derive(Debug)]
 pub(super) struct Kept {
     owner: Owner,
     client_id: Arc<str>,
+    request_type: Arc<str>,
     replay: Replay,
     outcome: OwnedResponse,
     until: Instant,
+    detached: bool,
+    started_at_ms: u64,
+    ended_at_ms: u64,
+}
+
+/// How an `attach` is answered: its own ack, or a resent `request`'s `{ ok: true }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AckStyle {
+    Attach,
+    Request,
+}
+
+/// One entry of the `tasks` ack.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TaskInfo<'a> {
+    id: &'a str,
+    request_type: &'a str,
+    state: &'static str,
+    started_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended_at: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_chunk: Option<&'a RawValue>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// One task as the `tasks` ack lists it, with its start time for the order.
+fn task_info(
+    client_id: &str,
+    request_type: &str,
+    started_at: u64,
+    ended_at: Option<u64>,
+    replay: &Replay,
+    outcome: Option<&OwnedResponse>,
+) -> (u64, serde_json::Value) {
+    let last = replay.last();
+    let info = TaskInfo {
+        id: client_id,
+        request_type,
+        state: state_of(outcome),
+        started_at,
+        ended_at,
+        last_seq: last.map(|(seq, _)| seq),
+        last_chunk: last.map(|(_, data)| data),
+    };
+    (
+        started_at,
+        serde_json::to_value(&info).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// `attach`'s `state`: how the request stands.
@@ -61,28 +129,66 @@ fn state_of(outcome: Option<&OwnedResponse>) -> &'static str {
 }
 
 impl<B: Broker, S: ClientSink> Gateway<B, S> {
-    /// The bookkeeping a new request of `owner` starts with; `None` outside sessions, or
-    /// when the owner already has a request with this id (`DUPLICATE_ID`).
+    /// The bookkeeping a new request of `owner` starts with; `None` outside sessions.
+    /// Refused: a task without a session (`BAD_REQUEST`), past the owner's task limit
+    /// (`RATE_LIMITED`), an id the owner already has (`DUPLICATE_ID`).
     pub(super) fn resumable(
         &self,
         owner: Option<&Owner>,
         client_id: &Arc<str>,
         correlation_id: Uuid,
+        detach: bool,
     ) -> Result<Option<Box<Resumable>>, RequestError> {
         let (Some(settings), Some(owner)) = (&self.resume, owner) else {
+            if detach {
+                return Err(RequestError::BadRequest(
+                    "`detach` needs a session: connect with auth.session (protocol §4)".to_owned(),
+                ));
+            }
             return Ok(None);
         };
-        match self.owned.entry((owner.clone(), client_id.clone())) {
-            dashmap::Entry::Occupied(_) => Err(RequestError::DuplicateId(client_id.to_string())),
-            dashmap::Entry::Vacant(slot) => {
-                slot.insert(correlation_id);
-                Ok(Some(Box::new(Resumable {
-                    owner: owner.clone(),
-                    replay: Replay::new(settings.request_bytes),
-                    parked_until: None,
-                    outcome: None,
-                })))
+        let dashmap::Entry::Vacant(slot) = self.owned.entry((owner.clone(), client_id.clone()))
+        else {
+            return Err(RequestError::DuplicateId(client_id.to_string()));
+        };
+        if detach {
+            let mut tasks = self.tasks_per_owner.entry(owner.clone()).or_insert(0);
+            if *tasks >= settings.max_tasks {
+                return Err(RequestError::RateLimited(RateLimit::Tasks {
+                    max: settings.max_tasks,
+                }));
             }
+            *tasks += 1;
+        }
+        slot.insert(correlation_id);
+        Ok(Some(Box::new(Resumable {
+            owner: owner.clone(),
+            replay: Replay::new(settings.request_bytes),
+            parked_until: None,
+            outcome: None,
+            detached: detach,
+            started_at_ms: unix_ms(),
+        })))
+    }
+
+    /// Forgets `client_id` of `owner` for `attach`, and a task's place in the owner's count.
+    pub(super) fn forget_owned(
+        &self,
+        owner: &Owner,
+        client_id: &Arc<str>,
+        correlation_id: Uuid,
+        detached: bool,
+    ) {
+        let removed = self
+            .owned
+            .remove_if(&(owner.clone(), client_id.clone()), |_, id| {
+                *id == correlation_id
+            });
+        if detached && removed.is_some() {
+            self.tasks_per_owner.remove_if_mut(owner, |_, tasks| {
+                *tasks = tasks.saturating_sub(1);
+                *tasks == 0
+            });
         }
     }
 
@@ -94,10 +200,11 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             if let (Some(seq), Some(data)) = (event.seq, event.data) {
                 resume.replay.push(seq, data);
             }
-            if resume.parked_until.is_some() {
-                if event.kind != ReplyKind::Chunk {
-                    resume.outcome = Some(event.to_owned_response());
-                }
+            let parked = resume.parked_until.is_some();
+            if (parked || resume.detached) && event.kind != ReplyKind::Chunk {
+                resume.outcome = Some(event.to_owned_response());
+            }
+            if parked {
                 return;
             }
         }
@@ -114,38 +221,70 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             let Some(resume) = request.resume.as_deref_mut() else {
                 continue;
             };
-            resume.parked_until = Some(until);
-            debug!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, "client disconnected; request parked for its session");
+            let detached = resume.detached;
+            resume.parked_until = Some(if detached {
+                Instant::now() + NO_WINDOW
+            } else {
+                until
+            });
+            debug!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, detached, "client disconnected; request parked for its session");
             drop(request);
-            self.watch_deadline(correlation_id, until);
+            if !detached {
+                self.watch_deadline(correlation_id, until);
+            }
         }
     }
 
-    /// A request left the in-flight map: keep its outcome if it ended while parked,
-    /// otherwise forget it for `attach` too.
+    /// A request left the in-flight map: keep its outcome if it ended while parked, or if
+    /// it is a task; otherwise forget it for `attach` too.
     pub(super) fn keep_if_parked(&self, correlation_id: Uuid, request: InFlight<S::Conn>) {
         let Some(resume) = request.resume else {
             return;
         };
-        let key = (resume.owner, request.client_id);
-        match (resume.parked_until, resume.outcome) {
+        let Resumable {
+            owner,
+            replay,
+            parked_until,
+            outcome,
+            detached,
+            started_at_ms,
+        } = *resume;
+        let until = match (detached, parked_until) {
+            (true, _) => Some(
+                Instant::now()
+                    + self
+                        .resume
+                        .as_ref()
+                        .map_or(Duration::ZERO, |r| r.result_ttl),
+            ),
+            (false, until) => until,
+        };
+        match (until, outcome) {
             (Some(until), Some(outcome)) => {
+                if detached {
+                    // A task's outcome outlives its window (it had none): its own deadline.
+                    self.deadlines.insert(until, correlation_id);
+                }
                 self.kept.insert(
                     correlation_id,
                     Kept {
-                        owner: key.0,
-                        client_id: key.1,
-                        replay: resume.replay,
+                        owner,
+                        client_id: request.client_id,
+                        request_type: request.request_type,
+                        replay,
                         outcome,
                         until,
+                        detached,
+                        started_at_ms,
+                        ended_at_ms: unix_ms(),
                     },
                 );
             }
-            (parked_until, _) => {
-                if let Some(until) = parked_until {
+            _ => {
+                if let Some(until) = parked_until.filter(|_| !detached) {
                     self.deadlines.remove(until, correlation_id);
                 }
-                self.owned.remove_if(&key, |_, id| *id == correlation_id);
+                self.forget_owned(&owner, &request.client_id, correlation_id, detached);
             }
         }
     }
@@ -163,9 +302,11 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         if let Some((_, request)) = ended {
             info!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, "no client came back for the parked request within the window; cancelling");
             if let Some(resume) = &request.resume {
-                self.owned.remove_if(
-                    &(resume.owner.clone(), request.client_id.clone()),
-                    |_, id| *id == correlation_id,
+                self.forget_owned(
+                    &resume.owner,
+                    &request.client_id,
+                    correlation_id,
+                    resume.detached,
                 );
             }
             if let Some(deadline) = request.deadline {
@@ -177,9 +318,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             return true;
         }
         if let Some((_, kept)) = self.kept.remove_if(&correlation_id, |_, k| k.until <= now) {
-            debug!(%correlation_id, client_id = %kept.client_id, "the kept outcome of a parked request was not picked up within the window");
-            self.owned
-                .remove_if(&(kept.owner, kept.client_id), |_, id| *id == correlation_id);
+            debug!(%correlation_id, client_id = %kept.client_id, detached = kept.detached, "a kept outcome expired");
+            self.forget_owned(&kept.owner, &kept.client_id, correlation_id, kept.detached);
             return true;
         }
         false
@@ -192,16 +332,72 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             Ok(checked) => checked,
             Err(error) => return self.refuse_attach(conn, ack, &error),
         };
-        let owner = self.sessions.get(&conn).and_then(|s| s.owner().cloned());
-        let found = owner.and_then(|owner| {
-            let client_id: Arc<str> = client_id.as_str().into();
-            self.owned
-                .get(&(owner, client_id.clone()))
-                .map(|id| (*id, client_id))
-        });
-        let Some((correlation_id, client_id)) = found else {
-            return self.refuse_attach(conn, ack, &RequestError::TaskNotFound);
+        match self.owned_by(conn, &client_id) {
+            Some((correlation_id, client_id)) => self.attach_to(
+                conn,
+                correlation_id,
+                client_id,
+                after_seq,
+                ack,
+                AckStyle::Attach,
+            ),
+            None => self.refuse_attach(conn, ack, &RequestError::TaskNotFound),
+        }
+    }
+
+    /// A `request` whose id names a request of the owner that is not on this connection
+    /// (parked, on another connection, or kept): the one to attach to instead of running
+    /// the work again.
+    pub(super) fn owned_elsewhere(
+        &self,
+        conn: S::Conn,
+        envelope: &Result<super::RequestEnvelope, String>,
+    ) -> Option<(Uuid, Arc<str>)> {
+        self.resume.as_ref()?;
+        let Ok(super::RequestEnvelope {
+            id: Some(serde_json::Value::String(id)),
+            ..
+        }) = envelope
+        else {
+            return None;
         };
+        let (correlation_id, client_id) = self.owned_by(conn, id)?;
+        let here = self
+            .conns
+            .get(&conn)
+            .is_some_and(|requests| requests.get(&client_id) == Some(&correlation_id));
+        (!here).then_some((correlation_id, client_id))
+    }
+
+    /// Answers a resent `request` like an `attach` from the start (protocol §4.3).
+    pub(super) fn reattach(
+        &self,
+        conn: S::Conn,
+        correlation_id: Uuid,
+        client_id: Arc<str>,
+        ack: S::Ack,
+    ) {
+        info!(%correlation_id, %client_id, "a request resent with the id of one its owner has: attached, not run again");
+        self.attach_to(conn, correlation_id, client_id, -1, ack, AckStyle::Request);
+    }
+
+    /// The connection owner's request `client_id`, if any.
+    fn owned_by(&self, conn: S::Conn, client_id: &str) -> Option<(Uuid, Arc<str>)> {
+        let owner = self.sessions.get(&conn)?.owner()?.clone();
+        let client_id: Arc<str> = client_id.into();
+        let correlation_id = *self.owned.get(&(owner, client_id.clone()))?;
+        Some((correlation_id, client_id))
+    }
+
+    fn attach_to(
+        &self,
+        conn: S::Conn,
+        correlation_id: Uuid,
+        client_id: Arc<str>,
+        after_seq: i64,
+        ack: S::Ack,
+        style: AckStyle,
+    ) {
         if let Some(mut request) = self.inflight.get_mut(&correlation_id) {
             let previous = request.conn;
             if previous != conn {
@@ -228,10 +424,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 }
             }
             request.conn = conn;
-            let InFlight {
-                resume, client_id, ..
-            } = &mut *request;
-            let Some(resume) = resume.as_deref_mut() else {
+            let Some(resume) = request.resume.as_deref_mut() else {
                 return;
             };
             if let Some(until) = resume.parked_until.take() {
@@ -239,42 +432,80 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             }
             info!(%correlation_id, %client_id, after_seq, "request attached to a new connection");
             // Under the entry's lock: no live chunk can come between the ack and the replay.
-            self.answer_attach(conn, ack, client_id, &resume.replay, after_seq, None);
-            return;
-        }
-        if let Some((_, kept)) = self.kept.remove(&correlation_id) {
-            self.deadlines.remove(kept.until, correlation_id);
-            self.owned
-                .remove_if(&(kept.owner.clone(), kept.client_id.clone()), |_, id| {
-                    *id == correlation_id
-                });
-            info!(%correlation_id, client_id = %kept.client_id, after_seq, "the outcome of a parked request delivered on attach");
             self.answer_attach(
                 conn,
                 ack,
-                &kept.client_id,
-                &kept.replay,
+                style,
+                &client_id,
+                &resume.replay,
                 after_seq,
-                Some(&kept.outcome),
+                None,
             );
             return;
+        }
+        // An ended task stays attachable until its outcome expires; another request's kept
+        // outcome is delivered once.
+        let detached = self.kept.get(&correlation_id).map(|kept| kept.detached);
+        match detached {
+            Some(true) => {
+                if let Some(kept) = self.kept.get(&correlation_id) {
+                    info!(%correlation_id, %client_id, after_seq, "a finished task attached");
+                    self.answer_attach(
+                        conn,
+                        ack,
+                        style,
+                        &client_id,
+                        &kept.replay,
+                        after_seq,
+                        Some(&kept.outcome),
+                    );
+                    return;
+                }
+            }
+            Some(false) => {
+                if let Some((_, kept)) = self.kept.remove(&correlation_id) {
+                    self.deadlines.remove(kept.until, correlation_id);
+                    self.forget_owned(&kept.owner, &kept.client_id, correlation_id, false);
+                    info!(%correlation_id, %client_id, after_seq, "the outcome of a parked request delivered on attach");
+                    self.answer_attach(
+                        conn,
+                        ack,
+                        style,
+                        &client_id,
+                        &kept.replay,
+                        after_seq,
+                        Some(&kept.outcome),
+                    );
+                    return;
+                }
+            }
+            None => {}
         }
         self.refuse_attach(conn, ack, &RequestError::TaskNotFound);
     }
 
-    /// The positive ack of an `attach`, then the chunks the client lacks, then the outcome.
+    /// The positive ack of an `attach` (or of a resent `request`), then the chunks the
+    /// client lacks, then the outcome.
+    #[allow(clippy::too_many_arguments)]
     fn answer_attach(
         &self,
         conn: S::Conn,
         ack: S::Ack,
+        style: AckStyle,
         client_id: &str,
         replay: &Replay,
         after_seq: i64,
         outcome: Option<&OwnedResponse>,
     ) {
         let (first_seq, chunks) = replay.after(after_seq);
-        let body = json!({ "ok": true, "state": state_of(outcome), "firstSeq": first_seq });
-        if self.sink.ack_json(ack, &body).is_err() {
+        let acked = match style {
+            AckStyle::Attach => {
+                let body = json!({ "ok": true, "state": state_of(outcome), "firstSeq": first_seq });
+                self.sink.ack_json(ack, &body)
+            }
+            AckStyle::Request => self.sink.ack(ack, Ok(())),
+        };
+        if acked.is_err() {
             // Not reading: as on a lost ack, the connection goes; the request parks again.
             self.sink.disconnect(conn);
             return;
@@ -284,6 +515,64 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
         if let Some(outcome) = outcome {
             self.emit(conn, &outcome.as_event());
+        }
+    }
+
+    /// Handles a `tasks` event: the owner's detached tasks, running or kept, newest first.
+    pub fn tasks(&self, conn: S::Conn, ack: S::Ack) {
+        let owner = self.sessions.get(&conn).and_then(|s| s.owner().cloned());
+        let mut ids: Vec<(Arc<str>, Uuid)> = match &owner {
+            Some(owner) => self
+                .owned
+                .iter()
+                .filter(|entry| &entry.key().0 == owner)
+                .map(|entry| (entry.key().1.clone(), *entry.value()))
+                .collect(),
+            None => Vec::new(),
+        };
+        ids.sort_unstable();
+        let mut listed: Vec<serde_json::Value> = Vec::new();
+        let mut started: Vec<u64> = Vec::new();
+        for (client_id, correlation_id) in ids {
+            let info = if let Some(request) = self.inflight.get(&correlation_id) {
+                request.resume.as_deref().filter(|r| r.detached).map(|r| {
+                    task_info(
+                        &client_id,
+                        &request.request_type,
+                        r.started_at_ms,
+                        None,
+                        &r.replay,
+                        None,
+                    )
+                })
+            } else {
+                self.kept
+                    .get(&correlation_id)
+                    .filter(|k| k.detached)
+                    .map(|k| {
+                        task_info(
+                            &client_id,
+                            &k.request_type,
+                            k.started_at_ms,
+                            Some(k.ended_at_ms),
+                            &k.replay,
+                            Some(&k.outcome),
+                        )
+                    })
+            };
+            if let Some((started_at, info)) = info {
+                started.push(started_at);
+                listed.push(info);
+            }
+        }
+        let mut order: Vec<usize> = (0..listed.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(started[i]));
+        let tasks: Vec<serde_json::Value> = order.into_iter().map(|i| listed[i].take()).collect();
+        if let Err(EmitError::Full) = self
+            .sink
+            .ack_json(ack, &json!({ "ok": true, "tasks": tasks }))
+        {
+            self.sink.disconnect(conn);
         }
     }
 

@@ -25,6 +25,14 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 pub const MAX_WINDOW: Duration = Duration::from_secs(3600);
 /// Chunks kept per request for replay unless `[resume] request_bytes` says otherwise.
 pub const DEFAULT_REQUEST_BYTES: u64 = 1024 * 1024;
+/// How long a finished detached task's outcome stays retrievable unless `[resume]
+/// result_ttl` says otherwise.
+pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(3600);
+/// The longest result TTL the host accepts: kept outcomes hold memory.
+pub const MAX_RESULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Detached tasks (running or kept) one owner may have unless `[resume] max_tasks` says
+/// otherwise.
+pub const DEFAULT_MAX_TASKS: usize = 100;
 /// The shortest cluster secret accepted (HS256 keys: RFC 7518 §3.2).
 pub const MIN_SECRET_BYTES: usize = 32;
 
@@ -42,6 +50,10 @@ pub struct ResumeSettings {
     /// Zero: sessions are off, and `auth.session` is ignored (v1 behaviour).
     pub window: Duration,
     pub request_bytes: usize,
+    /// How long a finished detached task's outcome is kept.
+    pub result_ttl: Duration,
+    /// Detached tasks one owner may have, running or kept.
+    pub max_tasks: usize,
 }
 
 impl Default for ResumeSettings {
@@ -49,6 +61,8 @@ impl Default for ResumeSettings {
         ResumeSettings {
             window: DEFAULT_WINDOW,
             request_bytes: DEFAULT_REQUEST_BYTES as usize,
+            result_ttl: DEFAULT_RESULT_TTL,
+            max_tasks: DEFAULT_MAX_TASKS,
         }
     }
 }
@@ -93,6 +107,7 @@ pub fn keys(
 pub struct SessionGreeting {
     pub token: String,
     pub resume_window_ms: u64,
+    pub result_ttl_ms: u64,
 }
 
 /// Opens sessions at the handshake: who owns the connection's requests, and the token the
@@ -101,6 +116,7 @@ pub struct SessionGreeting {
 pub struct Sessions {
     keys: SessionKeys,
     window: Duration,
+    result_ttl: Duration,
 }
 
 impl Sessions {
@@ -108,6 +124,7 @@ impl Sessions {
         Sessions {
             keys,
             window: settings.window,
+            result_ttl: settings.result_ttl,
         }
     }
 
@@ -131,10 +148,15 @@ impl Sessions {
         };
         let greeting = SessionGreeting {
             token,
-            resume_window_ms: u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX),
+            resume_window_ms: millis(self.window),
+            result_ttl_ms: millis(self.result_ttl),
         };
         Some((owner, greeting))
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -195,10 +217,11 @@ mod tests {
         assert_eq!(
             serde_json::to_value(SessionGreeting {
                 token: "t".into(),
-                resume_window_ms: 5
+                resume_window_ms: 5,
+                result_ttl_ms: 6,
             })
             .unwrap(),
-            json!({"token": "t", "resumeWindowMs": 5})
+            json!({"token": "t", "resumeWindowMs": 5, "resultTtlMs": 6})
         );
     }
 }

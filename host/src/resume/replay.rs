@@ -64,6 +64,11 @@ impl Replay {
         (first, kept.map(|(seq, data)| (*seq, &**data)))
     }
 
+    /// The latest chunk still here (a task's progress).
+    pub fn last(&self) -> Option<(u64, &RawValue)> {
+        self.chunks.back().map(|(seq, data)| (*seq, &**data))
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
     }

@@ -400,6 +400,10 @@ where
                 self.gateway
                     .attach(client, argument::<AttachEnvelope>(event.arg), ack);
             }
+            EventName::Tasks => {
+                let ack = S::Ack::from(WsAck { conn: id, id: ack });
+                self.gateway.tasks(client, ack);
+            }
             // As a Socket.IO server does with events it has no handler for.
             EventName::Other => {}
         }

@@ -156,6 +156,8 @@ pub enum EventName {
     Cancel,
     /// Protocol §4.2.
     Attach,
+    /// Protocol §4.3.
+    Tasks,
     /// Any other name: ignored, as a Socket.IO server ignores events without a handler.
     Other,
 }
@@ -219,6 +221,7 @@ impl Visitor<'_> for NameSeed {
             taskgate_protocol::events::REQUEST => EventName::Request,
             taskgate_protocol::events::CANCEL => EventName::Cancel,
             taskgate_protocol::events::ATTACH => EventName::Attach,
+            taskgate_protocol::events::TASKS => EventName::Tasks,
             _ => EventName::Other,
         })
     }

@@ -29,6 +29,7 @@ import { TcpProxy } from './tcp-proxy.js';
 interface SessionEvent {
   token: string;
   resumeWindowMs: number;
+  resultTtlMs: number;
 }
 
 /** A socket.io-client connection that reconnects by itself and presents its session token. */
@@ -255,4 +256,143 @@ e2e('resume: over long-polling too (socketioxide): a cut connection comes back a
   await waitUntil(() => client.final(id), 10_000, 'the result');
   assert.deepEqual(client.seqs(id), Array.from({ length: 20 }, (_, i) => i));
   assert.equal(cancels.find(job.correlationId!), undefined);
+});
+
+// ---------------------------------------------------------------------------------------
+// §4.3: detached tasks, the task list, idempotent ids
+// ---------------------------------------------------------------------------------------
+
+interface TaskInfo {
+  id: string;
+  requestType: string;
+  state: string;
+  startedAt: number;
+  endedAt?: number;
+  lastSeq?: number;
+  lastChunk?: unknown;
+}
+
+async function tasksOf(client: ResumingClient): Promise<TaskInfo[]> {
+  const ack = await client.socket.timeout(5000).emitWithAck('tasks', {});
+  assert.equal(ack.ok, true, JSON.stringify(ack));
+  return ack.tasks as TaskInfo[];
+}
+
+e2e('tasks: a detached task outlives its page — a reload lists it with its progress, attaches, and sees it finish', async (ctx) => {
+  const { host, worker } = await streamingHost(ctx, { window: '1s' });
+  const cancels = await CancelListener.start(ctx);
+  const page = new ResumingClient(ctx, host.url);
+  const { token, resultTtlMs } = await page.session();
+  assert.equal(resultTtlMs, 3_600_000);
+  const id = uniqueId('job');
+  const before = Date.now();
+  assert.deepEqual(await page.request({ id, requestType: TYPES.countdown, payload: { from: 3, intervalMs: 10 }, detach: true }), { ok: true });
+  const job = await worker.next();
+  for (let seq = 0; seq < 5; seq++) await worker.chunk(job, { left: 5 - seq }, seq);
+  await waitUntil(() => page.seqs(id).length === 5 || undefined, 5000, '5 chunks');
+  page.socket.disconnect(); // the page goes away
+  await sleep(1500); // past the resume window: a detached task is not cancelled
+  assert.equal(cancels.find(job.correlationId!), undefined);
+  for (let seq = 5; seq < 8; seq++) await worker.chunk(job, { left: 5 - seq }, seq);
+
+  const reloaded = new ResumingClient(ctx, host.url, token);
+  await reloaded.session();
+  const listed = await waitUntil(async () => {
+    const tasks = await tasksOf(reloaded);
+    return tasks.find((t) => t.id === id && t.lastSeq === 7) ? tasks : undefined;
+  }, 5000, 'the task with its latest chunk');
+  const task = listed.find((t) => t.id === id)!;
+  assert.equal(task.requestType, TYPES.countdown);
+  assert.equal(task.state, 'running');
+  assert.deepEqual(task.lastChunk, { left: -2 });
+  assert.ok(task.startedAt >= before - 1000 && task.startedAt <= Date.now(), `startedAt ${task.startedAt}`);
+  assert.equal(task.endedAt, undefined);
+
+  const ack = await reloaded.attach(id, -1);
+  assert.deepEqual([ack.ok, ack.state, ack.firstSeq], [true, 'running', 0]);
+  await worker.result(job, { done: true });
+  worker.ack(job);
+  await waitUntil(() => reloaded.final(id), 5000, 'the result');
+  assert.deepEqual(reloaded.seqs(id), [0, 1, 2, 3, 4, 5, 6, 7]);
+  // The outcome stays retrievable: listed as succeeded, attachable again.
+  const after = (await tasksOf(reloaded)).find((t) => t.id === id)!;
+  assert.equal(after.state, 'succeeded');
+  assert.ok(typeof after.endedAt === 'number');
+  const third = new ResumingClient(ctx, host.url, token);
+  await third.session();
+  const again = await third.attach(id, 5);
+  assert.deepEqual([again.ok, again.state, again.firstSeq], [true, 'succeeded', 6]);
+  await waitUntil(() => third.final(id), 5000, 'the kept result');
+  assert.deepEqual(third.seqs(id), [6, 7]);
+  // Another session sees none of it.
+  const stranger = new ResumingClient(ctx, host.url);
+  await stranger.session();
+  assert.deepEqual(await tasksOf(stranger), []);
+  assert.equal((await stranger.attach(id, -1)).error.code, 'TASK_NOT_FOUND');
+});
+
+e2e('tasks: past [resume] result_ttl a finished task is gone: TASK_NOT_FOUND', async (ctx) => {
+  const { host, worker } = await streamingHost(ctx, { result_ttl: '1s' });
+  const client = new ResumingClient(ctx, host.url);
+  await client.session();
+  const id = uniqueId('ttl');
+  assert.equal((await client.request({ id, requestType: TYPES.countdown, payload: { from: 3, intervalMs: 10 }, detach: true })).ok, true);
+  const job = await worker.next();
+  await worker.result(job, 'done');
+  worker.ack(job);
+  await waitUntil(() => client.final(id), 5000, 'the result');
+  assert.equal((await client.attach(id, -1)).ok, true, 'kept for a while');
+  await sleep(1500);
+  assert.equal((await client.attach(id, -1)).error.code, 'TASK_NOT_FOUND');
+  assert.deepEqual((await tasksOf(client)).filter((t) => t.id === id), []);
+});
+
+e2e('tasks: a request resent with the id of a task its owner has does not run twice', async (ctx) => {
+  const { host, worker } = await streamingHost(ctx);
+  const first = new ResumingClient(ctx, host.url);
+  const { token } = await first.session();
+  const id = uniqueId('once');
+  const envelope = { id, requestType: TYPES.countdown, payload: { from: 3, intervalMs: 10 }, detach: true };
+  assert.deepEqual(await first.request(envelope), { ok: true });
+  const job = await worker.next();
+  await worker.chunk(job, 'a', 0);
+  first.socket.disconnect();
+  // The app retries after UNAVAILABLE, with the same id, from a new connection.
+  const retry = new ResumingClient(ctx, host.url, token);
+  await retry.session();
+  assert.deepEqual(await retry.request(envelope), { ok: true });
+  await waitUntil(() => retry.seqs(id).length === 1 || undefined, 5000, 'the kept chunk, replayed');
+  await worker.chunk(job, 'b', 1);
+  await worker.result(job, 'charged once');
+  worker.ack(job);
+  await waitUntil(() => retry.final(id), 5000, 'the result');
+  assert.deepEqual(retry.seqs(id), [0, 1]);
+  await worker.expectNothing(500); // the worker ran it once
+  // The same id in flight on the same connection is still DUPLICATE_ID.
+  const id2 = uniqueId('dup');
+  const envelope2 = { ...envelope, id: id2 };
+  assert.deepEqual(await retry.request(envelope2), { ok: true });
+  const dup = await retry.request(envelope2);
+  assert.equal(dup.error.code, 'DUPLICATE_ID');
+});
+
+e2e('tasks: detach needs a session, and an owner has at most [resume] max_tasks', async (ctx) => {
+  const { host, worker } = await streamingHost(ctx, { max_tasks: 2 });
+  const plain = await (await import('./harness.js')).connect(ctx, host.url);
+  const refused = await plain.request({ id: uniqueId(), requestType: TYPES.countdown, payload: { from: 3, intervalMs: 10 }, detach: true });
+  assert.equal(refused.ok, false);
+  assert.equal((refused as { error: { code: string } }).error.code, 'BAD_REQUEST');
+  const client = new ResumingClient(ctx, host.url);
+  await client.session();
+  const detach = (id: string) => client.request({ id, requestType: TYPES.countdown, payload: { from: 3, intervalMs: 10 }, detach: true });
+  assert.equal((await detach(uniqueId())).ok, true);
+  assert.equal((await detach(uniqueId())).ok, true);
+  const third = await detach(uniqueId());
+  assert.equal(third.ok, false);
+  assert.equal(third.error.code, 'RATE_LIMITED');
+  assert.deepEqual(third.error.details, { limit: 'tasks', max: 2 });
+  // Ordinary requests of the session are not tasks: not limited, not listed.
+  assert.equal((await client.request({ id: uniqueId(), requestType: TYPES.countdown, payload: { from: 3, intervalMs: 10 } })).ok, true);
+  assert.equal((await tasksOf(client)).length, 2);
+  for (let i = 0; i < 3; i++) await worker.next();
 });

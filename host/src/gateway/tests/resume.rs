@@ -15,6 +15,7 @@ fn settings() -> ResumeSettings {
     ResumeSettings {
         window: WINDOW,
         request_bytes: 1 << 20,
+        ..ResumeSettings::default()
     }
 }
 
@@ -289,4 +290,113 @@ async fn without_an_owner_a_disconnect_cancels_as_before() {
     tokio::task::yield_now().await;
     assert_eq!(h.broker.cancels(), vec![id]);
     h.assert_clean();
+}
+
+// §4.3: detached tasks.
+
+fn detached(id: &str) -> Result<RequestEnvelope, String> {
+    envelope(json!({ "id": id, "requestType": "echo", "payload": 1, "detach": true }))
+}
+
+impl Harness {
+    fn tasks(&self, conn: u32, tag: u32) -> Value {
+        self.gateway.tasks(conn, tag);
+        self.sink.acks(tag).pop().expect("a tasks ack")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_has_no_window_and_its_outcome_is_kept_for_the_result_ttl() {
+    let (h, owner) = resumable();
+    assert_eq!(h.submit(1, detached("t")).await, json!({"ok": true}));
+    let id = h.last_correlation_id();
+    h.gateway.on_reply(chunk(id, 0, "{\"left\":3}"));
+    h.gateway.disconnected(CONN);
+    tokio::time::sleep(WINDOW * 2).await;
+    tokio::task::yield_now().await;
+    assert!(h.broker.cancels().is_empty(), "no window for a task");
+    h.gateway
+        .connected_as(2, Session::anonymous().with_owner(owner.clone()));
+    let listed = h.tasks(2, 10);
+    assert_eq!(listed["tasks"][0]["id"], "t");
+    assert_eq!(listed["tasks"][0]["state"], "running");
+    assert_eq!(listed["tasks"][0]["lastSeq"], 0);
+    assert_eq!(listed["tasks"][0]["lastChunk"], json!({"left": 3}));
+    assert_eq!(h.attach(2, 11, json!({"id": "t"}))["state"], "running");
+    h.gateway.on_reply(reply(id, "result", "\"done\""));
+    assert_eq!(h.sink.events(2).last().unwrap()["type"], "result");
+    // Delivered, and still kept: a later page can fetch it again.
+    assert_eq!(h.gateway.tasks_kept(), 1);
+    let again = h.attach(2, 12, json!({"id": "t", "afterSeq": 0}));
+    assert_eq!(
+        again,
+        json!({"ok": true, "state": "succeeded", "firstSeq": 1})
+    );
+    assert_eq!(h.tasks(2, 13)["tasks"][0]["state"], "succeeded");
+    tokio::time::sleep(ResumeSettings::default().result_ttl + Duration::from_secs(1)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(h.gateway.tasks_kept(), 0);
+    assert_eq!(
+        refusal_code(&h.attach(2, 14, json!({"id": "t"}))),
+        "TASK_NOT_FOUND"
+    );
+    assert_eq!(h.tasks(2, 15)["tasks"], json!([]));
+    h.assert_clean();
+}
+
+#[tokio::test]
+async fn a_resent_id_attaches_instead_of_running_again() {
+    let (h, owner) = resumable();
+    h.submit(1, detached("t")).await;
+    let id = h.last_correlation_id();
+    h.gateway.on_reply(chunk(id, 0, "0"));
+    h.gateway.disconnected(CONN);
+    h.gateway
+        .connected_as(2, Session::anonymous().with_owner(owner));
+    h.gateway.handle_request(2, detached("t"), 10).await;
+    assert_eq!(h.sink.acks(10), vec![json!({"ok": true})]);
+    assert_eq!(h.broker.published().len(), 1, "published once");
+    assert_eq!(
+        chunk_seqs(&h.sink.events(2)),
+        vec![0],
+        "replayed from the start"
+    );
+    // On the connection it is attached to, the same id is DUPLICATE_ID as ever.
+    h.gateway.handle_request(2, detached("t"), 11).await;
+    assert_eq!(refusal_code(&h.sink.acks(11)[0]), "DUPLICATE_ID");
+}
+
+#[tokio::test]
+async fn tasks_need_a_session_and_are_bounded_per_owner() {
+    let h = harness_with(|g| {
+        g.with_resume(ResumeSettings {
+            max_tasks: 2,
+            ..settings()
+        })
+    });
+    assert_eq!(
+        refusal_code(&h.submit(1, detached("plain")).await),
+        "BAD_REQUEST"
+    );
+    let owner = Owner::Session(SessionId::new());
+    h.gateway
+        .connected_as(2, Session::anonymous().with_owner(owner));
+    for (tag, id) in [(2, "a"), (3, "b")] {
+        h.gateway.handle_request(2, detached(id), tag).await;
+        assert_eq!(h.sink.acks(tag), vec![json!({"ok": true})]);
+    }
+    h.gateway.handle_request(2, detached("c"), 4).await;
+    let refused = &h.sink.acks(4)[0];
+    assert_eq!(refusal_code(refused), "RATE_LIMITED");
+    assert_eq!(
+        refused["error"]["details"],
+        json!({"limit": "tasks", "max": 2})
+    );
+    // One ends and is forgotten (its result expires): room again. Here: a plain request
+    // is no task and not limited.
+    h.gateway
+        .handle_request(2, req("d", "echo", json!(1)), 5)
+        .await;
+    assert_eq!(h.sink.acks(5), vec![json!({"ok": true})]);
+    assert_eq!(h.tasks(2, 6)["tasks"].as_array().unwrap().len(), 2);
 }

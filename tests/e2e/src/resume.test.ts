@@ -396,3 +396,31 @@ e2e('tasks: detach needs a session, and an owner has at most [resume] max_tasks'
   assert.equal((await tasksOf(client)).length, 2);
   for (let i = 0; i < 3; i++) await worker.next();
 });
+
+e2e('resume: 1,000 requests in flight on one connection are all picked up after a blip (the time is printed, not asserted)', async (ctx) => {
+  // Per-connection limits raised so that one connection can hold 1,000 requests.
+  const big = await startHost(ctx, {
+    sections: { resume: { window: '30s' }, limits: { max_in_flight: 2000, requests_per_second: 0 } },
+  });
+  const worker = await FakeWorker.start(ctx, big.queues[TYPES.countdown], { prefetch: 1000 });
+  const proxy = await TcpProxy.start(ctx, big.url);
+  const client = new ResumingClient(ctx, proxy.url);
+  await client.session();
+  const ids = Array.from({ length: 1000 }, (_, i) => `many-${i}`);
+  const acks = await Promise.all(ids.map((id) => client.socket.timeout(20_000).emitWithAck('request', { id, requestType: TYPES.countdown, payload: { from: 3, intervalMs: 10 } })));
+  assert.ok(acks.every((a) => a.ok === true));
+  const jobs = [];
+  for (let i = 0; i < ids.length; i++) jobs.push(await worker.next(10_000));
+  proxy.cut();
+  await sleep(300);
+  proxy.restore();
+  await client.session(2);
+  const started = performance.now();
+  const attached = await Promise.all(ids.map((id) => client.socket.timeout(20_000).emitWithAck('attach', { id, afterSeq: -1 })));
+  const ms = performance.now() - started;
+  assert.ok(attached.every((a) => a.ok === true && a.state === 'running'), JSON.stringify(attached.find((a) => !a.ok)));
+  ctx.note(`1,000 requests resumed (every attach acked) in ${ms.toFixed(0)} ms`);
+  console.log(`# resume: 1,000 requests in flight resumed in ${ms.toFixed(0)} ms after the reconnect`);
+  for (const job of jobs) await worker.result(job, 'ok');
+  await waitUntil(() => ids.every((id) => client.final(id)) || undefined, 20_000, 'every result');
+});

@@ -492,7 +492,9 @@ export class TaskgateClient {
       if (!entry.sent && this.pending.get(entry.id) === entry) this.emitStart(entry);
     }
     // Unanswered, or answered on a connection that is gone: a `tasks` call only reads, so ask again.
-    for (const call of [...this.tasksCalls]) if (this.tasksCalls.has(call)) this.emitTasks(call);
+    for (const call of [...this.tasksCalls]) {
+      if (this.tasksCalls.has(call) && call.emittedOn !== this.connection) this.emitTasks(call); // not one a listener just made
+    }
   }
 
   private onDisconnect(reason: string): void {

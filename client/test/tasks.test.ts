@@ -281,6 +281,17 @@ describe('client.tasks()', () => {
     expect(socket.emittedOffline).toEqual([]);
   });
 
+  test('a call made by a state listener on connect goes out once', () => {
+    const io = fakeSocketFactory();
+    const client = createClient({ url: URL, io, session: { storage: 'memory' } });
+    clients.push(client);
+    client.subscribe((state) => {
+      if (state === 'connected') void client.tasks().catch(() => undefined);
+    });
+    io.last().serverAccepts();
+    expect(io.last().tasksCalls()).toBe(1);
+  });
+
   test('closed, refused, or closing while waiting: UNAVAILABLE', async () => {
     const { client } = resumable();
     client.close();

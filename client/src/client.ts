@@ -114,8 +114,12 @@ export interface RequestOptions<Chunk = unknown> {
 }
 
 /** `client.attach(id, options)`: follow a task the owner has (protocol §4.2–4.3). */
-export interface AttachOptions<Chunk = unknown>
-  extends Pick<RequestOptions<Chunk>, 'onChunk' | 'signal' | 'timeoutMs' | 'releaseSignal'> {
+export interface AttachOptions<Chunk = unknown> extends Pick<RequestOptions<Chunk>, 'onChunk' | 'signal' | 'releaseSignal'> {
+  /**
+   * Client-side timeout in ms: rejects with `TIMEOUT` and cancels the task on the host. The
+   * client's default `timeoutMs` does not apply: a task may have run long before it is attached.
+   */
+  timeoutMs?: number;
   /** Chunks after this `seq` are delivered (default -1: every chunk the host kept, from seq 0). */
   afterSeq?: number;
   /**
@@ -298,7 +302,10 @@ export class TaskgateClient {
     const envelope: RequestEnvelope = { id, requestType, payload };
     if (options.traceparent !== undefined) envelope.traceparent = options.traceparent;
     if (options.detach === true) envelope.detach = true;
-    return this.open(id, { kind: 'request', envelope }, options.detach === true, options);
+    return this.open(id, { kind: 'request', envelope }, options.detach === true, {
+      ...options,
+      timeoutMs: options.timeoutMs ?? this.defaultTimeoutMs,
+    });
   }
 
   /** Why nothing can be sent now or later (closed, or no connection will come); undefined if it can. */
@@ -354,7 +361,7 @@ export class TaskgateClient {
         onRelease: undefined,
       };
       this.pending.set(id, entry);
-      const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
+      const { timeoutMs } = options;
       if (timeoutMs !== undefined) {
         entry.timer = setTimeout(() => {
           this.end(entry, new TaskgateError('TIMEOUT', `no result within ${timeoutMs} ms`, { timeoutMs }), true);

@@ -413,6 +413,25 @@ describe('client.attach(id)', () => {
     expect(socket.attaches()).toEqual([]);
   });
 
+  test("the client's default timeout does not apply to an attach; its own timeoutMs does (TIMEOUT, cancelled)", async () => {
+    jest.useFakeTimers();
+    try {
+      const { client, socket } = resumable({ timeoutMs: 1000 });
+      const followed = track(client.attach('job-1'));
+      const timed = track(client.attach('job-2', { timeoutMs: 5000 }));
+      jest.advanceTimersByTime(4999);
+      await flushFake();
+      expect(followed.settled() || timed.settled()).toBe(false);
+      jest.advanceTimersByTime(1);
+      await flushFake();
+      expect(timed.error()).toMatchObject({ code: 'TIMEOUT', details: { timeoutMs: 5000 } });
+      expect(socket.cancels()).toEqual(['job-2']);
+      expect(followed.settled()).toBe(false);
+    } finally {
+      jest.useRealTimers();
+    }
+  });
+
   test('made while connecting: sent on connect', () => {
     const io = fakeSocketFactory();
     const client = createClient({ url: URL, io, session: { storage: 'memory' } });

@@ -17,7 +17,7 @@ import { useRunState, type BackendRequestState, type RunStateOptions } from './r
 export interface UseTaskOptions<Chunk> extends RunStateOptions<Chunk> {
   /** The host no longer had the chunks before `firstSeq` (it keeps a bounded amount per task). */
   onGap?: (firstSeq: number) => void;
-  /** Client-side timeout of following the task, in ms (default: the client's). */
+  /** Client-side timeout of following the task, in ms (default: none); it cancels the task. */
   timeoutMs?: number;
 }
 

@@ -177,6 +177,17 @@ interface TasksCall {
   readonly reject: (error: unknown) => void;
   /** The connection it was emitted on (see `connection`); undefined while it waits for one. */
   emittedOn: number | undefined;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+}
+
+/** `client.tasks(options)`. */
+export interface TasksOptions {
+  /** Aborting it rejects with `CANCELLED` at once. */
+  signal?: AbortSignal;
+  /** Rejects with `TIMEOUT` when no answer came in time (default: the client's `timeoutMs`). */
+  timeoutMs?: number;
 }
 
 export class TaskgateClient {
@@ -247,17 +258,34 @@ export class TaskgateClient {
   /**
    * The owner's tasks (protocol §4.3), newest first: detached requests running or kept, with
    * their progress (`lastChunk`). Waits for the connection as a request does; rejects with the
-   * host's error, `INTERNAL` for a list it cannot read, `UNAVAILABLE` once closed or refused.
+   * host's error, `INTERNAL` for a list it cannot read, `UNAVAILABLE` once closed or refused,
+   * `TIMEOUT` / `CANCELLED` as a request does.
    */
-  tasks(): Promise<TaskInfo[]> {
+  tasks(options: TasksOptions = {}): Promise<TaskInfo[]> {
     return new Promise((resolve, reject) => {
       const unavailable = this.unavailableNow();
       if (unavailable) {
         reject(unavailable);
         return;
       }
-      const call: TasksCall = { resolve, reject, emittedOn: undefined };
+      if (options.signal?.aborted) {
+        reject(cancelledError());
+        return;
+      }
+      const call: TasksCall = { resolve, reject, emittedOn: undefined, timer: undefined, signal: options.signal, onAbort: undefined };
       this.tasksCalls.add(call);
+      const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
+      if (timeoutMs !== undefined) {
+        call.timer = setTimeout(() => {
+          if (this.settleTasksCall(call)) reject(new TaskgateError('TIMEOUT', `no task list within ${timeoutMs} ms`, { timeoutMs }));
+        }, timeoutMs);
+      }
+      if (call.signal) {
+        call.onAbort = () => {
+          if (this.settleTasksCall(call)) reject(cancelledError());
+        };
+        call.signal.addEventListener('abort', call.onAbort, { once: true });
+      }
       if (this.socket.connected) this.emitTasks(call);
     });
   }
@@ -429,7 +457,7 @@ export class TaskgateClient {
     call.emittedOn = connection;
     this.socket.emit(SESSION_EVENTS.tasks, {}, (ack: unknown) => {
       this.resume?.onOtherEvent();
-      if (call.emittedOn !== connection || !this.tasksCalls.delete(call)) return; // stale, or answered
+      if (call.emittedOn !== connection || !this.settleTasksCall(call)) return; // stale, or ended
       try {
         call.resolve(readTasksAck(ack));
       } catch (error) {
@@ -439,8 +467,15 @@ export class TaskgateClient {
   }
 
   private failTasksCalls(error: TaskgateError): void {
-    for (const call of this.tasksCalls) call.reject(error);
-    this.tasksCalls.clear();
+    for (const call of [...this.tasksCalls]) if (this.settleTasksCall(call)) call.reject(error);
+  }
+
+  /** Forgets `call` (set entry, timer, abort listener); false if it had ended already. */
+  private settleTasksCall(call: TasksCall): boolean {
+    if (!this.tasksCalls.delete(call)) return false;
+    if (call.timer !== undefined) clearTimeout(call.timer);
+    if (call.signal && call.onAbort) call.signal.removeEventListener('abort', call.onAbort);
+    return true;
   }
 
   private onAck(entry: Pending, ack: unknown): void {

@@ -292,6 +292,32 @@ describe('client.tasks()', () => {
     expect(io.last().tasksCalls()).toBe(1);
   });
 
+  test('timeoutMs (default: the client’s) and signal end a call that gets no answer (a host without tasks never acks)', async () => {
+    jest.useFakeTimers();
+    try {
+      const { client, socket } = resumable({ timeoutMs: 3000 });
+      const byDefault = track(client.tasks());
+      const own = track(client.tasks({ timeoutMs: 1000 }));
+      const controller = new AbortController();
+      const aborted = track(client.tasks({ signal: controller.signal }));
+      controller.abort();
+      jest.advanceTimersByTime(1000);
+      await flushFake();
+      expect(aborted.error()).toMatchObject({ code: 'CANCELLED' });
+      expect(own.error()).toMatchObject({ code: 'TIMEOUT', details: { timeoutMs: 1000 } });
+      expect(byDefault.settled()).toBe(false);
+      jest.advanceTimersByTime(2000);
+      await flushFake();
+      expect(byDefault.error()).toMatchObject({ code: 'TIMEOUT', details: { timeoutMs: 3000 } });
+      socket.ackTasks({ ok: true, tasks: [] }); // too late: ignored
+      expect(jest.getTimerCount()).toBe(0);
+      expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0);
+      await expect(client.tasks({ signal: controller.signal })).rejects.toMatchObject({ code: 'CANCELLED' });
+    } finally {
+      jest.useRealTimers();
+    }
+  });
+
   test('closed, refused, or closing while waiting: UNAVAILABLE', async () => {
     const { client } = resumable();
     client.close();

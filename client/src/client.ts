@@ -346,12 +346,7 @@ export class TaskgateClient {
   }
 
   /** Starts following `id`: a new entry, sent now if connected, else on `connect`. */
-  private open(
-    id: string,
-    start: Start,
-    detached: boolean,
-    options: AttachOptions,
-  ): Promise<unknown> {
+  private open(id: string, start: Start, detached: boolean, options: AttachOptions): Promise<unknown> {
     return new Promise((resolve, reject) => {
       const unavailable = this.unavailableNow();
       if (unavailable) {

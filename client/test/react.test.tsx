@@ -479,7 +479,7 @@ describe('tasks (protocol §4.3)', () => {
       client.close();
     });
 
-    test('a newer run releases a detached one; cancel() does cancel it on the host', async () => {
+    test('a newer run and reset() release a detached one; cancel() does cancel it on the host', async () => {
       const { client, socket, wrapper } = sessionSetup();
       const { result } = renderHook(() => useBackendRequest('demo.countdown'), { wrapper });
       act(() => result.current.run({ from: 9 }, { detach: true, id: 'job-1' }));
@@ -488,6 +488,11 @@ describe('tasks (protocol §4.3)', () => {
       await host(() => result.current.cancel());
       expect(socket.cancels()).toEqual(['job-2']);
       expect(result.current.error?.code).toBe('CANCELLED');
+      act(() => result.current.run({ from: 9 }, { detach: true, id: 'job-3' }));
+      await host(() => result.current.reset()); // released, not cancelled
+      expect(socket.cancels()).toEqual(['job-2']);
+      expect(result.current.status).toBe('idle');
+      expect(client.inFlight).toBe(0);
       client.close();
     });
   });

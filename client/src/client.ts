@@ -263,13 +263,9 @@ export class TaskgateClient {
    */
   tasks(options: TasksOptions = {}): Promise<TaskInfo[]> {
     return new Promise((resolve, reject) => {
-      const unavailable = this.unavailableNow();
-      if (unavailable) {
-        reject(unavailable);
-        return;
-      }
-      if (options.signal?.aborted) {
-        reject(cancelledError());
+      const refused = this.refusedNow(options.signal);
+      if (refused) {
+        reject(refused);
         return;
       }
       const call: TasksCall = { resolve, reject, emittedOn: undefined, timer: undefined, signal: options.signal, onAbort: undefined };
@@ -336,9 +332,13 @@ export class TaskgateClient {
     });
   }
 
-  /** Why nothing can be sent now or later (closed, or no connection will come); undefined if it can. */
-  private unavailableNow(): TaskgateError | undefined {
+  /**
+   * Why a call cannot start: the client is closed, `signal` is aborted already, or no connection
+   * will come (in that order, as before tasks existed); undefined if it can.
+   */
+  private refusedNow(signal: AbortSignal | undefined): TaskgateError | undefined {
     if (this.closed) return new TaskgateError('UNAVAILABLE', 'the taskgate client was closed');
+    if (signal?.aborted) return cancelledError();
     if (this.state.get() === 'disconnected') {
       return new TaskgateError('UNAVAILABLE', 'not connected to the taskgate host, and not trying to');
     }
@@ -348,13 +348,9 @@ export class TaskgateClient {
   /** Starts following `id`: a new entry, sent now if connected, else on `connect`. */
   private open(id: string, start: Start, detached: boolean, options: AttachOptions): Promise<unknown> {
     return new Promise((resolve, reject) => {
-      const unavailable = this.unavailableNow();
-      if (unavailable) {
-        reject(unavailable);
-        return;
-      }
-      if (options.signal?.aborted) {
-        reject(cancelledError());
+      const refused = this.refusedNow(options.signal);
+      if (refused) {
+        reject(refused);
         return;
       }
       const badId = idProblem(id);

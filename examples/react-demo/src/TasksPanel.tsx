@@ -2,6 +2,7 @@ import { useState } from 'react';
 import type { ChunkOf, ResultOf, TaskInfo } from '@taskgate/client';
 import { useBackendRequest, useTask, useTasks } from '@taskgate/client/react';
 
+import { useCountdownFields } from './CountdownFields';
 import { ErrorMessage } from './ErrorMessage';
 
 type Step = ChunkOf<'demo.countdown'>;
@@ -18,8 +19,7 @@ function progressOf(chunk: Step | undefined, seq: number | undefined): { done: n
  * while one runs: the list finds it again.
  */
 export function TasksPanel() {
-  const [from, setFrom] = useState(20);
-  const [intervalMs, setIntervalMs] = useState(500);
+  const { from, intervalMs, fields } = useCountdownFields(20, 500);
   const [followed, setFollowed] = useState<string | null>(null);
   const list = useTasks({ intervalMs: 500 });
   const starter = useBackendRequest('demo.countdown', { keepChunks: false });
@@ -31,16 +31,7 @@ export function TasksPanel() {
       <h2>
         Tasks <small>demo.countdown, detached: survives a reload</small>
       </h2>
-      <div className="fields">
-        <label>
-          from <input type="number" min={1} max={10000} value={from} onChange={(e) => setFrom(Number(e.target.value))} />
-        </label>
-        <label>
-          every{' '}
-          <input type="number" min={0} max={60000} value={intervalMs} onChange={(e) => setIntervalMs(Number(e.target.value))} />{' '}
-          ms
-        </label>
-      </div>
+      {fields}
       <div className="actions">
         <button onClick={start}>Start detached</button>
         <button onClick={list.refresh}>Refresh</button>

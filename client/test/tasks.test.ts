@@ -3,12 +3,21 @@
  * session however long the client is away, caller-chosen ids (checked locally; a resend is
  * answered like an attach, chunks from seq 0), `tasks()` and its checks, `attach(id)` as a
  * request-like promise (gaps to `onGap`, refusals, cancel, release, blips), and no leaks. The
- * fake socket plays a host with sessions.
+ * fake socket plays a host with sessions; a reload is a second client on the same storage.
  */
 
 import { getEventListeners } from 'node:events';
 
-import { createClient, type ClientOptions, type TaskgateClient, type TaskgateError, type TaskInfo } from '../src/index.js';
+import {
+  createClient,
+  makeBackendRequest,
+  setDefaultClient,
+  type ClientOptions,
+  type StorageLike,
+  type TaskgateClient,
+  type TaskgateError,
+  type TaskInfo,
+} from '../src/index.js';
 import { fakeSocketFactory, type FakeSocket } from './fake-socket.js';
 import { flushFake, rejection, track } from './helpers.js';
 
@@ -34,6 +43,10 @@ function resumable(options: Partial<ClientOptions> = {}): { client: TaskgateClie
 function settledLater<T>(promise: Promise<T>): Promise<T> {
   promise.catch(() => undefined); // a test that leaves it pending: its rejection at close is expected
   return promise;
+}
+
+function running(id: string, remaining: number): TaskInfo {
+  return { id, requestType: 'demo.countdown', state: 'running', startedAt: 1, lastSeq: 8 - remaining, lastChunk: { remaining } };
 }
 
 const TASK: TaskInfo = { id: 'job-1', requestType: 'demo.countdown', state: 'running', startedAt: 1_700_000_000_000, lastSeq: 3, lastChunk: { remaining: 6 } };
@@ -109,6 +122,48 @@ describe('request options detach and id', () => {
       ['b', 1],
       ['c', 2],
     ]);
+  });
+});
+
+describe('a page reload (protocol §4.3)', () => {
+  test('the reloaded page presents the stored token, lists the task with its progress, and follows it to the end', async () => {
+    const items = new Map<string, string>();
+    const storage: StorageLike = { getItem: (k) => items.get(k) ?? null, setItem: (k, v) => void items.set(k, v) };
+    const before = fakeSocketFactory();
+    const page1 = createClient({ url: URL, io: before, session: { storage } });
+    clients.push(page1);
+    before.last().serverAccepts();
+    before.last().session('tok-1');
+    setDefaultClient(page1);
+    try {
+      const started = makeBackendRequest('demo.countdown', { from: 9 }, { detach: true, id: 'job-1' });
+      expect(before.last().lastRequest()).toMatchObject({ id: 'job-1', detach: true });
+      before.last().ack('job-1');
+      before.last().chunk('job-1', 0, { remaining: 8 });
+      page1.close(); // the page goes away
+      await expect(started).rejects.toMatchObject({ code: 'UNAVAILABLE' });
+    } finally {
+      setDefaultClient(undefined);
+    }
+
+    const after = fakeSocketFactory();
+    const page2 = createClient({ url: URL, io: after, session: { storage } });
+    clients.push(page2);
+    const socket = after.last();
+    socket.serverAccepts();
+    expect(socket.handshakes).toEqual([{ session: 'tok-1' }]);
+    socket.session('tok-1');
+    const listed = page2.tasks();
+    socket.ackTasks({ ok: true, tasks: [running('job-1', 8)] });
+    const [task] = await listed;
+    expect(task).toMatchObject({ id: 'job-1', state: 'running', lastChunk: { remaining: 8 } });
+    const seen: unknown[] = [];
+    const followed = page2.attach(task!.id, { onChunk: (d) => seen.push(d) });
+    socket.ackAttach('job-1', { ok: true, state: 'running', firstSeq: 0 });
+    for (let seq = 0; seq < 9; seq++) socket.chunk('job-1', seq, { remaining: 8 - seq });
+    socket.result('job-1', { done: true });
+    await expect(followed).resolves.toEqual({ done: true });
+    expect(seen).toHaveLength(9);
   });
 });
 

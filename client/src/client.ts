@@ -19,6 +19,13 @@
  *   whatever the host sends later for that id is ignored.
  * - Every request ends once: `settle` removes its map entry, its timer and its abort listener,
  *   whichever way it ends.
+ * - Tasks (§4.3): a `detach: true` request, or one followed with `attach(id)`, is kept by the
+ *   host without a resume window, so it waits for the next session however long the client is
+ *   away, and is attached there (for a different session too: with authentication the owner is
+ *   the user, and a host that says no answers `TASK_NOT_FOUND`). A caller-chosen `id` makes a
+ *   retry safe: the host answers a known id like an attach, chunks from seq 0, so the new entry's
+ *   exactly-once bookkeeping needs nothing special. `releaseSignal` stops following a request
+ *   here without cancelling it on the host (a page leaving a task it may attach to again).
  */
 
 import { ConnectionStateStore, type ConnectionState, type StateListener } from './connection-state.js';
@@ -29,11 +36,16 @@ import {
   EVENTS,
   SESSION_EVENTS,
   defaultSocketFactory,
+  type AttachBody,
   type RequestEnvelope,
   type SocketFactory,
   type SocketFactoryOptions,
   type SocketLike,
 } from './socket.js';
+import { readTasksAck, type TaskInfo } from './tasks.js';
+
+/** Request ids are 1 to 128 characters (protocol §1, counted in Unicode characters as in §3.1). */
+const MAX_ID_CHARS = 128;
 
 /**
  * WebSocket first: a session is one connection, so hosts behind a load balancer need no sticky
@@ -79,6 +91,43 @@ export interface RequestOptions<Chunk = unknown> {
    * (protocol §3.10). Without it, the host starts a new trace. An invalid one is ignored.
    */
   traceparent?: string;
+  /**
+   * A task (protocol §4.3): the host keeps it running when the page goes away, until it ends or
+   * times out, and keeps its outcome for `resultTtlMs`; `client.tasks()` lists it and
+   * `client.attach(id)` follows it again, e.g. after a reload. While disconnected, the promise
+   * waits for the next connection however long it takes (no resume window). Needs a session.
+   */
+  detach?: boolean;
+  /**
+   * The request id (1–128 characters), instead of a generated one: sending it again — after
+   * `UNAVAILABLE`, or from a reloaded page — follows the request the host already has under that
+   * id rather than running the work twice (protocol §4.3). `DUPLICATE_ID` (locally) while this
+   * client already has a request with that id.
+   */
+  id?: string;
+  /**
+   * Aborting it stops following the request here, without cancelling it on the host: the promise
+   * rejects with `CANCELLED` (`details: { released: true }`) and nothing more is delivered. For
+   * tasks a page leaves running (attach to them again by id); use `signal` to stop the work.
+   */
+  releaseSignal?: AbortSignal;
+}
+
+/** `client.attach(id, options)`: follow a task the owner has (protocol §4.2–4.3). */
+export interface AttachOptions<Chunk = unknown> extends Pick<RequestOptions<Chunk>, 'onChunk' | 'signal' | 'releaseSignal'> {
+  /**
+   * Client-side timeout in ms: rejects with `TIMEOUT` and cancels the task on the host. The
+   * client's default `timeoutMs` does not apply: a task may have run long before it is attached.
+   */
+  timeoutMs?: number;
+  /** Chunks after this `seq` are delivered (default -1: every chunk the host kept, from seq 0). */
+  afterSeq?: number;
+  /**
+   * The host no longer had the chunks before `firstSeq` (it keeps a bounded amount per task).
+   * Not an error for an attach: a page that reattaches wants the progress, not every chunk; the
+   * chunks from `firstSeq` on follow. Also called when a resume after a blip finds such a gap.
+   */
+  onGap?: (firstSeq: number) => void;
 }
 
 /**
@@ -98,13 +147,18 @@ export interface RequestFunction {
   ): Promise<Result>;
 }
 
-/** One request that has not ended yet. */
+/** How an entry starts on the host: a `request`, or an `attach` to a task it has. */
+type Start = { readonly kind: 'request'; readonly envelope: RequestEnvelope } | { readonly kind: 'attach'; readonly afterSeq: number };
+
+/** One request (or attached task) that has not ended yet. */
 interface Pending extends ResumableRequest {
   readonly id: string;
-  readonly envelope: RequestEnvelope;
+  readonly start: Start;
   readonly resolve: (result: unknown) => void;
   readonly reject: (error: unknown) => void;
   readonly onChunk: ((data: any, seq: number) => void) | undefined;
+  readonly onGap: ((firstSeq: number) => void) | undefined;
+  readonly detached: boolean;
   /** Emitted to the host (false while it waits for a connection). */
   sent: boolean;
   /** The highest chunk `seq` received (-1: none): later ones at or below it are replays, dropped. */
@@ -113,6 +167,27 @@ interface Pending extends ResumableRequest {
   timer: ReturnType<typeof setTimeout> | undefined;
   signal: AbortSignal | undefined;
   onAbort: (() => void) | undefined;
+  releaseSignal: AbortSignal | undefined;
+  onRelease: (() => void) | undefined;
+}
+
+/** A `tasks()` call not answered yet. */
+interface TasksCall {
+  readonly resolve: (tasks: TaskInfo[]) => void;
+  readonly reject: (error: unknown) => void;
+  /** The connection it was emitted on (see `connection`); undefined while it waits for one. */
+  emittedOn: number | undefined;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+}
+
+/** `client.tasks(options)`. */
+export interface TasksOptions {
+  /** Aborting it rejects with `CANCELLED` at once. */
+  signal?: AbortSignal;
+  /** Rejects with `TIMEOUT` when no answer came in time (default: the client's `timeoutMs`). */
+  timeoutMs?: number;
 }
 
 export class TaskgateClient {
@@ -126,6 +201,10 @@ export class TaskgateClient {
   private nextId = 0;
   private closed = false;
   private everConnected = false;
+  /** Counts connections: an ack from an earlier one is stale. */
+  private connection = 0;
+  /** `tasks()` calls not answered yet: (re-)emitted on every connect until answered (they only read). */
+  private readonly tasksCalls = new Set<TasksCall>();
   private readonly socketListeners: Array<[string, (...args: any[]) => void]>;
   /** Sessions (protocol §4); undefined with `session: false`. */
   private readonly resume: SessionResume<Pending> | undefined;
@@ -148,6 +227,7 @@ export class TaskgateClient {
           requests: () => [...this.pending.values()],
           isPending: (entry) => this.pending.get(entry.id) === entry,
           end: (entry, error, cancelOnHost) => this.end(entry, error, cancelOnHost),
+          reportGap: (entry, firstSeq) => this.reportGap(entry, firstSeq),
         },
         TokenStore.create(options.session ?? {}, options.url),
       );
@@ -175,6 +255,51 @@ export class TaskgateClient {
     return this.state.subscribe(listener);
   }
 
+  /**
+   * The owner's tasks (protocol §4.3), newest first: detached requests running or kept, with
+   * their progress (`lastChunk`). Waits for the connection as a request does; rejects with the
+   * host's error, `INTERNAL` for a list it cannot read, `UNAVAILABLE` once closed or refused,
+   * `TIMEOUT` / `CANCELLED` as a request does.
+   */
+  tasks(options: TasksOptions = {}): Promise<TaskInfo[]> {
+    return new Promise((resolve, reject) => {
+      const refused = this.refusedNow(options.signal);
+      if (refused) {
+        reject(refused);
+        return;
+      }
+      const call: TasksCall = { resolve, reject, emittedOn: undefined, timer: undefined, signal: options.signal, onAbort: undefined };
+      this.tasksCalls.add(call);
+      const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
+      if (timeoutMs !== undefined) {
+        call.timer = setTimeout(() => {
+          if (this.settleTasksCall(call)) reject(new TaskgateError('TIMEOUT', `no task list within ${timeoutMs} ms`, { timeoutMs }));
+        }, timeoutMs);
+      }
+      if (call.signal) {
+        call.onAbort = () => {
+          if (this.settleTasksCall(call)) reject(cancelledError());
+        };
+        call.signal.addEventListener('abort', call.onAbort, { once: true });
+      }
+      if (this.socket.connected) this.emitTasks(call);
+    });
+  }
+
+  /**
+   * Follows a task the owner has, by id (protocol §4.2–4.3), e.g. after a page reload: the same
+   * kind of promise as a request — chunks after `afterSeq` to `onChunk`, once each, in order, then
+   * the result or error, whether the task still runs or has ended. Rejects with the host's error
+   * when it has no such task (`TASK_NOT_FOUND`). Survives blips as a detached request does.
+   */
+  attach<Result = unknown, Chunk = unknown>(id: string, options: AttachOptions<Chunk> = {}): Promise<Result> {
+    const afterSeq = options.afterSeq ?? -1;
+    if (!Number.isInteger(afterSeq) || afterSeq < -1) {
+      return Promise.reject(new TaskgateError('BAD_REQUEST', `afterSeq must be an integer ≥ -1 (got ${String(afterSeq)})`));
+    }
+    return this.open(id, { kind: 'attach', afterSeq }, true, options as AttachOptions) as Promise<Result>;
+  }
+
   /** How many requests have not ended (waiting for the connection, or sent). */
   get inFlight(): number {
     return this.pending.size;
@@ -185,48 +310,77 @@ export class TaskgateClient {
     if (this.closed) return;
     this.closed = true;
     this.resume?.stop();
+    const closedError = new TaskgateError('UNAVAILABLE', 'the taskgate client was closed');
     for (const entry of [...this.pending.values()]) {
       this.settle(entry);
-      entry.reject(new TaskgateError('UNAVAILABLE', 'the taskgate client was closed'));
+      entry.reject(closedError);
     }
+    this.failTasksCalls(closedError);
     for (const [event, listener] of this.socketListeners) this.socket.off(event, listener);
     this.socket.disconnect();
     this.state.set('disconnected');
   }
 
   private send(requestType: string, payload: unknown, options: RequestOptions): Promise<unknown> {
+    const id = options.id ?? `${this.idPrefix}-${(this.nextId++).toString(36)}`;
+    const envelope: RequestEnvelope = { id, requestType, payload };
+    if (options.traceparent !== undefined) envelope.traceparent = options.traceparent;
+    if (options.detach === true) envelope.detach = true;
+    return this.open(id, { kind: 'request', envelope }, options.detach === true, {
+      ...options,
+      timeoutMs: options.timeoutMs ?? this.defaultTimeoutMs,
+    });
+  }
+
+  /**
+   * Why a call cannot start: the client is closed, `signal` is aborted already, or no connection
+   * will come (in that order, as before tasks existed); undefined if it can.
+   */
+  private refusedNow(signal: AbortSignal | undefined): TaskgateError | undefined {
+    if (this.closed) return new TaskgateError('UNAVAILABLE', 'the taskgate client was closed');
+    if (signal?.aborted) return cancelledError();
+    if (this.state.get() === 'disconnected') {
+      return new TaskgateError('UNAVAILABLE', 'not connected to the taskgate host, and not trying to');
+    }
+    return undefined;
+  }
+
+  /** Starts following `id`: a new entry, sent now if connected, else on `connect`. */
+  private open(id: string, start: Start, detached: boolean, options: AttachOptions): Promise<unknown> {
     return new Promise((resolve, reject) => {
-      if (this.closed) {
-        reject(new TaskgateError('UNAVAILABLE', 'the taskgate client was closed'));
+      const refused = this.refusedNow(options.signal);
+      if (refused) {
+        reject(refused);
         return;
       }
-      if (options.signal?.aborted) {
-        reject(cancelledError());
+      const badId = idProblem(id);
+      if (badId) {
+        reject(new TaskgateError('BAD_REQUEST', badId));
         return;
       }
-      if (this.state.get() === 'disconnected') {
-        reject(new TaskgateError('UNAVAILABLE', 'not connected to the taskgate host, and not trying to'));
+      if (this.pending.has(id)) {
+        reject(new TaskgateError('DUPLICATE_ID', `this client already has a request with id ${JSON.stringify(id)}`));
         return;
       }
-      const id = `${this.idPrefix}-${(this.nextId++).toString(36)}`;
       const entry: Pending = {
         id,
-        envelope:
-          options.traceparent === undefined
-            ? { id, requestType, payload }
-            : { id, requestType, payload, traceparent: options.traceparent },
+        start,
         resolve,
         reject,
         onChunk: options.onChunk,
+        onGap: options.onGap,
+        detached,
         sent: false,
-        lastSeq: -1,
+        lastSeq: start.kind === 'attach' ? start.afterSeq : -1,
         resume: 'none',
         timer: undefined,
         signal: options.signal,
         onAbort: undefined,
+        releaseSignal: options.releaseSignal,
+        onRelease: undefined,
       };
       this.pending.set(id, entry);
-      const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
+      const { timeoutMs } = options;
       if (timeoutMs !== undefined) {
         entry.timer = setTimeout(() => {
           this.end(entry, new TaskgateError('TIMEOUT', `no result within ${timeoutMs} ms`, { timeoutMs }), true);
@@ -236,13 +390,83 @@ export class TaskgateClient {
         entry.onAbort = () => this.end(entry, cancelledError(), true);
         entry.signal.addEventListener('abort', entry.onAbort, { once: true });
       }
-      if (this.socket.connected) this.emitRequest(entry);
+      if (entry.releaseSignal) {
+        if (entry.releaseSignal.aborted) {
+          this.end(entry, releasedError(), false);
+          return;
+        }
+        entry.onRelease = () => this.end(entry, releasedError(), false);
+        entry.releaseSignal.addEventListener('abort', entry.onRelease, { once: true });
+      }
+      if (this.socket.connected) this.emitStart(entry);
     });
   }
 
-  private emitRequest(entry: Pending): void {
+  private emitStart(entry: Pending): void {
     entry.sent = true;
-    this.socket.emit(EVENTS.request, entry.envelope, (ack: unknown) => this.onAck(entry, ack));
+    if (entry.start.kind === 'request') {
+      this.socket.emit(EVENTS.request, entry.start.envelope, (ack: unknown) => this.onAck(entry, ack));
+      return;
+    }
+    const { afterSeq } = entry.start;
+    const body: AttachBody = { id: entry.id, afterSeq };
+    const connection = this.connection;
+    this.socket.emit(SESSION_EVENTS.attach, body, (ack: unknown) => {
+      this.resume?.onOtherEvent();
+      // From an earlier connection, or the resume logic has taken over (a drop): not ours.
+      if (connection !== this.connection || this.pending.get(entry.id) !== entry || entry.resume !== 'none') return;
+      this.onAttachAck(entry, afterSeq, ack);
+    });
+  }
+
+  /** The ack of an explicit `attach`: a gap is reported to `onGap`, a refusal is the error. */
+  private onAttachAck(entry: Pending, afterSeq: number, ack: unknown): void {
+    const a = ack as { ok?: unknown; firstSeq?: unknown; error?: unknown } | null;
+    if (typeof a === 'object' && a !== null && a.ok === true && Number.isInteger(a.firstSeq)) {
+      const firstSeq = a.firstSeq as number;
+      if (firstSeq > afterSeq + 1) this.reportGap(entry, firstSeq);
+      return;
+    }
+    if (typeof a === 'object' && a !== null && a.ok === false) {
+      this.end(entry, TaskgateError.fromWire(a.error), false);
+      return;
+    }
+    this.end(entry, new TaskgateError('INTERNAL', 'the host sent a malformed acknowledgement', { received: ack }), true);
+  }
+
+  /** Tells `entry`'s `onGap` that chunks before `firstSeq` are gone; its own failure ends the entry. */
+  private reportGap(entry: Pending, firstSeq: number): void {
+    try {
+      entry.onGap?.(firstSeq);
+    } catch (error) {
+      this.end(entry, error, true);
+    }
+  }
+
+  private emitTasks(call: TasksCall): void {
+    const connection = this.connection;
+    call.emittedOn = connection;
+    this.socket.emit(SESSION_EVENTS.tasks, {}, (ack: unknown) => {
+      this.resume?.onOtherEvent();
+      if (call.emittedOn !== connection || !this.settleTasksCall(call)) return; // stale, or ended
+      try {
+        call.resolve(readTasksAck(ack));
+      } catch (error) {
+        call.reject(error);
+      }
+    });
+  }
+
+  private failTasksCalls(error: TaskgateError): void {
+    for (const call of [...this.tasksCalls]) if (this.settleTasksCall(call)) call.reject(error);
+  }
+
+  /** Forgets `call` (set entry, timer, abort listener); false if it had ended already. */
+  private settleTasksCall(call: TasksCall): boolean {
+    if (!this.tasksCalls.delete(call)) return false;
+    if (call.timer !== undefined) clearTimeout(call.timer);
+    if (call.signal && call.onAbort) call.signal.removeEventListener('abort', call.onAbort);
+    return true;
   }
 
   private onAck(entry: Pending, ack: unknown): void {
@@ -294,10 +518,15 @@ export class TaskgateClient {
 
   private onConnect(): void {
     this.everConnected = true;
+    this.connection += 1;
     this.resume?.onConnect();
     this.state.set('connected');
     for (const entry of [...this.pending.values()]) {
-      if (!entry.sent && this.pending.get(entry.id) === entry) this.emitRequest(entry);
+      if (!entry.sent && this.pending.get(entry.id) === entry) this.emitStart(entry);
+    }
+    // Unanswered, or answered on a connection that is gone: a `tasks` call only reads, so ask again.
+    for (const call of [...this.tasksCalls]) {
+      if (this.tasksCalls.has(call) && call.emittedOn !== this.connection) this.emitTasks(call); // not one a listener just made
     }
   }
 
@@ -336,6 +565,7 @@ export class TaskgateClient {
     this.state.set('disconnected');
     this.resume?.stop();
     for (const entry of [...this.pending.values()]) this.end(entry, error, false);
+    this.failTasksCalls(error);
   }
 
   /**
@@ -347,7 +577,7 @@ export class TaskgateClient {
     const parked = entry.resume === 'parked';
     this.settle(entry);
     if (cancelOnHost && entry.sent) {
-      if (parked) this.resume?.cancelWhenBack(entry.id);
+      if (parked) this.resume?.cancelWhenBack(entry.id, entry.detached);
       else if (this.socket.connected) this.socket.emit(EVENTS.cancel, { id: entry.id });
     }
     entry.reject(error);
@@ -358,6 +588,7 @@ export class TaskgateClient {
     this.pending.delete(entry.id);
     if (entry.timer !== undefined) clearTimeout(entry.timer);
     if (entry.signal && entry.onAbort) entry.signal.removeEventListener('abort', entry.onAbort);
+    if (entry.releaseSignal && entry.onRelease) entry.releaseSignal.removeEventListener('abort', entry.onRelease);
     if (entry.resume !== 'none') {
       entry.resume = 'none';
       this.resume?.onEnded();
@@ -367,6 +598,18 @@ export class TaskgateClient {
 
 function cancelledError(): TaskgateError {
   return new TaskgateError('CANCELLED', 'the request was cancelled');
+}
+
+function releasedError(): TaskgateError {
+  return new TaskgateError('CANCELLED', 'no longer followed here (the host goes on with it)', { released: true });
+}
+
+/** Why `id` cannot be a request id (protocol §1: a string of 1 to 128 characters); undefined if it can. */
+function idProblem(id: unknown): string | undefined {
+  if (typeof id !== 'string') return 'a request id must be a string';
+  const chars = [...id].length;
+  if (chars < 1 || chars > MAX_ID_CHARS) return `a request id must be 1 to ${MAX_ID_CHARS} characters (got ${chars})`;
+  return undefined;
 }
 
 type AuthOption = SocketFactoryOptions['auth'];

@@ -13,7 +13,11 @@
  * - an attach ack that says chunks were not kept (`firstSeq > afterSeq + 1`), or that the host
  *   no longer has the request, fails it with `UNAVAILABLE` and a `details.reason` saying which.
  * A request cancelled while parked cannot be cancelled on a connection the host has not resumed
- * yet, so its `cancel` waits for the next `session` event. The token is kept in `sessionStorage`
+ * yet, so its `cancel` waits for the next `session` event.
+ * Tasks (detached requests and explicit attaches, §4.3) have no window on the host: they stay
+ * parked however long the client is away and are attached on the next `session` event, whatever
+ * session it names (with authentication the owner is the user; a host that does not know them
+ * answers `TASK_NOT_FOUND`). A gap in an explicit attach goes to its `onGap`, not an error. The token is kept in `sessionStorage`
  * by default (so a reloaded page presents it), every access guarded: private modes throw.
  */
 
@@ -45,6 +49,10 @@ export interface ResumableRequest {
   /** The highest chunk `seq` delivered (-1: none). */
   lastSeq: number;
   resume: ResumeStage;
+  /** A task (§4.3): the host keeps it without a window, so the window never ends it here. */
+  readonly detached: boolean;
+  /** Set for explicit attaches: a gap goes there (and the request goes on) instead of failing it. */
+  readonly onGap: ((firstSeq: number) => void) | undefined;
 }
 
 /** What the resume bookkeeping needs from the client. */
@@ -56,6 +64,8 @@ export interface ResumeHost<R extends ResumableRequest> {
   isPending(entry: R): boolean;
   /** Ends `entry` with `error` (see the client's `end`). */
   end(entry: R, error: unknown, cancelOnHost: boolean): void;
+  /** Calls `entry.onGap(firstSeq)` (ending the entry if it throws). */
+  reportGap(entry: R, firstSeq: number): void;
 }
 
 interface Session {
@@ -73,8 +83,8 @@ export class SessionResume<R extends ResumableRequest> {
   /** The session the parked requests belong to, and why its connection was lost. */
   private parkedIn: { session: Session; reason: string } | undefined;
   private windowTimer: ReturnType<typeof setTimeout> | undefined;
-  /** Ids cancelled while parked: `cancel` goes out with the next `session` event. */
-  private readonly cancelLater = new Set<string>();
+  /** Ids cancelled while parked → whether a task (kept past the window): `cancel` goes out with the next `session` event. */
+  private readonly cancelLater = new Map<string, boolean>();
 
   constructor(
     private readonly client: ResumeHost<R>,
@@ -119,14 +129,13 @@ export class SessionResume<R extends ResumableRequest> {
     this.heard = true;
     this.current = session;
     this.store.set(session.token);
-    for (const id of this.cancelLater) this.client.emit(EVENTS.cancel, { id });
+    for (const id of this.cancelLater.keys()) this.client.emit(EVENTS.cancel, { id });
     this.cancelLater.clear();
     const parkedIn = this.parkedIn;
     this.parkedIn = undefined;
     if (!parkedIn) return;
     if (parkedIn.session.token !== session.token) {
-      this.failParked(parkedIn.reason, 'the host did not resume the session');
-      return;
+      this.failParked(parkedIn.reason, 'the host did not resume the session', false); // tasks: attached below
     }
     const generation = this.generation;
     for (const entry of this.client.requests()) {
@@ -149,12 +158,12 @@ export class SessionResume<R extends ResumableRequest> {
     if (!parkedIn) return;
     this.parkedIn = undefined;
     this.cancelLater.clear();
-    this.failParked(parkedIn.reason, 'the host does not resume sessions');
+    this.failParked(parkedIn.reason, 'the host does not resume sessions', true);
   }
 
   /** `entry` was parked and is being cancelled: tell the host once it is back. */
-  cancelWhenBack(id: string): void {
-    this.cancelLater.add(id);
+  cancelWhenBack(id: string, detached: boolean): void {
+    this.cancelLater.set(id, detached);
   }
 
   /** A request that was parked or attaching has ended. */
@@ -175,7 +184,9 @@ export class SessionResume<R extends ResumableRequest> {
     const a = ack as { ok?: unknown; firstSeq?: unknown; error?: unknown } | null;
     if (typeof a === 'object' && a !== null && a.ok === true && Number.isInteger(a.firstSeq)) {
       const firstSeq = a.firstSeq as number;
-      if (firstSeq > afterSeq + 1) {
+      if (firstSeq > afterSeq + 1 && entry.onGap) {
+        this.client.reportGap(entry, firstSeq);
+      } else if (firstSeq > afterSeq + 1) {
         const error = new TaskgateError(
           'UNAVAILABLE',
           `chunks ${afterSeq + 1}–${firstSeq - 1} were lost while the connection was down (the host no longer had them)`,
@@ -199,28 +210,30 @@ export class SessionResume<R extends ResumableRequest> {
 
   private windowPassed(reason: string): void {
     this.windowTimer = undefined;
-    this.parkedIn = undefined;
-    this.cancelLater.clear(); // the host has cancelled them itself
+    // The host has cancelled what it parked, except tasks: those stay parked here too.
+    for (const [id, detached] of this.cancelLater) if (!detached) this.cancelLater.delete(id);
     const error = new TaskgateError(
       'UNAVAILABLE',
       `the connection to the taskgate host was lost (${reason}) and did not come back within the resume window`,
       { reason },
     );
     for (const entry of this.client.requests()) {
-      if (entry.resume === 'none') continue;
+      if (entry.resume === 'none' || entry.detached) continue;
       // An attach in flight may have reached the host: stop it there. A parked one the host cancels.
       const attaching = entry.resume === 'attaching';
       entry.resume = 'none';
       this.client.end(entry, error, attaching);
     }
+    if (!this.client.requests().some((entry) => entry.resume === 'parked')) this.parkedIn = undefined;
   }
 
-  private failParked(reason: string, why: string): void {
+  /** Fails the parked requests (tasks too when `withTasks`); a task left parked waits for the next session. */
+  private failParked(reason: string, why: string, withTasks: boolean): void {
     const error = new TaskgateError('UNAVAILABLE', `the connection to the taskgate host was lost (${reason}) and ${why}`, {
       reason,
     });
     for (const entry of this.client.requests()) {
-      if (entry.resume !== 'parked') continue;
+      if (entry.resume !== 'parked' || (entry.detached && !withTasks)) continue;
       entry.resume = 'none';
       this.client.end(entry, error, false);
     }
@@ -229,7 +242,7 @@ export class SessionResume<R extends ResumableRequest> {
 
   private stopWindowIfDone(): void {
     if (this.windowTimer === undefined || this.parkedIn !== undefined) return;
-    if (this.client.requests().some((entry) => entry.resume !== 'none')) return;
+    if (this.client.requests().some((entry) => entry.resume !== 'none' && !entry.detached)) return;
     this.stopWindow();
   }
 

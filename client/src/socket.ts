@@ -14,8 +14,9 @@ export const EVENTS = {
 } as const;
 
 /**
- * Events of sessions (protocol §4): `session` (host → client, right after CONNECT, §4.1) and
- * `attach` (client → host, with an ack: resumes a request after a reconnect, §4.2).
+ * Events of sessions (protocol §4): `session` (host → client, right after CONNECT, §4.1),
+ * `attach` (client → host, with an ack: resumes a request after a reconnect, or follows a task,
+ * §4.2) and `tasks` (client → host, with an ack: the owner's tasks, §4.3).
  */
 export const SESSION_EVENTS = {
   session: 'session',
@@ -23,13 +24,15 @@ export const SESSION_EVENTS = {
   tasks: 'tasks',
 } as const;
 
-/** `{ id, requestType, payload, traceparent? }`, sent with an acknowledgement callback. */
+/** `{ id, requestType, payload, traceparent?, detach? }`, sent with an acknowledgement callback. */
 export interface RequestEnvelope {
   id: string;
   requestType: string;
   payload: unknown;
   /** W3C trace context (protocol §3.10, optional). */
   traceparent?: string;
+  /** A task that outlives its connection (protocol §4.3); sent only when true. */
+  detach?: true;
 }
 
 /** An `attach` event (protocol §4.2): resume request `id`, sending the chunks after `afterSeq` (-1: all). */

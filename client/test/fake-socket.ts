@@ -1,7 +1,7 @@
 /**
  * An in-memory stand-in for socket.io-client's `Socket`, injected through `createClient({ io })`.
  * The test plays the host: it connects and drops the socket, answers requests (ack, chunk,
- * result, error), opens sessions and answers `attach` (protocol §4), and sees every event the
+ * result, error), opens sessions and answers `attach` and `tasks` (protocol §4), and sees every event the
  * client emitted and every handshake it sent. Nothing is asynchronous: each call runs the
  * client's handlers at once, so tests need no timing.
  */
@@ -22,6 +22,8 @@ export class FakeSocket implements SocketLike {
   readonly acks = new Map<string, (ack: unknown) => void>();
   /** Request id → the ack callback of the client's latest `attach` for it (removed once called). */
   readonly attachAcks = new Map<string, (ack: unknown) => void>();
+  /** The ack callbacks of the client's `tasks` events not answered yet, oldest first. */
+  readonly tasksAcks: Array<(ack: unknown) => void> = [];
   /** The handshake's `auth` of every connection, in order (what socket.io-client would send). */
   readonly handshakes: unknown[] = [];
   /** Events the client emitted while not connected (socket.io-client would buffer them). */
@@ -58,6 +60,7 @@ export class FakeSocket implements SocketLike {
       const envelope = args[0] as RequestEnvelope;
       this.acks.set(envelope.id, args[1] as (ack: unknown) => void);
     }
+    if (event === 'tasks' && typeof args[1] === 'function') this.tasksAcks.push(args[1] as (ack: unknown) => void);
     if (event === 'attach' && typeof args[1] === 'function') {
       const body = args[0] as { id: string };
       this.attachAcks.set(body.id, args[1] as (ack: unknown) => void);
@@ -166,6 +169,18 @@ export class FakeSocket implements SocketLike {
     const callback = this.attachAcks.get(id);
     if (!callback) throw new Error(`no attach ack callback for request ${id}`);
     this.attachAcks.delete(id);
+    callback(body);
+  }
+
+  /** How many `tasks` events the client emitted. */
+  tasksCalls(): number {
+    return this.emitted.filter((e) => e.event === 'tasks').length;
+  }
+
+  /** Answers the oldest unanswered `tasks` event with exactly `body`. */
+  ackTasks(body: unknown): void {
+    const callback = this.tasksAcks.shift();
+    if (!callback) throw new Error('no tasks ack callback');
     callback(body);
   }
 

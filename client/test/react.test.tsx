@@ -2,15 +2,16 @@
  * @jest-environment jsdom
  *
  * The React bindings with the fake socket playing the host: provider and default-client
- * lookup, useConnectionState, and every branch of useBackendRequest (run, chunks, result,
- * refusal, error, cancel, reset, superseding runs, unmount, stable callbacks).
+ * lookup, useConnectionState, every branch of useBackendRequest (run, chunks, result,
+ * refusal, error, cancel, reset, superseding runs, unmount, stable callbacks), and tasks:
+ * detached runs that unmounting releases, useTask(id) and the polling useTasks().
  */
 
 import { StrictMode, type ReactNode } from 'react';
 import { act, render, renderHook, screen } from '@testing-library/react';
 
-import { createClient, setDefaultClient, TaskgateError, type TaskgateClient } from '../src/index.js';
-import { TaskgateProvider, useBackendRequest, useConnectionState, useTaskgateClient } from '../src/react/index.js';
+import { createClient, setDefaultClient, TaskgateError, type TaskgateClient, type TaskInfo } from '../src/index.js';
+import { TaskgateProvider, useBackendRequest, useConnectionState, useTask, useTaskgateClient, useTasks } from '../src/react/index.js';
 import { fakeSocketFactory, type FakeSocket } from './fake-socket.js';
 
 function setup(autoConnect = true): { client: TaskgateClient; socket: FakeSocket; wrapper: (p: { children: ReactNode }) => ReactNode } {
@@ -442,5 +443,204 @@ describe('useBackendRequest', () => {
     });
     expect(screen.getByRole('status').textContent).toBe('3 words');
     expect(socket.requests()).toHaveLength(1);
+  });
+});
+
+describe('tasks (protocol §4.3)', () => {
+  /** A connected client whose host has opened a session. */
+  function sessionSetup(autoConnect = true) {
+    const io = fakeSocketFactory({ autoConnect });
+    const client = createClient({ url: 'http://host.test', io, session: { storage: 'memory' } });
+    const socket = io.last();
+    if (autoConnect) socket.session('tok-1');
+    const wrapper = ({ children }: { children: ReactNode }) => <TaskgateProvider client={client}>{children}</TaskgateProvider>;
+    return { client, socket, wrapper };
+  }
+
+  const running = (id: string, remaining: number): TaskInfo => ({
+    id,
+    requestType: 'demo.countdown',
+    state: 'running',
+    startedAt: 1,
+    lastSeq: 9 - remaining,
+    lastChunk: { remaining },
+  });
+
+  describe('useBackendRequest run({ detach, id })', () => {
+    test('sends detach and the id; unmounting releases the run (no cancel: the task goes on)', async () => {
+      const { client, socket, wrapper } = sessionSetup();
+      const { result, unmount } = renderHook(() => useBackendRequest('demo.countdown'), { wrapper });
+      act(() => result.current.run({ from: 9 }, { detach: true, id: 'job-1' }));
+      expect(socket.lastRequest()).toMatchObject({ id: 'job-1', detach: true });
+      await host(() => socket.ack('job-1'));
+      unmount();
+      expect(socket.cancels()).toEqual([]);
+      expect(client.inFlight).toBe(0);
+      client.close();
+    });
+
+    test('a newer run and reset() release a detached one; cancel() does cancel it on the host', async () => {
+      const { client, socket, wrapper } = sessionSetup();
+      const { result } = renderHook(() => useBackendRequest('demo.countdown'), { wrapper });
+      act(() => result.current.run({ from: 9 }, { detach: true, id: 'job-1' }));
+      act(() => result.current.run({ from: 9 }, { detach: true, id: 'job-2' }));
+      expect(socket.cancels()).toEqual([]);
+      await host(() => result.current.cancel());
+      expect(socket.cancels()).toEqual(['job-2']);
+      expect(result.current.error?.code).toBe('CANCELLED');
+      act(() => result.current.run({ from: 9 }, { detach: true, id: 'job-3' }));
+      await host(() => result.current.reset()); // released, not cancelled
+      expect(socket.cancels()).toEqual(['job-2']);
+      expect(result.current.status).toBe('idle');
+      expect(client.inFlight).toBe(0);
+      client.close();
+    });
+  });
+
+  describe('useTask(id)', () => {
+    test('attaches from seq 0 and binds the state: chunks, then success; unmounting only releases', async () => {
+      const { client, socket, wrapper } = sessionSetup();
+      const onChunk = jest.fn();
+      const { result, unmount } = renderHook(() => useTask<{ done: boolean }, { remaining: number }>('job-1', { onChunk }), { wrapper });
+      expect(result.current.status).toBe('pending');
+      expect(socket.attaches()).toEqual([{ id: 'job-1', afterSeq: -1 }]);
+      await host(() => {
+        socket.ackAttach('job-1', { ok: true, state: 'running', firstSeq: 0 });
+        socket.chunk('job-1', 0, { remaining: 1 });
+      });
+      expect(result.current.chunks).toEqual([{ remaining: 1 }]);
+      await host(() => {
+        socket.chunk('job-1', 1, { remaining: 0 });
+        socket.result('job-1', { done: true });
+      });
+      expect(result.current).toMatchObject({ status: 'success', data: { done: true }, latestChunk: { remaining: 0 } });
+      expect(onChunk).toHaveBeenCalledTimes(2);
+      unmount();
+      expect(socket.cancels()).toEqual([]);
+      client.close();
+    });
+
+    test('TASK_NOT_FOUND → status error; onGap is told of a gap', async () => {
+      const { client, socket, wrapper } = sessionSetup();
+      const onGap = jest.fn();
+      const { result, rerender } = renderHook(({ id }) => useTask(id, { onGap }), { wrapper, initialProps: { id: 'gone' as string | null } });
+      await host(() => socket.ackAttach('gone', { ok: false, error: { code: 'TASK_NOT_FOUND', message: 'no such task' } }));
+      expect(result.current.error?.code).toBe('TASK_NOT_FOUND');
+      rerender({ id: 'job-2' });
+      await host(() => socket.ackAttach('job-2', { ok: true, state: 'running', firstSeq: 5 }));
+      expect(onGap).toHaveBeenCalledWith(5);
+      expect(result.current.status).toBe('pending');
+      rerender({ id: null });
+      expect(result.current.status).toBe('idle');
+      expect(socket.cancels()).toEqual([]);
+      client.close();
+    });
+
+    test('cancel() cancels the task on the host', async () => {
+      const { client, socket, wrapper } = sessionSetup();
+      const { result } = renderHook(() => useTask('job-1'), { wrapper });
+      await host(() => socket.ackAttach('job-1', { ok: true, state: 'running', firstSeq: 0 }));
+      await host(() => result.current.cancel());
+      expect(socket.cancels()).toEqual(['job-1']);
+      expect(result.current.error?.code).toBe('CANCELLED');
+      client.close();
+    });
+
+    test('under StrictMode the final attach is the one that binds', async () => {
+      const { client, socket } = sessionSetup();
+      function Task() {
+        const task = useTask<string>('job-1');
+        return <output>{task.status === 'success' ? task.data : task.status}</output>;
+      }
+      render(
+        <StrictMode>
+          <TaskgateProvider client={client}>
+            <Task />
+          </TaskgateProvider>
+        </StrictMode>,
+      );
+      await host(() => {
+        socket.ackAttach('job-1', { ok: true, state: 'succeeded', firstSeq: 0 });
+        socket.result('job-1', 'finished');
+      });
+      expect(screen.getByRole('status').textContent).toBe('finished');
+      expect(socket.cancels()).toEqual([]);
+      client.close();
+    });
+  });
+
+  describe('useTasks()', () => {
+    beforeEach(() => jest.useFakeTimers());
+    afterEach(() => jest.useRealTimers());
+
+    /** Runs `fn` in act() and lets promise callbacks settle (fake timers installed). */
+    async function hostFake(fn: () => void): Promise<void> {
+      await act(async () => {
+        fn();
+        for (let i = 0; i < 5; i++) await Promise.resolve();
+      });
+    }
+
+    test('loads on mount (waiting for the connection), polls while a task runs, stops when none does', async () => {
+      const { client, socket, wrapper } = sessionSetup(false);
+      const { result } = renderHook(() => useTasks({ intervalMs: 1000 }), { wrapper });
+      expect(result.current).toMatchObject({ tasks: [], error: null, isLoading: true });
+      await hostFake(() => {
+        socket.serverAccepts();
+        socket.session('tok-1');
+      });
+      expect(socket.tasksCalls()).toBe(1); // the waiting call; the connect does not add another
+      await hostFake(() => socket.ackTasks({ ok: true, tasks: [running('job-1', 5)] }));
+      expect(result.current).toMatchObject({ tasks: [running('job-1', 5)], isLoading: false });
+      await hostFake(() => jest.advanceTimersByTime(999));
+      expect(socket.tasksCalls()).toBe(1);
+      await hostFake(() => jest.advanceTimersByTime(1));
+      expect(socket.tasksCalls()).toBe(2);
+      const ended: TaskInfo = { ...running('job-1', 0), state: 'succeeded', endedAt: 2 };
+      await hostFake(() => socket.ackTasks({ ok: true, tasks: [ended] }));
+      expect(result.current.tasks).toEqual([ended]);
+      await hostFake(() => jest.advanceTimersByTime(10_000));
+      expect(socket.tasksCalls()).toBe(2);
+      client.close();
+    });
+
+    test('reloads when the connection comes back; an error keeps the last list; refresh() loads now', async () => {
+      const { client, socket, wrapper } = sessionSetup();
+      const { result } = renderHook(() => useTasks(), { wrapper });
+      expect(socket.tasksCalls()).toBe(1);
+      await hostFake(() => socket.ackTasks({ ok: true, tasks: [] }));
+      expect(socket.tasksCalls()).toBe(1);
+      await hostFake(() => {
+        socket.drop();
+        socket.serverAccepts();
+        socket.session('tok-1');
+      });
+      expect(socket.tasksCalls()).toBe(2);
+      await hostFake(() => socket.ackTasks({ ok: true, tasks: [running('job-1', 3)] }));
+      await hostFake(() => result.current.refresh());
+      expect(socket.tasksCalls()).toBe(3);
+      await hostFake(() => result.current.refresh()); // one call at a time
+      expect(socket.tasksCalls()).toBe(3);
+      await hostFake(() => socket.ackTasks({ ok: false, error: { code: 'RATE_LIMITED', message: 'slow down' } }));
+      expect(result.current.error?.code).toBe('RATE_LIMITED');
+      expect(result.current.tasks).toEqual([running('job-1', 3)]);
+      client.close();
+    });
+
+    test('unmounting stops polling and updates nothing', async () => {
+      const errors = jest.spyOn(console, 'error').mockImplementation(() => undefined);
+      try {
+        const { client, socket, wrapper } = sessionSetup();
+        const { unmount } = renderHook(() => useTasks({ intervalMs: 100 }), { wrapper });
+        await hostFake(() => socket.ackTasks({ ok: true, tasks: [running('job-1', 3)] }));
+        unmount();
+        await hostFake(() => jest.advanceTimersByTime(1000));
+        expect(socket.tasksCalls()).toBe(1);
+        client.close();
+        expect(errors).not.toHaveBeenCalled();
+      } finally {
+        errors.mockRestore();
+      }
+    });
   });
 });

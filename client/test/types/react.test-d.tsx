@@ -3,7 +3,8 @@
  */
 import './taskgate-types.ts';
 
-import { useBackendRequest } from '@taskgate/client/react';
+import type { TaskInfo } from '@taskgate/client';
+import { useBackendRequest, useTask, useTasks } from '@taskgate/client/react';
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
 const assertType = <T extends true>(_: T) => undefined;
@@ -31,5 +32,17 @@ export function Typed() {
   // @ts-expect-error the explicit Payload type is enforced
   custom.run({ n: '1' });
   assertType<Equal<typeof custom.latestChunk, { step: number } | undefined>>(true);
+
+  countdown.run({ from: 20 }, { detach: true, id: 'job-1' });
+  // @ts-expect-error detach is a boolean
+  countdown.run({ from: 20 }, { detach: 'yes' });
+  const { tasks, error, refresh } = useTasks({ intervalMs: 500 });
+  assertType<Equal<typeof tasks, TaskInfo[]>>(true);
+  void error?.code;
+  refresh();
+  const task = useTask<{ done: boolean }, { remaining: number }>(tasks[0]?.id, { onGap: (n) => void n });
+  assertType<Equal<typeof task.data, { done: boolean } | undefined>>(true);
+  assertType<Equal<typeof task.latestChunk, { remaining: number } | undefined>>(true);
+  task.cancel();
   return null;
 }

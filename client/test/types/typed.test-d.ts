@@ -6,7 +6,7 @@
  */
 import './taskgate-types.ts';
 
-import { createClient, makeBackendRequest, type ResultOf } from '@taskgate/client';
+import { createClient, makeBackendRequest, type ResultOf, type TaskInfo } from '@taskgate/client';
 
 type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends <T>() => T extends B ? 1 : 2 ? true : false;
 const assertType = <T extends true>(_: T) => undefined;
@@ -64,4 +64,22 @@ export async function typedCalls(): Promise<void> {
   await client.request<{ n: number }, { doubled: number }>('math.double', { n: 'two' });
   const inferred = await makeBackendRequest('not.in.the.map', { whatever: true });
   assertType<Equal<typeof inferred, unknown>>(true);
+
+  // Tasks (protocol §4.3): detach and id are request options; tasks() and attach(id).
+  const detached = await makeBackendRequest('demo.countdown', { from: 3 }, { detach: true, id: 'job-1', onChunk: (c) => void c.remaining });
+  assertType<Equal<typeof detached, ResultOf<'demo.countdown'>>>(true);
+  // @ts-expect-error the id is a string
+  await client.request('echo', 1, { id: 5 });
+  const tasks = await client.tasks();
+  assertType<Equal<typeof tasks, TaskInfo[]>>(true);
+  const state: 'running' | 'succeeded' | 'failed' | 'cancelled' = tasks[0]!.state;
+  void state;
+  const attached = await client.attach<{ done: boolean }, { remaining: number }>('job-1', {
+    afterSeq: 2,
+    onChunk: (c) => void c.remaining,
+    onGap: (firstSeq: number) => void firstSeq,
+  });
+  assertType<Equal<typeof attached, { done: boolean }>>(true);
+  // @ts-expect-error attach takes no payload
+  await client.attach('job-1', { from: 3 });
 }

@@ -1,6 +1,7 @@
 import { ConnectionIndicator } from './ConnectionIndicator';
 import { CountdownPanel } from './CountdownPanel';
 import { InvalidPayloadPanel } from './InvalidPayloadPanel';
+import { TasksPanel } from './TasksPanel';
 import { WordCountPanel } from './WordCountPanel';
 
 export function App() {
@@ -13,6 +14,7 @@ export function App() {
       <WordCountPanel />
       <CountdownPanel />
       <InvalidPayloadPanel />
+      <TasksPanel />
     </main>
   );
 }

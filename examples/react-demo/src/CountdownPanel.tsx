@@ -1,12 +1,12 @@
 import { useState } from 'react';
 import { useBackendRequest } from '@taskgate/client/react';
 
+import { useCountdownFields } from './CountdownFields';
 import { ErrorMessage } from './ErrorMessage';
 
 /** demo.countdown: a progress bar fed by streamed chunks, and a Cancel button. */
 export function CountdownPanel() {
-  const [from, setFrom] = useState(20);
-  const [intervalMs, setIntervalMs] = useState(250);
+  const { from, intervalMs, fields } = useCountdownFields(20, 250);
   const countdown = useBackendRequest('demo.countdown', { keepChunks: false });
   // The run's own `from`: the inputs may change while it runs.
   const [runFrom, setRunFrom] = useState(from);
@@ -21,16 +21,7 @@ export function CountdownPanel() {
       <h2>
         Countdown <small>demo.countdown, streamed</small>
       </h2>
-      <div className="fields">
-        <label>
-          from <input type="number" min={1} max={10000} value={from} onChange={(e) => setFrom(Number(e.target.value))} />
-        </label>
-        <label>
-          every{' '}
-          <input type="number" min={0} max={60000} value={intervalMs} onChange={(e) => setIntervalMs(Number(e.target.value))} />{' '}
-          ms
-        </label>
-      </div>
+      {fields}
       <div className="actions">
         <button onClick={start} disabled={countdown.isPending}>
           Start

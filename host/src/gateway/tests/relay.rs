@@ -51,28 +51,14 @@ async fn chunks_replayed_by_a_redelivered_request_are_not_sent_twice() {
 #[tokio::test]
 async fn replies_before_the_confirm_wait_until_the_ack_is_sent() {
     let h = harness();
-    h.broker.hold_confirms(true);
-    let gateway = h.gateway.clone();
-    let submit = tokio::spawn(async move {
-        gateway
-            .handle_request(CONN, req("a", "echo", json!(1)), 1)
-            .await
-    });
-    while h.broker.published().is_empty() {
-        tokio::task::yield_now().await;
-    }
-    let c = h.last_correlation_id();
-    h.gateway.on_reply(reply(c, "chunk", "1"));
-    h.gateway.on_reply(reply(c, "result", "2"));
-    assert!(
-        h.sink.events(CONN).is_empty(),
-        "nothing may precede the ack"
-    );
-    assert!(h.sink.acks(1).is_empty());
-    h.broker.release_confirms();
-    submit.await.unwrap();
-    assert_eq!(h.sink.acks(1), vec![json!({"ok": true})]);
-    assert_eq!(h.sink.events(CONN).len(), 2);
+    let (ack, events) = h
+        .with_confirm_held(|c| {
+            h.gateway.on_reply(reply(c, "chunk", "1"));
+            h.gateway.on_reply(reply(c, "result", "2"));
+        })
+        .await;
+    assert_eq!(ack, json!({"ok": true}));
+    assert_eq!(events.len(), 2);
     h.assert_clean();
 }
 
@@ -240,39 +226,17 @@ async fn a_reply_of_exactly_the_limit_is_relayed() {
     h.assert_clean();
 }
 
-/// Submits `a` with its confirm held back, runs `replies` against its correlation id, then
-/// releases the confirm: returns the ack and the events the client got.
-async fn with_confirm_held(h: &Harness, replies: impl FnOnce(Uuid)) -> (Value, Vec<Value>) {
-    h.broker.hold_confirms(true);
-    let gateway = h.gateway.clone();
-    let submit = tokio::spawn(async move {
-        gateway
-            .handle_request(CONN, req("a", "echo", json!(1)), 1)
-            .await
-    });
-    while h.broker.published().is_empty() {
-        tokio::task::yield_now().await;
-    }
-    replies(h.last_correlation_id());
-    assert!(
-        h.sink.events(CONN).is_empty(),
-        "nothing may precede the ack"
-    );
-    h.broker.release_confirms();
-    submit.await.unwrap();
-    (h.sink.acks(1).pop().unwrap(), h.sink.events(CONN))
-}
-
 #[tokio::test]
 async fn replies_buffered_before_the_confirm_are_capped_in_number() {
     let h = harness();
-    let (ack, events) = with_confirm_held(&h, |c| {
-        for _ in 0..MAX_EARLY_REPLIES + 5 {
-            h.gateway.on_reply(reply(c, "chunk", "1"));
-        }
-        h.gateway.on_reply(reply(c, "result", "2"));
-    })
-    .await;
+    let (ack, events) = h
+        .with_confirm_held(|c| {
+            for _ in 0..MAX_EARLY_REPLIES + 5 {
+                h.gateway.on_reply(reply(c, "chunk", "1"));
+            }
+            h.gateway.on_reply(reply(c, "result", "2"));
+        })
+        .await;
     assert_eq!(ack, json!({"ok": true}));
     assert_eq!(events.len(), MAX_EARLY_REPLIES + 1);
     let last = events.last().unwrap();
@@ -289,12 +253,13 @@ async fn replies_buffered_before_the_confirm_are_capped_in_number() {
 #[tokio::test]
 async fn replies_buffered_before_the_confirm_are_capped_in_bytes() {
     let h = harness_with_reply_limit(16);
-    let (ack, events) = with_confirm_held(&h, |c| {
-        for _ in 0..3 {
-            h.gateway.on_reply(reply(c, "chunk", "\"123456\""));
-        }
-    })
-    .await;
+    let (ack, events) = h
+        .with_confirm_held(|c| {
+            for _ in 0..3 {
+                h.gateway.on_reply(reply(c, "chunk", "\"123456\""));
+            }
+        })
+        .await;
     assert_eq!(ack, json!({"ok": true}));
     assert_eq!(events.len(), 3, "{events:?}");
     assert_eq!(events[0]["data"], json!("123456"));

@@ -152,9 +152,10 @@ impl DirectLoop {
                 .await
                 .with_context(|| format!("declaring reply queue {reply_queue}"))?;
         }
-        // Direct Reply-to's pseudo-queue cannot be consumed exclusively.
+        // Direct Reply-to's pseudo-queue cannot be consumed exclusively, nor with acks: this
+        // loop reads without acks either way (the host acks, within a prefetch window).
         let mut consumer = reply_consumer(&reply_queue, "taskgate-bench");
-        consumer.exclusive(!direct_reply_to);
+        consumer.exclusive(!direct_reply_to).manual_ack(false);
         let (_, replies) = channel.basic_consume_rx(consumer).await?;
         Ok(DirectLoop {
             channel,

@@ -220,6 +220,7 @@ pub struct LimitsSection {
     pub max_connections: Option<usize>,
     pub client_backlog_bytes: Option<usize>,
     pub client_stall_ms: Option<u64>,
+    pub max_reply_bytes: Option<u64>,
     pub max_pending_connections: Option<usize>,
     pub handshake_timeout_ms: Option<u64>,
 }
@@ -245,6 +246,9 @@ impl LimitsSection {
             client_stall: self
                 .client_stall_ms
                 .map_or(defaults.client_stall, Duration::from_millis),
+            max_reply_bytes: self.max_reply_bytes.map_or(defaults.max_reply_bytes, |b| {
+                usize::try_from(b).unwrap_or(usize::MAX)
+            }),
             max_pending_connections: self
                 .max_pending_connections
                 .unwrap_or(defaults.max_pending_connections),
@@ -257,9 +261,9 @@ impl LimitsSection {
                 "[limits] handshake_timeout_ms must be at least 1".to_owned(),
             ));
         }
-        if limits.max_payload_bytes == 0 {
+        if limits.max_payload_bytes == 0 || limits.max_reply_bytes == 0 {
             return Err(ConfigError::Invalid(
-                "[limits] max_payload_bytes must be at least 1".to_owned(),
+                "[limits] max_payload_bytes and max_reply_bytes must be at least 1".to_owned(),
             ));
         }
         if limits.client_stall.is_zero() || limits.client_backlog_bytes == 0 {
@@ -785,6 +789,7 @@ mod tests {
             max_connections = 3
             client_backlog_bytes = 4096
             client_stall_ms = 1500
+            max_reply_bytes = 65536
             max_pending_connections = 9
             handshake_timeout_ms = 2500
             "#,
@@ -813,6 +818,7 @@ mod tests {
         assert_eq!(s.limits.max_connections, 3);
         assert_eq!(s.limits.client_backlog_bytes, 4096);
         assert_eq!(s.limits.client_stall, Duration::from_millis(1500));
+        assert_eq!(s.limits.max_reply_bytes, 65_536);
         assert_eq!(s.limits.max_pending_connections, 9);
         assert_eq!(s.limits.handshake_timeout, Duration::from_millis(2500));
         // The transport limit grows to fit the payload ceiling and its envelope.
@@ -845,13 +851,10 @@ max_rps = 1
         )
         .unwrap_err();
         assert!(err.to_string().contains("max_rps"), "{err}");
-        let zero = parse(
-            "[limits]
-max_payload_bytes = 0
-",
-        )
-        .unwrap();
-        assert!(Settings::resolve(zero, None, Overrides::default()).is_err());
+        for key in ["max_payload_bytes", "max_reply_bytes"] {
+            let zero = parse(&format!("[limits]\n{key} = 0\n")).unwrap();
+            assert!(Settings::resolve(zero, None, Overrides::default()).is_err());
+        }
     }
 
     #[test]

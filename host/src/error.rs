@@ -42,6 +42,13 @@ pub enum RequestError {
     Timeout(u64),
     #[error("the request was cancelled")]
     Cancelled,
+    /// A worker's reply body over `[limits] max_reply_bytes`: the request ends, so that the
+    /// client sees no silent gap in its chunks.
+    #[error("the worker's reply is larger than {limit} bytes ({size} bytes)")]
+    ReplyTooLarge { size: usize, limit: usize },
+    /// Replies that arrived before the publish confirm, past what the host buffers.
+    #[error("the worker sent more replies before the request was confirmed than the host buffers ({replies} replies, {bytes} bytes)")]
+    TooManyEarlyReplies { replies: usize, bytes: usize },
     #[error("internal error: {0}")]
     Internal(String),
     /// `attach` (protocol §4.2): the same answer whether the task never existed, belongs to
@@ -159,6 +166,9 @@ impl RequestError {
             RequestError::Unavailable(_) => ErrorCode::Unavailable,
             RequestError::Timeout(_) => ErrorCode::Timeout,
             RequestError::Cancelled => ErrorCode::Cancelled,
+            RequestError::ReplyTooLarge { .. } | RequestError::TooManyEarlyReplies { .. } => {
+                ErrorCode::WorkerError
+            }
             RequestError::Internal(_) => ErrorCode::Internal,
             RequestError::TaskNotFound => ErrorCode::TaskNotFound,
         }
@@ -176,6 +186,12 @@ impl RequestError {
                 body.with_details(json!({ "size": size, "limit": limit }))
             }
             RequestError::Timeout(ms) => body.with_details(json!({ "timeoutMs": ms })),
+            RequestError::ReplyTooLarge { size, limit } => {
+                body.with_details(json!({ "size": size, "limit": limit }))
+            }
+            RequestError::TooManyEarlyReplies { replies, bytes } => {
+                body.with_details(json!({ "replies": replies, "bytes": bytes }))
+            }
             RequestError::RateLimited(RateLimit::InFlight { max }) => {
                 body.with_details(json!({ "limit": "inFlight", "max": max }))
             }

@@ -26,6 +26,10 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 100;
 pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 100;
 /// …with bursts of this many (a page that fires many requests at load).
 pub const DEFAULT_REQUEST_BURST: u32 = 500;
+/// The largest reply body (chunk, result or error) a worker may send; a larger one ends
+/// its request `WORKER_ERROR`. Also the most reply bytes buffered for one request that
+/// waits for its publish confirm.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
 /// Socket.IO connections one host serves at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Responses kept for a client that reads slower than they arrive, in bytes.
@@ -54,6 +58,8 @@ pub struct Limits {
     pub max_connections: usize,
     pub client_backlog_bytes: usize,
     pub client_stall: Duration,
+    /// The largest worker reply body; a larger one ends its request `WORKER_ERROR`.
+    pub max_reply_bytes: usize,
     /// Connections that have not sent a complete request head yet; more are closed at once.
     pub max_pending_connections: usize,
     /// The longest a request head may take to arrive (a connection that sends nothing is
@@ -71,6 +77,7 @@ impl Default for Limits {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             client_backlog_bytes: DEFAULT_CLIENT_BACKLOG_BYTES,
             client_stall: DEFAULT_CLIENT_STALL,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
             max_pending_connections: DEFAULT_MAX_PENDING_CONNECTIONS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }

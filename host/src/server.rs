@@ -408,6 +408,7 @@ fn log_security(
         max_connections = limits.max_connections,
         client_backlog_bytes = limits.client_backlog_bytes,
         client_stall_ms = limits.client_stall.as_millis() as u64,
+        max_reply_bytes = limits.max_reply_bytes,
         "limits (0 = off)"
     );
 }

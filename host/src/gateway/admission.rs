@@ -233,6 +233,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
                 stage: Stage::Publishing {
                     buffered: Vec::new(),
+                    buffered_bytes: 0,
                     ended: None,
                 },
                 next_seq: 0,
@@ -279,8 +280,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                     return true;
                 }
             }
-            let Stage::Publishing { buffered, ended } =
-                std::mem::replace(&mut request.stage, Stage::Active)
+            let Stage::Publishing {
+                buffered, ended, ..
+            } = std::mem::replace(&mut request.stage, Stage::Active)
             else {
                 return false;
             };

@@ -6,11 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde_json::Value;
+use taskgate_protocol::ErrorBody;
 use tokio::time::Instant;
 use tracing::{debug, info};
 use uuid::Uuid;
 
-use super::{CancelEnvelope, Gateway, Stage};
+use super::{CancelEnvelope, Gateway, InFlight, Stage};
 use crate::broker::Broker;
 use crate::error::{RequestError, UnavailableCause};
 use crate::sink::ClientSink;
@@ -67,20 +68,36 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             debug!(?conn, client_id = %id, "cancel for a request not in flight ignored");
             return;
         };
-        let cancelled =
+        self.end_early(
+            correlation_id,
+            &RequestError::Cancelled.to_body(),
+            |request| info!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, "request cancelled by the client"),
+        );
+    }
+
+    /// Ends a request with `error` before its final reply, and tells workers to stop it. A
+    /// request still being published gets its ack first, then the error (`activate`);
+    /// `log` describes a request ended here and now.
+    pub(super) fn end_early(
+        &self,
+        correlation_id: Uuid,
+        error: &ErrorBody,
+        log: impl FnOnce(&InFlight<S::Conn>),
+    ) {
+        let ended =
             self.inflight
                 .remove_if_mut(&correlation_id, |_, request| match &mut request.stage {
                     Stage::Publishing { ended, .. } => {
-                        ended.get_or_insert_with(|| RequestError::Cancelled.to_body());
+                        ended.get_or_insert_with(|| error.clone());
                         false
                     }
                     Stage::Active => {
-                        self.emit_error(request, &RequestError::Cancelled.to_body());
+                        self.emit_error(request, error);
                         true
                     }
                 });
-        if let Some((_, request)) = cancelled {
-            info!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, "request cancelled by the client");
+        if let Some((_, request)) = ended {
+            log(&request);
             self.release_id(correlation_id, request);
             self.spawn_cancel(correlation_id);
         }

@@ -79,10 +79,17 @@ enum Outbound {
     Error(ErrorBody),
 }
 
+/// Replies one request may have buffered while it waits for its publish confirm (their
+/// bytes are capped too, at `[limits] max_reply_bytes`): a worker that floods replies for a
+/// request not yet confirmed cannot grow the host's memory without bound.
+pub(crate) const MAX_EARLY_REPLIES: usize = 1_000;
+
 #[derive(Debug)]
 enum Stage {
     Publishing {
         buffered: Vec<Outbound>,
+        /// The body bytes of `buffered`, as the workers sent them.
+        buffered_bytes: usize,
         /// The request was ended while publishing (cancelled by the client, or failed by
         /// the host): this error follows the ack, and workers are told to stop.
         ended: Option<ErrorBody>,
@@ -120,6 +127,8 @@ pub struct Gateway<B: Broker, S: ClientSink> {
     sessions: DashMap<S::Conn, Arc<Session>>,
     /// Requests one connection may have in flight (`None`: no limit).
     max_in_flight: Option<usize>,
+    /// The largest worker reply body relayed (`[limits] max_reply_bytes`).
+    max_reply_bytes: usize,
     /// Deadlines of active requests, watched by one task (started with the first one).
     deadlines: Arc<Deadlines>,
     watching_deadlines: AtomicBool,
@@ -163,6 +172,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             conns: DashMap::new(),
             sessions: DashMap::new(),
             max_in_flight: None,
+            max_reply_bytes: crate::limits::DEFAULT_MAX_REPLY_BYTES,
             deadlines: Arc::default(),
             watching_deadlines: AtomicBool::new(false),
             options,
@@ -183,10 +193,11 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         self
     }
 
-    /// Applies the per-connection limits the gateway enforces (requests in flight); the
-    /// request rate is each connection's [`Session`].
+    /// Applies the limits the gateway enforces (requests in flight per connection, the size
+    /// of worker replies); the request rate is each connection's [`Session`].
     pub fn with_limits(mut self, limits: &Limits) -> Self {
         self.max_in_flight = limits.in_flight_limit();
+        self.max_reply_bytes = limits.max_reply_bytes;
         self
     }
 

@@ -1,14 +1,19 @@
 //! Worker replies on their way to the client: a reply is read ([`Gateway::on_reply`]),
 //! held back while its request is still being published, and delivered in order — chunks
 //! numbered by the host, a result or error ending the request.
+//!
+//! Replies are bounded: a body over `[limits] max_reply_bytes` ends its request
+//! `WORKER_ERROR` (a dropped chunk would be a silent gap), and so do replies held back
+//! past [`MAX_EARLY_REPLIES`] or `max_reply_bytes` in all.
 
 use serde_json::value::RawValue;
 use taskgate_protocol::{ErrorBody, ErrorCode, ReplyKind, WorkerErrorBody};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use super::{Gateway, InFlight, Outbound, Stage};
+use super::{Gateway, InFlight, Outbound, Stage, MAX_EARLY_REPLIES};
 use crate::broker::{Broker, IncomingReply};
+use crate::error::RequestError;
 use crate::metrics::Outcome;
 use crate::sink::{ClientSink, EmitError, ResponseEvent};
 
@@ -85,6 +90,16 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             warn!(%correlation_id, kind = ?reply.kind, "reply with an unknown `type` dropped");
             return;
         };
+        let size = reply.body.len();
+        if size > self.max_reply_bytes {
+            let limit = self.max_reply_bytes;
+            warn!(%correlation_id, size, limit, "reply larger than [limits] max_reply_bytes; ending its request");
+            let error = RequestError::ReplyTooLarge { size, limit }.to_body();
+            self.end_early(correlation_id, &error, |request| {
+                debug!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, "request ended: its reply was too large");
+            });
+            return;
+        }
         let outbound = match kind {
             ReplyKind::Chunk => match raw_json(reply.body) {
                 Some(data) => Outbound::Chunk {
@@ -117,14 +132,17 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 }
             },
         };
-        self.route_reply(correlation_id, outbound);
+        self.route_reply(correlation_id, outbound, size);
     }
 
-    fn route_reply(&self, correlation_id: Uuid, outbound: Outbound) {
+    /// `size`: the reply's body bytes, as the worker sent them.
+    fn route_reply(&self, correlation_id: Uuid, outbound: Outbound, size: usize) {
         if let Outbound::Chunk { .. } = outbound {
             if let Some(mut request) = self.inflight.get_mut(&correlation_id) {
                 match &mut request.stage {
-                    Stage::Publishing { buffered, .. } => buffered.push(outbound),
+                    stage @ Stage::Publishing { .. } => {
+                        self.hold_back(correlation_id, stage, outbound, size)
+                    }
                     Stage::Active => {
                         self.deliver(&mut request, outbound);
                     }
@@ -138,8 +156,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 return false;
             };
             match &mut request.stage {
-                Stage::Publishing { buffered, .. } => {
-                    buffered.push(outbound);
+                stage @ Stage::Publishing { .. } => {
+                    self.hold_back(correlation_id, stage, outbound, size);
                     false
                 }
                 Stage::Active => self.deliver(request, outbound),
@@ -149,6 +167,38 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             debug!(%correlation_id, traceparent = %request.trace, request_type = %request.request_type, "request finished");
             self.release_id(correlation_id, request);
         }
+    }
+
+    /// Holds a reply back until its request's publish is confirmed (the ack goes first).
+    /// Past [`MAX_EARLY_REPLIES`] or `max_reply_bytes` held back, the request is ended
+    /// instead: the error follows the ack and workers are told to stop (`activate`), and
+    /// what arrives after that is dropped.
+    fn hold_back(&self, correlation_id: Uuid, stage: &mut Stage, outbound: Outbound, size: usize) {
+        let Stage::Publishing {
+            buffered,
+            buffered_bytes,
+            ended,
+        } = stage
+        else {
+            return;
+        };
+        if ended.is_some() {
+            return;
+        }
+        let bytes = buffered_bytes.saturating_add(size);
+        if buffered.len() >= MAX_EARLY_REPLIES || bytes > self.max_reply_bytes {
+            warn!(%correlation_id, replies = buffered.len(), bytes, "too many replies before the publish confirm; ending the request");
+            *ended = Some(
+                RequestError::TooManyEarlyReplies {
+                    replies: MAX_EARLY_REPLIES,
+                    bytes: self.max_reply_bytes,
+                }
+                .to_body(),
+            );
+            return;
+        }
+        *buffered_bytes = bytes;
+        buffered.push(outbound);
     }
 }
 

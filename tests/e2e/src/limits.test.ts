@@ -2,15 +2,17 @@
  * The host's limits through real sockets (`[limits]` and `[host]` of plugins.toml,
  * docs/protocol.md §3.1 and §3.9): the payload ceiling and the transport's message
  * limit (PAYLOAD_TOO_LARGE, or the transport cutting the connection), requests in flight
- * and per second per connection (RATE_LIMITED), connections per host, and the origins
- * allowed to open Socket.IO connections.
+ * and per second per connection (RATE_LIMITED), connections per host, the origins
+ * allowed to open Socket.IO connections, and the size of worker replies (WORKER_ERROR).
  */
 
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 
 import {
   assertAccepted,
   assertAlive,
+  assertErrorResponse,
   assertRefused,
   connect,
   connectPolling,
@@ -200,4 +202,47 @@ e2e('origins: [host] allowed_origins adds origins (with CORS headers for them) a
   await any.proc.waitForLine(/accepts browser connections from any origin/, 5000);
   assert.equal((await pollingHandshake(any.url, 'https://whoever.example')).status, 200);
   assert.equal(await upgradeFrom(any.url, 'https://whoever.example'), 101);
+});
+
+/** The resident set of a process, in KiB (Linux), or -1 where /proc does not tell. */
+function rssKiB(pid: number | undefined): number {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? -1);
+  } catch {
+    return -1;
+  }
+}
+
+e2e('WORKER_ERROR: a flood of replies over [limits] max_reply_bytes ends its request; the host stays up and serves others', async (ctx) => {
+  const host = await startHost(ctx, { sections: { limits: { max_reply_bytes: 65_536 } } });
+  await host.proc.waitForLine(/max_reply_bytes=65536/, 5000);
+  const worker = await FakeWorker.start(ctx, host.queues[TYPES.echo]);
+  const client = await connect(ctx, host.url);
+  const rssBefore = rssKiB(host.proc.child.pid);
+
+  const flooded = request(client, { id: uniqueId('flooded'), requestType: TYPES.echo, payload: 'x' });
+  const r = await worker.next();
+  // 64 replies of 1 MiB for the request, and 64 more for ids nobody knows (anyone who can
+  // publish to the reply queue can send those), all published before the host reads any.
+  const big = Buffer.alloc(1 << 20, 0x61);
+  for (let i = 0; i < 64; i++) {
+    worker.channel.publish('', r.replyTo, big, { correlationId: r.correlationId, type: 'chunk', headers: { 'x-seq': i } });
+    worker.channel.publish('', r.replyTo, big, { correlationId: uniqueId(), type: 'result' });
+  }
+  await worker.channel.waitForConfirms();
+  const outcome = await flooded;
+  const error = assertErrorResponse(outcome.final, 'WORKER_ERROR', 'the flooded request');
+  assert.deepEqual(error.details, { size: 1 << 20, limit: 65_536 });
+  assert.match(error.message, /the worker's reply is larger than 65536 bytes/);
+  assert.deepEqual(outcome.responses.length, 1, 'no chunk of the flood reached the client');
+
+  // The host is up, and other requests work as before.
+  const other = request(client, { id: uniqueId('other'), requestType: TYPES.echo, payload: 'fine' });
+  const o = await worker.next();
+  await worker.result(o, 'fine');
+  assert.equal((await other).final?.data, 'fine');
+  assertAlive(host);
+  const rssAfter = rssKiB(host.proc.child.pid);
+  console.log(`host RSS before the flood ${rssBefore} KiB, after ${rssAfter} KiB (128 MiB of replies, 64 KiB limit)`);
 });

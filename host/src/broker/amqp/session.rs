@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use amqprs::channel::{Channel, ConfirmSelectArguments, ConsumerMessage};
+use amqprs::channel::{BasicAckArguments, Channel, ConfirmSelectArguments, ConsumerMessage};
 use amqprs::connection::Connection;
 use taskgate_protocol::amqp as names;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -20,7 +20,8 @@ use super::connect::{connect_named, ConnectError};
 use super::message::incoming_reply;
 use super::publisher::Publisher;
 use super::topology::{
-    cancel_exchange_declaration, declare_request_queue, reply_consumer, reply_queue_declaration,
+    cancel_exchange_declaration, declare_request_queue, reply_consumer, reply_qos,
+    reply_queue_declaration, REPLY_ACK_BATCH,
 };
 use super::{lock, AmqpBroker};
 use crate::broker::amqp_url::redact_url;
@@ -120,7 +121,7 @@ impl AmqpBroker {
                     self.flush_pending_cancels();
                     let lost = tokio::select! {
                         _ = &mut shutdown => None,
-                        reason = read_replies(&mut replies, &on_reply) => Some(reason),
+                        reason = read_replies(&mut replies, &live.replies, &on_reply) => Some(reason),
                         reason = watch(&live) => Some(reason),
                     };
                     self.shared.consuming.store(false, Ordering::SeqCst);
@@ -226,6 +227,10 @@ impl AmqpBroker {
             .queue_declare(reply_queue_declaration(&reply_queue))
             .await
             .map_err(|e| setup("the reply queue", e))?;
+        replies
+            .basic_qos(reply_qos())
+            .await
+            .map_err(|e| setup("the reply prefetch window", e))?;
         let (_, consumer) = replies
             .basic_consume_rx(reply_consumer(&reply_queue, "taskgate-host"))
             .await
@@ -296,12 +301,28 @@ async fn close(live: &Live, reason: &str) {
     }
 }
 
+/// Hands every reply to `on_reply`, then acknowledges it: together (`multiple`) every
+/// [`REPLY_ACK_BATCH`] replies, and whenever no more are waiting, so that the broker's
+/// prefetch window refills while the host keeps up, and stops while it does not.
 async fn read_replies<F: Fn(IncomingReply)>(
     consumer: &mut UnboundedReceiver<ConsumerMessage>,
+    channel: &Channel,
     on_reply: &F,
 ) -> String {
+    let mut unacked: u64 = 0;
     while let Some(message) = consumer.recv().await {
+        let tag = message.deliver.as_ref().map(|d| d.delivery_tag());
         on_reply(incoming_reply(message.basic_properties, message.content));
+        let Some(tag) = tag else {
+            continue;
+        };
+        unacked += 1;
+        if unacked >= REPLY_ACK_BATCH || consumer.is_empty() {
+            if let Err(e) = channel.basic_ack(BasicAckArguments::new(tag, true)).await {
+                return format!("replies could not be acknowledged: {e}");
+            }
+            unacked = 0;
+        }
     }
     "the reply consumer ended".to_owned()
 }

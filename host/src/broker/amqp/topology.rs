@@ -3,7 +3,8 @@
 //! `taskgate.cancel` fanout exchange, and a session's exclusive reply queue and its consumer.
 
 use amqprs::channel::{
-    BasicConsumeArguments, ExchangeDeclareArguments, ExchangeType, QueueDeclareArguments,
+    BasicConsumeArguments, BasicQosArguments, ExchangeDeclareArguments, ExchangeType,
+    QueueDeclareArguments,
 };
 use amqprs::connection::Connection;
 use amqprs::{FieldName, FieldTable, FieldValue};
@@ -97,11 +98,29 @@ pub fn reply_queue_declaration(name: &str) -> QueueDeclareArguments {
         .finish()
 }
 
-/// The consumer of a reply queue: exclusive, and auto-ack — a reply is relayed once, and a
-/// lost session ends its requests anyway.
+/// Replies the broker may hand the host before the host acknowledges them: the backlog
+/// of a flood stays in the reply queue, on the broker, instead of in the host's memory.
+/// The host holds at most this many replies at once, each at most the broker's message
+/// size limit (a larger one ends its request, `[limits] max_reply_bytes`). 64 keeps a
+/// local broker's round trip from limiting throughput: acks go out in batches
+/// ([`REPLY_ACK_BATCH`]) and whenever the host has caught up.
+pub const REPLY_PREFETCH: u16 = 64;
+/// The host acknowledges replies (`multiple`) at least every this many.
+pub const REPLY_ACK_BATCH: u64 = REPLY_PREFETCH as u64 / 4;
+
+/// The reply channel's prefetch window ([`REPLY_PREFETCH`]).
+pub(super) fn reply_qos() -> BasicQosArguments {
+    BasicQosArguments::new(0, REPLY_PREFETCH, false)
+}
+
+/// The consumer of a reply queue: exclusive, and with manual acks, so that the prefetch
+/// window bounds the replies the host holds — why not a bounded channel instead: amqprs
+/// reads frames into unbounded channels of its own, so only the broker can hold a backlog.
+/// A reply is acked once relayed; one unacked when a session ends goes with its exclusive
+/// queue, as the requests it answered end anyway.
 pub fn reply_consumer(queue: &str, tag: &str) -> BasicConsumeArguments {
     BasicConsumeArguments::new(queue, tag)
-        .manual_ack(false)
+        .manual_ack(true)
         .exclusive(true)
         .finish()
 }

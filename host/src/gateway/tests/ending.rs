@@ -42,26 +42,18 @@ async fn cancel_of_an_unknown_or_malformed_id_is_ignored() {
 #[tokio::test]
 async fn cancel_while_publishing_acks_then_cancels() {
     let h = harness();
-    h.broker.hold_confirms(true);
-    let gateway = h.gateway.clone();
-    let submit = tokio::spawn(async move {
-        gateway
-            .handle_request(CONN, req("a", "echo", json!(1)), 1)
-            .await
-    });
-    while h.broker.published().is_empty() {
-        tokio::task::yield_now().await;
-    }
-    h.gateway.cancel(
-        CONN,
-        Ok(CancelEnvelope {
-            id: Some(json!("a")),
-        }),
-    );
-    h.broker.release_confirms();
-    submit.await.unwrap();
-    assert_eq!(h.sink.acks(1), vec![json!({"ok": true})]);
-    assert_eq!(h.sink.events(CONN)[0]["error"]["code"], json!("CANCELLED"));
+    let (ack, events) = h
+        .with_confirm_held(|_| {
+            h.gateway.cancel(
+                CONN,
+                Ok(CancelEnvelope {
+                    id: Some(json!("a")),
+                }),
+            )
+        })
+        .await;
+    assert_eq!(ack, json!({"ok": true}));
+    assert_eq!(events[0]["error"]["code"], json!("CANCELLED"));
     h.assert_clean();
     tokio::task::yield_now().await;
     assert_eq!(h.broker.cancels().len(), 1);

@@ -105,6 +105,30 @@ impl Harness {
             .correlation_id
     }
 
+    /// Submits `a` with its confirm held back, runs `during` with its correlation id, then
+    /// releases the confirm: returns the ack and the events the client got.
+    async fn with_confirm_held(&self, during: impl FnOnce(Uuid)) -> (Value, Vec<Value>) {
+        self.broker.hold_confirms(true);
+        let gateway = self.gateway.clone();
+        let submit = tokio::spawn(async move {
+            gateway
+                .handle_request(CONN, req("a", "echo", json!(1)), 1)
+                .await
+        });
+        while self.broker.published().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        during(self.last_correlation_id());
+        assert!(
+            self.sink.events(CONN).is_empty(),
+            "nothing may precede the ack"
+        );
+        assert!(self.sink.acks(1).is_empty(), "acked before the confirm");
+        self.broker.release_confirms();
+        submit.await.unwrap();
+        (self.sink.acks(1).pop().unwrap(), self.sink.events(CONN))
+    }
+
     fn assert_clean(&self) {
         assert_eq!(self.gateway.in_flight(), 0, "in-flight map not empty");
         assert_eq!(self.gateway.reserved_ids(), 0, "client id map not empty");

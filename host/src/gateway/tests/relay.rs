@@ -51,28 +51,14 @@ async fn chunks_replayed_by_a_redelivered_request_are_not_sent_twice() {
 #[tokio::test]
 async fn replies_before_the_confirm_wait_until_the_ack_is_sent() {
     let h = harness();
-    h.broker.hold_confirms(true);
-    let gateway = h.gateway.clone();
-    let submit = tokio::spawn(async move {
-        gateway
-            .handle_request(CONN, req("a", "echo", json!(1)), 1)
-            .await
-    });
-    while h.broker.published().is_empty() {
-        tokio::task::yield_now().await;
-    }
-    let c = h.last_correlation_id();
-    h.gateway.on_reply(reply(c, "chunk", "1"));
-    h.gateway.on_reply(reply(c, "result", "2"));
-    assert!(
-        h.sink.events(CONN).is_empty(),
-        "nothing may precede the ack"
-    );
-    assert!(h.sink.acks(1).is_empty());
-    h.broker.release_confirms();
-    submit.await.unwrap();
-    assert_eq!(h.sink.acks(1), vec![json!({"ok": true})]);
-    assert_eq!(h.sink.events(CONN).len(), 2);
+    let (ack, events) = h
+        .with_confirm_held(|c| {
+            h.gateway.on_reply(reply(c, "chunk", "1"));
+            h.gateway.on_reply(reply(c, "result", "2"));
+        })
+        .await;
+    assert_eq!(ack, json!({"ok": true}));
+    assert_eq!(events.len(), 2);
     h.assert_clean();
 }
 
@@ -177,4 +163,110 @@ async fn a_request_in_flight_when_its_type_is_disabled_still_gets_its_replies() 
         ]
     );
     h.assert_clean();
+}
+
+/// A gateway whose replies may have at most `max_reply_bytes` bytes.
+fn harness_with_reply_limit(max_reply_bytes: usize) -> Harness {
+    harness_with(|gateway| {
+        gateway.with_limits(&Limits {
+            max_reply_bytes,
+            ..Limits::default()
+        })
+    })
+}
+
+#[tokio::test]
+async fn a_reply_over_the_size_limit_ends_the_request_worker_error_and_stops_workers() {
+    let h = harness_with_reply_limit(16);
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let c = h.last_correlation_id();
+    h.gateway.on_reply(reply(c, "chunk", "1"));
+    // A chunk over the limit: the client must not see a silent gap, so the request ends.
+    h.gateway
+        .on_reply(reply(c, "chunk", &format!("\"{}\"", "x".repeat(18))));
+    h.gateway.on_reply(reply(c, "result", "2"));
+    let events = h.sink.events(CONN);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["data"], json!(1));
+    assert_eq!(events[1]["error"]["code"], json!("WORKER_ERROR"));
+    assert_eq!(
+        events[1]["error"]["details"],
+        json!({"size": 20, "limit": 16})
+    );
+    assert!(events[1]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("the worker's reply is larger than 16 bytes"));
+    h.assert_clean();
+    tokio::task::yield_now().await;
+    assert_eq!(h.broker.cancels(), vec![c]);
+
+    // A result (or an error reply) over the limit ends its request the same way.
+    for kind in ["result", "error"] {
+        h.submit(2, req("b", "echo", json!(1))).await;
+        let c = h.last_correlation_id();
+        h.gateway.on_reply(reply(c, kind, &"1".repeat(17)));
+        let events = h.sink.events(CONN);
+        assert_eq!(
+            events.last().unwrap()["error"]["details"],
+            json!({"size": 17, "limit": 16})
+        );
+        h.assert_clean();
+    }
+}
+
+#[tokio::test]
+async fn a_reply_of_exactly_the_limit_is_relayed() {
+    let h = harness_with_reply_limit(16);
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let body = format!("\"{}\"", "x".repeat(14));
+    h.gateway
+        .on_reply(reply(h.last_correlation_id(), "result", &body));
+    assert_eq!(h.sink.events(CONN)[0]["type"], json!("result"));
+    h.assert_clean();
+}
+
+#[tokio::test]
+async fn replies_buffered_before_the_confirm_are_capped_in_number() {
+    let h = harness();
+    let (ack, events) = h
+        .with_confirm_held(|c| {
+            for _ in 0..MAX_EARLY_REPLIES + 5 {
+                h.gateway.on_reply(reply(c, "chunk", "1"));
+            }
+            h.gateway.on_reply(reply(c, "result", "2"));
+        })
+        .await;
+    assert_eq!(ack, json!({"ok": true}));
+    assert_eq!(events.len(), MAX_EARLY_REPLIES + 1);
+    let last = events.last().unwrap();
+    assert_eq!(last["error"]["code"], json!("WORKER_ERROR"), "{last}");
+    assert_eq!(
+        last["error"]["details"]["replies"],
+        json!(MAX_EARLY_REPLIES)
+    );
+    h.assert_clean();
+    tokio::task::yield_now().await;
+    assert_eq!(h.broker.cancels().len(), 1);
+}
+
+#[tokio::test]
+async fn replies_buffered_before_the_confirm_are_capped_in_bytes() {
+    let h = harness_with_reply_limit(16);
+    let (ack, events) = h
+        .with_confirm_held(|c| {
+            for _ in 0..3 {
+                h.gateway.on_reply(reply(c, "chunk", "\"123456\""));
+            }
+        })
+        .await;
+    assert_eq!(ack, json!({"ok": true}));
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[0]["data"], json!("123456"));
+    assert_eq!(events[1]["data"], json!("123456"));
+    assert_eq!(events[2]["error"]["code"], json!("WORKER_ERROR"));
+    assert_eq!(events[2]["error"]["details"]["bytes"], json!(16));
+    h.assert_clean();
+    tokio::task::yield_now().await;
+    assert_eq!(h.broker.cancels().len(), 1);
 }

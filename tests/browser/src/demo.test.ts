@@ -163,6 +163,33 @@ describe(`the React demo in chromium (workers: ${describeWorkers()})`, () => {
     });
   });
 
+  test('tasks: a detached countdown survives a page reload, is listed with its progress, and is followed to the end', async (t) => {
+    await step(t, async () => {
+      let panel = page.getByTestId('tasks-panel');
+      await panel.getByLabel('from').fill('16');
+      await panel.getByLabel('every').fill('250');
+      await panel.getByRole('button', { name: 'Start detached' }).click();
+      const running = panel.locator('[data-testid="task"][data-state="running"]');
+      await waitFor(async () => Number(await running.first().getAttribute('data-steps').catch(() => '0')) >= 3, 'a running task at step 3');
+      const id = await running.first().getAttribute('data-id');
+      assert.ok(id, 'the task has an id');
+      const before = Number(await running.first().getAttribute('data-steps'));
+
+      await page.reload();
+      await page.getByTestId('connection-state').filter({ hasText: 'connected' }).waitFor();
+      panel = page.getByTestId('tasks-panel');
+      const row = panel.locator(`[data-testid="task"][data-id="${id}"]`);
+      await waitFor(async () => Number(await row.getAttribute('data-steps').catch(() => '0')) > before, 'the task listed after the reload, further on');
+      await screenshot(t, 'tasks-panel', 'tasks-after-reload');
+      await row.getByRole('button', { name: 'Follow' }).click();
+      const status = page.getByTestId('task-followed-status');
+      await status.and(page.locator('[data-status="success"]')).waitFor();
+      assert.equal(Number(await status.getAttribute('data-steps')), 16, 'every step, through the end');
+      await waitFor(async () => (await row.getAttribute('data-state')) === 'succeeded', 'the list to say succeeded');
+      await screenshot(t, 'tasks-panel', 'tasks-done');
+    });
+  });
+
   test('when the host goes away the indicator says reconnecting', async (t) => {
     await step(t, async () => {
       const host = stack.procs.find((p) => p.name === 'host')!;

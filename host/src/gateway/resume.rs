@@ -450,16 +450,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             Some(true) => {
                 if let Some(kept) = self.kept.get(&correlation_id) {
                     info!(%correlation_id, %client_id, after_seq, "a finished task attached");
-                    self.answer_attach(
-                        conn,
-                        ack,
-                        style,
-                        &client_id,
-                        &kept.replay,
-                        after_seq,
-                        Some(&kept.outcome),
-                    );
-                    return;
+                    return self.deliver_kept(conn, ack, style, &client_id, &kept, after_seq);
                 }
             }
             Some(false) => {
@@ -467,21 +458,34 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                     self.deadlines.remove(kept.until, correlation_id);
                     self.forget_owned(&kept.owner, &kept.client_id, correlation_id, false);
                     info!(%correlation_id, %client_id, after_seq, "the outcome of a parked request delivered on attach");
-                    self.answer_attach(
-                        conn,
-                        ack,
-                        style,
-                        &client_id,
-                        &kept.replay,
-                        after_seq,
-                        Some(&kept.outcome),
-                    );
-                    return;
+                    return self.deliver_kept(conn, ack, style, &client_id, &kept, after_seq);
                 }
             }
             None => {}
         }
         self.refuse_attach(conn, ack, &RequestError::TaskNotFound);
+    }
+
+    /// Answers an attach with a kept outcome: its chunks after `after_seq`, then the outcome.
+    fn deliver_kept(
+        &self,
+        conn: S::Conn,
+        ack: S::Ack,
+        style: AckStyle,
+        client_id: &str,
+        kept: &Kept,
+        after_seq: i64,
+    ) {
+        let outcome = Some(&kept.outcome);
+        self.answer_attach(
+            conn,
+            ack,
+            style,
+            client_id,
+            &kept.replay,
+            after_seq,
+            outcome,
+        );
     }
 
     /// The positive ack of an `attach` (or of a resent `request`), then the chunks the

@@ -292,6 +292,10 @@ pub struct HostSection {
     /// Host names the host answers to besides IP addresses and localhost (DNS rebinding
     /// protection): "app.example.com", ".example.com" (and its subdomains), "*" for any.
     pub allowed_hosts: Option<Vec<String>>,
+    /// A bearer token `/readyz` and `/metrics` require, from an environment variable or a
+    /// file (operations endpoints off the public route).
+    pub operations_token_env: Option<String>,
+    pub operations_token_file: Option<PathBuf>,
     /// How long shutdown waits for requests in flight, e.g. "30s", "1m 30s", "500ms".
     pub shutdown_grace: Option<String>,
     /// How long streamed chunks may wait to share a write with later frames, e.g. "2ms";
@@ -372,6 +376,9 @@ pub struct Settings {
     pub allowed_origins: Vec<String>,
     /// `[host] allowed_hosts` (empty: IP addresses and localhost only).
     pub allowed_hosts: Vec<String>,
+    /// `[host] operations_token_env` / `_file` (the file relative to plugins.toml).
+    pub operations_token_env: Option<String>,
+    pub operations_token_file: Option<PathBuf>,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
     /// How long chunks may wait for company on a WebSocket connection (zero: not at all).
@@ -488,6 +495,8 @@ impl Settings {
             limits,
             allowed_origins: file.host.allowed_origins.unwrap_or_default(),
             allowed_hosts: file.host.allowed_hosts.unwrap_or_default(),
+            operations_token_env: file.host.operations_token_env,
+            operations_token_file: file.host.operations_token_file.map(|f| base.join(f)),
             shutdown_grace,
             chunk_linger,
             resume,

@@ -49,6 +49,7 @@ pub mod http;
 pub mod limits;
 pub mod log_lines;
 pub mod metrics;
+pub mod operations;
 pub mod origins;
 pub mod plugins;
 pub mod reload;

@@ -31,6 +31,7 @@ use crate::host_names::{self, AllowedHosts};
 use crate::http;
 use crate::limits::ConnectionCounter;
 use crate::metrics;
+use crate::operations::{self, OperationsToken};
 use crate::origins::{self, AllowedOrigins};
 use crate::plugins::PrivateCopyLoader;
 use crate::reload::{self, Reloader};
@@ -110,6 +111,8 @@ struct Host {
     socketio: socketio::Layer,
     origins: Arc<AllowedOrigins>,
     hosts: Arc<AllowedHosts>,
+    /// The bearer token `/readyz` and `/metrics` require, if any.
+    operations: OperationsToken,
     /// Hot reload's state after the initial plugin load.
     reloader: Reloader<PrivateCopyLoader>,
     queues: Vec<QueueDecl>,
@@ -131,6 +134,15 @@ impl Host {
             AllowedHosts::new(&settings.allowed_hosts)
                 .map_err(|e| ServeError::Config(e.to_string()))?,
         );
+        let operations = OperationsToken::from_config(
+            settings.operations_token_env.as_ref(),
+            settings.operations_token_file.as_ref(),
+            &|name| std::env::var(name).ok(),
+        )
+        .map_err(ServeError::Config)?;
+        if operations.is_set() {
+            info!("/readyz and /metrics require the operations token ([host] operations_token_*)");
+        }
         let loader =
             PrivateCopyLoader::in_temp_dir(settings.max_plugin_libraries).map_err(|source| {
                 ServeError::RuntimeDir {
@@ -200,6 +212,7 @@ impl Host {
             socketio: socketio_layer,
             origins,
             hosts,
+            operations,
             reloader,
             queues: initial.queues,
         })
@@ -207,10 +220,17 @@ impl Host {
 
     /// `/healthz`, `/readyz`, `/metrics`, Socket.IO on both transports, static files.
     fn router(&self) -> Router {
-        let mut app = Router::new()
-            .route("/healthz", get(|| async { "ok" }))
+        // What shows the host's insides needs the operations token, when one is set.
+        let operations = Router::new()
             .route("/readyz", get(readyz))
             .route("/metrics", get(render_metrics))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.operations.clone(),
+                operations::guard,
+            ));
+        let mut app = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .merge(operations)
             .with_state(AppState {
                 broker: self.broker.clone(),
                 gateway: self.gateway.clone(),

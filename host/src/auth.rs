@@ -244,8 +244,26 @@ fn read_secret_file(what: &'static str, path: &Path) -> Result<String, AuthConfi
     })
 }
 
+/// A secret of another table (`[resume]`, `[host]`) read the way `[auth]`'s are: `None`
+/// when neither key is set, else the trimmed secret and where it came from. Errors name
+/// `table` and the keys, never the secret.
+pub(crate) fn optional_secret(
+    table: &str,
+    what: &'static str,
+    (file_key, file): (&str, Option<&PathBuf>),
+    (env_key, env_name): (&str, Option<&String>),
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<(String, String)>, String> {
+    if file.is_none() && env_name.is_none() {
+        return Ok(None);
+    }
+    let (secret, origin) = file_or_env(what, file, file_key, env_name, env_key, env)
+        .map_err(|e| format!("{table} {}", e.to_string().trim_start_matches("[auth] ")))?;
+    Ok(Some((secret.trim().to_owned(), origin)))
+}
+
 /// Exactly one of a file and an environment variable.
-pub(crate) fn file_or_env(
+fn file_or_env(
     what: &'static str,
     file: Option<&PathBuf>,
     file_key: &str,

@@ -28,19 +28,16 @@ impl OperationsToken {
         file: Option<&std::path::PathBuf>,
         env: &impl Fn(&str) -> Option<String>,
     ) -> Result<Self, String> {
-        if env_name.is_none() && file.is_none() {
-            return Ok(OperationsToken(None));
-        }
-        let (token, origin) = crate::auth::file_or_env(
+        let Some((token, origin)) = crate::auth::optional_secret(
+            "[host]",
             "the operations token",
-            file,
-            "operations_token_file",
-            env_name,
-            "operations_token_env",
+            ("operations_token_file", file),
+            ("operations_token_env", env_name),
             env,
-        )
-        .map_err(|e| format!("[host] {}", e.to_string().trim_start_matches("[auth] ")))?;
-        let token = token.trim();
+        )?
+        else {
+            return Ok(OperationsToken(None));
+        };
         if token.chars().count() < MIN_TOKEN_CHARS {
             return Err(format!(
                 "[host] operations_token from {origin} is shorter than {MIN_TOKEN_CHARS} characters"

@@ -195,8 +195,15 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     /// Sends a response of `request` to its client — unless it is parked: then a chunk
     /// waits in the replay buffer (as every chunk of a session's request does) and a final
     /// response is kept for the `attach` to come.
-    pub(super) fn send(&self, request: &mut InFlight<S::Conn>, event: &ResponseEvent<'_>) {
-        if let Some(resume) = request.resume.as_deref_mut() {
+    /// Takes the request's connection and session state apart from its client id, which
+    /// `event` borrows: nothing is copied on the way.
+    pub(super) fn send(
+        &self,
+        conn: S::Conn,
+        resume: Option<&mut Resumable>,
+        event: &ResponseEvent<'_>,
+    ) {
+        if let Some(resume) = resume {
             if let (Some(seq), Some(data)) = (event.seq, event.data) {
                 resume.replay.push(seq, data);
             }
@@ -208,7 +215,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 return;
             }
         }
-        self.emit(request.conn, event);
+        self.emit(conn, event);
     }
 
     /// Parks the requests of a session's connection that just dropped.

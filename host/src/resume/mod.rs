@@ -80,19 +80,16 @@ pub fn keys(
     section: &crate::config::ResumeSection,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<(SessionKeys, bool), String> {
-    if section.secret_file.is_none() && section.secret_env.is_none() {
-        return Ok((SessionKeys::random(), false));
-    }
-    let (secret, origin) = crate::auth::file_or_env(
+    let Some((secret, origin)) = crate::auth::optional_secret(
+        "[resume]",
         "the [resume] secret",
-        section.secret_file.as_ref(),
-        "secret_file",
-        section.secret_env.as_ref(),
-        "secret_env",
+        ("secret_file", section.secret_file.as_ref()),
+        ("secret_env", section.secret_env.as_ref()),
         env,
-    )
-    .map_err(|e| format!("[resume] {}", e.to_string().trim_start_matches("[auth] ")))?;
-    let secret = secret.trim();
+    )?
+    else {
+        return Ok((SessionKeys::random(), false));
+    };
     if secret.len() < MIN_SECRET_BYTES {
         return Err(format!(
             "[resume]: the secret from {origin} is shorter than {MIN_SECRET_BYTES} bytes"

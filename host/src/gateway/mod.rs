@@ -117,6 +117,14 @@ struct InFlight<C> {
     resume: Option<Box<Resumable>>,
 }
 
+impl<C: Copy> InFlight<C> {
+    /// Its connection, client id and session state, borrowed apart: a response event
+    /// borrows the id while `Gateway::send` updates the session state.
+    fn parts(&mut self) -> (C, &str, Option<&mut Resumable>) {
+        (self.conn, &self.client_id, self.resume.as_deref_mut())
+    }
+}
+
 pub struct Gateway<B: Broker, S: ClientSink> {
     broker: Arc<B>,
     sink: Arc<S>,

@@ -32,32 +32,14 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 let seq = request.next_seq;
                 request.next_seq += 1;
                 request.metrics.chunk();
-                let InFlight {
-                    conn,
-                    client_id,
-                    resume,
-                    ..
-                } = request;
-                self.send(
-                    *conn,
-                    resume.as_deref_mut(),
-                    &ResponseEvent::chunk(client_id, seq, &data),
-                );
+                let (conn, client_id, resume) = request.parts();
+                self.send(conn, resume, &ResponseEvent::chunk(client_id, seq, &data));
                 false
             }
             Outbound::Result(data) => {
                 request.metrics.finish(Outcome::Ok);
-                let InFlight {
-                    conn,
-                    client_id,
-                    resume,
-                    ..
-                } = request;
-                self.send(
-                    *conn,
-                    resume.as_deref_mut(),
-                    &ResponseEvent::result(client_id, &data),
-                );
+                let (conn, client_id, resume) = request.parts();
+                self.send(conn, resume, &ResponseEvent::result(client_id, &data));
                 true
             }
             Outbound::Error(error) => {
@@ -70,17 +52,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     /// Sends a final error (the request's outcome, for metrics).
     pub(super) fn emit_error(&self, request: &mut InFlight<S::Conn>, error: &ErrorBody) {
         request.metrics.finish(Outcome::Error(&error.code));
-        let InFlight {
-            conn,
-            client_id,
-            resume,
-            ..
-        } = request;
-        self.send(
-            *conn,
-            resume.as_deref_mut(),
-            &ResponseEvent::error(client_id, error),
-        );
+        let (conn, client_id, resume) = request.parts();
+        self.send(conn, resume, &ResponseEvent::error(client_id, error));
     }
 
     /// Emits to a connection as it is (`send` is the way for a request's responses).

@@ -34,6 +34,7 @@ import type { ChunkOf, KnownRequestType, PayloadOf, ResultOf, UnknownRequestType
 import { SessionResume, TokenStore, type ResumableRequest, type ResumeStage, type SessionOptions } from './resume.js';
 import {
   EVENTS,
+  SERVER_DISCONNECT,
   SESSION_EVENTS,
   defaultSocketFactory,
   type AttachBody,
@@ -57,8 +58,14 @@ const TRANSPORT_DEFAULTS: SocketFactoryOptions = { transports: ['websocket', 'po
 export interface ClientOptions {
   /** The host's URL, e.g. `http://127.0.0.1:8080`; default: the page's own origin. */
   url?: string;
-  /** Sent in the handshake (protocol §1: `{ token }`). */
-  auth?: { token: string } | Record<string, unknown>;
+  /**
+   * Sent in the handshake (protocol §1: `{ token }`). A function (sync or async) is called before
+   * every (re)connect for a fresh token — a string (the token) or the fields. With tokens that
+   * expire, give a function: the host closes a connection when its token expires (§3.9), and the
+   * client then reconnects by itself with what the function gives (requests of a session are
+   * resumed). A function that throws or rejects ends the client: requests fail `UNAVAILABLE`.
+   */
+  auth?: AuthFields | AuthCallback;
   /**
    * Resuming after a network blip (protocol §4), on by default: the handshake asks for a session,
    * and requests in flight survive a dropped connection that comes back within the host's resume
@@ -77,6 +84,12 @@ export interface ClientOptions {
   /** Makes the socket (default: socket.io-client's `io`). Tests inject a fake. */
   io?: SocketFactory;
 }
+
+/** The handshake's fields: `{ token }` (protocol §1), or whatever the host's auth expects. */
+export type AuthFields = { token: string } | Record<string, unknown>;
+
+/** Gives the handshake's token (a string) or fields, before every (re)connect. */
+export type AuthCallback = () => string | AuthFields | PromiseLike<string | AuthFields>;
 
 export interface RequestOptions<Chunk = unknown> {
   /** Called for every streamed chunk, in order (`seq` = 0, 1, 2 …). */
@@ -201,6 +214,8 @@ export class TaskgateClient {
   private nextId = 0;
   private closed = false;
   private everConnected = false;
+  /** The host said this connection's token expired: its disconnect is to be followed by a reconnect. */
+  private tokenExpired = false;
   /** Counts connections: an ack from an earlier one is stale. */
   private connection = 0;
   /** `tasks()` calls not answered yet: (re-)emitted on every connect until answered (they only read). */
@@ -212,13 +227,14 @@ export class TaskgateClient {
   constructor(options: ClientOptions = {}) {
     this.defaultTimeoutMs = options.timeoutMs;
     const socketOptions: SocketFactoryOptions = { ...TRANSPORT_DEFAULTS, ...options.socketOptions };
-    if (options.auth !== undefined) socketOptions.auth = options.auth;
+    if (options.auth !== undefined) socketOptions.auth = this.handshakeAuth(options.auth);
     this.state = new ConnectionStateStore('connecting');
     this.socketListeners = [
       ['connect', () => this.onConnect()],
       ['disconnect', (reason: unknown) => this.onDisconnect(String(reason))],
       ['connect_error', (error: unknown) => this.onConnectError(error)],
       [EVENTS.response, (message: unknown) => this.onResponse(message)],
+      [EVENTS.tokenExpired, () => (this.tokenExpired = true)],
     ];
     if (options.session !== false) {
       const resume = new SessionResume<Pending>(
@@ -532,6 +548,11 @@ export class TaskgateClient {
 
   private onDisconnect(reason: string): void {
     if (this.closed) return;
+    // The host closed the connection because its token expired (protocol §3.9): socket.io-client
+    // will not reconnect after a server-side disconnect, so the client does, with a fresh token.
+    const expired = this.tokenExpired && reason === SERVER_DISCONNECT;
+    this.tokenExpired = false;
+    if (expired) reason = EVENTS.tokenExpired;
     this.resume?.onDisconnect(reason); // parks what a resumable connection carried
     for (const entry of [...this.pending.values()]) {
       if (!entry.sent || entry.resume !== 'none') continue;
@@ -541,11 +562,45 @@ export class TaskgateClient {
         false,
       );
     }
-    if (this.socket.active) {
+    if (expired) {
+      this.state.set('reconnecting');
+      this.socket.connect();
+    } else if (this.socket.active) {
       this.state.set('reconnecting');
     } else {
       this.giveUp(new TaskgateError('UNAVAILABLE', `disconnected from the taskgate host (${reason})`, { reason }));
     }
+  }
+
+  /**
+   * The `auth` option as socket.io-client takes it: fields as they are; a callback wrapped so that
+   * socket.io-client calls it before every (re)connect and gets its token as fields. A callback
+   * that fails ends the client, saying why, rather than connecting without a token.
+   */
+  private handshakeAuth(auth: AuthFields | AuthCallback): AuthOption {
+    if (typeof auth !== 'function') return auth;
+    const asFields = (given: string | AuthFields): AuthFields => (typeof given === 'string' ? { token: given } : given);
+    const failed = (error: unknown) => {
+      if (this.closed) return;
+      const why = error instanceof Error ? error.message : String(error);
+      this.socket.disconnect();
+      this.giveUp(
+        new TaskgateError('UNAVAILABLE', `the auth callback failed, so the client cannot connect: ${why}`, {
+          reason: 'auth-callback-failed',
+        }),
+      );
+    };
+    return (cb: (data: object) => void) => {
+      let given: ReturnType<AuthCallback>;
+      try {
+        given = auth();
+      } catch (error) {
+        failed(error);
+        return;
+      }
+      if (isPromiseLike(given)) given.then((fields) => cb(asFields(fields)), failed);
+      else cb(asFields(given));
+    };
   }
 
   private onConnectError(error: unknown): void {
@@ -613,6 +668,10 @@ function idProblem(id: unknown): string | undefined {
 }
 
 type AuthOption = SocketFactoryOptions['auth'];
+
+function isPromiseLike<T>(value: unknown): value is PromiseLike<T> {
+  return typeof value === 'object' && value !== null && typeof (value as { then?: unknown }).then === 'function';
+}
 
 /**
  * The handshake's `auth` as a function, which socket.io-client calls before every (re)connect:

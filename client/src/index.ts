@@ -6,7 +6,7 @@
  */
 
 export { createClient, TaskgateClient } from './client.js';
-export type { AttachOptions, ClientOptions, RequestFunction, RequestOptions, TasksOptions } from './client.js';
+export type { AttachOptions, AuthCallback, AuthFields, ClientOptions, RequestFunction, RequestOptions, TasksOptions } from './client.js';
 export type { TaskInfo, TaskState } from './tasks.js';
 export type { SessionOptions, StorageLike } from './resume.js';
 export { configureTaskgate, getDefaultClient, makeBackendRequest, setDefaultClient } from './default-client.js';

@@ -11,7 +11,12 @@ export const EVENTS = {
   request: 'request',
   response: 'response',
   cancel: 'cancel',
+  /** Host → client, right before it disconnects a connection whose token expired (§3.9). */
+  tokenExpired: 'token_expired',
 } as const;
+
+/** socket.io-client's `disconnect` reason when the host disconnected the socket (it then stays away). */
+export const SERVER_DISCONNECT = 'io server disconnect';
 
 /**
  * Events of sessions (protocol §4): `session` (host → client, right after CONNECT, §4.1),

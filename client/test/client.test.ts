@@ -574,7 +574,7 @@ describe('close', () => {
   test('rejects waiting and in-flight requests, removes its listeners and disconnects', async () => {
     const { client, socket } = connected();
     const listenersBefore = socket.listenerCount();
-    expect(listenersBefore).toBe(5); // connect, disconnect, connect_error, response, session
+    expect(listenersBefore).toBe(6); // connect, disconnect, connect_error, response, token_expired, session
     const sent = client.request('echo', 1);
     socket.drop();
     await expect(sent).rejects.toMatchObject({ code: 'UNAVAILABLE' });

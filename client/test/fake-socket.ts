@@ -89,8 +89,22 @@ export class FakeSocket implements SocketLike {
   /** The connection is up. Like socket.io-client, it first asks an `auth` function for the handshake. */
   serverAccepts(): void {
     const auth = this.options.auth;
-    if (typeof auth === 'function') auth((data: object) => this.handshakes.push(data));
-    else this.handshakes.push(auth);
+    if (typeof auth !== 'function') {
+      this.handshakes.push(auth);
+      this.accept();
+      return;
+    }
+    // As socket.io-client: the handshake goes out when the function calls back (maybe later);
+    // a socket disconnected meanwhile does not connect.
+    const attempt = this.disconnectCalls;
+    auth((data: object) => {
+      if (attempt !== this.disconnectCalls) return;
+      this.handshakes.push(data);
+      this.accept();
+    });
+  }
+
+  private accept(): void {
     this.connected = true;
     this.active = true;
     this.fire('connect');

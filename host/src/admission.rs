@@ -51,8 +51,8 @@ impl Admission {
             metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "full").increment(1);
             return Err(HandshakeRefused::Full);
         };
-        let identity = match self.authenticator.authenticate(auth) {
-            Ok(identity) => identity,
+        let checked = match self.authenticator.check(auth) {
+            Ok(checked) => checked,
             Err(refusal) => {
                 info!(sid = %conn, reason = %refusal, "connection refused: unauthorized");
                 metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => refusal.label())
@@ -62,11 +62,13 @@ impl Admission {
         };
         // A client that asks for a session (`auth.session`) gets one; the owner of its
         // requests is its subject when it authenticated.
+        let identity = checked.identity;
         let opened = self.sessions.as_ref().and_then(|sessions| {
             let asked = auth.and_then(|a| a.get("session"));
             sessions.open(asked, identity.as_ref().map(|i| i.subject.as_str()))
         });
-        let session = Session::new(identity, self.limits.request_rate(), Some(slot));
+        let session = Session::new(identity, self.limits.request_rate(), Some(slot))
+            .valid_until(checked.valid_until);
         Ok(match opened {
             Some((owner, greeting)) => session.with_session(owner, greeting),
             None => session,

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -83,6 +84,16 @@ impl Refusal {
             Refusal::InvalidToken(_) => "invalid",
         }
     }
+}
+
+/// What a handshake's token says: who the client is, and until when.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checked {
+    /// `None` when the host runs without authentication.
+    pub identity: Option<Identity>,
+    /// When the token stops passing a handshake (a JWT's `exp` plus the leeway); the
+    /// connection is closed then (issue 20 #9). `None`: the token does not expire.
+    pub valid_until: Option<SystemTime>,
 }
 
 /// Checks handshake tokens. Built once at start from `[auth]`.
@@ -212,8 +223,13 @@ impl Authenticator {
     /// Checks a handshake's `auth` payload. `Ok(None)`: the host runs without
     /// authentication and the connection is anonymous.
     pub fn authenticate(&self, auth: Option<&Value>) -> Result<Option<Identity>, Refusal> {
+        self.check(auth).map(|checked| checked.identity)
+    }
+
+    /// [`Authenticator::authenticate`], and until when the token is good.
+    pub fn check(&self, auth: Option<&Value>) -> Result<Checked, Refusal> {
         if let Method::None = self.method {
-            return Ok(None);
+            return Ok(Checked::default());
         }
         let token = token_of(auth).ok_or(Refusal::Missing)?;
         if token.is_empty() {
@@ -223,15 +239,18 @@ impl Authenticator {
             return Err(Refusal::TooLong);
         }
         match &self.method {
-            Method::None => Ok(None),
+            Method::None => Ok(Checked::default()),
             // A lookup by the token's hash: the time it takes says nothing about the
             // configured tokens' bytes.
             Method::Static(tokens) => tokens
                 .get(&sha256(token))
                 .cloned()
-                .map(Some)
+                .map(|identity| Checked {
+                    identity: Some(identity),
+                    valid_until: None,
+                })
                 .ok_or(Refusal::UnknownToken),
-            Method::Jwt(jwt) => jwt.verify(token).map(Some),
+            Method::Jwt(jwt) => jwt.verify(token),
         }
     }
 }
@@ -462,7 +481,7 @@ fn jwt_verifier(
 }
 
 impl JwtVerifier {
-    fn verify(&self, token: &str) -> Result<Identity, Refusal> {
+    fn verify(&self, token: &str) -> Result<Checked, Refusal> {
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| Refusal::InvalidToken(why_invalid(e.kind())))?;
         let claims = Value::Object(data.claims);
@@ -475,7 +494,27 @@ impl JwtVerifier {
             }
         };
         let roles = self.roles(&claims)?;
-        Ok(Identity::new(subject, roles))
+        // `exp` is required and was checked: a number of seconds since the epoch. The
+        // token keeps passing handshakes for the leeway after it.
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_f64)
+            .ok_or_else(|| Refusal::InvalidToken("`exp` is not a number".into()))?;
+        let valid_until = Duration::try_from_secs_f64(exp.max(0.0))
+            .ok()
+            .and_then(|exp| UNIX_EPOCH.checked_add(exp))
+            .and_then(|exp| exp.checked_add(Duration::from_secs(self.validation.leeway)));
+        // The library compares whole seconds and lets a token through for the whole second
+        // of its `exp`; a connection is closed at `exp` itself, so the handshake agrees.
+        if valid_until.is_some_and(|until| until <= SystemTime::now()) {
+            return Err(Refusal::InvalidToken(why_invalid(
+                &jsonwebtoken::errors::ErrorKind::ExpiredSignature,
+            )));
+        }
+        Ok(Checked {
+            identity: Some(Identity::new(subject, roles)),
+            valid_until,
+        })
     }
 
     /// The roles claim: an array of strings, or one space-separated string (as OAuth

@@ -578,3 +578,38 @@ fn client_data_targets_are_capped_at_info() {
     assert!(!loggable(&meta("socketioxide::client", Level::ERROR)));
     assert!(loggable(&meta("socketioxide::ns", Level::ERROR)));
 }
+
+#[test]
+fn a_jwt_connection_is_valid_until_exp_plus_the_leeway_other_modes_have_no_end() {
+    // A connection lives exactly as long as its token would still pass a handshake
+    // (issue 20 #9): so a client that reconnects with the same token at the close is
+    // refused, and one with a fresh token is let in.
+    let auth = jwt_auth();
+    let exp = now() + 600;
+    let claims = with(|c| {
+        c.insert("exp".into(), json!(exp));
+    });
+    let checked = auth.check(Some(&handshake(&sign(&claims)))).unwrap();
+    assert_eq!(
+        checked.identity,
+        Some(Identity::new("alice", ["admin", "ops"]))
+    );
+    assert_eq!(
+        checked.valid_until,
+        Some(UNIX_EPOCH + std::time::Duration::from_secs(exp as u64 + 5))
+    );
+
+    // At exp + leeway the token is done, to the second (RFC 7519: "before" exp), though
+    // the JWT library still takes it for the rest of that second.
+    let just_expired = with(|c| {
+        c.insert("exp".into(), json!(now() - 5));
+    });
+    assert_eq!(refusal(&auth, &sign(&just_expired)), "expired (exp)");
+
+    let file = TempFile::new("tokens.toml", &tokens_toml());
+    let static_auth = Authenticator::from_config_with_env(&static_section(&file), no_env).unwrap();
+    let checked = static_auth.check(Some(&handshake(ALICE_TOKEN))).unwrap();
+    assert!(checked.identity.is_some());
+    assert_eq!(checked.valid_until, None);
+    assert_eq!(Authenticator::none().check(None).unwrap().valid_until, None);
+}

@@ -4,7 +4,7 @@
 //! the gateway until the connection is gone.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use taskgate_protocol::Identity;
 
@@ -23,6 +23,8 @@ pub struct Session {
     owner: Option<Owner>,
     /// What the `session` event tells the client, when it opted in.
     greeting: Option<SessionGreeting>,
+    /// When its token stops being good: the transport closes the connection then.
+    valid_until: Option<SystemTime>,
 }
 
 impl Session {
@@ -47,6 +49,7 @@ impl Session {
             _slot: slot,
             owner: None,
             greeting: None,
+            valid_until: None,
         }
     }
 
@@ -56,6 +59,22 @@ impl Session {
         self.owner = Some(owner);
         self.greeting = Some(greeting);
         self
+    }
+
+    /// The connection ends when its token does (`None`: it does not expire).
+    pub fn valid_until(mut self, valid_until: Option<SystemTime>) -> Self {
+        self.valid_until = valid_until;
+        self
+    }
+
+    /// How long the connection may still live: `None` when its token does not expire,
+    /// zero once it has.
+    pub fn lifetime_left(&self) -> Option<Duration> {
+        self.valid_until.map(|until| {
+            until
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        })
     }
 
     /// The `session` event to send after CONNECT, if the client opted in.

@@ -290,3 +290,18 @@ pub mod memory {
         }
     }
 }
+
+/// The body of the `token_expired` event (protocol §3.9), sent right before the host
+/// disconnects a connection whose token expired.
+#[derive(Debug, Serialize)]
+pub struct TokenExpired {
+    pub message: &'static str,
+}
+
+impl Default for TokenExpired {
+    fn default() -> Self {
+        TokenExpired {
+            message: "the connection's token expired: reconnect with a fresh one",
+        }
+    }
+}

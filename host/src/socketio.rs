@@ -20,7 +20,7 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Sid;
 use socketioxide::{SendError, SocketError, SocketIo};
 use taskgate_protocol::{events, ErrorBody};
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::admission::{Admission, HandshakeRefused};
 use crate::broker::Broker;
@@ -30,7 +30,7 @@ use crate::resume::SessionGreeting;
 use crate::session::Session;
 use crate::sink::{
     record_slow_client_drop, AckBody, ClientSink, DropReporter, EmitError, OwnedResponse,
-    ResponseEvent,
+    ResponseEvent, TokenExpired,
 };
 use crate::transport::{
     SlowClientPolicy, PING_INTERVAL, PING_TIMEOUT, READ_BUFFER_BYTES, SOCKET_IO_PATH,
@@ -302,6 +302,9 @@ where
         async move {
             // `auth` holds the token: it is dropped with this future, never logged.
             let session = admission.admit(auth.ok().as_ref(), &socket.id)?;
+            if let Some(left) = session.lifetime_left() {
+                socket.extensions.insert(ValidFor(left));
+            }
             register_handlers(&socket, gateway, session);
             // From here the socket owns its registration (and through the session, its
             // connection slot): however socketioxide lets go of it, it is freed.
@@ -311,15 +314,75 @@ where
             Ok::<(), HandshakeRefused>(())
         }
     };
+    let io = sink.inner.io.clone();
+    let greet = move |socket: SocketRef| {
+        let io = io.clone();
+        async move { greet(socket, io) }
+    };
     sink.inner.io.ns("/", greet.with(admit));
 }
 
 /// The connect handler: socketioxide runs it once CONNECT is sent, so the `session` event
-/// comes right after it, before anything else.
-async fn greet(socket: SocketRef) {
+/// comes right after it, before anything else. It also starts the timer that closes the
+/// connection when its token expires (the socket is in place by now).
+fn greet(socket: SocketRef, io: SocketIo) {
     if let Some(greeting) = socket.extensions.get::<SessionGreeting>() {
         if let Err(error) = socket.emit(events::SESSION, &greeting) {
             debug!(sid = %socket.id, %error, "the session event could not be sent");
+        }
+    }
+    if let Some(ValidFor(left)) = socket.extensions.get::<ValidFor>() {
+        let sid = socket.id;
+        // The timer holds the instance, not the socket: a socket that goes away first is
+        // not kept alive by it, and its extensions (this guard) stop the timer.
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep(left).await;
+            if let Some(socket) = io.get_socket(sid) {
+                close_expired(socket).await;
+            }
+        });
+        socket
+            .extensions
+            .insert(ExpiryTimer(Arc::new(timer.abort_handle())));
+    }
+}
+
+/// How long the connection's token is still good (from admission to its connect handler).
+#[derive(Clone, Copy)]
+struct ValidFor(Duration);
+
+/// Stops the expiry timer of a socket that went away (socketioxide's extensions hold
+/// clones: the last one dropped stops it).
+#[derive(Clone)]
+struct ExpiryTimer(Arc<tokio::task::AbortHandle>);
+
+impl Drop for ExpiryTimer {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.0) == 1 {
+            self.0.abort();
+        }
+    }
+}
+
+/// Tells the client its token expired (protocol §3.9), then disconnects it; both wait for
+/// room in a full buffer for a while (the heartbeat ends a client that reads nothing).
+async fn close_expired(socket: SocketRef) {
+    info!(sid = %socket.id, "closing a connection: its token expired");
+    let body = TokenExpired::default();
+    for _ in 0..100 {
+        match socket.emit(events::TOKEN_EXPIRED, &body) {
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            _ => break,
+        }
+    }
+    for _ in 0..100 {
+        match socket.clone().disconnect() {
+            Err(SocketError::InternalChannelFull) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            _ => break,
         }
     }
 }

@@ -120,6 +120,9 @@ pub mod events {
             REQUEST = "request",
             RESPONSE = "response",
             CANCEL = "cancel",
+            /// Host → client, right before the host disconnects a connection whose token
+            /// expired (§3.9): reconnect with a fresh token.
+            TOKEN_EXPIRED = "token_expired",
         }
     }
     name_list! {

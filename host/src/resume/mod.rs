@@ -133,12 +133,20 @@ impl Sessions {
         asked: Option<&Value>,
         subject: Option<&str>,
     ) -> Option<(Owner, SessionGreeting)> {
-        let id = match asked? {
-            Value::Bool(true) => SessionId::new(),
-            Value::String(token) => self.keys.verify(token).unwrap_or_default(),
+        // A token that verifies is sent back as it is: it stays the same for the life of
+        // the session (§4.1), which is how a client tells a resumed session from a new one.
+        let (id, token) = match asked? {
+            Value::Bool(true) => (SessionId::new(), None),
+            Value::String(token) => match self.keys.verify(token) {
+                Some(id) => (id, Some(token.clone())),
+                None => (SessionId::new(), None),
+            },
             _ => return None,
         };
-        let token = self.keys.issue(id)?;
+        let token = match token {
+            Some(token) => token,
+            None => self.keys.issue(id)?,
+        };
         let owner = match subject {
             Some(subject) => Owner::Subject(subject.into()),
             None => Owner::Session(id),
@@ -180,6 +188,17 @@ mod tests {
         assert_ne!(fresh, owner, "a token that does not verify: a new session");
         let (other_host, _) = sessions().open(Some(&json!(greeting.token)), None).unwrap();
         assert_ne!(other_host, owner, "another key: a new session");
+    }
+
+    #[test]
+    fn a_resumed_session_keeps_its_token_even_a_second_later() {
+        // Protocol §4.1: the token "stays the same for the life of the session" — the
+        // TypeScript client tells a resumed session from a new one by it.
+        let s = sessions();
+        let (_, greeting) = s.open(Some(&json!(true)), None).unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        let (_, again) = s.open(Some(&json!(greeting.token)), None).unwrap();
+        assert_eq!(again.token, greeting.token);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
-use tracing::debug;
+use tracing::{debug, info};
 use uuid::Uuid;
 
 use super::hub::{Closing, Conn, Hub, Urgency, WsAck, WsConnId};
@@ -93,6 +93,8 @@ enum End {
     Stalled,
     /// The host ended it (slow client, shutdown).
     Closed(Closing),
+    /// The connection's token expired (issue 20 #9).
+    Expired,
 }
 
 impl<B, S> Endpoint<B, S>
@@ -140,6 +142,7 @@ where
         let greeting = session.greeting().and_then(|g| {
             packet::event(taskgate_protocol::events::SESSION, g, g.token.len() + 48).ok()
         });
+        let expires = session.lifetime_left().map(|left| Instant::now() + left);
         // Known to the gateway before the client learns it is connected: it may send a
         // request right after CONNECT.
         self.gateway.connected_as(client, session);
@@ -148,7 +151,7 @@ where
             greeted = self.send(&mut ws, frame).await;
         }
         let end = match greeted {
-            Ok(()) => self.run(&mut ws, id, &conn).await,
+            Ok(()) => self.run(&mut ws, id, &conn, expires).await,
             Err(end) => end,
         };
         self.hub.unregister(id);
@@ -197,8 +200,14 @@ where
         }
     }
 
-    /// The connected life of a socket.
-    async fn run<IO>(&self, ws: &mut WebSocketStream<IO>, id: WsConnId, conn: &Conn) -> End
+    /// The connected life of a socket; it ends at `expires` (when its token does) at the latest.
+    async fn run<IO>(
+        &self,
+        ws: &mut WebSocketStream<IO>,
+        id: WsConnId,
+        conn: &Conn,
+        expires: Option<Instant>,
+    ) -> End
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -215,6 +224,8 @@ where
         let mut lingering = false;
         let linger_over = sleep_until(Instant::now());
         tokio::pin!(linger_over);
+        let expiry = sleep_until(expires.unwrap_or_else(Instant::now));
+        tokio::pin!(expiry);
         loop {
             // Not biased: a client that keeps sending must not starve its responses, nor
             // a stream of responses the client's requests.
@@ -259,6 +270,7 @@ where
                         heartbeat.as_mut().reset(state.last_ping + self.settings.ping_interval);
                     }
                 }
+                () = &mut expiry, if expires.is_some() => return End::Expired,
                 () = &mut heartbeat => {
                     if state.awaiting_pong {
                         // The task may have been writing to a slow reader: the pong can be
@@ -473,12 +485,18 @@ where
             End::Timeout(what) => debug!(%sid, "closing a connection: no {what} in time"),
             End::Stalled => record_slow_client_drop(&sid, "its responses made no progress"),
             End::Closed(why) => debug!(%sid, ?why, "the host closes the connection"),
+            End::Expired => info!(%sid, "closing a connection: its token expired"),
         }
         let goodbye = async {
             // A dropped client is told it was disconnected (Socket.IO clients then stay
             // away); at shutdown the socket only closes, so clients reconnect — to another
             // host, or to this one once it is back.
-            if end == End::Closed(Closing::Dropped) {
+            if end == End::Expired {
+                if let Ok(frame) = token_expired_frame() {
+                    let _ = ws.send(Message::text(frame)).await;
+                }
+            }
+            if matches!(end, End::Closed(Closing::Dropped) | End::Expired) {
                 let _ = ws.send(Message::text(packet::DISCONNECT)).await;
             }
             if !matches!(end, End::Gone | End::Stalled) {
@@ -491,6 +509,15 @@ where
 }
 
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The `token_expired` event (protocol §3.9) sent right before the DISCONNECT.
+fn token_expired_frame() -> Result<String, serde_json::Error> {
+    packet::event(
+        taskgate_protocol::events::TOKEN_EXPIRED,
+        &crate::sink::TokenExpired::default(),
+        96,
+    )
+}
 
 /// What the reading side of a connection keeps between frames.
 struct Reading {

@@ -32,7 +32,7 @@ pub struct AmqpUri {
     pub user: String,
     pub password: String,
     pub vhost: String,
-    /// Seconds; the client's default when absent.
+    /// Seconds; [`DEFAULT_HEARTBEAT_SECS`] when absent.
     pub heartbeat: Option<u16>,
     /// `amqps://`: TLS, with these settings.
     pub tls: Option<Tls>,
@@ -44,6 +44,11 @@ pub struct Tls {
     /// A PEM file of CA certificates trusted besides the system's.
     pub ca_file: Option<PathBuf>,
 }
+
+/// The AMQP heartbeat when the URL sets none (amqprs would take 60 s). A dead link is noticed
+/// after about two missed heartbeats: 20–30 s instead of two minutes. Its cost, measured on an
+/// idle host (debug build, 60 s of `/proc/<pid>/stat`): 30 ms of CPU with 60 s and with 10 s alike.
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 
 impl AmqpUri {
     /// The AMQP client's connection settings, with the name the connection carries. Fails
@@ -57,9 +62,7 @@ impl AmqpUri {
         arguments
             .virtual_host(&self.vhost)
             .connection_name(connection_name);
-        if let Some(seconds) = self.heartbeat {
-            arguments.heartbeat(seconds);
-        }
+        arguments.heartbeat(self.heartbeat.unwrap_or(DEFAULT_HEARTBEAT_SECS));
         if let Some(tls) = &self.tls {
             arguments.tls_adaptor(tls_adaptor(&self.host, tls)?);
         }
@@ -217,6 +220,16 @@ mod tests {
                 tls: None,
             }
         );
+    }
+
+    #[test]
+    fn the_heartbeat_is_10_s_unless_the_url_says_otherwise() {
+        let default = parse("amqp://rabbit").unwrap();
+        let arguments = default.connection_arguments("n").unwrap();
+        assert_eq!(arguments.get_heartbeat(), DEFAULT_HEARTBEAT_SECS);
+        assert_eq!(DEFAULT_HEARTBEAT_SECS, 10);
+        let set = parse("amqp://rabbit?heartbeat=30").unwrap();
+        assert_eq!(set.connection_arguments("n").unwrap().get_heartbeat(), 30);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! to fail or to hold confirms, so tests can drive every branch of the gateway without
 //! RabbitMQ. Replies are injected by calling the gateway directly.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
@@ -16,6 +17,7 @@ pub struct MemoryBroker {
     fail_with: Mutex<Option<PublishError>>,
     hold_confirms: Mutex<bool>,
     release: Notify,
+    confirm_timeouts: AtomicUsize,
 }
 
 impl MemoryBroker {
@@ -45,6 +47,11 @@ impl MemoryBroker {
     pub fn cancels(&self) -> Vec<Uuid> {
         lock(&self.cancels).clone()
     }
+
+    /// How often the gateway said a confirm did not come in time.
+    pub fn confirm_timeouts(&self) -> usize {
+        self.confirm_timeouts.load(Ordering::SeqCst)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -69,5 +76,9 @@ impl Broker for MemoryBroker {
     async fn publish_cancel(&self, correlation_id: Uuid) -> Result<(), PublishError> {
         lock(&self.cancels).push(correlation_id);
         Ok(())
+    }
+
+    fn confirm_timed_out(&self) {
+        self.confirm_timeouts.fetch_add(1, Ordering::SeqCst);
     }
 }

@@ -73,4 +73,9 @@ pub trait Broker: Send + Sync + 'static {
         &self,
         correlation_id: Uuid,
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    /// A publish's confirm did not come in time: the link may be half-open (packets stop,
+    /// TCP stays open), which heartbeats notice only much later. The broker checks its
+    /// connection now and reconnects if it is dead. Returns at once.
+    fn confirm_timed_out(&self) {}
 }

@@ -109,7 +109,10 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         let wait = self.options.publish_timeout.min(spec.timeout);
         let published = match tokio::time::timeout(wait, self.broker.publish(request)).await {
             Ok(result) => result,
-            Err(_) => Err(PublishError::ConfirmTimeout(wait)),
+            Err(_) => {
+                self.broker.confirm_timed_out();
+                Err(PublishError::ConfirmTimeout(wait))
+            }
         };
         match published {
             Ok(()) => self.activate(conn, correlation_id, ack, deadline),

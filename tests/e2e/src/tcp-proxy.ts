@@ -1,8 +1,9 @@
 /**
- * A TCP proxy between a test's clients and the host, to cut their connections the way a network
- * does (a Wi-Fi change, a load balancer idling out): every socket through it is destroyed at
- * once, without a Socket.IO or WebSocket close, and while it is `down` new connections are
- * dropped as they arrive. Only loopback.
+ * A TCP proxy between a test's clients and the host (or the host and RabbitMQ), to cut their
+ * connections the way a network does (a Wi-Fi change, a load balancer idling out): every socket
+ * through it is destroyed at once, without a Socket.IO or WebSocket close, and while it is `down`
+ * new connections are dropped as they arrive — or to freeze them (`freeze()`: a half-open link).
+ * Only loopback.
  */
 
 import net from 'node:net';
@@ -67,6 +68,18 @@ export class TcpProxy {
 
   restore(): void {
     this.down = false;
+  }
+
+  /**
+   * Freezes every connection open now, the way a half-open link does: nothing more is forwarded
+   * either way, yet both sockets stay open (no FIN, no RST), so neither end learns of it except by
+   * its own timeouts. Connections made afterwards are forwarded as usual.
+   */
+  freeze(): void {
+    for (const socket of this.sockets) {
+      socket.unpipe();
+      socket.pause();
+    }
   }
 
   async close(): Promise<void> {

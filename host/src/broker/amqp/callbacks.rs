@@ -2,6 +2,7 @@
 //! on the publish channel, a close or cancelled consumer on the reply channel, a close or
 //! block of the connection. Anything that ends the session goes to its [`SessionEnd`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use amqprs::callbacks::{ChannelCallback, ConnectionCallback};
@@ -90,6 +91,8 @@ impl ChannelCallback for ReplyEvents {
 /// or disk alarm: publishes stall until it lifts) is logged.
 pub(super) struct ConnectionEvents {
     pub(super) end: Arc<SessionEnd>,
+    /// Set while the broker blocks the connection.
+    pub(super) blocked: Arc<AtomicBool>,
 }
 
 #[async_trait::async_trait]
@@ -100,9 +103,11 @@ impl ConnectionCallback for ConnectionEvents {
         Ok(())
     }
     async fn blocked(&mut self, _: &Connection, reason: String) {
+        self.blocked.store(true, Ordering::SeqCst);
         warn!(%reason, "the broker blocks this connection: publishes wait until it unblocks");
     }
     async fn unblocked(&mut self, _: &Connection) {
+        self.blocked.store(false, Ordering::SeqCst);
         info!("the broker unblocked this connection");
     }
     async fn secret_updated(&mut self, _: &Connection) {}

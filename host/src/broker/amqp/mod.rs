@@ -174,6 +174,12 @@ impl Broker for AmqpBroker {
     async fn publish_cancel(&self, correlation_id: Uuid) -> Result<(), PublishError> {
         Box::pin(self.publish_cancel_request(correlation_id)).await
     }
+
+    fn confirm_timed_out(&self) {
+        if let Some(live) = self.shared.live.load_full() {
+            live.check_link();
+        }
+    }
 }
 
 impl AmqpBroker {

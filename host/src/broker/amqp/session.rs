@@ -3,7 +3,7 @@
 //! channel and the reply queue consumed on it ([`Live`]); how it ends is one [`SessionEnd`].
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use amqprs::connection::Connection;
 use taskgate_protocol::amqp as names;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::callbacks::{ConnectionEvents, PublishEvents, ReplyEvents};
@@ -60,17 +60,33 @@ impl Default for Backoff {
     }
 }
 
+/// How long the broker may take to answer the check of a link after a publish confirm
+/// timed out (opening a channel: one round trip).
+const LINK_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How a session ends: the first reason given wins, and whoever waits is woken.
 #[derive(Default)]
 pub(super) struct SessionEnd {
     reason: Mutex<Option<String>>,
     token: CancellationToken,
+    /// The link carries nothing any more: closing it politely would only wait.
+    dead: AtomicBool,
 }
 
 impl SessionEnd {
     pub(super) fn end(&self, reason: String) {
         lock(&self.reason).get_or_insert(reason);
         self.token.cancel();
+    }
+
+    /// Ends the session of a link that no longer answers.
+    fn end_dead(&self, reason: String) {
+        self.dead.store(true, Ordering::SeqCst);
+        self.end(reason);
+    }
+
+    fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
     }
 
     async fn ended(&self) -> String {
@@ -90,6 +106,43 @@ pub(super) struct Live {
     /// session gets a new one.
     pub(super) reply_queue: String,
     end: Arc<SessionEnd>,
+    /// The broker blocks the connection (a resource alarm): confirms stall, and that is
+    /// no sign of a dead link.
+    blocked: Arc<AtomicBool>,
+    /// A check of the link runs (one at a time).
+    checking: AtomicBool,
+}
+
+impl Live {
+    /// A publish confirm timed out: checks at once that the broker still answers on this
+    /// connection (a half-open link — packets stop, TCP stays open — is otherwise noticed
+    /// only after two missed heartbeats), and ends the session if it does not.
+    pub(super) fn check_link(self: &Arc<Self>) {
+        if self.blocked.load(Ordering::SeqCst) {
+            debug!("a publish confirm timed out while the broker blocks the connection");
+            return;
+        }
+        if self.checking.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let live = self.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(LINK_CHECK_TIMEOUT, live.connection.open_channel(None)).await
+            {
+                Ok(Ok(channel)) => {
+                    info!("a publish confirm timed out, but the broker answers on the connection");
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close()).await;
+                }
+                Ok(Err(e)) => live.end.end_dead(format!(
+                    "a publish confirm timed out and the connection failed a check: {e}"
+                )),
+                Err(_) => live.end.end_dead(format!(
+                    "a publish confirm timed out and the broker did not answer a check within {LINK_CHECK_TIMEOUT:?}: the link is dead"
+                )),
+            }
+            live.checking.store(false, Ordering::SeqCst);
+        });
+    }
 }
 
 impl AmqpBroker {
@@ -137,7 +190,11 @@ impl AmqpBroker {
                             if let Some(hook) = hook {
                                 hook();
                             }
-                            close(&live, "taskgate host: session lost").await;
+                            // A dead link is left to amqprs's heartbeat to tear down:
+                            // a polite close would wait for answers that do not come.
+                            if !live.end.is_dead() {
+                                close(&live, "taskgate host: session lost").await;
+                            }
                         }
                     }
                 }
@@ -186,8 +243,12 @@ impl AmqpBroker {
             reason: e.to_string(),
         };
         let end = Arc::new(SessionEnd::default());
+        let blocked = Arc::new(AtomicBool::new(false));
         connection
-            .register_callback(ConnectionEvents { end: end.clone() })
+            .register_callback(ConnectionEvents {
+                end: end.clone(),
+                blocked: blocked.clone(),
+            })
             .await
             .map_err(|e| setup("the connection", e))?;
         let channel = connection
@@ -245,6 +306,8 @@ impl AmqpBroker {
             replies,
             reply_queue,
             end,
+            blocked,
+            checking: AtomicBool::new(false),
         });
         self.shared.consuming.store(true, Ordering::SeqCst);
         self.shared.live.store(Some(live.clone()));

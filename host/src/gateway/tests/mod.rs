@@ -305,6 +305,8 @@ async fn a_confirm_that_never_comes_is_unavailable_not_a_hang() {
         .as_str()
         .unwrap()
         .contains("confirm"));
+    // The broker is told at once, so that it can check its connection (a half-open link).
+    assert_eq!(h.broker.confirm_timeouts(), 1);
     h.assert_clean();
 }
 

@@ -72,6 +72,15 @@ pub enum Command {
     /// Print the JSON Schemas (payload, result, chunk) of every enabled request type as one
     /// JSON document, for the client package's TypeScript codegen (`taskgate-codegen`).
     Schemas,
+    /// (Internal) Loads one plugin file and prints what it declares as one line of JSON: the
+    /// host runs this in a child process before it loads a new file itself.
+    #[command(name = "inspect-plugin", hide = true)]
+    InspectPlugin {
+        /// The private copy to load.
+        copy: PathBuf,
+        /// The operator's file it was copied from (for messages).
+        source: PathBuf,
+    },
 }
 
 impl Cli {

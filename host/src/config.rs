@@ -286,6 +286,9 @@ pub struct HostSection {
     pub socket_buffer: Option<usize>,
     pub max_message_bytes: Option<u64>,
     pub max_plugin_libraries: Option<usize>,
+    /// Refuse plugin files writable by group or others, or owned by neither the host's
+    /// user nor root (default true).
+    pub check_plugin_files: Option<bool>,
     /// Browser origins allowed to open Socket.IO connections besides the host's own
     /// (e.g. "https://app.example.com"); "*" allows any.
     pub allowed_origins: Option<Vec<String>>,
@@ -369,6 +372,12 @@ pub struct Settings {
     /// of `limits` plus room for the envelope.
     pub max_message_bytes: u64,
     pub max_plugin_libraries: usize,
+    /// `[host] check_plugin_files`: refuse plugin files others may write or own.
+    pub check_plugin_files: bool,
+    /// The program that inspects a new plugin file in a child process before the host loads
+    /// it: the taskgate binary itself (set by `main`). `None`: no inspection (tests, and
+    /// programs that embed the host).
+    pub plugin_inspector: Option<PathBuf>,
     /// `[auth]`, with its file paths resolved.
     pub auth: AuthSection,
     pub limits: Limits,
@@ -491,6 +500,8 @@ impl Settings {
                 .max_plugin_libraries
                 .unwrap_or(DEFAULT_MAX_PLUGIN_LIBRARIES)
                 .max(1),
+            check_plugin_files: file.host.check_plugin_files.unwrap_or(true),
+            plugin_inspector: None,
             auth,
             limits,
             allowed_origins: file.host.allowed_origins.unwrap_or_default(),

@@ -67,7 +67,10 @@ async fn signal() {
 /// does (for the subcommands that report on them).
 fn scan_plugins(settings: &taskgate_host::config::Settings) -> Option<Vec<plugins::PluginFile>> {
     match plugins::PrivateCopyLoader::in_temp_dir(usize::MAX) {
-        Ok(mut loader) => Some(plugins::scan(&settings.plugins_dir, &mut loader)),
+        Ok(loader) => {
+            let mut loader = loader.with_inspector(settings.plugin_inspector.clone());
+            Some(plugins::scan(&settings.plugins_dir, &mut loader, settings))
+        }
         Err(e) => {
             eprintln!("taskgate: cannot create a private directory for plugin copies: {e}");
             None
@@ -88,6 +91,16 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::InspectPlugin { copy, source }) = &cli.command {
+        // The child process of a plugin inspection: no runtime, no log, one line of JSON.
+        return match serde_json::to_string(&plugins::inspect_here(copy, source)) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(_) => ExitCode::FAILURE,
+        };
+    }
     let mut builder = match cli.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         n => {
@@ -108,7 +121,11 @@ fn main() -> ExitCode {
 async fn async_main(cli: Cli) -> ExitCode {
     init_logging(cli.log_format);
     let settings = match cli.settings() {
-        Ok(settings) => settings,
+        // New plugin files are inspected by this same binary, in a child process.
+        Ok(settings) => taskgate_host::config::Settings {
+            plugin_inspector: std::env::current_exe().ok(),
+            ..settings
+        },
         Err(e) => {
             eprintln!("taskgate: {e}");
             return ExitCode::from(2);
@@ -137,7 +154,8 @@ async fn async_main(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Run => {
+        // (`inspect-plugin` returned in `main` already.)
+        Command::Run | Command::InspectPlugin { .. } => {
             let listener = match server::bind(settings.listen).await {
                 Ok(listener) => listener,
                 Err(e) => {

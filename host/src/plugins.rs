@@ -56,11 +56,29 @@ impl fmt::Display for ContentHash {
     }
 }
 
-/// One plugin version, loaded once and shared by every routing table that serves it.
+/// One plugin version, loaded once and shared by every routing table that serves it — or
+/// only inspected (its manifest read in a child process), for a plugin that is not enabled:
+/// a library is mapped into the host only when it is to serve (issue 20 #7).
 #[derive(Clone)]
 pub struct Loaded {
     pub manifest: Arc<PluginManifest>,
-    pub validator: Arc<dyn PayloadValidator>,
+    /// `None`: inspected only, not loaded into the host.
+    pub validator: Option<Arc<dyn PayloadValidator>>,
+}
+
+impl Loaded {
+    /// A version known by its manifest only.
+    pub fn inspected(manifest: PluginManifest) -> Self {
+        Loaded {
+            manifest: Arc::new(manifest),
+            validator: None,
+        }
+    }
+
+    /// Whether the library is loaded into the host (not only inspected).
+    pub fn in_host(&self) -> bool {
+        self.validator.is_some()
+    }
 }
 
 impl fmt::Debug for Loaded {
@@ -76,7 +94,7 @@ impl From<LoadedPlugin> for Loaded {
     fn from(plugin: LoadedPlugin) -> Self {
         Loaded {
             manifest: Arc::new(plugin.manifest().clone()),
-            validator: Arc::new(plugin),
+            validator: Some(Arc::new(plugin)),
         }
     }
 }
@@ -97,8 +115,184 @@ pub enum LoadFailure {
 /// [`PrivateCopyLoader`]; tests of the reload logic inject one without any dlopen.
 pub trait Loader: Send {
     /// Loads the version of the file `source` whose content hashes to `hash`; if the file
-    /// no longer has that content, loads nothing ([`LoadFailure::NotAttempted`]).
-    fn load(&mut self, source: &Path, hash: &ContentHash) -> Result<Loaded, LoadFailure>;
+    /// no longer has that content, loads nothing ([`LoadFailure::NotAttempted`]). A plugin
+    /// whose name `enabled` refuses is only inspected ([`Loaded::inspected`]).
+    fn load(
+        &mut self,
+        source: &Path,
+        hash: &ContentHash,
+        enabled: &dyn Fn(&str) -> bool,
+    ) -> Result<Loaded, LoadFailure>;
+}
+
+/// How long a child process may take to load a plugin file and print its manifest.
+const INSPECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The hidden subcommand of the taskgate binary that inspects a plugin file.
+pub const INSPECT_COMMAND: &str = "inspect-plugin";
+
+/// What `taskgate inspect-plugin` prints: one line of JSON.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Inspection {
+    Manifest(PluginManifest),
+    Refused(String),
+}
+
+/// `taskgate inspect-plugin <copy> <source>`: loads the library in this (child) process and
+/// describes it. A library that crashes or aborts here takes only this process down.
+pub fn inspect_here(copy: &Path, source: &Path) -> Inspection {
+    match LoadedPlugin::load_copy(copy, source) {
+        Ok(plugin) => Inspection::Manifest(plugin.manifest().clone()),
+        Err(e) => Inspection::Refused(e.to_string()),
+    }
+}
+
+/// Loads `copy` in a child process (`program inspect-plugin`, the host's own binary) and
+/// reads the manifest it prints.
+fn inspect_in_child(
+    program: &Path,
+    copy: &Path,
+    source: &Path,
+) -> Result<PluginManifest, LoadFailure> {
+    use std::process::{Command, Stdio};
+    let refused = |why: String| LoadFailure::Refused(format!("{}: {why}", source.display()));
+    let mut child = Command::new(program)
+        .arg(INSPECT_COMMAND)
+        .arg(copy)
+        .arg(source)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .env_remove("TASKGATE_LOG")
+        .spawn()
+        .map_err(|e| {
+            LoadFailure::NotAttempted(format!(
+                "{}: cannot start {} to inspect it: {e}",
+                source.display(),
+                program.display()
+            ))
+        })?;
+    // The manifest is small; read it while waiting, so a full pipe cannot block the child.
+    let mut stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut out = Vec::new();
+        if let Some(stdout) = stdout.as_mut() {
+            let _ = stdout.take(16 * 1024 * 1024).read_to_end(&mut out);
+        }
+        out
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() > INSPECTION_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = reader.join();
+                return Err(refused(format!(
+                    "loading it did not finish within {INSPECTION_TIMEOUT:?} (inspected in a child process)"
+                )));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => {
+                return Err(LoadFailure::NotAttempted(format!(
+                    "{}: cannot wait for its inspection: {e}",
+                    source.display()
+                )))
+            }
+        }
+    };
+    let out = reader.join().unwrap_or_default();
+    if !status.success() {
+        return Err(refused(format!(
+            "it crashed the process that loaded it ({}; inspected in a child process, the host was not affected)",
+            describe_exit(&status)
+        )));
+    }
+    let line = String::from_utf8_lossy(&out);
+    let last = line
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    match serde_json::from_str::<Inspection>(last) {
+        Ok(Inspection::Manifest(manifest)) => Ok(manifest),
+        Ok(Inspection::Refused(reason)) => Err(LoadFailure::Refused(reason)),
+        Err(e) => Err(refused(format!("its inspection printed no manifest ({e})"))),
+    }
+}
+
+fn describe_exit(status: &std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            let name = match signal {
+                6 => " (SIGABRT)",
+                9 => " (SIGKILL)",
+                11 => " (SIGSEGV)",
+                4 => " (SIGILL)",
+                7 => " (SIGBUS)",
+                _ => "",
+            };
+            return format!("killed by signal {signal}{name}");
+        }
+    }
+    match status.code() {
+        Some(code) => format!("exit code {code}"),
+        None => "no exit code".to_owned(),
+    }
+}
+
+/// Why a file of the plugins directory may not be loaded at all, decided before its content
+/// is read (issue 20 #7); `None` when it may. A symbolic link is followed only when it
+/// resolves inside `dir`. With `check_owner_and_mode`, the file (a link's target) must not be
+/// writable by group or others, and must belong to the host's user or to root: whoever can
+/// change it can run code inside the host.
+pub fn file_problem(path: &Path, dir: &Path, check_owner_and_mode: bool) -> Option<String> {
+    // Unreadable metadata is reported when the file is read.
+    let link = std::fs::symlink_metadata(path).ok()?;
+    if link.file_type().is_symlink() {
+        let target = std::fs::canonicalize(path).ok();
+        let inside = match (&target, std::fs::canonicalize(dir)) {
+            (Some(target), Ok(dir)) => target.starts_with(dir),
+            _ => false,
+        };
+        if !inside {
+            let target = target
+                .map(|t| t.display().to_string())
+                .unwrap_or_else(|| "nowhere".to_owned());
+            return Some(format!(
+                "{}: a symbolic link to {target}, outside the plugins directory (links are followed only inside it)",
+                path.display()
+            ));
+        }
+    }
+    #[cfg(unix)]
+    if check_owner_and_mode {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Some(format!(
+                "{}: writable by group or others (mode {mode:04o}); `chmod go-w` it, or set [host] check_plugin_files = false",
+                path.display()
+            ));
+        }
+        let host_user = rustix::process::geteuid().as_raw();
+        if meta.uid() != host_user && meta.uid() != 0 {
+            return Some(format!(
+                "{}: owned by uid {}, neither the host's user (uid {host_user}) nor root; `chown` it, or set [host] check_plugin_files = false",
+                path.display(),
+                meta.uid()
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = check_owner_and_mode;
+    None
 }
 
 /// Loads every version from its own copy, `<runtime dir>/<file stem>-<hash>.<ext>`:
@@ -111,6 +305,9 @@ pub struct PrivateCopyLoader {
     max_libraries: usize,
     mapped_libraries: usize,
     mapped_bytes: u64,
+    /// The program that inspects a file in a child process before the host loads it (the
+    /// taskgate binary); `None`: loaded without inspection (library users, tests).
+    inspector: Option<PathBuf>,
 }
 
 impl PrivateCopyLoader {
@@ -131,7 +328,15 @@ impl PrivateCopyLoader {
             max_libraries,
             mapped_libraries: 0,
             mapped_bytes: 0,
+            inspector: None,
         })
+    }
+
+    /// Inspects every new file in a child process running `program inspect-plugin` first,
+    /// so a library that crashes or aborts while loading cannot take the host down.
+    pub fn with_inspector(mut self, program: Option<PathBuf>) -> Self {
+        self.inspector = program;
+        self
     }
 
     /// In the system's temporary directory (`TMPDIR`).
@@ -164,7 +369,77 @@ impl Drop for PrivateCopyLoader {
 }
 
 impl Loader for PrivateCopyLoader {
-    fn load(&mut self, source: &Path, hash: &ContentHash) -> Result<Loaded, LoadFailure> {
+    fn load(
+        &mut self,
+        source: &Path,
+        hash: &ContentHash,
+        enabled: &dyn Fn(&str) -> bool,
+    ) -> Result<Loaded, LoadFailure> {
+        let Some(inspector) = self.inspector.clone() else {
+            return self.load_into_host(source, hash);
+        };
+        let manifest = self.with_copy(source, hash, |copy| {
+            inspect_in_child(&inspector, copy, source)
+        })?;
+        if !enabled(&manifest.name) {
+            return Ok(Loaded::inspected(manifest));
+        }
+        let loaded = self.load_into_host(source, hash)?;
+        // The same content; a library that answers differently in the host is suspect.
+        if *loaded.manifest != manifest {
+            return Err(LoadFailure::Refused(format!(
+                "{}: it declared something else when loaded than when inspected",
+                source.display()
+            )));
+        }
+        Ok(loaded)
+    }
+}
+
+impl PrivateCopyLoader {
+    /// Writes the private copy of `source` (checked against `hash`), runs `with` on it and
+    /// deletes it.
+    fn with_copy<T>(
+        &self,
+        source: &Path,
+        hash: &ContentHash,
+        with: impl FnOnce(&Path) -> Result<T, LoadFailure>,
+    ) -> Result<T, LoadFailure> {
+        let copy = self.copy_path(source, hash, "inspect");
+        let (copied, _) = copy_hashing(source, Some(&copy)).map_err(|e| {
+            let _ = std::fs::remove_file(&copy);
+            LoadFailure::NotAttempted(format!(
+                "{}: cannot copy it to {}: {e}",
+                source.display(),
+                copy.display()
+            ))
+        })?;
+        let outcome = if &copied == hash {
+            with(&copy)
+        } else {
+            Err(LoadFailure::NotAttempted(format!(
+                "{}: changed while being copied; loaded once it is stable",
+                source.display()
+            )))
+        };
+        let _ = std::fs::remove_file(&copy);
+        outcome
+    }
+
+    fn copy_path(&self, source: &Path, hash: &ContentHash, purpose: &str) -> PathBuf {
+        let stem = source
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "plugin".to_owned());
+        self.dir.join(format!(
+            "{stem}-{}{purpose}.{}",
+            hash.short(),
+            std::env::consts::DLL_EXTENSION
+        ))
+    }
+
+    /// Maps the version into the host, from its own copy.
+    fn load_into_host(&mut self, source: &Path, hash: &ContentHash) -> Result<Loaded, LoadFailure> {
         if self.mapped_libraries >= self.max_libraries {
             return Err(LoadFailure::NotAttempted(format!(
                 "{}: not loaded: this host already mapped {} plugin libraries (max_plugin_libraries); restart it to load more",
@@ -172,15 +447,7 @@ impl Loader for PrivateCopyLoader {
                 self.mapped_libraries
             )));
         }
-        let stem = source
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "plugin".to_owned());
-        let copy = self.dir.join(format!(
-            "{stem}-{}.{}",
-            hash.short(),
-            std::env::consts::DLL_EXTENSION
-        ));
+        let copy = self.copy_path(source, hash, "");
         let (copied, len) = copy_hashing(source, Some(&copy)).map_err(|e| {
             let _ = std::fs::remove_file(&copy);
             LoadFailure::NotAttempted(format!(
@@ -348,12 +615,23 @@ pub fn resolve(candidates: &[Candidate], settings: &Settings) -> Resolved {
                 ));
                 continue;
             }
+            let Some(validator) = candidate.plugin.validator.clone() else {
+                // Enabled, yet only inspected (the load into the host is still due).
+                resolved.notes.push(Note::new(
+                    Level::ERROR,
+                    format!(
+                        "request type `{}` of plugin `{}` refused: the plugin is not loaded into the host",
+                        declared.name, manifest.name
+                    ),
+                ));
+                continue;
+            };
             let spec = spec_for(
                 &manifest.name,
                 &manifest.version,
                 declared,
                 settings,
-                candidate.plugin.validator.clone(),
+                validator,
             );
             match spec {
                 Ok(spec) => {
@@ -449,13 +727,17 @@ pub struct PluginFile {
 
 /// Loads every library file of `dir` once (for the `taskgate plugins` report). A missing
 /// directory is an empty one.
-pub fn scan(dir: &Path, loader: &mut dyn Loader) -> Vec<PluginFile> {
+pub fn scan(dir: &Path, loader: &mut dyn Loader, settings: &Settings) -> Vec<PluginFile> {
     let paths = library_files(dir).unwrap_or_default();
     paths
         .into_iter()
         .map(|path| match ContentHash::of_file(&path) {
             Ok(hash) => {
-                let outcome = loader.load(&path, &hash);
+                // Reported from an inspection: nothing is loaded into this process.
+                let outcome = match file_problem(&path, dir, settings.check_plugin_files) {
+                    Some(problem) => Err(LoadFailure::Refused(problem)),
+                    None => loader.load(&path, &hash, &|_| false),
+                };
                 PluginFile {
                     path,
                     hash: Some(hash),
@@ -505,7 +787,7 @@ pub fn report(files: &[PluginFile], settings: &Settings) -> String {
                 } else if settings.is_enabled(&m.name) {
                     "enabled"
                 } else {
-                    "loads, not enabled in plugins.toml"
+                    "loads, not enabled in plugins.toml (so not loaded by the host)"
                 };
                 let _ = writeln!(
                     out,

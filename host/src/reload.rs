@@ -74,8 +74,12 @@ struct FileState {
     stamp: Option<Stamp>,
     /// The content last read (loaded or not). `None` forces a retry.
     seen: Option<ContentHash>,
-    /// The version this file serves: the last one that loaded.
+    /// The version this file serves: the last one that loaded (or was inspected, for a
+    /// plugin not enabled).
     serving: Option<(ContentHash, Loaded)>,
+    /// Why the file itself is refused (owner, mode, a link out of the directory), as of
+    /// `stamp`: reported once.
+    problem: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,7 +166,9 @@ impl<L: Loader> Reloader<L> {
     pub fn rescan(&mut self) -> Rescan {
         let mut events = Vec::new();
         self.reread_config(&mut events);
-        let candidates = self.reread_files(&mut events);
+        self.reread_files(&mut events);
+        self.load_enabled(&mut events);
+        let candidates = self.candidates();
         let resolved = plugins::resolve(&candidates, &self.applied);
 
         let notes: BTreeSet<Note> = resolved.notes.iter().cloned().collect();
@@ -257,7 +263,7 @@ impl<L: Loader> Reloader<L> {
         }
     }
 
-    fn reread_files(&mut self, events: &mut Vec<Event>) -> Vec<Candidate> {
+    fn reread_files(&mut self, events: &mut Vec<Event>) {
         let dir = self.running.plugins_dir.clone();
         match plugins::library_files(&dir) {
             Ok(paths) => {
@@ -281,6 +287,55 @@ impl<L: Loader> Reloader<L> {
                 }
             }
         }
+    }
+
+    /// Loads into the host the versions that were only inspected while their plugin was
+    /// not enabled, and now is (plugins.toml changed).
+    fn load_enabled(&mut self, events: &mut Vec<Event>) {
+        let applied = &self.applied;
+        let due: Vec<(PathBuf, ContentHash)> = self
+            .files
+            .iter()
+            .filter_map(|(path, state)| {
+                let (hash, plugin) = state.serving.as_ref()?;
+                (!plugin.in_host() && applied.is_enabled(&plugin.manifest.name))
+                    .then(|| (path.clone(), hash.clone()))
+            })
+            .collect();
+        for (path, hash) in due {
+            let outcome = self
+                .loader
+                .load(&path, &hash, &|name| applied.is_enabled(name));
+            let Some(state) = self.files.get_mut(&path) else {
+                continue;
+            };
+            match outcome {
+                Ok(plugin) => {
+                    if plugin.in_host() {
+                        self.versions.insert(hash.clone(), Ok(plugin.clone()));
+                    }
+                    state.serving = Some((hash, plugin));
+                }
+                Err(failure) => {
+                    if let LoadFailure::Refused(_) = failure {
+                        self.versions.insert(hash.clone(), Err(failure.clone()));
+                        state.serving = None;
+                    } else {
+                        // Tried again at the next rescan.
+                        state.seen = None;
+                    }
+                    events.push(Event::FileRefused {
+                        file: path.clone(),
+                        reason: failure.to_string(),
+                        keeping: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The versions the files serve, to resolve plugins.toml against.
+    fn candidates(&self) -> Vec<Candidate> {
         let mut candidates: Vec<Candidate> = self
             .files
             .iter()
@@ -316,8 +371,30 @@ impl<L: Loader> Reloader<L> {
             stamp: None,
             seen: None,
             serving: None,
+            problem: None,
         });
-        if stamp.is_some() && stamp == state.stamp && state.seen.is_some() {
+        if stamp.is_some()
+            && stamp == state.stamp
+            && (state.seen.is_some() || state.problem.is_some())
+        {
+            return state;
+        }
+        // Before anything reads it (the stamp covers owner, mode and links: a change is
+        // looked at again). A version the file served before keeps serving: its code is
+        // already in memory, from a private copy.
+        let dir = self.running.plugins_dir.clone();
+        state.problem = plugins::file_problem(path, &dir, self.running.check_plugin_files);
+        if let Some(problem) = &state.problem {
+            state.stamp = stamp;
+            state.seen = None;
+            events.push(Event::FileRefused {
+                file: path.to_owned(),
+                reason: problem.clone(),
+                keeping: state
+                    .serving
+                    .as_ref()
+                    .map(|(hash, p)| (p.manifest.version.clone(), hash.clone())),
+            });
             return state;
         }
         let hash = match ContentHash::of_file(path) {
@@ -337,7 +414,10 @@ impl<L: Loader> Reloader<L> {
         let outcome = match self.versions.get(&hash) {
             Some(known) => known.clone(),
             None => {
-                let outcome = self.loader.load(path, &hash);
+                let applied = &self.applied;
+                let outcome = self
+                    .loader
+                    .load(path, &hash, &|name| applied.is_enabled(name));
                 if !matches!(outcome, Err(LoadFailure::NotAttempted(_))) {
                     self.versions.insert(hash.clone(), outcome.clone());
                 }
@@ -430,16 +510,19 @@ pub fn log_and_record(events: &[Event]) {
                 info!(plugin = %p.name, version = %p.version, hash = %p.hash, request_types = ?p.request_types, "plugin no longer served: {why}; requests in flight finish normally");
             }
             Event::FileRefused {
-                file: _,
+                file,
                 reason,
                 keeping,
             } => {
                 count_load("failed");
+                // `file`: the reason of a content refused before names the file it came
+                // from then, which may be another.
+                let file = file.display();
                 match keeping {
                     Some((version, hash)) => {
-                        error!(kept_version = %version, kept_hash = %hash, "plugin file refused, the version it served before keeps serving: {reason}")
+                        error!(%file, kept_version = %version, kept_hash = %hash, "plugin file refused, the version it served before keeps serving: {reason}")
                     }
-                    None => error!("plugin refused: {reason}"),
+                    None => error!(%file, "plugin refused: {reason}"),
                 }
             }
             Event::FileUnreadable { file, reason } => {

@@ -21,6 +21,7 @@ use crate::routes::{Checked, PayloadValidator};
 #[derive(Default, Clone)]
 pub(crate) struct FakeLoader {
     loads: Arc<AtomicUsize>,
+    host_loads: Arc<AtomicUsize>,
     /// Loads fail with `NotAttempted` while this is set.
     unavailable: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -29,10 +30,22 @@ impl FakeLoader {
     fn loads(&self) -> usize {
         self.loads.load(Ordering::SeqCst)
     }
+
+    /// Versions loaded into the host (not only inspected).
+    fn host_loads(&self) -> usize {
+        self.host_loads.load(Ordering::SeqCst)
+    }
 }
 
 impl Loader for FakeLoader {
-    fn load(&mut self, source: &Path, _hash: &ContentHash) -> Result<Loaded, LoadFailure> {
+    /// As the host's loader with an inspector: a plugin that is not enabled is only
+    /// inspected (its manifest), not loaded ([`FakeLoader::host_loads`] does not count it).
+    fn load(
+        &mut self,
+        source: &Path,
+        _hash: &ContentHash,
+        enabled: &dyn Fn(&str) -> bool,
+    ) -> Result<Loaded, LoadFailure> {
         if self.unavailable.load(Ordering::SeqCst) {
             return Err(LoadFailure::NotAttempted(format!(
                 "{}: not loaded: no room",
@@ -66,13 +79,18 @@ impl Loader for FakeLoader {
         let stamp = format!("\"{name} {version}\"");
         let validator: Arc<dyn PayloadValidator> =
             Arc::new(FnValidator(move |_: &str| Validation::Valid(stamp.clone())));
+        let manifest = PluginManifest {
+            name,
+            version,
+            request_types,
+        };
+        if !enabled(&manifest.name) {
+            return Ok(Loaded::inspected(manifest));
+        }
+        self.host_loads.fetch_add(1, Ordering::SeqCst);
         Ok(Loaded {
-            manifest: Arc::new(PluginManifest {
-                name,
-                version,
-                request_types,
-            }),
-            validator,
+            manifest: Arc::new(manifest),
+            validator: Some(validator),
         })
     }
 }
@@ -581,4 +599,115 @@ fn events_become_the_plugin_metrics() {
         info.get(&format!("plugin=echo,version=2.0,hash={}", hash("2.0"))),
         Some(&1.0)
     );
+}
+
+#[test]
+fn a_disabled_plugin_is_inspected_not_loaded_and_is_loaded_once_enabled() {
+    // Issue 20 #7: only enabled plugins are mapped into the host.
+    let scene = Scene::new("[plugins.echo]\nenabled = true\n");
+    scene.write("libecho.so", &library("echo", "1.0", &["echo"]));
+    scene.write("libwords.so", &library("words", "1.0", &["text.words"]));
+    let mut reloader = scene.reloader();
+    let rescan = reloader.rescan();
+    assert_eq!(loaded_names(&rescan.events), vec!["echo 1.0"]);
+    assert_eq!(scene.loader.host_loads(), 1, "words is only inspected");
+
+    scene.config(BOTH_ENABLED);
+    let rescan = reloader.rescan();
+    assert_eq!(loaded_names(&rescan.events), vec!["words 1.0"]);
+    assert_eq!(scene.loader.host_loads(), 2);
+    assert_eq!(served_by(&rescan.routes, "text.words"), "words 1.0");
+}
+
+#[cfg(unix)]
+#[test]
+fn files_others_may_write_or_links_out_of_the_directory_are_refused_once_each() {
+    use std::os::unix::fs::PermissionsExt;
+    let scene = Scene::standard();
+    std::fs::set_permissions(
+        scene.file("libwords.so"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let outside = scene.root.join("libother.so");
+    std::fs::write(&outside, library("other", "1.0", &["other"])).unwrap();
+    std::os::unix::fs::symlink(&outside, scene.file("libother.so")).unwrap();
+    let inner_dir = scene.file("versions");
+    std::fs::create_dir(&inner_dir).unwrap();
+    std::fs::write(
+        inner_dir.join("libecho-2.so"),
+        library("echo", "2.0", &["echo"]),
+    )
+    .unwrap();
+    std::fs::remove_file(scene.file("libecho.so")).unwrap();
+    std::os::unix::fs::symlink(inner_dir.join("libecho-2.so"), scene.file("libecho.so")).unwrap();
+
+    let mut reloader = scene.reloader();
+    let rescan = reloader.rescan();
+    assert_eq!(
+        loaded_names(&rescan.events),
+        vec!["echo 2.0"],
+        "a link inside the directory is followed"
+    );
+    let refused: Vec<String> = rescan
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::FileRefused { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.contains("libwords.so") && r.contains("writable by group or others")),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.contains("libother.so") && r.contains("outside the plugins directory")),
+        "{refused:?}"
+    );
+    // Reported once, not at every rescan.
+    let again = reloader.rescan();
+    assert!(
+        !again
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::FileRefused { .. })),
+        "{:?}",
+        again.events
+    );
+
+    // Fixed: picked up at the next rescan.
+    std::fs::set_permissions(
+        scene.file("libwords.so"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    assert_eq!(loaded_names(&reloader.rescan().events), vec!["words 1.0"]);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_file_owned_by_another_user_is_refused_unless_the_checks_are_off() {
+    let scene = Scene::standard();
+    // Only root may give a file away: elsewhere there is nothing to show here.
+    if std::os::unix::fs::chown(scene.file("libwords.so"), Some(65534), None).is_err() {
+        return;
+    }
+    let rescan = scene.reloader().rescan();
+    assert_eq!(loaded_names(&rescan.events), vec!["echo 1.0"]);
+    assert!(rescan.events.iter().any(|e| matches!(e, Event::FileRefused { reason, .. } if reason.contains("owned by uid 65534"))), "{:?}", rescan.events);
+
+    let text = std::fs::read_to_string(scene.config_path()).unwrap();
+    std::fs::write(
+        scene.config_path(),
+        text.replace("[host]\n", "[host]\ncheck_plugin_files = false\n"),
+    )
+    .unwrap();
+    let rescan = scene.reloader().rescan();
+    assert_eq!(loaded_names(&rescan.events), vec!["echo 1.0", "words 1.0"]);
 }

@@ -143,13 +143,12 @@ impl Host {
         if operations.is_set() {
             info!("/readyz and /metrics require the operations token ([host] operations_token_*)");
         }
-        let loader =
-            PrivateCopyLoader::in_temp_dir(settings.max_plugin_libraries).map_err(|source| {
-                ServeError::RuntimeDir {
-                    dir: std::env::temp_dir(),
-                    source,
-                }
-            })?;
+        let loader = PrivateCopyLoader::in_temp_dir(settings.max_plugin_libraries)
+            .map_err(|source| ServeError::RuntimeDir {
+                dir: std::env::temp_dir(),
+                source,
+            })?
+            .with_inspector(settings.plugin_inspector.clone());
         let upkeep = metrics::spawn_upkeep(metrics.clone());
         let mut reloader = Reloader::new(settings.clone(), loader);
         let initial = reloader.rescan();

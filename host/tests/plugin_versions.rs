@@ -217,11 +217,13 @@ fn the_cap_on_mapped_libraries_refuses_new_versions_with_a_clear_reason() {
     for build in 0..2 {
         let bytes = rebuilt(&v2, build);
         scene.install(&bytes);
-        loader.load(&source, &ContentHash::of(&bytes)).unwrap();
+        loader
+            .load(&source, &ContentHash::of(&bytes), &|_| true)
+            .unwrap();
     }
     let bytes = rebuilt(&v2, 2);
     scene.install(&bytes);
-    match loader.load(&source, &ContentHash::of(&bytes)) {
+    match loader.load(&source, &ContentHash::of(&bytes), &|_| true) {
         Err(LoadFailure::NotAttempted(reason)) => {
             assert!(reason.contains("max_plugin_libraries"), "{reason}");
             assert!(reason.contains("restart"), "{reason}");
@@ -242,7 +244,7 @@ fn a_file_that_changed_since_it_was_hashed_is_not_loaded() {
     let v2 = echo_fixture(2);
     scene.install(&v2);
     let stale = ContentHash::of(&echo_fixture(3));
-    match loader.load(&scene.live_file(), &stale) {
+    match loader.load(&scene.live_file(), &stale, &|_| true) {
         Err(LoadFailure::NotAttempted(reason)) => {
             assert!(reason.contains("changed while being copied"), "{reason}")
         }
@@ -299,9 +301,15 @@ fn memory_cost_of_a_reload() {
     for build in 0..versions {
         let bytes = rebuilt(&library, build);
         scene.install(&bytes);
-        let loaded = loader.load(&source, &ContentHash::of(&bytes)).unwrap();
+        let loaded = loader
+            .load(&source, &ContentHash::of(&bytes), &|_| true)
+            .unwrap();
         // Serve one request through it, as a real reload would.
-        let _ = loaded.validator.validate("echo", r#"{"i":1}"#);
+        let _ = loaded
+            .validator
+            .as_ref()
+            .unwrap()
+            .validate("echo", r#"{"i":1}"#);
     }
     let (size, rss) = mapped_kb(&dir);
     assert!(size > 0, "the libraries are mapped from {dir}");

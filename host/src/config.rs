@@ -318,6 +318,9 @@ pub struct PluginSection {
     pub queue_arguments: Option<Map<String, Value>>,
     /// Roles a client must all have (replaces what the plugin declares; `[]`: none).
     pub required_roles: Option<Vec<String>>,
+    /// How long the plugin's validation of one payload may take before the request is
+    /// refused `TIMEOUT`.
+    pub validation_budget_ms: Option<u64>,
     /// Overrides for one request type, keyed by its name.
     #[serde(default)]
     pub request_types: BTreeMap<String, TypeOverrides>,
@@ -331,6 +334,7 @@ pub struct TypeOverrides {
     pub max_payload_bytes: Option<u64>,
     pub queue_arguments: Option<Map<String, Value>>,
     pub required_roles: Option<Vec<String>>,
+    pub validation_budget_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -539,6 +543,9 @@ impl Settings {
             required_roles: specific
                 .required_roles
                 .or_else(|| section.required_roles.clone()),
+            validation_budget_ms: specific
+                .validation_budget_ms
+                .or(section.validation_budget_ms),
         }
     }
 

@@ -40,6 +40,12 @@ pub enum RequestError {
     Unavailable(UnavailableCause),
     #[error("no final reply within {0} ms")]
     Timeout(u64),
+    /// The plugin's validation of the payload took longer than the type's budget.
+    #[error("validating the payload of `{request_type}` took longer than its budget of {budget_ms} ms (validation_budget_ms)")]
+    ValidationTimeout {
+        request_type: String,
+        budget_ms: u64,
+    },
     #[error("the request was cancelled")]
     Cancelled,
     /// A worker's reply body over `[limits] max_reply_bytes`: the request ends, so that the
@@ -164,7 +170,7 @@ impl RequestError {
             RequestError::Forbidden(_) => ErrorCode::Forbidden,
             RequestError::RateLimited(_) => ErrorCode::RateLimited,
             RequestError::Unavailable(_) => ErrorCode::Unavailable,
-            RequestError::Timeout(_) => ErrorCode::Timeout,
+            RequestError::Timeout(_) | RequestError::ValidationTimeout { .. } => ErrorCode::Timeout,
             RequestError::Cancelled => ErrorCode::Cancelled,
             RequestError::ReplyTooLarge { .. } | RequestError::TooManyEarlyReplies { .. } => {
                 ErrorCode::WorkerError

@@ -714,7 +714,12 @@ fn spec_for(
             .unwrap_or_else(|| declared.required_roles.clone()),
         payload_schema: declared.payload_schema.clone(),
     };
+    let budget = overrides.validation_budget_ms.map_or(
+        crate::routes::DEFAULT_VALIDATION_BUDGET,
+        Duration::from_millis,
+    );
     RequestTypeSpec::new(parts, declared.validates.then_some(validator))
+        .map(|spec| spec.with_validation_budget(budget))
 }
 
 /// One file of the plugins directory as `taskgate plugins` reports it.

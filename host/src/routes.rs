@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,8 +53,20 @@ pub struct RequestTypeSpec {
     pub max_payload_bytes: usize,
     /// Roles a connection's identity must all have to call this type.
     pub required_roles: Vec<String>,
+    /// How long the plugin's validation of one payload may take (`TIMEOUT` past it).
+    pub validation_budget: Duration,
+    /// The plugin's validation was seen to take a while: it runs off the I/O thread.
+    validation_is_slow: AtomicBool,
     check: Check,
 }
+
+/// The default of `validation_budget_ms`.
+pub const DEFAULT_VALIDATION_BUDGET: Duration = Duration::from_secs(1);
+/// A validation on the I/O thread that takes longer than this has stalled every connection
+/// that long: that type is validated off the thread from then on.
+pub const SLOW_VALIDATION: Duration = Duration::from_millis(5);
+/// Payloads larger than this are validated off the I/O thread whatever the type.
+pub const OFF_THREAD_PAYLOAD_BYTES: usize = 64 * 1024;
 
 impl fmt::Debug for RequestTypeSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -118,20 +131,70 @@ impl RequestTypeSpec {
             timeout: parts.timeout,
             max_payload_bytes: parts.max_payload_bytes,
             required_roles: parts.required_roles,
+            validation_budget: DEFAULT_VALIDATION_BUDGET,
+            validation_is_slow: AtomicBool::new(false),
             check,
         })
     }
 
-    /// Checks a payload against this type's size limit and validation.
-    pub fn check(&self, payload: &RawValue) -> Result<Checked, RequestError> {
-        let json = payload.get();
-        if json.len() > self.max_payload_bytes {
+    /// The budget of the plugin's validation of one payload (at least 1 ms).
+    pub fn with_validation_budget(mut self, budget: Duration) -> Self {
+        self.validation_budget = budget.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Whether this payload's validation should run off the I/O thread: the plugin's
+    /// validation of a large payload, or of a type seen slow before. (Schemas and
+    /// "anything" are the host's own, fast, code.)
+    pub fn validates_off_thread(&self, payload_bytes: usize) -> bool {
+        matches!(self.check, Check::Plugin(_))
+            && (payload_bytes > OFF_THREAD_PAYLOAD_BYTES
+                || self.validation_is_slow.load(Ordering::Relaxed))
+    }
+
+    /// [`RequestTypeSpec::check`] on the I/O thread, timed: past [`SLOW_VALIDATION`] the type
+    /// is validated off the thread from then on, past its budget the request is refused.
+    pub fn check_inline(&self, payload: &RawValue) -> Result<Checked, RequestError> {
+        let started = std::time::Instant::now();
+        let checked = self.check(payload);
+        let took = started.elapsed();
+        if took > SLOW_VALIDATION
+            && matches!(self.check, Check::Plugin(_))
+            && !self.validation_is_slow.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(request_type = %self.name, took_ms = took.as_millis() as u64, "the plugin's validation is slow: this type is validated off the I/O thread from now on");
+        }
+        if took > self.validation_budget {
+            return Err(self.over_budget());
+        }
+        checked
+    }
+
+    /// The refusal of a payload whose validation took longer than the budget.
+    pub fn over_budget(&self) -> RequestError {
+        RequestError::ValidationTimeout {
+            request_type: self.name.clone(),
+            budget_ms: u64::try_from(self.validation_budget.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Checks a payload against this type's size limit only.
+    pub fn check_size(&self, payload: &RawValue) -> Result<(), RequestError> {
+        let size = payload.get().len();
+        if size > self.max_payload_bytes {
             return Err(RequestError::PayloadTooLarge {
                 request_type: self.name.clone(),
-                size: json.len(),
+                size,
                 limit: self.max_payload_bytes,
             });
         }
+        Ok(())
+    }
+
+    /// Checks a payload against this type's size limit and validation.
+    pub fn check(&self, payload: &RawValue) -> Result<Checked, RequestError> {
+        self.check_size(payload)?;
+        let json = payload.get();
         match &self.check {
             Check::Anything => Ok(Checked::Unchanged),
             Check::Schema(schema) => {
@@ -286,6 +349,32 @@ mod tests {
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn a_slow_validation_is_refused_past_its_budget_and_moves_its_type_off_the_io_thread() {
+        let validator: Arc<dyn PayloadValidator> = Arc::new(FnValidator(|_: &str| {
+            std::thread::sleep(Duration::from_millis(30));
+            Validation::Valid("{}".into())
+        }));
+        let spec = RequestTypeSpec::new(parts("slow"), Some(validator))
+            .unwrap()
+            .with_validation_budget(Duration::from_millis(10));
+        assert!(
+            !spec.validates_off_thread(10),
+            "until seen slow, small payloads stay inline"
+        );
+        assert!(spec.validates_off_thread(OFF_THREAD_PAYLOAD_BYTES + 1));
+        let error = spec.check_inline(&raw("{}")).unwrap_err();
+        assert_eq!(error.code(), taskgate_protocol::ErrorCode::Timeout);
+        assert!(error.to_string().contains("budget of 10 ms"), "{error}");
+        assert!(
+            spec.validates_off_thread(10),
+            "seen slow: off the thread from now on"
+        );
+        // The host's own checks never leave the thread.
+        let schema_free = RequestTypeSpec::new(parts("echo"), None).unwrap();
+        assert!(!schema_free.validates_off_thread(OFF_THREAD_PAYLOAD_BYTES + 1));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde_json::value::RawValue;
 use taskgate_protocol::trace::TraceParent;
 use taskgate_protocol::ErrorCode;
 use tokio::time::Instant;
@@ -30,6 +31,8 @@ struct Admitted<C> {
     correlation_id: Uuid,
     spec: Arc<RequestTypeSpec>,
     body: Box<str>,
+    /// The plugin's validation of `body` is still due, off the I/O thread.
+    validate_off_thread: bool,
     identity: Option<Arc<str>>,
     traceparent: TraceParent,
 }
@@ -91,9 +94,28 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             correlation_id,
             spec,
             body,
+            validate_off_thread,
             identity,
             traceparent,
         } = admitted;
+        let body = if validate_off_thread {
+            match validate_off_the_io_thread(&spec, body).await {
+                Ok(body) => body,
+                Err(error) => {
+                    debug!(%correlation_id, %traceparent, request_type = %spec.name, %error, "request refused by its validation");
+                    if let Some((_, mut request)) = self.inflight.remove(&correlation_id) {
+                        request
+                            .metrics
+                            .finish(Outcome::Error(error.code().as_str()));
+                        self.release_id(correlation_id, request);
+                    }
+                    self.send_refusal(conn, ack, &error);
+                    return;
+                }
+            }
+        } else {
+            body
+        };
         let deadline = Instant::now() + spec.timeout;
         let request = OutgoingRequest {
             correlation_id,
@@ -200,6 +222,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             body,
             client_trace,
             detach,
+            validate_off_thread,
         } = request;
         let correlation_id = Uuid::new_v4();
         let traceparent = trace::for_request(client_trace, correlation_id);
@@ -252,6 +275,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             correlation_id,
             spec,
             body,
+            validate_off_thread,
             identity: session.and_then(|s| s.identity_header().cloned()),
             traceparent,
         })
@@ -344,4 +368,29 @@ fn unix_ms_after(timeout: Duration) -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     (now + timeout).as_millis() as u64
+}
+
+/// Runs the plugin's validation of `body` on the blocking pool, within the type's budget: a
+/// slow `validate` holds one pool thread, never the I/O thread. Past the budget the request
+/// is refused `TIMEOUT`; the validation itself cannot be stopped and finishes unseen.
+async fn validate_off_the_io_thread(
+    spec: &Arc<RequestTypeSpec>,
+    body: Box<str>,
+) -> Result<Box<str>, RequestError> {
+    let payload = RawValue::from_string(body.into())
+        .map_err(|e| RequestError::BadRequest(format!("payload is not JSON: {e}")))?;
+    let on_pool = spec.clone();
+    let validation = tokio::task::spawn_blocking(move || {
+        on_pool
+            .check(&payload)
+            .map(|checked| envelope::checked_body(checked, payload))
+    });
+    match tokio::time::timeout(spec.validation_budget, validation).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(failed)) => Err(RequestError::Internal(format!(
+            "the validation of `{}` failed: {failed}",
+            spec.name
+        ))),
+        Err(_) => Err(spec.over_budget()),
+    }
 }

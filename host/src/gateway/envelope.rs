@@ -95,6 +95,9 @@ pub(super) struct ValidRequest {
     pub client_trace: ClientTrace,
     /// A detached task (protocol §4.3); whether the caller may detach is the gateway's check.
     pub detach: bool,
+    /// `body` is the client's payload, not validated yet: the plugin's validation runs off
+    /// the I/O thread, in the publish step ([`RequestTypeSpec::validates_off_thread`]).
+    pub validate_off_thread: bool,
 }
 
 /// Why a request was refused, with its request type once that was known (a refusal after
@@ -136,12 +139,13 @@ pub(super) fn check(
         .cloned()
         .ok_or_else(|| RequestError::unknown_request_type(request_type))?;
     match check_for_type(&spec, caller, envelope.payload) {
-        Ok(body) => Ok(ValidRequest {
+        Ok((body, validate_off_thread)) => Ok(ValidRequest {
             client_id: id,
             spec,
             body,
             client_trace: ClientTrace::from_envelope(envelope.traceparent.as_ref()),
             detach,
+            validate_off_thread,
         }),
         Err(error) => Err(Refusal {
             error,
@@ -150,12 +154,13 @@ pub(super) fn check(
     }
 }
 
-/// The checks of a request whose type is known; returns the body to publish.
+/// The checks of a request whose type is known; returns the body to publish, and whether
+/// the plugin's validation of it is still due (off the I/O thread).
 fn check_for_type(
     spec: &RequestTypeSpec,
     caller: &Caller<'_>,
     payload: Option<Box<RawValue>>,
-) -> Result<Box<str>, RequestError> {
+) -> Result<(Box<str>, bool), RequestError> {
     let allowed = caller.session.map_or(spec.required_roles.is_empty(), |s| {
         s.may_call(&spec.required_roles)
     });
@@ -168,10 +173,19 @@ fn check_for_type(
         }
     }
     let payload = payload.unwrap_or_default();
-    Ok(match spec.check(&payload)? {
+    if spec.validates_off_thread(payload.get().len()) {
+        spec.check_size(&payload)?;
+        return Ok((payload.into(), true));
+    }
+    Ok((checked_body(spec.check_inline(&payload)?, payload), false))
+}
+
+/// The body to publish once `payload` passed its check.
+pub(super) fn checked_body(checked: Checked, payload: Box<RawValue>) -> Box<str> {
+    match checked {
         Checked::Unchanged => payload.into(),
         Checked::Normalised(json) => json.into_boxed_str(),
-    })
+    }
 }
 
 /// A client's request id: a string of 1 to 128 characters.

@@ -51,6 +51,7 @@ export const TYPES = {
   wordcount: 'text.wordcount',
   countdown: 'demo.countdown',
   panic: 'test.panic',
+  slow: 'test.slow',
 } as const;
 
 /** Plugin name → the request type it serves. */
@@ -59,6 +60,7 @@ export const PLUGIN_TYPES: Record<string, string> = {
   wordcount: TYPES.wordcount,
   countdown: TYPES.countdown,
   panicky: TYPES.panic,
+  slow: TYPES.slow,
 };
 
 export const CANCEL_EXCHANGE = 'taskgate.cancel';
@@ -422,6 +424,7 @@ export interface PluginSettings {
   max_payload_bytes?: number;
   queue_arguments?: Record<string, string | number | boolean>;
   required_roles?: string[];
+  validation_budget_ms?: number;
 }
 
 export interface HostOptions {

@@ -375,6 +375,9 @@ pub struct Settings {
     /// The largest Socket.IO message, on both transports: at least the payload ceiling
     /// of `limits` plus room for the envelope.
     pub max_message_bytes: u64,
+    /// `[host] max_message_bytes` was set: it is kept as it is, not fitted to the types
+    /// ([`Settings::fit_message_limit`]).
+    pub max_message_bytes_set: bool,
     pub max_plugin_libraries: usize,
     /// `[host] check_plugin_files`: refuse plugin files others may write or own.
     pub check_plugin_files: bool,
@@ -499,6 +502,7 @@ impl Settings {
                 .unwrap_or(DEFAULT_SOCKET_BUFFER)
                 .max(16),
             max_message_bytes,
+            max_message_bytes_set: file.host.max_message_bytes.is_some(),
             max_plugin_libraries: file
                 .host
                 .max_plugin_libraries
@@ -546,6 +550,20 @@ impl Settings {
             validation_budget_ms: specific
                 .validation_budget_ms
                 .or(section.validation_budget_ms),
+        }
+    }
+
+    /// Without `[host] max_message_bytes`, the transports take no bigger messages than the
+    /// largest payload an enabled type accepts, plus the envelope (issue 20 #10): messages
+    /// over it are cut off unread. `largest_payload`: of the types served at start (`None`:
+    /// none, the ceiling stays). Hot reload cannot raise it (a restart does).
+    pub fn fit_message_limit(&mut self, largest_payload: Option<usize>) {
+        if self.max_message_bytes_set {
+            return;
+        }
+        if let Some(largest) = largest_payload {
+            let fitted = largest.saturating_add(crate::limits::ENVELOPE_ALLOWANCE) as u64;
+            self.max_message_bytes = self.max_message_bytes.min(fitted);
         }
     }
 
@@ -852,6 +870,27 @@ mod tests {
         assert_eq!(
             s.max_message_bytes,
             2_000_000 + crate::limits::ENVELOPE_ALLOWANCE as u64
+        );
+    }
+
+    #[test]
+    fn the_message_limit_fits_the_largest_type_unless_it_is_set() {
+        let mut s = Settings::resolve(parse("").unwrap(), None, Overrides::default()).unwrap();
+        let ceiling = s.max_message_bytes;
+        s.fit_message_limit(None);
+        assert_eq!(s.max_message_bytes, ceiling, "no type: the ceiling");
+        s.fit_message_limit(Some(1 << 20));
+        assert_eq!(s.max_message_bytes, (1 << 20) + 64 * 1024);
+        let mut set = Settings::resolve(
+            parse("[host]\nmax_message_bytes = 9000000\n").unwrap(),
+            None,
+            Overrides::default(),
+        )
+        .unwrap();
+        set.fit_message_limit(Some(1024));
+        assert_eq!(
+            set.max_message_bytes, 9_000_000,
+            "set by the operator: kept"
         );
     }
 

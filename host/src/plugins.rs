@@ -635,6 +635,18 @@ pub fn resolve(candidates: &[Candidate], settings: &Settings) -> Resolved {
             );
             match spec {
                 Ok(spec) => {
+                    let room = usize::try_from(settings.max_message_bytes)
+                        .unwrap_or(usize::MAX)
+                        .saturating_sub(crate::limits::ENVELOPE_ALLOWANCE);
+                    if spec.max_payload_bytes > room {
+                        resolved.notes.push(Note::new(
+                            Level::WARN,
+                            format!(
+                                "request type `{}` accepts payloads up to {} bytes, but the transports take messages up to {} bytes (fitted at start to the largest type then): bigger payloads are cut off; restart the host, or set [host] max_message_bytes",
+                                spec.name, spec.max_payload_bytes, settings.max_message_bytes
+                            ),
+                        ));
+                    }
                     owners.insert(spec.name.clone(), manifest.name.clone());
                     resolved.queues.push(QueueDecl {
                         name: spec.queue.clone(),

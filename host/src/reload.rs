@@ -153,6 +153,13 @@ impl<L: Loader> Reloader<L> {
         }
     }
 
+    /// The transports' message limit as fitted at start: a type hot reload serves later
+    /// with a larger payload limit is reported (its big payloads cannot arrive).
+    pub fn set_message_limit(&mut self, max_message_bytes: u64) {
+        self.running.max_message_bytes = max_message_bytes;
+        self.applied.max_message_bytes = max_message_bytes;
+    }
+
     /// The settings in effect (the running host settings, the last valid plugin tables).
     pub fn settings(&self) -> &Settings {
         &self.applied

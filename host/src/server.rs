@@ -153,6 +153,10 @@ impl Host {
         let mut reloader = Reloader::new(settings.clone(), loader);
         let initial = reloader.rescan();
         reload::log_and_record(&initial.events);
+        // The transports' message limit, from the types served at start.
+        let mut settings = settings;
+        settings.fit_message_limit(initial.routes.iter().map(|s| s.max_payload_bytes).max());
+        reloader.set_message_limit(settings.max_message_bytes);
         let host_id = Uuid::new_v4();
         let broker = AmqpBroker::new(settings.amqp_url.clone(), host_id, initial.queues.clone());
 

@@ -124,6 +124,11 @@ impl ResumeSection {
             )?,
         };
         let max_tasks = self.max_tasks.unwrap_or(crate::resume::DEFAULT_MAX_TASKS);
+        let store = match &self.store {
+            None => crate::tasks::StoreChoice::Memory,
+            Some(text) => crate::tasks::StoreChoice::parse(text, self.store_prefix.as_deref())
+                .map_err(ConfigError::Invalid)?,
+        };
         let section = ResumeSection {
             secret_file: self.secret_file.map(|f| base.join(f)),
             ..self
@@ -134,6 +139,7 @@ impl ResumeSection {
                 request_bytes,
                 result_ttl,
                 max_tasks,
+                store,
             },
             section,
         ))
@@ -156,6 +162,12 @@ pub struct ResumeSection {
     /// a file or an environment variable; without one, sessions resume on the same host only.
     pub secret_file: Option<PathBuf>,
     pub secret_env: Option<String>,
+    /// Where detached tasks live: "memory" (the default: this host only) or a Redis URL
+    /// that every host of a cluster shares, e.g. "redis://127.0.0.1:6379/".
+    pub store: Option<String>,
+    /// The prefix of the shared store's keys (default "taskgate:"): clusters sharing one
+    /// Redis tell their tasks apart by it.
+    pub store_prefix: Option<String>,
 }
 
 /// How clients authenticate at the Socket.IO handshake.
@@ -778,6 +790,46 @@ mod tests {
             parse("[resume]\nwindows = \"5s\"\n").is_err(),
             "unknown keys are errors"
         );
+    }
+
+    #[test]
+    fn the_task_store_is_memory_or_a_redis_url_never_logged_with_its_password() {
+        let resolve =
+            |text: &str| Settings::resolve(parse(text).unwrap(), None, Overrides::default());
+        assert_eq!(
+            resolve("").unwrap().resume.store,
+            crate::tasks::StoreChoice::Memory
+        );
+        let memory = resolve("[resume]\nstore = \"memory\"\n").unwrap();
+        assert_eq!(memory.resume.store, crate::tasks::StoreChoice::Memory);
+        let s = resolve("[resume]\nstore = \"redis://:pw-s3cr3t@10.0.0.5:6379/\"\n").unwrap();
+        assert_eq!(
+            s.resume.store,
+            crate::tasks::StoreChoice::Redis {
+                url: "redis://:pw-s3cr3t@10.0.0.5:6379/".into(),
+                prefix: "taskgate:".into()
+            }
+        );
+        let shown = format!("{:?} {}", s.resume, s.resume.store.describe());
+        assert!(
+            !shown.contains("pw-s3cr3t") && shown.contains("10.0.0.5"),
+            "{shown}"
+        );
+        let own = resolve("[resume]\nstore = \"redis://h/\"\nstore_prefix = \"tg-a:\"\n").unwrap();
+        assert!(
+            matches!(own.resume.store, crate::tasks::StoreChoice::Redis { ref prefix, .. } if prefix == "tg-a:")
+        );
+        let err = resolve("[resume]\nstore = \"postgres://u:pw-s3cr3t@h/\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("[resume] store") && !err.contains("pw-s3cr3t"),
+            "{err}"
+        );
+        let err = resolve("[resume]\nstore = \"redis://h/\"\nstore_prefix = \"\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store_prefix"), "{err}");
     }
 
     #[test]

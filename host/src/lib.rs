@@ -62,6 +62,7 @@ pub mod session;
 pub mod shutdown;
 pub mod sink;
 pub mod socketio;
+pub mod tasks;
 pub mod trace;
 pub mod transport;
 pub mod watcher;

@@ -54,6 +54,8 @@ pub struct ResumeSettings {
     pub result_ttl: Duration,
     /// Detached tasks one owner may have, running or kept.
     pub max_tasks: usize,
+    /// Where detached tasks live (`[resume] store`).
+    pub store: crate::tasks::StoreChoice,
 }
 
 impl Default for ResumeSettings {
@@ -63,6 +65,7 @@ impl Default for ResumeSettings {
             request_bytes: DEFAULT_REQUEST_BYTES as usize,
             result_ttl: DEFAULT_RESULT_TTL,
             max_tasks: DEFAULT_MAX_TASKS,
+            store: crate::tasks::StoreChoice::Memory,
         }
     }
 }

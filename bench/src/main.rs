@@ -27,6 +27,7 @@ mod schedule;
 mod sio;
 mod stats;
 mod suite;
+mod task_store;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -82,6 +83,9 @@ enum Command {
     Suite(SuiteArgs),
     /// Only the idle-connections case: host memory per connected WebSocket.
     Idle(IdleArgs),
+    /// The engine candidates of the shared task store (Redis streams, a RabbitMQ stream
+    /// queue): appends/s of task chunks and the latency to a live reader.
+    TaskStore(TaskStoreCommand),
     /// (internal) Holds idle Socket.IO connections for `idle`; exits when stdin closes.
     #[command(hide = true)]
     IdleClients {
@@ -202,6 +206,17 @@ struct SuiteArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+struct TaskStoreCommand {
+    #[command(flatten)]
+    env: EnvArgs,
+    #[command(flatten)]
+    args: task_store::TaskStoreArgs,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
 struct IdleArgs {
     #[command(flatten)]
     env: EnvArgs,
@@ -228,6 +243,15 @@ async fn main() -> ExitCode {
         }
         Some(Command::Suite(args)) => suite_command(args).await,
         Some(Command::Idle(args)) => idle_command(args).await,
+        Some(Command::TaskStore(command)) => {
+            match task_store::run(&command.env.amqp_url, &command.args).await {
+                Ok(reports) => match &command.json {
+                    Some(path) => write_json(path, &reports),
+                    None => Ok(()),
+                },
+                Err(e) => Err(e),
+            }
+        }
         None => case_command(cli.case, cli.env).await,
     };
     match result {

@@ -108,6 +108,10 @@ pub mod amqp {
     pub const DELIVERY_MODE_PERSISTENT: u8 = 2;
     /// Prefix of the per-host reply queue; the host appends its instance UUID.
     pub const REPLY_QUEUE_PREFIX: &str = "taskgate.reply.";
+    /// The shared, durable (quorum) reply queue of detached tasks when the hosts share a task
+    /// store: every host consumes it, so a reply outlives the host that published the
+    /// request (§4.3).
+    pub const TASK_REPLY_QUEUE: &str = "taskgate.task-replies";
 }
 
 pub mod trace;

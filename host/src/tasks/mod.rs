@@ -13,6 +13,7 @@
 
 mod memory;
 mod redis_store;
+pub mod replies;
 
 #[cfg(test)]
 mod tests;
@@ -118,7 +119,8 @@ pub enum Created {
     TooMany { max: usize },
 }
 
-/// How a task ended: its state and the final response to replay, as sent to the client.
+/// How a task ended: its state and what the client gets — the result's data, or the error
+/// object.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub state: TaskState,

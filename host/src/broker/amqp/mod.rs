@@ -33,6 +33,7 @@ mod connect;
 mod message;
 mod publisher;
 mod session;
+mod task_replies;
 mod topology;
 
 use std::collections::VecDeque;
@@ -50,6 +51,7 @@ pub use self::message::request_properties;
 use self::publisher::Message;
 pub use self::session::Backoff;
 use self::session::Live;
+pub use self::task_replies::{consume_task_replies, task_reply_queue_declaration};
 use self::topology::declare_request_queue;
 pub use self::topology::{field_table, reply_consumer, reply_queue_declaration, QueueDecl};
 use super::{Broker, OutgoingRequest, PublishError};

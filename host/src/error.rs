@@ -81,6 +81,9 @@ pub enum UnavailableCause {
     /// The connection is being closed while its request is admitted.
     #[error("the connection is closing")]
     ConnectionClosing,
+    /// The shared task store could not be reached (a detached task, `[resume] store`).
+    #[error("{0}")]
+    TaskStore(String),
 }
 
 /// Which per-connection limit a request ran into.

@@ -17,13 +17,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::services::ServeDir;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::admission::Admission;
 use crate::auth::Authenticator;
-use crate::broker::amqp::{AmqpBroker, QueueDecl};
+use crate::broker::amqp::{consume_task_replies, AmqpBroker, QueueDecl};
 use crate::broker::amqp_url::redact_url;
+use crate::broker::Broker;
 use crate::clients::HostSink;
 use crate::config::{AuthMode, Settings};
 use crate::gateway::{Gateway, GatewayOptions};
@@ -41,6 +42,7 @@ use crate::routes::RoutingTable;
 use crate::shutdown::{Shutdown, CLOSE_CONNECTIONS};
 use crate::sink::DropReporter;
 use crate::socketio;
+use crate::tasks::{StoreChoice, StoreLimits, TaskStore};
 use crate::transport::SlowClientPolicy;
 use crate::watcher::{self, ReloadTarget};
 use crate::websocket::{self, Endpoint, Hub, WsSettings};
@@ -90,7 +92,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let host = Host::build(settings)?;
+    let store = open_task_store(&settings).await?;
+    let host = Host::build(settings, store)?;
     let app = host.router();
     host.serve(listener, app, shutdown).await
 }
@@ -116,12 +119,35 @@ struct Host {
     /// Hot reload's state after the initial plugin load.
     reloader: Reloader<PrivateCopyLoader>,
     queues: Vec<QueueDecl>,
+    /// The task store the hosts of a cluster share (`[resume] store`), if any.
+    store: Option<Arc<dyn TaskStore>>,
+}
+
+/// The shared task store `[resume] store` names, connected; `None` for the embedded one
+/// (detached tasks then stay in the gateway). An unreachable store stops the start: the
+/// host would otherwise take tasks it cannot keep.
+async fn open_task_store(settings: &Settings) -> Result<Option<Arc<dyn TaskStore>>, ServeError> {
+    if !settings.resume.enabled() || settings.resume.store == StoreChoice::Memory {
+        return Ok(None);
+    }
+    let store = settings
+        .resume
+        .store
+        .open(StoreLimits::from(&settings.resume))
+        .await
+        .map_err(|e| ServeError::Config(format!("[resume] store: {e}")))?;
+    info!(
+        store = %settings.resume.store.describe(),
+        task_reply_queue = %settings.resume.store.task_reply_queue().unwrap_or_default(),
+        "detached tasks live in the shared task store; their replies come through the task-reply queue"
+    );
+    Ok(Some(store))
 }
 
 impl Host {
     /// Loads the plugins and wires the gateway to the broker and both transports. Nothing
     /// connects or listens yet.
-    fn build(settings: Settings) -> Result<Host, ServeError> {
+    fn build(settings: Settings, store: Option<Arc<dyn TaskStore>>) -> Result<Host, ServeError> {
         // First: everything after (the initial plugin load too) records into it.
         let metrics = metrics::install();
         let authenticator = Authenticator::from_config(&settings.auth)
@@ -174,14 +200,21 @@ impl Host {
                 websocket: hub,
             });
             transports = Some((layer, sink.clone()));
-            Gateway::new(
+            let gateway = Gateway::new(
                 Arc::new(broker.clone()),
                 sink,
                 initial.routes,
                 GatewayOptions::default(),
             )
             .with_limits(&settings.limits)
-            .with_resume(settings.resume.clone())
+            .with_resume(settings.resume.clone());
+            match &store {
+                Some(store) => {
+                    let queue = settings.resume.store.task_reply_queue().unwrap_or_default();
+                    gateway.with_task_store(store.clone(), &queue)
+                }
+                None => gateway,
+            }
         });
         let Some((socketio_layer, sink)) = transports else {
             unreachable!("Arc::new_cyclic runs its closure before it returns")
@@ -218,6 +251,7 @@ impl Host {
             operations,
             reloader,
             queues: initial.queues,
+            store,
         })
     }
 
@@ -298,6 +332,30 @@ impl Host {
             })
         };
 
+        let task_replies =
+            self.store.clone().map(|store| {
+                let url = self.settings.amqp_url.clone();
+                let name = format!("taskgate-host {} task replies", self.host_id);
+                let broker = self.broker.clone();
+                let max_reply_bytes = self.settings.limits.max_reply_bytes;
+                let queue = self
+                    .settings
+                    .resume
+                    .store
+                    .task_reply_queue()
+                    .unwrap_or_default();
+                let stopped = stop.clone().cancelled_owned();
+                tokio::spawn(async move {
+                    let keep = move |reply| {
+                        let (store, broker) = (store.clone(), broker.clone());
+                        async move {
+                            keep_task_reply(store.as_ref(), &broker, reply, max_reply_bytes).await
+                        }
+                    };
+                    consume_task_replies(&url, &name, &queue, keep, stopped).await
+                })
+            });
+
         let addr = listener.local_addr().map_err(ServeError::Serve)?;
         info!(
             %addr,
@@ -322,6 +380,11 @@ impl Host {
         stop.cancel();
         if let Err(e) = broker_task.await {
             warn!(error = %e, "broker task ended abnormally");
+        }
+        if let Some(task) = task_replies {
+            if let Err(e) = task.await {
+                warn!(error = %e, "task-reply consumer ended abnormally");
+            }
         }
         if let Err(e) = reload_task.await {
             warn!(error = %e, "hot reload task ended abnormally");
@@ -520,4 +583,35 @@ fn start_hot_reload(
         let _watch = watch;
         watcher::run(reloader, Arc::new(target), trigger, queues, stop).await;
     })
+}
+
+/// One message of the shared task-reply queue into the store; true once it is there (or
+/// was dropped for good), false to try again. A reply the host ended its task for (too
+/// large) tells workers to stop.
+async fn keep_task_reply(
+    store: &dyn TaskStore,
+    broker: &AmqpBroker,
+    reply: crate::broker::IncomingReply,
+    max_reply_bytes: usize,
+) -> bool {
+    let correlation_id = reply.correlation_id.clone();
+    match crate::tasks::replies::keep(store, reply, max_reply_bytes).await {
+        Ok(crate::tasks::replies::Kept::Ended { cancel: true }) => {
+            if let Some(id) = correlation_id.and_then(|c| Uuid::parse_str(&c).ok()) {
+                if let Err(error) = broker.publish_cancel(id).await {
+                    debug!(correlation_id = %id, %error, "cancellation not published");
+                }
+            }
+            true
+        }
+        Ok(crate::tasks::replies::Kept::Dropped(why)) => {
+            debug!(?correlation_id, why, "a task reply dropped");
+            true
+        }
+        Ok(_) => true,
+        Err(error) => {
+            warn!(?correlation_id, %error, "a task reply could not be stored; trying again");
+            false
+        }
+    }
 }

@@ -33,6 +33,9 @@ pub struct OutgoingRequest {
     pub identity: Option<Arc<str>>,
     /// The W3C trace context forwarded in the `traceparent` header (§3.10).
     pub traceparent: TraceParent,
+    /// Where the worker replies: `None` for the host's own reply queue; the shared task-reply
+    /// queue for a detached task of a shared store (§4.3).
+    pub reply_to: Option<Arc<str>>,
 }
 
 /// A reply message from a worker (protocol §2.3), as received: nothing is trusted yet.

@@ -49,6 +49,14 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         envelope: Result<RequestEnvelope, String>,
         ack: S::Ack,
     ) -> Option<impl Future<Output = ()> + Send + 'static> {
+        // A detached task when the hosts share a task store: it goes through the store.
+        let (mut envelope, mut ack) = (Some(envelope), Some(ack));
+        if self.submit_shared(conn, &mut envelope, &mut ack) {
+            return None;
+        }
+        let (Some(envelope), Some(ack)) = (envelope, ack) else {
+            return None;
+        };
         // A session resending the id of a request it still has: the work is not run again
         // (protocol §4.3).
         if let Some((correlation_id, client_id)) = self.owned_elsewhere(conn, &envelope) {
@@ -127,6 +135,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             deadline_ms: unix_ms_after(spec.timeout),
             identity,
             traceparent,
+            reply_to: None,
         };
         let wait = self.options.publish_timeout.min(spec.timeout);
         let published = match tokio::time::timeout(wait, self.broker.publish(request)).await {
@@ -352,7 +361,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
 
     /// Sends a refusal; a client that cannot even receive that is dropped, so it does not
     /// wait forever for an answer.
-    fn send_refusal(&self, conn: S::Conn, ack: S::Ack, error: &RequestError) {
+    pub(super) fn send_refusal(&self, conn: S::Conn, ack: S::Ack, error: &RequestError) {
         if self.sink.ack(ack, Err(&error.to_body())).is_err() {
             warn!(
                 ?conn,

@@ -52,7 +52,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     }
 
     /// Handles a client's `cancel` event.
-    pub fn cancel(&self, conn: S::Conn, envelope: Result<CancelEnvelope, String>) {
+    pub fn cancel(self: &Arc<Self>, conn: S::Conn, envelope: Result<CancelEnvelope, String>) {
         let Ok(CancelEnvelope {
             id: Some(Value::String(id)),
         }) = envelope
@@ -65,6 +65,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             .get(&conn)
             .and_then(|r| r.get(id.as_str()).copied())
         else {
+            if self.store.is_some() {
+                return self.cancel_shared(conn, &id);
+            }
             debug!(?conn, client_id = %id, "cancel for a request not in flight ignored");
             return;
         };

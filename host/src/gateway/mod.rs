@@ -28,6 +28,7 @@ mod ending;
 mod envelope;
 mod relay;
 mod resume;
+mod shared_tasks;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -156,6 +157,13 @@ pub struct Gateway<B: Broker, S: ClientSink> {
     kept: DashMap<Uuid, Kept>,
     /// Detached tasks (running or kept) per owner, against `[resume] max_tasks`.
     tasks_per_owner: DashMap<Owner, usize>,
+    /// The task store the hosts of a cluster share; `None`: detached tasks live in the
+    /// maps above (`shared_tasks`).
+    store: Option<Arc<dyn crate::tasks::TaskStore>>,
+    /// What each connection is relayed from the shared store, stopped when it goes.
+    relays: DashMap<S::Conn, Vec<tokio::task::AbortHandle>>,
+    /// Where workers reply to the shared store's tasks.
+    task_reply_queue: Arc<str>,
 }
 
 impl<B: Broker, S: ClientSink> Drop for Gateway<B, S> {
@@ -191,6 +199,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             owned: DashMap::new(),
             kept: DashMap::new(),
             tasks_per_owner: DashMap::new(),
+            store: None,
+            relays: DashMap::new(),
+            task_reply_queue: Arc::from(""),
         }
     }
 
@@ -266,6 +277,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     /// The connection is gone: forget its requests and tell workers to stop them — or,
     /// for a session's connection, park them until the window passes.
     pub fn disconnected(self: &Arc<Self>, conn: S::Conn) {
+        self.stop_relays(conn);
         let session = self.sessions.remove(&conn);
         let Some((_, requests)) = self.conns.remove(&conn) else {
             return;

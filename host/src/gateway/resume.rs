@@ -334,7 +334,12 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
 
     /// Handles an `attach` event: picks up a request of the connection's owner, answering
     /// `{ ok, state, firstSeq }` and then its chunks after `afterSeq` and its outcome.
-    pub fn attach(&self, conn: S::Conn, envelope: Result<AttachEnvelope, String>, ack: S::Ack) {
+    pub fn attach(
+        self: &Arc<Self>,
+        conn: S::Conn,
+        envelope: Result<AttachEnvelope, String>,
+        ack: S::Ack,
+    ) {
         let (client_id, after_seq) = match check_attach(envelope) {
             Ok(checked) => checked,
             Err(error) => return self.refuse_attach(conn, ack, &error),
@@ -348,7 +353,12 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 ack,
                 AckStyle::Attach,
             ),
-            None => self.refuse_attach(conn, ack, &RequestError::TaskNotFound),
+            // Not here: in the shared store, if there is one.
+            None => {
+                if let Err(ack) = self.attach_shared(conn, &client_id, after_seq, ack) {
+                    self.refuse_attach(conn, ack, &RequestError::TaskNotFound);
+                }
+            }
         }
     }
 
@@ -530,7 +540,11 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     }
 
     /// Handles a `tasks` event: the owner's detached tasks, running or kept, newest first.
-    pub fn tasks(&self, conn: S::Conn, ack: S::Ack) {
+    pub fn tasks(self: &Arc<Self>, conn: S::Conn, ack: S::Ack) {
+        let ack = match self.tasks_shared(conn, ack) {
+            Ok(()) => return,
+            Err(ack) => ack,
+        };
         let owner = self.sessions.get(&conn).and_then(|s| s.owner().cloned());
         let mut ids: Vec<(Arc<str>, Uuid)> = match &owner {
             Some(owner) => self
@@ -587,7 +601,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
     }
 
-    fn refuse_attach(&self, conn: S::Conn, ack: S::Ack, error: &RequestError) {
+    pub(super) fn refuse_attach(&self, conn: S::Conn, ack: S::Ack, error: &RequestError) {
         debug!(?conn, code = %error.code(), %error, "attach refused");
         if let Err(EmitError::Full) = self.sink.ack(ack, Err(&error.to_body())) {
             self.sink.disconnect(conn);

@@ -440,6 +440,32 @@ impl StoreChoice {
         }
     }
 
+    /// The shared reply queue of detached tasks (protocol §4.3): `taskgate.task-replies`,
+    /// or, for a store with a prefix of its own, `taskgate.task-replies.{prefix}` — clusters
+    /// that share one RabbitMQ and one Redis are told apart by their prefix, and a reply must
+    /// reach a host of its own cluster. `None` for the embedded store.
+    pub fn task_reply_queue(&self) -> Option<String> {
+        let StoreChoice::Redis { prefix, .. } = self else {
+            return None;
+        };
+        let queue = taskgate_protocol::amqp::TASK_REPLY_QUEUE;
+        if prefix == DEFAULT_STORE_PREFIX {
+            return Some(queue.to_owned());
+        }
+        let own: String = prefix
+            .trim_end_matches(':')
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        Some(format!("{queue}.{own}"))
+    }
+
     /// Opens the store: a shared one must be reachable.
     pub async fn open(&self, limits: StoreLimits) -> Result<Arc<dyn TaskStore>, StoreError> {
         match self {

@@ -26,6 +26,7 @@ pub fn request(queue: &str) -> OutgoingRequest {
         deadline_ms: 0,
         identity: None,
         traceparent: TraceParent::new(1, 1, 1).unwrap(),
+        reply_to: None,
     }
 }
 

@@ -124,6 +124,7 @@ mod tests {
             deadline_ms: 42,
             identity: None,
             traceparent: TraceParent::parse(TRACEPARENT).unwrap(),
+            reply_to: None,
         };
         let p = request_properties(&request, "taskgate.reply.x");
         assert_eq!(
@@ -170,6 +171,7 @@ mod tests {
             deadline_ms: 1,
             identity: Some(r#"{"subject":"alice","roles":["admin"]}"#.into()),
             traceparent: TraceParent::parse(TRACEPARENT).unwrap(),
+            reply_to: None,
         };
         let p = request_properties(&request, "r");
         match get(p.headers().unwrap(), "x-identity") {

@@ -191,7 +191,8 @@ impl AmqpBroker {
             .live
             .load_full()
             .ok_or(PublishError::NotConnected)?;
-        let properties = request_properties(&request, &live.reply_queue);
+        let reply_to = request.reply_to.as_deref().unwrap_or(&live.reply_queue);
+        let properties = request_properties(&request, reply_to);
         live.publisher
             .publish(Message {
                 exchange: "",

@@ -1,0 +1,196 @@
+/**
+ * Detached tasks in a task store the hosts share (issue 14 phase 2; docs/protocol.md §4.3): two hosts
+ * with one Redis key prefix and one cluster secret. A detached streaming task starts on host A, A is
+ * SIGKILLed mid-task while the client is away, the worker goes on replying to the shared task-reply
+ * queue, and the client comes back through host B: `tasks` lists the task with its progress, `attach`
+ * gets every chunk once, in order, then the result; the worker got the request once. Another owner
+ * learns nothing on B, and past `result_ttl` the task is gone there too.
+ */
+
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { promisify } from 'node:util';
+
+import { io, type Socket } from 'socket.io-client';
+
+import { CancelListener, e2e, FakeWorker, sleep, startHost, TYPES, uniqueId, waitUntil, type TestContext } from './harness.js';
+
+const REDIS_URL = 'redis://127.0.0.1:6379/';
+const SECRET_ENV = 'TASKGATE_E2E_RESUME_SECRET';
+
+interface SessionEvent {
+  token: string;
+}
+
+interface TaskInfo {
+  id: string;
+  state: string;
+  lastSeq?: number;
+  lastChunk?: unknown;
+}
+
+/** A socket.io-client connection that opts into a session (or presents a token). */
+class Client {
+  readonly socket: Socket;
+  readonly sessions: SessionEvent[] = [];
+  readonly responses = new Map<string, Array<{ type: string; seq?: number; data?: unknown; error?: { code: string } }>>();
+
+  constructor(ctx: TestContext, url: string, first: true | string = true) {
+    this.socket = io(url, {
+      transports: ['websocket'],
+      upgrade: false,
+      forceNew: true,
+      reconnection: false,
+      timeout: 5000,
+      auth: { session: first },
+    });
+    this.socket.on('session', (s: SessionEvent) => this.sessions.push(s));
+    this.socket.on('response', (r: { id: string; type: string; seq?: number }) => {
+      const list = this.responses.get(r.id) ?? [];
+      list.push(r);
+      this.responses.set(r.id, list);
+    });
+    ctx.onCleanup(async () => {
+      this.socket.disconnect();
+    });
+  }
+
+  async session(): Promise<SessionEvent> {
+    return waitUntil(() => this.sessions[0], 10_000, 'the session event');
+  }
+
+  seqs(id: string): number[] {
+    return (this.responses.get(id) ?? []).filter((r) => r.type === 'chunk').map((r) => r.seq ?? -1);
+  }
+
+  final(id: string) {
+    return (this.responses.get(id) ?? []).find((r) => r.type !== 'chunk');
+  }
+
+  emit(event: string, body?: unknown): Promise<any> {
+    const socket = this.socket.timeout(5000);
+    return body === undefined ? socket.emitWithAck(event) : socket.emitWithAck(event, body);
+  }
+
+  async tasks(): Promise<TaskInfo[]> {
+    const ack = await this.emit('tasks');
+    assert.equal(ack.ok, true, JSON.stringify(ack));
+    return ack.tasks;
+  }
+}
+
+/** Two hosts sharing a store under a prefix of this test's own, and its task-reply queue. */
+async function cluster(ctx: TestContext, resume: Record<string, unknown> = {}) {
+  const prefix = `taskgate-e2e-${randomUUID()}:`;
+  const taskReplies = `taskgate.task-replies.${prefix.slice(0, -1)}`;
+  ctx.queues.add(taskReplies);
+  ctx.onCleanup(async () => {
+    // The keys expire by themselves; a test leaves none behind all the same.
+    await promisify(execFile)('bash', ['-c', `redis-cli --scan --pattern '${prefix}*' | xargs -r redis-cli del`]).catch(() => {});
+  });
+  const sections = { resume: { window: '20s', store: REDIS_URL, store_prefix: prefix, secret_env: SECRET_ENV, ...resume } };
+  const env = { [SECRET_ENV]: `e2e-cluster-secret-${randomUUID()}` };
+  const a = await startHost(ctx, { name: 'hostA', sections, env });
+  const b = await startHost(ctx, { name: 'hostB', sections, env });
+  const worker = await FakeWorker.start(ctx, a.queues[TYPES.countdown]);
+  return { a, b, worker, taskReplies };
+}
+
+e2e('shared store: a detached task outlives the SIGKILL of its host — another host lists it, attaches, and sees it finish; the worker ran once', async (ctx) => {
+  const { a, b, worker, taskReplies } = await cluster(ctx, { result_ttl: '3s' });
+  const page = new Client(ctx, a.url);
+  const { token } = await page.session();
+
+  const id = uniqueId('survivor');
+  const envelope = { id, requestType: TYPES.countdown, payload: { from: 3, intervalMs: 10 }, detach: true };
+  assert.deepEqual(await page.emit('request', envelope), { ok: true });
+  const job = await worker.next();
+  assert.equal(job.replyTo, taskReplies, 'a detached task replies to the shared queue');
+  for (let seq = 0; seq < 10; seq++) await worker.chunk(job, { n: seq }, seq);
+  await waitUntil(() => page.seqs(id).length >= 10 || undefined, 10_000, '10 chunks through host A');
+
+  // The client goes away, then its host dies without a word; the worker goes on.
+  page.socket.disconnect();
+  a.proc.stopRequested = true; // the harness must not count this death as a crash
+  a.proc.child.kill('SIGKILL');
+  await a.proc.exited;
+  for (let seq = 10; seq < 20; seq++) await worker.chunk(job, { n: seq }, seq);
+
+  // Back through host B, with the session token host A issued (the cluster secret signs both).
+  const back = new Client(ctx, b.url, token);
+  await back.session();
+  const listed = await waitUntil(
+    async () => {
+      const tasks = await back.tasks();
+      return tasks.length === 1 && tasks[0].lastSeq === 19 ? tasks : undefined;
+    },
+    15_000,
+    'host B to list the task with the chunks sent after host A died',
+  );
+  assert.equal(listed[0].id, id);
+  assert.equal(listed[0].state, 'running');
+  assert.deepEqual(listed[0].lastChunk, { n: 19 });
+
+  const ack = await back.emit('attach', { id });
+  assert.deepEqual(ack, { ok: true, state: 'running', firstSeq: 0 });
+  for (let seq = 20; seq < 30; seq++) await worker.chunk(job, { n: seq }, seq);
+  await worker.result(job, { done: true });
+  worker.ack(job);
+  await waitUntil(() => back.final(id), 10_000, 'the result through host B');
+  assert.deepEqual(back.seqs(id), Array.from({ length: 30 }, (_, i) => i), 'every chunk once, in order');
+  assert.deepEqual(back.final(id), { id, type: 'result', data: { done: true } });
+  await worker.expectNothing(300);
+
+  // An idempotent resend through B attaches to the ended task: nothing runs again.
+  const again = new Client(ctx, b.url, token);
+  await again.session();
+  assert.deepEqual(await again.emit('request', envelope), { ok: true });
+  await waitUntil(() => again.final(id), 10_000, 'the kept result on a resend');
+  assert.deepEqual(again.seqs(id).length, 30);
+  await worker.expectNothing(300);
+
+  // Another owner learns nothing on B.
+  const stranger = new Client(ctx, b.url);
+  await stranger.session();
+  assert.deepEqual(await stranger.tasks(), []);
+  const refused = await stranger.emit('attach', { id });
+  assert.equal(refused.ok, false);
+  assert.equal(refused.error.code, 'TASK_NOT_FOUND');
+
+  // Past result_ttl the task is gone on B as well.
+  await sleep(3500);
+  const gone = await back.emit('attach', { id });
+  assert.equal(gone.ok, false);
+  assert.equal(gone.error.code, 'TASK_NOT_FOUND');
+  assert.deepEqual(await back.tasks(), []);
+});
+
+e2e('shared store: cancel from another host stops the worker and ends the task CANCELLED', async (ctx) => {
+  const { a, b, worker } = await cluster(ctx);
+  const cancels = await CancelListener.start(ctx);
+  const page = new Client(ctx, a.url);
+  const { token } = await page.session();
+  const id = uniqueId('cancel');
+  assert.deepEqual(
+    await page.emit('request', { id, requestType: TYPES.countdown, payload: { from: 3, intervalMs: 10 }, detach: true }),
+    { ok: true },
+  );
+  const job = await worker.next();
+  page.socket.disconnect();
+
+  const back = new Client(ctx, b.url, token);
+  await back.session();
+  assert.equal((await back.emit('attach', { id })).ok, true);
+  back.socket.emit('cancel', { id });
+  await waitUntil(() => back.final(id), 10_000, 'the CANCELLED error');
+  assert.equal(back.final(id)?.error?.code, 'CANCELLED');
+  const [task] = await back.tasks();
+  assert.equal(task.state, 'cancelled');
+  await waitUntil(() => cancels.find(job.correlationId!), 5000, 'the cancellation to the workers');
+  // A late result from the worker does not change the outcome.
+  await worker.result(job, { late: true });
+  worker.ack(job);
+  await sleep(300);
+  assert.equal((await back.tasks())[0].state, 'cancelled');
+});

@@ -407,3 +407,4 @@ mod ending;
 mod relay;
 mod request_metrics;
 mod resume;
+mod shared_tasks;

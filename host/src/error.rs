@@ -298,6 +298,7 @@ mod tests {
             UnavailableCause::BrokerLost,
             UnavailableCause::PublishFailed(PublishError::NotConnected),
             UnavailableCause::ConnectionClosing,
+            UnavailableCause::TaskStore("the task store is unreachable: refused".into()),
         ];
         let messages: Vec<String> = causes
             .into_iter()
@@ -315,6 +316,7 @@ mod tests {
                 "the broker connection was lost; the reply to this request cannot arrive",
                 "the request could not be handed to the broker: not connected to the broker",
                 "the connection is closing",
+                "the task store is unreachable: refused",
             ]
         );
     }

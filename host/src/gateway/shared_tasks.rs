@@ -284,10 +284,14 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         after_seq: i64,
         how: Answer<S::Ack>,
     ) {
-        if let Ok(Some(mut record)) = store.record(correlation_id).await {
-            self.expire_overdue(store.as_ref(), &mut record).await;
-        }
-        let attachment = match Attachment::open(store, correlation_id, after_seq).await {
+        let record = match store.record(correlation_id).await {
+            Ok(Some(mut record)) => {
+                self.expire_overdue(store.as_ref(), &mut record).await;
+                Some(record)
+            }
+            _ => None,
+        };
+        let attachment = match Attachment::open(store.clone(), correlation_id, after_seq).await {
             Ok(Some(attachment)) => attachment,
             Ok(None) => {
                 let (Answer::Attach(ack) | Answer::Request(ack)) = how;
@@ -311,7 +315,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
         let gateway = self.clone();
         let relay = tokio::spawn(async move {
-            gateway.forward(conn, client_id, attachment).await;
+            gateway
+                .forward(conn, client_id, attachment, store, record)
+                .await;
         });
         let mut relays = self.relays.entry(conn).or_default();
         // Relays that ended (their task did) go as new ones come: the list stays short.
@@ -324,9 +330,33 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
     }
 
-    async fn forward(&self, conn: S::Conn, client_id: Arc<str>, mut attachment: Attachment) {
+    /// Relays until the outcome. Should the task's deadline pass with no outcome (its host
+    /// died, and with it the timer), this relay writes the `TIMEOUT` itself.
+    async fn forward(
+        &self,
+        conn: S::Conn,
+        client_id: Arc<str>,
+        mut attachment: Attachment,
+        store: Arc<dyn TaskStore>,
+        mut record: Option<TaskRecord>,
+    ) {
+        let overdue = record.as_ref().map_or(std::time::Duration::MAX, |r| {
+            std::time::Duration::from_millis(r.deadline_ms.saturating_sub(unix_ms()) + 1)
+        });
+        let deadline =
+            tokio::time::sleep(overdue.min(std::time::Duration::from_secs(365 * 24 * 3600)));
+        tokio::pin!(deadline);
         loop {
-            let entry = match attachment.next().await {
+            let next = tokio::select! {
+                next = attachment.next() => next,
+                () = &mut deadline, if record.is_some() => {
+                    if let Some(mut overdue) = record.take() {
+                        self.expire_overdue(store.as_ref(), &mut overdue).await;
+                    }
+                    continue;
+                }
+            };
+            let entry = match next {
                 Ok(Some(entry)) => entry,
                 Ok(None) => return,
                 Err(error) => {

@@ -240,3 +240,33 @@ async fn the_taking_host_times_a_task_out_and_a_dead_hosts_task_times_out_when_r
     assert_eq!(entry["state"], "failed");
     assert_eq!(b.broker.cancels(), vec![orphan.correlation_id]);
 }
+
+#[tokio::test]
+async fn a_client_attached_to_a_dead_hosts_task_gets_its_timeout() {
+    let store = store();
+    let owner = Owner::Session(SessionId::new());
+    let (_, b) = cluster(&store, &owner);
+    let orphan = NewTask {
+        owner: OwnerKey::of(&owner),
+        client_id: "orphan".into(),
+        correlation_id: Uuid::new_v4(),
+        request_type: "slow".into(),
+        started_at_ms: 0,
+        timeout: Duration::from_millis(300),
+    };
+    store.create(&orphan).await.unwrap();
+    b.gateway.attach(
+        CONN,
+        serde_json::from_value(json!({"id": "orphan"}))
+            .map_err(|e: serde_json::Error| e.to_string()),
+        1,
+    );
+    assert_eq!(b.ack_of(1).await["state"], "running");
+    let events = until(|| {
+        let events = b.sink.events(CONN);
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert_eq!(events[0]["error"]["code"], "TIMEOUT");
+    assert_eq!(b.broker.cancels(), vec![orphan.correlation_id]);
+}

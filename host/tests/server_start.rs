@@ -120,3 +120,32 @@ async fn an_address_not_on_this_machine_is_a_clear_error() {
         .to_string();
     assert!(err.contains("cannot listen on 192.0.2.1:8080"), "{err}");
 }
+
+#[tokio::test]
+async fn an_unreachable_task_store_stops_the_start_with_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("taskgate-empty-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = FileConfig::parse(
+        "[resume]\nstore = \"redis://:s3cr3t-pw@127.0.0.1:1/\"\n",
+        std::path::Path::new("plugins.toml"),
+    )
+    .unwrap();
+    let overrides = Overrides {
+        plugins_dir: Some(dir),
+        ..Overrides::default()
+    };
+    let settings = Settings::resolve(file, None, overrides).unwrap();
+    let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        run(settings, listener, std::future::pending()),
+    )
+    .await
+    .expect("the start gives up soon");
+    let error = result.unwrap_err().to_string();
+    assert!(
+        error.contains("[resume] store") && error.contains("127.0.0.1:1"),
+        "{error}"
+    );
+    assert!(!error.contains("s3cr3t-pw"), "{error}");
+}

@@ -83,6 +83,9 @@ metrics_table! {
         "Broker connections opened again after one was lost";
     BROKER_CONNECTED: Gauge "taskgate_broker_connected" {}
         "1 while connected to the broker with the reply consumer running";
+    /// Recorded by `server::keep_task_reply` (a shared task store only).
+    TASK_REPLIES: Counter "taskgate_task_replies_total" {outcome}
+        "Replies from the shared task-reply queue: stored, dropped (a duplicate, or for an ended or unknown task), or retry (the task store was unreachable)";
     /// Recorded by `reload`, the initial load included.
     PLUGIN_LOADS: Counter "taskgate_plugin_loads_total" {outcome}
         "Plugin libraries loaded, reloaded or refused (failed), the initial load included";

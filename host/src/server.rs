@@ -595,7 +595,14 @@ async fn keep_task_reply(
     max_reply_bytes: usize,
 ) -> bool {
     let correlation_id = reply.correlation_id.clone();
-    match crate::tasks::replies::keep(store, reply, max_reply_bytes).await {
+    let kept = crate::tasks::replies::keep(store, reply, max_reply_bytes).await;
+    let outcome = match &kept {
+        Ok(crate::tasks::replies::Kept::Dropped(_)) => "dropped",
+        Ok(_) => "stored",
+        Err(_) => "retry",
+    };
+    ::metrics::counter!(metrics::TASK_REPLIES, "outcome" => outcome).increment(1);
+    match kept {
         Ok(crate::tasks::replies::Kept::Ended { cancel: true }) => {
             if let Some(id) = correlation_id.and_then(|c| Uuid::parse_str(&c).ok()) {
                 if let Err(error) = broker.publish_cancel(id).await {

@@ -81,6 +81,29 @@ pub enum Command {
         /// The operator's file it was copied from (for messages).
         source: PathBuf,
     },
+    /// Look at the requests workers never answered (delivered too often: poison messages)
+    /// in the dead-letter queue, and send them back after a fix.
+    #[command(name = "dead-letters", subcommand)]
+    DeadLetters(DeadLettersCommand),
+}
+
+/// `taskgate dead-letters …`, on the queue `[host] dead_letter_queue` names.
+#[derive(Debug, Clone, Subcommand, PartialEq, Eq)]
+pub enum DeadLettersCommand {
+    /// One line per dead letter, oldest first: id, request type, queue, deliveries, size.
+    List,
+    /// One dead letter in full: headers and payload.
+    Show {
+        /// Its id (the request's correlation id, as `list` shows it).
+        id: String,
+    },
+    /// Send a dead letter back to its request queue (with a fresh deadline), to run again.
+    Requeue {
+        /// Its id (the request's correlation id, as `list` shows it).
+        id: String,
+    },
+    /// Delete every dead letter.
+    Purge,
 }
 
 impl Cli {

@@ -316,6 +316,9 @@ pub struct HostSection {
     /// How long streamed chunks may wait to share a write with later frames, e.g. "2ms";
     /// "0s" writes every chunk at once.
     pub chunk_linger: Option<String>,
+    /// The dead-letter queue (and exchange) of requests delivered too often without an
+    /// answer; hosts that share request queues must name the same one.
+    pub dead_letter_queue: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize, PartialEq)]
@@ -333,6 +336,9 @@ pub struct PluginSection {
     /// How long the plugin's validation of one payload may take before the request is
     /// refused `TIMEOUT`.
     pub validation_budget_ms: Option<u64>,
+    /// Deliveries without an answer before a request is dead-lettered (replaces what the
+    /// plugin declares; default 3).
+    pub delivery_limit: Option<u32>,
     /// Overrides for one request type, keyed by its name.
     #[serde(default)]
     pub request_types: BTreeMap<String, TypeOverrides>,
@@ -347,6 +353,7 @@ pub struct TypeOverrides {
     pub queue_arguments: Option<Map<String, Value>>,
     pub required_roles: Option<Vec<String>>,
     pub validation_budget_ms: Option<u64>,
+    pub delivery_limit: Option<u32>,
 }
 
 impl FileConfig {
@@ -411,6 +418,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// How long chunks may wait for company on a WebSocket connection (zero: not at all).
     pub chunk_linger: Duration,
+    /// `[host] dead_letter_queue` (default `taskgate.dead-letters`).
+    pub dead_letter_queue: String,
     /// `[resume]`: the window and buffer (the secret stays in `resume_section` until the
     /// server reads it, like `[auth]`'s).
     pub resume: ResumeSettings,
@@ -502,6 +511,21 @@ impl Settings {
                 "\"2ms\", or \"0s\" for none",
             )?,
         };
+        let dead_letter_queue = file
+            .host
+            .dead_letter_queue
+            .unwrap_or_else(|| taskgate_protocol::amqp::DEAD_LETTER_QUEUE.to_owned());
+        let inbox_bytes =
+            dead_letter_queue.len() + taskgate_protocol::amqp::DEAD_LETTER_INBOX_SUFFIX.len();
+        if dead_letter_queue.is_empty()
+            || inbox_bytes > 255
+            || dead_letter_queue.starts_with("amq.")
+        {
+            return Err(ConfigError::Invalid(format!(
+                "[host] dead_letter_queue must be 1 to {} bytes long and not start with `amq.`",
+                255 - taskgate_protocol::amqp::DEAD_LETTER_INBOX_SUFFIX.len()
+            )));
+        }
         let (resume, resume_section) = file.resume.resolve(&base)?;
         Ok(Settings {
             listen,
@@ -530,6 +554,7 @@ impl Settings {
             operations_token_file: file.host.operations_token_file.map(|f| base.join(f)),
             shutdown_grace,
             chunk_linger,
+            dead_letter_queue,
             resume,
             resume_section,
             plugins: file.plugins,
@@ -562,6 +587,7 @@ impl Settings {
             validation_budget_ms: specific
                 .validation_budget_ms
                 .or(section.validation_budget_ms),
+            delivery_limit: specific.delivery_limit.or(section.delivery_limit),
         }
     }
 
@@ -755,6 +781,49 @@ mod tests {
         assert_eq!(o.queue.as_deref(), Some("q.wc"));
         assert_eq!(o.timeout_ms, Some(1000));
         assert_eq!(s.overrides_for("text", "text.other").queue, None);
+    }
+
+    #[test]
+    fn delivery_limits_override_per_type_over_per_plugin() {
+        let file = parse(
+            r#"
+            [plugins.text]
+            enabled = true
+            delivery_limit = 5
+            [plugins.text.request_types."text.wordcount"]
+            delivery_limit = 2
+            "#,
+        )
+        .unwrap();
+        let s = Settings::resolve(file, None, Overrides::default()).unwrap();
+        assert_eq!(
+            s.overrides_for("text", "text.wordcount").delivery_limit,
+            Some(2)
+        );
+        assert_eq!(
+            s.overrides_for("text", "text.other").delivery_limit,
+            Some(5)
+        );
+        assert_eq!(s.overrides_for("other", "x").delivery_limit, None);
+    }
+
+    #[test]
+    fn the_dead_letter_queue_has_a_default_and_a_checked_name() {
+        let s = Settings::resolve(parse("").unwrap(), None, Overrides::default()).unwrap();
+        assert_eq!(s.dead_letter_queue, "taskgate.dead-letters");
+        let s = Settings::resolve(
+            parse("[host]\ndead_letter_queue = \"my.dl\"\n").unwrap(),
+            None,
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.dead_letter_queue, "my.dl");
+        for bad in ["", "amq.dl"] {
+            let text = format!("[host]\ndead_letter_queue = \"{bad}\"\n");
+            let err =
+                Settings::resolve(parse(&text).unwrap(), None, Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("dead_letter_queue"), "{err}");
+        }
     }
 
     #[test]

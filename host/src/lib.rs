@@ -26,6 +26,8 @@
 //!   accept loop (timeouts and a limit before a connection's first request); [`shutdown`]
 //!   the graceful sequence; [`request_head`] keeps idle WebSockets small.
 //! - [`error`]: why a request fails, mapped to protocol error codes.
+//! - [`dead_letters`]: poison messages — which queues count deliveries, what a dead letter's
+//!   client is told, what `taskgate dead-letters` shows (the AMQP side: `broker::amqp`).
 //! - [`admission`], [`auth`], [`session`], [`limits`], [`origins`], [`host_names`]: who may
 //!   connect and call what, how much one connection may ask of the host, and which names it
 //!   answers to.
@@ -41,6 +43,7 @@ pub mod broker;
 pub mod cli;
 pub mod clients;
 pub mod config;
+pub mod dead_letters;
 pub mod deadlines;
 pub mod error;
 pub mod gateway;

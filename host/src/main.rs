@@ -5,7 +5,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use taskgate_host::cli::{Cli, Command, LogFormat};
+use taskgate_host::broker::amqp::dead_letters;
+use taskgate_host::cli::{Cli, Command, DeadLettersCommand, LogFormat};
+use taskgate_host::dead_letters::DeadLetterNames;
 use taskgate_host::{plugins, schemas, server};
 use tracing::{info, warn};
 use tracing_subscriber::filter::filter_fn;
@@ -76,6 +78,42 @@ fn scan_plugins(settings: &taskgate_host::config::Settings) -> Option<Vec<plugin
             None
         }
     }
+}
+
+/// `taskgate dead-letters …`: what it prints.
+async fn dead_letters_command(
+    url: &str,
+    names: &DeadLetterNames,
+    command: DeadLettersCommand,
+) -> Result<String, dead_letters::DeadLetterError> {
+    Ok(match command {
+        DeadLettersCommand::List => {
+            let letters = dead_letters::list(url, names).await?;
+            let mut out = format!("{} dead letters in `{}`\n", letters.len(), names.queue);
+            for letter in &letters {
+                out.push_str(&letter.summary());
+                out.push('\n');
+            }
+            out
+        }
+        DeadLettersCommand::Show { id } => dead_letters::list(url, names)
+            .await?
+            .into_iter()
+            .find(|letter| letter.id == id)
+            .map(|letter| letter.details())
+            .ok_or(dead_letters::DeadLetterError::NotFound(
+                id,
+                names.queue.clone(),
+            ))?,
+        DeadLettersCommand::Requeue { id } => {
+            let queue = dead_letters::requeue(url, names, &id).await?;
+            format!("sent dead letter {id} back to `{queue}`: a worker runs it again (its original client gets the outcome if it still waits; otherwise the host logs the reply as one for a request it does not know)\n")
+        }
+        DeadLettersCommand::Purge => {
+            let purged = dead_letters::purge(url, names).await?;
+            format!("deleted {purged} dead letters from `{}`\n", names.queue)
+        }
+    })
 }
 
 /// The first signal starts the graceful shutdown; a second one stops at once.
@@ -150,6 +188,19 @@ async fn async_main(cli: Cli) -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("taskgate: cannot print the schemas: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::DeadLetters(command) => {
+            let names = DeadLetterNames::new(&settings.dead_letter_queue);
+            match dead_letters_command(&settings.amqp_url, &names, command).await {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("taskgate: {e}");
                     ExitCode::FAILURE
                 }
             }

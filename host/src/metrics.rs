@@ -72,6 +72,9 @@ metrics_table! {
         "Socket.IO connections";
     CHUNKS_RELAYED: Counter "taskgate_chunks_relayed_total" {request_type}
         "Chunks relayed to clients";
+    /// Recorded by `broker::amqp::dead_letters`, by the host that handled the dead letter.
+    DEAD_LETTERS: Counter "taskgate_dead_letters_total" {request_type}
+        "Requests delivered to workers too often without an answer: dead-lettered, and their clients given a final error";
     /// Recorded by `host_names` (`host`), `origins` (`origin`) and at the handshake (`full`,
     /// or [`crate::auth::Refusal::label`]).
     CONNECTIONS_REFUSED: Counter "taskgate_connections_refused_total" {reason}

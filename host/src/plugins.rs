@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::broker::amqp::QueueDecl;
 use crate::config::Settings;
+use crate::dead_letters::{request_queue_arguments, DeadLetterNames, DEFAULT_DELIVERY_LIMIT};
 use crate::routes::{PayloadValidator, RequestTypeSpec, RoutingTable, ServedPlugin, SpecParts};
 
 /// The SHA-256 of a library file: what tells two versions of a plugin apart.
@@ -648,9 +649,19 @@ pub fn resolve(candidates: &[Candidate], settings: &Settings) -> Resolved {
                         ));
                     }
                     owners.insert(spec.name.clone(), manifest.name.clone());
+                    if spec.delivery_limit.is_none() {
+                        resolved.notes.push(Note::new(
+                            Level::WARN,
+                            format!(
+                                "request type `{}` of plugin `{}`: its queue `{}` is not a quorum queue, so RabbitMQ does not count deliveries: a request its workers crash on is redelivered until its timeout instead of being dead-lettered",
+                                spec.name, manifest.name, spec.queue
+                            ),
+                        ));
+                    }
                     resolved.queues.push(QueueDecl {
                         name: spec.queue.clone(),
                         arguments: spec.queue_arguments.clone(),
+                        delivery_limit: spec.delivery_limit,
                     });
                     served.request_types.push(spec.name.clone());
                     specs.push(spec);
@@ -710,14 +721,26 @@ fn spec_for(
     if wanted_payload_bytes > settings.limits.max_payload_bytes {
         tracing::warn!(plugin, request_type = %declared.name, wanted = wanted_payload_bytes, ceiling = settings.limits.max_payload_bytes, "payload limit cut to [limits] max_payload_bytes");
     }
+    let deliveries = overrides
+        .delivery_limit
+        .or(declared.delivery_limit)
+        .unwrap_or(DEFAULT_DELIVERY_LIMIT);
+    if deliveries == 0 {
+        return Err("delivery_limit must be at least 1".to_owned());
+    }
+    let queue_arguments = request_queue_arguments(
+        &overrides
+            .queue_arguments
+            .unwrap_or_else(|| declared.queue_arguments.clone()),
+        deliveries,
+        &DeadLetterNames::new(&settings.dead_letter_queue).exchange,
+    );
     let parts = SpecParts {
         name: declared.name.clone(),
         plugin: plugin.to_owned(),
         plugin_version: version.to_owned(),
         queue,
-        queue_arguments: overrides
-            .queue_arguments
-            .unwrap_or_else(|| declared.queue_arguments.clone()),
+        queue_arguments: queue_arguments.arguments,
         streams: declared.streams,
         timeout: Duration::from_millis(overrides.timeout_ms.unwrap_or(declared.timeout_ms).max(1)),
         max_payload_bytes: settings.limits.payload_limit(wanted_payload_bytes),
@@ -730,8 +753,10 @@ fn spec_for(
         crate::routes::DEFAULT_VALIDATION_BUDGET,
         Duration::from_millis,
     );
-    RequestTypeSpec::new(parts, declared.validates.then_some(validator))
-        .map(|spec| spec.with_validation_budget(budget))
+    let mut spec = RequestTypeSpec::new(parts, declared.validates.then_some(validator))?
+        .with_validation_budget(budget);
+    spec.delivery_limit = queue_arguments.delivery_limit;
+    Ok(spec)
 }
 
 /// One file of the plugins directory as `taskgate plugins` reports it.

@@ -48,6 +48,9 @@ pub struct RequestTypeSpec {
     pub plugin_version: String,
     pub queue: String,
     pub queue_arguments: Map<String, Value>,
+    /// Deliveries before its queue dead-letters a request (`None`: the queue does not
+    /// count them); set by `plugins` with the queue arguments that enforce it.
+    pub delivery_limit: Option<u32>,
     pub streams: bool,
     pub timeout: Duration,
     pub max_payload_bytes: usize,
@@ -127,6 +130,7 @@ impl RequestTypeSpec {
             plugin_version: parts.plugin_version,
             queue: parts.queue,
             queue_arguments: parts.queue_arguments,
+            delivery_limit: None,
             streams: parts.streams,
             timeout: parts.timeout,
             max_payload_bytes: parts.max_payload_bytes,

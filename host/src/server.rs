@@ -27,6 +27,7 @@ use crate::broker::amqp_url::redact_url;
 use crate::broker::Broker;
 use crate::clients::HostSink;
 use crate::config::{AuthMode, Settings};
+use crate::dead_letters::DeadLetterNames;
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::host_names::{self, AllowedHosts};
 use crate::http;
@@ -184,7 +185,12 @@ impl Host {
         settings.fit_message_limit(initial.routes.iter().map(|s| s.max_payload_bytes).max());
         reloader.set_message_limit(settings.max_message_bytes);
         let host_id = Uuid::new_v4();
-        let broker = AmqpBroker::new(settings.amqp_url.clone(), host_id, initial.queues.clone());
+        let broker = AmqpBroker::with_dead_letters(
+            settings.amqp_url.clone(),
+            host_id,
+            initial.queues.clone(),
+            DeadLetterNames::new(&settings.dead_letter_queue),
+        );
 
         // The transports report the clients they drop to the gateway, which owns them
         // through its sink: they get a weak handle on it as it is made.

@@ -90,6 +90,7 @@ async fn publishes_are_confirmed_and_unroutable_ones_refused() {
         vec![QueueDecl {
             name: queue.clone(),
             arguments: Default::default(),
+            delivery_limit: None,
         }],
     );
     let stop = CancellationToken::new();
@@ -151,6 +152,7 @@ async fn a_queue_that_exists_with_other_arguments_does_not_take_the_session_down
     let decl = |name: &str| QueueDecl {
         name: name.to_owned(),
         arguments: Default::default(),
+        delivery_limit: None,
     };
     let broker = AmqpBroker::new(URL, Uuid::new_v4(), vec![decl(&conflicting), decl(&fine)]);
     let stop = CancellationToken::new();

@@ -94,6 +94,7 @@ async fn amqps_connects_when_the_ca_is_trusted_and_publishes_are_confirmed() {
         vec![taskgate_host::broker::amqp::QueueDecl {
             name: queue.clone(),
             arguments: Default::default(),
+            delivery_limit: None,
         }],
     );
     let stop = CancellationToken::new();

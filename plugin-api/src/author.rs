@@ -78,6 +78,7 @@ pub struct RequestType {
     chunk_schema: Option<Value>,
     description: Option<String>,
     required_roles: Vec<String>,
+    delivery_limit: Option<u32>,
     validate: Option<ValidateFn>,
 }
 
@@ -99,6 +100,7 @@ impl RequestType {
             chunk_schema: None,
             description: None,
             required_roles: Vec::new(),
+            delivery_limit: None,
             validate: None,
         }
     }
@@ -193,6 +195,14 @@ impl RequestType {
         self
     }
 
+    /// How many times a request may be delivered to workers without an answer (a worker
+    /// that crashes on it, again and again) before the host dead-letters it and gives its
+    /// client a final error. Default: 3. At least 1.
+    pub fn delivery_limit(mut self, deliveries: u32) -> Self {
+        self.delivery_limit = Some(deliveries);
+        self
+    }
+
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.description = Some(description.into());
         self
@@ -215,6 +225,7 @@ impl RequestType {
             validates: self.validate.is_some(),
             description: self.description.clone(),
             required_roles: self.required_roles.clone(),
+            delivery_limit: self.delivery_limit,
         }
     }
 }
@@ -335,6 +346,7 @@ mod tests {
                 RequestType::typed::<Payload>("typed")
                     .queue("q.typed")
                     .quorum()
+                    .delivery_limit(5)
                     .timeout(Duration::from_secs(5))
                     .max_payload_bytes(10)
                     .check(|p: &Payload| {
@@ -358,7 +370,9 @@ mod tests {
         assert_eq!(echo.timeout_ms, 30_000);
         assert_eq!(echo.payload_schema, Value::Bool(true));
         assert_eq!(echo.required_roles, vec!["ops".to_owned()]);
+        assert_eq!(echo.delivery_limit, None, "the host's default");
         let typed = &m.request_types[1];
+        assert_eq!(typed.delivery_limit, Some(5));
         assert_eq!(typed.queue, "q.typed");
         assert_eq!(typed.queue_arguments["x-queue-type"], "quorum");
         assert_eq!(typed.timeout_ms, 5000);

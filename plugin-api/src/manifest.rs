@@ -47,6 +47,12 @@ pub struct RequestTypeManifest {
     /// release: plugins built without it declare no roles.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub required_roles: Vec<String>,
+    /// How many times a request may be delivered to workers without being answered before
+    /// the host dead-letters it and tells its client (none: the host's default, 3).
+    /// Operators can override it in plugins.toml. Added after the first release: plugins
+    /// built without it get the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_limit: Option<u32>,
 }
 
 /// Why a payload was refused: where (a JSON Pointer into the payload) and what is wrong.
@@ -111,6 +117,12 @@ impl PluginManifest {
             if t.max_payload_bytes == 0 {
                 return Err(format!("max payload bytes of `{}` is zero", t.name));
             }
+            if t.delivery_limit == Some(0) {
+                return Err(format!(
+                    "delivery limit of `{}` is zero (a request must be delivered at least once)",
+                    t.name
+                ));
+            }
             if t.required_roles.iter().any(|r| r.trim().is_empty()) {
                 return Err(format!("a required role of `{}` is empty", t.name));
             }
@@ -151,6 +163,7 @@ mod tests {
                 validates: true,
                 description: None,
                 required_roles: Vec::new(),
+                delivery_limit: None,
             }],
         }
     }
@@ -196,6 +209,7 @@ mod tests {
                 .contains("payload schema")
         );
         assert!(refusal(|m| m.request_types[0].timeout_ms = 0).contains("timeout"));
+        assert!(refusal(|m| m.request_types[0].delivery_limit = Some(0)).contains("delivery limit"));
         assert!(refusal(|m| m.request_types[0].max_payload_bytes = 0).contains("max payload"));
         assert!(
             refusal(|m| m.request_types[0].required_roles = vec![" ".to_owned()])

@@ -112,6 +112,19 @@ pub mod amqp {
     /// store: every host consumes it, so a reply outlives the host that published the
     /// request (§4.3).
     pub const TASK_REPLY_QUEUE: &str = "taskgate.task-replies";
+
+    /// The default name of the dead-letter queue, where requests delivered too often without
+    /// an answer are kept for operators (§3.11). The dead-letter exchange has the same name;
+    /// hosts consume `<name>.inbox`. `[host] dead_letter_queue` changes all three.
+    pub const DEAD_LETTER_QUEUE: &str = "taskgate.dead-letters";
+    /// Suffix of the queue hosts consume dead letters from (§3.11).
+    pub const DEAD_LETTER_INBOX_SUFFIX: &str = ".inbox";
+    /// Header of a dead letter in the dead-letter queue: how many times the request was
+    /// delivered without an answer (§3.11).
+    pub const HEADER_DELIVERIES: &str = "x-taskgate-deliveries";
+    /// The `x-first-death-reason` of a request its queue's delivery limit dead-lettered
+    /// (RabbitMQ's name).
+    pub const DEATH_REASON_DELIVERY_LIMIT: &str = "delivery_limit";
 }
 
 pub mod trace;

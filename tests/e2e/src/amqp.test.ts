@@ -127,7 +127,7 @@ e2e('the expiration and x-deadline-ms follow each type\'s own timeout', async (c
 
 e2e('§2.1: the host declares each request queue durable, with the plugin\'s queue arguments from plugins.toml', async (ctx) => {
   const host = await startHost(ctx, {
-    plugins: { echo: { queue_arguments: { 'x-queue-type': 'quorum' } } },
+    plugins: { echo: { queue_arguments: { 'x-queue-type': 'classic' } } },
   });
   const echoQ = host.queues[TYPES.echo];
   const wcQ = host.queues[TYPES.wordcount];
@@ -137,26 +137,34 @@ e2e('§2.1: the host declares each request queue durable, with the plugin\'s que
   }
   // Re-declaring with the same attributes is accepted; with others it is refused (406),
   // which tells what the host declared.
-  assert.ok((await ctx.tryOnChannel((ch) => ch.assertQueue(wcQ, { durable: true }))).ok, `${wcQ} is durable`);
-  assert.ok(!(await ctx.tryOnChannel((ch) => ch.assertQueue(wcQ, { durable: false }))).ok, `${wcQ} is not transient`);
+  // By default (§3.11) a quorum queue that counts deliveries and dead-letters poison requests.
+  const defaults = ctx.requestQueueArguments();
+  assert.ok((await ctx.tryOnChannel((ch) => ch.assertQueue(wcQ, { durable: true, arguments: defaults }))).ok, `${wcQ} is a durable quorum queue with a delivery limit`);
+  assert.ok(!(await ctx.tryOnChannel((ch) => ch.assertQueue(wcQ, { durable: false, arguments: defaults }))).ok, `${wcQ} is not transient`);
   assert.ok(
-    (await ctx.tryOnChannel((ch) => ch.assertQueue(echoQ, { durable: true, arguments: { 'x-queue-type': 'quorum' } }))).ok,
-    `${echoQ} is a durable quorum queue`,
+    !(await ctx.tryOnChannel((ch) => ch.assertQueue(wcQ, { durable: true, arguments: ctx.requestQueueArguments(5) }))).ok,
+    `${wcQ} has the default delivery limit, 3`,
+  );
+  // An explicit queue type is kept as it is: a classic queue, without a delivery limit.
+  assert.ok(
+    (await ctx.tryOnChannel((ch) => ch.assertQueue(echoQ, { durable: true, arguments: { 'x-queue-type': 'classic' } }))).ok,
+    `${echoQ} is a durable classic queue`,
   );
   assert.ok(
-    !(await ctx.tryOnChannel((ch) => ch.assertQueue(echoQ, { durable: true, arguments: { 'x-queue-type': 'classic' } }))).ok,
-    `${echoQ} is not a classic queue`,
+    !(await ctx.tryOnChannel((ch) => ch.assertQueue(echoQ, { durable: true, arguments: { 'x-queue-type': 'quorum' } }))).ok,
+    `${echoQ} is not a quorum queue`,
   );
+  assert.ok(host.logs().some((l) => l.includes(`its queue \`${echoQ}\` is not a quorum queue`)), 'the host warns that it does not count deliveries');
 
-  // And requests flow through the quorum queue.
+  // And requests flow through the classic queue.
   const worker = await FakeWorker.start(ctx, echoQ);
   const client = await connect(ctx, host.url);
   const id = uniqueId();
-  const pending = request(client, { id, requestType: TYPES.echo, payload: 'via quorum' });
+  const pending = request(client, { id, requestType: TYPES.echo, payload: 'via classic' });
   const received = await worker.next();
   await worker.result(received, received.json());
   worker.ack(received);
-  assert.deepEqual((await pending).final, { id, type: 'result', data: 'via quorum' });
+  assert.deepEqual((await pending).final, { id, type: 'result', data: 'via classic' });
 });
 
 e2e('§2.4: the host declares the cancellation exchange taskgate.cancel as a durable fanout', async (ctx) => {

@@ -274,6 +274,24 @@ export class TestContext {
     return `e2e.${this.runId}.${requestType}`;
   }
 
+  /**
+   * The test's own dead-letter queue (`[host] dead_letter_queue`; also the name of its
+   * exchange, and `<name>.inbox` the queue hosts consume), so that no test sees another's
+   * dead letters. Deleted at the end.
+   */
+  get deadLetterQueue(): string {
+    return `e2e.${this.runId}.dead-letters`;
+  }
+
+  /**
+   * The arguments a host declares a request queue with by default (§3.11): a quorum queue
+   * that lets a request be delivered `deliveries` times, then dead-letters it to the
+   * test's dead-letter exchange. What a test must declare the same queue with to be accepted.
+   */
+  requestQueueArguments(deliveries = 3): Record<string, string | number> {
+    return { 'x-queue-type': 'quorum', 'x-delivery-limit': deliveries - 1, 'x-dead-letter-exchange': this.deadLetterQueue };
+  }
+
   note(text: string): void {
     this.notes.push(text);
   }
@@ -345,6 +363,7 @@ export class TestContext {
       for (const queue of this.queues) {
         await this.tryOnChannel((ch) => ch.deleteQueue(queue));
       }
+      await this.tryOnChannel((ch) => ch.deleteExchange(this.deadLetterQueue));
     }
     await this.amqpConnection?.close().catch(() => undefined);
     for (const dir of this.tmpDirs) await rm(dir, { recursive: true, force: true }).catch(() => undefined);
@@ -425,6 +444,7 @@ export interface PluginSettings {
   queue_arguments?: Record<string, string | number | boolean>;
   required_roles?: string[];
   validation_budget_ms?: number;
+  delivery_limit?: number;
 }
 
 export interface HostOptions {
@@ -492,7 +512,8 @@ export function pluginsToml(
   const lines = ['[host]', `listen = "127.0.0.1:0"`];
   lines.push(`amqp_url = ${tomlValue(options.amqpUrl ?? AMQP_URL)}`);
   lines.push(`plugins_dir = ${tomlValue(options.pluginsDir ?? PLUGINS_DIR)}`);
-  for (const [k, v] of Object.entries(options.hostSettings ?? {})) lines.push(`${k} = ${tomlValue(v)}`);
+  const hostSettings = { dead_letter_queue: ctx.deadLetterQueue, ...options.hostSettings };
+  for (const [k, v] of Object.entries(hostSettings)) lines.push(`${k} = ${tomlValue(v)}`);
   const queues: Record<string, string> = {};
   let enabled = 0;
   for (const [plugin, settings] of Object.entries(plugins)) {
@@ -542,6 +563,8 @@ export async function startHost(ctx: TestContext, options: HostOptions = {}): Pr
   const configPath = path.join(dir, 'plugins.toml');
   await writeFile(configPath, text);
   for (const queue of Object.values(queues)) ctx.queues.add(queue);
+  ctx.queues.add(ctx.deadLetterQueue);
+  ctx.queues.add(`${ctx.deadLetterQueue}.inbox`);
 
   const name = options.name ?? `host${++hostCounter}`;
   const proc = new Proc(name, HOST_BIN, ['--config', configPath, ...(options.args ?? [])], childEnv(options.env));

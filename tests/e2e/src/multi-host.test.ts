@@ -109,7 +109,7 @@ e2e('quorum queues from plugins.toml: two hosts declare the same quorum queue an
   const asClassic = await ctx.tryOnChannel((ch) => ch.assertQueue(queue, { durable: true, arguments: { 'x-queue-type': 'classic' } }));
   assert.equal(asClassic.ok, false, 'the queue is not a classic queue');
   assert.match(String(!asClassic.ok && asClassic.error.message), /PRECONDITION_FAILED/);
-  const asQuorum = await ctx.tryOnChannel((ch) => ch.assertQueue(queue, { durable: true, arguments: { 'x-queue-type': 'quorum' } }));
+  const asQuorum = await ctx.tryOnChannel((ch) => ch.assertQueue(queue, { durable: true, arguments: ctx.requestQueueArguments() }));
   assert.ok(asQuorum.ok, 'the queue is a quorum queue');
 
   await startWorkers(ctx, a.queues, { only: [TYPES.echo] });

@@ -26,10 +26,12 @@
 //! `callbacks` (what the broker tells a session), `publisher` (a publish and its
 //! confirm), `topology` (the queues and exchange the host declares), `message` (how
 //! requests, cancellations and replies look as AMQP messages), `connect` (opening one
-//! connection, and why it failed).
+//! connection, and why it failed), `dead_letters` (the inbox of poison requests every
+//! session consumes, and the operators' commands on the dead-letter queue).
 
 mod callbacks;
 mod connect;
+pub mod dead_letters;
 mod message;
 mod publisher;
 mod session;
@@ -55,6 +57,7 @@ pub use self::task_replies::{consume_task_replies, task_reply_queue_declaration}
 use self::topology::declare_request_queue;
 pub use self::topology::{field_table, reply_consumer, reply_queue_declaration, QueueDecl};
 use super::{Broker, OutgoingRequest, PublishError};
+use crate::dead_letters::DeadLetterNames;
 
 /// Called when a session ends other than by shutdown (see [`AmqpBroker::on_session_lost`]).
 type LostHook = Arc<dyn Fn() + Send + Sync>;
@@ -77,6 +80,7 @@ struct Shared {
     host_id: Uuid,
     live: ArcSwapOption<Live>,
     queues: Mutex<Vec<QueueDecl>>,
+    dead_letters: DeadLetterNames,
     on_lost: Mutex<Option<LostHook>>,
     /// Cancellations asked for while disconnected, published once connected again (the
     /// workers still run those requests; their replies have nowhere to go).
@@ -96,12 +100,23 @@ pub struct AmqpBroker {
 
 impl AmqpBroker {
     pub fn new(url: impl Into<String>, host_id: Uuid, queues: Vec<QueueDecl>) -> Self {
+        Self::with_dead_letters(url, host_id, queues, DeadLetterNames::default())
+    }
+
+    /// A broker whose request queues dead-letter to `dead_letters` (`[host] dead_letter_queue`).
+    pub fn with_dead_letters(
+        url: impl Into<String>,
+        host_id: Uuid,
+        queues: Vec<QueueDecl>,
+        dead_letters: DeadLetterNames,
+    ) -> Self {
         AmqpBroker {
             shared: Arc::new(Shared {
                 url: url.into(),
                 host_id,
                 live: ArcSwapOption::empty(),
                 queues: Mutex::new(queues),
+                dead_letters,
                 on_lost: Mutex::new(None),
                 pending_cancels: Mutex::new(VecDeque::new()),
                 sessions: AtomicU64::new(0),

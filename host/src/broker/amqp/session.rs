@@ -12,11 +12,12 @@ use amqprs::connection::Connection;
 use taskgate_protocol::amqp as names;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use super::callbacks::{ConnectionEvents, PublishEvents, ReplyEvents};
 use super::connect::{connect_named, ConnectError};
+use super::dead_letters::{declare_topology, open_inbox, serve_inbox, Inbox};
 use super::message::incoming_reply;
 use super::publisher::Publisher;
 use super::topology::{
@@ -102,6 +103,8 @@ pub(super) struct Live {
     pub(super) connection: Connection,
     pub(super) publisher: Publisher,
     replies: Channel,
+    /// The channel of the dead-letter inbox consumer, if it runs.
+    dead_letters: Option<Channel>,
     /// This session's reply queue: exclusive, so it goes with the connection; the next
     /// session gets a new one.
     pub(super) reply_queue: String,
@@ -162,7 +165,7 @@ impl AmqpBroker {
                 session = self.open_session() => session,
             };
             match session {
-                Ok((mut replies, live)) => {
+                Ok((mut replies, live, mut inbox)) => {
                     let sessions = self.shared.sessions.fetch_add(1, Ordering::SeqCst) + 1;
                     if sessions > 1 {
                         metrics::counter!(crate::metrics::BROKER_RECONNECTS).increment(1);
@@ -176,6 +179,7 @@ impl AmqpBroker {
                         _ = &mut shutdown => None,
                         reason = read_replies(&mut replies, &live.replies, &on_reply) => Some(reason),
                         reason = watch(&live) => Some(reason),
+                        reason = self.serve_dead_letters(inbox.as_mut(), &live) => Some(reason),
                     };
                     self.shared.consuming.store(false, Ordering::SeqCst);
                     metrics::gauge!(crate::metrics::BROKER_CONNECTED).set(0.0);
@@ -225,10 +229,30 @@ impl AmqpBroker {
         format!("{}{id}", names::REPLY_QUEUE_PREFIX)
     }
 
-    /// One connection: declares everything, then returns the reply stream.
+    /// Answers the clients of poison requests for as long as the session lasts. The inbox
+    /// failing does not end the session (replies still flow): it is logged, and the next
+    /// session tries again.
+    async fn serve_dead_letters(&self, inbox: Option<&mut Inbox>, live: &Live) -> String {
+        if let Some(inbox) = inbox {
+            let shared = &self.shared;
+            let reason = serve_inbox(inbox, &live.publisher, &shared.dead_letters, |queue| {
+                lock(&shared.queues)
+                    .iter()
+                    .find(|q| q.name == queue)
+                    .and_then(|q| q.delivery_limit)
+            })
+            .await;
+            error!(%reason, "the dead-letter inbox stopped: clients of poison requests wait for their timeout until the broker connection is renewed");
+        }
+        std::future::pending().await
+    }
+
+    /// One connection: declares everything, then returns the reply stream and the
+    /// dead-letter inbox.
+    #[allow(clippy::type_complexity)]
     async fn open_session(
         &self,
-    ) -> Result<(UnboundedReceiver<ConsumerMessage>, Arc<Live>), ConnectError> {
+    ) -> Result<(UnboundedReceiver<ConsumerMessage>, Arc<Live>, Option<Inbox>), ConnectError> {
         let connection = tokio::time::timeout(
             CONNECT_TIMEOUT,
             connect_named(&self.shared.url, &self.connection_name()),
@@ -271,6 +295,12 @@ impl AmqpBroker {
             .exchange_declare(cancel_exchange_declaration())
             .await
             .map_err(|e| setup("the cancel exchange", e))?;
+        // Before the request queues, whose arguments name the dead-letter exchange.
+        let inbox = if declare_topology(&connection, &self.shared.dead_letters).await {
+            open_inbox(&connection, &self.shared.dead_letters).await
+        } else {
+            None
+        };
         let queues = lock(&self.shared.queues).clone();
         for queue in &queues {
             declare_request_queue(&connection, queue).await;
@@ -304,6 +334,7 @@ impl AmqpBroker {
                 confirms,
             },
             replies,
+            dead_letters: inbox.as_ref().map(|inbox| inbox.channel.clone()),
             reply_queue,
             end,
             blocked,
@@ -311,7 +342,7 @@ impl AmqpBroker {
         });
         self.shared.consuming.store(true, Ordering::SeqCst);
         self.shared.live.store(Some(live.clone()));
-        Ok((consumer, live))
+        Ok((consumer, live, inbox))
     }
 }
 
@@ -354,7 +385,11 @@ async fn poll_open(live: &Live) -> String {
 /// exclusive reply queue), each step bounded in time.
 async fn close(live: &Live, reason: &str) {
     live.publisher.confirms.close(reason);
-    for channel in [&live.replies, &live.publisher.channel] {
+    for channel in live
+        .dead_letters
+        .iter()
+        .chain([&live.replies, &live.publisher.channel])
+    {
         if channel.is_open() {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.clone().close()).await;
         }

@@ -19,6 +19,9 @@ use super::message::long_string;
 pub struct QueueDecl {
     pub name: String,
     pub arguments: Map<String, Value>,
+    /// Deliveries before the queue dead-letters a request (`None`: it does not count them),
+    /// for the error a dead letter's client gets.
+    pub delivery_limit: Option<u32>,
 }
 
 /// Declares a request queue on its own channel: an argument mismatch with an existing
@@ -51,9 +54,32 @@ pub(super) async fn declare_request_queue(connection: &Connection, queue: &Queue
     match result {
         Ok(()) => debug!(queue = %queue.name, "request queue declared"),
         Err(e) => {
-            error!(queue = %queue.name, error = %e, "request queue could not be declared (does it exist with other arguments?)")
+            let error = e.to_string();
+            match mismatch_advice(&error) {
+                Some(advice) => {
+                    error!(queue = %queue.name, %error, "request queue exists with other arguments; it is used as it is. {advice}")
+                }
+                None => {
+                    error!(queue = %queue.name, %error, "request queue could not be declared (does it exist with other arguments?)")
+                }
+            }
         }
     }
+}
+
+/// What to do about a queue that exists with other arguments than the host declares —
+/// typically a classic queue from before the host made request queues quorum queues.
+fn mismatch_advice(error: &str) -> Option<&'static str> {
+    if !error.contains("PRECONDITION_FAILED") {
+        return None;
+    }
+    Some(if error.contains("x-queue-type") {
+        "It is not the quorum queue the host declares (a classic queue from an older taskgate?): RabbitMQ does not count its deliveries, so requests its workers crash on are not dead-lettered. To migrate: stop its workers, let the hosts drain it, delete it (`rabbitmqctl delete_queue <queue>`) and restart a host, which declares it anew; or keep it as it is with queue_arguments = { \"x-queue-type\" = \"classic\" } in plugins.toml (README, \"When workers fail\")"
+    } else if error.contains("x-delivery-limit") || error.contains("x-dead-letter-exchange") {
+        "Its delivery limit or dead-letter exchange differs from this host's (another delivery_limit or [host] dead_letter_queue, or another host's plugins.toml): the queue keeps its own. To change it, delete the queue while it is empty and restart a host; hosts that share a queue need the same settings"
+    } else {
+        "Hosts that share a queue need the same queue arguments; delete the queue while it is empty to declare it anew"
+    })
 }
 
 /// JSON queue arguments (from plugins and plugins.toml) as an AMQP field table.
@@ -130,6 +156,15 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_classic_queue_where_a_quorum_one_is_declared_gets_migration_advice() {
+        let classic = "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received 'quorum' but current is 'classic'";
+        assert!(mismatch_advice(classic).unwrap().contains("delete_queue"));
+        let limit = "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'q'";
+        assert!(mismatch_advice(limit).unwrap().contains("delivery limit"));
+        assert_eq!(mismatch_advice("connection reset"), None);
+    }
 
     #[test]
     fn queue_arguments_become_typed_amqp_values() {

@@ -844,6 +844,19 @@ pub fn report(files: &[PluginFile], settings: &Settings) -> String {
                         usize::try_from(o.max_payload_bytes.unwrap_or(t.max_payload_bytes))
                             .unwrap_or(usize::MAX),
                     );
+                    let deliveries = request_queue_arguments(
+                        &o.queue_arguments
+                            .unwrap_or_else(|| t.queue_arguments.clone()),
+                        o.delivery_limit
+                            .or(t.delivery_limit)
+                            .unwrap_or(DEFAULT_DELIVERY_LIMIT),
+                        &settings.dead_letter_queue,
+                    )
+                    .delivery_limit
+                    .map_or_else(
+                        || ", no delivery limit (not a quorum queue)".to_owned(),
+                        |n| format!(", ≤ {n} deliveries"),
+                    );
                     let roles = o.required_roles.unwrap_or_else(|| t.required_roles.clone());
                     let roles = if roles.is_empty() {
                         String::new()
@@ -852,7 +865,7 @@ pub fn report(files: &[PluginFile], settings: &Settings) -> String {
                     };
                     let _ = writeln!(
                         out,
-                        "  {:<24} queue {:<32} {:<9} timeout {timeout} ms, payload ≤ {limit} bytes{roles}",
+                        "  {:<24} queue {:<32} {:<9} timeout {timeout} ms, payload ≤ {limit} bytes{deliveries}{roles}",
                         t.name,
                         queue,
                         if t.streams { "streams" } else { "" },

@@ -154,6 +154,8 @@ impl RequestType {
     }
 
     /// Declares the queue as a quorum queue (replicated, durable: for a RabbitMQ cluster).
+    /// The host declares request queues as quorum queues anyway unless their arguments name
+    /// another `x-queue-type`: only quorum queues count deliveries (`delivery_limit`).
     pub fn quorum(self) -> Self {
         self.queue_argument("x-queue-type", "quorum")
     }

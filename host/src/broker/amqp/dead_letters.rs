@@ -263,8 +263,20 @@ fn header_string(headers: Option<&FieldTable>, name: &str) -> Option<String> {
     }
 }
 
-/// Why and where a dead letter died (RabbitMQ's `x-first-death-*` headers).
+/// Why and where a dead letter died last: the first `x-death` entry (RabbitMQ keeps the
+/// most recent first), else the `x-first-death-*` headers. Not the first death alone: a
+/// request that went through a retry wait queue (which dead-letters it back to its queue
+/// when its delay is over) died `expired` there first.
 fn death(headers: Option<&FieldTable>) -> Option<Death> {
+    if let Some(last) = first_death(headers) {
+        let text = |key: &str| last.get(key).and_then(Value::as_str).map(str::to_owned);
+        if let Some(reason) = text("reason") {
+            return Some(Death {
+                reason,
+                queue: text("queue").unwrap_or_default(),
+            });
+        }
+    }
     Some(Death {
         reason: header_string(headers, FIRST_DEATH_REASON)?,
         queue: header_string(headers, FIRST_DEATH_QUEUE).unwrap_or_default(),
@@ -326,6 +338,7 @@ fn now() -> Duration {
 /// A message of the operators' queue, as `taskgate dead-letters` shows it.
 fn dead_letter(properties: &BasicProperties, body: Vec<u8>) -> DeadLetter {
     let headers = properties.headers();
+    let last_death = death(headers);
     let deliveries = header(headers, names::HEADER_DELIVERIES)
         .map(json_of)
         .and_then(|v| v.as_u64())
@@ -342,8 +355,8 @@ fn dead_letter(properties: &BasicProperties, body: Vec<u8>) -> DeadLetter {
     DeadLetter {
         id: properties.correlation_id().cloned().unwrap_or_default(),
         request_type: properties.message_type().cloned(),
-        queue: header_string(headers, FIRST_DEATH_QUEUE),
-        reason: header_string(headers, FIRST_DEATH_REASON),
+        queue: last_death.as_ref().map(|d| d.queue.clone()),
+        reason: last_death.map(|d| d.reason),
         deliveries,
         died_at,
         headers: request_headers,
@@ -457,7 +470,9 @@ pub async fn requeue(
             if properties.correlation_id().map(String::as_str) != Some(id) {
                 continue;
             }
-            let queue = header_string(properties.headers(), FIRST_DEATH_QUEUE)
+            let queue = death(properties.headers())
+                .map(|d| d.queue)
+                .filter(|q| !q.is_empty())
                 .ok_or_else(|| DeadLetterError::NoOrigin(id.to_owned()))?;
             let routing_key: Arc<str> = Arc::from(queue.as_str());
             let published = publisher.publish(Message {
@@ -569,6 +584,7 @@ mod tests {
     fn dead_properties() -> BasicProperties {
         let mut death = FieldTable::new();
         death.insert("reason".try_into().unwrap(), s("delivery_limit"));
+        death.insert("queue".try_into().unwrap(), s("q.echo"));
         death.insert("original-expiration".try_into().unwrap(), s("30000"));
         death.insert("time".try_into().unwrap(), FieldValue::T(1_700_000_000));
         let mut headers = FieldTable::new();
@@ -655,5 +671,37 @@ mod tests {
         assert!(d.is_poison());
         assert_eq!(d.queue, "q.echo");
         assert_eq!(death(None), None);
+        // Without x-death, the x-first-death-* headers.
+        let mut headers = FieldTable::new();
+        headers.insert(FIRST_DEATH_REASON.try_into().unwrap(), s("delivery_limit"));
+        headers.insert(FIRST_DEATH_QUEUE.try_into().unwrap(), s("q.echo"));
+        let d = death(Some(&headers)).unwrap();
+        assert!(d.is_poison());
+        assert_eq!(d.queue, "q.echo");
+    }
+
+    #[test]
+    fn the_latest_death_decides_not_the_first() {
+        let entry = |reason: &str, queue: &str| {
+            let mut t = FieldTable::new();
+            t.insert("reason".try_into().unwrap(), s(reason));
+            t.insert("queue".try_into().unwrap(), s(queue));
+            FieldValue::F(t)
+        };
+        let mut headers = FieldTable::new();
+        headers.insert(
+            DEATHS.try_into().unwrap(),
+            FieldValue::A(
+                FieldArray::try_from(vec![
+                    entry("delivery_limit", "q.echo"),
+                    entry("expired", "q.echo.retry.1000"),
+                ])
+                .unwrap(),
+            ),
+        );
+        headers.insert(FIRST_DEATH_REASON.try_into().unwrap(), s("expired"));
+        let d = death(Some(&headers)).unwrap();
+        assert!(d.is_poison());
+        assert_eq!(d.queue, "q.echo");
     }
 }

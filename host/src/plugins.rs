@@ -756,6 +756,11 @@ fn spec_for(
     let mut spec = RequestTypeSpec::new(parts, declared.validates.then_some(validator))?
         .with_validation_budget(budget);
     spec.delivery_limit = queue_arguments.delivery_limit;
+    spec.retry = declared
+        .retry
+        .as_ref()
+        .and_then(|policy| serde_json::to_string(policy).ok())
+        .map(Arc::from);
     Ok(spec)
 }
 

@@ -51,6 +51,8 @@ pub struct RequestTypeSpec {
     /// Deliveries before its queue dead-letters a request (`None`: the queue does not
     /// count them); set by `plugins` with the queue arguments that enforce it.
     pub delivery_limit: Option<u32>,
+    /// The retry policy workers get as header `x-retry` (JSON), if the plugin declares one.
+    pub retry: Option<Arc<str>>,
     pub streams: bool,
     pub timeout: Duration,
     pub max_payload_bytes: usize,
@@ -131,6 +133,7 @@ impl RequestTypeSpec {
             queue: parts.queue,
             queue_arguments: parts.queue_arguments,
             delivery_limit: None,
+            retry: None,
             streams: parts.streams,
             timeout: parts.timeout,
             max_payload_bytes: parts.max_payload_bytes,

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::defaults;
-use crate::manifest::{PluginManifest, Problem, RequestTypeManifest};
+use crate::manifest::{PluginManifest, Problem, RequestTypeManifest, RetryPolicy};
 
 /// Payload JSON in; normalised payload JSON or the problems found out.
 type ValidateFn = Arc<dyn Fn(&str) -> Result<String, Vec<Problem>> + Send + Sync>;
@@ -79,6 +79,7 @@ pub struct RequestType {
     description: Option<String>,
     required_roles: Vec<String>,
     delivery_limit: Option<u32>,
+    retry: Option<RetryPolicy>,
     validate: Option<ValidateFn>,
 }
 
@@ -101,6 +102,7 @@ impl RequestType {
             description: None,
             required_roles: Vec::new(),
             delivery_limit: None,
+            retry: None,
             validate: None,
         }
     }
@@ -205,6 +207,13 @@ impl RequestType {
         self
     }
 
+    /// How workers retry a request whose handler fails with a retryable error: attempts,
+    /// backoff, which codes (protocol §3.12). Workers get it with every request.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.description = Some(description.into());
         self
@@ -228,6 +237,7 @@ impl RequestType {
             description: self.description.clone(),
             required_roles: self.required_roles.clone(),
             delivery_limit: self.delivery_limit,
+            retry: self.retry.clone(),
         }
     }
 }

@@ -78,14 +78,17 @@ mod log_bridge;
 mod manifest;
 
 pub use author::{Plugin, RequestType};
-pub use manifest::{PluginManifest, Problem, RequestTypeManifest};
+pub use manifest::{Backoff, PluginManifest, Problem, RequestTypeManifest, RetryPolicy};
 pub use schemars::{self, JsonSchema};
 pub use serde_json;
 pub use tracing;
 
 /// What a plugin's source needs: `use taskgate_plugin_api::prelude::*;`.
 pub mod prelude {
-    pub use crate::{export_plugin, schemars, tracing, JsonSchema, Plugin, Problem, RequestType};
+    pub use crate::{
+        export_plugin, schemars, tracing, Backoff, JsonSchema, Plugin, Problem, RequestType,
+        RetryPolicy,
+    };
 }
 
 /// Defaults of a request type that does not set them.

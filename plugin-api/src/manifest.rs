@@ -53,6 +53,67 @@ pub struct RequestTypeManifest {
     /// built without it get the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery_limit: Option<u32>,
+    /// How workers retry a request whose handler failed with a retryable error (none: they
+    /// do not). Sent to workers with every request, as header `x-retry`. Added after the
+    /// first release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+}
+
+/// A request type's retry policy (protocol §3.12): how many attempts a request gets and how
+/// long a worker waits between them. Its JSON (camelCase keys) is the `x-retry` header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first one included (at least 1; 1: no retry).
+    pub attempts: u32,
+    /// The delay before each retry: the same every time, or doubling from `delay_ms`.
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// The delay before the first retry, in milliseconds (at least 1).
+    pub delay_ms: u64,
+    /// The longest delay (exponential backoff); none: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay_ms: Option<u64>,
+    /// Whether workers wait a random 50 % to 100 % of each delay, so that requests that
+    /// failed together do not all come back together.
+    #[serde(default)]
+    pub jitter: bool,
+    /// Error codes retried even when the handler did not mark the error retryable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_on: Vec<String>,
+}
+
+/// How a retry delay grows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backoff {
+    #[default]
+    Fixed,
+    Exponential,
+}
+
+impl RetryPolicy {
+    /// What workers accept: attempts 1 to 100, delays of 1 ms to a day, a cap not below the
+    /// first delay.
+    pub fn check(&self) -> Result<(), String> {
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        if !(1..=100).contains(&self.attempts) {
+            return Err("attempts must be 1 to 100".to_owned());
+        }
+        if !(1..=DAY_MS).contains(&self.delay_ms) {
+            return Err("delayMs must be 1 to 86400000".to_owned());
+        }
+        if let Some(max) = self.max_delay_ms {
+            if max < self.delay_ms || max > DAY_MS {
+                return Err("maxDelayMs must be at least delayMs and at most 86400000".to_owned());
+            }
+        }
+        if self.retry_on.iter().any(|c| c.trim().is_empty()) {
+            return Err("retryOn has an empty error code".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// Why a payload was refused: where (a JSON Pointer into the payload) and what is wrong.
@@ -123,6 +184,11 @@ impl PluginManifest {
                     t.name
                 ));
             }
+            if let Some(retry) = &t.retry {
+                retry
+                    .check()
+                    .map_err(|e| format!("retry policy of `{}`: {e}", t.name))?;
+            }
             if t.required_roles.iter().any(|r| r.trim().is_empty()) {
                 return Err(format!("a required role of `{}` is empty", t.name));
             }
@@ -164,6 +230,7 @@ mod tests {
                 description: None,
                 required_roles: Vec::new(),
                 delivery_limit: None,
+                retry: None,
             }],
         }
     }
@@ -173,6 +240,27 @@ mod tests {
         let mut m = manifest();
         change(&mut m);
         m.check().expect_err("should be refused")
+    }
+
+    #[test]
+    fn a_retry_policy_is_camel_case_json() {
+        let policy = RetryPolicy {
+            attempts: 3,
+            backoff: Backoff::Exponential,
+            delay_ms: 100,
+            max_delay_ms: Some(1000),
+            jitter: true,
+            retry_on: vec!["UPSTREAM".to_owned()],
+        };
+        assert_eq!(
+            serde_json::to_value(&policy).unwrap(),
+            json!({"attempts": 3, "backoff": "exponential", "delayMs": 100, "maxDelayMs": 1000, "jitter": true, "retryOn": ["UPSTREAM"]})
+        );
+        let fixed: RetryPolicy =
+            serde_json::from_value(json!({"attempts": 2, "delayMs": 5})).unwrap();
+        assert_eq!(fixed.backoff, Backoff::Fixed);
+        assert!(!fixed.jitter);
+        assert_eq!(fixed.check(), Ok(()));
     }
 
     #[test]
@@ -210,6 +298,21 @@ mod tests {
         );
         assert!(refusal(|m| m.request_types[0].timeout_ms = 0).contains("timeout"));
         assert!(refusal(|m| m.request_types[0].delivery_limit = Some(0)).contains("delivery limit"));
+        let policy = RetryPolicy {
+            attempts: 3,
+            backoff: Backoff::Exponential,
+            delay_ms: 100,
+            max_delay_ms: Some(50),
+            jitter: true,
+            retry_on: vec![],
+        };
+        assert!(refusal(|m| m.request_types[0].retry = Some(policy.clone()))
+            .contains("retry policy of `a.b`: maxDelayMs"));
+        assert!(refusal(|m| m.request_types[0].retry = Some(RetryPolicy {
+            attempts: 0,
+            ..policy.clone()
+        }))
+        .contains("attempts"));
         assert!(refusal(|m| m.request_types[0].max_payload_bytes = 0).contains("max payload"));
         assert!(
             refusal(|m| m.request_types[0].required_roles = vec![" ".to_owned()])

@@ -99,6 +99,12 @@ pub mod amqp {
             /// Header: the W3C trace context of the request (§3.10), e.g.
             /// `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`.
             HEADER_TRACEPARENT = "traceparent",
+            /// Header: the request type's retry policy as a JSON string (§3.12), e.g.
+            /// `{"attempts":3,"backoff":"exponential","delayMs":1000}`; absent: no retries.
+            HEADER_RETRY = "x-retry",
+            /// Header: which attempt of the request this delivery is, 1, 2 … (§3.12); absent: 1.
+            /// Set by the worker SDK that schedules a retry.
+            HEADER_ATTEMPT = "x-attempt",
         }
     }
 

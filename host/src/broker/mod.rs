@@ -36,6 +36,8 @@ pub struct OutgoingRequest {
     /// Where the worker replies: `None` for the host's own reply queue; the shared task-reply
     /// queue for a detached task of a shared store (§4.3).
     pub reply_to: Option<Arc<str>>,
+    /// The request type's retry policy as JSON, sent as header `x-retry` (§3.12).
+    pub retry: Option<Arc<str>>,
 }
 
 /// A reply message from a worker (protocol §2.3), as received: nothing is trusted yet.

@@ -136,6 +136,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             identity,
             traceparent,
             reply_to: None,
+            retry: spec.retry.clone(),
         };
         let wait = self.options.publish_timeout.min(spec.timeout);
         let published = match tokio::time::timeout(wait, self.broker.publish(request)).await {

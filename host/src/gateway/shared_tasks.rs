@@ -164,6 +164,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 .and_then(|s| s.identity_header().cloned()),
             traceparent: crate::trace::for_request(request.client_trace, task.correlation_id),
             reply_to: Some(self.task_reply_queue.clone()),
+            retry: request.spec.retry.clone(),
         };
         let gateway = self.clone();
         tokio::spawn(async move { gateway.start_shared(conn, store, task, outgoing, ack).await });

@@ -27,6 +27,7 @@ pub fn request(queue: &str) -> OutgoingRequest {
         identity: None,
         traceparent: TraceParent::new(1, 1, 1).unwrap(),
         reply_to: None,
+        retry: None,
     }
 }
 

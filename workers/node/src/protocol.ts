@@ -15,6 +15,10 @@ export const HEADER_SEQ = 'x-seq';
 export const HEADER_TRACEPARENT = 'traceparent';
 /** Header set by a host with authentication: the client's identity as JSON `{ subject, roles }`. */
 export const HEADER_IDENTITY = 'x-identity';
+/** Header: the request type's retry policy as JSON (§3.12); absent: no retries. */
+export const HEADER_RETRY = 'x-retry';
+/** Header: which attempt this delivery is, 1, 2 … (§3.12); set by the SDK that schedules a retry; absent: 1. */
+export const HEADER_ATTEMPT = 'x-attempt';
 /** Content type of every request and reply body. */
 export const CONTENT_TYPE_JSON = 'application/json';
 

@@ -36,6 +36,9 @@ pub fn request_properties(request: &OutgoingRequest, reply_queue: &str) -> Basic
     if let Ok(traceparent) = long_string(&request.traceparent.to_string()) {
         header(names::HEADER_TRACEPARENT, FieldValue::S(traceparent));
     }
+    if let Some(retry) = request.retry.as_deref().and_then(|r| long_string(r).ok()) {
+        header(names::HEADER_RETRY, FieldValue::S(retry));
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -123,6 +126,7 @@ mod tests {
             timeout: Duration::from_millis(1500),
             deadline_ms: 42,
             identity: None,
+            retry: None,
             traceparent: TraceParent::parse(TRACEPARENT).unwrap(),
             reply_to: None,
         };
@@ -170,6 +174,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             deadline_ms: 1,
             identity: Some(r#"{"subject":"alice","roles":["admin"]}"#.into()),
+            retry: Some(r#"{"attempts":3,"delayMs":10}"#.into()),
             traceparent: TraceParent::parse(TRACEPARENT).unwrap(),
             reply_to: None,
         };
@@ -179,6 +184,10 @@ mod tests {
                 assert_eq!(s.as_ref(), r#"{"subject":"alice","roles":["admin"]}"#)
             }
             other => panic!("x-identity is {other:?}"),
+        }
+        match get(p.headers().unwrap(), "x-retry") {
+            Some(FieldValue::S(s)) => assert_eq!(s.as_ref(), r#"{"attempts":3,"delayMs":10}"#),
+            other => panic!("x-retry is {other:?}"),
         }
     }
 

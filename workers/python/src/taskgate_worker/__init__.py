@@ -58,6 +58,7 @@ Layout: :mod:`~taskgate_worker.worker` (the :class:`Worker` a user configures),
 from .context import Context
 from .errors import TaskError, WorkerError
 from .handlers import Final, Handler
+from .retry import RetryPolicy
 from .settings import DEFAULT_AMQP_URL
 from .transport import Identity
 from .worker import Worker
@@ -68,6 +69,7 @@ __all__ = [
     "Final",
     "Handler",
     "Identity",
+    "RetryPolicy",
     "TaskError",
     "Worker",
     "WorkerError",

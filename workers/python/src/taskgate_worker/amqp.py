@@ -35,9 +35,10 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from . import protocol
 from .errors import WorkerError
 from .logs import logger
+from .retry import RetryPolicy, wait_queue, wait_queue_arguments
 from .runner import Runner
 from .settings import Route, Settings
-from .transport import Delivery, Identity, Reply, Settlement, TransportError
+from .transport import Delivery, Identity, Reply, Retry, Settlement, TransportError
 
 CONNECT_TIMEOUT = 10.0
 FIRST_RETRY_DELAY = 0.1
@@ -190,6 +191,7 @@ class Session:
         self.events: asyncio.Queue[_Event] = asyncio.Queue()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.consume_channel: AbstractChannel | None = None
+        self.publish_channel: AbstractChannel | None = None
         self.consumer_tags: dict[str, str] = {}
         self.runner: Runner | None = None
 
@@ -231,6 +233,7 @@ class Session:
         publish.close_callbacks.add(
             lambda _s, e: self.events.put_nowait(_Event("reply-channel", f"the reply channel closed: {e!r}", e))
         )
+        self.publish_channel = publish
         self.runner = Runner(AmqpTransport(publish), cancel_grace=self.settings.cancel_grace)
         # Before the request consumers: a request must not start before its cancellation
         # could reach it.
@@ -412,13 +415,54 @@ class Session:
             # aiormq runs this as a task of the channel, cancelled if the channel closes;
             # the request runs as a task of its own so that it outlives a consumer timeout.
             task = asyncio.create_task(
-                runner.process(_delivery(message), route.handler, _settler(message)),
+                runner.process(
+                    _delivery(message), route.handler, _settler(message), self._retrier(message, route.queue)
+                ),
                 name=f"taskgate request {message.correlation_id}",
             )
             self.tasks.add(task)
             task.add_done_callback(self._on_task_done)
 
         return on_message
+
+    def _retrier(self, message: AbstractIncomingMessage, queue: str) -> Retry:
+        """Schedules another attempt of ``message`` (protocol §3.12): republishes it, with
+        ``x-attempt``, to the wait queue of the delay (declared each time on a channel of
+        its own: it may have expired since), whose TTL dead-letters it back to ``queue``."""
+
+        async def retry(attempt: int, delay_ms: int) -> None:
+            waiting = wait_queue(queue, delay_ms)
+            headers = dict(message.headers or {})
+            headers[protocol.HEADER_ATTEMPT] = attempt
+            again = aio_pika.Message(
+                message.body,
+                content_type=message.content_type or protocol.CONTENT_TYPE_JSON,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                correlation_id=message.correlation_id,
+                reply_to=message.reply_to,
+                type=message.type,
+                timestamp=message.timestamp,
+                headers=headers,
+            )
+            try:
+                declare = await self.connection.channel(publisher_confirms=False)
+                await declare.declare_queue(waiting, durable=True, arguments=wait_queue_arguments(queue, delay_ms))
+                await declare.close()
+                if self.publish_channel is None:
+                    raise TransportError("no reply channel")
+                await self.publish_channel.default_exchange.publish(again, waiting, mandatory=True)
+            except TransportError:
+                raise
+            except (
+                amqp_errors.AMQPError,
+                aiormq.exceptions.ChannelInvalidStateError,
+                aio_pika.exceptions.AMQPError,
+                ConnectionError,
+                RuntimeError,
+            ) as error:
+                raise TransportError(_describe(error)) from error
+
+        return retry
 
     def _on_task_done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
@@ -483,6 +527,8 @@ def _delivery(message: AbstractIncomingMessage) -> Delivery:
         traceparent=_header_str(headers.get(protocol.HEADER_TRACEPARENT)),
         identity=_header_identity(headers.get(protocol.HEADER_IDENTITY)),
         body=message.body,
+        attempt=max(1, _header_int(headers.get(protocol.HEADER_ATTEMPT)) or 1),
+        retry=RetryPolicy.parse(headers.get(protocol.HEADER_RETRY)),
     )
 
 

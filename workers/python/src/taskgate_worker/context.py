@@ -36,7 +36,9 @@ class Context:
         redelivered: bool = False,
         traceparent: str | None = None,
         identity: Identity | None = None,
+        attempt: int = 1,
     ) -> None:
+        self._attempt = attempt
         self._request_type = request_type
         self._correlation_id = correlation_id
         self._reply_to = reply_to
@@ -86,6 +88,12 @@ class Context:
     def streams(self) -> bool:
         """Whether the request type streams chunks (header ``x-stream``)."""
         return self._streams
+
+    @property
+    def attempt(self) -> int:
+        """Which attempt this is: 1, then 2, 3 … when the request type's retry policy
+        retries a retryable failure (protocol §3.12)."""
+        return self._attempt
 
     @property
     def redelivered(self) -> bool:

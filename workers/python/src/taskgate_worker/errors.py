@@ -16,13 +16,20 @@ class TaskError(Exception):
     any JSON value, or ``None`` to leave it out::
 
         raise TaskError("NOT_FOUND", "no such user", {"id": user_id})
+
+    ``retryable=True`` says that trying again later may succeed (a downstream service
+    down, a lock, a rate limit): when the request type has a retry policy (protocol §3.12)
+    the SDK schedules another attempt instead of replying this error::
+
+        raise TaskError("UPSTREAM_DOWN", "the billing API answered 503", retryable=True)
     """
 
-    def __init__(self, code: str, message: str, details: Any = None) -> None:
+    def __init__(self, code: str, message: str, details: Any = None, *, retryable: bool = False) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code or protocol.WORKER_ERROR
         self.message = message
         self.details = details
+        self.retryable = retryable
 
     @classmethod
     def cancelled(cls) -> TaskError:

@@ -21,6 +21,13 @@ HEADER_TRACEPARENT: Final = "traceparent"
 HEADER_IDENTITY: Final = "x-identity"
 """Set by a host that authenticates clients: JSON ``{"subject": str, "roles": [str]}``."""
 
+HEADER_RETRY: Final = "x-retry"
+"""Request header: the request type's retry policy as JSON (§3.12); absent: no retries."""
+
+HEADER_ATTEMPT: Final = "x-attempt"
+"""Request header: which attempt this delivery is, 1, 2 … (§3.12); set by the SDK that
+schedules a retry; absent: 1."""
+
 CONTENT_TYPE_JSON: Final = "application/json"
 
 CHUNK: Final = "chunk"

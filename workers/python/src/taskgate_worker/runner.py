@@ -25,7 +25,8 @@ from .errors import TaskError
 from .handlers import Handler, call_handler
 from .jsonio import encode, parse_payload
 from .logs import RequestLog, logger
-from .transport import Delivery, Settle, Settlement, Transport, TransportError
+from .retry import next_attempt
+from .transport import Delivery, Retry, Settle, Settlement, Transport, TransportError
 
 DEFAULT_CANCEL_GRACE = 1.0
 """Seconds a cancelled handler may take to return by itself before its task is cancelled."""
@@ -44,6 +45,8 @@ class OutcomeKind(enum.Enum):
     ALREADY_ANSWERED = "already answered"
     """Delivered again after its final reply was confirmed here (only the ack had
     failed): acked without running."""
+    RETRIED = "retried"
+    """Failed retryably: the next attempt is scheduled (§3.12) and this delivery acked."""
     NOT_ACKED = "not acked"
     """A reply could not be published or confirmed, or the ack failed: the request went
     back to the queue (or will when its channel closes) for redelivery."""
@@ -150,10 +153,14 @@ class Runner:
         """Requests running now."""
         return len(self._running)
 
-    async def process(self, delivery: Delivery, handler: Handler, settle: Settle) -> Outcome:
+    async def process(
+        self, delivery: Delivery, handler: Handler, settle: Settle, retry: Retry | None = None
+    ) -> Outcome:
         """Runs one delivery. ``settle`` acks it only after the final reply and every
         chunk before it are confirmed (or when there is nothing to reply), and requeues it
-        when a reply could not be published or confirmed.
+        when a reply could not be published or confirmed. A retryable failure under the
+        request type's retry policy is not replied: ``retry`` schedules the next attempt,
+        then the delivery is acked (protocol §3.12).
 
         A delivery whose correlation id is running here already is not started again: it
         came back because the broker took the first one back (its channel closed, e.g. for
@@ -203,11 +210,16 @@ class Runner:
                 redelivered=delivery.redelivered,
                 traceparent=delivery.traceparent,
                 identity=delivery.identity,
+                attempt=delivery.attempt,
             )
             log.debug(
                 "request started (type %s, redelivered %s)", ctx.request_type, delivery.redelivered
             )
-            kind, body = await self._answer(handler, delivery.body, ctx, cancel, log)
+            kind, body, error = await self._answer(handler, delivery.body, ctx, cancel, log)
+            if error is not None and retry is not None:
+                retried = await self._retry(delivery, error, ctx, cancel, run, retry, log)
+                if retried is not None:
+                    return retried
             log.debug("final reply: %s", kind)
             try:
                 await ctx._finish(kind, body)
@@ -220,21 +232,68 @@ class Runner:
             self.cancellations.forget(correlation_id)
             self._running.pop(correlation_id, None)
 
+    async def _retry(
+        self,
+        delivery: Delivery,
+        error: TaskError,
+        ctx: Context,
+        cancel: asyncio.Event,
+        run: _Run,
+        retry: Retry,
+        log: RequestLog,
+    ) -> Outcome | None:
+        """Schedules the next attempt when the policy says so; ``None`` when ``error`` is
+        the final reply."""
+        decision = next_attempt(
+            delivery.retry,
+            delivery.attempt,
+            error,
+            chunks_sent=ctx._next_seq > 0,
+            cancelled=cancel.is_set(),
+            deadline_ms=delivery.deadline_ms,
+            now_ms=now_ms(),
+        )
+        if decision is None:
+            if delivery.retry is not None and delivery.retry.retryable(error):
+                log.info(
+                    "attempt %d failed retryably (%s), but gets no further attempt (attempts used up,"
+                    " chunks streamed, cancelled or past the deadline): the error is the final reply",
+                    delivery.attempt,
+                    error.code,
+                )
+            return None
+        attempt, delay_ms = decision
+        try:
+            await retry(attempt, delay_ms)
+        except TransportError as failure:
+            log.warning("the retry could not be scheduled (%s); the request goes back to the queue", failure)
+            await self._requeue(run, log)
+            return Outcome(OutcomeKind.NOT_ACKED, error=str(failure))
+        log.info(
+            "attempt %d failed retryably (%s: %s); attempt %d in %d ms",
+            delivery.attempt,
+            error.code,
+            error.message,
+            attempt,
+            delay_ms,
+        )
+        return await _ack(run.settle, Outcome(OutcomeKind.RETRIED), log)
+
     async def _answer(
         self, handler: Handler, body: bytes, ctx: Context, cancel: asyncio.Event, log: RequestLog
-    ) -> tuple[str, bytes]:
-        """The final reply: the handler's result, or an error body."""
+    ) -> tuple[str, bytes, TaskError | None]:
+        """The final reply: the handler's result, or an error body (and the error)."""
         try:
             if cancel.is_set():
                 log.info("request cancelled before it started")
                 raise TaskError.cancelled()
             payload = parse_payload(body)
             value = await self._run_handler(handler, payload, ctx, cancel, log)
-            return protocol.RESULT, encode(value, "result")
+            return protocol.RESULT, encode(value, "result"), None
         except TaskError as error:
             # Whatever a cancelled handler fails with, it failed because it was cancelled.
             reported = TaskError.cancelled() if cancel.is_set() else error
-            return protocol.ERROR, json.dumps(reported.body(), ensure_ascii=False).encode("utf-8")
+            return protocol.ERROR, json.dumps(reported.body(), ensure_ascii=False).encode("utf-8"), reported
 
     async def _run_handler(
         self, handler: Handler, payload: Any, ctx: Context, cancel: asyncio.Event, log: RequestLog

@@ -23,6 +23,7 @@ from typing import Any
 from . import protocol
 from .errors import TaskError
 from .handlers import Handler
+from .retry import RetryPolicy
 from .runner import DEFAULT_CANCEL_GRACE, Outcome, Runner
 from .transport import Delivery, Identity, Reply, Settlement, TransportError
 
@@ -62,6 +63,20 @@ class MemorySettle:
         self.settlements.append(settlement)
 
 
+class MemoryRetry:
+    """Records the attempts a runner scheduled, ``(attempt, delay_ms)``; ``fail`` makes
+    scheduling raise, as a broken channel would."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.scheduled: list[tuple[int, int]] = []
+        self.fail = fail
+
+    async def __call__(self, attempt: int, delay_ms: int) -> None:
+        if self.fail:
+            raise TransportError("the channel is closed (in-memory retry)")
+        self.scheduled.append((attempt, delay_ms))
+
+
 @dataclass
 class Replies:
     """What a handler replied to one request."""
@@ -74,6 +89,9 @@ class Replies:
     """The ``error`` reply (``code`` defaults to ``WORKER_ERROR``), if any."""
     outcome: Outcome | None = None
     settlements: list[Settlement] = field(default_factory=list)
+    retries: list[tuple[int, int]] = field(default_factory=list)
+    """The next attempt scheduled, ``(attempt, delay_ms)``, when the handler failed
+    retryably under ``retry`` (then there is no reply)."""
     raw: list[Reply] = field(default_factory=list)
 
 
@@ -110,10 +128,14 @@ async def run_request(
     cancel_grace: float = DEFAULT_CANCEL_GRACE,
     traceparent: str | None = None,
     identity: Identity | None = None,
+    attempt: int = 1,
+    retry: RetryPolicy | None = None,
 ) -> Replies:
     """Runs ``handler`` on one request with ``payload`` (or the exact ``body`` bytes) and
     returns its replies. ``cancel_after`` seconds cancels it, as the host would; the
-    default deadline is 30 s from now."""
+    default deadline is 30 s from now. ``retry`` is the request type's retry policy and
+    ``attempt`` which attempt this is: a retryable failure then schedules the next one
+    (``Replies.retries``) instead of replying."""
     transport = MemoryTransport()
     runner = Runner(transport, cancel_grace=cancel_grace)
     correlation_id = str(uuid.uuid4())
@@ -127,19 +149,23 @@ async def run_request(
         traceparent=traceparent,
         identity=identity,
         body=body if body is not None else json.dumps(payload).encode("utf-8"),
+        attempt=attempt,
+        retry=retry,
     )
     settle = MemorySettle()
+    scheduler = MemoryRetry()
     canceller: asyncio.TimerHandle | None = None
     if cancel_after is not None:
         canceller = asyncio.get_running_loop().call_later(
             cancel_after, runner.cancellations.cancel, correlation_id
         )
     try:
-        outcome = await runner.process(delivery, handler, settle)
+        outcome = await runner.process(delivery, handler, settle, scheduler)
     finally:
         if canceller is not None:
             canceller.cancel()
     replies = collect(transport.replies) if transport.replies else Replies(chunks=[])
     replies.outcome = outcome
     replies.settlements = settle.settlements
+    replies.retries = scheduler.scheduled
     return replies

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from typing import TYPE_CHECKING, Awaitable, Callable, Protocol
+
+if TYPE_CHECKING:
+    from .retry import RetryPolicy
 
 
 class TransportError(Exception):
@@ -58,6 +61,10 @@ class Delivery:
     traceparent: str | None = None
     identity: Identity | None = None
     body: bytes = b""
+    attempt: int = 1
+    """Header ``x-attempt`` (§3.12): 1 for the first attempt."""
+    retry: RetryPolicy | None = None
+    """Header ``x-retry``: the request type's retry policy, if it has one."""
 
 
 class Settlement(enum.Enum):
@@ -72,3 +79,8 @@ class Settlement(enum.Enum):
 Settle = Callable[[Settlement], Awaitable[None]]
 """Acks or requeues one delivery; raises :class:`TransportError` when it cannot (its
 channel is gone: the broker has requeued the delivery itself)."""
+
+Retry = Callable[[int, int], Awaitable[None]]
+"""Schedules attempt ``n`` of one delivery after ``delay_ms`` (§3.12): republishes it,
+confirmed, to the wait queue of that delay; raises :class:`TransportError` when it
+could not. The runner acks the delivery afterwards."""

@@ -28,14 +28,17 @@ import type { Logger } from './log.js';
 import {
   CANCEL_EXCHANGE,
   CONTENT_TYPE_JSON,
+  HEADER_ATTEMPT,
   HEADER_DEADLINE_MS,
   HEADER_IDENTITY,
+  HEADER_RETRY,
   HEADER_SEQ,
   HEADER_STREAM,
   HEADER_TRACEPARENT,
 } from './protocol.js';
 import { QUEUE_PATIENCE_MS, waitForQueue } from './queue-wait.js';
-import type { Confirmation, Delivery, Identity, Reply, Settle, Transport } from './transport.js';
+import { parseRetryPolicy, waitQueue, waitQueueArguments } from './retry.js';
+import type { Confirmation, Delivery, Identity, Reply, Retry, Settle, Transport } from './transport.js';
 
 /** How long one connection attempt may take. */
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -118,6 +121,8 @@ export function toDelivery(message: ConsumeMessage): Delivery {
     traceparent: headerString(headers[HEADER_TRACEPARENT]),
     identity: headerIdentity(headers[HEADER_IDENTITY]),
     body: message.content,
+    attempt: Math.max(1, headerInteger(headers[HEADER_ATTEMPT]) ?? 1),
+    retry: parseRetryPolicy(headers[HEADER_RETRY]),
   };
 }
 
@@ -148,6 +153,8 @@ class AmqpSession implements BrokerSession {
   /** Long-lived channels, closed in this order before the connection. */
   private readonly channels: Channel[] = [];
   private consumeChannel: Channel | undefined;
+  /** The reply channel (publisher confirms): retries are republished on it too. */
+  private replyChannel: ConfirmChannel | undefined;
   private readonly consumerTags: string[] = [];
 
   constructor(
@@ -246,7 +253,42 @@ class AmqpSession implements BrokerSession {
 
   async openReplies(): Promise<Transport> {
     const channel = await this.longLived(this.model.createConfirmChannel(), 'reply');
+    this.replyChannel = channel;
     return new AmqpTransport(channel);
+  }
+
+  /**
+   * Schedules another attempt of `message` (§3.12): republishes it, with `x-attempt`, on the
+   * reply channel (confirmed) to the wait queue of the delay — declared each time on a throwaway
+   * channel, as it may have expired since — whose TTL dead-letters it back to `queue`.
+   */
+  private retrier(message: ConsumeMessage, queue: string): Retry {
+    return async (attempt, delayMs) => {
+      const waiting = waitQueue(queue, delayMs);
+      await this.throwaway((ch) => ch.assertQueue(waiting, { durable: true, arguments: waitQueueArguments(queue, delayMs) }));
+      const channel = this.replyChannel;
+      if (!channel) throw new Error('no reply channel');
+      const p = message.properties;
+      const options = {
+        contentType: typeof p.contentType === 'string' ? p.contentType : CONTENT_TYPE_JSON,
+        persistent: true,
+        mandatory: true,
+        correlationId: p.correlationId,
+        replyTo: p.replyTo,
+        type: p.type,
+        timestamp: p.timestamp,
+        headers: { ...(p.headers ?? {}), [HEADER_ATTEMPT]: attempt },
+      };
+      await new Promise<void>((resolve, reject) => {
+        try {
+          channel.publish('', waiting, message.content, options, (error: unknown) =>
+            error ? reject(error instanceof Error ? error : new Error('the broker refused the retry (nack)')) : resolve(),
+          );
+        } catch (error) {
+          reject(error instanceof Error ? error : new Error(String(error)));
+        }
+      });
+    };
   }
 
   async consumeCancellations(onCancel: (correlationId: string) => void): Promise<void> {
@@ -303,7 +345,7 @@ class AmqpSession implements BrokerSession {
               }
               return;
             }
-            onDelivery(index, toDelivery(message), settler(channel, message));
+            onDelivery(index, toDelivery(message), settler(channel, message), this.retrier(message, queue));
           },
           { noAck: false, consumerTag: tag },
         );

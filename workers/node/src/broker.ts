@@ -5,7 +5,7 @@
  * that reconnection, shutdown and consumer-timeout handling are unit-tested without RabbitMQ.
  */
 
-import type { Delivery, Settle, Transport } from './transport.js';
+import type { Delivery, Retry, Settle, Transport } from './transport.js';
 
 /** Queue arguments, e.g. `{ "x-queue-type": "quorum" }`. */
 export type QueueArguments = Record<string, string | number | boolean>;
@@ -44,8 +44,11 @@ export interface ConsumerTimeout {
   timeoutMs: number | undefined;
 }
 
-/** Called for each request a consumer receives: `queueIndex` is its queue's index in `consume`'s list. */
-export type OnDelivery = (queueIndex: number, delivery: Delivery, settle: Settle) => void;
+/**
+ * Called for each request a consumer receives: `queueIndex` is its queue's index in `consume`'s
+ * list; `retry` schedules another attempt of it (§3.12), where the broker supports that.
+ */
+export type OnDelivery = (queueIndex: number, delivery: Delivery, settle: Settle, retry?: Retry) => void;
 
 export interface BrokerSession {
   /** Resolves (once) when the session can no longer be used: the connection or one of its channels closed. */

@@ -22,6 +22,8 @@ export interface Context {
   readonly deadline: Date | undefined;
   /** Whether RabbitMQ delivered this request before: another worker may have started it and died. */
   readonly redelivered: boolean;
+  /** Which attempt this is: 1, then 2, 3 … when the request type's retry policy retries a retryable failure. */
+  readonly attempt: number;
   /** Whether the request type streams chunks (header `x-stream`). */
   readonly streams: boolean;
   /** The W3C `traceparent` the host sent with the request, if any. */
@@ -67,6 +69,7 @@ export interface ContextParts {
   deadlineMs: number | undefined;
   streams: boolean;
   redelivered: boolean;
+  attempt?: number;
   traceparent: string | undefined;
   identity: Identity | undefined;
   controller: AbortController;
@@ -88,6 +91,7 @@ export class RequestContext implements Context {
   readonly correlationId: string;
   readonly deadline: Date | undefined;
   readonly redelivered: boolean;
+  readonly attempt: number;
   readonly streams: boolean;
   readonly traceparent: string | undefined;
   readonly identity: Identity | undefined;
@@ -112,11 +116,17 @@ export class RequestContext implements Context {
     this.deadline = parts.deadlineMs === undefined ? undefined : new Date(parts.deadlineMs);
     this.streams = parts.streams;
     this.redelivered = parts.redelivered;
+    this.attempt = parts.attempt ?? 1;
     this.traceparent = parts.traceparent;
     this.identity = parts.identity;
     this.signal = parts.controller.signal;
     this.transport = parts.transport;
     this.log = parts.log;
+  }
+
+  /** Whether a chunk was sent (or is being sent) in this attempt: then it is never retried. */
+  get chunksSent(): boolean {
+    return this.nextSeq > 0;
   }
 
   remainingMs(): number | undefined {

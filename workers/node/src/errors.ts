@@ -28,11 +28,18 @@ export class TaskError extends Error {
   /** A protocol code (`WORKER_ERROR`, `INVALID_PAYLOAD` …) or one of the worker's own; never empty. */
   readonly code: string;
   readonly details: unknown;
+  /**
+   * Trying again later may succeed (a downstream service down, a lock, a rate limit): under the
+   * request type's retry policy (docs/protocol.md §3.12) the SDK schedules another attempt
+   * instead of replying this error.
+   */
+  readonly retryable: boolean;
 
-  constructor(code: string | undefined, message: string, details?: unknown) {
+  constructor(code: string | undefined, message: string, details?: unknown, options: { retryable?: boolean } = {}) {
     super(message);
     this.code = code ? code : ErrorCodes.WORKER_ERROR;
     this.details = details;
+    this.retryable = options.retryable ?? false;
   }
 
   /** `CANCELLED`: the request was cancelled. `ctx.chunk` throws it once the request is cancelled. */

@@ -27,6 +27,7 @@ export type { WorkerOptions, HandleOptions, RunOptions } from './worker.js';
 export type { Handler, Outcome } from './runner.js';
 export type { Context } from './context.js';
 export type { Identity } from './transport.js';
+export type { RetryPolicy } from './retry.js';
 export { RequestAbandoned } from './context.js';
 export { TaskError, WorkerError } from './errors.js';
 export type { ErrorBody, Problem } from './errors.js';

@@ -10,7 +10,8 @@ import { RequestAbandoned, RequestContext, jsonBody, type Context } from './cont
 import { TaskError, type ErrorBody } from './errors.js';
 import type { Fields, Logger } from './log.js';
 import { ErrorCodes } from './protocol.js';
-import type { Delivery, Settle, Transport } from './transport.js';
+import { nextAttempt } from './retry.js';
+import type { Delivery, Retry, Settle, Transport } from './transport.js';
 
 /**
  * A handler: gets the parsed JSON payload and the context; returns the result (any JSON value),
@@ -41,7 +42,9 @@ export type Outcome =
    */
   | { kind: 'adopted' }
   /** Delivered again after its final reply was confirmed here (only its ack failed): acked without running. */
-  | { kind: 'already-answered' };
+  | { kind: 'already-answered' }
+  /** Failed retryably: attempt `attempt` is scheduled in `delayMs` (§3.12) and this delivery acked. */
+  | { kind: 'retried'; attempt: number; delayMs: number };
 
 /** How long, and how many, early cancellations are remembered. */
 const EARLY_CANCEL_TTL_MS = 600_000;
@@ -131,7 +134,7 @@ export interface RunnerOptions {
 }
 
 type Settled = { ok: true; value: unknown } | { ok: false; error: unknown };
-type Final = { kind: 'result' | 'error'; body: Buffer } | 'abandoned';
+type Final = { kind: 'result' | 'error'; body: Buffer; error?: TaskError } | 'abandoned';
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -264,7 +267,7 @@ export class Runner {
    * consumer timeout) while the handler went on. The running request adopts it and settles
    * it when it ends.
    */
-  async process(delivery: Delivery, handler: Handler, settle: Settle, requestType = ''): Promise<Outcome> {
+  async process(delivery: Delivery, handler: Handler, settle: Settle, requestType = '', retry?: Retry): Promise<Outcome> {
     const fields: Fields = {};
     if (delivery.correlationId !== undefined) fields.correlation_id = delivery.correlationId;
     if (delivery.traceparent !== undefined) fields.traceparent = delivery.traceparent;
@@ -308,6 +311,7 @@ export class Runner {
       deadlineMs: delivery.deadlineMs,
       streams: delivery.streams ?? false,
       redelivered: delivery.redelivered ?? false,
+      attempt: delivery.attempt ?? 1,
       traceparent: delivery.traceparent,
       identity: delivery.identity,
       controller,
@@ -339,6 +343,10 @@ export class Runner {
 
     // Until it is settled, a redelivery of this request is adopted (its settle replaces ours).
     try {
+      if (final.error && retry) {
+        const retried = await this.retry(delivery, final.error, ctx, controller, run, retry, log);
+        if (retried) return retried;
+      }
       log.debug('final reply', { kind: final.kind });
       const confirms = await ctx.finish(final.kind, final.body);
       let failure = confirms instanceof Error ? confirms : undefined;
@@ -367,6 +375,53 @@ export class Runner {
       }
     } finally {
       this.running.delete(correlationId);
+    }
+  }
+
+  /** Schedules the next attempt when the policy says so; `undefined` when the error is the final reply. */
+  private async retry(
+    delivery: Delivery,
+    error: TaskError,
+    ctx: RequestContext,
+    controller: AbortController,
+    run: { settle: Settle },
+    retry: Retry,
+    log: Logger,
+  ): Promise<Outcome | undefined> {
+    const attempt = delivery.attempt ?? 1;
+    const next = nextAttempt(delivery.retry, attempt, error, {
+      chunksSent: ctx.chunksSent,
+      cancelled: controller.signal.aborted,
+      deadlineMs: delivery.deadlineMs,
+      nowMs: Date.now(),
+    });
+    if (!next) {
+      if (delivery.retry && error.retryable) {
+        log.info('attempt failed retryably, but gets no further attempt (attempts used up, chunks streamed, cancelled or past the deadline): the error is the final reply', { attempt, code: error.code });
+      }
+      return undefined;
+    }
+    try {
+      await retry(next.attempt, next.delayMs);
+    } catch (failure) {
+      log.warn('the retry could not be scheduled; the request goes back to the queue', { error: String(failure) });
+      await this.settleRun(run, 'requeue').catch(() => undefined);
+      return { kind: 'not-acked', error: failure instanceof Error ? failure : new Error(String(failure)) };
+    }
+    log.info('attempt failed retryably; the next one is scheduled', {
+      attempt,
+      code: error.code,
+      message: error.message,
+      next_attempt: next.attempt,
+      delay_ms: next.delayMs,
+    });
+    const outcome: Outcome = { kind: 'retried', attempt: next.attempt, delayMs: next.delayMs };
+    try {
+      await this.settleRun(run, 'ack');
+      return outcome;
+    } catch (failure) {
+      log.warn('the ack did not reach the broker: the attempt may run again', { error: String(failure) });
+      return { kind: 'not-acked', error: failure instanceof Error ? failure : new Error(String(failure)) };
     }
   }
 
@@ -423,7 +478,8 @@ export class Runner {
     }
     // Whatever a cancelled handler fails with, the request failed because it was cancelled.
     if (controller.signal.aborted) return { kind: 'error', body: errorBody(TaskError.cancelled()) };
-    return { kind: 'error', body: errorBody(this.toTaskError(settled.error, log)) };
+    const error = this.toTaskError(settled.error, log);
+    return { kind: 'error', body: errorBody(error), error };
   }
 
   private toTaskError(error: unknown, log: Logger): TaskError {

@@ -9,7 +9,7 @@ import { BrokerRefused, QueueUnusable, type Broker, type BrokerSession, type Con
 import type { ErrorBody } from './errors.js';
 import { memoryLogger, type Logger } from './log.js';
 import { Runner, type Handler, type Outcome } from './runner.js';
-import type { Confirmation, Delivery, Reply, Settle, Settlement, Transport } from './transport.js';
+import type { Confirmation, Delivery, Reply, Retry, Settle, Settlement, Transport } from './transport.js';
 
 /** What happened, in order: replies handed to the transport and settlements of deliveries. */
 export type MemoryEvent =
@@ -75,6 +75,8 @@ export interface TestReplies {
   /** The error body, when the final reply was one. */
   error?: ErrorBody;
   outcome: Outcome;
+  /** The next attempts scheduled (§3.12), when the handler failed retryably under `delivery.retry`. */
+  retries: { attempt: number; delayMs: number }[];
 }
 
 export interface RunRequestOptions {
@@ -99,9 +101,13 @@ export async function runRequest(handler: Handler, payload: unknown, options: Ru
     options.cancelAfterMs === undefined
       ? undefined
       : setTimeout(() => runner.cancellations.cancel(delivery.correlationId ?? ''), options.cancelAfterMs);
-  const outcome = await runner.process(delivery, handler, async () => undefined, delivery.requestType);
+  const retries: { attempt: number; delayMs: number }[] = [];
+  const retry: Retry = async (attempt, delayMs) => {
+    retries.push({ attempt, delayMs });
+  };
+  const outcome = await runner.process(delivery, handler, async () => undefined, delivery.requestType, retry);
   clearTimeout(timer);
-  const replies: TestReplies = { chunks: [], outcome };
+  const replies: TestReplies = { chunks: [], outcome, retries };
   for (const reply of transport.replies()) {
     const body: unknown = JSON.parse(reply.body.toString('utf8'));
     if (reply.kind === 'chunk') replies.chunks.push(body);

@@ -5,6 +5,7 @@
  */
 
 import type { ReplyKind } from './protocol.js';
+import type { RetryPolicy } from './retry.js';
 
 /** A request message as delivered (protocol §2.2), nothing trusted yet. */
 export interface Delivery {
@@ -22,6 +23,10 @@ export interface Delivery {
   /** Header `x-identity`: who the host authenticated (absent without authentication). */
   identity?: Identity | undefined;
   body: Buffer;
+  /** Header `x-attempt` (§3.12): 1 for the first attempt. */
+  attempt?: number;
+  /** Header `x-retry`: the request type's retry policy, if it has one. */
+  retry?: RetryPolicy | undefined;
 }
 
 /** The client's identity as the host authenticated it (protocol §3.9, header `x-identity`). */
@@ -62,3 +67,9 @@ export type Settlement = 'ack' | 'requeue';
 
 /** Acks a delivery or gives it back to the queue (`basic.nack` with requeue); rejects when it cannot. */
 export type Settle = (settlement: Settlement) => Promise<void>;
+
+/**
+ * Schedules attempt `attempt` of one delivery after `delayMs` (§3.12): republishes it, confirmed,
+ * to the wait queue of that delay; rejects when it could not. The runner acks the delivery afterwards.
+ */
+export type Retry = (attempt: number, delayMs: number) => Promise<void>;

@@ -302,7 +302,7 @@ export class Worker {
         this.log.debug('cancellation', { correlation_id: id });
         sessionRunner.cancellations.cancel(id);
       });
-      onDelivery = (index, delivery, settle) => {
+      onDelivery = (index, delivery, settle, retry) => {
         const route = this.routes[index];
         if (!route || draining) {
           // Arrived after the consumers were cancelled: straight back to the queue, for another worker.
@@ -310,7 +310,7 @@ export class Worker {
           return;
         }
         const task = sessionRunner
-          .process(delivery, route.handler, settle, route.requestType)
+          .process(delivery, route.handler, settle, route.requestType, retry)
           .then(
             () => undefined,
             (error: unknown) => this.log.error('request processing failed', { error }),

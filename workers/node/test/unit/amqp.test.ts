@@ -60,7 +60,14 @@ describe('messages', () => {
       traceparent: '00-t-s-01',
       identity: { subject: 'ada', roles: ['admin', 'ops'] },
       body: message.content,
+      attempt: 1,
     });
+    // §3.12: the attempt and the retry policy.
+    const retried = {
+      ...message,
+      properties: { ...message.properties, headers: { 'x-attempt': 3, 'x-retry': '{"attempts":5,"delayMs":10}' } },
+    } as unknown as ConsumeMessage;
+    expect(toDelivery(retried)).toMatchObject({ attempt: 3, retry: { attempts: 5, delayMs: 10, backoff: 'fixed' } });
     const bare = { ...message, properties: { headers: undefined } } as unknown as ConsumeMessage;
     expect(toDelivery(bare)).toMatchObject({ correlationId: undefined, replyTo: undefined, streams: false, deadlineMs: undefined });
     expect(toDelivery(bare).identity).toBeUndefined();

@@ -339,6 +339,9 @@ pub struct PluginSection {
     /// Deliveries without an answer before a request is dead-lettered (replaces what the
     /// plugin declares; default 3).
     pub delivery_limit: Option<u32>,
+    /// The retry policy workers get (replaces what the plugin declares), e.g.
+    /// `{ attempts = 3, backoff = "exponential", delay_ms = 1000 }`.
+    pub retry: Option<taskgate_plugin_api::RetryPolicy>,
     /// Overrides for one request type, keyed by its name.
     #[serde(default)]
     pub request_types: BTreeMap<String, TypeOverrides>,
@@ -354,6 +357,7 @@ pub struct TypeOverrides {
     pub required_roles: Option<Vec<String>>,
     pub validation_budget_ms: Option<u64>,
     pub delivery_limit: Option<u32>,
+    pub retry: Option<taskgate_plugin_api::RetryPolicy>,
 }
 
 impl FileConfig {
@@ -588,6 +592,7 @@ impl Settings {
                 .validation_budget_ms
                 .or(section.validation_budget_ms),
             delivery_limit: specific.delivery_limit.or(section.delivery_limit),
+            retry: specific.retry.or_else(|| section.retry.clone()),
         }
     }
 
@@ -805,6 +810,29 @@ mod tests {
             Some(5)
         );
         assert_eq!(s.overrides_for("other", "x").delivery_limit, None);
+    }
+
+    #[test]
+    fn a_retry_policy_is_written_in_snake_case() {
+        let file = parse(
+            r#"
+            [plugins.text]
+            enabled = true
+            retry = { attempts = 3, backoff = "exponential", delay_ms = 200, max_delay_ms = 1000, retry_on = ["UPSTREAM"] }
+            "#,
+        )
+        .unwrap();
+        let s = Settings::resolve(file, None, Overrides::default()).unwrap();
+        let retry = s.overrides_for("text", "t").retry.unwrap();
+        assert_eq!(
+            (retry.attempts, retry.delay_ms, retry.max_delay_ms),
+            (3, 200, Some(1000))
+        );
+        assert_eq!(retry.retry_on, vec!["UPSTREAM".to_owned()]);
+        assert!(
+            parse("[plugins.text]\nretry = { attempts = 3 }\n").is_err(),
+            "delay_ms is required"
+        );
     }
 
     #[test]

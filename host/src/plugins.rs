@@ -756,8 +756,13 @@ fn spec_for(
     let mut spec = RequestTypeSpec::new(parts, declared.validates.then_some(validator))?
         .with_validation_budget(budget);
     spec.delivery_limit = queue_arguments.delivery_limit;
-    spec.retry = declared
-        .retry
+    let retry = overrides.retry.or_else(|| declared.retry.clone());
+    if let Some(policy) = &retry {
+        policy
+            .check()
+            .map_err(|e| format!("retry policy in plugins.toml: {e}"))?;
+    }
+    spec.retry = retry
         .as_ref()
         .and_then(|policy| serde_json::to_string(policy).ok())
         .map(Arc::from);

@@ -70,17 +70,23 @@ pub struct RetryPolicy {
     /// The delay before each retry: the same every time, or doubling from `delay_ms`.
     #[serde(default)]
     pub backoff: Backoff,
-    /// The delay before the first retry, in milliseconds (at least 1).
+    /// The delay before the first retry, in milliseconds (at least 1). (plugins.toml may
+    /// spell the keys in snake_case: `delay_ms`, `max_delay_ms`, `retry_on`.)
+    #[serde(alias = "delay_ms")]
     pub delay_ms: u64,
     /// The longest delay (exponential backoff); none: no cap.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "max_delay_ms"
+    )]
     pub max_delay_ms: Option<u64>,
     /// Whether workers wait a random 50 % to 100 % of each delay, so that requests that
     /// failed together do not all come back together.
     #[serde(default)]
     pub jitter: bool,
     /// Error codes retried even when the handler did not mark the error retryable.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", alias = "retry_on")]
     pub retry_on: Vec<String>,
 }
 

@@ -445,6 +445,8 @@ export interface PluginSettings {
   required_roles?: string[];
   validation_budget_ms?: number;
   delivery_limit?: number;
+  /** The retry policy (§3.12), e.g. `{ attempts: 3, backoff: 'exponential', delay_ms: 200 }`. */
+  retry?: Record<string, string | number | boolean | string[]>;
 }
 
 export interface HostOptions {

@@ -29,6 +29,7 @@ struct Inner {
     deadline_ms: Option<u64>,
     streams: bool,
     redelivered: bool,
+    attempt: u32,
     identity: Option<Identity>,
     traceparent: Option<String>,
     cancel: CancellationToken,
@@ -57,6 +58,7 @@ pub(crate) struct ContextParts {
     pub deadline_ms: Option<u64>,
     pub streams: bool,
     pub redelivered: bool,
+    pub attempt: u32,
     pub identity: Option<Identity>,
     pub traceparent: Option<String>,
     pub cancel: CancellationToken,
@@ -73,6 +75,7 @@ impl Context {
                 deadline_ms: parts.deadline_ms,
                 streams: parts.streams,
                 redelivered: parts.redelivered,
+                attempt: parts.attempt.max(1),
                 identity: parts.identity,
                 traceparent: parts.traceparent,
                 cancel: parts.cancel,
@@ -117,6 +120,17 @@ impl Context {
     /// it (and sent some chunks) and died.
     pub fn redelivered(&self) -> bool {
         self.inner.redelivered
+    }
+
+    /// Which attempt this is: 1, then 2, 3 … when the request type's retry policy retries
+    /// a retryable failure ([`crate::TaskError::retryable`], protocol §3.12).
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    /// Whether a chunk was sent in this attempt: then a failure is never retried.
+    pub(crate) async fn chunks_sent(&self) -> bool {
+        self.inner.replies.lock().await.next_seq > 0
     }
 
     /// Who the client authenticated as (header `x-identity`): `None` when the host runs

@@ -17,6 +17,10 @@ pub struct TaskError {
     pub message: String,
     /// Anything that helps a program react (optional).
     pub details: Option<Value>,
+    /// Trying again later may succeed (a downstream service down, a lock, a rate limit):
+    /// under the request type's retry policy (protocol §3.12) the SDK schedules another
+    /// attempt instead of replying this error. See [`TaskError::retryable`].
+    pub retryable: bool,
 }
 
 impl TaskError {
@@ -31,7 +35,21 @@ impl TaskError {
             code: code.into(),
             message: message.into(),
             details: None,
+            retryable: false,
         }
+    }
+
+    /// Marks the error retryable: under the request type's retry policy the request is
+    /// tried again later (protocol §3.12) instead of failing now.
+    ///
+    /// ```
+    /// # use taskgate_worker::TaskError;
+    /// let error = TaskError::with_code("UPSTREAM_DOWN", "the billing API answered 503").retryable();
+    /// assert!(error.retryable);
+    /// ```
+    pub fn retryable(mut self) -> Self {
+        self.retryable = true;
+        self
     }
 
     /// Attaches `details` (any JSON-serialisable value; one that does not serialise is

@@ -93,6 +93,8 @@
 //! Each module depends only on the ones listed before it (no import circles):
 //! - `error`: [`TaskError`] (a request's failure, for the client) and [`WorkerError`]
 //!   (why a worker stopped).
+//! - `retry`: retries with backoff (protocol §3.12): the policy of header `x-retry`, which
+//!   failures are retried, the delays, the wait queues' names.
 //! - `transport`: the plain types between the runner and a broker: a delivery, a reply,
 //!   where replies are published, how a delivery is settled.
 //! - [`context`]: what a handler sees: request metadata, chunks, cancellation.
@@ -112,6 +114,7 @@ pub mod context;
 mod error;
 pub mod handler;
 mod rabbitmq;
+mod retry;
 mod runner;
 mod settings;
 pub mod testing;

@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::error::WorkerError;
+use crate::retry::{wait_queue, RetryPolicy};
 use crate::runner::{Cancellations, Runner};
 use crate::settings::Settings;
 use crate::transport::{Delivery, PendingConfirm, Reply, Settlement, Transport, TransportError};
@@ -190,6 +191,11 @@ async fn serve<S: Future>(
     publish
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
+    // Wait queues are declared on a channel of their own: a refused declaration closes it.
+    let retrier = Arc::new(Retrier {
+        publish: publish.clone(),
+        declare: connection.create_channel().await?,
+    });
     let broken = Arc::new(Notify::new());
     let transport: Arc<dyn Transport> = Arc::new(AmqpTransport {
         channel: publish.clone(),
@@ -251,9 +257,12 @@ async fn serve<S: Future>(
                 Some((index, Some(Ok(delivery)))) => {
                     let handler = config.routes[index].handler.clone();
                     let runner = runner.clone();
+                    let retrier = retrier.clone();
+                    let queue = config.routes[index].queue.clone();
                     tasks.spawn(async move {
-                        let (request, acker) = split(delivery);
-                        runner.process(request, &handler, |settlement| settle(acker, settlement)).await
+                        let (request, acker, retained) = split(delivery);
+                        let retry = retained.map(|r| (retrier, queue, r));
+                        runner.process(request, &handler, |settlement| settle(acker, settlement, retry)).await
                     });
                 }
                 Some((_, Some(Err(e)))) => return Err(SessionError::Lost(e.to_string())),
@@ -301,7 +310,7 @@ async fn serve<S: Future>(
     }
     // Closed one by one before the connection: channels dropped while the connection
     // closes make lapin log errors.
-    for channel in [&consume, &cancel_channel, &publish] {
+    for channel in [&consume, &cancel_channel, &retrier.declare, &publish] {
         let _ = channel.close(200, "worker stopping".into()).await;
     }
     info!("worker stopped");
@@ -318,16 +327,134 @@ fn cancel_one(cancellations: &Cancellations, message: &lapin::message::Delivery)
     }
 }
 
-/// Acks a delivery, or gives it back to the queue.
-async fn settle(acker: lapin::Acker, settlement: Settlement) -> Result<(), TransportError> {
+/// A request as it came, kept to be republished for another attempt (only for request
+/// types with a retry policy: the others need no copy of their body).
+struct Retained {
+    properties: BasicProperties,
+    body: Vec<u8>,
+}
+
+/// Schedules attempts (protocol §3.12): the session's confirm channel, and a channel of
+/// its own for declaring wait queues.
+struct Retrier {
+    publish: Channel,
+    declare: Channel,
+}
+
+impl Retrier {
+    /// Republishes `retained` as attempt `attempt` to the wait queue of `delay_ms`, whose
+    /// TTL dead-letters it back to `queue`; resolves once the broker confirmed it.
+    async fn republish(
+        &self,
+        queue: &str,
+        retained: Retained,
+        attempt: u32,
+        delay_ms: u64,
+    ) -> Result<(), TransportError> {
+        let failed = |e: lapin::Error| TransportError(e.to_string());
+        let waiting = wait_queue(queue, delay_ms);
+        let delay = i64::try_from(delay_ms).unwrap_or(i64::MAX);
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay));
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        arguments.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(queue.into()),
+        );
+        arguments.insert(
+            "x-expires".into(),
+            AMQPValue::LongLongInt(delay.saturating_add(60_000)),
+        );
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        self.declare
+            .queue_declare(waiting.as_str().into(), durable, arguments)
+            .await
+            .map_err(failed)?;
+        let original = &retained.properties;
+        let mut headers = original.headers().clone().unwrap_or_default();
+        headers.insert(
+            names::HEADER_ATTEMPT.into(),
+            AMQPValue::LongLongInt(i64::from(attempt)),
+        );
+        let mut properties = BasicProperties::default()
+            .with_content_type(
+                original
+                    .content_type()
+                    .clone()
+                    .unwrap_or_else(|| names::CONTENT_TYPE_JSON.into()),
+            )
+            .with_delivery_mode(names::DELIVERY_MODE_PERSISTENT)
+            .with_headers(headers);
+        if let Some(id) = original.correlation_id() {
+            properties = properties.with_correlation_id(id.clone());
+        }
+        if let Some(reply_to) = original.reply_to() {
+            properties = properties.with_reply_to(reply_to.clone());
+        }
+        if let Some(kind) = original.kind() {
+            properties = properties.with_type(kind.clone());
+        }
+        if let Some(timestamp) = original.timestamp() {
+            properties = properties.with_timestamp(*timestamp);
+        }
+        let mandatory = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
+        let confirm = self
+            .publish
+            .basic_publish(
+                "".into(),
+                waiting.as_str().into(),
+                mandatory,
+                &retained.body,
+                properties,
+            )
+            .await
+            .map_err(failed)?
+            .await
+            .map_err(failed)?;
+        if confirm.is_nack() {
+            return Err(TransportError("the broker refused the retry (nack)".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Acks a delivery, gives it back to the queue, or schedules its next attempt and acks it
+/// (requeued instead when that fails).
+async fn settle(
+    acker: lapin::Acker,
+    settlement: Settlement,
+    retry: Option<(Arc<Retrier>, String, Retained)>,
+) -> Result<(), TransportError> {
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
     let settled = match settlement {
         Settlement::Ack => acker.ack(BasicAckOptions::default()).await,
-        Settlement::Requeue => {
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..Default::default()
+        Settlement::Requeue => acker.nack(requeue).await,
+        Settlement::Retry { attempt, delay_ms } => {
+            let republished = match retry {
+                Some((retrier, queue, retained)) => {
+                    retrier.republish(&queue, retained, attempt, delay_ms).await
+                }
+                None => Err(TransportError(
+                    "the request was not kept for a retry".into(),
+                )),
             };
-            acker.nack(requeue).await
+            if let Err(error) = republished {
+                let _ = acker.nack(requeue).await;
+                return Err(error);
+            }
+            acker.ack(BasicAckOptions::default()).await
         }
     };
     settled
@@ -585,10 +712,21 @@ fn header_string(headers: &FieldTable, name: &str) -> Option<String> {
     }
 }
 
-/// The request as the runner sees it, and the means to ack it.
-fn split(delivery: lapin::message::Delivery) -> (Delivery, lapin::Acker) {
+/// The request as the runner sees it, the means to ack it, and — when its request type
+/// has a retry policy — what a retry republishes.
+fn split(delivery: lapin::message::Delivery) -> (Delivery, lapin::Acker, Option<Retained>) {
     let properties = &delivery.properties;
     let headers = properties.headers().clone().unwrap_or_default();
+    let retry =
+        header_string(&headers, names::HEADER_RETRY).and_then(|text| RetryPolicy::parse(&text));
+    let retained = retry.as_ref().map(|_| Retained {
+        properties: delivery.properties.clone(),
+        body: delivery.data.clone(),
+    });
+    let attempt = header_i64(&headers, names::HEADER_ATTEMPT)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(1)
+        .max(1);
     let request = Delivery {
         correlation_id: properties.correlation_id().as_ref().map(|c| c.to_string()),
         reply_to: properties.reply_to().as_ref().map(|r| r.to_string()),
@@ -602,8 +740,10 @@ fn split(delivery: lapin::message::Delivery) -> (Delivery, lapin::Acker) {
         identity: identity_header(&headers),
         traceparent: header_string(&headers, names::HEADER_TRACEPARENT),
         body: delivery.data,
+        attempt,
+        retry,
     };
-    (request, delivery.acker)
+    (request, delivery.acker, retained)
 }
 
 /// Header `x-identity` (protocol §3.9): a JSON string. One that does not parse is

@@ -18,6 +18,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use crate::context::{Context, ContextParts};
 use crate::error::TaskError;
 use crate::handler::ErasedHandler;
+use crate::retry::{next_attempt, AttemptState};
 use crate::transport::{Delivery, ReplyKind, Settlement, Transport, TransportError};
 
 /// What became of a delivery.
@@ -32,6 +33,9 @@ pub(crate) enum Outcome {
     /// A reply could not be published or confirmed, or the ack failed: the request was
     /// given back to the queue (or will be when the connection closes) for redelivery.
     NotAcked(TransportError),
+    /// Failed retryably: attempt `attempt` is scheduled in `delay_ms` (protocol §3.12) and
+    /// this delivery acked.
+    Retried { attempt: u32, delay_ms: u64 },
 }
 
 /// Cancellation tokens of the requests this worker is running, plus cancellations that
@@ -165,6 +169,8 @@ impl Runner {
         }
 
         let token = self.cancellations.register(&correlation_id);
+        let (attempt, retry) = (delivery.attempt.max(1), delivery.retry);
+        let deadline_ms = delivery.deadline_ms;
         let ctx = Context::new(ContextParts {
             request_type: delivery.request_type.unwrap_or_default(),
             correlation_id: correlation_id.clone(),
@@ -172,6 +178,7 @@ impl Runner {
             deadline_ms: delivery.deadline_ms.and_then(|d| u64::try_from(d).ok()),
             streams: delivery.streams,
             redelivered: delivery.redelivered,
+            attempt,
             identity: delivery.identity,
             traceparent: delivery.traceparent,
             cancel: token.clone(),
@@ -186,6 +193,41 @@ impl Runner {
         };
         self.cancellations.forget(&correlation_id);
 
+        if let (Err(error), Some(policy)) = (&result, &retry) {
+            let state = AttemptState {
+                chunks_sent: ctx.chunks_sent().await,
+                cancelled: token.is_cancelled(),
+                deadline_ms,
+                now_ms: now_ms(),
+                random: (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0,
+            };
+            match next_attempt(Some(policy), attempt, error, &state) {
+                Some((next, delay_ms)) => {
+                    return match settle(Settlement::Retry {
+                        attempt: next,
+                        delay_ms,
+                    })
+                    .await
+                    {
+                        Ok(()) => {
+                            info!(%correlation_id, attempt, code = %error.code, error = %error.message, next_attempt = next, delay_ms, "attempt failed retryably; the next one is scheduled");
+                            Outcome::Retried {
+                                attempt: next,
+                                delay_ms,
+                            }
+                        }
+                        Err(failure) => {
+                            warn!(%correlation_id, %failure, "the retry could not be scheduled; the request went back to the queue");
+                            Outcome::NotAcked(failure)
+                        }
+                    };
+                }
+                None if policy.is_retryable(error) => {
+                    info!(%correlation_id, attempt, code = %error.code, "attempt failed retryably, but gets no further attempt (attempts used up, chunks streamed, cancelled or past the deadline): the error is the final reply");
+                }
+                None => {}
+            }
+        }
         let (kind, body) = match result {
             Ok(body) => (ReplyKind::Result, body),
             // Whatever a cancelled handler fails with, the request failed because it

@@ -26,6 +26,8 @@ fn delivery(body: &str) -> Delivery {
         identity: None,
         traceparent: None,
         body: body.as_bytes().to_vec(),
+        attempt: 1,
+        retry: None,
     }
 }
 
@@ -65,10 +67,11 @@ where
     (outcome, log)
 }
 
-fn settled(settlement: Settlement) -> &'static str {
+fn settled(settlement: Settlement) -> String {
     match settlement {
-        Settlement::Ack => "ack",
-        Settlement::Requeue => "requeue",
+        Settlement::Ack => "ack".to_owned(),
+        Settlement::Requeue => "requeue".to_owned(),
+        Settlement::Retry { attempt, delay_ms } => format!("retry {attempt} in {delay_ms} ms"),
     }
 }
 
@@ -618,4 +621,90 @@ async fn log_lines_of_a_request_carry_its_correlation_id_and_traceparent() {
     assert!(line.contains("request_type=t"), "{line}");
     let sdk_line = text.lines().find(|l| l.contains("final reply")).unwrap();
     assert!(sdk_line.contains(TRACEPARENT), "{sdk_line}");
+}
+
+// Retries (protocol §3.12): the broker does the waiting (a wait queue's TTL), so no clock is
+// involved; the runner only decides, and settles with `Retry` instead of replying.
+
+fn retrying(attempt: u32, policy: &str) -> Delivery {
+    Delivery {
+        attempt,
+        retry: crate::retry::RetryPolicy::parse(policy),
+        ..delivery("null")
+    }
+}
+
+const EXPONENTIAL: &str = r#"{"attempts":3,"backoff":"exponential","delayMs":100}"#;
+
+async fn flaky(_: Value, ctx: Context) -> Result<Value, TaskError> {
+    if ctx.attempt() < 3 {
+        return Err(
+            TaskError::with_code("UPSTREAM", format!("attempt {} failed", ctx.attempt()))
+                .retryable(),
+        );
+    }
+    Ok(json!({ "attempt": ctx.attempt() }))
+}
+
+#[tokio::test]
+async fn a_retryable_failure_schedules_the_next_attempt_without_a_reply_and_the_third_succeeds() {
+    let (outcome, log) = run(retrying(1, EXPONENTIAL), flaky).await;
+    assert_eq!(
+        outcome,
+        Outcome::Retried {
+            attempt: 2,
+            delay_ms: 100
+        }
+    );
+    assert_eq!(log.events(), ["retry 2 in 100 ms"]);
+    let (outcome, log) = run(retrying(2, EXPONENTIAL), flaky).await;
+    assert_eq!(
+        outcome,
+        Outcome::Retried {
+            attempt: 3,
+            delay_ms: 200
+        }
+    );
+    assert_eq!(log.events(), ["retry 3 in 200 ms"]);
+    let (outcome, log) = run(retrying(3, EXPONENTIAL), flaky).await;
+    assert_eq!(outcome, Outcome::Replied(ReplyKind::Result));
+    assert_eq!(last_body(&log), json!({"attempt": 3}));
+}
+
+#[tokio::test]
+async fn the_last_attempt_and_a_failure_without_a_policy_are_replied() {
+    let (outcome, log) = run(retrying(2, r#"{"attempts":2,"delayMs":5}"#), flaky).await;
+    assert_eq!(outcome, Outcome::Replied(ReplyKind::Error));
+    assert_eq!(last_body(&log)["code"], "UPSTREAM");
+    let (outcome, _) = run(delivery("null"), flaky).await;
+    assert_eq!(outcome, Outcome::Replied(ReplyKind::Error));
+}
+
+#[tokio::test]
+async fn no_attempt_starts_after_the_deadline() {
+    let late = Delivery {
+        deadline_ms: Some(now_ms() + 50),
+        ..retrying(1, r#"{"attempts":5,"delayMs":1000}"#)
+    };
+    let (outcome, log) = run(late, flaky).await;
+    assert_eq!(outcome, Outcome::Replied(ReplyKind::Error));
+    assert_eq!(last_body(&log)["code"], "UPSTREAM");
+}
+
+#[tokio::test]
+async fn a_failure_after_a_chunk_is_final() {
+    let (outcome, log) = run(
+        retrying(1, EXPONENTIAL),
+        |_: Value, ctx: Context| async move {
+            ctx.chunk(json!({"step": 1})).await?;
+            Err::<Value, _>(TaskError::with_code("UPSTREAM", "503").retryable())
+        },
+    )
+    .await;
+    assert_eq!(outcome, Outcome::Replied(ReplyKind::Error));
+    assert!(
+        !log.events().iter().any(|e| e.starts_with("retry")),
+        "{:?}",
+        log.events()
+    );
 }

@@ -172,6 +172,8 @@ impl TestRequest {
             identity: self.identity,
             traceparent: self.traceparent,
             body: self.body,
+            attempt: 1,
+            retry: None,
         };
         let handler = erase(handler);
         let outcome = runner
@@ -195,6 +197,7 @@ impl TestRequest {
                                 code: error.code,
                                 message: error.message,
                                 details: error.details,
+                                retryable: false,
                             }
                         }
                         Err(e) => TaskError::new(format!("malformed error reply: {e}")),

@@ -9,6 +9,8 @@
 
 use futures_util::future::BoxFuture;
 use taskgate_protocol::Identity;
+
+use crate::retry::RetryPolicy;
 pub(crate) use taskgate_protocol::ReplyKind;
 
 /// Why a reply or an ack did not reach the broker.
@@ -51,6 +53,10 @@ pub(crate) struct Delivery {
     /// Header `traceparent` (W3C trace context, protocol §3.10), as received.
     pub traceparent: Option<String>,
     pub body: Vec<u8>,
+    /// Header `x-attempt` (protocol §3.12); 0 (absent) is the first attempt, as 1.
+    pub attempt: u32,
+    /// Header `x-retry`: the request type's retry policy, if it has one.
+    pub retry: Option<RetryPolicy>,
 }
 
 /// What the runner tells the broker about a delivery.
@@ -60,4 +66,8 @@ pub(crate) enum Settlement {
     Ack,
     /// Its replies did not all reach the broker: back to the queue, for another try.
     Requeue,
+    /// Failed retryably (protocol §3.12): republish it as attempt `attempt` to the wait
+    /// queue of `delay_ms`, then ack it. When the republish fails, the delivery is requeued
+    /// and the error returned.
+    Retry { attempt: u32, delay_ms: u64 },
 }

@@ -20,6 +20,9 @@
 //!   `{ "index": n-1 }`;
 //! - `"fail": { "code"?: string, "message": string, "details"?: any }`: then replies
 //!   with that error instead of the result (`code` defaults to `WORKER_ERROR`).
+//! - `"retryableFailures": n` (integer 0..=100; this worker only): attempts 1 to n fail
+//!   with a retryable `FLAKY` error (protocol §3.12), before anything else; under the
+//!   request type's retry policy attempt n + 1 then goes on as above.
 //!
 //! A steering field of the wrong type or out of range is answered `INVALID_PAYLOAD` before
 //! anything else happens.
@@ -100,6 +103,7 @@ struct EchoSteering {
     delay: Option<Duration>,
     chunks: u64,
     fail: Option<TaskError>,
+    retryable_failures: u64,
 }
 
 fn echo_steering(payload: &Value) -> Result<EchoSteering, TaskError> {
@@ -107,6 +111,7 @@ fn echo_steering(payload: &Value) -> Result<EchoSteering, TaskError> {
         delay: None,
         chunks: 0,
         fail: None,
+        retryable_failures: 0,
     };
     let Value::Object(fields) = payload else {
         return Ok(steering);
@@ -120,6 +125,9 @@ fn echo_steering(payload: &Value) -> Result<EchoSteering, TaskError> {
     }
     if let Some(fail) = fields.get("fail") {
         steering.fail = Some(requested_failure(fail)?);
+    }
+    if let Some(failures) = fields.get("retryableFailures") {
+        steering.retryable_failures = bounded_integer(failures, "/retryableFailures", 100)?;
     }
     Ok(steering)
 }
@@ -155,6 +163,13 @@ fn invalid(pointer: &str, message: &str) -> TaskError {
 
 async fn echo(payload: Value, ctx: Context) -> Result<Value, TaskError> {
     let steering = echo_steering(&payload)?;
+    if u64::from(ctx.attempt()) <= steering.retryable_failures {
+        return Err(TaskError::with_code(
+            "FLAKY",
+            format!("attempt {} fails, as asked", ctx.attempt()),
+        )
+        .retryable());
+    }
     if let Some(delay) = steering.delay {
         ctx.until_cancelled(tokio::time::sleep(delay)).await?;
     }

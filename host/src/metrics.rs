@@ -72,6 +72,9 @@ metrics_table! {
         "Socket.IO connections";
     CHUNKS_RELAYED: Counter "taskgate_chunks_relayed_total" {request_type}
         "Chunks relayed to clients";
+    /// Recorded by `gateway::relay` from the workers' retry notices (protocol §3.12).
+    RETRIES: Counter "taskgate_retries_total" {request_type}
+        "Attempts that failed retryably and were scheduled again by their worker (retry notices)";
     /// Recorded by `broker::amqp::dead_letters`, by the host that handled the dead letter.
     DEAD_LETTERS: Counter "taskgate_dead_letters_total" {request_type}
         "Requests delivered to workers too often without an answer: dead-lettered, and their clients given a final error";
@@ -281,6 +284,7 @@ pub struct TypeMetrics {
     codes: [OnceLock<Counter>; ErrorCode::ALL.len()],
     duration: Histogram,
     chunks: Counter,
+    retries: Counter,
     in_flight: Gauge,
 }
 
@@ -293,6 +297,7 @@ impl TypeMetrics {
             codes: Default::default(),
             duration: metrics::histogram!(REQUEST_DURATION, "request_type" => request_type.clone()),
             chunks: metrics::counter!(CHUNKS_RELAYED, "request_type" => request_type.clone()),
+            retries: metrics::counter!(RETRIES, "request_type" => request_type.clone()),
             request_type,
             in_flight,
         }
@@ -319,6 +324,11 @@ impl TypeMetrics {
     /// One more chunk relayed.
     pub fn chunk(&self) {
         self.chunks.increment(1);
+    }
+
+    /// One more attempt scheduled again by its worker.
+    pub fn retry(&self) {
+        self.retries.increment(1);
     }
 }
 
@@ -408,6 +418,10 @@ impl RequestMetrics {
 
     pub fn chunk(&self) {
         self.metrics.chunk();
+    }
+
+    pub fn retry(&self) {
+        self.metrics.retry();
     }
 }
 

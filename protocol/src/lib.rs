@@ -125,6 +125,9 @@ pub mod amqp {
     pub const DEAD_LETTER_QUEUE: &str = "taskgate.dead-letters";
     /// Suffix of the queue hosts consume dead letters from (§3.11).
     pub const DEAD_LETTER_INBOX_SUFFIX: &str = ".inbox";
+    /// The `type` of a worker's *retry notice* (§3.12): not a reply to relay, but word that
+    /// the request failed retryably and its next attempt is scheduled; hosts count it.
+    pub const REPLY_TYPE_RETRY: &str = "retry";
     /// Header of a dead letter in the dead-letter queue: how many times the request was
     /// delivered without an answer (§3.11).
     pub const HEADER_DELIVERIES: &str = "x-taskgate-deliveries";

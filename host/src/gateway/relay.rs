@@ -86,6 +86,14 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             debug!(%correlation_id, "reply for an unknown or finished request dropped");
             return;
         }
+        if reply.kind.as_deref() == Some(taskgate_protocol::amqp::REPLY_TYPE_RETRY) {
+            // A retry notice (§3.12): counted, never relayed; the client waits on.
+            if let Some(request) = self.inflight.get(&correlation_id) {
+                request.metrics.retry();
+                debug!(%correlation_id, traceparent = %request.trace, "the worker scheduled another attempt");
+            }
+            return;
+        }
         let Some(kind) = reply.kind.as_deref().and_then(ReplyKind::parse) else {
             warn!(%correlation_id, kind = ?reply.kind, "reply with an unknown `type` dropped");
             return;

@@ -9,6 +9,7 @@
 import assert from 'node:assert/strict';
 
 import { connect, e2e, request, startHost, startWorkers, TYPES, uniqueId } from './harness.js';
+import { metric, scrape } from './prometheus.js';
 
 e2e('retries: a handler that fails retryably twice, then succeeds — the client gets the result; the worker saw 3 attempts with the declared backoff between them', async (ctx) => {
   const host = await startHost(ctx, {
@@ -33,6 +34,8 @@ e2e('retries: a handler that fails retryably twice, then succeeds — the client
   assert.match(scheduled[1], /attempt=2 .*next_attempt=3 delay_ms=600/);
   ctx.note(`the request took ${took} ms with 300 + 600 ms of backoff`);
   assert.ok(took >= 900, `the backoff was waited (${took} ms)`);
+  // The worker told the host of each retry (a notice, never relayed): counted per type.
+  assert.equal(metric(await scrape(host), 'taskgate_retries_total', { request_type: TYPES.echo }), 2);
   // The waiting happened in the wait queues, which the worker declared.
   for (const delay of [300, 600]) {
     assert.ok((await ctx.tryOnChannel((ch) => ch.checkQueue(`${queue}.retry.${delay}`))).ok, `wait queue of ${delay} ms`);

@@ -32,6 +32,7 @@ import {
   HEADER_DEADLINE_MS,
   HEADER_IDENTITY,
   HEADER_RETRY,
+  REPLY_TYPE_RETRY,
   HEADER_SEQ,
   HEADER_STREAM,
   HEADER_TRACEPARENT,
@@ -288,6 +289,18 @@ class AmqpSession implements BrokerSession {
           reject(error instanceof Error ? error : new Error(String(error)));
         }
       });
+      // A retry notice for the host's metrics (§3.12). Best effort: the retry itself is what matters.
+      if (typeof p.replyTo === 'string' && p.replyTo) {
+        try {
+          channel.publish('', p.replyTo, Buffer.from(JSON.stringify({ attempt, delayMs })), {
+            contentType: CONTENT_TYPE_JSON,
+            correlationId: p.correlationId,
+            type: REPLY_TYPE_RETRY,
+          });
+        } catch (error) {
+          this.log.debug('retry notice not published', { error: String(error) });
+        }
+      }
     };
   }
 

@@ -19,6 +19,8 @@ export const HEADER_IDENTITY = 'x-identity';
 export const HEADER_RETRY = 'x-retry';
 /** Header: which attempt this delivery is, 1, 2 … (§3.12); set by the SDK that schedules a retry; absent: 1. */
 export const HEADER_ATTEMPT = 'x-attempt';
+/** The `type` of a retry notice to the host (§3.12): the next attempt is scheduled; counted, never relayed. */
+export const REPLY_TYPE_RETRY = 'retry';
 /** Content type of every request and reply body. */
 export const CONTENT_TYPE_JSON = 'application/json';
 

@@ -423,7 +423,36 @@ impl Retrier {
         if confirm.is_nack() {
             return Err(TransportError("the broker refused the retry (nack)".into()));
         }
+        self.notify(original, attempt, delay_ms).await;
         Ok(())
+    }
+
+    /// Tells the host that the request's next attempt is scheduled (a retry notice,
+    /// protocol §3.12: it counts them). Best effort: the retry itself is what matters.
+    async fn notify(&self, original: &BasicProperties, attempt: u32, delay_ms: u64) {
+        let Some(reply_to) = original.reply_to() else {
+            return;
+        };
+        let mut properties = BasicProperties::default()
+            .with_content_type(names::CONTENT_TYPE_JSON.into())
+            .with_type(names::REPLY_TYPE_RETRY.into());
+        if let Some(id) = original.correlation_id() {
+            properties = properties.with_correlation_id(id.clone());
+        }
+        let body = serde_json::json!({ "attempt": attempt, "delayMs": delay_ms }).to_string();
+        let published = self
+            .publish
+            .basic_publish(
+                "".into(),
+                reply_to.as_str().into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                properties,
+            )
+            .await;
+        if let Err(error) = published {
+            debug!(%error, "retry notice not published");
+        }
     }
 }
 

@@ -110,3 +110,28 @@ async fn a_publish_that_fails_counts_as_unavailable() {
 }
 
 // ---- shutdown and broker loss ----
+
+#[tokio::test(start_paused = true)]
+async fn retry_notices_are_counted_by_type_and_never_relayed() {
+    let recorder = crate::metrics::builder().build_recorder();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let h = harness();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let c = h.last_correlation_id();
+    h.gateway
+        .on_reply(reply(c, "retry", r#"{"attempt":2,"delayMs":100}"#));
+    h.gateway
+        .on_reply(reply(c, "retry", r#"{"attempt":3,"delayMs":200}"#));
+    // One for a request the host does not know: dropped, not counted.
+    h.gateway
+        .on_reply(reply(Uuid::new_v4(), "retry", r#"{"attempt":2}"#));
+    assert!(h.sink.events(CONN).is_empty(), "nothing relayed");
+    h.gateway.on_reply(reply(c, "result", "3"));
+    let text = rendered(&recorder);
+    assert_eq!(
+        crate::metrics::sample(&text, crate::metrics::RETRIES, &[("request_type", "echo")]),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(count(&text, "echo", "ok"), 1.0);
+}

@@ -461,8 +461,25 @@ class Session:
                 RuntimeError,
             ) as error:
                 raise TransportError(_describe(error)) from error
+            await self._notify_retry(message, attempt, delay_ms)
 
         return retry
+
+    async def _notify_retry(self, message: AbstractIncomingMessage, attempt: int, delay_ms: int) -> None:
+        """Tells the host that the request's next attempt is scheduled (a retry notice,
+        §3.12: it counts them). Best effort: the retry itself is what matters."""
+        if not message.reply_to or self.publish_channel is None:
+            return
+        notice = aio_pika.Message(
+            json.dumps({"attempt": attempt, "delayMs": delay_ms}).encode("utf-8"),
+            content_type=protocol.CONTENT_TYPE_JSON,
+            correlation_id=message.correlation_id,
+            type=protocol.REPLY_TYPE_RETRY,
+        )
+        try:
+            await self.publish_channel.default_exchange.publish(notice, message.reply_to, mandatory=False)
+        except Exception as error:  # noqa: BLE001 - a lost notice only misses a metric
+            logger.debug("retry notice not published: %s", _describe(error))
 
     def _on_task_done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)

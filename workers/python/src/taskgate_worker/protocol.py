@@ -28,6 +28,10 @@ HEADER_ATTEMPT: Final = "x-attempt"
 """Request header: which attempt this delivery is, 1, 2 … (§3.12); set by the SDK that
 schedules a retry; absent: 1."""
 
+REPLY_TYPE_RETRY: Final = "retry"
+"""The ``type`` of a retry notice to the host (§3.12): the request's next attempt is
+scheduled; counted by the host, never relayed."""
+
 CONTENT_TYPE_JSON: Final = "application/json"
 
 CHUNK: Final = "chunk"

@@ -263,7 +263,15 @@ export interface Host {
   proc: Proc;
 }
 
-export type PluginSettings = Record<string, string | number | boolean>;
+type TomlScalar = string | number | boolean;
+/** A plugin table's keys; an object is written as an inline table (e.g. `retry`). */
+export type PluginSettings = Record<string, TomlScalar | Record<string, TomlScalar>>;
+
+function tomlValue(v: TomlScalar | Record<string, TomlScalar>): string {
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (typeof v === 'object') return `{ ${Object.entries(v).map(([k, x]) => `${k} = ${tomlValue(x)}`).join(', ')} }`;
+  return String(v);
+}
 
 /**
  * Starts the host with the echo and countdown plugins (each on a queue unique to the run;
@@ -286,7 +294,7 @@ export async function startHost(
     queues[type] = queue;
     run.queues.add(queue);
     lines.push('', `[plugins.${plugin}]`, 'enabled = true', `queue = ${JSON.stringify(queue)}`);
-    for (const [k, v] of Object.entries(plugins[plugin] ?? {})) lines.push(`${k} = ${typeof v === 'string' ? JSON.stringify(v) : String(v)}`);
+    for (const [k, v] of Object.entries(plugins[plugin] ?? {})) lines.push(`${k} = ${tomlValue(v)}`);
   }
   const config = path.join(await run.tmpDir(), 'plugins.toml');
   await writeFile(config, `${lines.join('\n')}\n`);

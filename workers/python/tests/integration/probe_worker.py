@@ -5,7 +5,9 @@ accepts any JSON). ``{"op": …}`` picks what it does:
 - ``"sleep"``: sleeps ``seconds`` ignoring ``ctx.cancelled`` (so a cancellation has to
   cancel its task), logging ``probe cancelled`` when that happens; then returns
   ``{"slept": seconds}``;
-- ``"info"``: returns what the context says.
+- ``"info"``: returns what the context says;
+- ``"flaky"``: attempts 1 to ``failures`` raise a retryable ``FLAKY`` error (protocol
+  §3.12); a later attempt returns ``{"attempt": n}``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from taskgate_worker import Context, Worker
+from taskgate_worker import Context, TaskError, Worker
 
 worker = Worker(cancel_grace=0.2)
 
@@ -21,6 +23,10 @@ worker = Worker(cancel_grace=0.2)
 @worker.handler("echo")
 async def probe(payload: Any, ctx: Context) -> Any:
     op = payload.get("op") if isinstance(payload, dict) else None
+    if op == "flaky":
+        if ctx.attempt <= payload["failures"]:
+            raise TaskError("FLAKY", f"attempt {ctx.attempt} fails, as asked", retryable=True)
+        return {"attempt": ctx.attempt}
     if op == "raise":
         raise ValueError(payload.get("message", "boom"))
     if op == "sleep":

@@ -164,7 +164,13 @@ fn amqp_names_match_everywhere() {
             tidy.problem(DOC, format!("misses header `{header}`"));
         }
     }
-    for name in [amqp::CANCEL_EXCHANGE, amqp::CONTENT_TYPE_JSON] {
+    for name in [
+        amqp::CANCEL_EXCHANGE,
+        amqp::CONTENT_TYPE_JSON,
+        amqp::TASKS_EXCHANGE,
+        amqp::CLAIM_TYPE,
+        amqp::HANDOFF_TYPE,
+    ] {
         if !doc.contains(&format!("`{name}`")) {
             tidy.problem(DOC, format!("misses `{name}`"));
         }

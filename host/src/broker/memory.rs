@@ -1,14 +1,51 @@
 //! An in-memory [`Broker`] for unit tests: it records what was published and can be told
 //! to fail or to hold confirms, so tests can drive every branch of the gateway without
 //! RabbitMQ. Replies are injected by calling the gateway directly.
+//!
+//! Several gateways can share one [`MemoryBus`], which carries what hosts send each other
+//! (claims to all, hand-offs and forwarded replies to one reply queue), as RabbitMQ does
+//! between hosts (protocol §4.4).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::{Broker, OutgoingRequest, PublishError};
+use super::{Broker, HostMessage, IncomingReply, OutgoingRequest, PublishError};
+
+/// What a host does with a message on its reply queue (the gateway's `on_reply`).
+type Receiver = Arc<dyn Fn(IncomingReply) + Send + Sync>;
+
+/// The reply queues of several in-memory hosts, by name.
+#[derive(Default)]
+pub struct MemoryBus {
+    queues: Mutex<HashMap<String, Receiver>>,
+    /// Every message sent between hosts, in order (queue, message), for assertions.
+    sent: Mutex<Vec<(String, HostMessage)>>,
+}
+
+impl MemoryBus {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Messages for `queue` go to `receive` from now on.
+    pub fn serve(&self, queue: &str, receive: impl Fn(IncomingReply) + Send + Sync + 'static) {
+        lock(&self.queues).insert(queue.to_owned(), Arc::new(receive));
+    }
+
+    /// The queue is gone (its host died): messages for it are unroutable.
+    pub fn close(&self, queue: &str) {
+        lock(&self.queues).remove(queue);
+    }
+
+    /// Every message sent between hosts so far: (queue or `*` for a claim, message).
+    pub fn sent(&self) -> Vec<(String, HostMessage)> {
+        lock(&self.sent).clone()
+    }
+}
 
 #[derive(Default)]
 pub struct MemoryBroker {
@@ -18,11 +55,22 @@ pub struct MemoryBroker {
     hold_confirms: Mutex<bool>,
     release: Notify,
     confirm_timeouts: AtomicUsize,
+
+    /// The bus and this host's reply queue on it.
+    bus: Option<(Arc<MemoryBus>, String)>,
 }
 
 impl MemoryBroker {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A broker whose host has reply queue `queue` on `bus`.
+    pub fn on_bus(bus: Arc<MemoryBus>, queue: &str) -> Self {
+        MemoryBroker {
+            bus: Some((bus, queue.to_owned())),
+            ..Self::default()
+        }
     }
 
     /// Every later publish fails with this error (None: succeed again).
@@ -80,5 +128,41 @@ impl Broker for MemoryBroker {
 
     fn confirm_timed_out(&self) {
         self.confirm_timeouts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn own_queue(&self) -> Option<String> {
+        self.bus.as_ref().map(|(_, queue)| queue.clone())
+    }
+
+    async fn publish_claim(&self, message: HostMessage) -> Result<(), PublishError> {
+        let Some((bus, _)) = &self.bus else {
+            return Err(PublishError::NotConnected);
+        };
+        lock(&bus.sent).push(("*".to_owned(), message.clone()));
+        // Every host, this one too (as the fanout does): a host ignores its own claims.
+        let receivers: Vec<Receiver> = lock(&bus.queues).values().cloned().collect();
+        for receive in receivers {
+            receive(message.clone().into_reply());
+        }
+        Ok(())
+    }
+
+    async fn send_to_host(
+        &self,
+        queue: Arc<str>,
+        message: HostMessage,
+    ) -> Result<(), PublishError> {
+        let Some((bus, _)) = &self.bus else {
+            return Err(PublishError::NotConnected);
+        };
+        lock(&bus.sent).push((queue.to_string(), message.clone()));
+        let receive = lock(&bus.queues).get(&*queue).cloned();
+        match receive {
+            Some(receive) => {
+                receive(message.into_reply());
+                Ok(())
+            }
+            None => Err(PublishError::Unroutable(queue.to_string())),
+        }
     }
 }

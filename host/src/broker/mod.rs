@@ -51,6 +51,31 @@ pub struct IncomingReply {
     pub body: Vec<u8>,
 }
 
+/// A message from one host to others (protocol §4.4): a claim (to every host), a hand-off,
+/// or a worker reply forwarded to the host that took its request over (to one host's reply
+/// queue). The receiver reads it as an [`IncomingReply`]: the same properties, the same path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostMessage {
+    pub correlation_id: Uuid,
+    /// The AMQP `type`: a reply kind, or a claim or hand-off type (`taskgate_protocol::amqp`).
+    pub kind: Box<str>,
+    /// The `x-seq` header, if any.
+    pub seq: Option<i64>,
+    pub body: Vec<u8>,
+}
+
+impl HostMessage {
+    /// As the receiving host reads it.
+    pub fn into_reply(self) -> IncomingReply {
+        IncomingReply {
+            correlation_id: Some(self.correlation_id.to_string()),
+            kind: Some(self.kind.into_string()),
+            seq: self.seq,
+            body: self.body,
+        }
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum PublishError {
     #[error("not connected to the broker")]
@@ -83,4 +108,23 @@ pub trait Broker: Send + Sync + 'static {
     /// TCP stays open), which heartbeats notice only much later. The broker checks its
     /// connection now and reconnects if it is dead. Returns at once.
     fn confirm_timed_out(&self) {}
+
+    /// This host's reply queue while connected: where other hosts send hand-offs for it.
+    fn own_queue(&self) -> Option<String>;
+
+    /// Sends a claim to every host (the `taskgate.tasks` fanout, §4.4). Best effort.
+    fn publish_claim(
+        &self,
+        message: HostMessage,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    /// Sends a message to another host's reply queue. Resolves once the message is handed
+    /// to the broker, in order with this host's earlier sends: a hand-off and the replies
+    /// that follow it must arrive in the order they were sent, so the broker's confirm is
+    /// not waited for here (a message that finds no queue is logged, §4.4).
+    fn send_to_host(
+        &self,
+        queue: Arc<str>,
+        message: HostMessage,
+    ) -> impl Future<Output = Result<(), PublishError>> + Send;
 }

@@ -11,7 +11,7 @@ use amqprs::{
 use taskgate_protocol::amqp as names;
 use uuid::Uuid;
 
-use crate::broker::{IncomingReply, OutgoingRequest};
+use crate::broker::{HostMessage, IncomingReply, OutgoingRequest};
 
 /// The AMQP properties of a request message (protocol §2.2).
 pub fn request_properties(request: &OutgoingRequest, reply_queue: &str) -> BasicProperties {
@@ -60,6 +60,22 @@ pub(super) fn cancel_properties(correlation_id: Uuid) -> BasicProperties {
         .with_content_type(names::CONTENT_TYPE_JSON)
         .with_correlation_id(&correlation_id.to_string())
         .finish()
+}
+
+/// The AMQP properties of a message between hosts (§4.4): as a worker reply's — correlation
+/// id, `type`, `x-seq` — so that a forwarded reply reads as the worker's own.
+pub(super) fn host_message_properties(message: &HostMessage) -> BasicProperties {
+    let mut properties = BasicProperties::default();
+    properties
+        .with_content_type(names::CONTENT_TYPE_JSON)
+        .with_correlation_id(&message.correlation_id.to_string())
+        .with_message_type(&message.kind);
+    if let (Some(seq), Some(name)) = (message.seq, HEADER_SEQ.as_ref()) {
+        let mut headers = FieldTable::new();
+        headers.insert(name.clone(), FieldValue::l(seq));
+        properties.with_headers(headers);
+    }
+    properties.finish()
 }
 
 static HEADER_SEQ: LazyLock<Option<FieldName>> =
@@ -213,6 +229,27 @@ mod tests {
             assert_eq!(r.correlation_id.as_deref(), Some("c"));
             assert_eq!(r.body, b"1");
         }
+    }
+
+    #[test]
+    fn a_message_between_hosts_reads_back_as_it_was_sent() {
+        let message = HostMessage {
+            correlation_id: Uuid::new_v4(),
+            kind: "chunk".into(),
+            seq: Some(7),
+            body: b"{}".to_vec(),
+        };
+        let p = host_message_properties(&message);
+        let read = incoming_reply(Some(p), Some(message.body.clone()));
+        assert_eq!(read, message.clone().into_reply());
+        let claim = HostMessage {
+            kind: names::CLAIM_TYPE.into(),
+            seq: None,
+            ..message
+        };
+        let read = incoming_reply(Some(host_message_properties(&claim)), None);
+        assert_eq!(read.seq, None);
+        assert_eq!(read.kind.as_deref(), Some(names::CLAIM_TYPE));
     }
 
     #[test]

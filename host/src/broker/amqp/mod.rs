@@ -48,15 +48,15 @@ use tracing::debug;
 use uuid::Uuid;
 
 pub use self::connect::{connect, ConnectError};
-use self::message::cancel_properties;
 pub use self::message::request_properties;
+use self::message::{cancel_properties, host_message_properties};
 use self::publisher::Message;
 pub use self::session::Backoff;
 use self::session::Live;
 pub use self::task_replies::{consume_task_replies, task_reply_queue_declaration};
 use self::topology::declare_request_queue;
 pub use self::topology::{field_table, reply_consumer, reply_queue_declaration, QueueDecl};
-use super::{Broker, OutgoingRequest, PublishError};
+use super::{Broker, HostMessage, OutgoingRequest, PublishError};
 use crate::dead_letters::DeadLetterNames;
 
 /// Called when a session ends other than by shutdown (see [`AmqpBroker::on_session_lost`]).
@@ -196,6 +196,59 @@ impl Broker for AmqpBroker {
         if let Some(live) = self.shared.live.load_full() {
             live.check_link();
         }
+    }
+
+    fn own_queue(&self) -> Option<String> {
+        self.reply_queue()
+    }
+
+    async fn publish_claim(&self, message: HostMessage) -> Result<(), PublishError> {
+        let live = self
+            .shared
+            .live
+            .load_full()
+            .ok_or(PublishError::NotConnected)?;
+        live.publisher
+            .publish(Message {
+                exchange: names::TASKS_EXCHANGE,
+                routing_key: &EMPTY_ROUTING_KEY,
+                mandatory: false,
+                correlation_id: message.correlation_id,
+                properties: host_message_properties(&message),
+                body: message.body,
+            })
+            .await
+    }
+
+    /// The confirm is awaited on a task of its own: the next message must not wait for it.
+    async fn send_to_host(
+        &self,
+        queue: Arc<str>,
+        message: HostMessage,
+    ) -> Result<(), PublishError> {
+        let live = self
+            .shared
+            .live
+            .load_full()
+            .ok_or(PublishError::NotConnected)?;
+        let correlation_id = message.correlation_id;
+        let confirmed = live
+            .publisher
+            .send(Message {
+                exchange: "",
+                routing_key: &queue,
+                mandatory: true,
+                correlation_id,
+                properties: host_message_properties(&message),
+                body: message.body,
+            })
+            .await?;
+        tokio::spawn(async move {
+            if let Ok(Err(error)) = confirmed.await {
+                debug!(%correlation_id, %queue, %error, "a message for another host was not delivered");
+            }
+        });
+        Ok(())
     }
 }
 

@@ -7,7 +7,7 @@ use amqprs::channel::{BasicPublishArguments, Channel};
 use amqprs::BasicProperties;
 use uuid::Uuid;
 
-use crate::broker::confirms::Confirms;
+use crate::broker::confirms::{ConfirmReceiver, Confirms};
 use crate::broker::PublishError;
 
 /// The publish channel with its confirm numbering.
@@ -32,34 +32,38 @@ pub(super) struct Message<'a> {
 impl Publisher {
     /// Sends a message and waits for the broker's confirm.
     pub(super) async fn publish(&self, message: Message<'_>) -> Result<(), PublishError> {
-        check_routing_key(message.routing_key)?;
-        let confirmed = {
-            let mut last_tag = self.last_tag.lock().await;
-            let tag = *last_tag + 1;
-            let confirmed =
-                self.confirms
-                    .expect(tag, message.correlation_id, message.routing_key.clone())?;
-            // Until the client has the message, the number is only reserved: dropped here
-            // (an error, or the caller gave up), the number is released.
-            let reserved = Reserved {
-                confirms: &self.confirms,
-                tag,
-            };
-            let mut arguments = BasicPublishArguments::new(message.exchange, message.routing_key);
-            arguments.mandatory(message.mandatory);
-            self.channel
-                .basic_publish(message.properties, message.body, arguments)
-                .await
-                .map_err(|e| PublishError::Amqp(e.to_string()))?;
-            std::mem::forget(reserved);
-            *last_tag = tag;
-            confirmed
-        };
+        let confirmed = self.send(message).await?;
         confirmed.await.unwrap_or_else(|_| {
             Err(PublishError::Amqp(
                 "the session ended before the broker confirmed the message".to_owned(),
             ))
         })
+    }
+
+    /// Sends a message and returns its confirm, to wait for apart: messages sent one after
+    /// the other reach the broker in that order, whether or not their confirms are awaited.
+    pub(super) async fn send(&self, message: Message<'_>) -> Result<ConfirmReceiver, PublishError> {
+        check_routing_key(message.routing_key)?;
+        let mut last_tag = self.last_tag.lock().await;
+        let tag = *last_tag + 1;
+        let confirmed =
+            self.confirms
+                .expect(tag, message.correlation_id, message.routing_key.clone())?;
+        // Until the client has the message, the number is only reserved: dropped here
+        // (an error, or the caller gave up), the number is released.
+        let reserved = Reserved {
+            confirms: &self.confirms,
+            tag,
+        };
+        let mut arguments = BasicPublishArguments::new(message.exchange, message.routing_key);
+        arguments.mandatory(message.mandatory);
+        self.channel
+            .basic_publish(message.properties, message.body, arguments)
+            .await
+            .map_err(|e| PublishError::Amqp(e.to_string()))?;
+        std::mem::forget(reserved);
+        *last_tag = tag;
+        Ok(confirmed)
     }
 }
 

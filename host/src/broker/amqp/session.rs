@@ -21,8 +21,8 @@ use super::dead_letters::{declare_topology, open_inbox, serve_inbox, Inbox};
 use super::message::incoming_reply;
 use super::publisher::Publisher;
 use super::topology::{
-    cancel_exchange_declaration, declare_request_queue, reply_consumer, reply_qos,
-    reply_queue_declaration, REPLY_ACK_BATCH,
+    cancel_exchange_declaration, claims_binding, declare_request_queue, reply_consumer, reply_qos,
+    reply_queue_declaration, tasks_exchange_declaration, REPLY_ACK_BATCH,
 };
 use super::{lock, AmqpBroker};
 use crate::broker::amqp_url::redact_url;
@@ -295,6 +295,10 @@ impl AmqpBroker {
             .exchange_declare(cancel_exchange_declaration())
             .await
             .map_err(|e| setup("the cancel exchange", e))?;
+        channel
+            .exchange_declare(tasks_exchange_declaration())
+            .await
+            .map_err(|e| setup("the tasks exchange", e))?;
         // Before the request queues, whose arguments name the dead-letter exchange.
         let inbox = if declare_topology(&connection, &self.shared.dead_letters).await {
             open_inbox(&connection, &self.shared.dead_letters).await
@@ -318,6 +322,10 @@ impl AmqpBroker {
             .queue_declare(reply_queue_declaration(&reply_queue))
             .await
             .map_err(|e| setup("the reply queue", e))?;
+        replies
+            .queue_bind(claims_binding(&reply_queue))
+            .await
+            .map_err(|e| setup("the reply queue's binding to the tasks exchange", e))?;
         replies
             .basic_qos(reply_qos())
             .await

@@ -1,10 +1,11 @@
 //! What the host declares on the broker (protocol §2.1): the request queues of enabled
 //! request types ([`QueueDecl`], with their arguments as an AMQP field table), the
-//! `taskgate.cancel` fanout exchange, and a session's exclusive reply queue and its consumer.
+//! `taskgate.cancel` fanout exchange, the `taskgate.tasks` fanout exchange between hosts
+//! (§4.4), and a session's exclusive reply queue (bound to it) and its consumer.
 
 use amqprs::channel::{
     BasicConsumeArguments, BasicQosArguments, ExchangeDeclareArguments, ExchangeType,
-    QueueDeclareArguments,
+    QueueBindArguments, QueueDeclareArguments,
 };
 use amqprs::connection::Connection;
 use amqprs::{FieldName, FieldTable, FieldValue};
@@ -113,6 +114,24 @@ pub(super) fn cancel_exchange_declaration() -> ExchangeDeclareArguments {
     ExchangeDeclareArguments::of_type(names::CANCEL_EXCHANGE, ExchangeType::Fanout)
         .durable(true)
         .finish()
+}
+
+/// The fanout exchange on which hosts claim requests from each other (protocol §4.4).
+pub(super) fn tasks_exchange_declaration() -> ExchangeDeclareArguments {
+    ExchangeDeclareArguments::of_type(names::TASKS_EXCHANGE, ExchangeType::Fanout)
+        .durable(true)
+        .finish()
+}
+
+/// Binds a session's reply queue to the claims of other hosts. The reply queue rather than
+/// a second control queue: a claim is then read in order with the worker replies on the
+/// one consumer, so a request handed over between two replies can lose neither (the
+/// hand-off and the forwarding that replaces delivery happen between two replies), and a
+/// host needs no second queue, channel or consumer. Claims are rare (one per request of a
+/// dropped connection that comes back elsewhere), so sharing the prefetch costs nothing in
+/// steady state.
+pub(super) fn claims_binding(reply_queue: &str) -> QueueBindArguments {
+    QueueBindArguments::new(reply_queue, names::TASKS_EXCHANGE, "")
 }
 
 /// A host's reply queue: exclusive and auto-deleted, it lives and dies with one broker

@@ -156,8 +156,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             info!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, request_type = %request.request_type, "request timed out");
             self.release_id(correlation_id, request);
             self.spawn_cancel(correlation_id);
-        } else {
-            self.end_of_window(correlation_id, now);
+        } else if !self.end_of_window(correlation_id, now) {
+            self.end_of_handoff(correlation_id, now);
         }
     }
 }

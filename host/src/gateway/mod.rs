@@ -26,6 +26,7 @@
 mod admission;
 mod ending;
 mod envelope;
+mod handoff;
 mod relay;
 mod resume;
 mod shared_tasks;
@@ -45,6 +46,8 @@ use tracing::debug;
 use uuid::Uuid;
 
 pub use self::envelope::{AttachEnvelope, CancelEnvelope, RequestEnvelope};
+pub use self::handoff::CLAIM_TIMEOUT;
+use self::handoff::{Claims, Forwarding, Outbox};
 use self::resume::{Kept, Resumable};
 use crate::broker::Broker;
 use crate::deadlines::Deadlines;
@@ -164,6 +167,12 @@ pub struct Gateway<B: Broker, S: ClientSink> {
     relays: DashMap<S::Conn, Vec<tokio::task::AbortHandle>>,
     /// Where workers reply to the shared store's tasks.
     task_reply_queue: Arc<str>,
+    /// Attaches waiting for another host to hand their request over (`handoff`).
+    claims: Claims<S::Conn, S::Ack>,
+    /// Requests handed to another host: where their worker replies are forwarded.
+    forwarding: DashMap<Uuid, Forwarding>,
+    /// The one sender of messages to other hosts, started with the first.
+    outbox: std::sync::OnceLock<Outbox>,
 }
 
 impl<B: Broker, S: ClientSink> Drop for Gateway<B, S> {
@@ -202,6 +211,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             store: None,
             relays: DashMap::new(),
             task_reply_queue: Arc::from(""),
+            claims: Claims::default(),
+            forwarding: DashMap::new(),
+            outbox: std::sync::OnceLock::new(),
         }
     }
 

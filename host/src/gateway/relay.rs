@@ -6,6 +6,8 @@
 //! `WORKER_ERROR` (a dropped chunk would be a silent gap), and so do replies held back
 //! past [`MAX_EARLY_REPLIES`] or `max_reply_bytes` in all.
 
+use std::sync::Arc;
+
 use serde_json::value::RawValue;
 use taskgate_protocol::{ErrorBody, ErrorCode, ReplyKind, WorkerErrorBody};
 use tracing::{debug, warn};
@@ -73,7 +75,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     }
 
     /// Handles one reply message from a worker.
-    pub fn on_reply(&self, reply: IncomingReply) {
+    pub fn on_reply(self: &Arc<Self>, reply: IncomingReply) {
         let Some(correlation_id) = reply
             .correlation_id
             .as_deref()
@@ -83,7 +85,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             return;
         };
         if !self.inflight.contains_key(&correlation_id) {
-            debug!(%correlation_id, "reply for an unknown or finished request dropped");
+            // A message between hosts, or a reply of a request handed to another (§4.4).
+            self.not_in_flight(correlation_id, reply);
             return;
         }
         if reply.kind.as_deref() == Some(taskgate_protocol::amqp::REPLY_TYPE_RETRY) {

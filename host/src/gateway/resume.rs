@@ -47,14 +47,14 @@ pub(super) struct Resumable {
 /// The outcome of a request that ended while parked, or of a task, waiting for its client.
 #[derive(Debug)]
 pub(super) struct Kept {
-    owner: Owner,
-    client_id: Arc<str>,
-    request_type: Arc<str>,
-    replay: Replay,
-    outcome: OwnedResponse,
-    until: Instant,
-    detached: bool,
-    started_at_ms: u64,
+    pub(super) owner: Owner,
+    pub(super) client_id: Arc<str>,
+    pub(super) request_type: Arc<str>,
+    pub(super) replay: Replay,
+    pub(super) outcome: OwnedResponse,
+    pub(super) until: Instant,
+    pub(super) detached: bool,
+    pub(super) started_at_ms: u64,
     ended_at_ms: u64,
 }
 
@@ -81,7 +81,7 @@ struct TaskInfo<'a> {
     last_chunk: Option<&'a RawValue>,
 }
 
-fn unix_ms() -> u64 {
+pub(super) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -113,7 +113,7 @@ fn task_info(
 }
 
 /// `attach`'s `state`: how the request stands.
-fn state_of(outcome: Option<&OwnedResponse>) -> &'static str {
+pub(super) fn state_of(outcome: Option<&OwnedResponse>) -> &'static str {
     match outcome {
         None => "running",
         Some(o) if o.kind == ReplyKind::Result => "succeeded",
@@ -334,6 +334,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
 
     /// Handles an `attach` event: picks up a request of the connection's owner, answering
     /// `{ ok, state, firstSeq }` and then its chunks after `afterSeq` and its outcome.
+    /// A request this host does not hold may be a task in the shared store, or a request
+    /// parked on another host of the cluster: it is claimed from them (`handoff`) before the
+    /// attach is refused.
     pub fn attach(
         self: &Arc<Self>,
         conn: S::Conn,
@@ -353,10 +356,10 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 ack,
                 AckStyle::Attach,
             ),
-            // Not here: in the shared store, if there is one.
+            // Not here: in the shared store, if there is one, or on another host.
             None => {
                 if let Err(ack) = self.attach_shared(conn, &client_id, after_seq, ack) {
-                    self.refuse_attach(conn, ack, &RequestError::TaskNotFound);
+                    self.claim(conn, &client_id, after_seq, ack);
                 }
             }
         }

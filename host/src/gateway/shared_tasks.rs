@@ -419,8 +419,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
     }
 
-    /// `attach` for a task this host does not hold: from the shared store. False when
-    /// there is no shared store (or no owner: then it is not found anyway).
+    /// `attach` for a task this host does not hold: from the shared store; not there, it is
+    /// claimed from the other hosts. `Err` when there is no shared store (or no owner: then
+    /// it is not found anyway).
     pub(super) fn attach_shared(
         self: &Arc<Self>,
         conn: S::Conn,
@@ -448,7 +449,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                         )
                         .await
                 }
-                Ok(None) => gateway.refuse_attach(conn, ack, &RequestError::TaskNotFound),
+                // Not a task: perhaps a request parked on another host (`handoff`).
+                Ok(None) => gateway.claim(conn, &client_id, after_seq, ack),
                 Err(error) => gateway.refuse_attach(conn, ack, &store_down(&error)),
             }
         });

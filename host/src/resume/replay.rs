@@ -69,6 +69,11 @@ impl Replay {
         self.chunks.back().map(|(seq, data)| (*seq, &**data))
     }
 
+    /// The `seq` the next chunk will have.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
     }

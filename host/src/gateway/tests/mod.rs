@@ -33,6 +33,14 @@ fn harness() -> Harness {
 fn harness_with(
     configure: impl FnOnce(Gateway<MemoryBroker, MemorySink>) -> Gateway<MemoryBroker, MemorySink>,
 ) -> Harness {
+    harness_on(MemoryBroker::new(), configure)
+}
+
+/// A harness on `broker` (one of several hosts on a bus, for `handoff`).
+fn harness_on(
+    broker: MemoryBroker,
+    configure: impl FnOnce(Gateway<MemoryBroker, MemorySink>) -> Gateway<MemoryBroker, MemorySink>,
+) -> Harness {
     let mut echo = parts("echo");
     echo.streams = true;
     let mut slow = parts("slow");
@@ -56,7 +64,7 @@ fn harness_with(
         RequestTypeSpec::new(small, None).unwrap(),
         RequestTypeSpec::new(parts("strict"), Some(strict)).unwrap(),
     ]);
-    let broker = Arc::new(MemoryBroker::new());
+    let broker = Arc::new(broker);
     let sink = Arc::new(MemorySink::default());
     let gateway = Arc::new(configure(Gateway::new(
         broker.clone(),
@@ -404,6 +412,7 @@ async fn without_a_valid_traceparent_a_new_trace_starts_and_the_request_is_not_r
 }
 
 mod ending;
+mod handoff;
 mod relay;
 mod request_metrics;
 mod resume;

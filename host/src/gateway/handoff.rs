@@ -1,0 +1,650 @@
+//! A blip that comes back through another host (protocol §4.4): the request is *handed
+//! off* from the host that holds it to the one the client reconnected to.
+//!
+//! - The new host gets an `attach` for a request of the owner it does not hold: it sends a
+//!   *claim* to every host (the `taskgate.tasks` fanout) — claim id, owner, client id,
+//!   `afterSeq` and its own reply queue — and waits [`CLAIM_TIMEOUT`] for a hand-off;
+//!   none: `TASK_NOT_FOUND`, as on one host.
+//! - The host that holds the request parked (or attached to a connection that is in fact
+//!   gone) and owned by exactly that owner takes it out of its maps and sends the claimer,
+//!   on the claimer's reply queue, a *hand-off* (the request's metadata and the claim id),
+//!   then the chunks after `afterSeq` it kept, then a kept outcome — and from then on
+//!   *forwards* every worker reply for the request there, until the final one or the
+//!   request's deadline. One sender task for all of it: the order is kept.
+//! - The new host accepts only the hand-off of a claim it made, for the owner and id it
+//!   asked for; it enters the request in flight under the same correlation id, bound to the
+//!   attaching connection, acks the attach, and the replies that follow take the ordinary
+//!   relay path. It can hand the request on again (a second blip) the same way.
+//!
+//! Nothing of this runs while no connection drops: a host looks at a claim, a hand-off or
+//! its forwarding map only for a message whose correlation id is not in flight.
+//!
+//! Claims and hand-offs come from the broker, which every host and worker can publish to:
+//! they are checked like any other input (a malformed one is dropped with a log line). A
+//! host sends hand-offs only to reply queues (`taskgate.reply.*`), never to a request queue.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use taskgate_protocol::amqp as names;
+use taskgate_protocol::trace::TraceParent;
+use taskgate_protocol::ReplyKind;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use super::resume::{state_of, Kept, Resumable};
+use super::{Gateway, InFlight, Stage};
+use crate::broker::{Broker, HostMessage, IncomingReply};
+use crate::error::RequestError;
+use crate::metrics::RequestMetrics;
+use crate::resume::{Owner, Replay, SessionId};
+use crate::sink::{ClientSink, OwnedResponse};
+use crate::trace::ClientTrace;
+
+/// How long a host waits for the hand-off of a request it claimed before it answers
+/// `TASK_NOT_FOUND`: a round trip through the broker is milliseconds; this covers a busy
+/// holder.
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The longest remaining time a hand-off may give its request (a week, as the longest
+/// request timeout one could configure is far below).
+const MAX_REMAINING: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The longest request type name accepted in a hand-off (an AMQP short string).
+const MAX_TYPE_LEN: usize = 255;
+
+/// An `attach` waiting for the hand-off of the request it claimed.
+pub(super) struct PendingClaim<C, A> {
+    conn: C,
+    owner: Owner,
+    client_id: Arc<str>,
+    ack: A,
+    until: Instant,
+}
+
+/// What this host does for a request it handed to another: where the worker's later
+/// replies go, and until when.
+#[derive(Debug)]
+pub(super) struct Forwarding {
+    queue: Arc<str>,
+    until: Instant,
+}
+
+/// The pending claims of a host, by claim id. A mutex over a map rather than a `DashMap`:
+/// an ack is `Send` but not `Sync`, and claims are rare.
+pub(super) struct Claims<C, A>(Mutex<std::collections::HashMap<Uuid, PendingClaim<C, A>>>);
+
+impl<C, A> Default for Claims<C, A> {
+    fn default() -> Self {
+        Claims(Mutex::default())
+    }
+}
+
+impl<C, A> Claims<C, A> {
+    fn lock(&self) -> MutexGuard<'_, std::collections::HashMap<Uuid, PendingClaim<C, A>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// The sender of messages to other hosts: one task, so that they leave in order.
+pub(super) type Outbox = mpsc::UnboundedSender<(Arc<str>, HostMessage)>;
+
+/// An owner as hosts name it to each other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WireOwner {
+    Subject(String),
+    Session(SessionId),
+}
+
+impl From<&Owner> for WireOwner {
+    fn from(owner: &Owner) -> Self {
+        match owner {
+            Owner::Subject(subject) => WireOwner::Subject(subject.to_string()),
+            Owner::Session(id) => WireOwner::Session(*id),
+        }
+    }
+}
+
+impl From<WireOwner> for Owner {
+    fn from(owner: WireOwner) -> Self {
+        match owner {
+            WireOwner::Subject(subject) => Owner::Subject(subject.into()),
+            WireOwner::Session(id) => Owner::Session(id),
+        }
+    }
+}
+
+/// The body of a claim (protocol §4.4); its correlation id is the claim id.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ClaimBody {
+    owner: WireOwner,
+    client_id: String,
+    after_seq: i64,
+    reply_to: String,
+}
+
+/// The body of a hand-off (protocol §4.4); its correlation id is the request's.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct HandoffBody {
+    claim_id: Uuid,
+    owner: WireOwner,
+    client_id: String,
+    request_type: String,
+    /// The request type's timeout (for the `TIMEOUT` error's text).
+    timeout_ms: u64,
+    /// How long the request may still run: hosts' clocks need not agree.
+    remaining_ms: u64,
+    /// The `seq` the next chunk sent after the hand-off has.
+    next_seq: u64,
+    /// The attach ack's `firstSeq` and `state`.
+    first_seq: u64,
+    state: String,
+    traceparent: String,
+    started_at_ms: u64,
+}
+
+impl<B: Broker, S: ClientSink> Gateway<B, S> {
+    /// An `attach` (`id`, `after_seq`) for a request this host does not hold: claims it from
+    /// the other hosts, or refuses it at once when it cannot (no session, no broker).
+    pub(super) fn claim(
+        self: &Arc<Self>,
+        conn: S::Conn,
+        client_id: &str,
+        after_seq: i64,
+        ack: S::Ack,
+    ) {
+        let owner = self.sessions.get(&conn).and_then(|s| s.owner().cloned());
+        let (Some(owner), Some(reply_to)) = (owner, self.broker.own_queue()) else {
+            return self.refuse_attach(conn, ack, &RequestError::TaskNotFound);
+        };
+        let claim_id = Uuid::new_v4();
+        let until = Instant::now() + CLAIM_TIMEOUT;
+        let body = ClaimBody {
+            owner: WireOwner::from(&owner),
+            client_id: client_id.to_owned(),
+            after_seq,
+            reply_to,
+        };
+        let body = match serde_json::to_vec(&body) {
+            Ok(body) => body,
+            Err(error) => {
+                warn!(%error, "a claim could not be encoded");
+                return self.refuse_attach(conn, ack, &RequestError::TaskNotFound);
+            }
+        };
+        self.claims.lock().insert(
+            claim_id,
+            PendingClaim {
+                conn,
+                owner,
+                client_id: client_id.into(),
+                ack,
+                until,
+            },
+        );
+        self.watch_deadline(claim_id, until);
+        debug!(%claim_id, %client_id, after_seq, "request not held here: claiming it from the other hosts");
+        let broker = self.broker.clone();
+        tokio::spawn(async move {
+            let message = HostMessage {
+                correlation_id: claim_id,
+                kind: names::CLAIM_TYPE.into(),
+                seq: None,
+                body,
+            };
+            if let Err(error) = broker.publish_claim(message).await {
+                debug!(%claim_id, %error, "the claim could not be published; the attach will find nothing");
+            }
+        });
+    }
+
+    /// A message whose correlation id is not in flight here: a claim, a hand-off, or a
+    /// reply of a request this host handed off — or a late reply, dropped.
+    pub(super) fn not_in_flight(self: &Arc<Self>, correlation_id: Uuid, reply: IncomingReply) {
+        match reply.kind.as_deref() {
+            Some(names::CLAIM_TYPE) => self.on_claim(correlation_id, &reply.body),
+            Some(names::HANDOFF_TYPE) => self.on_handoff(correlation_id, &reply.body),
+            _ => self.forward_reply(correlation_id, reply),
+        }
+    }
+
+    /// A worker reply of a request handed to another host goes there; the final one ends
+    /// the forwarding.
+    fn forward_reply(&self, correlation_id: Uuid, reply: IncomingReply) {
+        let Some(queue) = self
+            .forwarding
+            .get(&correlation_id)
+            .map(|f| f.queue.clone())
+        else {
+            debug!(%correlation_id, "reply for an unknown or finished request dropped");
+            return;
+        };
+        let Some(kind) = reply.kind.filter(|k| ReplyKind::parse(k).is_some()) else {
+            debug!(%correlation_id, "reply with an unknown `type` not forwarded");
+            return;
+        };
+        let last = ReplyKind::parse(&kind) != Some(ReplyKind::Chunk);
+        self.send_to_host(
+            &queue,
+            HostMessage {
+                correlation_id,
+                kind: kind.into(),
+                seq: reply.seq,
+                body: reply.body,
+            },
+        );
+        if last {
+            if let Some((_, forwarding)) = self.forwarding.remove(&correlation_id) {
+                self.deadlines.remove(forwarding.until, correlation_id);
+                debug!(%correlation_id, queue = %forwarding.queue, "final reply forwarded; the request is forgotten here");
+            }
+        }
+    }
+
+    /// Another host claims a request: hand it over if this host holds it for that owner.
+    fn on_claim(self: &Arc<Self>, claim_id: Uuid, body: &[u8]) {
+        if self.resume.is_none() {
+            return;
+        }
+        let claim = match serde_json::from_slice::<ClaimBody>(body) {
+            Ok(claim) => claim,
+            Err(error) => {
+                warn!(%claim_id, %error, "malformed claim dropped");
+                return;
+            }
+        };
+        if self.broker.own_queue().as_deref() == Some(claim.reply_to.as_str()) {
+            return;
+        }
+        if !claim.reply_to.starts_with(names::REPLY_QUEUE_PREFIX) || claim.reply_to.len() > 255 {
+            warn!(%claim_id, reply_to = %claim.reply_to, "claim whose reply queue is not a host's dropped");
+            return;
+        }
+        let owner = Owner::from(claim.owner);
+        let client_id: Arc<str> = claim.client_id.into();
+        let Some(correlation_id) = self
+            .owned
+            .get(&(owner.clone(), client_id.clone()))
+            .map(|entry| *entry.value())
+        else {
+            return;
+        };
+        let queue: Arc<str> = claim.reply_to.into();
+        // An active request of a session, not a task (tasks are H1's shared store): parked,
+        // or on a connection the client evidently left.
+        let taken = self.inflight.remove_if(&correlation_id, |_, request| {
+            matches!(request.stage, Stage::Active)
+                && request.resume.as_deref().is_some_and(|r| !r.detached)
+        });
+        if let Some((_, request)) = taken {
+            return self.hand_over(correlation_id, claim_id, claim.after_seq, queue, request);
+        }
+        if let Some((_, kept)) = self
+            .kept
+            .remove_if(&correlation_id, |_, kept| !kept.detached)
+        {
+            self.hand_over_kept(correlation_id, claim_id, claim.after_seq, &queue, kept);
+        }
+    }
+
+    /// Hands a request in flight to the claimer, then forwards its replies there.
+    fn hand_over(
+        self: &Arc<Self>,
+        correlation_id: Uuid,
+        claim_id: Uuid,
+        after_seq: i64,
+        queue: Arc<str>,
+        request: InFlight<S::Conn>,
+    ) {
+        let InFlight {
+            conn,
+            client_id,
+            request_type,
+            timeout_ms,
+            next_seq,
+            deadline,
+            trace,
+            resume,
+            ..
+        } = request;
+        let Some(resume) = resume else {
+            return;
+        };
+        if let Some(deadline) = deadline {
+            self.deadlines.remove(deadline, correlation_id);
+        }
+        if let Some(until) = resume.parked_until {
+            self.deadlines.remove(until, correlation_id);
+        }
+        if let Some(mut requests) = self.conns.get_mut(&conn) {
+            // Still attached to a connection here: the client left it (half-open).
+            if requests.get(&client_id) == Some(&correlation_id) {
+                requests.remove(&client_id);
+            }
+        }
+        self.forget_owned(&resume.owner, &client_id, correlation_id, false);
+        let until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_millis(timeout_ms));
+        self.forwarding.insert(
+            correlation_id,
+            Forwarding {
+                queue: queue.clone(),
+                until,
+            },
+        );
+        self.watch_deadline(correlation_id, until);
+        let handed = Handed {
+            correlation_id,
+            claim_id,
+            owner: &resume.owner,
+            client_id: &client_id,
+            request_type: &request_type,
+            timeout_ms,
+            remaining: until.saturating_duration_since(Instant::now()),
+            replay: &resume.replay,
+            next_seq,
+            after_seq,
+            outcome: None,
+            trace,
+            started_at_ms: resume.started_at_ms,
+        };
+        info!(%correlation_id, traceparent = %trace, %client_id, %queue, after_seq, "request handed to the host its client reconnected to; forwarding its replies");
+        self.send_handoff(&queue, &handed);
+    }
+
+    /// Hands the kept outcome of a request that ended while parked to the claimer.
+    fn hand_over_kept(
+        &self,
+        correlation_id: Uuid,
+        claim_id: Uuid,
+        after_seq: i64,
+        queue: &Arc<str>,
+        kept: Kept,
+    ) {
+        self.deadlines.remove(kept.until, correlation_id);
+        self.forget_owned(&kept.owner, &kept.client_id, correlation_id, false);
+        let handed = Handed {
+            correlation_id,
+            claim_id,
+            owner: &kept.owner,
+            client_id: &kept.client_id,
+            request_type: &kept.request_type,
+            timeout_ms: 0,
+            remaining: CLAIM_TIMEOUT,
+            replay: &kept.replay,
+            next_seq: 0,
+            after_seq,
+            outcome: Some(&kept.outcome),
+            trace: crate::trace::for_request(ClientTrace::Absent, correlation_id),
+            started_at_ms: kept.started_at_ms,
+        };
+        info!(%correlation_id, client_id = %kept.client_id, %queue, after_seq, "the kept outcome of a parked request handed to the host its client reconnected to");
+        self.send_handoff(queue, &handed);
+    }
+
+    /// Sends the hand-off, the kept chunks after `after_seq`, and a kept outcome.
+    fn send_handoff(&self, queue: &Arc<str>, handed: &Handed<'_>) {
+        let (first_seq, chunks) = handed.replay.after(handed.after_seq);
+        let chunks: Vec<(u64, Vec<u8>)> = chunks
+            .map(|(seq, data)| (seq, data.get().as_bytes().to_vec()))
+            .collect();
+        // The next chunk B sends is the first replayed one, or else the worker's next.
+        let next_seq = chunks
+            .first()
+            .map_or(handed.next_seq.max(handed.replay.next_seq()), |(seq, _)| {
+                *seq
+            });
+        let body = HandoffBody {
+            claim_id: handed.claim_id,
+            owner: WireOwner::from(handed.owner),
+            client_id: handed.client_id.to_owned(),
+            request_type: handed.request_type.to_owned(),
+            timeout_ms: handed.timeout_ms,
+            remaining_ms: u64::try_from(handed.remaining.as_millis()).unwrap_or(u64::MAX),
+            next_seq,
+            first_seq,
+            state: state_of(handed.outcome).to_owned(),
+            traceparent: handed.trace.to_string(),
+            started_at_ms: handed.started_at_ms,
+        };
+        let body = match serde_json::to_vec(&body) {
+            Ok(body) => body,
+            Err(error) => {
+                warn!(correlation_id = %handed.correlation_id, %error, "a hand-off could not be encoded");
+                return;
+            }
+        };
+        let correlation_id = handed.correlation_id;
+        self.send_to_host(
+            queue,
+            HostMessage {
+                correlation_id,
+                kind: names::HANDOFF_TYPE.into(),
+                seq: None,
+                body,
+            },
+        );
+        for (seq, body) in chunks {
+            self.send_to_host(
+                queue,
+                HostMessage {
+                    correlation_id,
+                    kind: ReplyKind::Chunk.as_str().into(),
+                    seq: i64::try_from(seq).ok(),
+                    body,
+                },
+            );
+        }
+        if let Some(outcome) = handed.outcome {
+            if let Some(message) = outcome_message(correlation_id, outcome) {
+                self.send_to_host(queue, message);
+            }
+        }
+    }
+
+    /// Queues a message for another host behind the ones before it.
+    fn send_to_host(&self, queue: &Arc<str>, message: HostMessage) {
+        let outbox = self.outbox.get_or_init(|| {
+            let (sender, mut messages) = mpsc::unbounded_channel::<(Arc<str>, HostMessage)>();
+            let broker = self.broker.clone();
+            // Ends when the gateway (the sender) is dropped.
+            tokio::spawn(async move {
+                while let Some((queue, message)) = messages.recv().await {
+                    let correlation_id = message.correlation_id;
+                    if let Err(error) = broker.send_to_host(queue.clone(), message).await {
+                        debug!(%correlation_id, %queue, %error, "a message for another host was not sent");
+                    }
+                }
+            });
+            sender
+        });
+        if outbox.send((queue.clone(), message)).is_err() {
+            debug!(%queue, "the sender of messages to other hosts is gone");
+        }
+    }
+
+    /// The hand-off of a request this host claimed: enter it in flight and ack the attach.
+    fn on_handoff(self: &Arc<Self>, correlation_id: Uuid, body: &[u8]) {
+        let handoff = match serde_json::from_slice::<HandoffBody>(body) {
+            Ok(handoff) => handoff,
+            Err(error) => {
+                warn!(%correlation_id, %error, "malformed hand-off dropped");
+                return;
+            }
+        };
+        let owner = Owner::from(handoff.owner.clone());
+        let claim = {
+            let mut claims = self.claims.lock();
+            match claims.remove(&handoff.claim_id) {
+                Some(claim) if claim.owner == owner && *claim.client_id == *handoff.client_id => {
+                    claim
+                }
+                Some(claim) => {
+                    // Not what was asked for: the right one may still come.
+                    claims.insert(handoff.claim_id, claim);
+                    warn!(%correlation_id, claim_id = %handoff.claim_id, "hand-off for another owner or id than claimed dropped");
+                    return;
+                }
+                None => {
+                    drop(claims);
+                    // Late (the claim timed out) or not asked for: nobody here will relay
+                    // its replies, and its holder let it go — the worker is told to stop,
+                    // as the window's end would have.
+                    info!(%correlation_id, claim_id = %handoff.claim_id, "hand-off of no pending claim (late or not asked for); cancelling the request");
+                    self.spawn_cancel(correlation_id);
+                    return;
+                }
+            }
+        };
+        self.deadlines.remove(claim.until, handoff.claim_id);
+        let PendingClaim {
+            conn,
+            client_id,
+            ack,
+            ..
+        } = claim;
+        if handoff.request_type.is_empty()
+            || handoff.request_type.len() > MAX_TYPE_LEN
+            || self.inflight.contains_key(&correlation_id)
+        {
+            warn!(%correlation_id, "hand-off with an invalid request type or a correlation id in flight here dropped");
+            return self.refuse_attach(conn, ack, &RequestError::TaskNotFound);
+        }
+        let Some(settings) = &self.resume else {
+            return self.refuse_attach(conn, ack, &RequestError::TaskNotFound);
+        };
+        // The owner may have started a request of that id here meanwhile.
+        match self.owned.entry((owner.clone(), client_id.clone())) {
+            dashmap::Entry::Occupied(_) => {
+                self.spawn_cancel(correlation_id);
+                return self.refuse_attach(
+                    conn,
+                    ack,
+                    &RequestError::DuplicateId(client_id.to_string()),
+                );
+            }
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(correlation_id);
+            }
+        }
+        let now = Instant::now();
+        let deadline = now + Duration::from_millis(handoff.remaining_ms).min(MAX_REMAINING);
+        // On the attaching connection; if it dropped while the claim was out, parked.
+        let attached = self.conns.get_mut(&conn).map(|mut requests| {
+            requests.insert(client_id.clone(), correlation_id);
+        });
+        let parked_until = attached.is_none().then(|| now + settings.window);
+        let trace = TraceParent::parse(&handoff.traceparent)
+            .unwrap_or_else(|| crate::trace::for_request(ClientTrace::Absent, correlation_id));
+        let request_type: Arc<str> = handoff.request_type.into();
+        self.inflight.insert(
+            correlation_id,
+            InFlight {
+                conn,
+                client_id: client_id.clone(),
+                request_type: request_type.clone(),
+                timeout_ms: handoff.timeout_ms,
+                stage: Stage::Active,
+                next_seq: handoff.next_seq,
+                deadline: Some(deadline),
+                trace,
+                metrics: RequestMetrics::start(self.metrics.for_type(&request_type), now),
+                resume: Some(Box::new(Resumable {
+                    owner,
+                    replay: Replay::new(settings.request_bytes),
+                    parked_until,
+                    outcome: None,
+                    detached: false,
+                    started_at_ms: handoff.started_at_ms,
+                })),
+            },
+        );
+        self.watch_deadline(correlation_id, deadline);
+        if let Some(until) = parked_until {
+            self.watch_deadline(correlation_id, until);
+        }
+        info!(%correlation_id, traceparent = %trace, %client_id, "request taken over from another host");
+        let state = match handoff.state.as_str() {
+            state @ ("running" | "succeeded" | "failed" | "cancelled") => state,
+            _ => "running",
+        };
+        let body = json!({ "ok": true, "state": state, "firstSeq": handoff.first_seq });
+        if attached.is_some() && self.sink.ack_json(ack, &body).is_err() {
+            // Not reading: as on a lost ack, the connection goes; the request parks.
+            self.sink.disconnect(conn);
+        }
+    }
+
+    /// A claim, or the forwarding of a handed-off request, came due (`expire` found nothing
+    /// else due under this id). A claim unanswered: `TASK_NOT_FOUND`.
+    pub(super) fn end_of_handoff(&self, id: Uuid, now: Instant) {
+        let expired = {
+            let mut claims = self.claims.lock();
+            match claims.get(&id) {
+                Some(claim) if claim.until <= now => claims.remove(&id),
+                _ => None,
+            }
+        };
+        if let Some(claim) = expired {
+            debug!(claim_id = %id, client_id = %claim.client_id, "no host handed the claimed request over in time");
+            return self.refuse_attach(claim.conn, claim.ack, &RequestError::TaskNotFound);
+        }
+        if let Some((_, forwarding)) = self.forwarding.remove_if(&id, |_, f| f.until <= now) {
+            debug!(correlation_id = %id, queue = %forwarding.queue, "forwarding of a handed-off request ended by its deadline");
+        }
+    }
+
+    /// Requests handed to another host whose replies this host still forwards (tests).
+    pub fn forwarding(&self) -> usize {
+        self.forwarding.len()
+    }
+
+    /// Attaches waiting for a hand-off (tests).
+    pub fn pending_claims(&self) -> usize {
+        self.claims.len()
+    }
+}
+
+/// A request on its way to another host, as `send_handoff` needs it.
+struct Handed<'a> {
+    correlation_id: Uuid,
+    claim_id: Uuid,
+    owner: &'a Owner,
+    client_id: &'a str,
+    request_type: &'a str,
+    timeout_ms: u64,
+    remaining: Duration,
+    replay: &'a Replay,
+    next_seq: u64,
+    after_seq: i64,
+    outcome: Option<&'a OwnedResponse>,
+    trace: TraceParent,
+    started_at_ms: u64,
+}
+
+/// A kept outcome as the worker reply it came from.
+fn outcome_message(correlation_id: Uuid, outcome: &OwnedResponse) -> Option<HostMessage> {
+    let body = match outcome.kind {
+        ReplyKind::Result => outcome.data.as_ref()?.get().as_bytes().to_vec(),
+        ReplyKind::Error => serde_json::to_vec(outcome.error.as_ref()?).ok()?,
+        ReplyKind::Chunk => return None,
+    };
+    Some(HostMessage {
+        correlation_id,
+        kind: outcome.kind.as_str().into(),
+        seq: None,
+        body,
+    })
+}

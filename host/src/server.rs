@@ -185,6 +185,9 @@ impl Host {
         settings.fit_message_limit(initial.routes.iter().map(|s| s.max_payload_bytes).max());
         reloader.set_message_limit(settings.max_message_bytes);
         let host_id = Uuid::new_v4();
+        // Hosts hand requests to each other only when they share the cluster secret: a
+        // host whose tokens are its own has nobody to hand them to (§4.4).
+        let (sessions, cluster) = resume_sessions(&settings)?;
         let broker = AmqpBroker::with_dead_letters(
             settings.amqp_url.clone(),
             host_id,
@@ -213,7 +216,8 @@ impl Host {
                 GatewayOptions::default(),
             )
             .with_limits(&settings.limits)
-            .with_resume(settings.resume.clone());
+            .with_resume(settings.resume.clone())
+            .with_handoff(cluster);
             match &store {
                 Some(store) => {
                     let queue = settings.resume.store.task_reply_queue().unwrap_or_default();
@@ -227,7 +231,6 @@ impl Host {
         };
         report_lost_sessions(&broker, &gateway);
         log_security(&settings, &authenticator, &origins, &hosts);
-        let sessions = resume_sessions(&settings)?;
         // One admission for both transports: the connection limit counts them together.
         let admission = Arc::new(Admission {
             authenticator,
@@ -446,11 +449,12 @@ fn report_lost_sessions(broker: &AmqpBroker, gateway: &Arc<HostGateway>) {
     });
 }
 
-/// Sessions (protocol §4) as `[resume]` says, with a line in the log on how far they reach.
-fn resume_sessions(settings: &Settings) -> Result<Option<Sessions>, ServeError> {
+/// Sessions (protocol §4) as `[resume]` says, with a line in the log on how far they reach;
+/// true when their tokens are signed with the cluster secret (every host accepts them).
+fn resume_sessions(settings: &Settings) -> Result<(Option<Sessions>, bool), ServeError> {
     if !settings.resume.enabled() {
         info!("sessions are off ([resume] window = \"0s\"): requests end with their connection");
-        return Ok(None);
+        return Ok((None, false));
     }
     let (keys, shared) = resume::keys(&settings.resume_section, &|name| std::env::var(name).ok())
         .map_err(ServeError::Config)?;
@@ -459,12 +463,12 @@ fn resume_sessions(settings: &Settings) -> Result<Option<Sessions>, ServeError> 
         request_bytes = settings.resume.request_bytes,
         "sessions: a dropped client's requests wait for it {}",
         if shared {
-            "(tokens signed with the cluster secret: any host of the cluster accepts them)"
+            "(tokens signed with the cluster secret: any host of the cluster accepts them, and hosts hand requests to each other)"
         } else {
             "(no [resume] secret: tokens are accepted by this host only)"
         }
     );
-    Ok(Some(Sessions::new(keys, &settings.resume)))
+    Ok((Some(Sessions::new(keys, &settings.resume)), shared))
 }
 
 /// Says at start how the host is protected; loudly when it is not.

@@ -157,6 +157,14 @@ struct HandoffBody {
 }
 
 impl<B: Broker, S: ClientSink> Gateway<B, S> {
+    /// Turns hand-offs between hosts on: for hosts that share the cluster secret, so that a
+    /// session token one issued is accepted by all. Off (a host on its own), an `attach` for
+    /// a request the host does not hold is refused at once.
+    pub fn with_handoff(mut self, on: bool) -> Self {
+        self.handoff = on;
+        self
+    }
+
     /// An `attach` (`id`, `after_seq`) for a request this host does not hold: claims it from
     /// the other hosts, or refuses it at once when it cannot (no session, no broker).
     pub(super) fn claim(
@@ -167,7 +175,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         ack: S::Ack,
     ) {
         let owner = self.sessions.get(&conn).and_then(|s| s.owner().cloned());
-        let (Some(owner), Some(reply_to)) = (owner, self.broker.own_queue()) else {
+        let queue = self.handoff.then(|| self.broker.own_queue()).flatten();
+        let (Some(owner), Some(reply_to)) = (owner, queue) else {
             return self.refuse_attach(conn, ack, &RequestError::TaskNotFound);
         };
         let claim_id = Uuid::new_v4();
@@ -256,7 +265,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
 
     /// Another host claims a request: hand it over if this host holds it for that owner.
     fn on_claim(self: &Arc<Self>, claim_id: Uuid, body: &[u8]) {
-        if self.resume.is_none() {
+        if self.resume.is_none() || !self.handoff {
             return;
         }
         let claim = match serde_json::from_slice::<ClaimBody>(body) {

@@ -167,6 +167,8 @@ pub struct Gateway<B: Broker, S: ClientSink> {
     relays: DashMap<S::Conn, Vec<tokio::task::AbortHandle>>,
     /// Where workers reply to the shared store's tasks.
     task_reply_queue: Arc<str>,
+    /// Hosts hand requests to each other (§4.4): on with the cluster secret.
+    handoff: bool,
     /// Attaches waiting for another host to hand their request over (`handoff`).
     claims: Claims<S::Conn, S::Ack>,
     /// Requests handed to another host: where their worker replies are forwarded.
@@ -211,6 +213,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             store: None,
             relays: DashMap::new(),
             task_reply_queue: Arc::from(""),
+            handoff: false,
             claims: Claims::default(),
             forwarding: DashMap::new(),
             outbox: std::sync::OnceLock::new(),

@@ -23,6 +23,7 @@ fn host(bus: &Arc<MemoryBus>, name: &str, owner: &Owner) -> Harness {
             request_bytes: 1 << 20,
             ..ResumeSettings::default()
         })
+        .with_handoff(true)
     });
     let gateway = Arc::downgrade(&h.gateway);
     bus.serve(&queue, move |reply| {
@@ -182,10 +183,12 @@ async fn a_request_nobody_holds_is_not_found_within_the_claim_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn without_a_cluster_an_unknown_attach_is_refused_at_once() {
-    let (h, owner) = (
-        harness_with(|g| g.with_resume(ResumeSettings::default())),
-        owner(),
-    );
+    // On a bus, but without the cluster secret: a host on its own.
+    let bus = MemoryBus::new();
+    let h = harness_on(MemoryBroker::on_bus(bus.clone(), "taskgate.reply.x"), |g| {
+        g.with_resume(ResumeSettings::default())
+    });
+    let owner = owner();
     h.gateway.disconnected(CONN);
     h.gateway
         .connected_as(CONN, Session::anonymous().with_owner(owner));
@@ -195,6 +198,7 @@ async fn without_a_cluster_an_unknown_attach_is_refused_at_once() {
         3,
     );
     assert_eq!(refusal_code(&h.sink.acks(3)[0]), "TASK_NOT_FOUND");
+    assert!(bus.sent().is_empty(), "no claim");
 }
 
 #[tokio::test(start_paused = true)]

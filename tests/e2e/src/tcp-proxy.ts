@@ -3,7 +3,8 @@
  * connections the way a network does (a Wi-Fi change, a load balancer idling out): every socket
  * through it is destroyed at once, without a Socket.IO or WebSocket close, and while it is `down`
  * new connections are dropped as they arrive — or to freeze them (`freeze()`: a half-open link).
- * Only loopback.
+ * Only loopback. `retarget` sends new connections to another host (a load balancer without sticky
+ * sessions).
  */
 
 import net from 'node:net';
@@ -17,18 +18,18 @@ export class TcpProxy {
   private constructor(
     private readonly server: net.Server,
     readonly port: number,
+    private target: URL,
   ) {}
 
   /** Listens on an ephemeral loopback port and forwards to `targetUrl` (http://127.0.0.1:PORT). */
   static async start(ctx: TestContext, targetUrl: string): Promise<TcpProxy> {
-    const target = new URL(targetUrl);
     let proxy!: TcpProxy;
     const server = net.createServer((inbound) => {
       if (proxy.down) {
         inbound.destroy();
         return;
       }
-      const outbound = net.connect(Number(target.port), target.hostname);
+      const outbound = net.connect(Number(proxy.target.port), proxy.target.hostname);
       inbound.setNoDelay(true);
       outbound.setNoDelay(true);
       for (const [a, b] of [
@@ -45,7 +46,7 @@ export class TcpProxy {
       }
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    proxy = new TcpProxy(server, (server.address() as net.AddressInfo).port);
+    proxy = new TcpProxy(server, (server.address() as net.AddressInfo).port, new URL(targetUrl));
     ctx.onCleanup(() => proxy.close());
     return proxy;
   }
@@ -64,6 +65,11 @@ export class TcpProxy {
   cut(): void {
     this.down = true;
     for (const socket of this.sockets) socket.destroy();
+  }
+
+  /** New connections go to `targetUrl` from now on; open ones stay where they are. */
+  retarget(targetUrl: string): void {
+    this.target = new URL(targetUrl);
   }
 
   restore(): void {

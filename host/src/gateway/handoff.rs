@@ -23,6 +23,7 @@
 //! they are checked like any other input (a malformed one is dropped with a log line). A
 //! host sends hand-offs only to reply queues (`taskgate.reply.*`), never to a request queue.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -50,6 +51,13 @@ use crate::trace::ClientTrace;
 /// holder.
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long the first claim of a batch waits for the others (the attaches of one
+/// reconnect arrive together): one message per owner instead of one per request.
+const CLAIM_LINGER: Duration = Duration::from_millis(2);
+
+/// Requests named in one claim message at most (a bounded body).
+const MAX_CLAIMS_PER_MESSAGE: usize = 500;
+
 /// The longest remaining time a hand-off may give its request (a week, as the longest
 /// request timeout one could configure is far below).
 const MAX_REMAINING: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -74,19 +82,32 @@ pub(super) struct Forwarding {
     until: Instant,
 }
 
-/// The pending claims of a host, by claim id. A mutex over a map rather than a `DashMap`:
-/// an ack is `Send` but not `Sync`, and claims are rare.
-pub(super) struct Claims<C, A>(Mutex<std::collections::HashMap<Uuid, PendingClaim<C, A>>>);
+/// The pending claims of a host, by claim id, and those not yet published. Mutexes over
+/// plain collections rather than a `DashMap`: an ack is `Send` but not `Sync`, and claims
+/// are rare.
+pub(super) struct Claims<C, A> {
+    pending: Mutex<HashMap<Uuid, PendingClaim<C, A>>>,
+    outgoing: Mutex<Vec<(Owner, ClaimedRequest)>>,
+}
 
 impl<C, A> Default for Claims<C, A> {
     fn default() -> Self {
-        Claims(Mutex::default())
+        Claims {
+            pending: Mutex::default(),
+            outgoing: Mutex::default(),
+        }
     }
 }
 
 impl<C, A> Claims<C, A> {
-    fn lock(&self) -> MutexGuard<'_, std::collections::HashMap<Uuid, PendingClaim<C, A>>> {
-        self.0
+    fn lock(&self) -> MutexGuard<'_, HashMap<Uuid, PendingClaim<C, A>>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn outgoing(&self) -> MutexGuard<'_, Vec<(Owner, ClaimedRequest)>> {
+        self.outgoing
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -125,14 +146,22 @@ impl From<WireOwner> for Owner {
     }
 }
 
-/// The body of a claim (protocol §4.4); its correlation id is the claim id.
+/// The body of a claim (protocol §4.4): requests of one owner, for one host.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ClaimBody {
     owner: WireOwner,
+    reply_to: String,
+    requests: Vec<ClaimedRequest>,
+}
+
+/// One request of a claim: the hand-off names its claim id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ClaimedRequest {
+    claim_id: Uuid,
     client_id: String,
     after_seq: i64,
-    reply_to: String,
 }
 
 /// The body of a hand-off (protocol §4.4); its correlation id is the request's.
@@ -181,24 +210,11 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         };
         let claim_id = Uuid::new_v4();
         let until = Instant::now() + CLAIM_TIMEOUT;
-        let body = ClaimBody {
-            owner: WireOwner::from(&owner),
-            client_id: client_id.to_owned(),
-            after_seq,
-            reply_to,
-        };
-        let body = match serde_json::to_vec(&body) {
-            Ok(body) => body,
-            Err(error) => {
-                warn!(%error, "a claim could not be encoded");
-                return self.refuse_attach(conn, ack, &RequestError::TaskNotFound);
-            }
-        };
         self.claims.lock().insert(
             claim_id,
             PendingClaim {
                 conn,
-                owner,
+                owner: owner.clone(),
                 client_id: client_id.into(),
                 ack,
                 until,
@@ -206,18 +222,67 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         );
         self.watch_deadline(claim_id, until);
         debug!(%claim_id, %client_id, after_seq, "request not held here: claiming it from the other hosts");
-        let broker = self.broker.clone();
-        tokio::spawn(async move {
-            let message = HostMessage {
-                correlation_id: claim_id,
-                kind: names::CLAIM_TYPE.into(),
-                seq: None,
-                body,
-            };
-            if let Err(error) = broker.publish_claim(message).await {
-                debug!(%claim_id, %error, "the claim could not be published; the attach will find nothing");
+        let first = {
+            let mut outgoing = self.claims.outgoing();
+            outgoing.push((
+                owner,
+                ClaimedRequest {
+                    claim_id,
+                    client_id: client_id.to_owned(),
+                    after_seq,
+                },
+            ));
+            outgoing.len() == 1
+        };
+        if first {
+            // The first claim of a batch: the attaches a reconnecting client sends together
+            // (one per request it had) leave as one message per owner.
+            let gateway = Arc::downgrade(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(CLAIM_LINGER).await;
+                if let Some(gateway) = gateway.upgrade() {
+                    gateway.publish_claims(reply_to).await;
+                }
+            });
+        }
+    }
+
+    /// Publishes the claims made since the last batch, one message per owner and at most
+    /// [`MAX_CLAIMS_PER_MESSAGE`] requests each.
+    async fn publish_claims(&self, reply_to: String) {
+        let outgoing = std::mem::take(&mut *self.claims.outgoing());
+        let mut by_owner: Vec<(Owner, Vec<ClaimedRequest>)> = Vec::new();
+        for (owner, request) in outgoing {
+            match by_owner.iter_mut().find(|(o, _)| *o == owner) {
+                Some((_, requests)) => requests.push(request),
+                None => by_owner.push((owner, vec![request])),
             }
-        });
+        }
+        for (owner, requests) in by_owner {
+            for batch in requests.chunks(MAX_CLAIMS_PER_MESSAGE) {
+                let body = ClaimBody {
+                    owner: WireOwner::from(&owner),
+                    reply_to: reply_to.clone(),
+                    requests: batch.to_vec(),
+                };
+                let body = match serde_json::to_vec(&body) {
+                    Ok(body) => body,
+                    Err(error) => {
+                        warn!(%error, "claims could not be encoded; their attaches will find nothing");
+                        continue;
+                    }
+                };
+                let message = HostMessage {
+                    correlation_id: Uuid::new_v4(),
+                    kind: names::CLAIM_TYPE.into(),
+                    seq: None,
+                    body,
+                };
+                if let Err(error) = self.broker.publish_claim(message).await {
+                    debug!(%error, claims = batch.len(), "claims could not be published; their attaches will find nothing");
+                }
+            }
+        }
     }
 
     /// A message whose correlation id is not in flight here: a claim, a hand-off, or a
@@ -263,15 +328,15 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
     }
 
-    /// Another host claims a request: hand it over if this host holds it for that owner.
-    fn on_claim(self: &Arc<Self>, claim_id: Uuid, body: &[u8]) {
+    /// Another host claims requests: hand over those this host holds for that owner.
+    fn on_claim(self: &Arc<Self>, message_id: Uuid, body: &[u8]) {
         if self.resume.is_none() || !self.handoff {
             return;
         }
         let claim = match serde_json::from_slice::<ClaimBody>(body) {
             Ok(claim) => claim,
             Err(error) => {
-                warn!(%claim_id, %error, "malformed claim dropped");
+                warn!(%message_id, %error, "malformed claim dropped");
                 return;
             }
         };
@@ -279,19 +344,31 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             return;
         }
         if !claim.reply_to.starts_with(names::REPLY_QUEUE_PREFIX) || claim.reply_to.len() > 255 {
-            warn!(%claim_id, reply_to = %claim.reply_to, "claim whose reply queue is not a host's dropped");
+            warn!(%message_id, reply_to = %claim.reply_to, "claim whose reply queue is not a host's dropped");
             return;
         }
         let owner = Owner::from(claim.owner);
-        let client_id: Arc<str> = claim.client_id.into();
+        let queue: Arc<str> = claim.reply_to.into();
+        for request in claim.requests.into_iter().take(MAX_CLAIMS_PER_MESSAGE) {
+            self.answer_claim(&owner, &queue, request);
+        }
+    }
+
+    /// Hands one claimed request over if this host holds it for `owner`.
+    fn answer_claim(self: &Arc<Self>, owner: &Owner, queue: &Arc<str>, claimed: ClaimedRequest) {
+        let ClaimedRequest {
+            claim_id,
+            client_id,
+            after_seq,
+        } = claimed;
+        let client_id: Arc<str> = client_id.into();
         let Some(correlation_id) = self
             .owned
-            .get(&(owner.clone(), client_id.clone()))
+            .get(&(owner.clone(), client_id))
             .map(|entry| *entry.value())
         else {
             return;
         };
-        let queue: Arc<str> = claim.reply_to.into();
         // An active request of a session, not a task (tasks are H1's shared store): parked,
         // or on a connection the client evidently left.
         let taken = self.inflight.remove_if(&correlation_id, |_, request| {
@@ -299,13 +376,13 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 && request.resume.as_deref().is_some_and(|r| !r.detached)
         });
         if let Some((_, request)) = taken {
-            return self.hand_over(correlation_id, claim_id, claim.after_seq, queue, request);
+            return self.hand_over(correlation_id, claim_id, after_seq, queue.clone(), request);
         }
         if let Some((_, kept)) = self
             .kept
             .remove_if(&correlation_id, |_, kept| !kept.detached)
         {
-            self.hand_over_kept(correlation_id, claim_id, claim.after_seq, &queue, kept);
+            self.hand_over_kept(correlation_id, claim_id, after_seq, queue, kept);
         }
     }
 

@@ -56,8 +56,9 @@ fn chunk_seqs(events: &[Value]) -> Vec<u64> {
         .collect()
 }
 
-/// Lets the spawned claim and the sender of messages between hosts run.
+/// Lets a batch of claims leave and the sender of messages between hosts run.
 async fn settle() {
+    tokio::time::sleep(Duration::from_millis(10)).await;
     for _ in 0..50 {
         tokio::task::yield_now().await;
     }
@@ -306,8 +307,9 @@ async fn forged_or_malformed_messages_between_hosts_change_nothing() {
     // Malformed claims, and a claim that would send the request to a worker's queue.
     for body in [
         json!("nonsense"),
-        json!({"owner": owner_json, "clientId": "s"}),
-        json!({"owner": owner_json, "clientId": "s", "afterSeq": -1, "replyTo": "taskgate.echo"}),
+        json!({"owner": owner_json, "replyTo": "taskgate.reply.b"}),
+        json!({"owner": owner_json, "replyTo": "taskgate.echo",
+            "requests": [{"claimId": Uuid::new_v4(), "clientId": "s", "afterSeq": -1}]}),
     ] {
         a.gateway.on_reply(message(names::CLAIM_TYPE, body));
     }
@@ -338,13 +340,14 @@ async fn forged_or_malformed_messages_between_hosts_change_nothing() {
         9,
     );
     settle().await;
-    let claim_id = bus
+    let claim = bus
         .sent()
         .iter()
         .rev()
         .find(|(_, m)| &*m.kind == names::CLAIM_TYPE)
-        .map(|(_, m)| m.correlation_id)
+        .map(|(_, m)| serde_json::from_slice::<Value>(&m.body).unwrap())
         .unwrap();
+    let claim_id: Uuid = serde_json::from_value(claim["requests"][0]["claimId"].clone()).unwrap();
     b.gateway.on_reply(message(
         names::HANDOFF_TYPE,
         forged(claim_id, json!({"subject": "mallory"})),
@@ -354,4 +357,34 @@ async fn forged_or_malformed_messages_between_hosts_change_nothing() {
     tokio::time::sleep(CLAIM_TIMEOUT + Duration::from_millis(10)).await;
     assert_eq!(refusal_code(&b.sink.acks(9)[0]), "TASK_NOT_FOUND");
     b.assert_clean();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_attaches_of_one_reconnect_leave_as_one_claim() {
+    let bus = MemoryBus::new();
+    let owner = owner();
+    let a = host(&bus, "a", &owner);
+    let b = host(&bus, "b", &owner);
+    for (tag, id) in [(1, "x"), (2, "y"), (3, "z")] {
+        a.submit(tag, req(id, "echo", json!(1))).await;
+    }
+    a.gateway.disconnected(CONN);
+    for (tag, id) in [(11, "x"), (12, "y"), (13, "z")] {
+        b.gateway.attach(
+            CONN,
+            serde_json::from_value(json!({ "id": id })).map_err(|e| e.to_string()),
+            tag,
+        );
+    }
+    settle().await;
+    let claims: Vec<_> = bus
+        .sent()
+        .into_iter()
+        .filter(|(_, m)| &*m.kind == names::CLAIM_TYPE)
+        .collect();
+    assert_eq!(claims.len(), 1, "one claim for the three");
+    for tag in [11, 12, 13] {
+        assert_eq!(b.sink.acks(tag)[0]["ok"], true);
+    }
+    assert_eq!((a.gateway.in_flight(), b.gateway.in_flight()), (0, 3));
 }

@@ -625,6 +625,10 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 slot.insert(correlation_id);
             }
         }
+        // Back on a host that still forwards it (A → B → A): it is relayed here again.
+        if let Some((_, forwarding)) = self.forwarding.remove(&correlation_id) {
+            self.deadlines.remove(forwarding.until, correlation_id);
+        }
         let now = Instant::now();
         let deadline = now + Duration::from_millis(handoff.remaining_ms).min(MAX_REMAINING);
         // On the attaching connection; if it dropped while the claim was out, parked.

@@ -3,8 +3,9 @@
 //!
 //! - The new host gets an `attach` for a request of the owner it does not hold: it sends a
 //!   *claim* to every host (the `taskgate.tasks` fanout) — claim id, owner, client id,
-//!   `afterSeq` and its own reply queue — and waits [`CLAIM_TIMEOUT`] for a hand-off;
-//!   none: `TASK_NOT_FOUND`, as on one host.
+//!   `afterSeq` and its own reply queue; the attaches of one reconnect leave together, one
+//!   message per owner — and waits [`CLAIM_TIMEOUT`] for a hand-off; none:
+//!   `TASK_NOT_FOUND`, as on one host.
 //! - The host that holds the request parked (or attached to a connection that is in fact
 //!   gone) and owned by exactly that owner takes it out of its maps and sends the claimer,
 //!   on the claimer's reply queue, a *hand-off* (the request's metadata and the claim id),
@@ -369,7 +370,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         else {
             return;
         };
-        // An active request of a session, not a task (tasks are H1's shared store): parked,
+        // An active request of a session, not a task (a detached task is left to its holder: tasks get a shared store of their own, docs/long-running-tasks.md): parked,
         // or on a connection the client evidently left.
         let taken = self.inflight.remove_if(&correlation_id, |_, request| {
             matches!(request.stage, Stage::Active)

@@ -63,7 +63,7 @@ macro_rules! metrics_table {
 metrics_table! {
     /// See [`Outcome`].
     REQUESTS_TOTAL: Counter "taskgate_requests_total" {request_type, outcome}
-        "Requests that ended, by request type and outcome (ok, a lowercased error code, or disconnected)";
+        "Requests that ended, by request type and outcome (ok, a lowercased error code, disconnected, or handed_off)";
     REQUEST_DURATION: Histogram in Seconds "taskgate_request_duration_seconds" {request_type}
         "Time from a request's arrival to its final response";
     REQUESTS_IN_FLIGHT: Gauge "taskgate_requests_in_flight" {}
@@ -217,6 +217,9 @@ pub enum Outcome<'a> {
     Error(&'a str),
     /// The client went away before the end (or its ack could not be sent).
     Disconnected,
+    /// Handed to the host its client came back through (protocol §4.4), which counts its
+    /// outcome.
+    HandedOff,
 }
 
 /// The lowercased protocol error codes, as label values.
@@ -307,6 +310,8 @@ impl TypeMetrics {
         let label = match outcome {
             Outcome::Ok => return self.ok.increment(1),
             Outcome::Disconnected => return self.disconnected.increment(1),
+            // Rare (a blip to another host): the counter is made when needed.
+            Outcome::HandedOff => return self.outcome_counter("handed_off").increment(1),
             Outcome::Error(code) => code_label(code),
         };
         match CODE_LABELS.iter().position(|(_, l)| *l == label) {
@@ -413,6 +418,7 @@ impl RequestMetrics {
             Outcome::Ok => Outcome::Ok,
             Outcome::Error(code) => Outcome::Error(code_label(code)),
             Outcome::Disconnected => Outcome::Disconnected,
+            Outcome::HandedOff => Outcome::HandedOff,
         });
     }
 
@@ -688,6 +694,9 @@ mod tests {
         first.finish(Outcome::Error("TIMEOUT"));
         drop(first);
         drop(second);
+        let mut third = RequestMetrics::start(echo.clone(), Instant::now());
+        third.finish(Outcome::HandedOff);
+        drop(third);
         gateway.refused(None, "BAD_REQUEST");
         gateway.refused(Some(&echo), "INVALID_PAYLOAD");
 
@@ -702,6 +711,7 @@ mod tests {
         assert_eq!(sample(&text, REQUESTS_IN_FLIGHT, &[]), Some(0.0), "{text}");
         assert_eq!(count("timeout", "echo"), Some(1.0), "{text}");
         assert_eq!(count("disconnected", "echo"), Some(1.0), "{text}");
+        assert_eq!(count("handed_off", "echo"), Some(1.0), "{text}");
         assert_eq!(count("invalid_payload", "echo"), Some(1.0), "{text}");
         assert_eq!(count("bad_request", UNKNOWN_TYPE), Some(1.0), "{text}");
         assert_eq!(
@@ -714,7 +724,7 @@ mod tests {
                 &format!("{REQUEST_DURATION}_count"),
                 &[("request_type", "echo")]
             ),
-            Some(2.0),
+            Some(3.0),
             "{text}"
         );
         assert!(

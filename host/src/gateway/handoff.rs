@@ -42,7 +42,7 @@ use super::resume::{state_of, Kept, Resumable};
 use super::{Gateway, InFlight, Stage};
 use crate::broker::{Broker, HostMessage, IncomingReply};
 use crate::error::RequestError;
-use crate::metrics::RequestMetrics;
+use crate::metrics::{Outcome, RequestMetrics};
 use crate::resume::{Owner, Replay, SessionId};
 use crate::sink::{ClientSink, OwnedResponse};
 use crate::trace::ClientTrace;
@@ -404,9 +404,12 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             next_seq,
             deadline,
             trace,
+            mut metrics,
             resume,
             ..
         } = request;
+        // Its outcome is counted by the host that takes it.
+        metrics.finish(Outcome::HandedOff);
         let Some(resume) = resume else {
             return;
         };

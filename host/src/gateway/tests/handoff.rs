@@ -388,3 +388,44 @@ async fn the_attaches_of_one_reconnect_leave_as_one_claim() {
     }
     assert_eq!((a.gateway.in_flight(), b.gateway.in_flight()), (0, 3));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cancel_on_the_new_host_stops_the_worker_and_the_old_host_forwards_until_the_end() {
+    let bus = MemoryBus::new();
+    let owner = owner();
+    let a = host(&bus, "a", &owner);
+    let b = host(&bus, "b", &owner);
+    let id = a.parked_after("s", 1).await;
+    let ack = b.attach_later(7, json!({"id": "s", "afterSeq": 0})).await;
+    assert_eq!(ack["ok"], true);
+    b.gateway.cancel(
+        CONN,
+        serde_json::from_value(json!({"id": "s"})).map_err(|e| e.to_string()),
+    );
+    settle().await;
+    assert_eq!(
+        b.broker.cancels(),
+        vec![id],
+        "the workers are told, from the new host"
+    );
+    assert_eq!(
+        b.sink.events(CONN).last().unwrap()["error"]["code"],
+        "CANCELLED"
+    );
+    b.assert_clean();
+    // The worker's own CANCELLED error reaches the old host, which forwards it and forgets.
+    assert_eq!(a.gateway.forwarding(), 1);
+    a.gateway.on_reply(reply(
+        id,
+        "error",
+        r#"{"code": "CANCELLED", "message": "stopped"}"#,
+    ));
+    settle().await;
+    assert_eq!(a.gateway.forwarding(), 0);
+    a.assert_clean();
+    assert_eq!(
+        b.sink.events(CONN).len(),
+        1,
+        "nothing after the final response"
+    );
+}

@@ -429,3 +429,49 @@ async fn a_cancel_on_the_new_host_stops_the_worker_and_the_old_host_forwards_unt
         "nothing after the final response"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_can_come_back_to_the_host_that_published_it() {
+    let bus = MemoryBus::new();
+    let owner = owner();
+    let a = host(&bus, "a", &owner);
+    let b = host(&bus, "b", &owner);
+    let id = a.parked_after("s", 1).await;
+    assert_eq!(
+        b.attach_later(7, json!({"id": "s", "afterSeq": 0})).await["ok"],
+        true
+    );
+    a.gateway.on_reply(chunk(id, 1, "1"));
+    settle().await;
+    b.gateway.disconnected(CONN);
+    a.gateway.on_reply(chunk(id, 2, "2"));
+    settle().await;
+
+    // Back through A (a new connection there): B hands it back, A stops forwarding.
+    a.gateway
+        .connected_as(2, Session::anonymous().with_owner(owner.clone()));
+    a.gateway.attach(
+        2,
+        serde_json::from_value(json!({"id": "s", "afterSeq": 1})).map_err(|e| e.to_string()),
+        8,
+    );
+    settle().await;
+    assert_eq!(
+        a.sink.acks(8),
+        vec![json!({"ok": true, "state": "running", "firstSeq": 2})]
+    );
+    assert_eq!(a.gateway.forwarding(), 0);
+    a.gateway.on_reply(chunk(id, 3, "3"));
+    a.gateway.on_reply(reply(id, "result", "true"));
+    settle().await;
+    let events = a.sink.events(2);
+    assert_eq!(chunk_seqs(&events), vec![2, 3]);
+    assert_eq!(events.last().unwrap()["type"], "result");
+    a.assert_clean();
+    // B never sees the final reply (it went to A directly): its forwarding ends by the
+    // request's deadline.
+    assert_eq!(b.gateway.forwarding(), 1);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    b.assert_clean();
+    assert_eq!(b.gateway.forwarding(), 0);
+}

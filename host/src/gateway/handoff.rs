@@ -8,10 +8,13 @@
 //!   `TASK_NOT_FOUND`, as on one host.
 //! - The host that holds the request parked (or attached to a connection that is in fact
 //!   gone) and owned by exactly that owner takes it out of its maps and sends the claimer,
-//!   on the claimer's reply queue, a *hand-off* (the request's metadata and the claim id),
-//!   then the chunks after `afterSeq` it kept, then a kept outcome — and from then on
-//!   *forwards* every worker reply for the request there, until the final one or the
-//!   request's deadline. One sender task for all of it: the order is kept.
+//!   on the claimer's reply queue, a *hand-off* (the request's metadata, the claim id, and
+//!   the chunks after `afterSeq` it kept and a kept outcome) — and from then on *forwards*
+//!   every worker reply for the request there, until the final one or the request's
+//!   deadline. One sender task for all of it (claims too): the order is kept.
+//! - A request that comes back to a host that forwards it is held there from the claim on:
+//!   the replies forwarded before the claim reach the holder first, and the ones after it
+//!   wait for the hand-off.
 //! - The new host accepts only the hand-off of a claim it made, for the owner and id it
 //!   asked for; it enters the request in flight under the same correlation id, bound to the
 //!   attaching connection, acks the attach, and the replies that follow take the ordinary
@@ -30,6 +33,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use serde_json::value::RawValue;
 use taskgate_protocol::amqp as names;
 use taskgate_protocol::trace::TraceParent;
 use taskgate_protocol::ReplyKind;
@@ -39,7 +43,7 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::resume::{state_of, Kept, Resumable};
-use super::{Gateway, InFlight, Stage};
+use super::{Gateway, InFlight, Stage, MAX_EARLY_REPLIES};
 use crate::broker::{Broker, HostMessage, IncomingReply};
 use crate::error::RequestError;
 use crate::metrics::{Outcome, RequestMetrics};
@@ -81,6 +85,11 @@ pub(super) struct PendingClaim<C, A> {
 pub(super) struct Forwarding {
     queue: Arc<str>,
     until: Instant,
+    owner: Owner,
+    client_id: Arc<str>,
+    /// Set when the client came back here and this host claimed the request back: the
+    /// replies are held (not forwarded) until the hand-off brings the rest.
+    held: Option<Vec<IncomingReply>>,
 }
 
 /// The pending claims of a host, by claim id, and those not yet published. Mutexes over
@@ -119,7 +128,7 @@ impl<C, A> Claims<C, A> {
 }
 
 /// The sender of messages to other hosts: one task, so that they leave in order.
-pub(super) type Outbox = mpsc::UnboundedSender<(Arc<str>, HostMessage)>;
+pub(super) type Outbox = mpsc::UnboundedSender<Outgoing>;
 
 /// An owner as hosts name it to each other.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,6 +193,30 @@ struct HandoffBody {
     state: String,
     traceparent: String,
     started_at_ms: u64,
+    /// The kept chunks after the claim's `afterSeq`, `[seq, data]`: in the hand-off itself,
+    /// so that nothing can come between them and it.
+    #[serde(default)]
+    chunks: Vec<(u64, Box<RawValue>)>,
+    /// The request's outcome, if it ended while parked.
+    #[serde(default)]
+    outcome: Option<WireOutcome>,
+}
+
+/// A kept outcome in a hand-off: a `result`'s data or an `error`'s error object.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireOutcome {
+    kind: ReplyKind,
+    body: Box<RawValue>,
+}
+
+/// What the sender of messages to other hosts sends, in this order.
+pub(super) enum Outgoing {
+    /// To another host's reply queue.
+    ToHost(Arc<str>, HostMessage),
+    /// To every host (`taskgate.tasks`): behind the replies forwarded before it, so that
+    /// the holder has them when it answers.
+    Claim(HostMessage),
 }
 
 impl<B: Broker, S: ClientSink> Gateway<B, S> {
@@ -211,6 +244,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         };
         let claim_id = Uuid::new_v4();
         let until = Instant::now() + CLAIM_TIMEOUT;
+        self.hold_forwarded(&owner, client_id);
         self.claims.lock().insert(
             claim_id,
             PendingClaim {
@@ -242,15 +276,27 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             tokio::spawn(async move {
                 tokio::time::sleep(CLAIM_LINGER).await;
                 if let Some(gateway) = gateway.upgrade() {
-                    gateway.publish_claims(reply_to).await;
+                    gateway.publish_claims(reply_to);
                 }
             });
         }
     }
 
-    /// Publishes the claims made since the last batch, one message per owner and at most
+    /// A request this host handed off comes back: the replies that reach it from now on are
+    /// held here rather than forwarded, and the claim leaves behind the ones forwarded
+    /// before (one sender, one channel), so the holder's hand-off has every reply up to the
+    /// held ones — none lost, none out of order.
+    fn hold_forwarded(&self, owner: &Owner, client_id: &str) {
+        for mut forwarding in self.forwarding.iter_mut() {
+            if forwarding.owner == *owner && *forwarding.client_id == *client_id {
+                forwarding.held.get_or_insert_with(Vec::new);
+            }
+        }
+    }
+
+    /// Sends the claims made since the last batch, one message per owner and at most
     /// [`MAX_CLAIMS_PER_MESSAGE`] requests each.
-    async fn publish_claims(&self, reply_to: String) {
+    fn publish_claims(&self, reply_to: String) {
         let outgoing = std::mem::take(&mut *self.claims.outgoing());
         let mut by_owner: Vec<(Owner, Vec<ClaimedRequest>)> = Vec::new();
         for (owner, request) in outgoing {
@@ -273,15 +319,12 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                         continue;
                     }
                 };
-                let message = HostMessage {
+                self.to_hosts(Outgoing::Claim(HostMessage {
                     correlation_id: Uuid::new_v4(),
                     kind: names::CLAIM_TYPE.into(),
                     seq: None,
                     body,
-                };
-                if let Err(error) = self.broker.publish_claim(message).await {
-                    debug!(%error, claims = batch.len(), "claims could not be published; their attaches will find nothing");
-                }
+                }));
             }
         }
     }
@@ -299,13 +342,22 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     /// A worker reply of a request handed to another host goes there; the final one ends
     /// the forwarding.
     fn forward_reply(&self, correlation_id: Uuid, reply: IncomingReply) {
-        let Some(queue) = self
-            .forwarding
-            .get(&correlation_id)
-            .map(|f| f.queue.clone())
-        else {
-            debug!(%correlation_id, "reply for an unknown or finished request dropped");
-            return;
+        let queue = match self.forwarding.get_mut(&correlation_id) {
+            None => {
+                debug!(%correlation_id, "reply for an unknown or finished request dropped");
+                return;
+            }
+            Some(mut forwarding) => match &mut forwarding.held {
+                Some(held) if held.len() < MAX_EARLY_REPLIES => {
+                    held.push(reply);
+                    return;
+                }
+                Some(_) => {
+                    warn!(%correlation_id, "too many replies held for a request claimed back; dropped");
+                    return;
+                }
+                None => forwarding.queue.clone(),
+            },
         };
         let Some(kind) = reply.kind.filter(|k| ReplyKind::parse(k).is_some()) else {
             debug!(%correlation_id, "reply with an unknown `type` not forwarded");
@@ -432,6 +484,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             Forwarding {
                 queue: queue.clone(),
                 until,
+                owner: resume.owner.clone(),
+                client_id: client_id.clone(),
+                held: None,
             },
         );
         self.watch_deadline(correlation_id, until);
@@ -484,12 +539,11 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         self.send_handoff(queue, &handed);
     }
 
-    /// Sends the hand-off, the kept chunks after `after_seq`, and a kept outcome.
+    /// Sends the hand-off, with the kept chunks after `after_seq` and a kept outcome in it.
     fn send_handoff(&self, queue: &Arc<str>, handed: &Handed<'_>) {
         let (first_seq, chunks) = handed.replay.after(handed.after_seq);
-        let chunks: Vec<(u64, Vec<u8>)> = chunks
-            .map(|(seq, data)| (seq, data.get().as_bytes().to_vec()))
-            .collect();
+        let chunks: Vec<(u64, Box<RawValue>)> =
+            chunks.map(|(seq, data)| (seq, data.to_owned())).collect();
         // The next chunk B sends is the first replayed one, or else the worker's next.
         let next_seq = chunks
             .first()
@@ -508,6 +562,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             state: state_of(handed.outcome).to_owned(),
             traceparent: handed.trace.to_string(),
             started_at_ms: handed.started_at_ms,
+            chunks,
+            outcome: handed.outcome.and_then(wire_outcome),
         };
         let body = match serde_json::to_vec(&body) {
             Ok(body) => body,
@@ -516,52 +572,49 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 return;
             }
         };
-        let correlation_id = handed.correlation_id;
         self.send_to_host(
             queue,
             HostMessage {
-                correlation_id,
+                correlation_id: handed.correlation_id,
                 kind: names::HANDOFF_TYPE.into(),
                 seq: None,
                 body,
             },
         );
-        for (seq, body) in chunks {
-            self.send_to_host(
-                queue,
-                HostMessage {
-                    correlation_id,
-                    kind: ReplyKind::Chunk.as_str().into(),
-                    seq: i64::try_from(seq).ok(),
-                    body,
-                },
-            );
-        }
-        if let Some(outcome) = handed.outcome {
-            if let Some(message) = outcome_message(correlation_id, outcome) {
-                self.send_to_host(queue, message);
-            }
-        }
     }
 
     /// Queues a message for another host behind the ones before it.
     fn send_to_host(&self, queue: &Arc<str>, message: HostMessage) {
+        self.to_hosts(Outgoing::ToHost(queue.clone(), message));
+    }
+
+    /// Queues a message for other hosts; one task sends them all, in order.
+    fn to_hosts(&self, outgoing: Outgoing) {
         let outbox = self.outbox.get_or_init(|| {
-            let (sender, mut messages) = mpsc::unbounded_channel::<(Arc<str>, HostMessage)>();
+            let (sender, mut messages) = mpsc::unbounded_channel::<Outgoing>();
             let broker = self.broker.clone();
             // Ends when the gateway (the sender) is dropped.
             tokio::spawn(async move {
-                while let Some((queue, message)) = messages.recv().await {
-                    let correlation_id = message.correlation_id;
-                    if let Err(error) = broker.send_to_host(queue.clone(), message).await {
-                        debug!(%correlation_id, %queue, %error, "a message for another host was not sent");
+                while let Some(outgoing) = messages.recv().await {
+                    let (sent, correlation_id) = match outgoing {
+                        Outgoing::ToHost(queue, message) => {
+                            let correlation_id = message.correlation_id;
+                            (broker.send_to_host(queue, message).await, correlation_id)
+                        }
+                        Outgoing::Claim(message) => {
+                            let correlation_id = message.correlation_id;
+                            (broker.publish_claim(message).await, correlation_id)
+                        }
+                    };
+                    if let Err(error) = sent {
+                        debug!(%correlation_id, %error, "a message for other hosts was not sent");
                     }
                 }
             });
             sender
         });
-        if outbox.send((queue.clone(), message)).is_err() {
-            debug!(%queue, "the sender of messages to other hosts is gone");
+        if outbox.send(outgoing).is_err() {
+            debug!("the sender of messages to other hosts is gone");
         }
     }
 
@@ -629,10 +682,16 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 slot.insert(correlation_id);
             }
         }
-        // Back on a host that still forwards it (A → B → A): it is relayed here again.
-        if let Some((_, forwarding)) = self.forwarding.remove(&correlation_id) {
-            self.deadlines.remove(forwarding.until, correlation_id);
-        }
+        // Back on a host that forwarded it (A → B → A): relayed here again, after the replies
+        // held since it was claimed back.
+        let held = self
+            .forwarding
+            .remove(&correlation_id)
+            .and_then(|(_, forwarding)| {
+                self.deadlines.remove(forwarding.until, correlation_id);
+                forwarding.held
+            })
+            .unwrap_or_default();
         let now = Instant::now();
         let deadline = now + Duration::from_millis(handoff.remaining_ms).min(MAX_REMAINING);
         // On the attaching connection; if it dropped while the claim was out, parked.
@@ -678,6 +737,22 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         if attached.is_some() && self.sink.ack_json(ack, &body).is_err() {
             // Not reading: as on a lost ack, the connection goes; the request parks.
             self.sink.disconnect(conn);
+        }
+        // After the ack, as worker replies: the kept chunks, the outcome, what was held.
+        let replayed = handoff.chunks.into_iter().map(|(seq, data)| IncomingReply {
+            correlation_id: Some(correlation_id.to_string()),
+            kind: Some(ReplyKind::Chunk.as_str().to_owned()),
+            seq: i64::try_from(seq).ok(),
+            body: data.get().as_bytes().to_vec(),
+        });
+        let outcome = handoff.outcome.map(|outcome| IncomingReply {
+            correlation_id: Some(correlation_id.to_string()),
+            kind: Some(outcome.kind.as_str().to_owned()),
+            seq: None,
+            body: outcome.body.get().as_bytes().to_vec(),
+        });
+        for reply in replayed.chain(outcome).chain(held) {
+            self.on_reply(reply);
         }
     }
 
@@ -728,17 +803,15 @@ struct Handed<'a> {
     started_at_ms: u64,
 }
 
-/// A kept outcome as the worker reply it came from.
-fn outcome_message(correlation_id: Uuid, outcome: &OwnedResponse) -> Option<HostMessage> {
+/// A kept outcome as a hand-off carries it.
+fn wire_outcome(outcome: &OwnedResponse) -> Option<WireOutcome> {
     let body = match outcome.kind {
-        ReplyKind::Result => outcome.data.as_ref()?.get().as_bytes().to_vec(),
-        ReplyKind::Error => serde_json::to_vec(outcome.error.as_ref()?).ok()?,
+        ReplyKind::Result => outcome.data.as_ref()?.clone(),
+        ReplyKind::Error => serde_json::value::to_raw_value(outcome.error.as_ref()?).ok()?,
         ReplyKind::Chunk => return None,
     };
-    Some(HostMessage {
-        correlation_id,
-        kind: outcome.kind.as_str().into(),
-        seq: None,
+    Some(WireOutcome {
+        kind: outcome.kind,
         body,
     })
 }

@@ -455,17 +455,25 @@ async fn a_request_can_come_back_to_the_host_that_published_it() {
         serde_json::from_value(json!({"id": "s", "afterSeq": 1})).map_err(|e| e.to_string()),
         8,
     );
+    // A reply while the claim is out: held here, not sent to B, delivered after B's.
+    a.gateway.on_reply(chunk(id, 3, "3"));
     settle().await;
     assert_eq!(
         a.sink.acks(8),
         vec![json!({"ok": true, "state": "running", "firstSeq": 2})]
     );
     assert_eq!(a.gateway.forwarding(), 0);
-    a.gateway.on_reply(chunk(id, 3, "3"));
+    assert!(
+        !bus.sent()
+            .iter()
+            .any(|(queue, m)| queue.ends_with(".b") && m.seq == Some(3)),
+        "held, not forwarded"
+    );
+    a.gateway.on_reply(chunk(id, 4, "4"));
     a.gateway.on_reply(reply(id, "result", "true"));
     settle().await;
     let events = a.sink.events(2);
-    assert_eq!(chunk_seqs(&events), vec![2, 3]);
+    assert_eq!(chunk_seqs(&events), vec![2, 3, 4]);
     assert_eq!(events.last().unwrap()["type"], "result");
     a.assert_clean();
     // B never sees the final reply (it went to A directly): its forwarding ends by the

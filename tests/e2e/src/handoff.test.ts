@@ -79,6 +79,52 @@ e2e('hand-off: a stream cut at chunk 50 on host A and resumed 2 s later through 
   assert.ok(a.logs().some((l) => l.includes('request handed to the host its client reconnected to')), 'A handed it off');
 });
 
+e2e('hand-off: A → B → A while the worker streams without pause: 300 chunks in order, once each', async (ctx) => {
+  const { a, b, worker } = await cluster(ctx);
+  const cancels = await CancelListener.start(ctx);
+  const proxy = await TcpProxy.start(ctx, a.url);
+  const client = new ResumingClient(ctx, proxy.url);
+  await client.session();
+  const id = uniqueId('roundtrip');
+  assert.deepEqual(await client.request(countdown(id)), { ok: true });
+  const job = await worker.next();
+  const total = 300;
+  // The worker streams on its own, 2 ms apart, whatever the client does.
+  const streaming = (async () => {
+    for (let seq = 0; seq < total; seq++) {
+      await worker.chunk(job, { n: seq }, seq);
+      await sleep(2);
+    }
+    await worker.result(job, 'done');
+    worker.ack(job);
+  })();
+
+  let sessions = 1;
+  for (const [at, to] of [
+    [50, b.url],
+    [150, a.url],
+  ] as const) {
+    await waitUntil(() => client.seqs(id).length >= at || undefined, 20_000, `${at} chunks`);
+    proxy.cut();
+    proxy.retarget(to);
+    await sleep(300);
+    proxy.restore();
+    sessions += 1;
+    await client.session(sessions);
+    const seen = client.lastSeq(id);
+    const ack = await client.attach(id, seen);
+    assert.equal(ack.ok, true, JSON.stringify(ack));
+    assert.equal(ack.firstSeq, seen + 1, 'no gap');
+  }
+  await streaming;
+  await waitUntil(() => client.final(id), 20_000, 'the result');
+  assert.deepEqual(client.seqs(id), Array.from({ length: total }, (_, i) => i), 'every chunk once, in order');
+  assert.deepEqual(client.final(id), { id, type: 'result', data: 'done' });
+  assert.equal(cancels.find(job.correlationId!), undefined, 'the worker was not told to stop');
+  assert.ok(b.logs().some((l) => l.includes('request taken over from another host')), 'B took it over');
+  assert.ok(a.logs().some((l) => l.includes('request taken over from another host')), 'and A took it back');
+});
+
 e2e("hand-off: another owner's claim through host B is not answered; the owner's is", async (ctx) => {
   const { a, b, worker } = await cluster(ctx);
   const proxy = await TcpProxy.start(ctx, a.url);

@@ -167,7 +167,7 @@ e2e('hand-off: a request whose holder is gone is TASK_NOT_FOUND within the claim
   await worker.next();
   proxy.cut();
   proxy.retarget(b.url);
-  await a.stop(100);
+  await a.proc.stop(100);
   proxy.restore();
   await client.session(2);
   const started = Date.now();

@@ -55,7 +55,6 @@ pub struct MemoryBroker {
     hold_confirms: Mutex<bool>,
     release: Notify,
     confirm_timeouts: AtomicUsize,
-
     /// The bus and this host's reply queue on it.
     bus: Option<(Arc<MemoryBus>, String)>,
 }

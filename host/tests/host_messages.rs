@@ -1,4 +1,4 @@
-//! Messages between hosts (protocol §4.4) on the real RabbitMQ: a claim reaches every host's
+//! Messages between hosts (protocol §4.5) on the real RabbitMQ: a claim reaches every host's
 //! reply queue through the `taskgate.tasks` fanout, and messages sent to another host's reply
 //! queue arrive in order, read back exactly as sent.
 

@@ -84,12 +84,12 @@ pub mod amqp {
     /// Fanout exchange on which the host announces cancellations (§2.4).
     pub const CANCEL_EXCHANGE: &str = "taskgate.cancel";
     /// Fanout exchange on which a host claims a session's request held by another host
-    /// (§4.4); every host binds its reply queue to it. Between hosts only: workers never
+    /// (§4.5); every host binds its reply queue to it. Between hosts only: workers never
     /// see it.
     pub const TASKS_EXCHANGE: &str = "taskgate.tasks";
-    /// AMQP `type` of a claim on [`TASKS_EXCHANGE`] (§4.4).
+    /// AMQP `type` of a claim on [`TASKS_EXCHANGE`] (§4.5).
     pub const CLAIM_TYPE: &str = "taskgate.claim";
-    /// AMQP `type` of a hand-off, sent to the claiming host's reply queue (§4.4). Worker
+    /// AMQP `type` of a hand-off, sent to the claiming host's reply queue (§4.5). Worker
     /// replies never use it (theirs are `chunk`, `result`, `error`).
     pub const HANDOFF_TYPE: &str = "taskgate.handoff";
 

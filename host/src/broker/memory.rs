@@ -4,7 +4,7 @@
 //!
 //! Several gateways can share one [`MemoryBus`], which carries what hosts send each other
 //! (claims to all, hand-offs and forwarded replies to one reply queue), as RabbitMQ does
-//! between hosts (protocol §4.4).
+//! between hosts (protocol §4.5).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

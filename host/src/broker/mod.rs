@@ -51,7 +51,7 @@ pub struct IncomingReply {
     pub body: Vec<u8>,
 }
 
-/// A message from one host to others (protocol §4.4): a claim (to every host), a hand-off,
+/// A message from one host to others (protocol §4.5): a claim (to every host), a hand-off,
 /// or a worker reply forwarded to the host that took its request over (to one host's reply
 /// queue). The receiver reads it as an [`IncomingReply`]: the same properties, the same path.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,7 +112,7 @@ pub trait Broker: Send + Sync + 'static {
     /// This host's reply queue while connected: where other hosts send hand-offs for it.
     fn own_queue(&self) -> Option<String>;
 
-    /// Sends a claim to every host (the `taskgate.tasks` fanout, §4.4). Best effort.
+    /// Sends a claim to every host (the `taskgate.tasks` fanout, §4.5). Best effort.
     fn publish_claim(
         &self,
         message: HostMessage,
@@ -121,7 +121,7 @@ pub trait Broker: Send + Sync + 'static {
     /// Sends a message to another host's reply queue. Resolves once the message is handed
     /// to the broker, in order with this host's earlier sends: a hand-off and the replies
     /// that follow it must arrive in the order they were sent, so the broker's confirm is
-    /// not waited for here (a message that finds no queue is logged, §4.4).
+    /// not waited for here (a message that finds no queue is logged, §4.5).
     fn send_to_host(
         &self,
         queue: Arc<str>,

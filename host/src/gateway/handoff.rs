@@ -1,4 +1,4 @@
-//! A blip that comes back through another host (protocol §4.4): the request is *handed
+//! A blip that comes back through another host (protocol §4.5): the request is *handed
 //! off* from the host that holds it to the one the client reconnected to.
 //!
 //! - The new host gets an `attach` for a request of the owner it does not hold: it sends a
@@ -156,7 +156,7 @@ impl From<WireOwner> for Owner {
     }
 }
 
-/// The body of a claim (protocol §4.4): requests of one owner, for one host.
+/// The body of a claim (protocol §4.5): requests of one owner, for one host.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ClaimBody {
@@ -174,7 +174,7 @@ struct ClaimedRequest {
     after_seq: i64,
 }
 
-/// The body of a hand-off (protocol §4.4); its correlation id is the request's.
+/// The body of a hand-off (protocol §4.5); its correlation id is the request's.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct HandoffBody {

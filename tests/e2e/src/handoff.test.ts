@@ -1,5 +1,5 @@
 /**
- * A blip that reconnects to another host (docs/protocol.md §4.4): two hosts share the `[resume]`
+ * A blip that reconnects to another host (docs/protocol.md §4.5): two hosts share the `[resume]`
  * cluster secret and one RabbitMQ; a client's connection to host A is cut through a TCP proxy that
  * then sends new connections to host B (a load balancer without sticky sessions). B claims the
  * request on `taskgate.tasks`, A hands it off — the chunks the client missed, then every later

@@ -62,7 +62,7 @@ pub(super) fn cancel_properties(correlation_id: Uuid) -> BasicProperties {
         .finish()
 }
 
-/// The AMQP properties of a message between hosts (§4.4): as a worker reply's — correlation
+/// The AMQP properties of a message between hosts (§4.5): as a worker reply's — correlation
 /// id, `type`, `x-seq` — so that a forwarded reply reads as the worker's own.
 pub(super) fn host_message_properties(message: &HostMessage) -> BasicProperties {
     let mut properties = BasicProperties::default();

@@ -1,7 +1,7 @@
 //! What the host declares on the broker (protocol §2.1): the request queues of enabled
 //! request types ([`QueueDecl`], with their arguments as an AMQP field table), the
 //! `taskgate.cancel` fanout exchange, the `taskgate.tasks` fanout exchange between hosts
-//! (§4.4), and a session's exclusive reply queue (bound to it) and its consumer.
+//! (§4.5), and a session's exclusive reply queue (bound to it) and its consumer.
 
 use amqprs::channel::{
     BasicConsumeArguments, BasicQosArguments, ExchangeDeclareArguments, ExchangeType,
@@ -116,7 +116,7 @@ pub(super) fn cancel_exchange_declaration() -> ExchangeDeclareArguments {
         .finish()
 }
 
-/// The fanout exchange on which hosts claim requests from each other (protocol §4.4).
+/// The fanout exchange on which hosts claim requests from each other (protocol §4.5).
 pub(super) fn tasks_exchange_declaration() -> ExchangeDeclareArguments {
     ExchangeDeclareArguments::of_type(names::TASKS_EXCHANGE, ExchangeType::Fanout)
         .durable(true)

@@ -186,7 +186,7 @@ impl Host {
         reloader.set_message_limit(settings.max_message_bytes);
         let host_id = Uuid::new_v4();
         // Hosts hand requests to each other only when they share the cluster secret: a
-        // host whose tokens are its own has nobody to hand them to (§4.4).
+        // host whose tokens are its own has nobody to hand them to (§4.5).
         let (sessions, cluster) = resume_sessions(&settings)?;
         let broker = AmqpBroker::with_dead_letters(
             settings.amqp_url.clone(),

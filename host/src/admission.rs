@@ -3,6 +3,8 @@
 //! socketioxide in `socketio`) admit through the same [`Admission`], so the connection
 //! limit counts them together and a refusal reads the same on both.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde_json::Value;
 use tracing::info;
 
@@ -20,6 +22,9 @@ pub struct Admission {
     pub limits: Limits,
     /// Sessions (protocol §4); `None` when `[resume]` is off.
     pub sessions: Option<Sessions>,
+    /// An operator drains the host (the console): new connections are refused, the
+    /// connected ones and their requests go on.
+    pub draining: AtomicBool,
 }
 
 impl Admission {
@@ -31,6 +36,7 @@ impl Admission {
             connections: ConnectionCounter::new(limits.max_connections),
             limits,
             sessions: None,
+            draining: AtomicBool::new(false),
         }
     }
 }
@@ -45,6 +51,12 @@ impl Admission {
         auth: Option<&Value>,
         conn: &dyn std::fmt::Display,
     ) -> Result<Session, HandshakeRefused> {
+        if self.draining.load(Ordering::Relaxed) {
+            info!(sid = %conn, "connection refused: the host is draining");
+            metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "draining")
+                .increment(1);
+            return Err(HandshakeRefused::Draining);
+        }
         // The cheap check first: a full host verifies no signatures.
         let Some(slot) = self.connections.try_acquire() else {
             info!(sid = %conn, max = self.limits.max_connections, "connection refused: the host is full");
@@ -84,10 +96,14 @@ pub enum HandshakeRefused {
     Unauthorized,
     #[error("too many connections")]
     Full,
+    /// An operator drains the host: the client should connect to another.
+    #[error("the host is draining")]
+    Draining,
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -97,5 +113,16 @@ mod tests {
             crate::auth::UNAUTHORIZED
         );
         assert_eq!(HandshakeRefused::Full.to_string(), "too many connections");
+    }
+
+    #[test]
+    fn a_draining_host_refuses_new_connections_until_undrained() {
+        let admission = Admission::open();
+        assert!(admission.admit(None, &"c1").is_ok());
+        admission.draining.store(true, Ordering::Relaxed);
+        let refused = admission.admit(None, &"c2").err().unwrap();
+        assert_eq!(refused.to_string(), "the host is draining");
+        admission.draining.store(false, Ordering::Relaxed);
+        assert!(admission.admit(None, &"c3").is_ok());
     }
 }

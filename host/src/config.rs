@@ -91,6 +91,45 @@ pub struct FileConfig {
     /// Requests that outlive their connection (see `resume`).
     #[serde(default)]
     pub resume: ResumeSection,
+    /// The operator console (see `console`); off unless enabled.
+    #[serde(default)]
+    pub console: ConsoleSection,
+}
+
+/// `[console]`: the operator console at `/console` and its API under `/console/api/`.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSection {
+    /// Off unless `true`.
+    pub enabled: Option<bool>,
+    /// The role an identity needs to use the console (default `admin`).
+    pub role: Option<String>,
+}
+
+/// The default of `[console] role`.
+pub const DEFAULT_CONSOLE_ROLE: &str = "admin";
+
+/// `[console]` resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSettings {
+    pub enabled: bool,
+    pub role: String,
+}
+
+impl ConsoleSection {
+    fn resolve(self) -> Result<ConsoleSettings, ConfigError> {
+        let role = self.role.unwrap_or_else(|| DEFAULT_CONSOLE_ROLE.to_owned());
+        if role.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "[console] role is empty: name the role an identity needs (default \"admin\")"
+                    .to_owned(),
+            ));
+        }
+        Ok(ConsoleSettings {
+            enabled: self.enabled.unwrap_or(false),
+            role,
+        })
+    }
 }
 
 impl ResumeSection {
@@ -429,6 +468,8 @@ pub struct Settings {
     pub resume: ResumeSettings,
     /// `[resume]` as written, with `secret_file` resolved against the file's directory.
     pub resume_section: ResumeSection,
+    /// `[console]`: whether the operator console is served, and to which role.
+    pub console: ConsoleSettings,
     /// The plugin tables of plugins.toml.
     pub plugins: BTreeMap<String, PluginSection>,
     /// Where the configuration came from, for log lines; `None` when defaults only.
@@ -531,6 +572,7 @@ impl Settings {
             )));
         }
         let (resume, resume_section) = file.resume.resolve(&base)?;
+        let console = file.console.resolve()?;
         Ok(Settings {
             listen,
             amqp_url,
@@ -561,6 +603,7 @@ impl Settings {
             dead_letter_queue,
             resume,
             resume_section,
+            console,
             plugins: file.plugins,
             config_path: config_path.map(Path::to_path_buf),
             overrides: given,
@@ -650,6 +693,26 @@ mod tests {
         assert_eq!(s.plugins_dir, PathBuf::from(DEFAULT_PLUGINS_DIR));
         assert_eq!(s.socket_buffer, DEFAULT_SOCKET_BUFFER);
         assert!(s.plugins.is_empty());
+    }
+
+    #[test]
+    fn the_console_is_off_by_default_for_the_admin_role_and_an_empty_role_is_refused() {
+        let resolve = |text: &str| Settings::resolve(parse(text)?, None, Overrides::default());
+        let s = resolve("").unwrap();
+        assert_eq!(
+            s.console,
+            ConsoleSettings {
+                enabled: false,
+                role: "admin".into()
+            }
+        );
+        let s = resolve("[console]\nenabled = true\nrole = \"ops\"\n").unwrap();
+        assert!(s.console.enabled);
+        assert_eq!(s.console.role, "ops");
+        let empty = resolve("[console]\nenabled = true\nrole = \" \"\n").unwrap_err();
+        assert!(empty.to_string().contains("[console] role"), "{empty}");
+        let unknown = parse("[console]\nport = 1\n").unwrap_err();
+        assert!(unknown.to_string().contains("port"), "{unknown}");
     }
 
     #[test]

@@ -14,9 +14,11 @@
 //!   serving and closes, and [`serve`] returns once all have.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper::service::{service_fn, Service as _};
@@ -58,9 +60,9 @@ pub async fn serve(
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_failed(e).await;
                     continue;
@@ -79,6 +81,7 @@ pub async fn serve(
         }
         tokio::spawn(serve_connection(
             tcp,
+            peer,
             app.clone(),
             slot,
             pending.timeout,
@@ -94,6 +97,7 @@ pub async fn serve(
 
 async fn serve_connection(
     tcp: TcpStream,
+    peer: SocketAddr,
     app: Router,
     slot: ConnectionSlot,
     timeout: Duration,
@@ -104,8 +108,10 @@ async fn serve_connection(
     // connection is no longer pending.
     let slot = Mutex::new(Some(slot));
     let app = TowerToHyperService::new(app);
-    let service = service_fn(move |request| {
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Who is on the other end, for rules that depend on it (the console's loopback rule).
+        request.extensions_mut().insert(ConnectInfo(peer));
         app.call(request)
     });
     let mut builder = http1::Builder::new();

@@ -43,6 +43,7 @@ pub mod broker;
 pub mod cli;
 pub mod clients;
 pub mod config;
+pub mod console;
 pub mod dead_letters;
 pub mod deadlines;
 pub mod error;

@@ -79,9 +79,9 @@ metrics_table! {
     DEAD_LETTERS: Counter "taskgate_dead_letters_total" {request_type}
         "Requests delivered to workers too often without an answer: dead-lettered, and their clients given a final error";
     /// Recorded by `host_names` (`host`), `origins` (`origin`) and at the handshake (`full`,
-    /// or [`crate::auth::Refusal::label`]).
+    /// `draining`, or [`crate::auth::Refusal::label`]).
     CONNECTIONS_REFUSED: Counter "taskgate_connections_refused_total" {reason}
-        "Connections refused, by reason (host, origin, pending, full, or why the token was refused)";
+        "Connections refused, by reason (host, origin, pending, full, draining, or why the token was refused)";
     /// Recorded by `sink::record_slow_client_drop`, for both transports.
     SLOW_CLIENTS_DROPPED: Counter "taskgate_slow_clients_dropped_total" {}
         "Clients disconnected because they did not keep up with their responses";

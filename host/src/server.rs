@@ -4,7 +4,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock, Weak};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -27,6 +28,7 @@ use crate::broker::amqp_url::redact_url;
 use crate::broker::Broker;
 use crate::clients::HostSink;
 use crate::config::{AuthMode, Settings};
+use crate::console::{Console, HostControl, HostStatus, RequestTypeInfo};
 use crate::dead_letters::DeadLetterNames;
 use crate::gateway::{Gateway, GatewayOptions};
 use crate::host_names::{self, AllowedHosts};
@@ -79,6 +81,7 @@ type HostGateway = Gateway<AmqpBroker, HostSink>;
 struct AppState {
     broker: AmqpBroker,
     gateway: Arc<HostGateway>,
+    admission: Arc<Admission>,
     metrics: PrometheusHandle,
     host_id: Uuid,
 }
@@ -122,6 +125,13 @@ struct Host {
     queues: Vec<QueueDecl>,
     /// The task store the hosts of a cluster share (`[resume] store`), if any.
     store: Option<Arc<dyn TaskStore>>,
+    admission: Arc<Admission>,
+    /// Fires a rescan of the plugins (file changes, the console).
+    rescan: Arc<tokio::sync::Notify>,
+    /// The operator console, when `[console] enabled`, and the task that samples its numbers.
+    console: Option<(Arc<Console>, JoinHandle<()>)>,
+    /// The address the host listens on, known once it serves.
+    listening: Arc<OnceLock<SocketAddr>>,
 }
 
 /// The shared task store `[resume] store` names, connected; `None` for the embedded one
@@ -237,13 +247,40 @@ impl Host {
             connections: ConnectionCounter::new(settings.limits.max_connections),
             limits: settings.limits.clone(),
             sessions,
+            draining: Default::default(),
         });
         socketio::attach(&sink.socketio, gateway.clone(), admission.clone());
         let endpoint = Arc::new(Endpoint {
             gateway: gateway.clone(),
             hub: sink.websocket.clone(),
-            admission,
+            admission: admission.clone(),
             settings: WsSettings::from(&settings),
+        });
+        let rescan = Arc::new(tokio::sync::Notify::new());
+        let listening = Arc::new(OnceLock::new());
+        let console = settings.console.enabled.then(|| {
+            if admission.authenticator.mode() == AuthMode::None {
+                warn!("the operator console is on without authentication ([auth] mode = \"none\"): it answers loopback connections only");
+            } else {
+                info!(role = %settings.console.role, "the operator console is on at /console for identities with the role");
+            }
+            let control = Arc::new(ConsoleHost {
+                host_id,
+                started: std::time::Instant::now(),
+                listening: listening.clone(),
+                broker: broker.clone(),
+                gateway: gateway.clone(),
+                admission: admission.clone(),
+                rescan: rescan.clone(),
+            });
+            let console = Arc::new(Console::new(
+                control,
+                admission.clone(),
+                settings.console.role.clone(),
+            ));
+            let handle = metrics.clone();
+            let sampler = console.spawn_sampler(move || metrics::render(&handle));
+            (console, sampler)
         });
         Ok(Host {
             settings,
@@ -261,6 +298,10 @@ impl Host {
             reloader,
             queues: initial.queues,
             store,
+            admission,
+            rescan,
+            console,
+            listening,
         })
     }
 
@@ -280,9 +321,13 @@ impl Host {
             .with_state(AppState {
                 broker: self.broker.clone(),
                 gateway: self.gateway.clone(),
+                admission: self.admission.clone(),
                 metrics: self.metrics.clone(),
                 host_id: self.host_id,
             });
+        if let Some((console, _)) = &self.console {
+            app = app.merge(console.clone().router());
+        }
         if let Some(dir) = &self.settings.static_dir {
             info!(dir = %dir.display(), "serving static files at /");
             app = app.fallback_service(ServeDir::new(dir));
@@ -328,6 +373,7 @@ impl Host {
                 gateway: self.gateway.clone(),
             },
             self.queues,
+            self.rescan.clone(),
             stop.clone(),
         );
         let broker_task = {
@@ -366,6 +412,8 @@ impl Host {
             });
 
         let addr = listener.local_addr().map_err(ServeError::Serve)?;
+        // Set once, here: the only writer.
+        let _ = self.listening.set(addr);
         info!(
             %addr,
             host_id = %self.host_id,
@@ -399,6 +447,9 @@ impl Host {
             warn!(error = %e, "hot reload task ended abnormally");
         }
         self.upkeep.abort();
+        if let Some((_, sampler)) = &self.console {
+            sampler.abort();
+        }
         info!("stopped");
         Ok(())
     }
@@ -525,7 +576,9 @@ async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     let broker = state.broker.status();
     let admitting = state.gateway.is_admitting();
-    let ready = broker.connected && broker.consuming && admitting;
+    // A drained host is taken out of a load balancer's rotation like one shutting down.
+    let draining = state.admission.draining.load(Ordering::Relaxed);
+    let ready = broker.connected && broker.consuming && admitting && !draining;
     let routes = state.gateway.routes();
     let body = json!({
         "ready": ready,
@@ -535,6 +588,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::
         "requestTypes": routes.len(),
         "inFlight": state.gateway.in_flight(),
         "shuttingDown": !admitting,
+        "draining": draining,
         "hostId": state.host_id,
         // The plugin versions serving now (hot reload changes them): name, version,
         // hash (of the library file), file, requestTypes.
@@ -546,6 +600,58 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body))
+}
+
+/// What the console sees of and does to this host.
+struct ConsoleHost {
+    host_id: Uuid,
+    started: std::time::Instant,
+    listening: Arc<OnceLock<SocketAddr>>,
+    broker: AmqpBroker,
+    gateway: Arc<HostGateway>,
+    admission: Arc<Admission>,
+    rescan: Arc<tokio::sync::Notify>,
+}
+
+impl HostControl for ConsoleHost {
+    fn status(&self) -> HostStatus {
+        let routes = self.gateway.routes();
+        let mut request_types: Vec<RequestTypeInfo> = routes
+            .iter()
+            .map(|spec| RequestTypeInfo {
+                name: spec.name.clone(),
+                plugin: spec.plugin.clone(),
+                queue: spec.queue.clone(),
+                streams: spec.streams,
+            })
+            .collect();
+        request_types.sort_by(|a, b| a.name.cmp(&b.name));
+        HostStatus {
+            id: self.host_id.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            listen: self
+                .listening
+                .get()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            sockets: self.gateway.connections(),
+            in_flight: self.gateway.in_flight(),
+            broker_connected: self.broker.status().connected,
+            draining: self.admission.draining.load(Ordering::Relaxed),
+            shutting_down: !self.gateway.is_admitting(),
+            plugins: routes.plugins().to_vec(),
+            request_types,
+        }
+    }
+
+    fn set_draining(&self, draining: bool) {
+        self.admission.draining.store(draining, Ordering::Relaxed);
+    }
+
+    fn rescan(&self) {
+        self.rescan.notify_one();
+    }
 }
 
 /// Hot reload acts on the broker (queues of new types) and the gateway (the table).
@@ -571,9 +677,9 @@ fn start_hot_reload(
     reloader: Reloader<PrivateCopyLoader>,
     target: HotReloadTarget,
     queues: Vec<QueueDecl>,
+    trigger: Arc<tokio::sync::Notify>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let trigger = Arc::new(tokio::sync::Notify::new());
     let watch = match watcher::watch(
         &settings.plugins_dir,
         settings.config_path.as_deref(),

@@ -1,0 +1,276 @@
+//! The operator console's API (issue 15): `/console/api/…`, served by the host when
+//! `[console] enabled = true`.
+//!
+//! - `GET /console/api/overview`: this host (id, version, address, uptime, sockets, requests
+//!   in flight, broker, draining, plugins) and its request types (requests/s, p50/p99,
+//!   errors by code, 15 minutes of 5-second points) as JSON.
+//! - `GET /console/api/events`: the same, pushed about once a second as server-sent events
+//!   (`event: overview`). Read with `fetch` (an `EventSource` cannot send the token).
+//! - `POST /console/api/drain`, `/undrain`, `/rescan`: actions, each logged with who did it.
+//!
+//! Access (see [`access`]): the host's `[auth]` as a Bearer token with `[console] role`, or
+//! loopback only without authentication. CORS stays closed: the host's CORS policy does not
+//! allow the `Authorization` header, so no other origin's page can call the API with a token.
+//! Every response carries a strict Content-Security-Policy and is never cached.
+//!
+//! The numbers come from what the host records anyway: its metrics, read every 5 seconds
+//! ([`samples`]), and the gauges it keeps; an open console adds no work per request.
+
+pub mod access;
+pub mod samples;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use futures_util::Stream;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::admission::Admission;
+use crate::routes::ServedPlugin;
+use access::Operator;
+use samples::{History, TypeStats};
+
+/// The Content-Security-Policy of every console response: nothing but the host's own
+/// scripts, styles and API; no frames, no plugins, no inline script.
+pub const CONTENT_SECURITY_POLICY_VALUE: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// How often the push channel sends.
+pub const PUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// What the console needs of the host it runs in: a trait so that its tests run on a
+/// small in-memory host.
+pub trait HostControl: Send + Sync + 'static {
+    /// This host now.
+    fn status(&self) -> HostStatus;
+    /// Refuse (`true`) or admit again (`false`) new connections; requests go on.
+    fn set_draining(&self, draining: bool);
+    /// Rescan the plugins directory and plugins.toml, as SIGHUP does.
+    fn rescan(&self);
+}
+
+/// One host as the console shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostStatus {
+    pub id: String,
+    pub version: String,
+    pub listen: String,
+    pub uptime_seconds: u64,
+    pub sockets: usize,
+    pub in_flight: usize,
+    pub broker_connected: bool,
+    pub draining: bool,
+    pub shutting_down: bool,
+    pub plugins: Vec<ServedPlugin>,
+    pub request_types: Vec<RequestTypeInfo>,
+}
+
+/// A request type this host serves.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestTypeInfo {
+    pub name: String,
+    pub plugin: String,
+    pub queue: String,
+    pub streams: bool,
+}
+
+/// The body of `overview` and of each pushed event.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Overview {
+    pub host: HostStatus,
+    pub request_types: Vec<TypeStats>,
+    pub sample_every_ms: u64,
+}
+
+/// The console's state, shared by its handlers.
+pub struct Console {
+    control: Arc<dyn HostControl>,
+    admission: Arc<Admission>,
+    role: String,
+    history: Arc<Mutex<History>>,
+}
+
+impl Console {
+    pub fn new(control: Arc<dyn HostControl>, admission: Arc<Admission>, role: String) -> Self {
+        Console {
+            control,
+            admission,
+            role,
+            history: Arc::default(),
+        }
+    }
+
+    /// Adds a reading of the metrics (the sampler's; tests add their own).
+    pub fn record(&self, reading: samples::Reading) {
+        self.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(reading);
+    }
+
+    /// Reads `render()` (the metrics exposition) every [`samples::SAMPLE_EVERY`] until the
+    /// returned task is aborted.
+    pub fn spawn_sampler(
+        self: &Arc<Self>,
+        render: impl Fn() -> String + Send + 'static,
+    ) -> JoinHandle<()> {
+        let console = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(samples::SAMPLE_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(console) = console.upgrade() else {
+                    return;
+                };
+                console.record(samples::read(&render(), now_ms()));
+            }
+        })
+    }
+
+    fn overview(&self) -> Overview {
+        let request_types = self
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stats();
+        Overview {
+            host: self.control.status(),
+            request_types,
+            sample_every_ms: samples::SAMPLE_EVERY.as_millis() as u64,
+        }
+    }
+
+    /// `/console/api/…`, guarded; merged into the host's router.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/console/api/overview", get(overview))
+            .route("/console/api/events", get(events))
+            .route("/console/api/drain", post(drain))
+            .route("/console/api/undrain", post(undrain))
+            .route("/console/api/rescan", post(rescan))
+            .route_layer(axum::middleware::from_fn_with_state(self.clone(), guard))
+            .layer(axum::middleware::map_response(secure_headers))
+            .with_state(self)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Lets in whom [`access::check`] admits, with the operator's name for the handlers.
+async fn guard(State(console): State<Arc<Console>>, mut request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let authorization = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    match access::check(
+        &console.admission.authenticator,
+        &console.role,
+        peer,
+        authorization,
+    ) {
+        Ok(operator) => {
+            request.extensions_mut().insert(operator);
+            next.run(request).await
+        }
+        Err(refused) => {
+            info!(peer = ?peer, reason = %refused, path = %request.uri().path(), "console request refused");
+            refused.into_response()
+        }
+    }
+}
+
+async fn secure_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY_VALUE),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        HeaderName::from_static("x-content-type-options"),
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        HeaderName::from_static("referrer-policy"),
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+async fn overview(State(console): State<Arc<Console>>) -> Json<Overview> {
+    Json(console.overview())
+}
+
+async fn events(
+    State(console): State<Arc<Console>>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let stream = futures_util::stream::unfold(
+        (console, tokio::time::interval(PUSH_EVERY)),
+        |(console, mut tick)| async move {
+            tick.tick().await;
+            let event = Event::default()
+                .event("overview")
+                .json_data(console.overview())
+                .unwrap_or_else(|_| Event::default().event("error").data("unserialisable"));
+            Some((Ok(event), (console, tick)))
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[derive(Serialize)]
+struct Done {
+    done: &'static str,
+}
+
+async fn drain(
+    State(console): State<Arc<Console>>,
+    Extension(operator): Extension<Operator>,
+) -> Json<Done> {
+    info!(operator = %operator.0, "console: draining this host (new connections are refused; requests finish)");
+    console.control.set_draining(true);
+    Json(Done { done: "drain" })
+}
+
+async fn undrain(
+    State(console): State<Arc<Console>>,
+    Extension(operator): Extension<Operator>,
+) -> Json<Done> {
+    info!(operator = %operator.0, "console: this host admits new connections again");
+    console.control.set_draining(false);
+    Json(Done { done: "undrain" })
+}
+
+async fn rescan(
+    State(console): State<Arc<Console>>,
+    Extension(operator): Extension<Operator>,
+) -> Json<Done> {
+    info!(operator = %operator.0, "console: rescanning the plugins directory and plugins.toml");
+    console.control.rescan();
+    Json(Done { done: "rescan" })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,222 @@
+//! The console's API on an in-memory host, called in-process.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::*;
+use crate::auth::Authenticator;
+use crate::config::{AuthMode, AuthSection};
+use crate::metrics::REQUESTS_TOTAL;
+
+#[derive(Default)]
+struct FakeHost {
+    draining: AtomicBool,
+    rescans: AtomicUsize,
+}
+
+impl HostControl for FakeHost {
+    fn status(&self) -> HostStatus {
+        HostStatus {
+            id: "host-1".into(),
+            version: "0.0.0".into(),
+            listen: "127.0.0.1:1".into(),
+            uptime_seconds: 3,
+            sockets: 2,
+            in_flight: 1,
+            broker_connected: true,
+            draining: self.draining.load(Ordering::Relaxed),
+            shutting_down: false,
+            plugins: Vec::new(),
+            request_types: vec![RequestTypeInfo {
+                name: "text.echo".into(),
+                plugin: "text".into(),
+                queue: "taskgate.text.echo".into(),
+                streams: false,
+            }],
+        }
+    }
+    fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+    fn rescan(&self) {
+        self.rescans.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn admission(authenticator: Authenticator) -> Arc<Admission> {
+    let mut admission = Admission::open();
+    admission.authenticator = authenticator;
+    Arc::new(admission)
+}
+
+fn static_tokens(dir: &std::path::Path) -> Authenticator {
+    let file = dir.join("tokens.toml");
+    std::fs::write(
+        &file,
+        "[[tokens]]\ntoken = \"admin-token-0123456789\"\nsubject = \"alice\"\nroles = [\"admin\"]\n\
+         [[tokens]]\ntoken = \"user-token-0123456789\"\nsubject = \"bob\"\nroles = [\"user\"]\n",
+    )
+    .unwrap();
+    let section = AuthSection {
+        mode: AuthMode::Static,
+        tokens_file: Some(file),
+        ..AuthSection::default()
+    };
+    Authenticator::from_config_with_env(&section, |_| None).unwrap()
+}
+
+async fn call(
+    app: &Router,
+    method: Method,
+    path: &str,
+    peer: &str,
+    token: Option<&str>,
+) -> (StatusCode, axum::http::HeaderMap, String) {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let mut request = request.body(Body::empty()).unwrap();
+    request
+        .extensions_mut()
+        .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+    let response = app.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn without_authentication_loopback_reads_the_overview_and_others_are_refused_clearly() {
+    let host = Arc::new(FakeHost::default());
+    let console = Arc::new(Console::new(
+        host.clone(),
+        admission(Authenticator::none()),
+        "admin".into(),
+    ));
+    let ok =
+        |n: u32| format!("{REQUESTS_TOTAL}{{request_type=\"text.echo\",outcome=\"ok\"}} {n}\n");
+    console.record(samples::read(&ok(5), 0));
+    console.record(samples::read(&ok(15), 5_000));
+    let app = console.router();
+
+    let (status, headers, body) = call(
+        &app,
+        Method::GET,
+        "/console/api/overview",
+        "127.0.0.1:4000",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let overview: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(overview["host"]["id"], "host-1");
+    assert_eq!(
+        overview["host"]["requestTypes"][0]["queue"],
+        "taskgate.text.echo"
+    );
+    assert_eq!(overview["requestTypes"][0]["name"], "text.echo");
+    assert_eq!(overview["requestTypes"][0]["requestsPerSecond"], 2.0);
+    assert_eq!(
+        headers["content-security-policy"],
+        CONTENT_SECURITY_POLICY_VALUE
+    );
+    assert_eq!(headers["cache-control"], "no-store");
+
+    let (status, headers, body) = call(
+        &app,
+        Method::GET,
+        "/console/api/overview",
+        "10.1.2.3:4000",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("loopback"), "{body}");
+    assert!(
+        headers.contains_key("content-security-policy"),
+        "refusals carry the policy too"
+    );
+}
+
+#[tokio::test]
+async fn with_authentication_only_the_role_gets_in_and_actions_reach_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Arc::new(FakeHost::default());
+    let app = Arc::new(Console::new(
+        host.clone(),
+        admission(static_tokens(dir.path())),
+        "admin".into(),
+    ))
+    .router();
+    let far = "203.0.113.9:4000";
+    let (status, headers, _) = call(&app, Method::GET, "/console/api/overview", far, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    let (status, _, body) = call(
+        &app,
+        Method::POST,
+        "/console/api/drain",
+        far,
+        Some("user-token-0123456789"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("`admin`"), "{body}");
+    assert!(!host.draining.load(Ordering::Relaxed));
+
+    let admin = Some("admin-token-0123456789");
+    let (status, _, _) = call(&app, Method::POST, "/console/api/drain", far, admin).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(host.draining.load(Ordering::Relaxed));
+    let (_, _, body) = call(&app, Method::GET, "/console/api/overview", far, admin).await;
+    assert!(body.contains(r#""draining":true"#), "{body}");
+    call(&app, Method::POST, "/console/api/undrain", far, admin).await;
+    assert!(!host.draining.load(Ordering::Relaxed));
+    call(&app, Method::POST, "/console/api/rescan", far, admin).await;
+    assert_eq!(host.rescans.load(Ordering::Relaxed), 1);
+    let (status, _, _) = call(&app, Method::GET, "/console/api/drain", far, admin).await;
+    assert_eq!(
+        status,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "actions are POST only"
+    );
+}
+
+#[tokio::test]
+async fn the_push_channel_sends_the_overview_as_server_sent_events() {
+    let console = Arc::new(Console::new(
+        Arc::new(FakeHost::default()),
+        admission(Authenticator::none()),
+        "admin".into(),
+    ));
+    let mut request = Request::builder()
+        .uri("/console/api/events")
+        .body(Body::empty())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(ConnectInfo("127.0.0.1:1".parse::<SocketAddr>().unwrap()));
+    let response = console.router().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body().into_data_stream();
+    let chunk = tokio::time::timeout(Duration::from_secs(3), body.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&chunk).into_owned();
+    assert!(text.starts_with("event: overview\ndata: {"), "{text}");
+    assert!(text.contains(r#""id":"host-1""#), "{text}");
+}

@@ -1,0 +1,93 @@
+//! The operator console's API on a real host (real RabbitMQ, real sockets): off by default,
+//! loopback-only without authentication, a strict Content-Security-Policy, and draining
+//! takes the host out of `/readyz`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use taskgate_host::config::{FileConfig, Overrides, Settings};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+async fn http(addr: SocketAddr, method: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+async fn start(toml: &str) -> (SocketAddr, CancellationToken, tempfile::TempDir) {
+    let plugins = tempfile::tempdir().unwrap();
+    let file = FileConfig::parse(toml, std::path::Path::new("plugins.toml")).unwrap();
+    let overrides = Overrides {
+        plugins_dir: Some(plugins.path().to_owned()),
+        ..Overrides::default()
+    };
+    let settings = Settings::resolve(file, None, overrides).unwrap();
+    let listener = taskgate_host::server::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(taskgate_host::server::run(
+        settings,
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    (addr, stop, plugins)
+}
+
+async fn until(addr: SocketAddr, path: &str, wanted: &str) -> String {
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = http(addr, "GET", path).await;
+        if seen.contains(wanted) {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{path} never said {wanted}: {seen}");
+}
+
+#[tokio::test]
+async fn the_console_is_off_unless_enabled() {
+    let (addr, stop, _plugins) = start("").await;
+    let response = http(addr, "GET", "/console/api/overview").await;
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn an_enabled_console_shows_this_host_to_loopback_and_drains_it() {
+    let (addr, stop, _plugins) = start("[console]\nenabled = true\n").await;
+    let overview = until(addr, "/console/api/overview", r#""brokerConnected":true"#).await;
+    assert!(overview.starts_with("HTTP/1.1 200"), "{overview}");
+    let lower = overview.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{overview}"
+    );
+    assert!(lower.contains("cache-control: no-store"), "{overview}");
+    assert!(
+        overview.contains(&format!(r#""listen":"{addr}""#)),
+        "{overview}"
+    );
+    assert!(overview.contains(r#""draining":false"#), "{overview}");
+
+    until(addr, "/readyz", "HTTP/1.1 200").await;
+    let drained = http(addr, "POST", "/console/api/drain").await;
+    assert!(drained.starts_with("HTTP/1.1 200"), "{drained}");
+    let ready = http(addr, "GET", "/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(ready.contains(r#""draining":true"#), "{ready}");
+    http(addr, "POST", "/console/api/undrain").await;
+    until(addr, "/readyz", "HTTP/1.1 200").await;
+    stop.cancel();
+}

@@ -262,7 +262,7 @@ fn is_trivial_schema(schema: &Value) -> bool {
 
 /// A plugin version that serves request types of a table: what operators see in the log,
 /// `/readyz` and metrics, to know which build answers.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServedPlugin {
     pub name: String,

@@ -411,6 +411,14 @@ impl Host {
                 })
             });
 
+        let cluster_link = self.console.as_ref().map(|(console, _)| {
+            tokio::spawn(crate::broker::amqp::cluster::run(
+                self.settings.amqp_url.clone(),
+                self.host_id,
+                console.clone(),
+                stop.clone(),
+            ))
+        });
         let addr = listener.local_addr().map_err(ServeError::Serve)?;
         // Set once, here: the only writer.
         let _ = self.listening.set(addr);
@@ -449,6 +457,11 @@ impl Host {
         self.upkeep.abort();
         if let Some((_, sampler)) = &self.console {
             sampler.abort();
+        }
+        if let Some(link) = cluster_link {
+            if let Err(e) = link.await {
+                warn!(error = %e, "the console's cluster link ended abnormally");
+            }
         }
         info!("stopped");
         Ok(())

@@ -57,6 +57,36 @@ async fn until(addr: SocketAddr, path: &str, wanted: &str) -> String {
 }
 
 #[tokio::test]
+async fn hosts_with_the_console_on_see_each_other_through_the_broker() {
+    let (a, stop_a, _pa) = start("[console]\nenabled = true\n").await;
+    let (b, stop_b, _pb) = start("[console]\nenabled = true\n").await;
+    let id_of = |overview: &str| {
+        let body = &overview[overview.find("\r\n\r\n").unwrap() + 4..];
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        json["host"]["id"].as_str().unwrap().to_owned()
+    };
+    let id_a = id_of(&until(a, "/console/api/overview", r#""brokerConnected":true"#).await);
+    let id_b = id_of(&until(b, "/console/api/overview", r#""brokerConnected":true"#).await);
+    // Every host's console shows every host (beats every 2 s).
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = http(a, "GET", "/console/api/overview").await;
+        if seen.contains(&id_b)
+            && http(b, "GET", "/console/api/overview")
+                .await
+                .contains(&id_a)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.contains(&format!(r#""id":"{id_b}""#)), "{seen}");
+    assert!(seen.contains(r#""gone":false"#), "{seen}");
+    stop_a.cancel();
+    stop_b.cancel();
+}
+
+#[tokio::test]
 async fn the_console_is_off_unless_enabled() {
     let (addr, stop, _plugins) = start("").await;
     let response = http(addr, "GET", "/console/api/overview").await;

@@ -92,6 +92,9 @@ pub mod amqp {
     /// AMQP `type` of a hand-off, sent to the claiming host's reply queue (§4.5). Worker
     /// replies never use it (theirs are `chunk`, `result`, `error`).
     pub const HANDOFF_TYPE: &str = "taskgate.handoff";
+    /// Fanout exchange on which every host with the operator console on publishes its
+    /// heartbeat (§2.6); workers never see it.
+    pub const HOSTS_EXCHANGE: &str = "taskgate.hosts";
 
     name_list! {
         /// Every header of the protocol.

@@ -170,6 +170,7 @@ fn amqp_names_match_everywhere() {
         amqp::TASKS_EXCHANGE,
         amqp::CLAIM_TYPE,
         amqp::HANDOFF_TYPE,
+        amqp::HOSTS_EXCHANGE,
     ] {
         if !doc.contains(&format!("`{name}`")) {
             tidy.problem(DOC, format!("misses `{name}`"));

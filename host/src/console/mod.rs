@@ -17,6 +17,7 @@
 //! ([`samples`]), and the gauges it keeps; an open console adds no work per request.
 
 pub mod access;
+pub mod cluster;
 pub mod samples;
 
 use std::convert::Infallible;
@@ -33,11 +34,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use futures_util::Stream;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::admission::Admission;
+use crate::broker::amqp::cluster::ClusterObserver;
 use crate::routes::ServedPlugin;
 use access::Operator;
 use samples::{History, TypeStats};
@@ -61,7 +63,7 @@ pub trait HostControl: Send + Sync + 'static {
 }
 
 /// One host as the console shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HostStatus {
     pub id: String,
@@ -78,7 +80,7 @@ pub struct HostStatus {
 }
 
 /// A request type this host serves.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestTypeInfo {
     pub name: String,
@@ -92,6 +94,10 @@ pub struct RequestTypeInfo {
 #[serde(rename_all = "camelCase")]
 pub struct Overview {
     pub host: HostStatus,
+    /// Every host heard of on `taskgate.hosts` (this one included once its beat is back).
+    pub hosts: Vec<cluster::Peer>,
+    /// The request queues at the last look.
+    pub queues: Vec<cluster::QueueState>,
     pub request_types: Vec<TypeStats>,
     pub sample_every_ms: u64,
 }
@@ -102,6 +108,8 @@ pub struct Console {
     admission: Arc<Admission>,
     role: String,
     history: Arc<Mutex<History>>,
+    peers: Mutex<cluster::Peers>,
+    queues: Mutex<cluster::Queues>,
 }
 
 impl Console {
@@ -111,15 +119,14 @@ impl Console {
             admission,
             role,
             history: Arc::default(),
+            peers: Mutex::default(),
+            queues: Mutex::default(),
         }
     }
 
     /// Adds a reading of the metrics (the sampler's; tests add their own).
     pub fn record(&self, reading: samples::Reading) {
-        self.history
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(reading);
+        lock(&self.history).push(reading);
     }
 
     /// Reads `render()` (the metrics exposition) every [`samples::SAMPLE_EVERY`] until the
@@ -142,13 +149,11 @@ impl Console {
     }
 
     fn overview(&self) -> Overview {
-        let request_types = self
-            .history
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .stats();
+        let request_types = lock(&self.history).stats();
         Overview {
             host: self.control.status(),
+            hosts: lock(&self.peers).list(now_ms()),
+            queues: lock(&self.queues).list(),
             request_types,
             sample_every_ms: samples::SAMPLE_EVERY.as_millis() as u64,
         }
@@ -165,6 +170,41 @@ impl Console {
             .route_layer(axum::middleware::from_fn_with_state(self.clone(), guard))
             .layer(axum::middleware::map_response(secure_headers))
             .with_state(self)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The broker link publishes this host's beat and brings the others' and the queues'.
+impl ClusterObserver for Console {
+    fn beat(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.control.status()).unwrap_or_default()
+    }
+
+    fn on_beat(&self, body: &[u8]) {
+        if !lock(&self.peers).observe(body, now_ms()) {
+            debug!("console: a heartbeat that is not one was ignored");
+        }
+    }
+
+    fn queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = self
+            .control
+            .status()
+            .request_types
+            .into_iter()
+            .map(|t| t.queue)
+            .collect();
+        queues.sort();
+        queues.dedup();
+        lock(&self.queues).keep_only(&queues);
+        queues
+    }
+
+    fn on_queue(&self, queue: &str, look: cluster::Look) {
+        lock(&self.queues).observe(queue, look);
     }
 }
 

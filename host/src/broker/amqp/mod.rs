@@ -30,6 +30,7 @@
 //! session consumes, and the operators' commands on the dead-letter queue).
 
 mod callbacks;
+pub mod cluster;
 mod connect;
 pub mod dead_letters;
 mod message;

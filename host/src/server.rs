@@ -665,6 +665,10 @@ impl HostControl for ConsoleHost {
     fn rescan(&self) {
         self.rescan.notify_one();
     }
+
+    fn cancel(&self, correlation_id: Uuid, operator: &str) -> bool {
+        self.gateway.cancel_by_operator(correlation_id, operator)
+    }
 }
 
 /// Hot reload acts on the broker (queues of new types) and the gateway (the table).

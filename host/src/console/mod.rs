@@ -37,6 +37,7 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
+use uuid::Uuid;
 
 use crate::admission::Admission;
 use crate::broker::amqp::cluster::ClusterObserver;
@@ -60,6 +61,9 @@ pub trait HostControl: Send + Sync + 'static {
     fn set_draining(&self, draining: bool);
     /// Rescan the plugins directory and plugins.toml, as SIGHUP does.
     fn rescan(&self);
+    /// Cancel a request: ended `CANCELLED` if this host holds it, workers told either way.
+    /// Whether this host held it.
+    fn cancel(&self, correlation_id: Uuid, operator: &str) -> bool;
 }
 
 /// One host as the console shows it.
@@ -167,6 +171,7 @@ impl Console {
             .route("/console/api/drain", post(drain))
             .route("/console/api/undrain", post(undrain))
             .route("/console/api/rescan", post(rescan))
+            .route("/console/api/cancel", post(cancel))
             .route_layer(axum::middleware::from_fn_with_state(self.clone(), guard))
             .layer(axum::middleware::map_response(secure_headers))
             .with_state(self)
@@ -310,6 +315,48 @@ async fn rescan(
     info!(operator = %operator.0, "console: rescanning the plugins directory and plugins.toml");
     console.control.rescan();
     Json(Done { done: "rescan" })
+}
+
+/// The body of `POST /console/api/cancel`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CancelBody {
+    correlation_id: Uuid,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Cancelled {
+    correlation_id: Uuid,
+    /// This host held the request and ended it `CANCELLED`; workers are told either way.
+    held_here: bool,
+}
+
+async fn cancel(
+    State(console): State<Arc<Console>>,
+    Extension(operator): Extension<Operator>,
+    body: Result<Json<CancelBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(CancelBody { correlation_id }) = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let message = format!(
+                "the body must be {{\"correlationId\": \"<uuid>\"}} (Content-Type: application/json): {}",
+                rejection.body_text()
+            );
+            return (
+                rejection.status(),
+                Json(serde_json::json!({ "error": message })),
+            )
+                .into_response();
+        }
+    };
+    let held_here = console.control.cancel(correlation_id, &operator.0);
+    Json(Cancelled {
+        correlation_id,
+        held_here,
+    })
+    .into_response()
 }
 
 #[cfg(test)]

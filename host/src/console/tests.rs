@@ -18,6 +18,7 @@ use crate::metrics::REQUESTS_TOTAL;
 struct FakeHost {
     draining: AtomicBool,
     rescans: AtomicUsize,
+    cancelled: Mutex<Vec<(uuid::Uuid, String)>>,
 }
 
 impl HostControl for FakeHost {
@@ -46,6 +47,13 @@ impl HostControl for FakeHost {
     }
     fn rescan(&self) {
         self.rescans.fetch_add(1, Ordering::Relaxed);
+    }
+    fn cancel(&self, correlation_id: uuid::Uuid, operator: &str) -> bool {
+        self.cancelled
+            .lock()
+            .unwrap()
+            .push((correlation_id, operator.to_owned()));
+        true
     }
 }
 
@@ -78,11 +86,29 @@ async fn call(
     peer: &str,
     token: Option<&str>,
 ) -> (StatusCode, axum::http::HeaderMap, String) {
+    call_with(app, method, path, peer, token, None).await
+}
+
+async fn call_with(
+    app: &Router,
+    method: Method,
+    path: &str,
+    peer: &str,
+    token: Option<&str>,
+    json: Option<&str>,
+) -> (StatusCode, axum::http::HeaderMap, String) {
     let mut request = Request::builder().method(method).uri(path);
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
-    let mut request = request.body(Body::empty()).unwrap();
+    let body = match json {
+        Some(json) => {
+            request = request.header("content-type", "application/json");
+            Body::from(json.to_owned())
+        }
+        None => Body::empty(),
+    };
+    let mut request = request.body(body).unwrap();
     request
         .extensions_mut()
         .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
@@ -191,6 +217,47 @@ async fn with_authentication_only_the_role_gets_in_and_actions_reach_the_host() 
         StatusCode::METHOD_NOT_ALLOWED,
         "actions are POST only"
     );
+}
+
+#[tokio::test]
+async fn a_cancel_names_a_correlation_id_and_bad_bodies_get_a_clear_error() {
+    let host = Arc::new(FakeHost::default());
+    let app = Arc::new(Console::new(
+        host.clone(),
+        admission(Authenticator::none()),
+        "admin".into(),
+    ))
+    .router();
+    let id = uuid::Uuid::new_v4();
+    let (status, _, body) = call_with(
+        &app,
+        Method::POST,
+        "/console/api/cancel",
+        "127.0.0.1:1",
+        None,
+        Some(&format!(r#"{{"correlationId":"{id}"}}"#)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains(r#""heldHere":true"#), "{body}");
+    assert_eq!(
+        host.cancelled.lock().unwrap().as_slice(),
+        &[(id, "anonymous@127.0.0.1".to_owned())]
+    );
+    for bad in [r#"{"correlationId":"nope"}"#, "[]", "{"] {
+        let (status, _, body) = call_with(
+            &app,
+            Method::POST,
+            "/console/api/cancel",
+            "127.0.0.1:1",
+            None,
+            Some(bad),
+        )
+        .await;
+        assert!(status.is_client_error(), "{bad}: {status}");
+        assert!(body.contains("correlationId"), "{body}");
+    }
+    assert_eq!(host.cancelled.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]

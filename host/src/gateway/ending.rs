@@ -78,6 +78,24 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         );
     }
 
+    /// An operator cancels a request by its correlation id (the console): ended `CANCELLED`
+    /// here if this host holds it; workers are told to stop it either way. Returns whether
+    /// this host held it.
+    pub fn cancel_by_operator(&self, correlation_id: Uuid, operator: &str) -> bool {
+        let held = self.inflight.contains_key(&correlation_id);
+        if held {
+            self.end_early(
+                correlation_id,
+                &RequestError::Cancelled.to_body(),
+                |request| info!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, %operator, "request cancelled by an operator"),
+            );
+        } else {
+            info!(%correlation_id, %operator, "an operator cancels a request this host does not hold: workers are told");
+            self.spawn_cancel(correlation_id);
+        }
+        held
+    }
+
     /// Ends a request with `error` before its final reply, and tells workers to stop it. A
     /// request still being published gets its ack first, then the error (`activate`);
     /// `log` describes a request ended here and now.

@@ -25,6 +25,22 @@ async fn cancel_ends_the_request_and_notifies_workers() {
 }
 
 #[tokio::test]
+async fn an_operator_cancel_ends_a_held_request_and_tells_workers_of_any() {
+    let h = harness();
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let c = h.last_correlation_id();
+    assert!(h.gateway.cancel_by_operator(c, "alice"));
+    let events = h.sink.events(CONN);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["error"]["code"], json!("CANCELLED"));
+    h.assert_clean();
+    let elsewhere = Uuid::new_v4();
+    assert!(!h.gateway.cancel_by_operator(elsewhere, "alice"));
+    tokio::task::yield_now().await;
+    assert_eq!(h.broker.cancels(), vec![c, elsewhere]);
+}
+
+#[tokio::test]
 async fn cancel_of_an_unknown_or_malformed_id_is_ignored() {
     let h = harness();
     h.gateway.cancel(

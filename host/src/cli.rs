@@ -72,6 +72,20 @@ pub enum Command {
     /// Print the JSON Schemas (payload, result, chunk) of every enabled request type as one
     /// JSON document, for the client package's TypeScript codegen (`taskgate-codegen`).
     Schemas,
+    /// Show a running cluster from its operator console: hosts, request types, queues and
+    /// workers. Exits 1 when a request type's queue has no consumers, 2 when the host cannot
+    /// be read.
+    Status {
+        /// The host, e.g. http://127.0.0.1:8080 (its [console] must be enabled).
+        #[arg(long)]
+        url: String,
+        /// A token of the host's [auth] with the console's role.
+        #[arg(long, env = "TASKGATE_CONSOLE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Print the overview as JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// (Internal) Loads one plugin file and prints what it declares as one line of JSON: the
     /// host runs this in a child process before it loads a new file itself.
     #[command(name = "inspect-plugin", hide = true)]

@@ -66,6 +66,7 @@ pub mod session;
 pub mod shutdown;
 pub mod sink;
 pub mod socketio;
+pub mod status;
 pub mod tasks;
 pub mod trace;
 pub mod transport;

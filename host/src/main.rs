@@ -116,6 +116,32 @@ async fn dead_letters_command(
     })
 }
 
+/// `taskgate status`: 0 all request types have workers, 1 some have none, 2 unreadable.
+async fn status(url: &str, token: Option<&str>, json: bool) -> ExitCode {
+    let overview = match taskgate_host::status::fetch(url, token).await {
+        Ok(overview) => overview,
+        Err(e) => {
+            eprintln!("taskgate status: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        println!("{overview:#}");
+    } else {
+        print!("{}", taskgate_host::status::render(&overview));
+    }
+    let idle = taskgate_host::status::without_workers(&overview);
+    if idle.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "taskgate status: no workers consume the queue of {}",
+            idle.join(", ")
+        );
+        ExitCode::from(1)
+    }
+}
+
 /// The first signal starts the graceful shutdown; a second one stops at once.
 async fn shutdown_signal() {
     signal().await;
@@ -158,6 +184,10 @@ fn main() -> ExitCode {
 
 async fn async_main(cli: Cli) -> ExitCode {
     init_logging(cli.log_format);
+    if let Some(Command::Status { url, token, json }) = &cli.command {
+        // A client of a running host: it needs no plugins.toml.
+        return status(url, token.as_deref(), *json).await;
+    }
     let settings = match cli.settings() {
         // New plugin files are inspected by this same binary, in a child process.
         Ok(settings) => taskgate_host::config::Settings {
@@ -205,8 +235,8 @@ async fn async_main(cli: Cli) -> ExitCode {
                 }
             }
         }
-        // (`inspect-plugin` returned in `main` already.)
-        Command::Run | Command::InspectPlugin { .. } => {
+        // (`inspect-plugin` returned in `main`, `status` above, already.)
+        Command::Run | Command::InspectPlugin { .. } | Command::Status { .. } => {
             let listener = match server::bind(settings.listen).await {
                 Ok(listener) => listener,
                 Err(e) => {

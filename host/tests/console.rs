@@ -91,6 +91,41 @@ async fn the_console_is_off_unless_enabled() {
     let (addr, stop, _plugins) = start("").await;
     let response = http(addr, "GET", "/console/api/overview").await;
     assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    let status = taskgate_status(addr).await;
+    assert_eq!(status.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(stderr.contains("[console] enabled"), "{stderr}");
+    stop.cancel();
+}
+
+async fn taskgate_status(addr: SocketAddr) -> std::process::Output {
+    // The host runs on this test's runtime: the child is waited for off it.
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_taskgate"))
+            .args(["status", "--url", &format!("http://{addr}")])
+            .env_remove("TASKGATE_CONSOLE_TOKEN")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn taskgate_status_prints_the_tables_of_a_real_host() {
+    let (addr, stop, _plugins) = start("[console]\nenabled = true\n").await;
+    until(addr, "/console/api/overview", r#""brokerConnected":true"#).await;
+    let status = taskgate_status(addr).await;
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{stdout}");
+    for heading in ["HOST", "REQUEST TYPE", "QUEUE", "WORKERS"] {
+        assert!(stdout.contains(heading), "{stdout}");
+    }
+    assert!(stdout.contains(&addr.to_string()), "{stdout}");
+    let overview = taskgate_host::status::fetch(&format!("http://{addr}/"), None)
+        .await
+        .unwrap();
+    assert!(overview["host"]["id"].is_string());
     stop.cancel();
 }
 

@@ -84,6 +84,21 @@ pub fn check(
     Ok(Operator(identity.subject))
 }
 
+/// The page and its script and style hold no data (the API does): with authentication on
+/// anyone may load them (the page then asks for a token); without, loopback only, like the API.
+pub fn may_load_page(
+    authenticator: &Authenticator,
+    peer: Option<SocketAddr>,
+) -> Result<(), Refused> {
+    if authenticator.mode() != AuthMode::None {
+        return Ok(());
+    }
+    match peer {
+        Some(peer) if peer.ip().is_loopback() || is_mapped_loopback(peer) => Ok(()),
+        _ => Err(Refused::NotLoopback),
+    }
+}
+
 /// `::ffff:127.0.0.1`, as a dual-stack listener sees an IPv4 loopback peer.
 fn is_mapped_loopback(peer: SocketAddr) -> bool {
     match peer.ip() {

@@ -163,8 +163,29 @@ impl Console {
         }
     }
 
-    /// `/console/api/…`, guarded; merged into the host's router.
+    /// `/console` (the page) and `/console/api/…`, guarded; merged into the host's router.
     pub fn router(self: Arc<Self>) -> Router {
+        let page = Router::new()
+            .route(
+                "/console",
+                get(|| async { page_file("text/html; charset=utf-8", PAGE_HTML) }),
+            )
+            .route(
+                "/console/",
+                get(|| async { axum::response::Redirect::permanent("/console") }),
+            )
+            .route(
+                "/console/console.js",
+                get(|| async { page_file("text/javascript; charset=utf-8", PAGE_JS) }),
+            )
+            .route(
+                "/console/console.css",
+                get(|| async { page_file("text/css; charset=utf-8", PAGE_CSS) }),
+            )
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                page_guard,
+            ));
         Router::new()
             .route("/console/api/overview", get(overview))
             .route("/console/api/events", get(events))
@@ -173,6 +194,7 @@ impl Console {
             .route("/console/api/rescan", post(rescan))
             .route("/console/api/cancel", post(cancel))
             .route_layer(axum::middleware::from_fn_with_state(self.clone(), guard))
+            .merge(page)
             .layer(axum::middleware::map_response(secure_headers))
             .with_state(self)
     }
@@ -243,6 +265,27 @@ async fn guard(State(console): State<Arc<Console>>, mut request: Request, next: 
             info!(peer = ?peer, reason = %refused, path = %request.uri().path(), "console request refused");
             refused.into_response()
         }
+    }
+}
+
+/// The page, built into the binary: no framework and no build step (a few tables, small
+/// SVG charts and buttons do not need one), so it is always the version the host serves.
+const PAGE_HTML: &str = include_str!("page/index.html");
+const PAGE_JS: &str = include_str!("page/console.js");
+const PAGE_CSS: &str = include_str!("page/console.css");
+
+fn page_file(content_type: &'static str, body: &'static str) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn page_guard(State(console): State<Arc<Console>>, request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    match access::may_load_page(&console.admission.authenticator, peer) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused.into_response(),
     }
 }
 

@@ -261,6 +261,74 @@ async fn a_cancel_names_a_correlation_id_and_bad_bodies_get_a_clear_error() {
 }
 
 #[tokio::test]
+async fn the_page_is_served_with_the_policy_and_without_inline_script_or_markup_from_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_auth = Arc::new(Console::new(
+        Arc::new(FakeHost::default()),
+        admission(static_tokens(dir.path())),
+        "admin".into(),
+    ))
+    .router();
+    let (status, headers, html) =
+        call(&with_auth, Method::GET, "/console", "203.0.113.9:1", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert_eq!(
+        headers["content-security-policy"],
+        CONTENT_SECURITY_POLICY_VALUE
+    );
+    assert!(html.contains(r#"<script src="/console/console.js" defer></script>"#));
+    assert_eq!(html.matches("<script").count(), 1, "no inline script");
+    let (status, headers, js) = call(
+        &with_auth,
+        Method::GET,
+        "/console/console.js",
+        "203.0.113.9:1",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    // Strings from the host reach the page as text only.
+    for markup in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+    ] {
+        assert!(!js.contains(markup), "console.js uses {markup}");
+    }
+    let without_auth = Arc::new(Console::new(
+        Arc::new(FakeHost::default()),
+        admission(Authenticator::none()),
+        "admin".into(),
+    ))
+    .router();
+    let (status, _, _) = call(
+        &without_auth,
+        Method::GET,
+        "/console",
+        "203.0.113.9:1",
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "loopback only without authentication"
+    );
+    let (status, _, _) = call(&without_auth, Method::GET, "/console", "127.0.0.1:1", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn the_push_channel_sends_the_overview_as_server_sent_events() {
     let console = Arc::new(Console::new(
         Arc::new(FakeHost::default()),

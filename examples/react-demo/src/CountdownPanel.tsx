@@ -7,7 +7,9 @@ import { ErrorMessage } from './ErrorMessage';
 /** demo.countdown: a progress bar fed by streamed chunks, and a Cancel button. */
 export function CountdownPanel() {
   const { from, intervalMs, fields } = useCountdownFields(20, 250);
-  const countdown = useBackendRequest('demo.countdown', { keepChunks: false });
+  // Every chunk is kept (a few hundred small ones at most): `data-remaining` lists them, so the
+  // browser test can check that a network cut left no gap and no repeat.
+  const countdown = useBackendRequest('demo.countdown');
   // The run's own `from`: the inputs may change while it runs.
   const [runFrom, setRunFrom] = useState(from);
   const done = countdown.latestChunk ? runFrom - countdown.latestChunk.remaining : 0;
@@ -31,7 +33,12 @@ export function CountdownPanel() {
         </button>
       </div>
       <progress data-testid="countdown-progress" max={runFrom} value={done} />
-      <output data-testid="countdown-status" data-status={countdown.status} data-steps={done}>
+      <output
+        data-testid="countdown-status"
+        data-status={countdown.status}
+        data-steps={done}
+        data-remaining={countdown.chunks.map((chunk) => chunk.remaining).join(' ')}
+      >
         {countdown.isIdle && 'Not started.'}
         {countdown.isPending && `${done} of ${runFrom} steps`}
         {countdown.isSuccess && `Done: ${done} of ${runFrom} steps.`}

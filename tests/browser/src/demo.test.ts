@@ -6,27 +6,14 @@
  */
 
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
 
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 
-import { describeWorkers, REPO_ROOT, startStack, type Stack } from './stack.js';
-
-const ARTIFACTS = path.join(REPO_ROOT, 'tests/browser/artifacts');
-/** Generous: the machine is shared with Rust builds. */
-const STEP_MS = 20_000;
-
-function chromiumPath(): string {
-  if (process.env.CHROMIUM_PATH) return process.env.CHROMIUM_PATH;
-  try {
-    return execFileSync('which', ['chromium'], { encoding: 'utf8' }).trim();
-  } catch {
-    throw new Error("Debian's chromium is not installed: scripts/ensure-deps installs it (apt-get install chromium)");
-  }
-}
+import { ARTIFACTS, launchChromium, STEP_MS, waitFor } from './browser.js';
+import { describeWorkers, startStack, type Stack } from './stack.js';
 
 let stack: Stack;
 let browser: Browser;
@@ -58,11 +45,7 @@ async function step(t: TestContext, body: () => Promise<void>): Promise<void> {
 describe(`the React demo in chromium (workers: ${describeWorkers()})`, () => {
   before(async () => {
     stack = await startStack();
-    browser = await chromium.launch({
-      executablePath: chromiumPath(),
-      headless: true,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-dev-shm-usage'],
-    });
+    browser = await launchChromium();
     page = await browser.newPage({ viewport: { width: 900, height: 1000 } });
     page.setDefaultTimeout(STEP_MS);
     page.on('pageerror', (error) => pageErrors.push(`pageerror: ${error.message}`));
@@ -203,14 +186,6 @@ describe(`the React demo in chromium (workers: ${describeWorkers()})`, () => {
     });
   });
 });
-
-async function waitFor(check: () => Promise<boolean>, what: string): Promise<void> {
-  const deadline = Date.now() + STEP_MS;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-}
 
 async function screenshotWhen(t: TestContext, check: () => Promise<boolean>, testId: string, name: string): Promise<void> {
   await waitFor(check, `${name}`);

@@ -163,6 +163,10 @@ impl ResumeSection {
             )?,
         };
         let max_tasks = self.max_tasks.unwrap_or(crate::resume::DEFAULT_MAX_TASKS);
+        let max_kept_bytes = self
+            .max_kept_bytes
+            .unwrap_or(crate::resume::DEFAULT_MAX_KEPT_BYTES);
+        let max_kept_bytes = usize::try_from(max_kept_bytes).unwrap_or(usize::MAX);
         let store = match &self.store {
             None => crate::tasks::StoreChoice::Memory,
             Some(text) => crate::tasks::StoreChoice::parse(text, self.store_prefix.as_deref())
@@ -176,6 +180,7 @@ impl ResumeSection {
             ResumeSettings {
                 window,
                 request_bytes,
+                max_kept_bytes,
                 result_ttl,
                 max_tasks,
                 store,
@@ -193,6 +198,8 @@ pub struct ResumeSection {
     pub window: Option<String>,
     /// Chunks kept per request for a client that comes back.
     pub request_bytes: Option<u64>,
+    /// Chunks kept in all, every request's together (see `resume::KeptBytes`).
+    pub max_kept_bytes: Option<u64>,
     /// How long a finished detached task's outcome is kept, e.g. "1h".
     pub result_ttl: Option<String>,
     /// Detached tasks one owner may have, running or kept.
@@ -923,7 +930,7 @@ mod tests {
         assert_eq!(s.resume, ResumeSettings::default());
         assert!(s.resume.enabled());
         let file = parse(
-            "[resume]\nwindow = \"5s\"\nrequest_bytes = 1000\nsecret_file = \"resume.key\"\n",
+            "[resume]\nwindow = \"5s\"\nrequest_bytes = 1000\nmax_kept_bytes = 50000\nsecret_file = \"resume.key\"\n",
         )
         .unwrap();
         let s = Settings::resolve(
@@ -934,6 +941,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.resume.window, Duration::from_secs(5));
         assert_eq!(s.resume.request_bytes, 1000);
+        assert_eq!(s.resume.max_kept_bytes, 50_000);
         assert_eq!(
             s.resume_section.secret_file,
             Some(PathBuf::from("/etc/tg/resume.key"))

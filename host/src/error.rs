@@ -93,6 +93,9 @@ pub enum RateLimit {
     InFlight { max: usize },
     /// The owner already has `max` detached tasks, running or kept (protocol §4.3).
     Tasks { max: usize },
+    /// What the host keeps for replay in all (`[resume] max_kept_bytes`) leaves no room for
+    /// a new task's chunks.
+    KeptBytes { max: usize },
     /// Over the connection's request rate; the next request fits in `retry_after_ms`.
     Rate {
         per_second: u32,
@@ -109,6 +112,10 @@ impl std::fmt::Display for RateLimit {
             RateLimit::Tasks { max } => write!(
                 f,
                 "this session already has {max} detached tasks, running or kept: wait for one to end or expire"
+            ),
+            RateLimit::KeptBytes { max } => write!(
+                f,
+                "the host keeps all the chunks it can for replay ({max} bytes): no room for a new detached task now; retry later"
             ),
             RateLimit::Rate {
                 per_second,
@@ -206,6 +213,9 @@ impl RequestError {
             }
             RequestError::RateLimited(RateLimit::Tasks { max }) => {
                 body.with_details(json!({ "limit": "tasks", "max": max }))
+            }
+            RequestError::RateLimited(RateLimit::KeptBytes { max }) => {
+                body.with_details(json!({ "limit": "keptBytes", "max": max }))
             }
             RequestError::RateLimited(RateLimit::Rate {
                 per_second,

@@ -92,6 +92,15 @@ metrics_table! {
     /// Recorded by `server::keep_task_reply` (a shared task store only).
     TASK_REPLIES: Counter "taskgate_task_replies_total" {outcome}
         "Replies from the shared task-reply queue: stored, dropped (a duplicate, or for an ended or unknown task), or retry (the task store was unreachable)";
+    /// Set at each scrape by `Gateway::record_resume_gauges`.
+    RESUME_PARKED: Gauge "taskgate_resume_parked_requests" {}
+        "Requests of sessions waiting for their client to come back (detached tasks whose page is gone included)";
+    /// Set at each scrape by `Gateway::record_resume_gauges`.
+    RESUME_KEPT_OUTCOMES: Gauge "taskgate_resume_kept_outcomes" {}
+        "Outcomes kept for a client to attach: of requests that ended while parked, and of detached tasks (for [resume] result_ttl)";
+    /// Set at each scrape by `Gateway::record_resume_gauges`.
+    RESUME_KEPT_BYTES: Gauge "taskgate_resume_kept_bytes" {}
+        "Bytes of chunks kept for replay by all requests together, against [resume] max_kept_bytes";
     /// Recorded by `reload`, the initial load included.
     PLUGIN_LOADS: Counter "taskgate_plugin_loads_total" {outcome}
         "Plugin libraries loaded, reloaded or refused (failed), the initial load included";

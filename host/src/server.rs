@@ -574,6 +574,7 @@ fn log_security(
 }
 
 async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.gateway.record_resume_gauges();
     (
         [(
             header::CONTENT_TYPE,

@@ -53,7 +53,7 @@ use crate::broker::Broker;
 use crate::deadlines::Deadlines;
 use crate::limits::Limits;
 use crate::metrics::{GatewayMetrics, RequestMetrics};
-use crate::resume::{Owner, ResumeSettings};
+use crate::resume::{KeptBytes, Owner, ResumeSettings};
 use crate::routes::RoutingTable;
 use crate::session::Session;
 use crate::sink::{ClientDropped, ClientSink};
@@ -160,6 +160,8 @@ pub struct Gateway<B: Broker, S: ClientSink> {
     kept: DashMap<Uuid, Kept>,
     /// Detached tasks (running or kept) per owner, against `[resume] max_tasks`.
     tasks_per_owner: DashMap<Owner, usize>,
+    /// The chunks every request's replay keeps, against `[resume] max_kept_bytes`.
+    kept_bytes: Arc<KeptBytes>,
     /// The task store the hosts of a cluster share; `None`: detached tasks live in the
     /// maps above (`shared_tasks`).
     store: Option<Arc<dyn crate::tasks::TaskStore>>,
@@ -210,6 +212,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             owned: DashMap::new(),
             kept: DashMap::new(),
             tasks_per_owner: DashMap::new(),
+            kept_bytes: Arc::new(KeptBytes::new(usize::MAX)),
             store: None,
             relays: DashMap::new(),
             task_reply_queue: Arc::from(""),
@@ -223,6 +226,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     /// Turns sessions on (protocol §4): the requests of a connection that opted in are
     /// parked when it drops, for `settings.window`.
     pub fn with_resume(mut self, settings: ResumeSettings) -> Self {
+        self.kept_bytes = Arc::new(KeptBytes::new(settings.max_kept_bytes));
         self.resume = settings.enabled().then_some(settings);
         self
     }

@@ -158,12 +158,19 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                     max: settings.max_tasks,
                 }));
             }
+            // A task whose chunks could not be kept whole would show its client a gap: a
+            // clear refusal instead, until what is kept in all leaves room for one more.
+            if !self.kept_bytes.has_room_for(settings.request_bytes) {
+                return Err(RequestError::RateLimited(RateLimit::KeptBytes {
+                    max: self.kept_bytes.limit(),
+                }));
+            }
             *tasks += 1;
         }
         slot.insert(correlation_id);
         Ok(Some(Box::new(Resumable {
             owner: owner.clone(),
-            replay: Replay::new(settings.request_bytes),
+            replay: Replay::shared(settings.request_bytes, self.kept_bytes.clone()),
             parked_until: None,
             outcome: None,
             detached: detach,
@@ -614,5 +621,31 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     /// Outcomes kept for parked requests (tests and metrics).
     pub fn tasks_kept(&self) -> usize {
         self.kept.len()
+    }
+
+    /// The bytes of chunks kept for replay by every request of the host (`[resume]
+    /// max_kept_bytes`).
+    pub fn kept_bytes(&self) -> usize {
+        self.kept_bytes.used()
+    }
+
+    /// Requests parked for a client that has not come back (detached tasks included).
+    pub fn parked(&self) -> usize {
+        self.inflight
+            .iter()
+            .filter(|r| {
+                r.resume
+                    .as_deref()
+                    .is_some_and(|r| r.parked_until.is_some())
+            })
+            .count()
+    }
+
+    /// Sets the gauges of what sessions keep; called at each scrape (counting the parked
+    /// requests walks the requests in flight, bounded by the limits, once per scrape).
+    pub fn record_resume_gauges(&self) {
+        metrics::gauge!(crate::metrics::RESUME_PARKED).set(self.parked() as f64);
+        metrics::gauge!(crate::metrics::RESUME_KEPT_OUTCOMES).set(self.kept.len() as f64);
+        metrics::gauge!(crate::metrics::RESUME_KEPT_BYTES).set(self.kept_bytes() as f64);
     }
 }

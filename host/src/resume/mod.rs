@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use replay::Replay;
+pub use replay::{KeptBytes, Replay};
 pub use token::{SessionId, SessionKeys};
 
 /// How long a dropped connection's requests wait for their client unless `[resume] window`
@@ -25,6 +25,9 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 pub const MAX_WINDOW: Duration = Duration::from_secs(3600);
 /// Chunks kept per request for replay unless `[resume] request_bytes` says otherwise.
 pub const DEFAULT_REQUEST_BYTES: u64 = 1024 * 1024;
+/// Chunks kept by all the requests of the host together unless `[resume] max_kept_bytes` says
+/// otherwise.
+pub const DEFAULT_MAX_KEPT_BYTES: u64 = 256 * 1024 * 1024;
 /// How long a finished detached task's outcome stays retrievable unless `[resume]
 /// result_ttl` says otherwise.
 pub const DEFAULT_RESULT_TTL: Duration = Duration::from_secs(3600);
@@ -50,6 +53,8 @@ pub struct ResumeSettings {
     /// Zero: sessions are off, and `auth.session` is ignored (v1 behaviour).
     pub window: Duration,
     pub request_bytes: usize,
+    /// Chunks kept by every request together (`KeptBytes`).
+    pub max_kept_bytes: usize,
     /// How long a finished detached task's outcome is kept.
     pub result_ttl: Duration,
     /// Detached tasks one owner may have, running or kept.
@@ -63,6 +68,7 @@ impl Default for ResumeSettings {
         ResumeSettings {
             window: DEFAULT_WINDOW,
             request_bytes: DEFAULT_REQUEST_BYTES as usize,
+            max_kept_bytes: DEFAULT_MAX_KEPT_BYTES as usize,
             result_ttl: DEFAULT_RESULT_TTL,
             max_tasks: DEFAULT_MAX_TASKS,
             store: crate::tasks::StoreChoice::Memory,

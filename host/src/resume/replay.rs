@@ -1,9 +1,13 @@
 //! The chunks a request of a resumable connection has relayed, kept so that a client back from
 //! a blip gets the ones a cut connection may have swallowed (protocol §4.2). Bounded in bytes:
 //! the oldest go first, and the buffer remembers that they went, so a client asking for them
-//! learns of the gap (`first_seq`) instead of missing it silently.
+//! learns of the gap (`first_seq`) instead of missing it silently. Bounded in all, too: every
+//! replay of the host counts against one [`KeptBytes`] (`[resume] max_kept_bytes`), and over it
+//! a replay drops its own oldest chunks, the same way.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
@@ -11,42 +15,115 @@ use serde_json::value::RawValue;
 /// cannot grow the buffer far past its limit.
 const CHUNK_OVERHEAD: usize = 32;
 
+/// The bytes all the replays of a host hold together, against `[resume] max_kept_bytes`
+/// (the gauge `taskgate_resume_kept_bytes`, read at each scrape). Past the limit each replay that
+/// grows drops its own oldest chunks down to its latest one, so the total stays within the
+/// limit plus one chunk per request; a new detached task is refused unless a whole request's
+/// worth (`[resume] request_bytes`) still fits.
+#[derive(Debug)]
+pub struct KeptBytes {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl KeptBytes {
+    pub fn new(limit: usize) -> Self {
+        KeptBytes {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Whether `bytes` more fit under the limit (a new task is refused unless a whole
+    /// request's replay does).
+    pub fn has_room_for(&self, bytes: usize) -> bool {
+        self.used().saturating_add(bytes) <= self.limit
+    }
+
+    fn add(&self, bytes: usize) {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn sub(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
 #[derive(Debug)]
 pub struct Replay {
     chunks: VecDeque<(u64, Box<RawValue>)>,
     bytes: usize,
     limit: usize,
+    /// The host's budget, when this replay counts against one.
+    budget: Option<Arc<KeptBytes>>,
     /// The `seq` the next chunk will have.
     next_seq: u64,
 }
 
 impl Replay {
+    /// A replay bounded by `limit` bytes alone.
     pub fn new(limit: usize) -> Self {
         Replay {
             chunks: VecDeque::new(),
             bytes: 0,
             limit,
+            budget: None,
+            next_seq: 0,
+        }
+    }
+
+    /// A replay bounded by `limit` bytes and by the host's `budget`.
+    pub fn shared(limit: usize, budget: Arc<KeptBytes>) -> Self {
+        Replay {
+            chunks: VecDeque::new(),
+            bytes: 0,
+            limit,
+            budget: Some(budget),
             next_seq: 0,
         }
     }
 
     /// Keeps a copy of chunk `seq` (relayed, or waiting for the client); drops the oldest past
-    /// the limit. A chunk larger than the whole limit is not kept at all.
+    /// the limit, or (keeping this latest one) while the host's budget is full. A chunk larger
+    /// than the whole limit is not kept at all.
     pub fn push(&mut self, seq: u64, data: &RawValue) {
         self.next_seq = seq + 1;
         let cost = data.get().len() + CHUNK_OVERHEAD;
         if cost > self.limit {
             self.chunks.clear();
-            self.bytes = 0;
+            self.release(self.bytes);
             return;
         }
         self.bytes += cost;
+        if let Some(budget) = &self.budget {
+            budget.add(cost);
+        }
         self.chunks.push_back((seq, data.to_owned()));
-        while self.bytes > self.limit {
+        while self.bytes > self.limit || (self.chunks.len() > 1 && self.over_budget()) {
             match self.chunks.pop_front() {
-                Some((_, old)) => self.bytes -= old.get().len() + CHUNK_OVERHEAD,
+                Some((_, old)) => self.release(old.get().len() + CHUNK_OVERHEAD),
                 None => break,
             }
+        }
+    }
+
+    fn over_budget(&self) -> bool {
+        self.budget.as_ref().is_some_and(|b| b.used() > b.limit)
+    }
+
+    /// Forgets `bytes` of this replay's chunks, here and in the host's budget.
+    fn release(&mut self, bytes: usize) {
+        self.bytes -= bytes;
+        if let Some(budget) = &self.budget {
+            budget.sub(bytes);
         }
     }
 
@@ -76,6 +153,12 @@ impl Replay {
 
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        self.release(self.bytes);
     }
 }
 
@@ -134,5 +217,68 @@ mod tests {
         assert_eq!(replay.bytes(), 0);
         replay.push(2, &raw("3"));
         assert_eq!(seqs(&replay, 0), (2, vec![2]), "after 0: 1 is missing");
+    }
+
+    fn budget(limit: usize) -> Arc<KeptBytes> {
+        Arc::new(KeptBytes::new(limit))
+    }
+
+    #[test]
+    fn every_replay_counts_against_the_hosts_budget_and_gives_it_back_when_dropped() {
+        let kept = budget(1 << 20);
+        let mut a = Replay::shared(1 << 20, kept.clone());
+        let mut b = Replay::shared(1 << 20, kept.clone());
+        a.push(0, &raw("1"));
+        b.push(0, &raw("22"));
+        b.push(1, &raw("33"));
+        assert_eq!(kept.used(), a.bytes() + b.bytes());
+        assert_eq!(kept.used(), 1 + 2 + 2 + 3 * CHUNK_OVERHEAD);
+        drop(b);
+        assert_eq!(kept.used(), a.bytes());
+        drop(a);
+        assert_eq!(kept.used(), 0);
+        assert!(kept.has_room_for(1 << 19));
+    }
+
+    #[test]
+    fn over_the_budget_a_replay_drops_its_own_oldest_but_keeps_its_latest_and_tells_the_gap() {
+        let cost = 102 + CHUNK_OVERHEAD;
+        let kept = budget(4 * cost);
+        let chunk = format!("\"{}\"", "x".repeat(100));
+        let mut old = Replay::shared(1 << 20, kept.clone());
+        for seq in 0..3 {
+            old.push(seq, &raw(&chunk));
+        }
+        let mut new = Replay::shared(1 << 20, kept.clone());
+        for seq in 0..5 {
+            new.push(seq, &raw(&chunk));
+        }
+        assert!(
+            kept.used() <= 4 * cost,
+            "within the budget: {}",
+            kept.used()
+        );
+        assert_eq!(kept.used(), old.bytes() + new.bytes());
+        assert_eq!(
+            seqs(&old, -1),
+            (0, vec![0, 1, 2]),
+            "the other replay is left alone"
+        );
+        assert_eq!(seqs(&new, -1), (4, vec![4]), "first_seq 4: the gap is told");
+        assert!(!kept.has_room_for(1));
+        // Even a full budget keeps each replay's latest chunk: a task's progress.
+        new.push(5, &raw(&chunk));
+        assert_eq!(seqs(&new, -1), (5, vec![5]));
+        drop(old);
+        assert!(kept.has_room_for(3 * cost));
+    }
+
+    #[test]
+    fn a_chunk_too_large_for_its_request_gives_back_what_its_replay_held() {
+        let kept = budget(1 << 20);
+        let mut replay = Replay::shared(64, kept.clone());
+        replay.push(0, &raw("1"));
+        replay.push(1, &raw(&format!("\"{}\"", "y".repeat(100))));
+        assert_eq!(kept.used(), 0);
     }
 }

@@ -400,3 +400,53 @@ async fn tasks_need_a_session_and_are_bounded_per_owner() {
     assert_eq!(h.sink.acks(5), vec![json!({"ok": true})]);
     assert_eq!(h.tasks(2, 6)["tasks"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn chunks_kept_in_all_are_bounded_and_a_new_task_is_refused_when_a_replay_would_not_fit() {
+    // Each chunk below costs 134 bytes: a request keeps 2 (268 ≤ 300), the host 4 (536 ≤ 600).
+    let h = harness_with(|g| {
+        g.with_resume(ResumeSettings {
+            request_bytes: 300,
+            max_kept_bytes: 600,
+            ..settings()
+        })
+    });
+    let owner = Owner::Session(SessionId::new());
+    h.gateway
+        .connected_as(2, Session::anonymous().with_owner(owner));
+    let big = format!("\"{}\"", "x".repeat(100));
+    for (tag, id) in [(2, "a"), (3, "b")] {
+        h.gateway.handle_request(2, detached(id), tag).await;
+        assert_eq!(h.sink.acks(tag), vec![json!({"ok": true})]);
+        let correlation_id = h.last_correlation_id();
+        for seq in 0..10 {
+            h.gateway.on_reply(chunk(correlation_id, seq, &big));
+        }
+    }
+    assert_eq!(h.gateway.kept_bytes(), 536);
+    h.gateway.handle_request(2, detached("c"), 4).await;
+    let refused = &h.sink.acks(4)[0];
+    assert_eq!(refusal_code(refused), "RATE_LIMITED");
+    assert_eq!(
+        refused["error"]["details"],
+        json!({"limit": "keptBytes", "max": 600})
+    );
+    // An ordinary request of a session still runs; its replay keeps what fits, at least its
+    // latest chunk, and the total stays within the limit plus that one chunk.
+    h.gateway
+        .handle_request(2, req("d", "echo", json!(1)), 5)
+        .await;
+    assert_eq!(h.sink.acks(5), vec![json!({"ok": true})]);
+    let d = h.last_correlation_id();
+    for seq in 0..10 {
+        h.gateway.on_reply(chunk(d, seq, &big));
+    }
+    assert!(
+        h.gateway.kept_bytes() <= 600 + 134,
+        "{}",
+        h.gateway.kept_bytes()
+    );
+    // d ends and is forgotten: what it kept is given back.
+    h.gateway.on_reply(reply(d, "result", "1"));
+    assert_eq!(h.gateway.kept_bytes(), 536);
+}

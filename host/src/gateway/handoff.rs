@@ -716,7 +716,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 metrics: RequestMetrics::start(self.metrics.for_type(&request_type), now),
                 resume: Some(Box::new(Resumable {
                     owner,
-                    replay: Replay::new(settings.request_bytes),
+                    // Counts against `[resume] max_kept_bytes` like any replay of this host.
+                    replay: Replay::shared(settings.request_bytes, self.kept_bytes.clone()),
                     parked_until,
                     outcome: None,
                     detached: false,

@@ -123,6 +123,13 @@ async fn a_parked_request_is_handed_to_the_host_its_client_reconnects_to() {
     assert_eq!(a.gateway.in_flight(), 0, "the holder let it go");
     assert_eq!(a.gateway.forwarding(), 1);
     assert_eq!(b.gateway.in_flight(), 1);
+    // What is kept moved with the request: `[resume] max_kept_bytes` counts it on the new host.
+    assert_eq!(
+        a.gateway.kept_bytes(),
+        0,
+        "the holder gave back what it kept"
+    );
+    assert!(b.gateway.kept_bytes() > 0, "the new host counts its replay");
 
     // The worker still replies to the first host, which forwards.
     a.gateway.on_reply(chunk(id, 5, "5"));
@@ -145,6 +152,7 @@ async fn a_parked_request_is_handed_to_the_host_its_client_reconnects_to() {
     );
     a.assert_clean();
     b.assert_clean();
+    assert_eq!(b.gateway.kept_bytes(), 0, "given back when it ended");
     assert_eq!(a.broker.published().len(), 1, "the work ran once");
     assert!(b.broker.published().is_empty());
     assert!(a.broker.cancels().is_empty() && b.broker.cancels().is_empty());

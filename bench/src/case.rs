@@ -21,7 +21,7 @@ use crate::schedule::{self, Phase, Slice};
 use crate::stats::{
     self, CpuSeconds, PhaseReport, PhaseTotals, Ratios, SliceSummary, TaskStats, Window,
 };
-use crate::{check_local_amqp, EnvArgs, Phases, WorkerKind};
+use crate::{check_local_amqp, EnvArgs, Phases, QueueType, WorkerKind};
 
 /// The request type under test; the example `echo` plugin declares it streams.
 const REQUEST_TYPE: &str = "echo";
@@ -91,6 +91,7 @@ pub struct CaseSpec {
     pub warmup_s: f64,
     pub rounds: u32,
     pub phases: Phases,
+    pub queue_type: QueueType,
     pub worker: WorkerKind,
     pub worker_prefetch: u16,
     pub direct_channels: u32,
@@ -198,7 +199,7 @@ pub async fn run_idle(env: &Env, connections: u64) -> anyhow::Result<IdleReport>
     let mut run = Run::new(&env.amqp_url);
     let result = tokio::select! {
         result = async {
-            let addr = start_host(env, &mut run).await?;
+            let addr = start_host(env, &mut run, QueueType::Quorum).await?;
             println!("idle: opening {connections} connections to the host at {addr} …");
             let report = idle::measure(addr, pid_of(&run.host)?, connections).await?;
             if let Some(host) = &mut run.host {
@@ -214,12 +215,12 @@ pub async fn run_idle(env: &Env, connections: u64) -> anyhow::Result<IdleReport>
 }
 
 /// Writes plugins.toml, starts the host and waits until it is ready; returns its address.
-async fn start_host(env: &Env, run: &mut Run) -> anyhow::Result<SocketAddr> {
+async fn start_host(env: &Env, run: &mut Run, queue_type: QueueType) -> anyhow::Result<SocketAddr> {
     std::fs::create_dir_all(&run.dir).with_context(|| format!("creating {}", run.dir.display()))?;
     let config_path = run.dir.join("plugins.toml");
     std::fs::write(
         &config_path,
-        plugins_toml(&env.amqp_url, &env.plugins_dir, &run.queue),
+        plugins_toml(&env.amqp_url, &env.plugins_dir, &run.queue, queue_type),
     )
     .with_context(|| format!("writing {}", config_path.display()))?;
     let host_args = ["--config".to_owned(), config_path.display().to_string()];
@@ -287,7 +288,7 @@ async fn start_worker(env: &Env, spec: &CaseSpec, run: &mut Run) -> anyhow::Resu
 }
 
 async fn run_case(env: &Env, spec: &CaseSpec, run: &mut Run) -> anyhow::Result<CaseReport> {
-    let addr = start_host(env, run).await?;
+    let addr = start_host(env, run, spec.queue_type).await?;
     // After the host: it declares the request queue the worker consumes from.
     start_worker(env, spec, run).await?;
 
@@ -311,13 +312,19 @@ async fn run_case(env: &Env, spec: &CaseSpec, run: &mut Run) -> anyhow::Result<C
     );
 
     let (phases, slices) = run_slices(env, spec, run, addr, &payload_json).await?;
-    let round_ratios = stats::round_throughput_ratios(&slices);
+    // The phase compared, and the one it is divided by.
+    let (over, under) = match spec.phases {
+        Phases::Sessions => ("session", "host"),
+        _ => ("host", "direct"),
+    };
+    let round_ratios = stats::round_throughput_ratios(&slices, over, under);
     let host_pid = pid_of(&run.host)?;
     let worker_pid = run.worker.as_ref().and_then(Worker::pid);
     let host_peak_rss_kib = procs::peak_rss_kib(host_pid).ok();
     let worker_peak_rss_kib = worker_pid.and_then(|pid| procs::peak_rss_kib(pid).ok());
     let ratios = match phases.as_slice() {
-        [host, direct] => Some(Ratios::new(host, direct)),
+        [host, direct] if spec.phases == Phases::Both => Some(Ratios::new(host, direct)),
+        [host, session] if spec.phases == Phases::Sessions => Some(Ratios::new(session, host)),
         _ => None,
     };
 
@@ -326,11 +333,11 @@ async fn run_case(env: &Env, spec: &CaseSpec, run: &mut Run) -> anyhow::Result<C
     if let Some(r) = ratios {
         match r.chunks_host_over_direct {
             Some(chunks) => println!(
-                "host/direct: chunks/s {chunks:.2}x, requests/s {:.2}x, p99 {:.2}x",
+                "{over}/{under}: chunks/s {chunks:.2}x, requests/s {:.2}x, p99 {:.2}x",
                 r.throughput_host_over_direct, r.p99_host_over_direct
             ),
             None => println!(
-                "host/direct: throughput {:.2}x, p99 {:.2}x",
+                "{over}/{under}: throughput {:.2}x, p99 {:.2}x",
                 r.throughput_host_over_direct, r.p99_host_over_direct
             ),
         }
@@ -401,10 +408,16 @@ async fn run_slices(
         Phases::Both => &[Phase::Host, Phase::Direct],
         Phases::Host => &[Phase::Host],
         Phases::Direct => &[Phase::Direct],
+        Phases::Sessions => &[Phase::Host, Phase::Session],
     };
     // Connections are set up once, before any clock starts: set-up is not what we measure.
     let mut host_conns = if wanted.contains(&Phase::Host) {
-        host_load::connect_all(addr, cli.connections as usize).await?
+        host_load::connect_all(addr, cli.connections as usize, false).await?
+    } else {
+        Vec::new()
+    };
+    let mut session_conns = if wanted.contains(&Phase::Session) {
+        host_load::connect_all(addr, cli.connections as usize, true).await?
     } else {
         Vec::new()
     };
@@ -416,13 +429,19 @@ async fn run_slices(
     let request_type: Arc<str> = REQUEST_TYPE.into();
     let mut host_totals = PhaseTotals::new()?;
     let mut direct_totals = PhaseTotals::new()?;
+    let mut session_totals = PhaseTotals::new()?;
     let mut summaries = Vec::new();
     let plan = schedule::slices(wanted, cli.rounds, secs(cli.duration_s), secs(cli.warmup_s));
     for slice in plan {
         let window = Window::after(slice.warmup, slice.duration);
         let (stats, seconds) = match slice.phase {
-            Phase::Host => {
-                let tasks = std::mem::take(&mut host_conns)
+            Phase::Host | Phase::Session => {
+                let (conns, totals) = if slice.phase == Phase::Host {
+                    (&mut host_conns, &mut host_totals)
+                } else {
+                    (&mut session_conns, &mut session_totals)
+                };
+                let tasks = std::mem::take(conns)
                     .into_iter()
                     .map(|conn| {
                         tokio::spawn(host_load::run_connection(
@@ -435,10 +454,10 @@ async fn run_slices(
                     })
                     .collect();
                 let hooks = (env.at_window_start.as_deref(), env.at_window_end.as_deref());
-                let (conns, stats, seconds, cpu) =
-                    measure("host", run, window, tasks, hooks).await?;
-                host_conns = conns;
-                host_totals.add(&stats, seconds, &cpu);
+                let (done, stats, seconds, cpu) =
+                    measure(slice.phase.name(), run, window, tasks, hooks).await?;
+                *conns = done;
+                totals.add(&stats, seconds, &cpu);
                 (stats, seconds)
             }
             Phase::Direct => {
@@ -462,7 +481,7 @@ async fn run_slices(
         print_slice(&slice, &summary);
         summaries.push(summary);
     }
-    for conn in host_conns {
+    for conn in host_conns.into_iter().chain(session_conns) {
         conn.close().await;
     }
     if let Some(side) = direct {
@@ -473,6 +492,7 @@ async fn run_slices(
         reports.push(match phase {
             Phase::Host => host_totals.report("host"),
             Phase::Direct => direct_totals.report("direct"),
+            Phase::Session => session_totals.report("session"),
         });
     }
     Ok((reports, summaries))
@@ -683,15 +703,20 @@ fn binary(path: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
     Ok(candidate)
 }
 
-fn plugins_toml(amqp_url: &str, plugins_dir: &Path, queue: &str) -> String {
+fn plugins_toml(amqp_url: &str, plugins_dir: &Path, queue: &str, queue_type: QueueType) -> String {
     // TOML basic strings are JSON-compatible for what we put in them.
     let quote = |s: &str| serde_json::Value::from(s).to_string();
+    // Without arguments the host declares a quorum queue (its default).
+    let queue_arguments = match queue_type {
+        QueueType::Quorum => "",
+        QueueType::Classic => "queue_arguments = { \"x-queue-type\" = \"classic\" }\n",
+    };
     // The per-connection rate and in-flight limits are off: the benchmark measures the
     // relay, and its closed loop keeps more requests going than a browser would.
     format!(
         "[host]\nlisten = \"127.0.0.1:0\"\namqp_url = {}\nplugins_dir = {}\n\n\
          [limits]\nrequests_per_second = 0\nmax_in_flight = 0\n\n\
-         [plugins.echo]\nenabled = true\nqueue = {}\ntimeout_ms = {TIMEOUT_MS}\n",
+         [plugins.echo]\nenabled = true\nqueue = {}\ntimeout_ms = {TIMEOUT_MS}\n{queue_arguments}",
         quote(amqp_url),
         quote(&plugins_dir.display().to_string()),
         quote(queue),
@@ -755,6 +780,7 @@ mod tests {
             "amqp://guest:guest@127.0.0.1:5672/%2f",
             Path::new("/work/build/plugins"),
             "bench.1.echo",
+            QueueType::Quorum,
         );
         let value: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(value["host"]["listen"].as_str(), Some("127.0.0.1:0"));
@@ -771,5 +797,16 @@ mod tests {
             Some(30_000)
         );
         assert_eq!(value["limits"]["requests_per_second"].as_integer(), Some(0));
+        assert!(value["plugins"]["echo"].get("queue_arguments").is_none());
+    }
+
+    #[test]
+    fn plugins_toml_asks_for_a_classic_queue() {
+        let text = plugins_toml("amqp://x", Path::new("/p"), "q", QueueType::Classic);
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(
+            value["plugins"]["echo"]["queue_arguments"]["x-queue-type"].as_str(),
+            Some("classic")
+        );
     }
 }

@@ -55,13 +55,15 @@ impl HostConnection {
 
 /// Opens `connections` Socket.IO connections concurrently, before the phase's clock starts
 /// (connection set-up is not what this benchmark measures).
+/// With `session` every connection asks for a session (protocol §4.1).
 pub async fn connect_all(
     addr: SocketAddr,
     connections: usize,
+    session: bool,
 ) -> anyhow::Result<Vec<HostConnection>> {
     let mut streams = Vec::with_capacity(connections);
     let handles: Vec<_> = (0..connections)
-        .map(|_| tokio::spawn(sio::connect(addr)))
+        .map(|_| tokio::spawn(sio::connect(addr, session)))
         .collect();
     for (i, handle) in handles.into_iter().enumerate() {
         let stream = handle

@@ -123,7 +123,7 @@ pub async fn measure(
 /// alive, prints `connected N` (or `failed …`), and exits when stdin closes.
 pub async fn clients(addr: SocketAddr, connections: u64) -> anyhow::Result<()> {
     let opened: Vec<_> = stream::iter(0..connections)
-        .map(|_| sio::connect(addr))
+        .map(|_| sio::connect(addr, false))
         .buffer_unordered(CONNECT_CONCURRENCY)
         .collect()
         .await;

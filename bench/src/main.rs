@@ -57,6 +57,18 @@ pub enum Phases {
     Both,
     Host,
     Direct,
+    /// Through the host twice: plain connections (phase host) against connections that
+    /// asked for a session (phase session), A/B on one host.
+    Sessions,
+}
+
+/// The type of the request queue the host declares (`x-queue-type` in plugins.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// The host's default: counts deliveries, so it can dead-letter (README, "When workers fail").
+    Quorum,
+    Classic,
 }
 
 /// Closed-loop echo benchmark: through the taskgate host vs. straight over AMQP.
@@ -166,9 +178,12 @@ struct CaseArgs {
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Which phases to run.
+    /// Which phases to run (`sessions`: host without vs. with sessions).
     #[arg(long, value_enum, default_value_t = Phases::Both)]
     phases: Phases,
+    /// The type of the request queue (a fresh one per run, so either type can be declared).
+    #[arg(long, value_enum, default_value_t = QueueType::Quorum)]
+    queue_type: QueueType,
     /// Which echo worker answers the requests (the same one in both phases).
     #[arg(long, value_enum, default_value_t = WorkerKind::Example)]
     worker: WorkerKind,
@@ -276,6 +291,7 @@ async fn case_command(args: CaseArgs, env: EnvArgs) -> anyhow::Result<()> {
         warmup_s: args.warmup,
         rounds: args.rounds,
         phases: args.phases,
+        queue_type: args.queue_type,
         worker: args.worker,
         worker_prefetch: args.worker_prefetch,
         direct_channels: args.direct_channels,

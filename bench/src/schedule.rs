@@ -17,6 +17,8 @@ pub const REWARM: Duration = Duration::from_millis(500);
 pub enum Phase {
     Host,
     Direct,
+    /// Through the host, on connections that asked for a session (`--phases sessions`).
+    Session,
 }
 
 impl Phase {
@@ -24,6 +26,7 @@ impl Phase {
         match self {
             Phase::Host => "host",
             Phase::Direct => "direct",
+            Phase::Session => "session",
         }
     }
 }

@@ -76,6 +76,9 @@ pub enum Incoming {
 pub const PONG: &str = "3";
 /// Connect to the default namespace (no auth payload).
 pub const CONNECT_DEFAULT_NAMESPACE: &str = "40";
+/// Connect to the default namespace asking for a session (protocol §4.1), as the browser
+/// client does by default; the host then emits a `session` event, which the benchmark ignores.
+pub const CONNECT_WITH_SESSION: &str = r#"40{"session":true}"#;
 
 #[derive(Deserialize)]
 struct AckBody {
@@ -159,8 +162,8 @@ pub fn decode(frame: &str) -> Result<Incoming, DecodeError> {
 }
 
 /// Opens a WebSocket to `ws://addr/socket.io/?EIO=4&transport=websocket` (TCP_NODELAY set)
-/// and connects to the default namespace.
-pub async fn connect(addr: SocketAddr) -> Result<SioStream, ConnectError> {
+/// and connects to the default namespace, with `session` asking for a session.
+pub async fn connect(addr: SocketAddr, session: bool) -> Result<SioStream, ConnectError> {
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|source| ConnectError::Tcp { addr, source })?;
@@ -172,7 +175,12 @@ pub async fn connect(addr: SocketAddr) -> Result<SioStream, ConnectError> {
         Incoming::Open => {}
         other => return Err(ConnectError::Unexpected(format!("{other:?}"))),
     }
-    ws.send(Message::text(CONNECT_DEFAULT_NAMESPACE)).await?;
+    let connect = if session {
+        CONNECT_WITH_SESSION
+    } else {
+        CONNECT_DEFAULT_NAMESPACE
+    };
+    ws.send(Message::text(connect)).await?;
     loop {
         match next_text(&mut ws).await? {
             Incoming::Connected => return Ok(ws),
@@ -290,6 +298,17 @@ mod tests {
         assert_eq!(
             decode(r#"42["other",1]"#).unwrap(),
             Incoming::OtherEvent("other".into())
+        );
+    }
+
+    #[test]
+    fn asks_for_a_session_and_sees_the_session_event_as_another_event() {
+        let auth: serde_json::Value = serde_json::from_str(&CONNECT_WITH_SESSION[2..]).unwrap();
+        assert_eq!(auth["session"], true);
+        assert_eq!(
+            decode(r#"42["session",{"token":"t","resumeWindowMs":60000,"resultTtlMs":0}]"#)
+                .unwrap(),
+            Incoming::OtherEvent("session".into())
         );
     }
 

@@ -317,8 +317,9 @@ impl SliceSummary {
     }
 }
 
-/// host ÷ direct throughput of each round that ran both phases, in round order.
-pub fn round_throughput_ratios(slices: &[SliceSummary]) -> Vec<f64> {
+/// `over` ÷ `under` throughput (host ÷ direct, or session ÷ host) of each round that ran
+/// both phases, in round order.
+pub fn round_throughput_ratios(slices: &[SliceSummary], over: &str, under: &str) -> Vec<f64> {
     let rounds = slices.iter().map(|s| s.round).max().map_or(0, |r| r + 1);
     (0..rounds)
         .filter_map(|round| {
@@ -328,7 +329,7 @@ pub fn round_throughput_ratios(slices: &[SliceSummary]) -> Vec<f64> {
                     .find(|s| s.round == round && s.phase == phase)
                     .map(|s| s.requests_per_second)
             };
-            match (rps("host"), rps("direct")) {
+            match (rps(over), rps(under)) {
                 (Some(h), Some(d)) if d > 0.0 => Some(h / d),
                 _ => None,
             }
@@ -512,8 +513,15 @@ mod tests {
             slice("host", 1, 80.0),
             slice("host", 2, 10.0),
         ];
-        assert_eq!(round_throughput_ratios(&slices), vec![0.5, 0.8]);
-        assert!(round_throughput_ratios(&[]).is_empty());
+        assert_eq!(
+            round_throughput_ratios(&slices, "host", "direct"),
+            vec![0.5, 0.8]
+        );
+        assert_eq!(
+            round_throughput_ratios(&slices, "direct", "host"),
+            vec![2.0, 1.25]
+        );
+        assert!(round_throughput_ratios(&[], "host", "direct").is_empty());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::case::{self, CaseReport, CaseSpec, Env};
 use crate::idle::IdleReport;
-use crate::{Phases, WorkerKind};
+use crate::{Phases, QueueType, WorkerKind};
 
 #[derive(Debug, Serialize)]
 pub struct SuiteReport {
@@ -45,6 +45,7 @@ pub fn cases(duration_s: f64, quick: bool) -> Vec<CaseSpec> {
         warmup_s: if quick { 0.5 } else { 2.0 },
         rounds: if quick { 2 } else { 4 },
         phases: Phases::Both,
+        queue_type: QueueType::Quorum,
         worker,
         worker_prefetch: 32,
         direct_channels: 1,

@@ -19,7 +19,9 @@ export type {
   PayloadOf,
   RequestTypeSpec,
   ResultOf,
+  IsStrict,
   TaskgateRequestMap,
+  TaskgateTypeOptions,
   UnknownRequestType,
 } from './request-map.js';
 export { EVENTS, SESSION_EVENTS, defaultSocketFactory } from './socket.js';

@@ -39,7 +39,25 @@ export type ResultOf<K extends KnownRequestType> = SpecOf<K>['result'];
 export type ChunkOf<K extends KnownRequestType> = SpecOf<K>['chunk'];
 
 /**
- * A request type name that is NOT in the map: the generic (untyped) overloads accept only
- * these, so a known type with a wrong payload cannot slip through them.
+ * Type-level options, set by generated code. `taskgate-codegen --strict` declares
+ * `interface TaskgateTypeOptions { strict: true }`: the request map is then closed, and a
+ * request type that is not in it (a typo, a type the host does not serve) does not compile,
+ * explicit generics included.
  */
-export type UnknownRequestType<T extends string> = T extends KnownRequestType ? never : T;
+// eslint-disable-next-line @typescript-eslint/no-empty-interface, @typescript-eslint/no-empty-object-type
+export interface TaskgateTypeOptions {}
+
+/** Whether the generated module closed the request map (`taskgate-codegen --strict`). */
+export type IsStrict = TaskgateTypeOptions extends { strict: true } ? true : false;
+
+/**
+ * A request type name that is NOT in the map: the generic (untyped) overloads accept only
+ * these, so a known type with a wrong payload cannot slip through them. What they accept
+ * instead is a sentence, so that the compiler's error about the generic overload says why
+ * (rather than "not assignable to `never`"): the real mistake is in the other overload's error.
+ */
+export type UnknownRequestType<T extends string> = IsStrict extends true
+  ? `${T}: strict mode (taskgate-codegen --strict) takes only the generated request types; see the other overload's error`
+  : T extends KnownRequestType
+    ? `${T} has generated types; see the other overload's error`
+    : T;

@@ -13,6 +13,7 @@ import { main } from '../src/codegen/run.js';
 const FIXTURES = path.join(__dirname, 'fixtures');
 const SAMPLE = path.join(FIXTURES, 'schemas.sample.json');
 const TYPES = path.join(__dirname, 'types', 'taskgate-types.ts');
+const STRICT_TYPES = path.join(__dirname, 'types-strict', 'taskgate-types.ts');
 
 async function sample(): Promise<unknown> {
   return JSON.parse(await readFile(SAMPLE, 'utf8'));
@@ -21,6 +22,17 @@ async function sample(): Promise<unknown> {
 describe('generateTypes', () => {
   test('test/types/taskgate-types.ts is the output for the sample (regenerate it with the CLI if this fails)', async () => {
     expect(await generateTypes(await sample())).toBe(await readFile(TYPES, 'utf8'));
+  });
+
+  test('test/types-strict/taskgate-types.ts is the --strict output for the sample', async () => {
+    expect(await generateTypes(await sample(), { strict: true })).toBe(await readFile(STRICT_TYPES, 'utf8'));
+  });
+
+  test('strict mode closes the map through TaskgateTypeOptions; without it nothing is declared', async () => {
+    const strict = await generateTypes(await sample(), { strict: true });
+    expect(strict).toMatch(/interface TaskgateTypeOptions \{\s+strict: true;\s+\}/);
+    expect(strict).toContain('taskgate-codegen --strict --output');
+    expect(await generateTypes(await sample())).not.toContain('TaskgateTypeOptions');
   });
 
   test('one entry per request type with payload, result and chunk, and the augmentation', async () => {
@@ -167,6 +179,14 @@ describe('the taskgate-codegen command', () => {
     expect(a.err()).toContain(`wrote ${output}`);
     const b = io();
     expect(await main(['--input', SAMPLE, '--output', output, '--check'], b.io)).toBe(0);
+  });
+
+  test('--strict writes the strict module (and --check compares against it)', async () => {
+    const output = path.join(dir, 'strict.ts');
+    expect(await main(['--input', SAMPLE, '--output', output, '--strict'], io().io)).toBe(0);
+    expect(await readFile(output, 'utf8')).toBe(await readFile(STRICT_TYPES, 'utf8'));
+    expect(await main(['--input', SAMPLE, '--output', output, '--strict', '--check'], io().io)).toBe(0);
+    expect(await main(['--input', SAMPLE, '--output', output, '--check'], io().io)).toBe(1);
   });
 
   test('--check fails on a stale or missing file and writes nothing', async () => {

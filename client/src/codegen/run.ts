@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 
 import { generateTypes, SchemasError } from './generate.js';
 
-const USAGE = `usage: taskgate-codegen [--input FILE] [--output FILE] [--check] [--module NAME]
+const USAGE = `usage: taskgate-codegen [--input FILE] [--output FILE] [--check] [--strict] [--module NAME]
 
 Reads the JSON printed by \`taskgate schemas --config plugins.toml\` (from FILE, or standard
 input) and writes a TypeScript module that types every request type for @taskgate/client
@@ -22,6 +22,8 @@ input) and writes a TypeScript module that types every request type for @taskgat
   --input FILE    the schemas JSON (default: standard input)
   --output FILE   where to write the module (default: standard output)
   --check         write nothing; exit 1 if --output is not up to date
+  --strict        close the request map: a request type that is not in it (a typo)
+                  does not compile, explicit generics included
   --module NAME   the module to augment (default: @taskgate/client)
   --help          this text`;
 
@@ -49,6 +51,7 @@ export async function main(argv: string[], io: CommandIo = processIo): Promise<n
         output: { type: 'string' },
         check: { type: 'boolean', default: false },
         module: { type: 'string' },
+        strict: { type: 'boolean', default: false },
         help: { type: 'boolean', default: false },
       },
       strict: true,
@@ -85,7 +88,7 @@ export async function main(argv: string[], io: CommandIo = processIo): Promise<n
 
   let generated: string;
   try {
-    generated = await generateTypes(document, args.module ? { moduleName: args.module } : {});
+    generated = await generateTypes(document, { ...(args.module ? { moduleName: args.module } : {}), strict: args.strict });
   } catch (error) {
     const what = error instanceof SchemasError ? `${from} is not \`taskgate schemas\` output: ` : '';
     io.stderr(`taskgate-codegen: ${what}${(error as Error).message}\n`);

@@ -53,6 +53,7 @@ pub mod http;
 pub mod limits;
 pub mod log_lines;
 pub mod metrics;
+pub mod open_files;
 pub mod operations;
 pub mod origins;
 pub mod plugins;

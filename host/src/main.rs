@@ -237,6 +237,7 @@ async fn async_main(cli: Cli) -> ExitCode {
         }
         // (`inspect-plugin` returned in `main`, `status` above, already.)
         Command::Run | Command::InspectPlugin { .. } | Command::Status { .. } => {
+            taskgate_host::open_files::raise_for(&settings.limits);
             let listener = match server::bind(settings.listen).await {
                 Ok(listener) => listener,
                 Err(e) => {

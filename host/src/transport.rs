@@ -21,7 +21,8 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// life. socketioxide's default is 4 KiB; 2 KiB saves 2 KiB per idle connection, at the
 /// price of more `read` calls for messages above 2 KiB (tungstenite reads at most this much
 /// per call). A smaller buffer saved little more and multiplied the reads of larger
-/// requests: see docs/performance.md.
+/// requests: see docs/performance.md. On the host's own transport, `websocket::reads`
+/// lets a large message arrive in reads of up to 64 KiB all the same.
 pub const READ_BUFFER_BYTES: usize = 2048;
 
 /// How far a client may fall behind reading its acks and responses before the host drops

@@ -394,8 +394,15 @@ where
 
     /// Handles one event of the default namespace.
     fn event(&self, id: WsConnId, ack: Option<u64>, data: &str) -> Result<(), String> {
-        let event = packet::parse_event(data).map_err(|e| e.to_string())?;
         let client = S::Conn::from(id);
+        if let Some(envelope) = packet::parse_request_fast::<RequestEnvelope>(data) {
+            let ack = S::Ack::from(WsAck { conn: id, id: ack });
+            if let Some(publish) = self.gateway.submit(client, Ok(envelope), ack) {
+                tokio::spawn(publish);
+            }
+            return Ok(());
+        }
+        let event = packet::parse_event(data).map_err(|e| e.to_string())?;
         match event.name {
             EventName::Request => {
                 let envelope = argument::<RequestEnvelope>(event.arg);

@@ -14,10 +14,12 @@
 //! - [`hub`]: the connections, their outboxes, and the [`ClientSink`](crate::sink::ClientSink) side.
 //! - [`connection`]: the task of one connection.
 //! - [`upgrade`]: the HTTP side — which requests are ours, the WebSocket handshake.
+//! - [`reads`]: reads that grow while a large message arrives (few system calls per MB).
 
 pub mod connection;
 pub mod hub;
 pub mod packet;
+pub mod reads;
 pub mod upgrade;
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use tracing::debug;
 
 use super::connection::Endpoint;
 use super::hub::{WsAck, WsConnId};
+use super::reads::GrowingReads;
 use crate::broker::Broker;
 use crate::sink::ClientSink;
 use crate::transport::{READ_BUFFER_BYTES, SOCKET_IO_PATH};
@@ -103,7 +104,7 @@ where
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
+                    GrowingReads::new(TokioIo::new(upgraded)),
                     Role::Server,
                     Some(config),
                 )

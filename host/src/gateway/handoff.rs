@@ -344,7 +344,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     fn forward_reply(&self, correlation_id: Uuid, reply: IncomingReply) {
         let queue = match self.forwarding.get_mut(&correlation_id) {
             None => {
-                debug!(%correlation_id, "reply for an unknown or finished request dropped");
+                log_dropped_reply(correlation_id, &reply);
                 return;
             }
             Some(mut forwarding) => match &mut forwarding.held {
@@ -815,4 +815,25 @@ fn wire_outcome(outcome: &OwnedResponse) -> Option<WireOutcome> {
         kind: outcome.kind,
         body,
     })
+}
+
+/// A reply for a request this host does not know (any more) is dropped. A final one is
+/// logged at info with its outcome: it may be all that is left of a request whose client no
+/// longer waits — a dead letter sent back with `taskgate dead-letters requeue` after a fix
+/// (protocol §3.11), a worker that finished after the client's `TIMEOUT` or cancel.
+fn log_dropped_reply(correlation_id: Uuid, reply: &IncomingReply) {
+    match reply.kind.as_deref().and_then(ReplyKind::parse) {
+        Some(ReplyKind::Result) => {
+            info!(%correlation_id, kind = "result", "final reply of a request nobody here waits for (its client had its final response already): dropped");
+        }
+        Some(ReplyKind::Error) => {
+            let code = serde_json::from_slice::<serde_json::Value>(&reply.body)
+                .ok()
+                .and_then(|e| e.get("code")?.as_str().map(str::to_owned));
+            info!(%correlation_id, kind = "error", code = code.as_deref().unwrap_or("?"), "final reply of a request nobody here waits for (its client had its final response already): dropped");
+        }
+        _ => {
+            debug!(%correlation_id, kind = ?reply.kind, "reply for an unknown or finished request dropped")
+        }
+    }
 }

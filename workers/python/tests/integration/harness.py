@@ -243,13 +243,22 @@ class Run:
     def queue_for(self, request_type: str) -> str:
         return f"pyint.{self.id}.{request_type}"
 
+    @property
+    def dead_letter_queue(self) -> str:
+        """The run's own dead-letter queue (``[host] dead_letter_queue``; also its exchange's
+        name, and ``<name>.inbox`` the hosts' inbox), so that no run sees another's dead
+        letters. Deleted at the end."""
+        return f"pyint.{self.id}.dead-letters"
+
     async def start_host(self, plugins: dict[str, dict[str, Any]] | None = None) -> Host:
         """A host on a free port serving the example plugins on this run's queues;
         ``plugins`` adds keys to a plugin's table (``timeout_ms``, ``queue_arguments`` …)."""
         if not HOST_BIN.exists():
             raise AssertionError(f"the host binary is missing at {HOST_BIN}: cargo build --workspace --bins")
         lines = ["[host]", 'listen = "127.0.0.1:0"', f"amqp_url = {json.dumps(self.amqp_url)}",
-                 f"plugins_dir = {json.dumps(str(PLUGINS_DIR))}"]
+                 f"plugins_dir = {json.dumps(str(PLUGINS_DIR))}",
+                 f"dead_letter_queue = {json.dumps(self.dead_letter_queue)}"]
+        self.queues.update({self.dead_letter_queue, f"{self.dead_letter_queue}.inbox"})
         queues: dict[str, str] = {}
         for plugin, request_type in PLUGIN_TYPES.items():
             settings: dict[str, Any] = {"enabled": True, "queue": self.queue_for(request_type)}
@@ -345,6 +354,11 @@ class Run:
                         await channel.queue_delete(queue)
                     except Exception:
                         pass
+                channel = await connection.channel()
+                try:
+                    await channel.exchange_delete(self.dead_letter_queue)
+                except Exception:
+                    pass
                 await connection.close()
             except Exception as error:  # the broker of a test may be gone already
                 print(f"cleanup: queues not deleted: {error!r}", file=sys.stderr)

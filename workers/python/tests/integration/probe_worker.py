@@ -7,12 +7,17 @@ accepts any JSON). ``{"op": …}`` picks what it does:
   ``{"slept": seconds}``;
 - ``"info"``: returns what the context says;
 - ``"flaky"``: attempts 1 to ``failures`` raise a retryable ``FLAKY`` error (protocol
-  §3.12); a later attempt returns ``{"attempt": n}``.
+  §3.12); a later attempt returns ``{"attempt": n}``;
+- ``"exit"``: ends the process at once with status 3 (``os._exit``: no reply, no ack, no
+  clean-up), as a worker that aborts, segfaults or runs out of memory on a poison message
+  would (protocol §3.11);
+- ``"echo"``: returns ``payload["data"]``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from taskgate_worker import Context, TaskError, Worker
@@ -27,6 +32,11 @@ async def probe(payload: Any, ctx: Context) -> Any:
         if ctx.attempt <= payload["failures"]:
             raise TaskError("FLAKY", f"attempt {ctx.attempt} fails, as asked", retryable=True)
         return {"attempt": ctx.attempt}
+    if op == "exit":
+        ctx.log.info("probe exiting the process on %s", ctx.correlation_id)
+        os._exit(3)
+    if op == "echo":
+        return payload.get("data")
     if op == "raise":
         raise ValueError(payload.get("message", "boom"))
     if op == "sleep":

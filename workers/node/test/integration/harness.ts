@@ -145,7 +145,7 @@ export class Proc {
 }
 
 /** Our environment without TASKGATE_* settings that would override the test's own. */
-function childEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+export function childEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
     if (k.startsWith('TASKGATE_') || k === 'NODE_OPTIONS') continue;
@@ -177,6 +177,15 @@ export class TestRun {
 
   queueFor(requestType: string): string {
     return `node-sdk.${this.id}.${requestType}`;
+  }
+
+  /**
+   * The run's own dead-letter queue (`[host] dead_letter_queue`; also its exchange's name,
+   * and `<name>.inbox` the hosts' inbox), so that no run sees another's dead letters.
+   * Deleted at the end.
+   */
+  get deadLetterQueue(): string {
+    return `node-sdk.${this.id}.dead-letters`;
   }
 
   onCleanup(fn: () => Promise<unknown>): void {
@@ -219,6 +228,9 @@ export class TestRun {
     for (const fn of this.cleanups.reverse()) await fn().catch(() => undefined);
     await Promise.all(this.procs.map((p) => p.stop()));
     for (const queue of this.queues) await this.onChannel((ch) => ch.deleteQueue(queue)).catch(() => undefined);
+    if (this.queues.has(this.deadLetterQueue)) {
+      await this.onChannel((ch) => ch.deleteExchange(this.deadLetterQueue)).catch(() => undefined);
+    }
     await this.connection?.close().catch(() => undefined);
     for (const dir of this.dirs) await rm(dir, { recursive: true, force: true });
   }
@@ -289,6 +301,9 @@ export async function startHost(
   const types: Record<string, string> = { echo: 'echo', countdown: 'demo.countdown' };
   const queues: Record<string, string> = {};
   const lines = ['[host]', 'listen = "127.0.0.1:0"', `amqp_url = ${JSON.stringify(amqpUrl)}`, `plugins_dir = ${JSON.stringify(PLUGINS_DIR)}`];
+  lines.push(`dead_letter_queue = ${JSON.stringify(run.deadLetterQueue)}`);
+  run.queues.add(run.deadLetterQueue);
+  run.queues.add(`${run.deadLetterQueue}.inbox`);
   for (const [plugin, type] of Object.entries(types)) {
     const queue = run.queueFor(type);
     queues[type] = queue;

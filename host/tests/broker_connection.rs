@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 mod support;
 
-use support::{delete_queue, request, stop_broker, URL};
+use support::{delete_queue, request, stop_broker, TestDeadLetters, URL};
 
 async fn wait_connected(broker: &AmqpBroker) {
     for _ in 0..100 {
@@ -84,9 +84,9 @@ async fn while_the_broker_is_unreachable_publishes_fail_at_once_and_it_keeps_ret
 #[tokio::test]
 async fn publishes_are_confirmed_and_unroutable_ones_refused() {
     let queue = format!("taskgate-test.{}", Uuid::new_v4());
-    let broker = AmqpBroker::new(
+    let dead_letters = TestDeadLetters::new();
+    let broker = dead_letters.broker(
         URL,
-        Uuid::new_v4(),
         vec![QueueDecl {
             name: queue.clone(),
             arguments: Default::default(),
@@ -154,7 +154,8 @@ async fn a_queue_that_exists_with_other_arguments_does_not_take_the_session_down
         arguments: Default::default(),
         delivery_limit: None,
     };
-    let broker = AmqpBroker::new(URL, Uuid::new_v4(), vec![decl(&conflicting), decl(&fine)]);
+    let dead_letters = TestDeadLetters::new();
+    let broker = dead_letters.broker(URL, vec![decl(&conflicting), decl(&fine)]);
     let stop = CancellationToken::new();
     let task = {
         let broker = broker.clone();

@@ -22,7 +22,7 @@ use uuid::Uuid;
 const BROKER: &str = "127.0.0.1:5672";
 mod support;
 
-use support::{request, URL};
+use support::{request, TestDeadLetters, URL};
 
 /// A TCP proxy to RabbitMQ. `cut` drops every proxied connection; while `down`, new
 /// connections are closed at once.
@@ -133,7 +133,9 @@ async fn a_lost_connection_is_reported_refused_while_down_and_recovered_with_a_n
 
     let proxy = Proxy::start().await;
     let host_id = Uuid::new_v4();
-    let broker = AmqpBroker::new(proxy.url(), host_id, vec![]);
+    let dead_letters = TestDeadLetters::new();
+    let broker =
+        AmqpBroker::with_dead_letters(proxy.url(), host_id, vec![], dead_letters.names.clone());
     let losses = Arc::new(AtomicUsize::new(0));
     {
         let losses = losses.clone();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use taskgate_host::broker::amqp::{connect, AmqpBroker, ConnectError};
+use taskgate_host::broker::amqp::{connect, ConnectError};
 use taskgate_host::broker::Broker;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 mod support;
 
-use support::{delete_queue, request, stop_broker};
+use support::{delete_queue, request, stop_broker, TestDeadLetters};
 
 /// A private CA's certificate (PEM file) and a TLS port that forwards to RabbitMQ.
 struct Terminator {
@@ -88,9 +88,9 @@ async fn amqps_connects_when_the_ca_is_trusted_and_publishes_are_confirmed() {
         tls.ca_file.path().display()
     );
     let queue = format!("taskgate-test.tls.{}", Uuid::new_v4());
-    let broker = AmqpBroker::new(
+    let dead_letters = TestDeadLetters::new();
+    let broker = dead_letters.broker(
         url,
-        Uuid::new_v4(),
         vec![taskgate_host::broker::amqp::QueueDecl {
             name: queue.clone(),
             arguments: Default::default(),

@@ -7,10 +7,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use taskgate_host::config::{FileConfig, Overrides, Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+
+mod support;
 
 async fn http(addr: SocketAddr, method: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -23,25 +24,8 @@ async fn http(addr: SocketAddr, method: &str, path: &str) -> String {
     response
 }
 
-async fn start(toml: &str) -> (SocketAddr, CancellationToken, tempfile::TempDir) {
-    let plugins = tempfile::tempdir().unwrap();
-    let file = FileConfig::parse(toml, std::path::Path::new("plugins.toml")).unwrap();
-    let overrides = Overrides {
-        plugins_dir: Some(plugins.path().to_owned()),
-        ..Overrides::default()
-    };
-    let settings = Settings::resolve(file, None, overrides).unwrap();
-    let listener = taskgate_host::server::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    tokio::spawn(taskgate_host::server::run(
-        settings,
-        listener,
-        stop.clone().cancelled_owned(),
-    ));
-    (addr, stop, plugins)
+async fn start(toml: &str) -> (SocketAddr, CancellationToken, support::HostGuard) {
+    support::start_host_with(toml).await
 }
 
 async fn until(addr: SocketAddr, path: &str, wanted: &str) -> String {

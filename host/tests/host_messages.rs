@@ -15,13 +15,13 @@ use uuid::Uuid;
 
 mod support;
 
-use support::URL;
+use support::{TestDeadLetters, URL};
 
 type Received = Arc<Mutex<Vec<IncomingReply>>>;
 
 /// A host's broker side, running, with every message of its reply queue collected.
-async fn host(stop: &CancellationToken) -> (AmqpBroker, Received) {
-    let broker = AmqpBroker::new(URL, Uuid::new_v4(), vec![]);
+async fn host(stop: &CancellationToken, dead_letters: &TestDeadLetters) -> (AmqpBroker, Received) {
+    let broker = dead_letters.broker(URL, vec![]);
     let received: Received = Arc::default();
     {
         let broker = broker.clone();
@@ -64,8 +64,10 @@ async fn wait_for(received: &Received, correlation_id: Uuid, count: usize) -> Ve
 #[tokio::test]
 async fn a_claim_reaches_every_host_and_hand_offs_arrive_in_order_as_sent() {
     let stop = CancellationToken::new();
-    let (a, a_received) = host(&stop).await;
-    let (b, b_received) = host(&stop).await;
+    // The hosts of one cluster share a dead-letter topology.
+    let dead_letters = TestDeadLetters::new();
+    let (a, a_received) = host(&stop, &dead_letters).await;
+    let (b, b_received) = host(&stop, &dead_letters).await;
     let b_queue = b.own_queue().unwrap();
     assert!(b_queue.starts_with(names::REPLY_QUEUE_PREFIX));
 

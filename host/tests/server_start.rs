@@ -12,6 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+mod support;
+
+use support::TestDeadLetters;
+
 async fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -21,8 +25,8 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     response
 }
 
-fn settings(plugins_dir: &std::path::Path) -> Settings {
-    Settings::resolve(
+fn settings(plugins_dir: &std::path::Path, dead_letters: &TestDeadLetters) -> Settings {
+    let mut settings = Settings::resolve(
         FileConfig::default(),
         None,
         Overrides {
@@ -30,18 +34,21 @@ fn settings(plugins_dir: &std::path::Path) -> Settings {
             ..Overrides::default()
         },
     )
-    .unwrap()
+    .unwrap();
+    settings.dead_letter_queue = dead_letters.names.queue.clone();
+    settings
 }
 
 #[tokio::test]
 async fn serves_socket_io_and_health_on_an_ephemeral_port() {
     let dir = std::env::temp_dir().join(format!("taskgate-empty-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
+    let dead_letters = TestDeadLetters::new();
     let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     let server = tokio::spawn(run(
-        settings(&dir),
+        settings(&dir, &dead_letters),
         listener,
         stop.clone().cancelled_owned(),
     ));

@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
+use taskgate_host::broker::amqp::{AmqpBroker, QueueDecl};
 use taskgate_host::broker::OutgoingRequest;
+use taskgate_host::dead_letters::DeadLetterNames;
 use taskgate_protocol::trace::TraceParent;
 use uuid::Uuid;
 
@@ -29,6 +31,71 @@ pub fn request(queue: &str) -> OutgoingRequest {
         reply_to: None,
         retry: None,
     }
+}
+
+/// A dead-letter queue, exchange and inbox of the test's own (protocol §3.11), deleted when
+/// dropped. Every host consumes its inbox and `taskgate dead-letters purge` empties its
+/// queue: tests that used the default `taskgate.dead-letters` together (or with a host
+/// running on this machine) could take, see or purge each other's dead letters.
+pub struct TestDeadLetters {
+    pub names: DeadLetterNames,
+}
+
+impl TestDeadLetters {
+    pub fn new() -> Self {
+        TestDeadLetters {
+            names: DeadLetterNames::new(&format!("taskgate-test.{}.dead-letters", Uuid::new_v4())),
+        }
+    }
+
+    /// A broker whose request queues dead-letter here.
+    pub fn broker(&self, url: impl Into<String>, queues: Vec<QueueDecl>) -> AmqpBroker {
+        AmqpBroker::with_dead_letters(url, Uuid::new_v4(), queues, self.names.clone())
+    }
+}
+
+impl Drop for TestDeadLetters {
+    fn drop(&mut self) {
+        // Drop cannot await, and the test's runtime may run on this very thread: delete from
+        // a thread with a runtime of its own. Best effort (a test may never have connected).
+        let names = self.names.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(delete_dead_letters(&names));
+            }
+        })
+        .join();
+    }
+}
+
+async fn delete_dead_letters(names: &DeadLetterNames) {
+    let Ok(connection) = lapin::Connection::connect(URL, Default::default()).await else {
+        return;
+    };
+    // A failed deletion closes its channel: one channel each.
+    for queue in [&names.queue, &names.inbox] {
+        if let Ok(channel) = connection.create_channel().await {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await;
+        }
+    }
+    if let Ok(channel) = connection.create_channel().await {
+        let _ = channel
+            .exchange_delete(names.exchange.as_str().into(), Default::default())
+            .await;
+    }
+    let _ = connection.close(0, "".into()).await;
+}
+
+/// What keeps a host of [`start_host`] whole until the test ends: its plugins directory and
+/// its dead-letter topology.
+pub struct HostGuard {
+    pub plugins: tempfile::TempDir,
+    pub dead_letters: TestDeadLetters,
 }
 
 /// Deletes `queue` through a connection of the test's own; returns how many messages it held.
@@ -55,27 +122,38 @@ pub async fn stop_broker(
         .unwrap();
 }
 
-/// Runs a host on an ephemeral port with `limits` as its `[limits]` table (TOML) and an
-/// empty plugins directory (kept alive by the returned guard); cancel the token to stop it.
+/// Runs a host on an ephemeral port with `limits` as its `[limits]` table (TOML), an empty
+/// plugins directory and a dead-letter topology of its own (kept alive by the returned
+/// guard); cancel the token to stop it.
 pub async fn start_host(
     limits: &str,
 ) -> (
     std::net::SocketAddr,
     tokio_util::sync::CancellationToken,
-    tempfile::TempDir,
+    HostGuard,
+) {
+    let toml = format!("[limits]\n{limits}\n");
+    start_host_with(&toml).await
+}
+
+/// [`start_host`] with a whole plugins.toml.
+pub async fn start_host_with(
+    toml: &str,
+) -> (
+    std::net::SocketAddr,
+    tokio_util::sync::CancellationToken,
+    HostGuard,
 ) {
     use taskgate_host::config::{FileConfig, Overrides, Settings};
     let plugins = tempfile::tempdir().unwrap();
-    let file = FileConfig::parse(
-        &format!("[limits]\n{limits}\n"),
-        std::path::Path::new("plugins.toml"),
-    )
-    .unwrap();
+    let file = FileConfig::parse(toml, std::path::Path::new("plugins.toml")).unwrap();
     let overrides = Overrides {
         plugins_dir: Some(plugins.path().to_owned()),
         ..Overrides::default()
     };
-    let settings = Settings::resolve(file, None, overrides).unwrap();
+    let mut settings = Settings::resolve(file, None, overrides).unwrap();
+    let dead_letters = TestDeadLetters::new();
+    settings.dead_letter_queue = dead_letters.names.queue.clone();
     let listener = taskgate_host::server::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -86,5 +164,12 @@ pub async fn start_host(
         listener,
         stop.clone().cancelled_owned(),
     ));
-    (addr, stop, plugins)
+    (
+        addr,
+        stop,
+        HostGuard {
+            plugins,
+            dead_letters,
+        },
+    )
 }

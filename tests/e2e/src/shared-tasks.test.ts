@@ -194,3 +194,42 @@ e2e('shared store: cancel from another host stops the worker and ends the task C
   await sleep(300);
   assert.equal((await back.tasks())[0].state, 'cancelled');
 });
+
+e2e('shared store: a detached task its workers crash on ends failed with the deliveryLimit error in the store — tasks and attach after a reload show it', async (ctx) => {
+  const { a, b, worker } = await cluster(ctx);
+  const page = new Client(ctx, a.url);
+  const { token } = await page.session();
+  const id = uniqueId('poison');
+  assert.deepEqual(
+    await page.emit('request', { id, requestType: TYPES.countdown, payload: { from: 3, intervalMs: 10 }, detach: true }),
+    { ok: true },
+  );
+  // Three workers in turn die with it (the default delivery limit): RabbitMQ dead-letters it,
+  // and the error goes to the task's reply queue like any worker reply (§3.11, §4.4).
+  let doomed = worker;
+  for (let delivery = 1; delivery <= 3; delivery++) {
+    if (delivery > 1) doomed = await FakeWorker.start(ctx, a.queues[TYPES.countdown]);
+    await doomed.next(10_000);
+    await doomed.close();
+  }
+  await waitUntil(() => page.final(id), 10_000, 'the final error on the connection that sent it');
+  const told = page.final(id) as { error?: { code: string; details?: { reason?: string } } };
+  assert.equal(told.error?.code, 'WORKER_ERROR');
+  assert.equal(told.error?.details?.reason, 'deliveryLimit');
+
+  // The page reloads, and comes back through the other host: the store has the outcome.
+  page.socket.disconnect();
+  const back = new Client(ctx, b.url, token);
+  await back.session();
+  const [task] = await back.tasks();
+  assert.equal(task.id, id);
+  assert.equal(task.state, 'failed');
+  const ack = await back.emit('attach', { id });
+  assert.equal(ack.ok, true, JSON.stringify(ack));
+  assert.equal(ack.state, 'failed');
+  await waitUntil(() => back.final(id), 10_000, 'the kept error on attach');
+  const kept = back.final(id) as { error?: { code: string; details?: Record<string, unknown> } };
+  assert.equal(kept.error?.code, 'WORKER_ERROR');
+  assert.equal(kept.error?.details?.reason, 'deliveryLimit');
+  assert.equal(kept.error?.details?.deliveries, 3);
+});

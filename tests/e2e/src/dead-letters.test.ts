@@ -33,6 +33,7 @@ import {
   TYPES,
   uniqueId,
   UUID_RE,
+  waitUntil,
 } from './harness.js';
 import { metric, scrape } from './prometheus.js';
 
@@ -123,6 +124,9 @@ async function crashProof(ctx: TestContext, command: CrashingWorkerCommand) {
   assert.equal(details.deadLetterQueue, ctx.deadLetterQueue);
   const deadLetterId = details.deadLetterId as string;
   assert.match(deadLetterId, UUID_RE, 'the request message\'s correlation id');
+  // The broker may see the third worker's connection drop (and the host answer) before this
+  // process reaps the child: give the supervisor a moment to record the crash.
+  await waitUntil(() => worker.crashes.length >= 3 || undefined, 5_000, 'the third crash to be recorded');
   assert.equal(worker.crashes.length, 3, `the worker crashed once per delivery: ${worker.crashes.length}`);
   const afterThirdCrash = answeredAt - worker.crashes[2];
   ctx.note(`the client had its error ${afterThirdCrash} ms after the third crash, ${answeredAt - started} ms after sending`);

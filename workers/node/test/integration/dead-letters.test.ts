@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 
 import { describe, expect, test } from '@jest/globals';
 
-import { AMQP_URL, childEnv, Client, Proc, startHost, withRun, type TestRun } from './harness.js';
+import { AMQP_URL, childEnv, Client, Proc, startHost, waitUntil, withRun, type TestRun } from './harness.js';
 
 const CRASHING_WORKER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'fixtures/crashing-worker.mjs');
 /** The request type's timeout: the client must hear of the poison long before it. */
@@ -68,6 +68,9 @@ describe('poison messages', () => {
       expect(final.error?.code).toBe('WORKER_ERROR');
       expect(final.error?.message).toMatch(/delivered to workers 3 times/);
       expect(final.error?.details).toMatchObject({ reason: 'deliveryLimit', deliveries: 3, deadLetterQueue: run.deadLetterQueue });
+      // The broker may see the third worker's connection drop (and the host answer) before this
+      // process reaps the child: give the supervisor a moment to record the crash.
+      await waitUntil(() => worker.crashes.length >= 3, 5_000, 'the third crash to be recorded');
       expect(worker.crashes).toHaveLength(3);
       expect(worker.unexpected).toEqual([]);
       const afterThirdCrash = answered - worker.crashes[2]!;

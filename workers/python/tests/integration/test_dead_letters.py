@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from .harness import Proc, Run
+from .harness import Proc, Run, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +77,9 @@ async def test_a_request_the_worker_crashes_on_is_dead_lettered_after_3_deliveri
     assert error["details"]["reason"] == "deliveryLimit"
     assert error["details"]["deliveries"] == 3
     assert error["details"]["deadLetterQueue"] == run.dead_letter_queue
+    # The broker may see the third worker's connection drop (and the host answer) before this
+    # process reaps the child: give the supervisor a moment to record the crash.
+    await wait_until(lambda: len(supervisor.crashes) >= 3, 5, "the third crash to be recorded")
     assert len(supervisor.crashes) == 3, f"one crash per delivery: {supervisor.crashes}"
     assert supervisor.unexpected == []
     after_third_crash = answered - supervisor.crashes[2]

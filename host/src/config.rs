@@ -104,6 +104,12 @@ pub struct ConsoleSection {
     pub enabled: Option<bool>,
     /// The role an identity needs to use the console (default `admin`).
     pub role: Option<String>,
+    /// How many failed requests the console keeps and shows (default 100, at most 500).
+    pub recent_failures: Option<usize>,
+    /// RabbitMQ's management API (`http://user:password@host:15672`), read for the queues'
+    /// unacknowledged messages. Default: the AMQP URL's host on port 15672 with its
+    /// credentials; `""`: not read.
+    pub management_url: Option<String>,
 }
 
 /// The default of `[console] role`.
@@ -114,6 +120,24 @@ pub const DEFAULT_CONSOLE_ROLE: &str = "admin";
 pub struct ConsoleSettings {
     pub enabled: bool,
     pub role: String,
+    pub recent_failures: usize,
+    /// `None`: derived from the AMQP URL; `Some("")`: not read.
+    pub management_url: Option<String>,
+}
+
+impl ConsoleSettings {
+    /// Where the management API is read, if anywhere (`Err`: a URL that cannot be used).
+    pub fn management(
+        &self,
+        amqp_url: &str,
+    ) -> Option<Result<crate::console::management::Management, String>> {
+        match self.management_url.as_deref() {
+            Some("") => None,
+            url => Some(crate::console::management::Management::from_urls(
+                url, amqp_url,
+            )),
+        }
+    }
 }
 
 impl ConsoleSection {
@@ -125,9 +149,20 @@ impl ConsoleSection {
                     .to_owned(),
             ));
         }
+        let recent_failures = self
+            .recent_failures
+            .unwrap_or(crate::console::failures::DEFAULT_KEPT);
+        if recent_failures > crate::console::failures::MAX_KEPT {
+            return Err(ConfigError::Invalid(format!(
+                "[console] recent_failures = {recent_failures} is more than {}: every heartbeat carries them",
+                crate::console::failures::MAX_KEPT
+            )));
+        }
         Ok(ConsoleSettings {
             enabled: self.enabled.unwrap_or(false),
             role,
+            recent_failures,
+            management_url: self.management_url,
         })
     }
 }
@@ -710,8 +745,18 @@ mod tests {
             s.console,
             ConsoleSettings {
                 enabled: false,
-                role: "admin".into()
+                role: "admin".into(),
+                recent_failures: 100,
+                management_url: None,
             }
+        );
+        let s = resolve("[console]\nrecent_failures = 20\nmanagement_url = \"\"\n").unwrap();
+        assert_eq!(s.console.recent_failures, 20);
+        assert!(s.console.management("amqp://localhost").is_none());
+        let too_many = resolve("[console]\nrecent_failures = 501\n").unwrap_err();
+        assert!(
+            too_many.to_string().contains("recent_failures"),
+            "{too_many}"
         );
         let s = resolve("[console]\nenabled = true\nrole = \"ops\"\n").unwrap();
         assert!(s.console.enabled);

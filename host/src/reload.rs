@@ -24,7 +24,7 @@ use tracing::{error, info, warn, Level};
 use crate::broker::amqp::QueueDecl;
 use crate::config::{FileConfig, Settings};
 use crate::plugins::{self, Candidate, ContentHash, LoadFailure, Loaded, Loader, Note};
-use crate::routes::{RoutingTable, ServedPlugin};
+use crate::routes::{LoadError, RoutingTable, ServedPlugin};
 
 /// What a rescan found: a complete routing table, the queues it needs, and what changed.
 #[derive(Debug)]
@@ -127,6 +127,9 @@ pub struct Reloader<L: Loader> {
     versions: HashMap<ContentHash, Result<Loaded, LoadFailure>>,
     files: BTreeMap<PathBuf, FileState>,
     served: BTreeMap<String, ServedPlugin>,
+    /// The last refusal of each file (or plugins.toml) that still stands: the events say
+    /// it once, the console shows it until the file loads or goes.
+    load_errors: BTreeMap<PathBuf, LoadError>,
 }
 
 impl<L: Loader> Reloader<L> {
@@ -150,6 +153,7 @@ impl<L: Loader> Reloader<L> {
             versions: HashMap::new(),
             files: BTreeMap::new(),
             served: BTreeMap::new(),
+            load_errors: BTreeMap::new(),
         }
     }
 
@@ -205,11 +209,56 @@ impl<L: Loader> Reloader<L> {
             }
         }
         self.served = resolved.served;
+        self.keep_load_errors(&events);
         Rescan {
-            routes: resolved.routes,
+            routes: resolved
+                .routes
+                .with_load_errors(self.load_errors.values().cloned().collect()),
             queues: resolved.queues,
             events,
         }
+    }
+
+    /// Remembers the refusals among `events` and forgets those that no longer stand.
+    fn keep_load_errors(&mut self, events: &[Event]) {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for event in events {
+            let (file, reason) = match event {
+                Event::FileRefused { file, reason, .. }
+                | Event::FileUnreadable { file, reason } => (file.clone(), reason.clone()),
+                Event::ConfigRejected { reason } => match &self.running.config_path {
+                    Some(path) => (path.clone(), reason.clone()),
+                    None => continue,
+                },
+                _ => continue,
+            };
+            let error = LoadError {
+                file: file.display().to_string(),
+                reason,
+                at_ms,
+            };
+            self.load_errors.insert(file, error);
+        }
+        let config = self.running.config_path.clone();
+        let config_fine = self.config_problem.is_none();
+        let files = &self.files;
+        let versions = &self.versions;
+        self.load_errors.retain(|path, _| {
+            if config.as_ref() == Some(path) {
+                return !config_fine;
+            }
+            let Some(state) = files.get(path) else {
+                return false;
+            };
+            let loads = state.problem.is_none()
+                && state
+                    .seen
+                    .as_ref()
+                    .is_some_and(|hash| matches!(versions.get(hash), Some(Ok(_))));
+            !loads
+        });
     }
 
     fn why_not_served(&self, name: &str, candidates: &[Candidate]) -> String {

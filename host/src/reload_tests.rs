@@ -331,6 +331,40 @@ fn a_broken_new_version_keeps_the_old_one_serving_is_reported_once_and_picked_up
 }
 
 #[test]
+fn a_refusal_stands_in_the_table_until_the_file_loads_or_the_config_is_fixed() {
+    let scene = Scene::standard();
+    let mut reloader = scene.reloader();
+    assert!(reloader.rescan().routes.load_errors().is_empty());
+    let v2 = library("echo", "2.0", &["echo"]);
+    scene.write("libecho.so", &v2[..v2.len() / 2]);
+    let rescan = reloader.rescan();
+    let errors = rescan.routes.load_errors();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].file,
+        scene.file("libecho.so").display().to_string()
+    );
+    assert!(
+        errors[0].reason.contains("not a taskgate plugin"),
+        "{errors:?}"
+    );
+    // Said once in the events, but it stands in every table until fixed.
+    scene.config("[plugins.echo]\nenabled = true\n");
+    assert_eq!(reloader.rescan().routes.load_errors(), errors);
+    scene.config("[plugins.echo\n");
+    let rescan = reloader.rescan();
+    assert_eq!(rescan.routes.load_errors().len(), 2);
+    assert!(rescan
+        .routes
+        .load_errors()
+        .iter()
+        .any(|e| e.file == scene.config_path().display().to_string()));
+    scene.config("[plugins.echo]\nenabled = true\n");
+    scene.write("libecho.so", &v2);
+    assert!(reloader.rescan().routes.load_errors().is_empty());
+}
+
+#[test]
 fn a_broken_new_file_serves_nothing_until_it_is_fixed() {
     let scene = Scene::new("[plugins.echo]\nenabled = true\n[plugins.extra]\nenabled = true\n");
     scene.write("libecho.so", &library("echo", "1.0", &["echo"]));

@@ -273,11 +273,23 @@ pub struct ServedPlugin {
     pub request_types: Vec<String>,
 }
 
+/// A plugin file (or plugins.toml) that was refused at the last rescan that read it, and
+/// still is: what the operator console shows next to the plugins.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadError {
+    pub file: String,
+    pub reason: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
 /// Request type name → spec. Built once per configuration, then shared read-only.
 #[derive(Debug, Default)]
 pub struct RoutingTable {
     types: HashMap<String, Arc<RequestTypeSpec>>,
     plugins: Vec<ServedPlugin>,
+    load_errors: Vec<LoadError>,
 }
 
 impl RoutingTable {
@@ -288,7 +300,19 @@ impl RoutingTable {
                 .map(|s| (s.name.clone(), Arc::new(s)))
                 .collect(),
             plugins: Vec::new(),
+            load_errors: Vec::new(),
         }
+    }
+
+    /// Records the refusals that stand as this table is made.
+    pub fn with_load_errors(mut self, load_errors: Vec<LoadError>) -> Self {
+        self.load_errors = load_errors;
+        self
+    }
+
+    /// The plugin files refused (and plugins.toml, if it is) as this table was made.
+    pub fn load_errors(&self) -> &[LoadError] {
+        &self.load_errors
     }
 
     /// Records which plugin versions serve this table's types.

@@ -28,6 +28,7 @@ use crate::broker::amqp_url::redact_url;
 use crate::broker::Broker;
 use crate::clients::HostSink;
 use crate::config::{AuthMode, Settings};
+use crate::console::failures::RecentFailures;
 use crate::console::{Console, HostControl, HostStatus, RequestTypeInfo};
 use crate::dead_letters::DeadLetterNames;
 use crate::gateway::{Gateway, GatewayOptions};
@@ -128,8 +129,9 @@ struct Host {
     admission: Arc<Admission>,
     /// Fires a rescan of the plugins (file changes, the console).
     rescan: Arc<tokio::sync::Notify>,
-    /// The operator console, when `[console] enabled`, and the task that samples its numbers.
-    console: Option<(Arc<Console>, JoinHandle<()>)>,
+    /// The operator console, when `[console] enabled`, and its tasks (the sampler of its
+    /// numbers, the reader of the management API).
+    console: Option<(Arc<Console>, Vec<JoinHandle<()>>)>,
     /// The address the host listens on, known once it serves.
     listening: Arc<OnceLock<SocketAddr>>,
 }
@@ -208,6 +210,13 @@ impl Host {
         // The transports report the clients they drop to the gateway, which owns them
         // through its sink: they get a weak handle on it as it is made.
         let mut transports = None;
+        // The console's recent failures, recorded by the gateway where requests fail.
+        let recent_failures = settings.console.enabled.then(|| {
+            Arc::new(RecentFailures::new(
+                host_id.to_string(),
+                settings.console.recent_failures,
+            ))
+        });
         let gateway = Arc::new_cyclic(|gateway: &Weak<HostGateway>| {
             let (layer, socketio) = socketio::build(&settings, DropReporter::new(gateway.clone()));
             let hub = Arc::new(Hub::new(
@@ -228,6 +237,10 @@ impl Host {
             .with_limits(&settings.limits)
             .with_resume(settings.resume.clone())
             .with_handoff(cluster);
+            let gateway = match &recent_failures {
+                Some(failures) => gateway.with_recent_failures(failures.clone()),
+                None => gateway,
+            };
             match &store {
                 Some(store) => {
                     let queue = settings.resume.store.task_reply_queue().unwrap_or_default();
@@ -272,15 +285,24 @@ impl Host {
                 gateway: gateway.clone(),
                 admission: admission.clone(),
                 rescan: rescan.clone(),
+                recent_failures: recent_failures.clone(),
             });
-            let console = Arc::new(Console::new(
+            let mut console = Console::new(
                 control,
                 admission.clone(),
                 settings.console.role.clone(),
-            ));
+            )
+            .with_failures_kept(settings.console.recent_failures);
+            match settings.console.management(&settings.amqp_url) {
+                Some(Ok(management)) => console = console.with_management(management),
+                Some(Err(reason)) => warn!(%reason, "console: RabbitMQ's management API will not be read; queues show no unacknowledged counts"),
+                None => info!("console: [console] management_url is empty; queues show no unacknowledged counts"),
+            }
+            let console = Arc::new(console);
             let handle = metrics.clone();
-            let sampler = console.spawn_sampler(move || metrics::render(&handle));
-            (console, sampler)
+            let mut tasks = vec![console.spawn_sampler(move || metrics::render(&handle))];
+            tasks.extend(console.spawn_management());
+            (console, tasks)
         });
         Ok(Host {
             settings,
@@ -455,8 +477,8 @@ impl Host {
             warn!(error = %e, "hot reload task ended abnormally");
         }
         self.upkeep.abort();
-        if let Some((_, sampler)) = &self.console {
-            sampler.abort();
+        if let Some((_, tasks)) = &self.console {
+            tasks.iter().for_each(JoinHandle::abort);
         }
         if let Some(link) = cluster_link {
             if let Err(e) = link.await {
@@ -625,11 +647,13 @@ struct ConsoleHost {
     gateway: Arc<HostGateway>,
     admission: Arc<Admission>,
     rescan: Arc<tokio::sync::Notify>,
+    recent_failures: Option<Arc<RecentFailures>>,
 }
 
 impl HostControl for ConsoleHost {
     fn status(&self) -> HostStatus {
         let routes = self.gateway.routes();
+        let in_flight = self.gateway.in_flight_by_type();
         let mut request_types: Vec<RequestTypeInfo> = routes
             .iter()
             .map(|spec| RequestTypeInfo {
@@ -637,6 +661,7 @@ impl HostControl for ConsoleHost {
                 plugin: spec.plugin.clone(),
                 queue: spec.queue.clone(),
                 streams: spec.streams,
+                in_flight: in_flight.get(&spec.name).copied().unwrap_or(0),
             })
             .collect();
         request_types.sort_by(|a, b| a.name.cmp(&b.name));
@@ -656,6 +681,12 @@ impl HostControl for ConsoleHost {
             shutting_down: !self.gateway.is_admitting(),
             plugins: routes.plugins().to_vec(),
             request_types,
+            load_errors: routes.load_errors().to_vec(),
+            recent_failures: self
+                .recent_failures
+                .as_ref()
+                .map(|f| f.list())
+                .unwrap_or_default(),
         }
     }
 

@@ -18,7 +18,7 @@ pub const FORGET_AFTER: Duration = Duration::from_secs(10 * 60);
 /// How often the queues are looked at.
 pub const QUEUES_EVERY: Duration = Duration::from_secs(5);
 /// A heartbeat larger than this is ignored (a host with very many plugins still fits).
-pub const MAX_BEAT_BYTES: usize = 256 * 1024;
+pub const MAX_BEAT_BYTES: usize = 1024 * 1024;
 
 /// A host as the others last heard of it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -77,6 +77,9 @@ pub struct QueueState {
     pub queue: String,
     /// Messages ready for a consumer.
     pub ready: u32,
+    /// Delivered to a worker and not yet acknowledged: from RabbitMQ's management API,
+    /// `None` when it cannot be read (a passive declare does not tell).
+    pub unacked: Option<u64>,
     pub consumers: u32,
     /// The ready messages grew at each of the last [`GROWING_LOOKS`] looks.
     pub growing: bool,
@@ -129,6 +132,7 @@ impl Queues {
                         QueueState {
                             queue: queue.clone(),
                             ready: *ready,
+                            unacked: None,
                             consumers: *consumers,
                             growing,
                             alarm: *consumers == 0 || growing,
@@ -138,6 +142,7 @@ impl Queues {
                     Err(reason) => QueueState {
                         queue: queue.clone(),
                         ready: 0,
+                        unacked: None,
                         consumers: 0,
                         growing: false,
                         alarm: true,
@@ -167,6 +172,8 @@ mod tests {
             shutting_down: false,
             plugins: Vec::new(),
             request_types: Vec::new(),
+            load_errors: Vec::new(),
+            recent_failures: Vec::new(),
         })
         .unwrap()
     }

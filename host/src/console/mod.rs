@@ -18,8 +18,11 @@
 
 pub mod access;
 pub mod cluster;
+pub mod failures;
+pub mod management;
 pub mod samples;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -41,8 +44,10 @@ use uuid::Uuid;
 
 use crate::admission::Admission;
 use crate::broker::amqp::cluster::ClusterObserver;
-use crate::routes::ServedPlugin;
+use crate::routes::{LoadError, ServedPlugin};
 use access::Operator;
+use failures::Failure;
+use management::{Management, ManagementState, QueueCounts};
 use samples::{History, TypeStats};
 
 /// The Content-Security-Policy of every console response: nothing but the host's own
@@ -81,6 +86,13 @@ pub struct HostStatus {
     pub shutting_down: bool,
     pub plugins: Vec<ServedPlugin>,
     pub request_types: Vec<RequestTypeInfo>,
+    /// Plugin files (or plugins.toml) refused and still refused. (`default`: the beats of
+    /// hosts from before the field read as none.)
+    #[serde(default)]
+    pub load_errors: Vec<LoadError>,
+    /// This host's last requests that ended with an error, newest first.
+    #[serde(default)]
+    pub recent_failures: Vec<Failure>,
 }
 
 /// A request type this host serves.
@@ -91,6 +103,9 @@ pub struct RequestTypeInfo {
     pub plugin: String,
     pub queue: String,
     pub streams: bool,
+    /// Its requests in flight on this host.
+    #[serde(default)]
+    pub in_flight: usize,
 }
 
 /// The body of `overview` and of each pushed event.
@@ -104,6 +119,13 @@ pub struct Overview {
     pub queues: Vec<cluster::QueueState>,
     pub request_types: Vec<TypeStats>,
     pub sample_every_ms: u64,
+    /// Every live host's last failures, newest first.
+    pub failures: Vec<Failure>,
+    /// Plugins that run at more than one version (or build) on the live hosts: a rolling
+    /// reload under way, or one that stopped half way.
+    pub mixed_plugins: Vec<String>,
+    /// Whether the queues' unacknowledged counts could be read.
+    pub management: ManagementState,
 }
 
 /// The console's state, shared by its handlers.
@@ -114,6 +136,11 @@ pub struct Console {
     history: Arc<Mutex<History>>,
     peers: Mutex<cluster::Peers>,
     queues: Mutex<cluster::Queues>,
+    /// How many failures the overview shows (`[console] recent_failures`).
+    failures_kept: usize,
+    management: Option<Management>,
+    /// The last look at the management API.
+    unacked: Mutex<(ManagementState, BTreeMap<String, QueueCounts>)>,
 }
 
 impl Console {
@@ -125,7 +152,76 @@ impl Console {
             history: Arc::default(),
             peers: Mutex::default(),
             queues: Mutex::default(),
+            failures_kept: failures::DEFAULT_KEPT,
+            management: None,
+            unacked: Mutex::new((
+                ManagementState {
+                    url: None,
+                    reachable: false,
+                    error: Some("not configured".to_owned()),
+                },
+                BTreeMap::new(),
+            )),
         }
+    }
+
+    /// Shows at most `kept` failures of all hosts.
+    pub fn with_failures_kept(mut self, kept: usize) -> Self {
+        self.failures_kept = kept;
+        self
+    }
+
+    /// Reads unacknowledged counts from RabbitMQ's management API (see `spawn_management`).
+    pub fn with_management(mut self, management: Management) -> Self {
+        *lock(&self.unacked) = (
+            ManagementState {
+                url: Some(management.base.clone()),
+                reachable: false,
+                error: Some("not asked yet".to_owned()),
+            },
+            BTreeMap::new(),
+        );
+        self.management = Some(management);
+        self
+    }
+
+    /// Asks the management API for the queues every [`cluster::QUEUES_EVERY`] until the
+    /// returned task is aborted; `None` without one.
+    pub fn spawn_management(self: &Arc<Self>) -> Option<JoinHandle<()>> {
+        let management = self.management.clone()?;
+        let console = Arc::downgrade(self);
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(cluster::QUEUES_EVERY);
+            let mut said = None;
+            loop {
+                tick.tick().await;
+                let look = management.queues().await;
+                let Some(console) = console.upgrade() else {
+                    return;
+                };
+                let error = look.as_ref().err().cloned();
+                if error != said {
+                    match &error {
+                        Some(e) => {
+                            info!(url = %management.base, error = %e, "console: RabbitMQ's management API cannot be read; queues show no unacknowledged counts")
+                        }
+                        None => {
+                            info!(url = %management.base, "console: reading unacknowledged counts from RabbitMQ's management API")
+                        }
+                    }
+                    said = error.clone();
+                }
+                let mut unacked = lock(&console.unacked);
+                unacked.0 = ManagementState {
+                    url: Some(management.base.clone()),
+                    reachable: error.is_none(),
+                    error,
+                };
+                if let Ok(queues) = look {
+                    unacked.1 = queues;
+                }
+            }
+        }))
     }
 
     /// Adds a reading of the metrics (the sampler's; tests add their own).
@@ -154,12 +250,37 @@ impl Console {
 
     fn overview(&self) -> Overview {
         let request_types = lock(&self.history).stats();
+        let mut host = self.control.status();
+        let mut hosts = lock(&self.peers).list(now_ms());
+        // Each host's failures come once, in the list; this host's from itself (its own
+        // beat may be two seconds old).
+        let mut failure_lists = vec![std::mem::take(&mut host.recent_failures)];
+        for peer in &mut hosts {
+            let theirs = std::mem::take(&mut peer.status.recent_failures);
+            if peer.status.id != host.id && !peer.gone {
+                failure_lists.push(theirs);
+            }
+        }
+        let mixed_plugins = mixed_plugins(
+            std::iter::once(&host).chain(hosts.iter().filter(|p| !p.gone).map(|p| &p.status)),
+        );
+        let mut queues = lock(&self.queues).list();
+        let (management, unacked) = {
+            let unacked = lock(&self.unacked);
+            (unacked.0.clone(), unacked.1.clone())
+        };
+        for queue in &mut queues {
+            queue.unacked = unacked.get(&queue.queue).map(|c| c.unacked);
+        }
         Overview {
-            host: self.control.status(),
-            hosts: lock(&self.peers).list(now_ms()),
-            queues: lock(&self.queues).list(),
+            host,
+            hosts,
+            queues,
             request_types,
             sample_every_ms: samples::SAMPLE_EVERY.as_millis() as u64,
+            failures: failures::merge(failure_lists, self.failures_kept),
+            mixed_plugins,
+            management,
         }
     }
 
@@ -198,6 +319,24 @@ impl Console {
             .layer(axum::middleware::map_response(secure_headers))
             .with_state(self)
     }
+}
+
+/// The plugins whose (version, build) differ between `hosts`, by name.
+fn mixed_plugins<'a>(hosts: impl Iterator<Item = &'a HostStatus>) -> Vec<String> {
+    let mut builds: BTreeMap<&str, BTreeSet<(&str, &str)>> = BTreeMap::new();
+    for host in hosts {
+        for plugin in &host.plugins {
+            builds
+                .entry(plugin.name.as_str())
+                .or_default()
+                .insert((plugin.version.as_str(), plugin.hash.as_str()));
+        }
+    }
+    builds
+        .into_iter()
+        .filter(|(_, builds)| builds.len() > 1)
+        .map(|(name, _)| name.to_owned())
+        .collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -14,11 +14,22 @@ use crate::auth::Authenticator;
 use crate::config::{AuthMode, AuthSection};
 use crate::metrics::REQUESTS_TOTAL;
 
-#[derive(Default)]
 struct FakeHost {
+    failures: failures::RecentFailures,
     draining: AtomicBool,
     rescans: AtomicUsize,
     cancelled: Mutex<Vec<(uuid::Uuid, String)>>,
+}
+
+impl Default for FakeHost {
+    fn default() -> Self {
+        FakeHost {
+            failures: failures::RecentFailures::new("host-1", 10),
+            draining: AtomicBool::default(),
+            rescans: AtomicUsize::default(),
+            cancelled: Mutex::default(),
+        }
+    }
 }
 
 impl HostControl for FakeHost {
@@ -39,7 +50,10 @@ impl HostControl for FakeHost {
                 plugin: "text".into(),
                 queue: "taskgate.text.echo".into(),
                 streams: false,
+                in_flight: 1,
             }],
+            load_errors: Vec::new(),
+            recent_failures: self.failures.list(),
         }
     }
     fn set_draining(&self, draining: bool) {
@@ -354,4 +368,95 @@ async fn the_push_channel_sends_the_overview_as_server_sent_events() {
     let text = String::from_utf8_lossy(&chunk).into_owned();
     assert!(text.starts_with("event: overview\ndata: {"), "{text}");
     assert!(text.contains(r#""id":"host-1""#), "{text}");
+}
+
+fn plugin(name: &str, version: &str, hash: &str) -> ServedPlugin {
+    ServedPlugin {
+        name: name.into(),
+        version: version.into(),
+        hash: hash.into(),
+        file: format!("/plugins/lib{name}.so").into(),
+        request_types: vec![format!("{name}.x")],
+    }
+}
+
+#[tokio::test]
+async fn every_hosts_failures_come_once_newest_first_and_mixed_plugin_versions_are_flagged() {
+    let host = Arc::new(FakeHost::default());
+    host.failures.record(
+        "text.echo",
+        "TIMEOUT",
+        "<img src=x onerror=alert(1)>",
+        "c-here",
+        "00-a",
+    );
+    let console = Arc::new(Console::new(
+        host.clone(),
+        admission(Authenticator::none()),
+        "admin".into(),
+    ));
+    // Another host's beat: its failure, an older plugin build, a load error.
+    let mut peer = host.status();
+    peer.id = "host-2".into();
+    peer.plugins = vec![
+        plugin("text", "1.0", "aaaa"),
+        plugin("words", "1.0", "cccc"),
+    ];
+    peer.load_errors = vec![crate::routes::LoadError {
+        file: "/plugins/libtext.so".into(),
+        reason: "not a taskgate plugin".into(),
+        at_ms: 1,
+    }];
+    peer.recent_failures = vec![failures::Failure {
+        request_type: "text.echo".into(),
+        code: "WORKER_ERROR".into(),
+        message: "boom".into(),
+        correlation_id: "c-there".into(),
+        traceparent: "00-b".into(),
+        host: "host-2".into(),
+        at_ms: 1,
+    }];
+    console.on_beat(&serde_json::to_vec(&peer).unwrap());
+    // This host's own beat (with its failure) must not count it twice.
+    console.on_beat(&serde_json::to_vec(&host.status()).unwrap());
+    let mut third = host.status();
+    third.id = "host-3".into();
+    third.plugins = vec![
+        plugin("text", "1.1", "bbbb"),
+        plugin("words", "1.0", "cccc"),
+    ];
+    third.recent_failures = Vec::new();
+    console.on_beat(&serde_json::to_vec(&third).unwrap());
+
+    let (_, _, body) = call(
+        &console.router(),
+        Method::GET,
+        "/console/api/overview",
+        "127.0.0.1:1",
+        None,
+    )
+    .await;
+    let overview: Value = serde_json::from_str(&body).unwrap();
+    let ids: Vec<&str> = overview["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["correlationId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["c-here", "c-there"], "{body}");
+    assert_eq!(
+        overview["failures"][0]["message"], "<img src=x onerror=alert(1)>",
+        "kept as text; the page sets it with textContent"
+    );
+    assert_eq!(overview["failures"][1]["host"], "host-2");
+    assert_eq!(overview["mixedPlugins"], serde_json::json!(["text"]));
+    let hosts = overview["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 3);
+    assert!(hosts
+        .iter()
+        .all(|h| h["recentFailures"].as_array().unwrap().is_empty()));
+    let second = hosts.iter().find(|h| h["id"] == "host-2").unwrap();
+    assert_eq!(second["loadErrors"][0]["reason"], "not a taskgate plugin");
+    assert_eq!(overview["host"]["requestTypes"][0]["inFlight"], 1);
+    assert_eq!(overview["management"]["reachable"], false);
 }

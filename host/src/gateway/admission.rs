@@ -264,6 +264,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             correlation_id,
             InFlight {
                 conn,
+                correlation_id,
                 client_id,
                 request_type: spec.name.as_str().into(),
                 timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),

@@ -706,6 +706,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             correlation_id,
             InFlight {
                 conn,
+                correlation_id,
                 client_id: client_id.clone(),
                 request_type: request_type.clone(),
                 timeout_ms: handoff.timeout_ms,

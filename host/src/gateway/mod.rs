@@ -104,6 +104,8 @@ enum Stage {
 #[derive(Debug)]
 struct InFlight<C> {
     conn: C,
+    /// Its key in `inflight`, kept here for what is told about its end (recent failures).
+    correlation_id: Uuid,
     client_id: Arc<str>,
     request_type: Arc<str>,
     /// The timeout the request was admitted with: a reload may change or remove its type
@@ -177,6 +179,9 @@ pub struct Gateway<B: Broker, S: ClientSink> {
     forwarding: DashMap<Uuid, Forwarding>,
     /// The one sender of messages to other hosts, started with the first.
     outbox: std::sync::OnceLock<Outbox>,
+    /// The last requests that ended with an error, for the operator console; `None`
+    /// while the console is off.
+    failures: Option<Arc<crate::console::failures::RecentFailures>>,
 }
 
 impl<B: Broker, S: ClientSink> Drop for Gateway<B, S> {
@@ -220,7 +225,29 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             claims: Claims::default(),
             forwarding: DashMap::new(),
             outbox: std::sync::OnceLock::new(),
+            failures: None,
         }
+    }
+
+    /// Keeps the last requests that end with an error in `failures` (the console).
+    pub fn with_recent_failures(
+        mut self,
+        failures: Arc<crate::console::failures::RecentFailures>,
+    ) -> Self {
+        self.failures = Some(failures);
+        self
+    }
+
+    /// Requests in flight per request type (the console; walks the map, so not for the
+    /// request path).
+    pub fn in_flight_by_type(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for entry in self.inflight.iter() {
+            *counts
+                .entry(entry.value().request_type.to_string())
+                .or_insert(0) += 1;
+        }
+        counts
     }
 
     /// Turns sessions on (protocol §4): the requests of a connection that opted in are

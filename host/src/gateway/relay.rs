@@ -54,6 +54,15 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     /// Sends a final error (the request's outcome, for metrics).
     pub(super) fn emit_error(&self, request: &mut InFlight<S::Conn>, error: &ErrorBody) {
         request.metrics.finish(Outcome::Error(&error.code));
+        if let Some(failures) = &self.failures {
+            failures.record(
+                &request.request_type,
+                &error.code,
+                &error.message,
+                &request.correlation_id.to_string(),
+                &request.trace.to_string(),
+            );
+        }
         let (conn, client_id, resume) = request.parts();
         self.send(conn, resume, &ResponseEvent::error(client_id, error));
     }

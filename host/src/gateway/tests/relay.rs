@@ -270,3 +270,35 @@ async fn replies_buffered_before_the_confirm_are_capped_in_bytes() {
     tokio::task::yield_now().await;
     assert_eq!(h.broker.cancels().len(), 1);
 }
+
+#[tokio::test]
+async fn requests_that_end_with_an_error_are_kept_for_the_console_and_cancellations_are_not() {
+    let failures = Arc::new(crate::console::failures::RecentFailures::new("host-a", 10));
+    let h = harness_with(|gateway| gateway.with_recent_failures(failures.clone()));
+    h.submit(1, req("a", "echo", json!(1))).await;
+    let failed = h.last_correlation_id();
+    h.gateway.on_reply(reply(
+        failed,
+        "error",
+        r#"{"code":"NOT_FOUND","message":"no such"}"#,
+    ));
+    h.submit(2, req("b", "echo", json!(1))).await;
+    h.gateway
+        .on_reply(reply(h.last_correlation_id(), "result", "1"));
+    h.submit(3, req("c", "echo", json!(1))).await;
+    h.gateway.cancel(
+        CONN,
+        Ok(CancelEnvelope {
+            id: Some(json!("c")),
+        }),
+    );
+    let kept = failures.list();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].correlation_id, failed.to_string());
+    assert_eq!(kept[0].request_type, "echo");
+    assert_eq!(kept[0].code, "NOT_FOUND");
+    assert_eq!(kept[0].message, "no such");
+    assert_eq!(kept[0].host, "host-a");
+    assert!(kept[0].traceparent.starts_with("00-"), "{kept:?}");
+    h.assert_clean();
+}

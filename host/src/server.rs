@@ -292,7 +292,11 @@ impl Host {
                 admission.clone(),
                 settings.console.role.clone(),
             )
-            .with_failures_kept(settings.console.recent_failures);
+            .with_failures_kept(settings.console.recent_failures)
+            .with_dead_letters(Arc::new(crate::console::dead_letters::AmqpShelf {
+                url: settings.amqp_url.clone(),
+                names: DeadLetterNames::new(&settings.dead_letter_queue),
+            }));
             match settings.console.management(&settings.amqp_url) {
                 Some(Ok(management)) => console = console.with_management(management),
                 Some(Err(reason)) => warn!(%reason, "console: RabbitMQ's management API will not be read; queues show no unacknowledged counts"),
@@ -700,6 +704,10 @@ impl HostControl for ConsoleHost {
 
     fn cancel(&self, correlation_id: Uuid, operator: &str) -> bool {
         self.gateway.cancel_by_operator(correlation_id, operator)
+    }
+
+    fn tasks(&self) -> Vec<crate::gateway::task_list::TaskSummary> {
+        self.gateway.detached_tasks()
     }
 }
 

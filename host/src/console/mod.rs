@@ -18,6 +18,7 @@
 
 pub mod access;
 pub mod cluster;
+pub mod dead_letters;
 pub mod failures;
 pub mod management;
 pub mod samples;
@@ -44,6 +45,7 @@ use uuid::Uuid;
 
 use crate::admission::Admission;
 use crate::broker::amqp::cluster::ClusterObserver;
+use crate::gateway::task_list::TaskSummary;
 use crate::routes::{LoadError, ServedPlugin};
 use access::Operator;
 use failures::Failure;
@@ -69,6 +71,10 @@ pub trait HostControl: Send + Sync + 'static {
     /// Cancel a request: ended `CANCELLED` if this host holds it, workers told either way.
     /// Whether this host held it.
     fn cancel(&self, correlation_id: Uuid, operator: &str) -> bool;
+    /// This host's detached tasks, newest first.
+    fn tasks(&self) -> Vec<TaskSummary> {
+        Vec::new()
+    }
 }
 
 /// One host as the console shows it.
@@ -141,6 +147,7 @@ pub struct Console {
     management: Option<Management>,
     /// The last look at the management API.
     unacked: Mutex<(ManagementState, BTreeMap<String, QueueCounts>)>,
+    dead_letters: Option<Arc<dyn dead_letters::DeadLetterShelf>>,
 }
 
 impl Console {
@@ -154,6 +161,7 @@ impl Console {
             queues: Mutex::default(),
             failures_kept: failures::DEFAULT_KEPT,
             management: None,
+            dead_letters: None,
             unacked: Mutex::new((
                 ManagementState {
                     url: None,
@@ -163,6 +171,12 @@ impl Console {
                 BTreeMap::new(),
             )),
         }
+    }
+
+    /// Lists, requeues and purges the dead letters of `shelf`.
+    pub fn with_dead_letters(mut self, shelf: Arc<dyn dead_letters::DeadLetterShelf>) -> Self {
+        self.dead_letters = Some(shelf);
+        self
     }
 
     /// Shows at most `kept` failures of all hosts.
@@ -314,6 +328,13 @@ impl Console {
             .route("/console/api/undrain", post(undrain))
             .route("/console/api/rescan", post(rescan))
             .route("/console/api/cancel", post(cancel))
+            .route("/console/api/tasks", get(tasks))
+            .route("/console/api/dead-letters", get(dead_letters::list))
+            .route(
+                "/console/api/dead-letters/requeue",
+                post(dead_letters::requeue),
+            )
+            .route("/console/api/dead-letters/purge", post(dead_letters::purge))
             .route_layer(axum::middleware::from_fn_with_state(self.clone(), guard))
             .merge(page)
             .layer(axum::middleware::map_response(secure_headers))
@@ -539,6 +560,34 @@ async fn cancel(
         held_here,
     })
     .into_response()
+}
+
+/// `GET /console/api/tasks?q=TEXT`: this host's detached tasks; with `q`, those whose
+/// id, client id, type, owner or state contains it.
+#[derive(Debug, Deserialize)]
+struct TaskFilter {
+    q: Option<String>,
+}
+
+async fn tasks(
+    State(console): State<Arc<Console>>,
+    axum::extract::Query(filter): axum::extract::Query<TaskFilter>,
+) -> Json<Vec<TaskSummary>> {
+    let mut tasks = console.control.tasks();
+    if let Some(q) = filter.q.map(|q| q.to_lowercase()).filter(|q| !q.is_empty()) {
+        tasks.retain(|t| {
+            [
+                &t.correlation_id,
+                &t.client_id,
+                &t.request_type,
+                &t.owner,
+                &t.state,
+            ]
+            .iter()
+            .any(|field| field.to_lowercase().contains(&q))
+        });
+    }
+    Json(tasks)
 }
 
 #[cfg(test)]

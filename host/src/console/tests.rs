@@ -62,6 +62,20 @@ impl HostControl for FakeHost {
     fn rescan(&self) {
         self.rescans.fetch_add(1, Ordering::Relaxed);
     }
+    fn tasks(&self) -> Vec<TaskSummary> {
+        let task = |id: &str, request_type: &str, state: &str| TaskSummary {
+            correlation_id: format!("corr-{id}"),
+            client_id: id.into(),
+            request_type: request_type.into(),
+            owner: "subject alice".into(),
+            state: state.into(),
+            started_at_ms: 1,
+        };
+        vec![
+            task("t1", "video.encode", "running"),
+            task("t2", "text.echo", "TIMEOUT"),
+        ]
+    }
     fn cancel(&self, correlation_id: uuid::Uuid, operator: &str) -> bool {
         self.cancelled
             .lock()
@@ -459,4 +473,161 @@ async fn every_hosts_failures_come_once_newest_first_and_mixed_plugin_versions_a
     assert_eq!(second["loadErrors"][0]["reason"], "not a taskgate plugin");
     assert_eq!(overview["host"]["requestTypes"][0]["inFlight"], 1);
     assert_eq!(overview["management"]["reachable"], false);
+}
+
+#[tokio::test]
+async fn tasks_are_listed_and_filtered() {
+    let app = Arc::new(Console::new(
+        Arc::new(FakeHost::default()),
+        admission(Authenticator::none()),
+        "admin".into(),
+    ))
+    .router();
+    let local = "127.0.0.1:1";
+    let (status, _, body) = call(&app, Method::GET, "/console/api/tasks", local, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let all: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    let (_, _, body) = call(&app, Method::GET, "/console/api/tasks?q=VIDEO", local, None).await;
+    let some: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(some.as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(some[0]["clientId"], "t1");
+    let (_, _, body) = call(
+        &app,
+        Method::GET,
+        "/console/api/tasks?q=timeout",
+        local,
+        None,
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()[0]["clientId"],
+        "t2"
+    );
+}
+
+#[derive(Default)]
+struct FakeShelf {
+    letters: Mutex<Vec<crate::dead_letters::DeadLetter>>,
+}
+
+#[async_trait::async_trait]
+impl dead_letters::DeadLetterShelf for FakeShelf {
+    async fn list(&self) -> Result<Vec<crate::dead_letters::DeadLetter>, String> {
+        Ok(self.letters.lock().unwrap().clone())
+    }
+    async fn requeue(&self, id: &str) -> Result<String, String> {
+        let mut letters = self.letters.lock().unwrap();
+        let at = letters
+            .iter()
+            .position(|d| d.id == id)
+            .ok_or_else(|| format!("no dead letter with id `{id}`"))?;
+        Ok(letters.remove(at).queue.unwrap_or_default())
+    }
+    async fn purge(&self) -> Result<u32, String> {
+        let mut letters = self.letters.lock().unwrap();
+        let n = letters.len() as u32;
+        letters.clear();
+        Ok(n)
+    }
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_requeued_and_purged_by_the_role_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let shelf = Arc::new(FakeShelf::default());
+    let letter = |id: &str| crate::dead_letters::DeadLetter {
+        id: id.into(),
+        request_type: Some("text.echo".into()),
+        queue: Some("q.echo".into()),
+        reason: Some("delivery_limit".into()),
+        deliveries: Some(3),
+        died_at: Some(1_700_000_000),
+        headers: serde_json::Map::new(),
+        body: "x".repeat(1000).into_bytes(),
+    };
+    shelf
+        .letters
+        .lock()
+        .unwrap()
+        .extend([letter("d1"), letter("d2"), letter("d3")]);
+    let app = Arc::new(
+        Console::new(
+            Arc::new(FakeHost::default()),
+            admission(static_tokens(dir.path())),
+            "admin".into(),
+        )
+        .with_dead_letters(shelf.clone()),
+    )
+    .router();
+    let far = "203.0.113.9:4000";
+    let admin = Some("admin-token-0123456789");
+    let (status, _, _) = call(
+        &app,
+        Method::POST,
+        "/console/api/dead-letters/purge",
+        far,
+        Some("user-token-0123456789"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(shelf.letters.lock().unwrap().len(), 3);
+    let (status, _, body) = call(&app, Method::GET, "/console/api/dead-letters", far, admin).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let listing: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listing["total"], 3);
+    assert_eq!(listing["deadLetters"][0]["id"], "d1");
+    assert_eq!(listing["deadLetters"][0]["bytes"], 1000);
+    assert_eq!(
+        listing["deadLetters"][0]["payload"].as_str().unwrap().len(),
+        200
+    );
+    let (status, _, body) = call_with(
+        &app,
+        Method::POST,
+        "/console/api/dead-letters/requeue",
+        far,
+        admin,
+        Some(r#"{"id":"d2"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains(r#""queue":"q.echo""#), "{body}");
+    let (status, _, body) = call_with(
+        &app,
+        Method::POST,
+        "/console/api/dead-letters/requeue",
+        far,
+        admin,
+        Some(r#"{"id":"d2"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.contains("no dead letter"), "{body}");
+    let (_, _, body) = call(
+        &app,
+        Method::POST,
+        "/console/api/dead-letters/purge",
+        far,
+        admin,
+    )
+    .await;
+    assert!(body.contains(r#""purged":2"#), "{body}");
+    // A console without a shelf says so.
+    let bare = Arc::new(Console::new(
+        Arc::new(FakeHost::default()),
+        admission(Authenticator::none()),
+        "admin".into(),
+    ))
+    .router();
+    let (status, _, body) = call(
+        &bare,
+        Method::GET,
+        "/console/api/dead-letters",
+        "127.0.0.1:1",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("dead-letter"), "{body}");
 }

@@ -30,6 +30,7 @@ mod handoff;
 mod relay;
 mod resume;
 mod shared_tasks;
+pub mod task_list;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

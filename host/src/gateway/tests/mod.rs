@@ -417,3 +417,4 @@ mod relay;
 mod request_metrics;
 mod resume;
 mod shared_tasks;
+mod task_list;

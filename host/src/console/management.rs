@@ -133,7 +133,7 @@ impl Management {
         let response = tokio::time::timeout(TIMEOUT, client.request(request))
             .await
             .map_err(|_| format!("no answer within {} s", TIMEOUT.as_secs()))?
-            .map_err(|e| format!("unreachable: {e}"))?;
+            .map_err(|e| format!("unreachable: {}", causes(&e)))?;
         let status = response.status();
         if !status.is_success() {
             return Err(format!("answered {status}"));
@@ -167,6 +167,18 @@ pub fn parse(body: &[u8]) -> Result<BTreeMap<String, QueueCounts>, String> {
             )
         })
         .collect())
+}
+
+/// An error and its sources on one line: hyper's own says only "client error (Connect)".
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn decode(text: &str) -> String {
@@ -264,5 +276,6 @@ mod tests {
         let _ = server.await;
         let gone = m.queues().await.unwrap_err();
         assert!(gone.contains("unreachable"), "{gone}");
+        assert!(gone.contains("refused"), "says why: {gone}");
     }
 }

@@ -91,20 +91,22 @@ fn unavailable(error: String) -> Response {
         .into_response()
 }
 
-fn shelf(console: &Console) -> Result<&Arc<dyn DeadLetterShelf>, Response> {
+fn shelf(console: &Console) -> Result<&Arc<dyn DeadLetterShelf>, Box<Response>> {
     console.dead_letters.as_ref().ok_or_else(|| {
-        (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({ "error": "this host has no dead-letter queue to show" })),
+        Box::new(
+            (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({ "error": "this host has no dead-letter queue to show" })),
+            )
+                .into_response(),
         )
-            .into_response()
     })
 }
 
 pub(super) async fn list(State(console): State<Arc<Console>>) -> Response {
     let shelf = match shelf(&console) {
         Ok(shelf) => shelf,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match shelf.list().await {
         Ok(letters) => {
@@ -163,7 +165,7 @@ pub(super) async fn requeue(
     };
     let shelf = match shelf(&console) {
         Ok(shelf) => shelf,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match shelf.requeue(&id).await {
         Ok(queue) => {
@@ -183,7 +185,7 @@ pub(super) async fn purge(
 ) -> Response {
     let shelf = match shelf(&console) {
         Ok(shelf) => shelf,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match shelf.purge().await {
         Ok(purged) => {

@@ -96,7 +96,7 @@ fn cut(message: &str) -> String {
 /// Every host's failures in one list, newest first, at most `kept`.
 pub fn merge(lists: impl IntoIterator<Item = Vec<Failure>>, kept: usize) -> Vec<Failure> {
     let mut all: Vec<Failure> = lists.into_iter().flatten().collect();
-    all.sort_by(|a, b| b.at_ms.cmp(&a.at_ms));
+    all.sort_by_key(|f| std::cmp::Reverse(f.at_ms));
     all.truncate(kept);
     all
 }

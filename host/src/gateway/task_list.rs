@@ -75,7 +75,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                     }
                 }),
         );
-        tasks.sort_by(|a, b| b.started_at_ms.cmp(&a.started_at_ms));
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.started_at_ms));
         tasks
     }
 }

@@ -236,7 +236,7 @@ pub fn render(overview: &Value) -> String {
     out.push_str(&table(&types));
     out.push('\n');
 
-    let mut rows = vec![row(&["QUEUE", "READY", "WORKERS", "STATE"])];
+    let mut rows = vec![row(&["QUEUE", "READY", "UNACKED", "WORKERS", "STATE"])];
     for q in &queues {
         let state = if let Some(error) = q["error"].as_str() {
             format!("ERROR: {error}")
@@ -250,13 +250,45 @@ pub fn render(overview: &Value) -> String {
         rows.push(vec![
             text(&q["queue"]),
             text(&q["ready"]),
+            // `-`: the management API could not be read (the overview's `management` says why).
+            text(&q["unacked"]),
             text(&q["consumers"]),
             state,
         ]);
     }
     out.push_str(&table(&rows));
+
+    let failures = overview["failures"].as_array().cloned().unwrap_or_default();
+    if !failures.is_empty() {
+        out.push('\n');
+        let mut rows = vec![row(&[
+            "FAILED (LAST 10)",
+            "HOST",
+            "CODE",
+            "CORRELATION ID",
+            "MESSAGE",
+        ])];
+        for f in failures.iter().take(SHOWN_FAILURES) {
+            rows.push(vec![
+                text(&f["requestType"]),
+                text(&f["host"]).chars().take(8).collect(),
+                text(&f["code"]),
+                text(&f["correlationId"]),
+                text(&f["message"])
+                    .chars()
+                    .take(SHOWN_MESSAGE_CHARS)
+                    .collect(),
+            ]);
+        }
+        out.push_str(&table(&rows));
+    }
     out
 }
+
+/// The failures `taskgate status` prints (the console and `--json` have them all).
+const SHOWN_FAILURES: usize = 10;
+/// A failure's message is cut to this for a terminal line.
+const SHOWN_MESSAGE_CHARS: usize = 60;
 
 /// Control characters (an escape sequence in a plugin's name) become `?`.
 fn printable(text: &str) -> String {
@@ -325,7 +357,12 @@ mod tests {
                 {"name": "text.echo", "requestsPerSecond": 12.5, "p50Ms": 3.2, "p99Ms": 9.9,
                  "errors": {"timeout": 2}, "series": []}
             ],
-            "sampleEveryMs": 5000
+            "sampleEveryMs": 5000,
+            "failures": [
+                {"requestType": "text.echo", "code": "TIMEOUT", "message": "no answer\u{1b}[31m in 30 s",
+                 "correlationId": "c0ffee00-0000-0000-0000-000000000000", "traceparent": "00-x-y-01",
+                 "host": "0f1e2d3c-aaaa-bbbb-cccc-000000000000", "atMs": 1}
+            ]
         })
     }
 
@@ -337,6 +374,12 @@ mod tests {
         assert!(text.contains("12.5"), "{text}");
         assert!(text.contains("timeout:2"), "{text}");
         assert!(text.contains("NO WORKERS"), "{text}");
+        assert!(text.contains("UNACKED"), "{text}");
+        assert!(
+            text.contains("c0ffee00-0000-0000-0000-000000000000"),
+            "{text}"
+        );
+        assert!(text.contains("no answer?[31m in 30 s"), "{text}");
         assert!(!text.contains('\u{1b}'), "{text}");
     }
 

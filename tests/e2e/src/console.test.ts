@@ -86,3 +86,57 @@ e2e('console: a cancel from the console ends the client\'s request with CANCELLE
     'the action is logged',
   );
 });
+
+e2e('console: dead letters are listed, one is sent back to its queue, the rest purged, each logged with its operator', async (ctx) => {
+  const host = await startHost(ctx, { sections: CONSOLE });
+  const queue = host.queues[TYPES.echo];
+  const worker = await FakeWorker.start(ctx, queue);
+  // Two dead letters as RabbitMQ leaves them (the death headers name the queue they came from).
+  const ids = [crypto.randomUUID(), crypto.randomUUID()];
+  const channel = await ctx.channel();
+  for (const id of ids) {
+    channel.sendToQueue(ctx.deadLetterQueue, Buffer.from(JSON.stringify({ text: `<b>${id}</b>` })), {
+      correlationId: id,
+      type: TYPES.echo,
+      contentType: 'application/json',
+      headers: { 'x-first-death-reason': 'delivery_limit', 'x-first-death-queue': queue },
+    });
+  }
+  await channel.close();
+
+  const api = (path: string, body?: unknown) =>
+    fetch(`${host.url}/console/api/${path}`, {
+      method: body === undefined ? 'GET' : 'POST',
+      headers: body === undefined ? {} : { 'content-type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  const listing = await waitUntil(
+    async () => {
+      const json = (await (await api('dead-letters')).json()) as { total: number; deadLetters: { id: string; queue: string; payload: string }[] };
+      return json.total === 2 ? json : undefined;
+    },
+    10_000,
+    'both dead letters listed',
+  );
+  assert.deepEqual(listing.deadLetters.map((d) => d.id), ids);
+  assert.equal(listing.deadLetters[0]!.queue, queue);
+  assert.equal(listing.deadLetters[0]!.payload, JSON.stringify({ text: `<b>${ids[0]}</b>` }));
+
+  const requeued = await api('dead-letters/requeue', { id: ids[0] });
+  assert.equal(requeued.status, 200);
+  assert.deepEqual(await requeued.json(), { requeued: ids[0], queue });
+  assert.equal((await worker.next()).correlationId, ids[0], 'a worker gets it again');
+  const missing = await api('dead-letters/requeue', { id: ids[0] });
+  assert.equal(missing.status, 502);
+  assert.match(((await missing.json()) as { error: string }).error, /no dead letter/);
+
+  const purged = await api('dead-letters/purge', {});
+  assert.deepEqual(await purged.json(), { purged: 1 });
+  assert.equal(((await (await api('dead-letters')).json()) as { total: number }).total, 0);
+  for (const said of ['a dead letter sent back to its queue', 'the dead letters purged']) {
+    assert.ok(
+      host.logs().some((line) => line.includes(said) && line.includes('anonymous@127.0.0.1')),
+      `"${said}" logged with its operator`,
+    );
+  }
+});

@@ -631,3 +631,74 @@ async fn dead_letters_are_listed_requeued_and_purged_by_the_role_only() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body.contains("dead-letter"), "{body}");
 }
+
+/// The management API's unacknowledged counts join the passive declares' looks; a console
+/// whose management API does not answer says so.
+#[tokio::test]
+async fn unacknowledged_counts_come_from_the_management_api_when_it_answers() {
+    use cluster::Look;
+    let app = axum::Router::new().route(
+        "/api/queues/{vhost}",
+        get(|| async {
+            r#"[{"name":"taskgate.text.echo","messages_ready":5,"messages_unacknowledged":9,"consumers":1}]"#
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let management =
+        Management::from_urls(Some(&format!("http://{address}")), "amqp://localhost").unwrap();
+    let console = Arc::new(
+        Console::new(
+            Arc::new(FakeHost::default()),
+            admission(Authenticator::none()),
+            "admin".into(),
+        )
+        .with_management(management),
+    );
+    let look: Look = Ok((5, 1));
+    console.on_queue("taskgate.text.echo", look);
+    let task = console.spawn_management().unwrap();
+    let overview = async || -> Value {
+        let (_, _, body) = call(
+            &console.clone().router(),
+            Method::GET,
+            "/console/api/overview",
+            "127.0.0.1:1",
+            None,
+        )
+        .await;
+        serde_json::from_str(&body).unwrap()
+    };
+    let mut seen = Value::Null;
+    for _ in 0..50 {
+        seen = overview().await;
+        if seen["management"]["reachable"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen["queues"][0]["unacked"], 9, "{seen}");
+    assert_eq!(seen["management"]["url"], format!("http://{address}"));
+    server.abort();
+    task.abort();
+
+    let unset = Arc::new(Console::new(
+        Arc::new(FakeHost::default()),
+        admission(Authenticator::none()),
+        "admin".into(),
+    ));
+    unset.on_queue("taskgate.text.echo", Ok((5, 1)));
+    let (_, _, body) = call(
+        &unset.router(),
+        Method::GET,
+        "/console/api/overview",
+        "127.0.0.1:1",
+        None,
+    )
+    .await;
+    let seen: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["queues"][0]["unacked"], Value::Null);
+    assert_eq!(seen["management"]["reachable"], false);
+    assert_eq!(seen["management"]["error"], "not configured");
+}

@@ -423,6 +423,9 @@ pub struct PluginSection {
     /// The retry policy workers get (replaces what the plugin declares), e.g.
     /// `{ attempts = 3, backoff = "exponential", delay_ms = 1000 }`.
     pub retry: Option<taskgate_plugin_api::RetryPolicy>,
+    /// What a request does while no worker consumes its type's queue: `"fail"` (default,
+    /// `UNAVAILABLE` at once) or `"queue"` (waits in the queue for a worker).
+    pub when_no_workers: Option<crate::serving::WhenNoWorkers>,
     /// Overrides for one request type, keyed by its name.
     #[serde(default)]
     pub request_types: BTreeMap<String, TypeOverrides>,
@@ -439,6 +442,7 @@ pub struct TypeOverrides {
     pub validation_budget_ms: Option<u64>,
     pub delivery_limit: Option<u32>,
     pub retry: Option<taskgate_plugin_api::RetryPolicy>,
+    pub when_no_workers: Option<crate::serving::WhenNoWorkers>,
 }
 
 impl FileConfig {
@@ -678,6 +682,7 @@ impl Settings {
                 .or(section.validation_budget_ms),
             delivery_limit: specific.delivery_limit.or(section.delivery_limit),
             retry: specific.retry.or_else(|| section.retry.clone()),
+            when_no_workers: specific.when_no_workers.or(section.when_no_workers),
         }
     }
 
@@ -901,6 +906,27 @@ mod tests {
         assert_eq!(o.queue.as_deref(), Some("q.wc"));
         assert_eq!(o.timeout_ms, Some(1000));
         assert_eq!(s.overrides_for("text", "text.other").queue, None);
+    }
+
+    #[test]
+    fn when_no_workers_is_per_type_over_per_plugin_and_refuses_other_words() {
+        let file = parse(
+            r#"
+            [plugins.math]
+            enabled = true
+            when_no_workers = "queue"
+            [plugins.math.request_types."math.now"]
+            when_no_workers = "fail"
+            "#,
+        )
+        .unwrap();
+        let s = Settings::resolve(file, None, Overrides::default()).unwrap();
+        use crate::serving::WhenNoWorkers;
+        let when = |t: &str| s.overrides_for("math", t).when_no_workers;
+        assert_eq!(when("math.primes"), Some(WhenNoWorkers::Queue));
+        assert_eq!(when("math.now"), Some(WhenNoWorkers::Fail));
+        assert_eq!(s.overrides_for("other", "x").when_no_workers, None);
+        assert!(parse("[plugins.math]\nwhen_no_workers = \"wait\"\n").is_err());
     }
 
     #[test]

@@ -84,6 +84,10 @@ pub enum UnavailableCause {
     /// The shared task store could not be reached (a detached task, `[resume] store`).
     #[error("{0}")]
     TaskStore(String),
+    /// No worker consumes the type's queue, and has not for a while (`serving`): the
+    /// request would only wait for its `TIMEOUT`.
+    #[error("no worker serves request type `{request_type}`: its queue `{queue}` has no consumer")]
+    NoConsumers { request_type: String, queue: String },
 }
 
 /// Which per-connection limit a request ran into.
@@ -225,6 +229,14 @@ impl RequestError {
                 "perSecond": per_second,
                 "retryAfterMs": retry_after_ms,
             })),
+            RequestError::Unavailable(UnavailableCause::NoConsumers {
+                request_type,
+                queue,
+            }) => body.with_details(json!({
+                "reason": taskgate_protocol::REASON_NO_CONSUMERS,
+                "requestType": request_type,
+                "queue": queue,
+            })),
             _ => body,
         }
     }
@@ -298,6 +310,26 @@ mod tests {
         assert_eq!(
             RequestError::Forbidden("t".into()).code().as_str(),
             "FORBIDDEN"
+        );
+    }
+
+    #[test]
+    fn no_consumers_names_the_request_type_and_its_queue() {
+        let body = RequestError::Unavailable(UnavailableCause::NoConsumers {
+            request_type: "math.primes".into(),
+            queue: "q.primes".into(),
+        })
+        .to_body();
+        assert_eq!(body.code, "UNAVAILABLE");
+        assert_eq!(
+            body.message,
+            "no worker serves request type `math.primes`: its queue `q.primes` has no consumer"
+        );
+        assert_eq!(
+            body.details,
+            Some(
+                json!({"reason": "noConsumers", "requestType": "math.primes", "queue": "q.primes"})
+            )
         );
     }
 

@@ -25,6 +25,8 @@
 //! - [`server`]: build the host, its router, serve until the shutdown signal; [`http`] the
 //!   accept loop (timeouts and a limit before a connection's first request); [`shutdown`]
 //!   the graceful sequence; [`request_head`] keeps idle WebSockets small.
+//! - [`serving`]: which request types have workers (a look at each queue's consumers every
+//!   2 s); a request to a type without any is refused at once, or waits (`when_no_workers`).
 //! - [`error`]: why a request fails, mapped to protocol error codes.
 //! - [`dead_letters`]: poison messages — which queues count deliveries, what a dead letter's
 //!   client is told, what `taskgate dead-letters` shows (the AMQP side: `broker::amqp`).
@@ -63,6 +65,7 @@ pub mod resume;
 pub mod routes;
 pub mod schemas;
 pub mod server;
+pub mod serving;
 pub mod session;
 pub mod shutdown;
 pub mod sink;

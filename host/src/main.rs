@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use taskgate_host::broker::amqp::dead_letters;
+use taskgate_host::broker::amqp::{consumers_now, dead_letters};
 use taskgate_host::cli::{Cli, Command, DeadLettersCommand, LogFormat};
 use taskgate_host::dead_letters::DeadLetterNames;
 use taskgate_host::{plugins, schemas, server};
@@ -205,6 +205,11 @@ async fn async_main(cli: Cli) -> ExitCode {
                 return ExitCode::FAILURE;
             };
             print!("{}", plugins::report(&files, &settings));
+            // Which types have workers now: a request to one without waits for nobody.
+            let types = plugins::enabled_queues(&files, &settings);
+            let queues: Vec<String> = types.iter().map(|t| t.queue.clone()).collect();
+            let looks = consumers_now(&settings.amqp_url, &queues).await;
+            print!("{}", plugins::workers_report(&types, looks));
             ExitCode::SUCCESS
         }
         Command::Schemas => {

@@ -113,6 +113,9 @@ metrics_table! {
     /// Recorded by `plugins`: libraries are never unloaded.
     PLUGIN_LIBRARIES_MAPPED: Gauge "taskgate_plugin_libraries_mapped" {}
         "Plugin library versions mapped into the process, which keeps them until it exits";
+    /// Set by `serving::watch` at each look (every 2 s) at the type's queue.
+    REQUEST_TYPE_CONSUMERS: Gauge "taskgate_request_type_consumers" {request_type}
+        "Consumers (workers) of the request type's queue at the last look; 0 for a while makes the type unserved (see /readyz noConsumers)";
     /// Recorded by `plugins`.
     PLUGIN_MAPPED_BYTES: Gauge "taskgate_plugin_mapped_bytes" {}
         "File sizes of the plugin library versions mapped into the process (an upper bound of their memory)";
@@ -260,6 +263,12 @@ static CUSTOM_CODES: OnceLock<Mutex<HashMap<String, &'static str>>> = OnceLock::
 /// The `outcome` label of an error code. Protocol codes map to fixed strings; a worker's
 /// own codes (`NOT_FOUND` …) are lowercased too, as long as they look like codes and there
 /// are not too many of them — a worker must not be able to create series without bound.
+/// The consumers of `request_type`'s queue at the last look (`serving::watch`).
+pub fn record_consumers(request_type: &str, consumers: u32) {
+    metrics::gauge!(REQUEST_TYPE_CONSUMERS, "request_type" => request_type.to_owned())
+        .set(f64::from(consumers));
+}
+
 pub fn code_label(code: &str) -> &'static str {
     if let Some((_, label)) = CODE_LABELS.iter().find(|(c, _)| c.as_str() == code) {
         return label;

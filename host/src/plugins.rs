@@ -756,6 +756,7 @@ fn spec_for(
     let mut spec = RequestTypeSpec::new(parts, declared.validates.then_some(validator))?
         .with_validation_budget(budget);
     spec.delivery_limit = queue_arguments.delivery_limit;
+    spec.when_no_workers = overrides.when_no_workers.unwrap_or_default();
     let retry = overrides.retry.or_else(|| declared.retry.clone());
     if let Some(policy) = &retry {
         policy
@@ -899,10 +900,100 @@ pub fn report(files: &[PluginFile], settings: &Settings) -> String {
     out
 }
 
+/// An enabled request type's queue, for the workers part of `taskgate plugins`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TypeQueue {
+    pub request_type: String,
+    pub queue: String,
+    pub when_no_workers: crate::serving::WhenNoWorkers,
+}
+
+/// The queue of every request type of the enabled plugins among `files`, as plugins.toml
+/// sets it.
+pub fn enabled_queues(files: &[PluginFile], settings: &Settings) -> Vec<TypeQueue> {
+    let mut types = Vec::new();
+    for plugin in files.iter().filter_map(|f| f.outcome.as_ref().ok()) {
+        let m = &plugin.manifest;
+        if !settings.is_enabled(&m.name) {
+            continue;
+        }
+        for t in &m.request_types {
+            let o = settings.overrides_for(&m.name, &t.name);
+            types.push(TypeQueue {
+                request_type: t.name.clone(),
+                queue: o.queue.unwrap_or_else(|| t.queue.clone()),
+                when_no_workers: o.when_no_workers.unwrap_or_default(),
+            });
+        }
+    }
+    types.sort_by(|a, b| a.request_type.cmp(&b.request_type));
+    types
+}
+
+/// The workers part of `taskgate plugins`: each enabled type's consumers now (`looks`, one
+/// per type in order), or why the broker could not be asked.
+pub fn workers_report(
+    types: &[TypeQueue],
+    looks: Result<Vec<Result<u32, String>>, String>,
+) -> String {
+    let mut out =
+        String::from("\nworkers (consumers of each enabled request type's queue, now):\n");
+    let looks = match looks {
+        Ok(looks) => looks,
+        Err(reason) => {
+            let _ = writeln!(out, "  not looked at: {reason}");
+            return out;
+        }
+    };
+    for (t, look) in types.iter().zip(looks) {
+        let state = match look {
+            Ok(0) => match t.when_no_workers {
+                crate::serving::WhenNoWorkers::Fail => "NONE — its requests are refused UNAVAILABLE (noConsumers) after a few seconds; start a worker".to_owned(),
+                crate::serving::WhenNoWorkers::Queue => "NONE — its requests wait in the queue (when_no_workers = \"queue\")".to_owned(),
+            },
+            Ok(n) => format!("{n} consumer{}", if n == 1 { "" } else { "s" }),
+            Err(reason) => format!("unknown: {reason}"),
+        };
+        let _ = writeln!(
+            out,
+            "  {:<24} queue {:<32} {state}",
+            t.request_type, t.queue
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_workers_report_says_which_types_nobody_serves_and_what_their_requests_do() {
+        use crate::serving::WhenNoWorkers;
+        let t = |name: &str, when| TypeQueue {
+            request_type: name.into(),
+            queue: format!("q.{name}"),
+            when_no_workers: when,
+        };
+        let types = [
+            t("a", WhenNoWorkers::Fail),
+            t("b", WhenNoWorkers::Queue),
+            t("c", WhenNoWorkers::Fail),
+            t("d", WhenNoWorkers::Fail),
+        ];
+        let out = workers_report(&types, Ok(vec![Ok(0), Ok(0), Ok(2), Err("gone".into())]));
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[2].contains("q.a")
+                && lines[2].contains("NONE — its requests are refused UNAVAILABLE")
+        );
+        assert!(lines[3].contains("NONE — its requests wait in the queue"));
+        assert!(lines[4].ends_with("2 consumers"));
+        assert!(lines[5].ends_with("unknown: gone"));
+        let offline = workers_report(&types, Err("cannot reach the broker".into()));
+        assert!(offline.contains("not looked at: cannot reach the broker"));
+    }
 
     #[test]
     fn content_hashes_are_sha256_in_hex_shown_by_their_first_16_digits() {

@@ -60,6 +60,8 @@ pub struct RequestTypeSpec {
     pub required_roles: Vec<String>,
     /// How long the plugin's validation of one payload may take (`TIMEOUT` past it).
     pub validation_budget: Duration,
+    /// What a request does while no worker consumes `queue` (`serving`).
+    pub when_no_workers: crate::serving::WhenNoWorkers,
     /// The plugin's validation was seen to take a while: it runs off the I/O thread.
     validation_is_slow: AtomicBool,
     check: Check,
@@ -139,6 +141,7 @@ impl RequestTypeSpec {
             max_payload_bytes: parts.max_payload_bytes,
             required_roles: parts.required_roles,
             validation_budget: DEFAULT_VALIDATION_BUDGET,
+            when_no_workers: crate::serving::WhenNoWorkers::default(),
             validation_is_slow: AtomicBool::new(false),
             check,
         })

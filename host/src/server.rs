@@ -43,6 +43,7 @@ use crate::reload::{self, Reloader};
 use crate::request_head;
 use crate::resume::{self, Sessions};
 use crate::routes::RoutingTable;
+use crate::serving;
 use crate::shutdown::{Shutdown, CLOSE_CONNECTIONS};
 use crate::sink::DropReporter;
 use crate::socketio;
@@ -437,6 +438,23 @@ impl Host {
                 })
             });
 
+        // Which types have workers: a look at each request queue every 2 s (`serving`).
+        let serving_watch = {
+            let gateway = self.gateway.clone();
+            let types = move || {
+                gateway
+                    .routes()
+                    .iter()
+                    .map(|spec| (spec.name.clone(), spec.queue.clone()))
+                    .collect()
+            };
+            tokio::spawn(serving::watch(
+                self.gateway.serving().clone(),
+                Arc::new(self.broker.clone()),
+                types,
+                stop.clone(),
+            ))
+        };
         let cluster_link = self.console.as_ref().map(|(console, _)| {
             tokio::spawn(crate::broker::amqp::cluster::run(
                 self.settings.amqp_url.clone(),
@@ -476,6 +494,9 @@ impl Host {
             if let Err(e) = task.await {
                 warn!(error = %e, "task-reply consumer ended abnormally");
             }
+        }
+        if let Err(e) = serving_watch.await {
+            warn!(error = %e, "the watch of the queues' consumers ended abnormally");
         }
         if let Err(e) = reload_task.await {
             warn!(error = %e, "hot reload task ended abnormally");
@@ -613,6 +634,11 @@ async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
 /// Ready = connected to the broker with the reply consumer running, the plugins loaded
 /// (the initial load is done before the listener serves; hot reload swaps atomically),
 /// and not shutting down.
+///
+/// A type without workers does not make the host unready: it is listed in `noConsumers`
+/// (with a `warnings` line each) instead. A load balancer that took the host out would take
+/// every other type with it, restarting hosts starts no workers, and scripts that start the
+/// workers once `/readyz` answers 200 (`scripts/run`, the README) would wait forever.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     let broker = state.broker.status();
     let admitting = state.gateway.is_admitting();
@@ -620,6 +646,24 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::
     let draining = state.admission.draining.load(Ordering::Relaxed);
     let ready = broker.connected && broker.consuming && admitting && !draining;
     let routes = state.gateway.routes();
+    let no_consumers = state.gateway.serving().unserved(routes.iter().map(|spec| {
+        (
+            spec.name.as_str(),
+            spec.queue.as_str(),
+            spec.when_no_workers,
+        )
+    }));
+    let warnings: Vec<String> = no_consumers
+        .iter()
+        .map(|u| {
+            format!(
+                "no worker consumes queue `{}` of request type `{}` (when_no_workers = \"{}\")",
+                u.queue,
+                u.request_type,
+                u.when_no_workers.as_str()
+            )
+        })
+        .collect();
     let body = json!({
         "ready": ready,
         "broker": if broker.connected { "connected" } else { "disconnected" },
@@ -633,6 +677,9 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::
         // The plugin versions serving now (hot reload changes them): name, version,
         // hash (of the library file), file, requestTypes.
         "plugins": routes.plugins(),
+        // Types whose queue has had no consumer for a while (`serving`).
+        "noConsumers": no_consumers,
+        "warnings": warnings,
     });
     let status = if ready {
         StatusCode::OK

@@ -176,6 +176,10 @@ pub mod events {
     }
 }
 
+/// `details.reason` of an `UNAVAILABLE` refusal of a request whose type has no worker
+/// consuming its queue (§3.1); `details` also name the `requestType` and its `queue`.
+pub const REASON_NO_CONSUMERS: &str = "noConsumers";
+
 /// Limits on the client's request id (§1).
 pub const MAX_CLIENT_ID_LEN: usize = 128;
 

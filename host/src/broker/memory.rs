@@ -57,6 +57,8 @@ pub struct MemoryBroker {
     confirm_timeouts: AtomicUsize,
     /// The bus and this host's reply queue on it.
     bus: Option<(Arc<MemoryBus>, String)>,
+    /// Consumers per queue, as a passive declare would tell (none unless set).
+    consumers: Mutex<HashMap<String, u32>>,
 }
 
 impl MemoryBroker {
@@ -70,6 +72,11 @@ impl MemoryBroker {
             bus: Some((bus, queue.to_owned())),
             ..Self::default()
         }
+    }
+
+    /// `queue` has `count` consumers from now on.
+    pub fn set_consumers(&self, queue: &str, count: u32) {
+        lock(&self.consumers).insert(queue.to_owned(), count);
     }
 
     /// Every later publish fails with this error (None: succeed again).
@@ -127,6 +134,10 @@ impl Broker for MemoryBroker {
 
     fn confirm_timed_out(&self) {
         self.confirm_timeouts.fetch_add(1, Ordering::SeqCst);
+    }
+
+    async fn consumers(&self, queue: &str) -> Result<u32, String> {
+        Ok(lock(&self.consumers).get(queue).copied().unwrap_or(0))
     }
 
     fn own_queue(&self) -> Option<String> {

@@ -111,19 +111,28 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 Ok(body) => body,
                 Err(error) => {
                     debug!(%correlation_id, %traceparent, request_type = %spec.name, %error, "request refused by its validation");
-                    if let Some((_, mut request)) = self.inflight.remove(&correlation_id) {
-                        request
-                            .metrics
-                            .finish(Outcome::Error(error.code().as_str()));
-                        self.release_id(correlation_id, request);
-                    }
-                    self.send_refusal(conn, ack, &error);
+                    self.refuse_admitted(conn, ack, correlation_id, &error);
                     return;
                 }
             }
         } else {
             body
         };
+        // Nobody would take it: say so now rather than with a `TIMEOUT` (`serving`).
+        if let Err(error) = self
+            .serving
+            .check(
+                self.broker.as_ref(),
+                &spec.name,
+                &spec.queue,
+                spec.when_no_workers,
+            )
+            .await
+        {
+            debug!(%correlation_id, %traceparent, request_type = %spec.name, %error, "request refused: no worker");
+            self.refuse_admitted(conn, ack, correlation_id, &error);
+            return;
+        }
         let deadline = Instant::now() + spec.timeout;
         let request = OutgoingRequest {
             correlation_id,
@@ -168,6 +177,24 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 self.send_refusal(conn, ack, &error);
             }
         }
+    }
+
+    /// Refuses a request that was admitted but not published: it leaves the in-flight map
+    /// (its outcome counted) and its id is free again.
+    fn refuse_admitted(
+        &self,
+        conn: S::Conn,
+        ack: S::Ack,
+        correlation_id: Uuid,
+        error: &RequestError,
+    ) {
+        if let Some((_, mut request)) = self.inflight.remove(&correlation_id) {
+            request
+                .metrics
+                .finish(Outcome::Error(error.code().as_str()));
+            self.release_id(correlation_id, request);
+        }
+        self.send_refusal(conn, ack, error);
     }
 
     /// Admits a request: the request rate and shutdown gates, then the checks that need no

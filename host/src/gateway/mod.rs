@@ -56,6 +56,7 @@ use crate::limits::Limits;
 use crate::metrics::{GatewayMetrics, RequestMetrics};
 use crate::resume::{KeptBytes, Owner, ResumeSettings};
 use crate::routes::RoutingTable;
+use crate::serving::Serving;
 use crate::session::Session;
 use crate::sink::{ClientDropped, ClientSink};
 
@@ -183,6 +184,9 @@ pub struct Gateway<B: Broker, S: ClientSink> {
     /// The last requests that ended with an error, for the operator console; `None`
     /// while the console is off.
     failures: Option<Arc<crate::console::failures::RecentFailures>>,
+    /// Which queues have consumers (`serving`): a request to a type without workers is
+    /// refused before its publish.
+    serving: Arc<Serving>,
 }
 
 impl<B: Broker, S: ClientSink> Drop for Gateway<B, S> {
@@ -227,6 +231,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             forwarding: DashMap::new(),
             outbox: std::sync::OnceLock::new(),
             failures: None,
+            serving: Arc::default(),
         }
     }
 
@@ -249,6 +254,11 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 .or_insert(0) += 1;
         }
         counts
+    }
+
+    /// What the host knows of the consumers of its request queues (`serving::watch` feeds it).
+    pub fn serving(&self) -> &Arc<Serving> {
+        &self.serving
     }
 
     /// Turns sessions on (protocol §4): the requests of a connection that opted in are

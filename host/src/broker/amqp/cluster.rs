@@ -25,6 +25,7 @@ use tracing::{debug, info};
 use uuid::Uuid;
 
 use super::connect::connect_named;
+use super::looks::look_at;
 use crate::console::cluster::{Look, BEAT_EVERY, QUEUES_EVERY};
 
 /// What the link reads from and reports to the console.
@@ -151,33 +152,5 @@ async fn beat_and_look(
         if !connection.is_open() {
             return "the connection closed".to_owned();
         }
-    }
-}
-
-/// A passive declare of `queue` on `looker` (opened again when a failed look closed it).
-async fn look_at(
-    connection: &amqprs::connection::Connection,
-    looker: &mut Option<Channel>,
-    queue: &str,
-) -> Look {
-    let channel = match looker.take().filter(Channel::is_open) {
-        Some(channel) => channel,
-        None => connection
-            .open_channel(None)
-            .await
-            .map_err(|e| format!("cannot open a channel: {e}"))?,
-    };
-    let passive = QueueDeclareArguments::new(queue).passive(true).finish();
-    match channel.queue_declare(passive).await {
-        Ok(Some((_, ready, consumers))) => {
-            *looker = Some(channel);
-            Ok((ready, consumers))
-        }
-        Ok(None) => Err("no answer to the passive declare".to_owned()),
-        // The broker closes the channel of a passive declare of a missing queue (amqprs
-        // reports only that it closed): the next look opens another.
-        Err(e) => Err(format!(
-            "the broker refused to describe the queue: does it exist yet? ({e})"
-        )),
     }
 }

@@ -27,12 +27,14 @@
 //! confirm), `topology` (the queues and exchange the host declares), `message` (how
 //! requests, cancellations and replies look as AMQP messages), `connect` (opening one
 //! connection, and why it failed), `dead_letters` (the inbox of poison requests every
-//! session consumes, and the operators' commands on the dead-letter queue).
+//! session consumes, and the operators' commands on the dead-letter queue), `looks` (a passive
+//! declare: a queue's consumers, for `serving` and the console).
 
 mod callbacks;
 pub mod cluster;
 mod connect;
 pub mod dead_letters;
+mod looks;
 mod message;
 mod publisher;
 mod session;
@@ -49,6 +51,7 @@ use tracing::debug;
 use uuid::Uuid;
 
 pub use self::connect::{connect, ConnectError};
+pub use self::looks::consumers_now;
 pub use self::message::request_properties;
 use self::message::{cancel_properties, host_message_properties};
 use self::publisher::Message;
@@ -88,6 +91,9 @@ struct Shared {
     pending_cancels: Mutex<VecDeque<Uuid>>,
     sessions: AtomicU64,
     consuming: AtomicBool,
+    /// The channel of passive declares (`Broker::consumers`), opened on first use and again
+    /// after a look closed it or its session ended.
+    looker: tokio::sync::Mutex<Option<amqprs::channel::Channel>>,
 }
 
 /// At most this many cancellations wait for a connection; older ones are dropped first.
@@ -122,6 +128,7 @@ impl AmqpBroker {
                 pending_cancels: Mutex::new(VecDeque::new()),
                 sessions: AtomicU64::new(0),
                 consuming: AtomicBool::new(false),
+                looker: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -197,6 +204,18 @@ impl Broker for AmqpBroker {
         if let Some(live) = self.shared.live.load_full() {
             live.check_link();
         }
+    }
+
+    async fn consumers(&self, queue: &str) -> Result<u32, String> {
+        let live = self
+            .shared
+            .live
+            .load_full()
+            .ok_or_else(|| "not connected to the broker".to_owned())?;
+        let mut looker = self.shared.looker.lock().await;
+        looks::look_at(&live.connection, &mut looker, queue)
+            .await
+            .map(|(_, consumers)| consumers)
     }
 
     fn own_queue(&self) -> Option<String> {

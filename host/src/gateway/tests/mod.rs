@@ -303,6 +303,58 @@ async fn a_failed_publish_is_unavailable_and_leaves_nothing_behind() {
     );
 }
 
+#[tokio::test]
+async fn a_type_without_workers_is_refused_at_once_naming_its_queue_and_served_once_one_comes() {
+    let h = harness();
+    let serving = h.gateway.serving();
+    // The watch has looked at the queue of `echo` several times: nobody consumes it.
+    for _ in 0..crate::serving::UNSERVED_AFTER_LOOKS {
+        serving.observe("taskgate.echo", Ok(0));
+    }
+    let ack = h.submit(1, req("a", "echo", json!(1))).await;
+    assert_eq!(refusal_code(&ack), "UNAVAILABLE");
+    assert_eq!(
+        ack["error"]["details"],
+        json!({"reason": "noConsumers", "requestType": "echo", "queue": "taskgate.echo"})
+    );
+    assert!(
+        h.broker.published().is_empty(),
+        "nothing waits in the queue"
+    );
+    h.assert_clean();
+    // Other types are served as before.
+    assert_eq!(
+        h.submit(2, req("b", "slow", json!(1))).await["ok"],
+        json!(true)
+    );
+
+    // A worker comes: the next look (the watch's, or the request's own) sees it.
+    h.broker.set_consumers("taskgate.echo", 1);
+    serving.observe("taskgate.echo", Ok(1));
+    assert_eq!(
+        h.submit(3, req("a", "echo", json!(1))).await["ok"],
+        json!(true)
+    );
+}
+
+#[tokio::test]
+async fn a_type_that_queues_without_workers_is_published_for_a_worker_that_comes_later() {
+    let h = harness_on(MemoryBroker::new(), |gateway| gateway);
+    let mut routes: Vec<RequestTypeSpec> = Vec::new();
+    let mut spec = RequestTypeSpec::new(parts("later"), None).unwrap();
+    spec.when_no_workers = crate::serving::WhenNoWorkers::Queue;
+    routes.push(spec);
+    h.gateway.set_routes(RoutingTable::new(routes));
+    for _ in 0..crate::serving::UNSERVED_AFTER_LOOKS {
+        h.gateway.serving().observe("taskgate.later", Ok(0));
+    }
+    assert_eq!(
+        h.submit(1, req("a", "later", json!(1))).await["ok"],
+        json!(true)
+    );
+    assert_eq!(h.broker.published().len(), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_confirm_that_never_comes_is_unavailable_not_a_hang() {
     let h = harness();

@@ -11,10 +11,10 @@
 //!
 //! Why not refuse on the first look with no consumer: a look is up to [`LOOK_EVERY`] old, and a
 //! fresh queue has no consumer until its worker comes. So a type must have had none for
-//! several looks, and before refusing, a request looks once more (at most one look per queue at
-//! a time; a look younger than [`FRESH_FOR`] is reused), so a worker that has just started is
-//! seen. A look that fails (broker away, queue missing) never refuses: the publish then says
-//! what is wrong.
+//! several looks, and a request is refused only on a look that started after it arrived: it
+//! looks once more itself (one look per queue at a time; requests that waited for a look
+//! take its answer), so a worker that has just started is seen, never refused. A look that
+//! fails (broker away, queue missing) never refuses: the publish then says what is wrong.
 //!
 //! One WARN line per type when it becomes unserved, one INFO line when it is served again;
 //! the gauge `taskgate_request_type_consumers` per type; `/readyz` lists the unserved types.
@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
 use crate::error::{RequestError, UnavailableCause};
@@ -36,8 +36,6 @@ pub const LOOK_EVERY: Duration = Duration::from_secs(2);
 /// Looks in a row without a consumer before a type counts as unserved (4–6 s with
 /// [`LOOK_EVERY`]): a worker restarting or reconnecting is not an outage.
 pub const UNSERVED_AFTER_LOOKS: u32 = 3;
-/// A look this young is trusted by a request about to be refused; older, it looks again.
-pub const FRESH_FOR: Duration = Duration::from_secs(1);
 
 /// What a request to a type without workers does (`when_no_workers` in plugins.toml).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -73,7 +71,7 @@ pub enum Change {
 struct QueueWatch {
     /// Looks in a row that saw no consumer.
     zero_looks: u32,
-    /// The last look: when, and its consumers (`None`: it failed).
+    /// The last look: when it started, and its consumers (`None`: it failed).
     last: Option<(Instant, Option<u32>)>,
     /// Held by the request that looks again, so that a burst of requests to an unserved
     /// type costs one look, not one each.
@@ -102,8 +100,18 @@ pub struct Unserved {
 }
 
 impl Serving {
-    /// Takes a look at `queue`: its consumers, or why it could not be looked at.
+    /// Takes a look at `queue` that just ended: its consumers, or why it could not be looked at.
     pub fn observe(&self, queue: &str, look: Result<u32, String>) -> Option<Change> {
+        self.observe_from(queue, look, Instant::now())
+    }
+
+    /// Takes a look at `queue` that started at `started`.
+    fn observe_from(
+        &self,
+        queue: &str,
+        look: Result<u32, String>,
+        started: Instant,
+    ) -> Option<Change> {
         let mut queues = lock(&self.queues);
         let watch = queues.entry(queue.to_owned()).or_default();
         let was_unserved = watch.unserved();
@@ -113,7 +121,7 @@ impl Serving {
             // Nothing is known: the count of empty looks stands.
             Err(_) => {}
         }
-        watch.last = Some((Instant::now(), look.ok()));
+        watch.last = Some((started, look.ok()));
         match (was_unserved, watch.unserved()) {
             (false, true) => Some(Change::Unserved),
             (true, false) => Some(Change::ServedAgain),
@@ -141,8 +149,8 @@ impl Serving {
     }
 
     /// The request's gate, before its publish: `Err` (`UNAVAILABLE`, `noConsumers`) only for
-    /// a type that fails without workers, is unserved, and still has no consumer at a look
-    /// younger than [`FRESH_FOR`] (taken now if the last one is older).
+    /// a type that fails without workers, is unserved, and had no consumer at a look that
+    /// started after the request arrived (taken now unless another request's is under way).
     pub async fn check<B: Broker>(
         &self,
         broker: &B,
@@ -153,21 +161,35 @@ impl Serving {
         if when == WhenNoWorkers::Queue || !self.is_unserved(queue) {
             return Ok(());
         }
+        let arrived = Instant::now();
         let looking = match lock(&self.queues).get(queue) {
             Some(watch) => watch.looking.clone(),
             None => return Ok(()),
         };
         let _one_look_at_a_time = looking.lock().await;
-        if !self.looked_lately(queue) {
-            let change = self.observe(queue, broker.consumers(queue).await);
-            log_change(change, queue, &[request_type]);
-        }
-        let refuse = {
-            let queues = lock(&self.queues);
-            queues.get(queue).is_some_and(|w| {
-                w.unserved() && matches!(w.last, Some((at, Some(0))) if at.elapsed() < FRESH_FOR)
-            })
+        let looked_since = |serving: &Self| {
+            lock(&serving.queues)
+                .get(queue)
+                .and_then(|w| w.last)
+                .is_some_and(|(started, _)| started > arrived)
         };
+        if !looked_since(self) {
+            let started = Instant::now();
+            let look = broker.consumers(queue).await;
+            debug!(
+                queue,
+                ?look,
+                "an unserved type's queue, looked at again for a request"
+            );
+            log_change(
+                self.observe_from(queue, look, started),
+                queue,
+                &[request_type],
+            );
+        }
+        let refuse = lock(&self.queues)
+            .get(queue)
+            .is_some_and(|w| w.unserved() && matches!(w.last, Some((_, Some(0)))));
         if refuse {
             Err(RequestError::Unavailable(UnavailableCause::NoConsumers {
                 request_type: request_type.to_owned(),
@@ -176,13 +198,6 @@ impl Serving {
         } else {
             Ok(())
         }
-    }
-
-    fn looked_lately(&self, queue: &str) -> bool {
-        lock(&self.queues)
-            .get(queue)
-            .and_then(|w| w.last)
-            .is_some_and(|(at, _)| at.elapsed() < FRESH_FOR)
     }
 
     /// The types (with their queues) that are unserved now, by name.
@@ -242,13 +257,18 @@ pub async fn watch<B: Broker>(
         }
         serving.keep_only(&by_queue.keys().copied().collect::<Vec<_>>());
         for (queue, request_types) in &by_queue {
+            let started = Instant::now();
             let look = broker.consumers(queue).await;
             if let Ok(consumers) = look {
                 for request_type in request_types {
                     crate::metrics::record_consumers(request_type, consumers);
                 }
             }
-            log_change(serving.observe(queue, look), queue, request_types);
+            log_change(
+                serving.observe_from(queue, look, started),
+                queue,
+                request_types,
+            );
         }
     }
 }
@@ -310,10 +330,8 @@ mod tests {
                 .is_ok(),
             "`queue` never refuses"
         );
-        // A worker starts between two looks of the timer: the request sees it.
+        // A worker starts right after the timer's last look: the request's own look sees it.
         broker.set_consumers("q", 1);
-        tokio::time::pause();
-        tokio::time::advance(FRESH_FOR).await;
         assert!(serving.check(&broker, "t", "q", fail).await.is_ok());
         assert!(!serving.is_unserved("q"));
     }
@@ -322,11 +340,8 @@ mod tests {
     async fn a_failed_look_never_refuses() {
         let serving = Serving::default();
         let broker = MemoryBroker::new();
-        looks(
-            &serving,
-            "q",
-            &[Ok(0), Ok(0), Ok(0), Err("not connected".into())],
-        );
+        looks(&serving, "q", &[Ok(0), Ok(0), Ok(0)]);
+        broker.fail_looks("q", "not connected to the broker");
         assert!(serving.is_unserved("q"));
         assert!(serving
             .check(&broker, "t", "q", WhenNoWorkers::Fail)

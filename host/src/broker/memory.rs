@@ -57,8 +57,8 @@ pub struct MemoryBroker {
     confirm_timeouts: AtomicUsize,
     /// The bus and this host's reply queue on it.
     bus: Option<(Arc<MemoryBus>, String)>,
-    /// Consumers per queue, as a passive declare would tell (none unless set).
-    consumers: Mutex<HashMap<String, u32>>,
+    /// Consumers per queue as a passive declare would tell, or why it fails (none unless set).
+    consumers: Mutex<HashMap<String, Result<u32, String>>>,
 }
 
 impl MemoryBroker {
@@ -76,7 +76,12 @@ impl MemoryBroker {
 
     /// `queue` has `count` consumers from now on.
     pub fn set_consumers(&self, queue: &str, count: u32) {
-        lock(&self.consumers).insert(queue.to_owned(), count);
+        lock(&self.consumers).insert(queue.to_owned(), Ok(count));
+    }
+
+    /// Looks at `queue` fail with `reason` from now on (as with the broker away).
+    pub fn fail_looks(&self, queue: &str, reason: &str) {
+        lock(&self.consumers).insert(queue.to_owned(), Err(reason.to_owned()));
     }
 
     /// Every later publish fails with this error (None: succeed again).
@@ -137,7 +142,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn consumers(&self, queue: &str) -> Result<u32, String> {
-        Ok(lock(&self.consumers).get(queue).copied().unwrap_or(0))
+        lock(&self.consumers).get(queue).cloned().unwrap_or(Ok(0))
     }
 
     fn own_queue(&self) -> Option<String> {

@@ -447,6 +447,11 @@ export interface PluginSettings {
   delivery_limit?: number;
   /** The retry policy (§3.12), e.g. `{ attempts: 3, backoff: 'exponential', delay_ms: 200 }`. */
   retry?: Record<string, string | number | boolean | string[]>;
+  /**
+   * `'fail'` (the host's default) or `'queue'` (the suite's default): most tests send requests to
+   * types without workers only to see acks, limits and refusals; no-consumers.test.ts is about `'fail'`.
+   */
+  when_no_workers?: 'fail' | 'queue';
 }
 
 export interface HostOptions {
@@ -521,7 +526,7 @@ export function pluginsToml(
   for (const [plugin, settings] of Object.entries(plugins)) {
     if (settings === false) continue;
     const type = PLUGIN_TYPES[plugin] ?? plugin;
-    const merged: PluginSettings = { enabled: true, queue: ctx.queueFor(type), ...settings };
+    const merged: PluginSettings = { enabled: true, queue: ctx.queueFor(type), when_no_workers: 'queue', ...settings };
     lines.push('', `[plugins.${plugin}]`);
     for (const [k, v] of Object.entries(merged)) {
       if (v !== undefined) lines.push(`${k} = ${tomlValue(v)}`);

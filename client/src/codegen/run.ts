@@ -1,9 +1,11 @@
 /**
- * The taskgate-codegen command (bin: cli.ts): `taskgate schemas` JSON in, a TypeScript module typing every request
- * type out.
+ * The taskgate-codegen command (bin: cli.ts): `taskgate schemas` JSON in, a module typing every request type out —
+ * for the client (TypeScript, the default), for Node SDK workers (`--target node-worker`) or for Python SDK workers
+ * (`--target python`).
  *
  *   taskgate schemas --config plugins.toml | taskgate-codegen --output src/taskgate-types.ts
  *   taskgate-codegen --input schemas.json --output src/taskgate-types.ts --check
+ *   taskgate-codegen --target python --input schemas.json --output worker_types.py
  *
  * `--check` writes nothing and exits 1 when the file is not what would be generated (for CI).
  */
@@ -11,21 +13,29 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 
-import { generateTypes, SchemasError } from './generate.js';
+import { generateNodeWorkerTypes, generateTypes, SchemasError } from './generate.js';
+import { generatePythonTypes } from './python.js';
 
-const USAGE = `usage: taskgate-codegen [--input FILE] [--output FILE] [--check] [--strict] [--module NAME]
+const USAGE = `usage: taskgate-codegen [--target client|node-worker|python] [--input FILE] [--output FILE] [--check] [--strict] [--module NAME]
 
 Reads the JSON printed by \`taskgate schemas --config plugins.toml\` (from FILE, or standard
-input) and writes a TypeScript module that types every request type for @taskgate/client
-(to FILE, or standard output).
+input) and writes a module that types every request type (to FILE, or standard output):
 
+  client          a TypeScript module augmenting @taskgate/client's request map (the default)
+  node-worker     TypeScript types for @taskgate/worker handlers: worker.typed<TaskgateRequestTypes>()
+  python          a Python module of TypedDicts and TaskgateWorker for taskgate_worker handlers (mypy)
+
+  --target NAME   what to generate (default: client)
   --input FILE    the schemas JSON (default: standard input)
   --output FILE   where to write the module (default: standard output)
   --check         write nothing; exit 1 if --output is not up to date
   --strict        close the request map: a request type that is not in it (a typo)
-                  does not compile, explicit generics included
-  --module NAME   the module to augment (default: @taskgate/client)
+                  does not compile, explicit generics included (client only)
+  --module NAME   the module to augment (client only; default: @taskgate/client)
   --help          this text`;
+
+const TARGETS = ['client', 'node-worker', 'python'] as const;
+type Target = (typeof TARGETS)[number];
 
 /** Where the command reads and writes (the process's streams by default; tests pass their own). */
 export interface CommandIo {
@@ -52,6 +62,7 @@ export async function main(argv: string[], io: CommandIo = processIo): Promise<n
         check: { type: 'boolean', default: false },
         module: { type: 'string' },
         strict: { type: 'boolean', default: false },
+        target: { type: 'string', default: 'client' },
         help: { type: 'boolean', default: false },
       },
       strict: true,
@@ -64,6 +75,15 @@ export async function main(argv: string[], io: CommandIo = processIo): Promise<n
   if (args.help) {
     io.stdout(`${USAGE}\n`);
     return 0;
+  }
+  const target = args.target as Target;
+  if (!TARGETS.includes(target)) {
+    io.stderr(`taskgate-codegen: unknown --target ${JSON.stringify(args.target)} (one of ${TARGETS.join(', ')})\n`);
+    return 2;
+  }
+  if ((args.module || args.strict) && target !== 'client') {
+    io.stderr('taskgate-codegen: --module and --strict are for --target client only\n');
+    return 2;
   }
   if (args.check && !args.output) {
     io.stderr('taskgate-codegen: --check needs --output FILE\n');
@@ -88,7 +108,12 @@ export async function main(argv: string[], io: CommandIo = processIo): Promise<n
 
   let generated: string;
   try {
-    generated = await generateTypes(document, { ...(args.module ? { moduleName: args.module } : {}), strict: args.strict });
+    generated =
+      target === 'python'
+        ? generatePythonTypes(document)
+        : target === 'node-worker'
+          ? await generateNodeWorkerTypes(document)
+          : await generateTypes(document, { ...(args.module ? { moduleName: args.module } : {}), strict: args.strict });
   } catch (error) {
     const what = error instanceof SchemasError ? `${from} is not \`taskgate schemas\` output: ` : '';
     io.stderr(`taskgate-codegen: ${what}${(error as Error).message}\n`);
@@ -100,7 +125,7 @@ export async function main(argv: string[], io: CommandIo = processIo): Promise<n
     if (current === generated) return 0;
     io.stderr(
       `taskgate-codegen: ${args.output} is ${current === undefined ? 'missing' : 'out of date'}; ` +
-        'regenerate it with `taskgate schemas --config plugins.toml | taskgate-codegen --output FILE`\n',
+        `regenerate it with \`taskgate schemas --config plugins.toml | taskgate-codegen${target === 'client' ? '' : ` --target ${target}`} --output FILE\`\n`,
     );
     return 1;
   }

@@ -23,7 +23,7 @@
  */
 
 export { createWorker, Worker, DEFAULT_AMQP_URL, DEFAULT_PREFETCH, DEFAULT_CANCEL_GRACE_MS, DEFAULT_SHUTDOWN_GRACE_MS } from './worker.js';
-export type { WorkerOptions, HandleOptions, RunOptions } from './worker.js';
+export type { WorkerOptions, HandleOptions, RunOptions, RequestTypeEntry, RequestTypeMap, TypedHandler, TypedWorker } from './worker.js';
 export type { Handler, Outcome } from './runner.js';
 export type { Context } from './context.js';
 export type { Identity } from './transport.js';

@@ -19,6 +19,7 @@ import {
 import { WorkerError } from './errors.js';
 import { consoleLogger, type Logger } from './log.js';
 import { defaultQueue } from './protocol.js';
+import type { Context } from './context.js';
 import { Runner, type Handler } from './runner.js';
 
 /** The RabbitMQ of a development machine. */
@@ -100,6 +101,33 @@ function runtime(): string {
   return bun ? `bun ${bun}` : `node ${process.version}`;
 }
 
+/** The payload, result and chunk types of one request type. */
+export interface RequestTypeEntry {
+  payload: unknown;
+  result: unknown;
+  chunk: unknown;
+}
+
+/**
+ * Request types → their entries: the interface `TaskgateRequestTypes` that `taskgate-codegen --target node-worker`
+ * generates (an interface has no index signature, hence the mapped constraint).
+ */
+export type RequestTypeMap<M> = { [K in keyof M]: RequestTypeEntry };
+
+/**
+ * A handler of request type `T` of a generated map: its payload is `T['payload']`; it returns `T['result']`, or is
+ * an async generator yielding `T['chunk']`s and returning `T['result']`.
+ */
+export type TypedHandler<T extends RequestTypeEntry> = (
+  payload: T['payload'],
+  ctx: Context,
+) => Promise<T['result']> | T['result'] | AsyncGenerator<T['chunk'], T['result'], undefined>;
+
+/** A worker whose `handle` takes only the request types of `M`, each with its typed handler (`Worker.typed`). */
+export interface TypedWorker<M extends RequestTypeMap<M>> extends Omit<Worker, 'handle' | 'typed'> {
+  handle<K extends keyof M & string>(requestType: K, handler: TypedHandler<M[K]>, options?: HandleOptions): this;
+}
+
 export class Worker {
   private readonly routes: Route[] = [];
   private readonly options: WorkerOptions;
@@ -134,6 +162,15 @@ export class Worker {
       handler: handler as Handler,
     });
     return this;
+  }
+
+  /**
+   * This worker, typed by the map `M` that `taskgate-codegen --target node-worker` generates from `taskgate schemas`:
+   * `createWorker().typed<TaskgateRequestTypes>().handle('text.wordcount', async (payload) => …)` — a misspelt type,
+   * a wrong use of the payload or a wrong result does not compile. The same object: nothing changes at run time.
+   */
+  typed<M extends RequestTypeMap<M>>(): TypedWorker<M> {
+    return this as unknown as TypedWorker<M>;
   }
 
   /**

@@ -57,7 +57,7 @@ Layout: :mod:`~taskgate_worker.worker` (the :class:`Worker` a user configures),
 
 from .context import Context
 from .errors import TaskError, WorkerError
-from .handlers import Final, Handler
+from .handlers import Final, Handler, TypedHandler
 from .retry import RetryPolicy
 from .settings import DEFAULT_AMQP_URL
 from .transport import Identity
@@ -71,6 +71,7 @@ __all__ = [
     "Identity",
     "RetryPolicy",
     "TaskError",
+    "TypedHandler",
     "Worker",
     "WorkerError",
 ]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Callable, Generic, TypeVar, Union
 
 from .context import Context
 
@@ -24,13 +24,24 @@ HandlerResult = Union[Awaitable[Any], AsyncIterator[Any]]
 Handler = Callable[[Any, Context], HandlerResult]
 """``async def handler(payload, ctx)``, returning the result or yielding chunks."""
 
+T = TypeVar("T")
+P = TypeVar("P")
+R = TypeVar("R")
+C = TypeVar("C")
+
 
 @dataclass(frozen=True)
-class Final:
+class Final(Generic[T]):
     """Yielded by an async-generator handler: the request's result; the generator is
     closed (its ``finally`` blocks run) and nothing after it is sent."""
 
-    value: Any
+    value: T
+
+
+TypedHandler = Callable[[P, Context], Union[Awaitable[R], AsyncIterator[Union[C, Final[R]]]]]
+"""A handler of payload type ``P``, result type ``R`` and chunk type ``C``: what
+``taskgate-codegen --target python`` names per request type (``TextWordcountHandler``), so that
+mypy checks the handler's use of its payload, its result and what it yields."""
 
 
 def check_handler(handler: object) -> None:

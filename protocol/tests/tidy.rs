@@ -179,6 +179,20 @@ fn amqp_names_match_everywhere() {
     tidy.finish();
 }
 
+#[test]
+fn the_no_consumers_refusal_is_documented_as_the_host_sends_it() {
+    let mut tidy = Tidy::default();
+    let doc = tidy.read(DOC);
+    let details = format!(
+        "`details: {{ \"reason\": \"{}\", \"requestType\": \"T\", \"queue\": \"Q\" }}`",
+        taskgate_protocol::REASON_NO_CONSUMERS
+    );
+    if !doc.contains(&details) {
+        tidy.problem(DOC, format!("§3.1 misses the refusal's {details}"));
+    }
+    tidy.finish();
+}
+
 /// The problems found, reported all at once.
 #[derive(Default)]
 struct Tidy {

@@ -27,6 +27,7 @@ use super::envelope::{self, Caller, Refusal, RequestEnvelope};
 use super::Gateway;
 use crate::broker::{Broker, OutgoingRequest, PublishError};
 use crate::error::{RateLimit, RequestError, UnavailableCause};
+use crate::serving::WhenNoWorkers;
 use crate::session::Session;
 use crate::sink::{ClientSink, EmitError, ResponseEvent};
 use crate::tasks::replies::failed;
@@ -166,8 +167,13 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             reply_to: Some(self.task_reply_queue.clone()),
             retry: request.spec.retry.clone(),
         };
+        let when_no_workers = request.spec.when_no_workers;
         let gateway = self.clone();
-        tokio::spawn(async move { gateway.start_shared(conn, store, task, outgoing, ack).await });
+        tokio::spawn(async move {
+            gateway
+                .start_shared(conn, store, task, (outgoing, when_no_workers), ack)
+                .await
+        });
         true
     }
 
@@ -176,10 +182,24 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         conn: S::Conn,
         store: Arc<dyn TaskStore>,
         task: NewTask,
-        request: OutgoingRequest,
+        (request, when_no_workers): (OutgoingRequest, WhenNoWorkers),
         ack: S::Ack,
     ) {
         let correlation_id = task.correlation_id;
+        // A task nobody would run is not created (`serving`).
+        if let Err(error) = self
+            .serving
+            .check(
+                self.broker.as_ref(),
+                &request.request_type,
+                &request.queue,
+                when_no_workers,
+            )
+            .await
+        {
+            debug!(%correlation_id, %error, "detached task refused: no worker");
+            return self.send_refusal(conn, ack, &error);
+        }
         let created = match store.create(&task).await {
             Ok(created) => created,
             Err(error) => {

@@ -147,6 +147,24 @@ async fn a_task_started_on_one_host_is_listed_attached_and_cancelled_on_another(
 }
 
 #[tokio::test]
+async fn a_task_of_a_type_nobody_serves_is_refused_before_it_is_stored() {
+    let store = store();
+    let owner = Owner::Session(SessionId::new());
+    let (a, _) = cluster(&store, &owner);
+    for _ in 0..crate::serving::UNSERVED_AFTER_LOOKS {
+        a.gateway.serving().observe("taskgate.echo", Ok(0));
+    }
+    let ack = a.start(1, detached("t1", "echo")).await;
+    assert_eq!(ack["error"]["details"]["reason"], json!("noConsumers"));
+    assert!(a.broker.published().is_empty());
+    let key = OwnerKey::of(&owner);
+    assert!(
+        store.list(&key).await.unwrap().is_empty(),
+        "no task was stored"
+    );
+}
+
+#[tokio::test]
 async fn other_owners_resends_bounds_and_sessions() {
     let store = store();
     let owner = Owner::Session(SessionId::new());

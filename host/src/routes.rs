@@ -36,8 +36,15 @@ enum Check {
     Anything,
     /// Only the declared JSON Schema (the plugin has no validation function).
     Schema(Box<jsonschema::Validator>),
-    /// The plugin's validation function: it is authoritative and may normalise.
-    Plugin(Arc<dyn PayloadValidator>),
+    /// The declared JSON Schema, when it says anything, then the plugin's validation
+    /// function, which may normalise. The schema goes first so that a rule written once as
+    /// a schemars attribute (`range`, `length`, `pattern` …) is enforced, and refused in
+    /// the schema's words rather than serde's; the plugin's `check` is for what a schema
+    /// cannot say.
+    Plugin {
+        schema: Option<Box<jsonschema::Validator>>,
+        validator: Arc<dyn PayloadValidator>,
+    },
 }
 
 /// One request type as the host serves it: the plugin's declaration with the operator's
@@ -114,19 +121,25 @@ pub struct SpecParts {
 }
 
 impl RequestTypeSpec {
-    /// Builds a spec. `validator` is the plugin's validation function, if it declared one;
-    /// without one, a non-trivial `payload_schema` is enforced by the host.
+    /// Builds a spec. A non-trivial `payload_schema` is compiled here, once per table, and
+    /// enforced by the host; `validator` is the plugin's validation function, if it declared
+    /// one, called for payloads the schema accepts.
     pub fn new(
         parts: SpecParts,
         validator: Option<Arc<dyn PayloadValidator>>,
     ) -> Result<Self, String> {
-        let check = match validator {
-            Some(v) => Check::Plugin(v),
-            None if is_trivial_schema(&parts.payload_schema) => Check::Anything,
-            None => Check::Schema(Box::new(
+        let schema = if is_trivial_schema(&parts.payload_schema) {
+            None
+        } else {
+            Some(Box::new(
                 jsonschema::validator_for(&parts.payload_schema)
                     .map_err(|e| format!("payload schema of `{}` is invalid: {e}", parts.name))?,
-            )),
+            ))
+        };
+        let check = match (validator, schema) {
+            (Some(validator), schema) => Check::Plugin { schema, validator },
+            (None, Some(schema)) => Check::Schema(schema),
+            (None, None) => Check::Anything,
         };
         Ok(RequestTypeSpec {
             name: parts.name,
@@ -157,7 +170,7 @@ impl RequestTypeSpec {
     /// validation of a large payload, or of a type seen slow before. (Schemas and
     /// "anything" are the host's own, fast, code.)
     pub fn validates_off_thread(&self, payload_bytes: usize) -> bool {
-        matches!(self.check, Check::Plugin(_))
+        matches!(self.check, Check::Plugin { .. })
             && (payload_bytes > OFF_THREAD_PAYLOAD_BYTES
                 || self.validation_is_slow.load(Ordering::Relaxed))
     }
@@ -169,7 +182,7 @@ impl RequestTypeSpec {
         let checked = self.check(payload);
         let took = started.elapsed();
         if took > SLOW_VALIDATION
-            && matches!(self.check, Check::Plugin(_))
+            && matches!(self.check, Check::Plugin { .. })
             && !self.validation_is_slow.swap(true, Ordering::Relaxed)
         {
             tracing::warn!(request_type = %self.name, took_ms = took.as_millis() as u64, "the plugin's validation is slow: this type is validated off the I/O thread from now on");
@@ -208,36 +221,53 @@ impl RequestTypeSpec {
         match &self.check {
             Check::Anything => Ok(Checked::Unchanged),
             Check::Schema(schema) => {
-                let value: Value = serde_json::from_str(json)
-                    .map_err(|e| RequestError::BadRequest(format!("payload is not JSON: {e}")))?;
-                let problems: Vec<Problem> = schema
-                    .iter_errors(&value)
-                    .take(MAX_PROBLEMS)
-                    .map(|e| Problem {
-                        pointer: e.instance_path.to_string(),
-                        message: e.to_string(),
-                    })
-                    .collect();
-                if problems.is_empty() {
-                    Ok(Checked::Unchanged)
-                } else {
-                    Err(self.invalid(problems))
-                }
+                self.check_schema(schema, json)?;
+                Ok(Checked::Unchanged)
             }
-            Check::Plugin(validator) => match validator.validate(&self.name, json) {
-                Validation::Valid(normalised) => Ok(Checked::Normalised(normalised)),
-                Validation::Invalid(mut problems) => {
-                    problems.truncate(MAX_PROBLEMS);
-                    Err(self.invalid(problems))
+            Check::Plugin { schema, validator } => {
+                if let Some(schema) = schema {
+                    self.check_schema(schema, json)?;
                 }
-                Validation::Failed(reason) => {
-                    tracing::error!(request_type = %self.name, plugin = %self.plugin, %reason, "plugin validation failed");
-                    Err(RequestError::Internal(format!(
-                        "plugin `{}` failed while validating the payload",
-                        self.plugin
-                    )))
-                }
-            },
+                self.check_plugin(validator.as_ref(), json)
+            }
+        }
+    }
+
+    /// The declared schema's verdict: its problems, each at its JSON pointer, in the schema's
+    /// words ("1 is less than the minimum of 2").
+    fn check_schema(&self, schema: &jsonschema::Validator, json: &str) -> Result<(), RequestError> {
+        let value: Value = serde_json::from_str(json)
+            .map_err(|e| RequestError::BadRequest(format!("payload is not JSON: {e}")))?;
+        let problems: Vec<Problem> = schema
+            .iter_errors(&value)
+            .take(MAX_PROBLEMS)
+            .map(|e| schema_problem(&e))
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(self.invalid(problems))
+        }
+    }
+
+    fn check_plugin(
+        &self,
+        validator: &dyn PayloadValidator,
+        json: &str,
+    ) -> Result<Checked, RequestError> {
+        match validator.validate(&self.name, json) {
+            Validation::Valid(normalised) => Ok(Checked::Normalised(normalised)),
+            Validation::Invalid(mut problems) => {
+                problems.truncate(MAX_PROBLEMS);
+                Err(self.invalid(problems))
+            }
+            Validation::Failed(reason) => {
+                tracing::error!(request_type = %self.name, plugin = %self.plugin, %reason, "plugin validation failed");
+                Err(RequestError::Internal(format!(
+                    "plugin `{}` failed while validating the payload",
+                    self.plugin
+                )))
+            }
         }
     }
 
@@ -248,6 +278,31 @@ impl RequestTypeSpec {
         }
     }
 }
+
+/// One schema error as a problem. jsonschema points at the object that lacks a required
+/// property; the problem points at the property itself, as the plugin's own problems do
+/// (and as a form shows the error next to its field). A message that would quote a long
+/// value is said without it: a refusal does not echo kilobytes of the client's payload.
+fn schema_problem(error: &jsonschema::ValidationError<'_>) -> Problem {
+    let pointer = error.instance_path.to_string();
+    if let jsonschema::error::ValidationErrorKind::Required { property } = &error.kind {
+        if let Some(name) = property.as_str() {
+            let escaped = name.replace('~', "~0").replace('/', "~1");
+            return Problem::new(format!("{pointer}/{escaped}"), "is required");
+        }
+    }
+    let mut message = error.to_string();
+    if message.chars().count() > MAX_PROBLEM_CHARS {
+        message = error.masked().to_string();
+    }
+    if message.chars().count() > MAX_PROBLEM_CHARS {
+        message = message.chars().take(MAX_PROBLEM_CHARS).collect::<String>() + "…";
+    }
+    Problem::new(pointer, message)
+}
+
+/// The longest problem message the host writes from a schema error.
+const MAX_PROBLEM_CHARS: usize = 200;
 
 /// A client gets at most this many problems back: enough to fix a payload, bounded for
 /// hostile ones.
@@ -452,6 +507,189 @@ mod tests {
                 assert_eq!(problems[0].pointer, "/n");
             }
             other => panic!("expected INVALID_PAYLOAD, got {other:?}"),
+        }
+    }
+
+    /// A request type declared by a real (in-process) plugin: the limit is written once, as
+    /// a schemars attribute, and the plugin's `check` says nothing about it.
+    mod primes {
+        use serde::{Deserialize, Serialize};
+        use taskgate_plugin_api::{JsonSchema, Plugin, Problem, RequestType};
+
+        #[derive(Deserialize, Serialize, JsonSchema)]
+        #[schemars(crate = "taskgate_plugin_api::schemars")]
+        pub struct Primes {
+            #[schemars(range(min = 2, max = 10_000_000))]
+            pub limit: u64,
+        }
+
+        pub fn plugin() -> Plugin {
+            Plugin::new("primes", "1.0.0").request_type(
+                RequestType::typed::<Primes>("math.primes").check(|p: &Primes| {
+                    if p.limit == 13 {
+                        vec![Problem::new("/limit", "is unlucky")]
+                    } else {
+                        Vec::new()
+                    }
+                }),
+            )
+        }
+    }
+
+    fn primes_spec() -> RequestTypeSpec {
+        let plugin = Arc::new(primes::plugin());
+        let manifest = plugin.manifest();
+        let mut p = parts("math.primes");
+        p.payload_schema = manifest.request_types[0].payload_schema.clone();
+        let validator: Arc<dyn PayloadValidator> = Arc::new(FnValidator(move |json: &str| {
+            match plugin.validate("math.primes", json) {
+                Ok(normalised) => Validation::Valid(normalised),
+                Err(problems) => Validation::Invalid(problems),
+            }
+        }));
+        RequestTypeSpec::new(p, Some(validator)).unwrap()
+    }
+
+    fn problems_of(spec: &RequestTypeSpec, payload: &str) -> Vec<Problem> {
+        match spec.check(&raw(payload)) {
+            Err(RequestError::InvalidPayload { problems, .. }) => problems,
+            other => panic!("expected INVALID_PAYLOAD for {payload}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plugins_schema_is_enforced_before_its_check_in_the_schemas_words() {
+        let spec = primes_spec();
+        assert_eq!(
+            problems_of(&spec, r#"{"limit": 1}"#),
+            vec![Problem::new("/limit", "1 is less than the minimum of 2")]
+        );
+        assert_eq!(
+            problems_of(&spec, r#"{"limit": -5}"#),
+            vec![Problem::new("/limit", "-5 is less than the minimum of 2")],
+            "not serde's \"invalid value: integer `-5`, expected u64\""
+        );
+        assert_eq!(
+            problems_of(&spec, r#"{"limit": 10000001}"#)[0].message,
+            "10000001 is greater than the maximum of 10000000"
+        );
+        assert_eq!(
+            problems_of(&spec, r#"{"limit": "ten"}"#),
+            vec![Problem::new("/limit", r#""ten" is not of type "integer""#)]
+        );
+        assert_eq!(
+            problems_of(&spec, "{}"),
+            vec![Problem::new("/limit", "is required")],
+            "a missing property is pointed at, as the plugin's own problems are"
+        );
+        // What the schema cannot say is still the plugin's, and valid payloads are normalised.
+        assert_eq!(
+            problems_of(&spec, r#"{"limit": 13}"#),
+            vec![Problem::new("/limit", "is unlucky")]
+        );
+        assert!(matches!(
+            spec.check(&raw(r#"{ "limit": 7, "extra": true }"#)),
+            Ok(Checked::Normalised(s)) if s == r#"{"limit":7}"#
+        ));
+    }
+
+    #[test]
+    fn a_payload_the_schema_refuses_never_reaches_the_plugin() {
+        let validator: Arc<dyn PayloadValidator> = Arc::new(FnValidator(|_: &str| -> Validation {
+            panic!("must not be called")
+        }));
+        let mut p = parts("n");
+        p.payload_schema = json!({
+            "type": "object",
+            "properties": { "n": { "type": "integer", "minimum": 1 } },
+            "required": ["n"]
+        });
+        let spec = RequestTypeSpec::new(p, Some(validator)).unwrap();
+        assert_eq!(problems_of(&spec, r#"{"n": 0}"#)[0].pointer, "/n");
+        assert_eq!(problems_of(&spec, "[]")[0].pointer, "");
+    }
+
+    #[test]
+    fn schema_refusals_do_not_echo_long_values() {
+        let mut p = parts("n");
+        p.max_payload_bytes = 1 << 20;
+        p.payload_schema =
+            json!({ "type": "object", "properties": { "n": { "type": "integer" } } });
+        let spec = RequestTypeSpec::new(p, None).unwrap();
+        let long = "x".repeat(10_000);
+        let problems = problems_of(&spec, &format!(r#"{{"n": "{long}"}}"#));
+        assert_eq!(problems[0].pointer, "/n");
+        assert!(
+            problems[0].message.len() <= 4 * MAX_PROBLEM_CHARS,
+            "{}",
+            problems[0].message
+        );
+        assert!(
+            problems[0].message.contains("integer"),
+            "{}",
+            problems[0].message
+        );
+    }
+
+    #[test]
+    fn an_invalid_schema_is_refused_when_the_table_is_built() {
+        let mut p = parts("bad");
+        p.payload_schema = json!({ "type": "no-such-type" });
+        let validator: Arc<dyn PayloadValidator> =
+            Arc::new(FnValidator(|_: &str| Validation::Valid("{}".into())));
+        let error = RequestTypeSpec::new(p, Some(validator)).unwrap_err();
+        assert!(
+            error.contains("payload schema of `bad` is invalid"),
+            "{error}"
+        );
+    }
+
+    /// What the schema costs a plugin's request type on the I/O thread (docs/performance.md):
+    /// `cargo test -p taskgate-host --release --lib routes::tests::schema_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a test"]
+    fn schema_cost() {
+        use taskgate_plugin_api::JsonSchema;
+        #[derive(serde::Deserialize, serde::Serialize, JsonSchema)]
+        #[schemars(crate = "taskgate_plugin_api::schemars")]
+        #[serde(deny_unknown_fields)]
+        struct WordCount {
+            #[schemars(length(max = 1_048_576))]
+            text: String,
+        }
+        let plugin = Arc::new(
+            taskgate_plugin_api::Plugin::new("wc", "1")
+                .request_type(taskgate_plugin_api::RequestType::typed::<WordCount>("wc")),
+        );
+        let schema = plugin.manifest().request_types[0].payload_schema.clone();
+        let spec = |payload_schema: Value| {
+            let plugin = plugin.clone();
+            let validator: Arc<dyn PayloadValidator> = Arc::new(FnValidator(move |json: &str| {
+                match plugin.validate("wc", json) {
+                    Ok(normalised) => Validation::Valid(normalised),
+                    Err(problems) => Validation::Invalid(problems),
+                }
+            }));
+            let mut p = parts("wc");
+            p.max_payload_bytes = 1 << 20;
+            p.payload_schema = payload_schema;
+            RequestTypeSpec::new(p, Some(validator)).unwrap()
+        };
+        let with_schema = spec(schema);
+        let without_schema = spec(Value::Bool(true));
+        // The bench's 100 B case: a text of about 90 bytes.
+        let payload = raw(&format!(r#"{{"text":"{}"}}"#, "lorem ipsum ".repeat(7)));
+        let rounds = 200_000u32;
+        for (name, spec) in [
+            ("plugin only", &without_schema),
+            ("schema + plugin", &with_schema),
+        ] {
+            let started = std::time::Instant::now();
+            for _ in 0..rounds {
+                assert!(spec.check(&payload).is_ok());
+            }
+            let each = started.elapsed() / rounds;
+            println!("{name}: {each:?} per {} B payload", payload.get().len());
         }
     }
 

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::config::{ConfigError, FileConfig, Overrides, Settings};
 
@@ -13,7 +13,7 @@ use crate::config::{ConfigError, FileConfig, Overrides, Settings};
 /// Settings come from plugins.toml; each flag (or its TASKGATE_* environment variable)
 /// overrides the file.
 #[derive(Debug, Parser)]
-#[command(name = "taskgate", version, about, long_about = None)]
+#[command(name = "taskgate", version = version_line(), about, long_about = None)]
 pub struct Cli {
     /// The operator's configuration file (host settings and one table per plugin).
     /// Default: ./plugins.toml when it exists, else built-in defaults.
@@ -57,6 +57,30 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+/// What `taskgate --version` prints after the name: the host's version and the plugin API
+/// its plugins must be built against, which is not the host's (`taskgate_plugin_api::API_VERSION`).
+pub fn version_line() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| {
+        format!(
+            "{} (plugin API {})",
+            env!("CARGO_PKG_VERSION"),
+            taskgate_plugin_api::API_VERSION
+        )
+    })
+}
+
+/// The plugin API versions this host loads plugins of, as a Cargo requirement says them:
+/// for 0.x the same minor (`0.1.x`), from 1.0 the same major (`1.x`).
+pub fn compatible_api_versions(version: &str) -> String {
+    let mut parts = version.split('.');
+    match (parts.next(), parts.next()) {
+        (Some("0"), Some(minor)) => format!("0.{minor}.x"),
+        (Some(major), Some(_)) => format!("{major}.x"),
+        _ => version.to_owned(),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -95,10 +119,35 @@ pub enum Command {
         /// The operator's file it was copied from (for messages).
         source: PathBuf,
     },
+    /// Start something new from a template: `taskgate new plugin NAME`.
+    #[command(subcommand)]
+    New(NewCommand),
     /// Look at the requests workers never answered (delivered too often: poison messages)
     /// in the dead-letter queue, and send them back after a fix.
     #[command(name = "dead-letters", subcommand)]
     DeadLetters(DeadLettersCommand),
+}
+
+/// `taskgate new …`.
+#[derive(Debug, Clone, Subcommand, PartialEq, Eq)]
+pub enum NewCommand {
+    /// Write a plugin crate (payload, chunk and result types, a check, unit tests, a README)
+    /// that builds on its own against exactly this host's plugin API.
+    Plugin {
+        /// The plugin's name: lowercase letters, digits, `-` and `_`, starting with a letter.
+        /// Its request type is `NAME.count`, its crate `taskgate-plugin-NAME`.
+        name: String,
+        /// Where to write the crate (must not exist). Default: ./NAME
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Depend on the plugin API of this taskgate git repository, at tag
+        /// `plugin-api-v<API version>`. Default: the checkout this binary was built from.
+        #[arg(long, conflicts_with = "api_path")]
+        api_git: Option<String>,
+        /// Depend on the plugin API in this directory (a checkout's `plugin-api`).
+        #[arg(long)]
+        api_path: Option<PathBuf>,
+    },
 }
 
 /// `taskgate dead-letters …`, on the queue `[host] dead_letter_queue` names.
@@ -147,5 +196,32 @@ impl Cli {
                 shutdown_grace: self.shutdown_grace,
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compatible_plugin_api_versions_follow_cargos_rules() {
+        assert_eq!(compatible_api_versions("0.1.0"), "0.1.x");
+        assert_eq!(compatible_api_versions("0.12.3"), "0.12.x");
+        assert_eq!(compatible_api_versions("1.4.2"), "1.x");
+        assert_eq!(compatible_api_versions("odd"), "odd");
+    }
+
+    #[test]
+    fn the_version_names_the_plugin_api() {
+        assert_eq!(
+            version_line(),
+            format!(
+                "{} (plugin API {})",
+                env!("CARGO_PKG_VERSION"),
+                taskgate_plugin_api::API_VERSION
+            )
+        );
+        let long = Cli::command().render_version();
+        assert!(long.contains("plugin API"), "{long}");
     }
 }

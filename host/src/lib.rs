@@ -63,6 +63,7 @@ pub mod reload;
 pub mod request_head;
 pub mod resume;
 pub mod routes;
+pub mod scaffold;
 pub mod schemas;
 pub mod server;
 pub mod serving;

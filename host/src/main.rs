@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use taskgate_host::broker::amqp::{consumers_now, dead_letters};
-use taskgate_host::cli::{Cli, Command, DeadLettersCommand, LogFormat};
+use taskgate_host::cli::{Cli, Command, DeadLettersCommand, LogFormat, NewCommand};
 use taskgate_host::dead_letters::DeadLetterNames;
-use taskgate_host::{plugins, schemas, server};
+use taskgate_host::{plugins, scaffold, schemas, server};
 use tracing::{info, warn};
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
@@ -142,6 +142,38 @@ async fn status(url: &str, token: Option<&str>, json: bool) -> ExitCode {
     }
 }
 
+/// `taskgate new …`: 0 written, 2 refused (nothing written).
+fn new(command: &NewCommand) -> ExitCode {
+    let NewCommand::Plugin {
+        name,
+        dir,
+        api_git,
+        api_path,
+    } = command;
+    let api = match (api_git, api_path) {
+        (Some(url), _) => Some(scaffold::ApiSource::Git(url.clone())),
+        (None, Some(path)) => Some(scaffold::ApiSource::Path(
+            path.canonicalize().unwrap_or_else(|_| path.clone()),
+        )),
+        (None, None) => None,
+    };
+    let request = scaffold::NewPlugin {
+        name: name.clone(),
+        dir: dir.clone(),
+        api,
+    };
+    match scaffold::new_plugin(&request) {
+        Ok(written) => {
+            print!("{}", scaffold::next_steps(&written, name));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("taskgate new plugin: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// The first signal starts the graceful shutdown; a second one stops at once.
 async fn shutdown_signal() {
     signal().await;
@@ -164,6 +196,10 @@ fn main() -> ExitCode {
             }
             Err(_) => ExitCode::FAILURE,
         };
+    }
+    if let Some(Command::New(command)) = &cli.command {
+        // Writes files from templates: no runtime, no settings, no plugins.
+        return new(command);
     }
     let mut builder = match cli.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread(),
@@ -240,8 +276,8 @@ async fn async_main(cli: Cli) -> ExitCode {
                 }
             }
         }
-        // (`inspect-plugin` returned in `main`, `status` above, already.)
-        Command::Run | Command::InspectPlugin { .. } | Command::Status { .. } => {
+        // (`inspect-plugin` and `new` returned in `main`, `status` above, already.)
+        Command::Run | Command::InspectPlugin { .. } | Command::Status { .. } | Command::New(_) => {
             taskgate_host::open_files::raise_for(&settings.limits);
             let listener = match server::bind(settings.listen).await {
                 Ok(listener) => listener,

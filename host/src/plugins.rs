@@ -814,6 +814,12 @@ pub fn scan(dir: &Path, loader: &mut dyn Loader, settings: &Settings) -> Vec<Plu
 pub fn report(files: &[PluginFile], settings: &Settings) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "plugins directory: {}", settings.plugins_dir.display());
+    let _ = writeln!(
+        out,
+        "plugin API: {} (this host loads plugins built against taskgate-plugin-api {})",
+        taskgate_plugin_api::API_VERSION,
+        crate::cli::compatible_api_versions(taskgate_plugin_api::API_VERSION)
+    );
     if files.is_empty() {
         let _ = writeln!(out, "  (no plugin files found)");
     }

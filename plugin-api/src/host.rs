@@ -29,13 +29,13 @@ pub enum LoadError {
     NotALibrary { path: PathBuf, reason: String },
     #[error("{path}: not a taskgate plugin (no root module symbol)")]
     NotAPlugin { path: PathBuf },
-    #[error("{path}: built against taskgate-plugin-api {found}, this host has {expected}")]
+    #[error("{path}: built against taskgate-plugin-api {found}, this host has {expected}: rebuild it against taskgate-plugin-api {expected} (`taskgate --version` prints it; `taskgate new plugin` writes the dependency line)")]
     IncompatibleVersion {
         path: PathBuf,
         expected: String,
         found: String,
     },
-    #[error("{path}: ABI layout mismatch with this host's plugin API ({summary})")]
+    #[error("{path}: ABI layout mismatch with this host's plugin API ({summary}): rebuild it against taskgate-plugin-api {} (`taskgate --version` prints it)", crate::API_VERSION)]
     AbiMismatch { path: PathBuf, summary: String },
     #[error("{path}: the plugin failed to start: {reason}")]
     Init { path: PathBuf, reason: String },
@@ -188,7 +188,7 @@ fn classify(copy: &Path, path: &Path, error: LibraryError) -> LoadError {
         },
         LibraryError::ParseVersionError(e) => LoadError::IncompatibleVersion {
             path,
-            expected: env!("CARGO_PKG_VERSION").to_owned(),
+            expected: crate::API_VERSION.to_owned(),
             found: format!("an unreadable version ({})", summarize(&e.to_string())),
         },
         LibraryError::AbiInstability(e) => {

@@ -78,6 +78,13 @@ mod log_bridge;
 mod manifest;
 
 pub use author::{Plugin, RequestType};
+
+/// The plugin API's version: the version of the boundary a plugin is built against. The
+/// host loads plugins built against a compatible version only (for 0.x, the same minor);
+/// `taskgate --version` and `taskgate plugins` print it. It changes when the boundary
+/// changes — `tests/abi_version.rs` fails on a new layout under an old version — and not
+/// with the host's releases: a host upgrade that keeps it keeps every plugin working.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use manifest::{Backoff, PluginManifest, Problem, RequestTypeManifest, RetryPolicy};
 pub use schemars::{self, JsonSchema};
 pub use serde_json;

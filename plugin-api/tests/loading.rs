@@ -247,6 +247,13 @@ fn a_plugin_built_against_an_incompatible_api_is_refused() {
         "{text}"
     );
     assert!(text.contains("found `FutureMod`"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "rebuild it against taskgate-plugin-api {}",
+            taskgate_plugin_api::API_VERSION
+        )),
+        "{text}"
+    );
 }
 
 #[test]
@@ -259,9 +266,9 @@ fn a_plugin_built_against_an_older_api_is_refused_for_its_version() {
     );
     assert_one_line_naming(&err, &path);
     assert!(
-        err.to_string().ends_with(&format!(
-            "built against taskgate-plugin-api 0.0.1, this host has {}",
-            env!("CARGO_PKG_VERSION")
+        err.to_string().contains(&format!(
+            "built against taskgate-plugin-api 0.0.1, this host has {v}: rebuild it against taskgate-plugin-api {v} ",
+            v = taskgate_plugin_api::API_VERSION
         )),
         "{err}"
     );

@@ -124,8 +124,11 @@ impl RequestType {
         Self::bare(name, Value::Bool(true)).check(|_: &T| Vec::new())
     }
 
-    /// Extra checks after deserialization into `T` (ranges, lengths, relations between
-    /// fields). Return no problems for a valid payload.
+    /// Rules a JSON Schema cannot say (relations between fields …), checked after the host
+    /// checked the payload against `T`'s schema and after deserialization into `T`. Return
+    /// no problems for a valid payload; `Problem::new("/field", "must be …")` for each
+    /// thing wrong. Limits belong in `T`'s schemars attributes (`range`, `length` …): the
+    /// host enforces them, in the schema's words.
     ///
     /// The payload is deserialized into the `T` this check takes, and the declared payload
     /// schema becomes `T`'s: validation and schema cannot describe different types.

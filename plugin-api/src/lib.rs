@@ -7,15 +7,23 @@
 //! use serde::{Deserialize, Serialize};
 //! use taskgate_plugin_api::prelude::*;
 //!
-//! const MAX_TIMES: u32 = 100;
-//!
 //! #[derive(Deserialize, Serialize, JsonSchema)]
 //! struct Repeat {
+//!     #[schemars(length(min = 1, max = 200))]
 //!     text: String,
-//!     // The limit is declared in the schema (`maximum`) and enforced by `check` below,
-//!     // from the same constant.
-//!     #[schemars(range(min = 1, max = MAX_TIMES))]
+//!     // A rule written once: the JSON Schema says it, the host enforces it.
+//!     #[schemars(range(min = 1, max = 100))]
 //!     times: u32,
+//!     #[serde(default)]
+//!     separator: Option<String>,
+//! }
+//!
+//! // What a schema cannot say: a relation between fields.
+//! fn check(r: &Repeat) -> Vec<Problem> {
+//!     match &r.separator {
+//!         Some(_) if r.times == 1 => vec![Problem::new("/separator", "needs `times` above 1")],
+//!         _ => vec![],
+//!     }
 //! }
 //!
 //! fn plugin() -> Plugin {
@@ -23,29 +31,38 @@
 //!     Plugin::new("repeat", env!("CARGO_PKG_VERSION")).request_type(
 //!         RequestType::typed::<Repeat>("text.repeat")
 //!             .max_payload_bytes(64 * 1024)
-//!             .check(|r: &Repeat| match r.times {
-//!                 1..=MAX_TIMES => vec![],
-//!                 _ => vec![Problem::new("/times", format!("must be 1 to {MAX_TIMES}"))],
-//!             }),
+//!             .check(check),
 //!     )
 //! }
 //! export_plugin!(plugin);
 //! # fn main() {}
 //! ```
 //!
-//! A plugin's Cargo.toml needs `taskgate-plugin-api` and `serde` (with `derive`), and
+//! `taskgate new plugin NAME` writes a complete crate to start from. By hand, a plugin's
+//! Cargo.toml needs `taskgate-plugin-api` — the version of the host that loads it, exactly
+//! ([`API_VERSION`], printed by `taskgate --version`) — and `serde` (with `derive`), and
 //! `crate-type = ["cdylib", "rlib"]` (the `rlib` lets its unit tests call `plugin()`
 //! in-process). The prelude brings `schemars` (for the derive) and `tracing` into scope:
 //! log with the re-exported `tracing`, so events reach the copy that forwards them to the
 //! host.
 //!
-//! # Limits in schemas
-//! A limit is written twice from one constant: as a schemars attribute (`range`, `length`),
-//! so the JSON Schema the host publishes shows it, and in the request type's `check`, so
-//! the plugin enforces it itself. The host also checks payloads against the schema, but a
-//! plugin never relies on that. (Validation crates whose attributes schemars also reads
-//! report Rust field names, not the serde names clients send, so their problems would
-//! point at the wrong place.)
+//! # Payload rules: the schema, then `check`
+//! A payload of a [`RequestType::typed`] type is checked in this order:
+//! 1. by the host, against the JSON Schema of `T` (schemars attributes: `range`, `length`,
+//!    `regex`, `required` fields, enums, `deny_unknown_fields` …). A refusal names the JSON
+//!    Pointer and says what the schema expects in its words (`/times: 0 is less than the
+//!    minimum of 1`);
+//! 2. by deserializing into `T` (serde's defaults are filled in, unknown fields dropped);
+//! 3. by the request type's check, `Fn(&T) -> Vec<Problem>`: an empty list accepts the
+//!    payload; each [`Problem::new(pointer, message)`](Problem::new) refuses it, `pointer`
+//!    a JSON Pointer into the payload (`""` for the whole payload, `/items/0/name` …).
+//!
+//! So write each limit once, as a schemars attribute: clients see it in the published
+//! schema (and their generated types), and the host enforces it. `check` is for what a
+//! schema cannot say. The in-process [`Plugin::validate`] that unit tests call does steps 2
+//! and 3 only: test the schema's limits on [`Plugin::manifest`]'s `payload_schema`.
+//! (Validation crates whose attributes schemars also reads report Rust field names, not the
+//! serde names clients send: their problems would point at the wrong place.)
 //!
 //! # Design
 //! The host loads plugins as `cdylib`s through [abi_stable]. The boundary is kept as small
@@ -61,14 +78,17 @@
 //! the host process, which owns every socket and broker connection. A plugin's `tracing`
 //! events are forwarded to the host's log.
 //!
-//! The crate's version is the ABI version: the host refuses a plugin built against an
-//! incompatible version (for 0.x, another minor version) with one clear log line.
+//! The crate's version is the ABI version ([`API_VERSION`], not the host's version): the host
+//! refuses a plugin built against an incompatible version (for 0.x, another minor version)
+//! with one log line that says which version to build against. `abi-layout.txt` records the
+//! layout of everything that crosses the boundary; `tests/abi_version.rs` fails when it
+//! changes under the same version.
 //!
 //! # Where things go
 //! - New declaration fields: [`RequestTypeManifest`] (serde; add with `#[serde(default)]`
 //!   so older plugins still load).
 //! - New boundary functions: at the end of [`ffi::PluginMod`], after `validate`, as a
-//!   new prefix field (never reorder fields).
+//!   new prefix field (never reorder fields), with a new [`API_VERSION`].
 
 mod author;
 pub mod ffi;

@@ -29,8 +29,8 @@ pub struct RequestTypeManifest {
     pub streams: bool,
     pub timeout_ms: u64,
     pub max_payload_bytes: u64,
-    /// JSON Schema of the payload (documentation and TypeScript types; the plugin's own
-    /// validation is authoritative when `validates` is true).
+    /// JSON Schema of the payload: documentation, TypeScript types, and the host's first
+    /// check of every payload (then the plugin's own validation, when `validates` is true).
     pub payload_schema: Value,
     #[serde(default)]
     pub result_schema: Option<Value>,

@@ -160,6 +160,7 @@ e2e('plugins built against another plugin API (incompatible layout, outdated ver
   for (const f of fixtures) {
     const line = stdout.split('\n').find((l) => l.includes(f));
     assert.ok(line && /refused/i.test(line), `\`taskgate plugins\` reports ${f} as refused: ${line}`);
+    assert.match(line, /rebuild it against taskgate-plugin-api \d+\.\d+\.\d+/, `and says which plugin API to build against: ${line}`);
   }
 
   const host = await startHost(ctx, { pluginsDir: dir });

@@ -37,11 +37,11 @@ const NAME = 'scaffolded';
 const REQUEST_TYPE = `${NAME}.count`;
 const LIBRARY = `libtaskgate_plugin_${NAME}.so`;
 
-/** `cargo build` in `dir`, into the workspace's target directory; returns that directory. */
-async function cargoBuild(ctx: TestContext, dir: string): Promise<string> {
+/** `cargo <command>` in `dir`, into the workspace's target directory; returns that directory. */
+async function cargo(ctx: TestContext, dir: string, command: 'build' | 'test'): Promise<string> {
   const targetDir = process.env.CARGO_TARGET_DIR ?? path.join(REPO_ROOT, 'target');
   const started = Date.now();
-  const child = spawn('cargo', ['build', '--quiet'], {
+  const child = spawn('cargo', [command, '--quiet'], {
     cwd: dir,
     env: { ...process.env, CARGO_TARGET_DIR: targetDir },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -55,10 +55,10 @@ async function cargoBuild(ctx: TestContext, dir: string): Promise<string> {
       child.once('exit', resolve);
     }),
     240_000,
-    'cargo build of the scaffolded plugin',
+    `cargo ${command} of the scaffolded plugin`,
   ).finally(() => child.kill('SIGKILL'));
-  ctx.note(`cargo build in ${dir} → ${code} after ${Date.now() - started} ms\n${output}`);
-  assert.equal(code, 0, `the scaffolded plugin builds:\n${output}`);
+  ctx.note(`cargo ${command} in ${dir} → ${code} after ${Date.now() - started} ms\n${output}`);
+  assert.equal(code, 0, `cargo ${command} of the scaffolded plugin:\n${output}`);
   return targetDir;
 }
 
@@ -84,8 +84,9 @@ e2e(
     assert.equal(again.code, 2);
     assert.match(again.stderr, /already exists/);
 
-    // 2. Build it where it is.
-    const targetDir = await cargoBuild(ctx, crate);
+    // 2. Its unit tests pass, and it builds, where it is.
+    await cargo(ctx, crate, 'test');
+    const targetDir = await cargo(ctx, crate, 'build');
     const built = path.join(targetDir, 'debug', LIBRARY);
     assert.ok(existsSync(built), `${built} was built`);
 

@@ -35,7 +35,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 request.next_seq += 1;
                 request.metrics.chunk();
                 let (conn, client_id, resume) = request.parts();
-                self.send(conn, resume, &ResponseEvent::chunk(client_id, seq, &data));
+                self.send_chunk(conn, resume, client_id, seq, data);
                 false
             }
             Outbound::Result(data) => {

@@ -199,9 +199,8 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
     }
 
-    /// Sends a response of `request` to its client — unless it is parked: then a chunk
-    /// waits in the replay buffer (as every chunk of a session's request does) and a final
-    /// response is kept for the `attach` to come.
+    /// Sends a final response of `request` to its client — unless it is parked: then it is
+    /// kept for the `attach` to come (a task's is kept in any case).
     /// Takes the request's connection and session state apart from its client id, which
     /// `event` borrows: nothing is copied on the way.
     pub(super) fn send(
@@ -211,9 +210,6 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         event: &ResponseEvent<'_>,
     ) {
         if let Some(resume) = resume {
-            if let (Some(seq), Some(data)) = (event.seq, event.data) {
-                resume.replay.push(seq, data);
-            }
             let parked = resume.parked_until.is_some();
             if (parked || resume.detached) && event.kind != ReplyKind::Chunk {
                 resume.outcome = Some(event.to_owned_response());
@@ -223,6 +219,27 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             }
         }
         self.emit(conn, event);
+    }
+
+    /// Sends chunk `seq` of a request to its client (unless it is parked) and, for a
+    /// session's request, keeps it for a replay. The chunk moves into the replay after the
+    /// send has encoded it: keeping it costs neither a copy nor an allocation
+    /// (docs/performance.md, "sessions").
+    pub(super) fn send_chunk(
+        &self,
+        conn: S::Conn,
+        resume: Option<&mut Resumable>,
+        client_id: &str,
+        seq: u64,
+        data: Box<RawValue>,
+    ) {
+        let Some(resume) = resume else {
+            return self.emit(conn, &ResponseEvent::chunk(client_id, seq, &data));
+        };
+        if resume.parked_until.is_none() {
+            self.emit(conn, &ResponseEvent::chunk(client_id, seq, &data));
+        }
+        resume.replay.push(seq, data);
     }
 
     /// Parks the requests of a session's connection that just dropped.

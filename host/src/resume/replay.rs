@@ -91,10 +91,11 @@ impl Replay {
         }
     }
 
-    /// Keeps a copy of chunk `seq` (relayed, or waiting for the client); drops the oldest past
-    /// the limit, or (keeping this latest one) while the host's budget is full. A chunk larger
-    /// than the whole limit is not kept at all.
-    pub fn push(&mut self, seq: u64, data: &RawValue) {
+    /// Keeps chunk `seq` (relayed, or waiting for the client), taking it over: the gateway
+    /// hands the very bytes it just sent, so keeping a chunk costs no copy. Drops the oldest
+    /// past the limit, or (keeping this latest one) while the host's budget is full. A chunk
+    /// larger than the whole limit is not kept at all.
+    pub fn push(&mut self, seq: u64, data: Box<RawValue>) {
         self.next_seq = seq + 1;
         let cost = data.get().len() + CHUNK_OVERHEAD;
         if cost > self.limit {
@@ -106,7 +107,7 @@ impl Replay {
         if let Some(budget) = &self.budget {
             budget.add(cost);
         }
-        self.chunks.push_back((seq, data.to_owned()));
+        self.chunks.push_back((seq, data));
         while self.bytes > self.limit || (self.chunks.len() > 1 && self.over_budget()) {
             match self.chunks.pop_front() {
                 Some((_, old)) => self.release(old.get().len() + CHUNK_OVERHEAD),
@@ -179,7 +180,7 @@ mod tests {
     fn replays_what_follows_the_clients_last_chunk() {
         let mut replay = Replay::new(1 << 20);
         for seq in 0..5 {
-            replay.push(seq, &raw(&seq.to_string()));
+            replay.push(seq, raw(&seq.to_string()));
         }
         assert_eq!(seqs(&replay, -1), (0, vec![0, 1, 2, 3, 4]));
         assert_eq!(seqs(&replay, 2), (3, vec![3, 4]));
@@ -189,11 +190,21 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_chunk_is_the_one_handed_over_not_a_copy() {
+        let mut replay = Replay::new(1 << 20);
+        let chunk = raw("\"progress\"");
+        let bytes = chunk.get().as_ptr();
+        replay.push(0, chunk);
+        let kept = replay.last().map(|(_, data)| data.get().as_ptr());
+        assert_eq!(kept, Some(bytes), "the same allocation, moved in");
+    }
+
+    #[test]
     fn the_oldest_go_first_and_the_gap_is_told() {
         let chunk = "x".repeat(100);
         let mut replay = Replay::new(3 * (102 + CHUNK_OVERHEAD));
         for seq in 0..10 {
-            replay.push(seq, &raw(&format!("\"{chunk}\"")));
+            replay.push(seq, raw(&format!("\"{chunk}\"")));
         }
         assert_eq!(
             seqs(&replay, -1),
@@ -207,15 +218,15 @@ mod tests {
     #[test]
     fn a_chunk_larger_than_the_limit_is_not_kept() {
         let mut replay = Replay::new(64);
-        replay.push(0, &raw("1"));
-        replay.push(1, &raw(&format!("\"{}\"", "y".repeat(100))));
+        replay.push(0, raw("1"));
+        replay.push(1, raw(&format!("\"{}\"", "y".repeat(100))));
         assert_eq!(
             seqs(&replay, -1),
             (2, vec![]),
             "both gone: the next to come is 2"
         );
         assert_eq!(replay.bytes(), 0);
-        replay.push(2, &raw("3"));
+        replay.push(2, raw("3"));
         assert_eq!(seqs(&replay, 0), (2, vec![2]), "after 0: 1 is missing");
     }
 
@@ -228,9 +239,9 @@ mod tests {
         let kept = budget(1 << 20);
         let mut a = Replay::shared(1 << 20, kept.clone());
         let mut b = Replay::shared(1 << 20, kept.clone());
-        a.push(0, &raw("1"));
-        b.push(0, &raw("22"));
-        b.push(1, &raw("33"));
+        a.push(0, raw("1"));
+        b.push(0, raw("22"));
+        b.push(1, raw("33"));
         assert_eq!(kept.used(), a.bytes() + b.bytes());
         assert_eq!(kept.used(), 1 + 2 + 2 + 3 * CHUNK_OVERHEAD);
         drop(b);
@@ -247,11 +258,11 @@ mod tests {
         let chunk = format!("\"{}\"", "x".repeat(100));
         let mut old = Replay::shared(1 << 20, kept.clone());
         for seq in 0..3 {
-            old.push(seq, &raw(&chunk));
+            old.push(seq, raw(&chunk));
         }
         let mut new = Replay::shared(1 << 20, kept.clone());
         for seq in 0..5 {
-            new.push(seq, &raw(&chunk));
+            new.push(seq, raw(&chunk));
         }
         assert!(
             kept.used() <= 4 * cost,
@@ -267,7 +278,7 @@ mod tests {
         assert_eq!(seqs(&new, -1), (4, vec![4]), "first_seq 4: the gap is told");
         assert!(!kept.has_room_for(1));
         // Even a full budget keeps each replay's latest chunk: a task's progress.
-        new.push(5, &raw(&chunk));
+        new.push(5, raw(&chunk));
         assert_eq!(seqs(&new, -1), (5, vec![5]));
         drop(old);
         assert!(kept.has_room_for(3 * cost));
@@ -277,8 +288,8 @@ mod tests {
     fn a_chunk_too_large_for_its_request_gives_back_what_its_replay_held() {
         let kept = budget(1 << 20);
         let mut replay = Replay::shared(64, kept.clone());
-        replay.push(0, &raw("1"));
-        replay.push(1, &raw(&format!("\"{}\"", "y".repeat(100))));
+        replay.push(0, raw("1"));
+        replay.push(1, raw(&format!("\"{}\"", "y".repeat(100))));
         assert_eq!(kept.used(), 0);
     }
 }

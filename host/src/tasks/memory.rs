@@ -207,7 +207,7 @@ impl TaskStore for MemoryTaskStore {
         if task.outcome.is_some() || !fresh {
             return Ok(false);
         }
-        task.chunks.push(seq, data);
+        task.chunks.push(seq, data.to_owned());
         let data: Arc<RawValue> = Arc::from(data.to_owned());
         task.record.last_seq = Some(seq);
         task.record.last_chunk = Some(data.clone());

@@ -198,6 +198,9 @@ impl ResumeSection {
             )?,
         };
         let max_tasks = self.max_tasks.unwrap_or(crate::resume::DEFAULT_MAX_TASKS);
+        let max_parked_per_owner = self
+            .max_parked_per_owner
+            .unwrap_or(crate::resume::DEFAULT_MAX_PARKED_PER_OWNER);
         let max_kept_bytes = self
             .max_kept_bytes
             .unwrap_or(crate::resume::DEFAULT_MAX_KEPT_BYTES);
@@ -218,6 +221,7 @@ impl ResumeSection {
                 max_kept_bytes,
                 result_ttl,
                 max_tasks,
+                max_parked_per_owner,
                 store,
             },
             section,
@@ -239,6 +243,8 @@ pub struct ResumeSection {
     pub result_ttl: Option<String>,
     /// Detached tasks one owner may have, running or kept.
     pub max_tasks: Option<usize>,
+    /// Requests one owner may have parked after its connections dropped (0: no bound).
+    pub max_parked_per_owner: Option<usize>,
     /// The cluster secret that signs session tokens (every host of a cluster the same), from
     /// a file or an environment variable; without one, sessions resume on the same host only.
     pub secret_file: Option<PathBuf>,

@@ -101,6 +101,9 @@ metrics_table! {
     /// Set at each scrape by `Gateway::record_resume_gauges`.
     RESUME_KEPT_BYTES: Gauge "taskgate_resume_kept_bytes" {}
         "Bytes of chunks kept for replay by all requests together, against [resume] max_kept_bytes";
+    /// Recorded by `Gateway::park`.
+    RESUME_PARKED_REFUSED: Counter "taskgate_resume_parked_refused_total" {}
+        "Requests of sessions cancelled when their connection dropped because their owner had [resume] max_parked_per_owner parked already";
     /// Recorded by `reload`, the initial load included.
     PLUGIN_LOADS: Counter "taskgate_plugin_loads_total" {outcome}
         "Plugin libraries loaded, reloaded or refused (failed), the initial load included";

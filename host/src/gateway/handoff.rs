@@ -720,6 +720,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                     // Counts against `[resume] max_kept_bytes` like any replay of this host.
                     replay: Replay::shared(settings.request_bytes, self.kept_bytes.clone()),
                     parked_until,
+                    // Handed over for an attach whose connection went meanwhile: bounded by
+                    // the claims of the owner's connections, not by `max_parked_per_owner`.
+                    parked_slot: None,
                     outcome: None,
                     detached: false,
                     started_at_ms: handoff.started_at_ms,

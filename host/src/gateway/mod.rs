@@ -54,7 +54,7 @@ use crate::broker::Broker;
 use crate::deadlines::Deadlines;
 use crate::limits::Limits;
 use crate::metrics::{GatewayMetrics, RequestMetrics};
-use crate::resume::{KeptBytes, Owner, ResumeSettings};
+use crate::resume::{KeptBytes, Owner, ParkedPerOwner, ResumeSettings};
 use crate::routes::RoutingTable;
 use crate::serving::Serving;
 use crate::session::Session;
@@ -166,6 +166,8 @@ pub struct Gateway<B: Broker, S: ClientSink> {
     tasks_per_owner: DashMap<Owner, usize>,
     /// The chunks every request's replay keeps, against `[resume] max_kept_bytes`.
     kept_bytes: Arc<KeptBytes>,
+    /// Requests parked (or kept) per owner, against `[resume] max_parked_per_owner`.
+    parked_per_owner: Arc<ParkedPerOwner>,
     /// The task store the hosts of a cluster share; `None`: detached tasks live in the
     /// maps above (`shared_tasks`).
     store: Option<Arc<dyn crate::tasks::TaskStore>>,
@@ -223,6 +225,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             kept: DashMap::new(),
             tasks_per_owner: DashMap::new(),
             kept_bytes: Arc::new(KeptBytes::new(usize::MAX)),
+            parked_per_owner: ParkedPerOwner::new(0),
             store: None,
             relays: DashMap::new(),
             task_reply_queue: Arc::from(""),
@@ -265,6 +268,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     /// parked when it drops, for `settings.window`.
     pub fn with_resume(mut self, settings: ResumeSettings) -> Self {
         self.kept_bytes = Arc::new(KeptBytes::new(settings.max_kept_bytes));
+        self.parked_per_owner = ParkedPerOwner::new(settings.max_parked_per_owner);
         self.resume = settings.enabled().then_some(settings);
         self
     }
@@ -347,16 +351,30 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             }
         }
         for correlation_id in requests.into_values() {
-            if let Some((_, request)) = self.inflight.remove(&correlation_id) {
-                if let Some(deadline) = request.deadline {
-                    self.deadlines.remove(deadline, correlation_id);
-                }
-                debug!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, "client disconnected; cancelling");
-                // A request still publishing is cancelled when its confirm arrives.
-                if matches!(request.stage, Stage::Active) {
-                    self.spawn_cancel(correlation_id);
-                }
-            }
+            self.end_with_connection(correlation_id);
+        }
+    }
+
+    /// Ends a request whose client is gone for good: forgotten, and workers told to stop.
+    fn end_with_connection(&self, correlation_id: Uuid) {
+        let Some((_, request)) = self.inflight.remove(&correlation_id) else {
+            return;
+        };
+        if let Some(deadline) = request.deadline {
+            self.deadlines.remove(deadline, correlation_id);
+        }
+        if let Some(resume) = &request.resume {
+            self.forget_owned(
+                &resume.owner,
+                &request.client_id,
+                correlation_id,
+                resume.detached,
+            );
+        }
+        debug!(%correlation_id, traceparent = %request.trace, client_id = %request.client_id, "client disconnected; cancelling");
+        // A request still publishing is cancelled when its confirm arrives.
+        if matches!(request.stage, Stage::Active) {
+            self.spawn_cancel(correlation_id);
         }
     }
 

@@ -17,14 +17,14 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use taskgate_protocol::{ErrorCode, ReplyKind};
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use super::envelope::{check_attach, AttachEnvelope};
 use super::{Gateway, InFlight, Stage};
 use crate::broker::Broker;
 use crate::error::{RateLimit, RequestError};
-use crate::resume::{Owner, Replay};
+use crate::resume::{Owner, ParkedSlot, Replay};
 use crate::sink::{ClientSink, EmitError, OwnedResponse, ResponseEvent};
 
 /// How far off "no window" is for a parked detached task: it ends by its own timeout.
@@ -37,6 +37,8 @@ pub(super) struct Resumable {
     pub replay: Replay,
     /// While its connection is gone: when the window ends.
     pub parked_until: Option<Instant>,
+    /// While parked (not for a task): its place under `[resume] max_parked_per_owner`.
+    pub parked_slot: Option<ParkedSlot>,
     /// A final response that reached it while parked (or, for a task, at all).
     pub outcome: Option<OwnedResponse>,
     /// A task (protocol §4.3): no window, its outcome kept for `result_ttl`.
@@ -56,6 +58,8 @@ pub(super) struct Kept {
     pub(super) detached: bool,
     pub(super) started_at_ms: u64,
     ended_at_ms: u64,
+    /// The place of the parked request it came from, given back with the outcome.
+    _parked_slot: Option<ParkedSlot>,
 }
 
 /// How an `attach` is answered: its own ack, or a resent `request`'s `{ ok: true }`.
@@ -172,6 +176,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             owner: owner.clone(),
             replay: Replay::shared(settings.request_bytes, self.kept_bytes.clone()),
             parked_until: None,
+            parked_slot: None,
             outcome: None,
             detached: detach,
             started_at_ms: unix_ms(),
@@ -242,9 +247,11 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         resume.replay.push(seq, data);
     }
 
-    /// Parks the requests of a session's connection that just dropped.
+    /// Parks the requests of a session's connection that just dropped. Those past the
+    /// owner's `[resume] max_parked_per_owner` end as on a disconnect without a session.
     pub(super) fn park(self: &Arc<Self>, requests: impl Iterator<Item = Uuid>, window: Duration) {
         let until = Instant::now() + window;
+        let mut over_bound = 0_u64;
         for correlation_id in requests {
             let Some(mut request) = self.inflight.get_mut(&correlation_id) else {
                 continue;
@@ -253,6 +260,17 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 continue;
             };
             let detached = resume.detached;
+            if !detached {
+                match self.parked_per_owner.take(&resume.owner) {
+                    Some(slot) => resume.parked_slot = Some(slot),
+                    None => {
+                        drop(request);
+                        over_bound += 1;
+                        self.end_with_connection(correlation_id);
+                        continue;
+                    }
+                }
+            }
             resume.parked_until = Some(if detached {
                 Instant::now() + NO_WINDOW
             } else {
@@ -263,6 +281,14 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             if !detached {
                 self.watch_deadline(correlation_id, until);
             }
+        }
+        if over_bound > 0 {
+            warn!(
+                cancelled = over_bound,
+                max = self.parked_per_owner.limit(),
+                "an owner's connection dropped with more requests than [resume] max_parked_per_owner leaves room for; the excess was cancelled"
+            );
+            metrics::counter!(crate::metrics::RESUME_PARKED_REFUSED).increment(over_bound);
         }
     }
 
@@ -276,6 +302,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             owner,
             replay,
             parked_until,
+            parked_slot,
             outcome,
             detached,
             started_at_ms,
@@ -308,6 +335,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                         detached,
                         started_at_ms,
                         ended_at_ms: unix_ms(),
+                        _parked_slot: parked_slot,
                     },
                 );
             }
@@ -474,6 +502,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             if let Some(until) = resume.parked_until.take() {
                 self.deadlines.remove(until, correlation_id);
             }
+            resume.parked_slot = None;
             info!(%correlation_id, %client_id, after_seq, "request attached to a new connection");
             // Under the entry's lock: no live chunk can come between the ack and the replay.
             self.answer_attach(
@@ -656,6 +685,11 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                     .is_some_and(|r| r.parked_until.is_some())
             })
             .count()
+    }
+
+    /// The places `owner` holds under `[resume] max_parked_per_owner` (tests).
+    pub fn parked_of(&self, owner: &Owner) -> usize {
+        self.parked_per_owner.of(owner)
     }
 
     /// Sets the gauges of what sessions keep; called at each scrape (counting the parked

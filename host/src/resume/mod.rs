@@ -6,6 +6,7 @@
 //! lost it. This module holds the pieces that do not depend on the gateway: the settings, the
 //! tokens ([`token`]) and the per-request chunk buffer ([`replay`]).
 
+pub mod parked;
 pub mod replay;
 pub mod token;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use parked::{ParkedPerOwner, ParkedSlot};
 pub use replay::{KeptBytes, Replay};
 pub use token::{SessionId, SessionKeys};
 
@@ -36,6 +38,10 @@ pub const MAX_RESULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Detached tasks (running or kept) one owner may have unless `[resume] max_tasks` says
 /// otherwise.
 pub const DEFAULT_MAX_TASKS: usize = 100;
+/// Requests one owner may have parked (or ended while parked, their outcome kept) unless
+/// `[resume] max_parked_per_owner` says otherwise: ten connections' worth of the default
+/// `[limits] max_in_flight`.
+pub const DEFAULT_MAX_PARKED_PER_OWNER: usize = 1000;
 /// The shortest cluster secret accepted (HS256 keys: RFC 7518 §3.2).
 pub const MIN_SECRET_BYTES: usize = 32;
 
@@ -59,6 +65,9 @@ pub struct ResumeSettings {
     pub result_ttl: Duration,
     /// Detached tasks one owner may have, running or kept.
     pub max_tasks: usize,
+    /// Requests one owner may have parked or kept after a disconnect (0: no bound); past it
+    /// the excess ends as on a disconnect without a session.
+    pub max_parked_per_owner: usize,
     /// Where detached tasks live (`[resume] store`).
     pub store: crate::tasks::StoreChoice,
 }
@@ -71,6 +80,7 @@ impl Default for ResumeSettings {
             max_kept_bytes: DEFAULT_MAX_KEPT_BYTES as usize,
             result_ttl: DEFAULT_RESULT_TTL,
             max_tasks: DEFAULT_MAX_TASKS,
+            max_parked_per_owner: DEFAULT_MAX_PARKED_PER_OWNER,
             store: crate::tasks::StoreChoice::Memory,
         }
     }

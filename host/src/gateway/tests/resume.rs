@@ -450,3 +450,58 @@ async fn chunks_kept_in_all_are_bounded_and_a_new_task_is_refused_when_a_replay_
     h.gateway.on_reply(reply(d, "result", "1"));
     assert_eq!(h.gateway.kept_bytes(), 536);
 }
+
+#[tokio::test(start_paused = true)]
+async fn past_max_parked_per_owner_the_excess_ends_as_on_a_disconnect() {
+    let h = harness_with(|g| {
+        g.with_resume(ResumeSettings {
+            max_parked_per_owner: 2,
+            ..settings()
+        })
+    });
+    let owner = Owner::Session(SessionId::new());
+    let connect = |conn: u32| {
+        h.gateway
+            .connected_as(conn, Session::anonymous().with_owner(owner.clone()))
+    };
+    connect(2);
+    connect(3);
+    let mut ids = Vec::new();
+    for (conn, tag, id) in [(2, 1, "a"), (2, 2, "b"), (3, 3, "c")] {
+        h.gateway
+            .handle_request(conn, req(id, "echo", json!(1)), tag)
+            .await;
+        assert_eq!(h.sink.acks(tag), vec![json!({"ok": true})]);
+        ids.push(h.last_correlation_id());
+    }
+    h.gateway.disconnected(2);
+    // `a` ends while parked: its kept outcome still waits for the client, so it counts.
+    h.gateway.on_reply(reply(ids[0], "result", "1"));
+    assert_eq!(h.gateway.parked_of(&owner), 2);
+
+    h.gateway.disconnected(3);
+    tokio::task::yield_now().await;
+    assert_eq!(h.broker.cancels(), vec![ids[2]], "c is over the bound");
+    assert_eq!(h.gateway.parked_of(&owner), 2);
+    assert_eq!(h.gateway.in_flight(), 1, "b stays parked");
+    connect(4);
+    assert_eq!(
+        refusal_code(&h.attach(4, 10, json!({"id": "c"}))),
+        "TASK_NOT_FOUND"
+    );
+    // Picking up `a`'s outcome and attaching `b` leave nothing parked: room again.
+    assert_eq!(h.attach(4, 11, json!({"id": "a"}))["state"], "succeeded");
+    assert_eq!(h.attach(4, 12, json!({"id": "b"}))["state"], "running");
+    assert_eq!(h.gateway.parked_of(&owner), 0);
+    h.gateway
+        .handle_request(4, req("d", "echo", json!(1)), 13)
+        .await;
+    h.gateway.disconnected(4);
+    assert_eq!(h.gateway.parked_of(&owner), 2, "b and d");
+    assert_eq!(h.broker.cancels(), vec![ids[2]]);
+    // The window's end frees the places too.
+    tokio::time::sleep(WINDOW + Duration::from_millis(100)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(h.gateway.parked_of(&owner), 0);
+    h.assert_clean();
+}

@@ -104,6 +104,20 @@ metrics_table! {
     /// Recorded by `Gateway::park`.
     RESUME_PARKED_REFUSED: Counter "taskgate_resume_parked_refused_total" {}
         "Requests of sessions cancelled when their connection dropped because their owner had [resume] max_parked_per_owner parked already";
+    /// Recorded by `tasks::record_started`: where a detached task starts, in either store.
+    TASKS_STARTED: Counter "taskgate_tasks_started_total" {}
+        "Detached tasks started through this host, whichever store keeps them";
+    /// Recorded by `tasks::record_ended`: this host wrote the outcome (a worker's reply, a
+    /// timeout or a cancel), in either store.
+    TASKS_ENDED: Counter "taskgate_tasks_ended_total" {state}
+        "Detached tasks whose outcome this host wrote, by state: succeeded, failed, cancelled";
+    /// Set at each scrape by `Gateway::record_resume_gauges`. A shared store is not scanned:
+    /// its tasks show in the counters above (and in Redis itself).
+    TASKS_HELD: Gauge "taskgate_tasks" {state}
+        "Detached tasks held in this host's memory (no shared store), by state: running, succeeded, failed, cancelled";
+    /// Set at each scrape by `Gateway::record_resume_gauges`.
+    TASK_BYTES: Gauge "taskgate_task_bytes" {}
+        "Bytes of chunks and outcomes held in this host's memory for detached tasks (no shared store)";
     /// Recorded by `reload`, the initial load included.
     PLUGIN_LOADS: Counter "taskgate_plugin_loads_total" {outcome}
         "Plugin libraries loaded, reloaded or refused (failed), the initial load included";

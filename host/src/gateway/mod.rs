@@ -50,6 +50,7 @@ pub use self::envelope::{AttachEnvelope, CancelEnvelope, RequestEnvelope};
 pub use self::handoff::CLAIM_TIMEOUT;
 use self::handoff::{Claims, Forwarding, Outbox};
 use self::resume::{Kept, Resumable};
+pub use self::resume::{TasksHeld, TASK_STATES};
 use crate::broker::Broker;
 use crate::deadlines::Deadlines;
 use crate::limits::Limits;

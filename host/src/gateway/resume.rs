@@ -62,6 +62,17 @@ pub(super) struct Kept {
     _parked_slot: Option<ParkedSlot>,
 }
 
+/// The states of a task, in the order of [`TasksHeld::by_state`].
+pub const TASK_STATES: [&str; 4] = ["running", "succeeded", "failed", "cancelled"];
+
+/// What [`Gateway::tasks_held`] counts.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TasksHeld {
+    /// Per state of [`TASK_STATES`].
+    pub by_state: [usize; 4],
+    pub bytes: usize,
+}
+
 /// How an `attach` is answered: its own ack, or a resent `request`'s `{ ok: true }`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AckStyle {
@@ -170,6 +181,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 }));
             }
             *tasks += 1;
+            crate::tasks::record_started();
         }
         slot.insert(correlation_id);
         Ok(Some(Box::new(Resumable {
@@ -320,6 +332,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         match (until, outcome) {
             (Some(until), Some(outcome)) => {
                 if detached {
+                    crate::tasks::record_ended(state_of(Some(&outcome)));
                     // A task's outcome outlives its window (it had none): its own deadline.
                     self.deadlines.insert(until, correlation_id);
                 }
@@ -698,5 +711,32 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         metrics::gauge!(crate::metrics::RESUME_PARKED).set(self.parked() as f64);
         metrics::gauge!(crate::metrics::RESUME_KEPT_OUTCOMES).set(self.kept.len() as f64);
         metrics::gauge!(crate::metrics::RESUME_KEPT_BYTES).set(self.kept_bytes() as f64);
+        let held = self.tasks_held();
+        for (state, count) in TASK_STATES.iter().zip(held.by_state) {
+            metrics::gauge!(crate::metrics::TASKS_HELD, "state" => *state).set(count as f64);
+        }
+        metrics::gauge!(crate::metrics::TASK_BYTES).set(held.bytes as f64);
+    }
+
+    /// The detached tasks this host holds in its maps (none with a shared store, which
+    /// keeps them), by state, and the bytes of their chunks and outcomes.
+    pub fn tasks_held(&self) -> TasksHeld {
+        let mut held = TasksHeld::default();
+        let mut count = |outcome: Option<&OwnedResponse>, replay: &Replay| {
+            let state = state_of(outcome);
+            if let Some(i) = TASK_STATES.iter().position(|s| *s == state) {
+                held.by_state[i] += 1;
+            }
+            held.bytes += replay.bytes() + outcome.map_or(0, OwnedResponse::weight);
+        };
+        for request in self.inflight.iter() {
+            if let Some(r) = request.resume.as_deref().filter(|r| r.detached) {
+                count(r.outcome.as_ref(), &r.replay);
+            }
+        }
+        for kept in self.kept.iter().filter(|k| k.detached) {
+            count(Some(&kept.outcome), &kept.replay);
+        }
+        held
     }
 }

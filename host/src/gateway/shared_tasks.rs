@@ -242,6 +242,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                     return self.send_refusal(conn, ack, &refusal);
                 }
                 debug!(%correlation_id, client_id = %task.client_id, "detached task published; its replies go to the shared queue");
+                crate::tasks::record_started();
                 self.watch_shared_deadline(store.clone(), correlation_id, timeout);
                 self.relay(
                     conn,

@@ -232,6 +232,7 @@ impl TaskStore for MemoryTaskStore {
             now.saturating_add(millis(self.limits.result_ttl)),
         );
         state.publish(correlation_id, Entry::End(outcome.clone()));
+        super::record_ended(outcome.state.as_str());
         Ok(true)
     }
 

@@ -34,6 +34,17 @@ use crate::resume::{Owner, ResumeSettings};
 pub use memory::MemoryTaskStore;
 pub use redis_store::RedisTaskStore;
 
+/// Counts a detached task started through this host (`taskgate_tasks_started_total`).
+pub fn record_started() {
+    metrics::counter!(crate::metrics::TASKS_STARTED).increment(1);
+}
+
+/// Counts an outcome this host wrote (`taskgate_tasks_ended_total`): by every store's
+/// `finish` that won, and by the gateway for the tasks it holds itself.
+pub fn record_ended(state: &'static str) {
+    metrics::counter!(crate::metrics::TASKS_ENDED, "state" => state).increment(1);
+}
+
 /// Live entries a subscriber may fall behind by before it re-reads the store instead.
 pub const SUBSCRIPTION_BUFFER: usize = 256;
 /// How long an attachment waits on a quiet feed before it looks at the store itself: a

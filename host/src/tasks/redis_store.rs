@@ -494,6 +494,9 @@ impl TaskStore for RedisTaskStore {
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(failed)?;
+        if finished == 1 {
+            super::record_ended(outcome.state.as_str());
+        }
         Ok(finished == 1)
     }
 

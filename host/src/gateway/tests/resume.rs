@@ -322,11 +322,17 @@ async fn a_task_has_no_window_and_its_outcome_is_kept_for_the_result_ttl() {
     assert_eq!(listed["tasks"][0]["state"], "running");
     assert_eq!(listed["tasks"][0]["lastSeq"], 0);
     assert_eq!(listed["tasks"][0]["lastChunk"], json!({"left": 3}));
+    let held = h.gateway.tasks_held();
+    assert_eq!(held.by_state, [1, 0, 0, 0], "one running");
+    assert_eq!(held.bytes, h.gateway.kept_bytes(), "its one chunk");
     assert_eq!(h.attach(2, 11, json!({"id": "t"}))["state"], "running");
     h.gateway.on_reply(reply(id, "result", "\"done\""));
     assert_eq!(h.sink.events(2).last().unwrap()["type"], "result");
     // Delivered, and still kept: a later page can fetch it again.
     assert_eq!(h.gateway.tasks_kept(), 1);
+    let held = h.gateway.tasks_held();
+    assert_eq!(held.by_state, [0, 1, 0, 0], "one succeeded");
+    assert!(held.bytes > h.gateway.kept_bytes(), "its chunk and outcome");
     let again = h.attach(2, 12, json!({"id": "t", "afterSeq": 0}));
     assert_eq!(
         again,
@@ -341,6 +347,7 @@ async fn a_task_has_no_window_and_its_outcome_is_kept_for_the_result_ttl() {
         "TASK_NOT_FOUND"
     );
     assert_eq!(h.tasks(2, 15)["tasks"], json!([]));
+    assert_eq!(h.gateway.tasks_held(), TasksHeld::default());
     h.assert_clean();
 }
 

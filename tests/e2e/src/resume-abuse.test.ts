@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 
 import { io } from 'socket.io-client';
 
-import { CancelListener, e2e, FakeWorker, startHost, TYPES, uniqueId, waitUntil, type Host } from './harness.js';
+import { CancelListener, e2e, FakeWorker, startHost, TYPES, uniqueId, waitUntil, type Host, type Received } from './harness.js';
 import { metric, scrape } from './prometheus.js';
 import { RawSocket } from './raw.js';
 
@@ -150,4 +150,55 @@ e2e('abuse: a session client that never reads is dropped by its backlog limit; i
       `after the window; host RSS ${rssBefore} KiB before, ${rssAfter} KiB after`,
   );
   assert.equal(cancels.find(jobs[0]!.correlationId!), undefined, 'the task still goes on');
+});
+
+e2e('abuse: one owner parks at most [resume] max_parked_per_owner requests over all its connections; a drop past it cancels the excess as a disconnect does', async (ctx) => {
+  const host = await startHost(ctx, { sections: { resume: { window: '20s', max_parked_per_owner: 3 } } });
+  const worker = await FakeWorker.start(ctx, host.queues[TYPES.countdown], { prefetch: 10 });
+  const cancels = await CancelListener.start(ctx);
+  const connect = async (session: true | string) => {
+    const socket = io(host.url, { transports: ['websocket'], forceNew: true, reconnection: false, auth: { session } });
+    ctx.onCleanup(async () => {
+      socket.disconnect();
+    });
+    const event = await new Promise<{ token: string }>((resolve) => socket.once('session', resolve));
+    return { socket, token: event.token };
+  };
+  // Two connections of one owner (the second presents the first's token), two requests each.
+  const first = await connect(true);
+  const second = await connect(first.token);
+  const ids = ['a', 'b', 'c', 'd'].map((x) => uniqueId(`parked-${x}`));
+  for (const [i, id] of ids.entries()) {
+    const socket = i < 2 ? first.socket : second.socket;
+    const ack = await socket.timeout(10_000).emitWithAck('request', { id, requestType: TYPES.countdown, payload: { from: 3 } });
+    assert.deepEqual(ack, { ok: true });
+  }
+  const jobs: Received[] = [];
+  for (let i = 0; i < ids.length; i++) jobs.push(await worker.next(10_000));
+  first.socket.disconnect();
+  second.socket.disconnect();
+
+  // Three park; the fourth, past the bound, is cancelled at once (the worker told), counted and logged.
+  const cancelled = await waitUntil(
+    () => {
+      const found = jobs.filter((job) => cancels.find(job.correlationId!));
+      return found.length > 0 ? found : undefined;
+    },
+    10_000,
+    'the excess cancelled',
+  );
+  await waitUntil(async () => metric(await scrape(host), 'taskgate_resume_parked_refused_total') === 1 || undefined, 5000, 'the counter');
+  assert.ok(host.logs().some((l) => /max_parked_per_owner/.test(l)), 'one log line says why');
+  assert.equal(cancelled.length, 1, 'only the excess');
+  assert.equal(metric(await scrape(host), 'taskgate_resume_parked_requests'), 3);
+
+  // Back: the three attach, the fourth is gone as after its window.
+  const back = await connect(second.token);
+  const codes: Array<string | undefined> = [];
+  for (const id of ids) {
+    const ack = (await back.socket.timeout(10_000).emitWithAck('attach', { id })) as { ok: boolean; error?: { code: string } };
+    codes.push(ack.ok ? 'ok' : ack.error?.code);
+  }
+  assert.deepEqual(codes.sort(), ['TASK_NOT_FOUND', 'ok', 'ok', 'ok']);
+  assert.equal(jobs.filter((job) => cancels.find(job.correlationId!)).length, 1, 'nothing else was cancelled');
 });

@@ -18,6 +18,10 @@
  *   `typescript` and `@types/node` linked into `node_modules/` with their commands in `node_modules/.bin`.
  *   A missing one fails the test and says how to make it.
  *
+ * Then the mistakes the tutorial says the types catch (a misspelt request type, a payload of
+ * the wrong type, a misspelt key or a missing result field in the worker) are made in copies of
+ * its files, and tsc and mypy must refuse each, naming it.
+ *
  * A block without a comment fails the test: nothing in the section goes unchecked. The plugin
  * is built into the workspace's target directory (CARGO_TARGET_DIR, default `<repo>/target`) as
  * in new-plugin.test.ts, so only the plugin API and the plugin compile. npm runs offline here:
@@ -109,8 +113,13 @@ async function linkCheckoutPackages(dir: string): Promise<string> {
   return venvBin;
 }
 
-/** Runs one `run` block; returns its stdout. */
-async function runBlock(ctx: TestContext, dir: string, env: NodeJS.ProcessEnv, code: string): Promise<string> {
+/** Runs a shell script in `dir`; returns its exit code and output. */
+async function runScript(
+  ctx: TestContext,
+  dir: string,
+  env: NodeJS.ProcessEnv,
+  code: string,
+): Promise<{ exit: number | null; stdout: string; stderr: string }> {
   const started = Date.now();
   const child = spawn('bash', ['-euo', 'pipefail', '-c', code], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
@@ -126,8 +135,58 @@ async function runBlock(ctx: TestContext, dir: string, env: NodeJS.ProcessEnv, c
     `the tutorial block\n${code}`,
   ).finally(() => child.kill('SIGKILL'));
   ctx.note(`tutorial block → ${exit} after ${Date.now() - started} ms\n${code}\nstdout:\n${stdout}\nstderr:\n${stderr}`);
+  return { exit, stdout, stderr };
+}
+
+/** Runs one `run` block; returns its stdout. */
+async function runBlock(ctx: TestContext, dir: string, env: NodeJS.ProcessEnv, code: string): Promise<string> {
+  const { exit, stdout, stderr } = await runScript(ctx, dir, env, code);
   assert.equal(exit, 0, `the tutorial block\n${code}\nexited ${exit}:\n${stdout}\n${stderr}`);
   return stdout;
+}
+
+/** The mistakes the tutorial says the types catch: each one's check fails, naming it. */
+async function assertMistakesCaught(ctx: TestContext, dir: string, env: NodeJS.ProcessEnv): Promise<void> {
+  const caller = readFileSync(path.join(dir, 'caller.ts'), 'utf8');
+  const worker = readFileSync(path.join(dir, 'primes_worker.py'), 'utf8');
+  const mistakes: Array<{ what: string; file: string; text: string; check: string; says: RegExp }> = [
+    {
+      what: 'a misspelt request type',
+      file: 'misspelt.ts',
+      text: caller.replace('makeBackendRequest("math.primes", { limit: 100 })', 'makeBackendRequest("math.prime", { limit: 100 })'),
+      check: 'npx tsc --noEmit --strict --module nodenext --target es2022 --skipLibCheck misspelt.ts taskgate-types.ts',
+      says: /Argument of type '"math\.prime"' is not assignable/,
+    },
+    {
+      what: 'a payload of the wrong type',
+      file: 'wrong_payload.ts',
+      text: caller.replace('{ limit: 100 }', '{ limit: "100" }'),
+      check: 'npx tsc --noEmit --strict --module nodenext --target es2022 --skipLibCheck wrong_payload.ts taskgate-types.ts',
+      says: /Type 'string' is not assignable to type 'number'/,
+    },
+    {
+      what: 'a misspelt payload key in the worker',
+      file: 'misspelt_worker.py',
+      text: worker.replace('payload["limit"]', 'payload["limt"]'),
+      check: 'mypy --strict misspelt_worker.py taskgate_types.py',
+      says: /has no key "limt"/,
+    },
+    {
+      what: 'a result without `largest`',
+      file: 'incomplete_worker.py',
+      text: worker.replace(', "largest": found[-1]}', '}'),
+      check: 'mypy --strict incomplete_worker.py taskgate_types.py',
+      says: /Missing key "largest"/,
+    },
+  ];
+  for (const mistake of mistakes) {
+    const original = mistake.file.endsWith('.ts') ? caller : worker;
+    assert.notEqual(mistake.text, original, `the tutorial's code still has what ${mistake.what} changes`);
+    await writeFile(path.join(dir, mistake.file), mistake.text);
+    const { exit, stdout, stderr } = await runScript(ctx, dir, env, mistake.check);
+    assert.notEqual(exit, 0, `${mistake.what} is caught by \`${mistake.check}\``);
+    assert.match(stdout + stderr, mistake.says, `${mistake.what}: the error names it`);
+  }
 }
 
 e2e(
@@ -189,6 +248,7 @@ e2e(
         }
       }
     }
+    await assertMistakesCaught(ctx, dir, env);
   },
   { timeout: 600_000 },
 );

@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use crate::builtin_worker::BuiltinWorker;
+use crate::console_watch::Consoles;
 use crate::direct_load::{self, DirectLoop, Target};
 use crate::host_load;
 use crate::idle::{self, IdleReport};
@@ -98,6 +99,8 @@ pub struct CaseSpec {
     /// Phase direct receives replies through RabbitMQ's Direct Reply-to instead of a
     /// reply queue (the host always uses a reply queue).
     pub direct_reply_to: bool,
+    /// Clients holding the console's live stream open in phase consoles.
+    pub consoles: u32,
 }
 
 impl CaseSpec {
@@ -135,6 +138,9 @@ pub struct CaseReport {
     pub slices: Vec<SliceSummary>,
     pub host_peak_rss_kib: Option<u64>,
     pub worker_peak_rss_kib: Option<u64>,
+    /// `--phases consoles`: overview events the open consoles received in all (each stream
+    /// gets one a second while it is live).
+    pub console_events: Option<u64>,
 }
 
 /// Everything that must be cleaned up, whatever happens.
@@ -199,7 +205,7 @@ pub async fn run_idle(env: &Env, connections: u64) -> anyhow::Result<IdleReport>
     let mut run = Run::new(&env.amqp_url);
     let result = tokio::select! {
         result = async {
-            let addr = start_host(env, &mut run, QueueType::Quorum).await?;
+            let addr = start_host(env, &mut run, QueueType::Quorum, false).await?;
             println!("idle: opening {connections} connections to the host at {addr} …");
             let report = idle::measure(addr, pid_of(&run.host)?, connections).await?;
             if let Some(host) = &mut run.host {
@@ -215,12 +221,23 @@ pub async fn run_idle(env: &Env, connections: u64) -> anyhow::Result<IdleReport>
 }
 
 /// Writes plugins.toml, starts the host and waits until it is ready; returns its address.
-async fn start_host(env: &Env, run: &mut Run, queue_type: QueueType) -> anyhow::Result<SocketAddr> {
+async fn start_host(
+    env: &Env,
+    run: &mut Run,
+    queue_type: QueueType,
+    console: bool,
+) -> anyhow::Result<SocketAddr> {
     std::fs::create_dir_all(&run.dir).with_context(|| format!("creating {}", run.dir.display()))?;
     let config_path = run.dir.join("plugins.toml");
     std::fs::write(
         &config_path,
-        plugins_toml(&env.amqp_url, &env.plugins_dir, &run.queue, queue_type),
+        plugins_toml(
+            &env.amqp_url,
+            &env.plugins_dir,
+            &run.queue,
+            queue_type,
+            console,
+        ),
     )
     .with_context(|| format!("writing {}", config_path.display()))?;
     let host_args = ["--config".to_owned(), config_path.display().to_string()];
@@ -288,7 +305,8 @@ async fn start_worker(env: &Env, spec: &CaseSpec, run: &mut Run) -> anyhow::Resu
 }
 
 async fn run_case(env: &Env, spec: &CaseSpec, run: &mut Run) -> anyhow::Result<CaseReport> {
-    let addr = start_host(env, run, spec.queue_type).await?;
+    let console = spec.phases == Phases::Consoles;
+    let addr = start_host(env, run, spec.queue_type, console).await?;
     // After the host: it declares the request queue the worker consumes from.
     start_worker(env, spec, run).await?;
 
@@ -311,10 +329,11 @@ async fn run_case(env: &Env, spec: &CaseSpec, run: &mut Run) -> anyhow::Result<C
         direct_channels(spec),
     );
 
-    let (phases, slices) = run_slices(env, spec, run, addr, &payload_json).await?;
+    let (phases, slices, console_events) = run_slices(env, spec, run, addr, &payload_json).await?;
     // The phase compared, and the one it is divided by.
     let (over, under) = match spec.phases {
         Phases::Sessions => ("session", "host"),
+        Phases::Consoles => ("consoles", "host"),
         _ => ("host", "direct"),
     };
     let round_ratios = stats::round_throughput_ratios(&slices, over, under);
@@ -325,6 +344,7 @@ async fn run_case(env: &Env, spec: &CaseSpec, run: &mut Run) -> anyhow::Result<C
     let ratios = match phases.as_slice() {
         [host, direct] if spec.phases == Phases::Both => Some(Ratios::new(host, direct)),
         [host, session] if spec.phases == Phases::Sessions => Some(Ratios::new(session, host)),
+        [host, consoles] if spec.phases == Phases::Consoles => Some(Ratios::new(consoles, host)),
         _ => None,
     };
 
@@ -375,6 +395,16 @@ async fn run_case(env: &Env, spec: &CaseSpec, run: &mut Run) -> anyhow::Result<C
             100.0 * p.replies_before_confirm as f64 / p.requests as f64
         );
     }
+    if let (Some(events), Some(p)) = (
+        console_events,
+        phases.iter().find(|p| p.phase == "consoles"),
+    ) {
+        println!(
+            "consoles: {} streams open during phase consoles received {events} overview events ({:.2} per stream and measured second)",
+            spec.consoles,
+            events as f64 / f64::from(spec.consoles.max(1)) / p.seconds.max(f64::MIN_POSITIVE)
+        );
+    }
     let missing_acks: u64 = phases.iter().map(|p| p.missing_acks).sum();
     if missing_acks > 0 {
         println!(
@@ -392,23 +422,26 @@ async fn run_case(env: &Env, spec: &CaseSpec, run: &mut Run) -> anyhow::Result<C
         slices,
         host_peak_rss_kib,
         worker_peak_rss_kib,
+        console_events,
     })
 }
 
 /// Opens the connections of the phases to run, runs the slices of the schedule on them,
-/// then closes them; returns each phase's totals and every slice's summary.
+/// then closes them; returns each phase's totals, every slice's summary and, with phase
+/// consoles, the overview events its consoles received.
 async fn run_slices(
     env: &Env,
     cli: &CaseSpec,
     run: &mut Run,
     addr: SocketAddr,
     payload_json: &Arc<str>,
-) -> anyhow::Result<(Vec<PhaseReport>, Vec<SliceSummary>)> {
+) -> anyhow::Result<(Vec<PhaseReport>, Vec<SliceSummary>, Option<u64>)> {
     let wanted: &[Phase] = match cli.phases {
         Phases::Both => &[Phase::Host, Phase::Direct],
         Phases::Host => &[Phase::Host],
         Phases::Direct => &[Phase::Direct],
         Phases::Sessions => &[Phase::Host, Phase::Session],
+        Phases::Consoles => &[Phase::Host, Phase::Console],
     };
     // Connections are set up once, before any clock starts: set-up is not what we measure.
     let mut host_conns = if wanted.contains(&Phase::Host) {
@@ -430,16 +463,25 @@ async fn run_slices(
     let mut host_totals = PhaseTotals::new()?;
     let mut direct_totals = PhaseTotals::new()?;
     let mut session_totals = PhaseTotals::new()?;
+    let mut console_totals = PhaseTotals::new()?;
+    let mut console_events = None;
     let mut summaries = Vec::new();
     let plan = schedule::slices(wanted, cli.rounds, secs(cli.duration_s), secs(cli.warmup_s));
     for slice in plan {
         let window = Window::after(slice.warmup, slice.duration);
         let (stats, seconds) = match slice.phase {
-            Phase::Host | Phase::Session => {
-                let (conns, totals) = if slice.phase == Phase::Host {
-                    (&mut host_conns, &mut host_totals)
+            Phase::Host | Phase::Session | Phase::Console => {
+                // Phase consoles is phase host's load on the same connections, with
+                // consoles watching: opened before the slice's warm-up, closed after it.
+                let (conns, totals) = match slice.phase {
+                    Phase::Session => (&mut session_conns, &mut session_totals),
+                    Phase::Console => (&mut host_conns, &mut console_totals),
+                    _ => (&mut host_conns, &mut host_totals),
+                };
+                let consoles = if slice.phase == Phase::Console {
+                    Some(Consoles::open(addr, cli.consoles).await?)
                 } else {
-                    (&mut session_conns, &mut session_totals)
+                    None
                 };
                 let tasks = std::mem::take(conns)
                     .into_iter()
@@ -458,6 +500,10 @@ async fn run_slices(
                     measure(slice.phase.name(), run, window, tasks, hooks).await?;
                 *conns = done;
                 totals.add(&stats, seconds, &cpu);
+                if let Some(consoles) = consoles {
+                    let events = consoles.close().await?;
+                    console_events = Some(console_events.unwrap_or(0) + events);
+                }
                 (stats, seconds)
             }
             Phase::Direct => {
@@ -493,14 +539,15 @@ async fn run_slices(
             Phase::Host => host_totals.report("host"),
             Phase::Direct => direct_totals.report("direct"),
             Phase::Session => session_totals.report("session"),
+            Phase::Console => console_totals.report("consoles"),
         });
     }
-    Ok((reports, summaries))
+    Ok((reports, summaries, console_events))
 }
 
 fn print_slice(slice: &Slice, summary: &SliceSummary) {
     println!(
-        "round {} {:<6} {:>6.0} req/s, p99 {:.2} ms",
+        "round {} {:<8} {:>6.0} req/s, p99 {:.2} ms",
         slice.round, summary.phase, summary.requests_per_second, summary.p99_ms
     );
 }
@@ -703,7 +750,13 @@ fn binary(path: &Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
     Ok(candidate)
 }
 
-fn plugins_toml(amqp_url: &str, plugins_dir: &Path, queue: &str, queue_type: QueueType) -> String {
+fn plugins_toml(
+    amqp_url: &str,
+    plugins_dir: &Path,
+    queue: &str,
+    queue_type: QueueType,
+    console: bool,
+) -> String {
     // TOML basic strings are JSON-compatible for what we put in them.
     let quote = |s: &str| serde_json::Value::from(s).to_string();
     // Without arguments the host declares a quorum queue (its default).
@@ -711,11 +764,19 @@ fn plugins_toml(amqp_url: &str, plugins_dir: &Path, queue: &str, queue_type: Que
         QueueType::Quorum => "",
         QueueType::Classic => "queue_arguments = { \"x-queue-type\" = \"classic\" }\n",
     };
+    // `--phases consoles` runs both of its phases with the console on, so that the only
+    // difference between them is the clients watching its live stream. Without `[auth]`
+    // the console answers loopback connections only, which is where the benchmark is.
+    let console_section = if console {
+        "[console]\nenabled = true\n\n"
+    } else {
+        ""
+    };
     // The per-connection rate and in-flight limits are off: the benchmark measures the
     // relay, and its closed loop keeps more requests going than a browser would.
     format!(
         "[host]\nlisten = \"127.0.0.1:0\"\namqp_url = {}\nplugins_dir = {}\n\n\
-         [limits]\nrequests_per_second = 0\nmax_in_flight = 0\n\n\
+         [limits]\nrequests_per_second = 0\nmax_in_flight = 0\n\n{console_section}\
          [plugins.echo]\nenabled = true\nqueue = {}\ntimeout_ms = {TIMEOUT_MS}\n{queue_arguments}",
         quote(amqp_url),
         quote(&plugins_dir.display().to_string()),
@@ -781,6 +842,7 @@ mod tests {
             Path::new("/work/build/plugins"),
             "bench.1.echo",
             QueueType::Quorum,
+            false,
         );
         let value: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(value["host"]["listen"].as_str(), Some("127.0.0.1:0"));
@@ -798,11 +860,22 @@ mod tests {
         );
         assert_eq!(value["limits"]["requests_per_second"].as_integer(), Some(0));
         assert!(value["plugins"]["echo"].get("queue_arguments").is_none());
+        assert!(value.get("console").is_none());
+    }
+
+    #[test]
+    fn plugins_toml_turns_the_console_on_for_the_consoles_phases() {
+        let text = plugins_toml("amqp://x", Path::new("/p"), "q", QueueType::Quorum, true);
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(value["console"]["enabled"].as_bool(), Some(true));
+        // The rest of the file is unchanged by it.
+        assert_eq!(value["plugins"]["echo"]["queue"].as_str(), Some("q"));
+        assert_eq!(value["limits"]["max_in_flight"].as_integer(), Some(0));
     }
 
     #[test]
     fn plugins_toml_asks_for_a_classic_queue() {
-        let text = plugins_toml("amqp://x", Path::new("/p"), "q", QueueType::Classic);
+        let text = plugins_toml("amqp://x", Path::new("/p"), "q", QueueType::Classic, false);
         let value: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(
             value["plugins"]["echo"]["queue_arguments"]["x-queue-type"].as_str(),

@@ -18,6 +18,7 @@
 
 mod builtin_worker;
 mod case;
+mod console_watch;
 mod direct_load;
 mod echo_worker;
 mod host_load;
@@ -60,6 +61,9 @@ pub enum Phases {
     /// Through the host twice: plain connections (phase host) against connections that
     /// asked for a session (phase session), A/B on one host.
     Sessions,
+    /// Through the host twice, with its console on: no one watching (phase host) against
+    /// `--consoles` clients holding the console's live stream open (phase consoles).
+    Consoles,
 }
 
 /// The type of the request queue the host declares (`x-queue-type` in plugins.toml).
@@ -178,7 +182,8 @@ struct CaseArgs {
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Which phases to run (`sessions`: host without vs. with sessions).
+    /// Which phases to run (`sessions`: host without vs. with sessions; `consoles`: host
+    /// without vs. with `--consoles` open consoles).
     #[arg(long, value_enum, default_value_t = Phases::Both)]
     phases: Phases,
     /// The type of the request queue (a fresh one per run, so either type can be declared).
@@ -200,6 +205,9 @@ struct CaseArgs {
     /// The worker's `--prefetch` (requests it handles at once).
     #[arg(long, default_value_t = 32)]
     worker_prefetch: u16,
+    /// Clients holding the console's live stream open in phase consoles (`--phases consoles`).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    consoles: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -296,6 +304,7 @@ async fn case_command(args: CaseArgs, env: EnvArgs) -> anyhow::Result<()> {
         worker_prefetch: args.worker_prefetch,
         direct_channels: args.direct_channels,
         direct_reply_to: args.direct_reply_to,
+        consoles: args.consoles,
     };
     spec.validate()?;
     let report = case::run(&env, &spec).await?;
@@ -398,5 +407,16 @@ mod tests {
             Some(Command::Suite(SuiteArgs { quick: true, .. }))
         ));
         assert!(Cli::try_parse_from(["taskgate-bench", "-c", "10", "suite"]).is_err());
+    }
+
+    #[test]
+    fn the_consoles_phases_default_to_ten_consoles() {
+        let cli = Cli::try_parse_from(["taskgate-bench", "--phases", "consoles"]).unwrap();
+        assert_eq!((cli.case.phases, cli.case.consoles), (Phases::Consoles, 10));
+        let cli =
+            Cli::try_parse_from(["taskgate-bench", "--phases", "consoles", "--consoles", "3"])
+                .unwrap();
+        assert_eq!(cli.case.consoles, 3);
+        assert!(Cli::try_parse_from(["taskgate-bench", "--consoles", "0"]).is_err());
     }
 }

@@ -19,6 +19,8 @@ pub enum Phase {
     Direct,
     /// Through the host, on connections that asked for a session (`--phases sessions`).
     Session,
+    /// Through the host while clients watch its console (`--phases consoles`).
+    Console,
 }
 
 impl Phase {
@@ -27,6 +29,7 @@ impl Phase {
             Phase::Host => "host",
             Phase::Direct => "direct",
             Phase::Session => "session",
+            Phase::Console => "consoles",
         }
     }
 }

@@ -372,7 +372,7 @@ fn per_1k(cpu: Option<CpuUse>) -> String {
 pub fn table(phases: &[PhaseReport]) -> String {
     let mut out = String::new();
     let header = format!(
-        "{:<7} {:>9} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>10} {:>10} {:>10}\n",
+        "{:<8} {:>9} {:>9} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>10} {:>10} {:>10}\n",
         "phase",
         "req/s",
         "chunks/s",
@@ -391,7 +391,7 @@ pub fn table(phases: &[PhaseReport]) -> String {
     out.push_str(&header);
     for p in phases {
         out.push_str(&format!(
-            "{:<7} {:>9.0} {:>9.0} {:>7} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10.3} {:>8.2} {:>10} {:>10.3} {:>10}\n",
+            "{:<8} {:>9.0} {:>9.0} {:>7} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10.3} {:>8.2} {:>10} {:>10.3} {:>10}\n",
             p.phase,
             p.requests_per_second,
             p.chunks_per_second,

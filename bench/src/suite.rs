@@ -50,6 +50,7 @@ pub fn cases(duration_s: f64, quick: bool) -> Vec<CaseSpec> {
         worker_prefetch: 32,
         direct_channels: 1,
         direct_reply_to: false,
+        consoles: 0,
     };
     vec![
         case("echo-100B", 50, 4, 100, 0, WorkerKind::Example),

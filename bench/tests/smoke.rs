@@ -97,3 +97,58 @@ fn the_idle_case_counts_host_memory_per_connection() {
     assert_eq!(report["connections"], 50, "{report}");
     assert!(report["host_rss_after_kib"].as_u64() >= report["host_rss_before_kib"].as_u64());
 }
+
+#[test]
+fn consoles_stay_live_while_the_host_carries_the_same_load() {
+    let out = std::env::temp_dir().join(format!(
+        "taskgate-bench-consoles-{}.json",
+        std::process::id()
+    ));
+    let status = Command::new(bench())
+        .args([
+            "-c",
+            "2",
+            "-k",
+            "2",
+            "--phases",
+            "consoles",
+            "--consoles",
+            "3",
+        ])
+        .args(["--duration", "2", "--warmup", "0.5", "--rounds", "1"])
+        .arg("--host-bin")
+        .arg(host_bin())
+        .arg("--plugins-dir")
+        .arg(repo().join("build/plugins"))
+        .arg("--json")
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run taskgate-bench: {e}"));
+    assert!(status.success(), "taskgate-bench failed: {status}");
+    let report = json_of(&out);
+    let _ = std::fs::remove_file(&out);
+    let phases: Vec<_> = report["phases"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            (
+                p["phase"].as_str().unwrap_or("").to_owned(),
+                p["requests"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(phases.len(), 2, "{report}");
+    assert_eq!(
+        (phases[0].0.as_str(), phases[1].0.as_str()),
+        ("host", "consoles")
+    );
+    assert!(phases.iter().all(|(_, requests)| *requests > 0), "{report}");
+    // The console pushes an overview a second: 2.5 s open gives each of the 3 streams
+    // at least two, so this fails if the streams were accepted but never fed.
+    assert!(
+        report["console_events"].as_u64().unwrap_or(0) >= 6,
+        "{report}"
+    );
+}

@@ -1,6 +1,6 @@
 /**
  * The React demo's generated types (examples/react-demo/src/taskgate-types.ts) are what
- * `taskgate schemas --config plugins.toml | taskgate-codegen` makes from the plugins today:
+ * `taskgate schemas --config plugins.toml | taskgate-codegen --strict` (the demo is strict) makes from the plugins today:
  * a plugin whose schema changed without regenerating them fails here.
  */
 
@@ -24,13 +24,13 @@ test('the React demo’s generated types are up to date with the plugins', () =>
   assert.equal(schemas.status, 0, `taskgate schemas failed:\n${schemas.stderr}`);
   const parsed = JSON.parse(schemas.stdout) as { requestTypes: Record<string, unknown> };
   assert.ok(parsed.requestTypes['text.wordcount'] && parsed.requestTypes['demo.countdown'], 'the demo’s request types are served');
-  const check = spawnSync(process.execPath, [CODEGEN, '--output', DEMO_TYPES, '--check'], {
+  const check = spawnSync(process.execPath, [CODEGEN, '--strict', '--output', DEMO_TYPES, '--check'], {
     input: schemas.stdout,
     encoding: 'utf8',
   });
   assert.equal(
     check.status,
     0,
-    `${check.stderr}\nregenerate: target/debug/taskgate schemas --config plugins.toml | node client/dist/codegen/cli.js --output examples/react-demo/src/taskgate-types.ts`,
+    `${check.stderr}\nregenerate: target/debug/taskgate schemas --config plugins.toml | node client/dist/codegen/cli.js --strict --output examples/react-demo/src/taskgate-types.ts`,
   );
 });

@@ -187,6 +187,10 @@ describe('the taskgate-codegen command', () => {
     expect(await readFile(output, 'utf8')).toBe(await readFile(STRICT_TYPES, 'utf8'));
     expect(await main(['--input', SAMPLE, '--output', output, '--strict', '--check'], io().io)).toBe(0);
     expect(await main(['--input', SAMPLE, '--output', output, '--check'], io().io)).toBe(1);
+    await writeFile(output, '// stale\n');
+    const stale = io();
+    expect(await main(['--input', SAMPLE, '--output', output, '--strict', '--check'], stale.io)).toBe(1);
+    expect(stale.err()).toContain('taskgate-codegen --strict --output FILE');
   });
 
   test('--check fails on a stale or missing file and writes nothing', async () => {

@@ -193,7 +193,7 @@ pub fn next_steps(written: &Written, name: &str) -> String {
         "wrote plugin `{name}` (request type `{rt}`, plugin API {API_VERSION}) in {dir}\n\
          next:\n  \
          cd {dir} && cargo test && cargo build --release\n  \
-         cp target/release/{lib} <the host's plugins directory>\n  \
+         cp ${{CARGO_TARGET_DIR:-target}}/release/{lib} <the host's plugins directory>\n  \
          enable it in plugins.toml: [plugins.{name}] enabled = true\n  \
          a worker consumes queue `taskgate.{rt}`\n",
         rt = written.request_type,

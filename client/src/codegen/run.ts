@@ -125,7 +125,7 @@ export async function main(argv: string[], io: CommandIo = processIo): Promise<n
     if (current === generated) return 0;
     io.stderr(
       `taskgate-codegen: ${args.output} is ${current === undefined ? 'missing' : 'out of date'}; ` +
-        `regenerate it with \`taskgate schemas --config plugins.toml | taskgate-codegen${target === 'client' ? '' : ` --target ${target}`} --output FILE\`\n`,
+        `regenerate it with \`taskgate schemas --config plugins.toml | taskgate-codegen${target === 'client' ? '' : ` --target ${target}`}${args.strict ? ' --strict' : ''} --output FILE\`\n`,
     );
     return 1;
   }

@@ -20,6 +20,7 @@
 //! the gauge `taskgate_request_type_consumers` per type; `/readyz` lists the unserved types.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,6 +89,9 @@ impl QueueWatch {
 #[derive(Debug, Default)]
 pub struct Serving {
     queues: Mutex<HashMap<String, QueueWatch>>,
+    /// Whether any queue is unserved, kept with `queues`: every request asks, and while every
+    /// type has workers (the usual case) it answers without the lock and the map lookup.
+    any_unserved: AtomicBool,
 }
 
 /// A request type's queue as `/readyz` shows an unserved one.
@@ -122,7 +126,10 @@ impl Serving {
             Err(_) => {}
         }
         watch.last = Some((started, look.ok()));
-        match (was_unserved, watch.unserved()) {
+        let now_unserved = watch.unserved();
+        self.any_unserved
+            .store(queues.values().any(QueueWatch::unserved), Ordering::Relaxed);
+        match (was_unserved, now_unserved) {
             (false, true) => Some(Change::Unserved),
             (true, false) => Some(Change::ServedAgain),
             _ => None,
@@ -131,6 +138,9 @@ impl Serving {
 
     /// No consumer on `queue` for [`UNSERVED_AFTER_LOOKS`] looks in a row.
     pub fn is_unserved(&self, queue: &str) -> bool {
+        if !self.any_unserved.load(Ordering::Relaxed) {
+            return false;
+        }
         lock(&self.queues)
             .get(queue)
             .is_some_and(QueueWatch::unserved)
@@ -145,7 +155,12 @@ impl Serving {
 
     /// Forgets the queues no type is served on any more (hot reload).
     pub fn keep_only(&self, queues: &[&str]) {
-        lock(&self.queues).retain(|queue, _| queues.contains(&queue.as_str()));
+        let mut watched = lock(&self.queues);
+        watched.retain(|queue, _| queues.contains(&queue.as_str()));
+        self.any_unserved.store(
+            watched.values().any(QueueWatch::unserved),
+            Ordering::Relaxed,
+        );
     }
 
     /// The request's gate, before its publish: `Err` (`UNAVAILABLE`, `noConsumers`) only for

@@ -151,6 +151,7 @@ impl TaskStore for MemoryTaskStore {
                     last_seq: None,
                     last_chunk: None,
                     cancel_requested: false,
+                    error_code: None,
                 },
                 chunks: Replay::new(self.limits.task_bytes),
                 outcome: None,
@@ -193,6 +194,24 @@ impl TaskStore for MemoryTaskStore {
         Ok(records)
     }
 
+    async fn list_recent(&self, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
+        let state = self.state();
+        let mut newest: Vec<&TaskRecord> = state.tasks.values().map(|t| &t.record).collect();
+        let order = |r: &&TaskRecord| std::cmp::Reverse((r.started_at_ms, r.correlation_id));
+        if newest.len() > limit {
+            newest.select_nth_unstable_by_key(limit, order);
+            newest.truncate(limit);
+        }
+        newest.sort_unstable_by_key(order);
+        Ok(newest
+            .into_iter()
+            .map(|r| TaskRecord {
+                last_chunk: None,
+                ..r.clone()
+            })
+            .collect())
+    }
+
     async fn append(
         &self,
         correlation_id: Uuid,
@@ -227,6 +246,7 @@ impl TaskStore for MemoryTaskStore {
         task.outcome = Some(outcome.clone());
         task.record.state = outcome.state;
         task.record.ended_at_ms = Some(now);
+        task.record.error_code = outcome.error_code();
         state.expire_at(
             correlation_id,
             now.saturating_add(millis(self.limits.result_ttl)),

@@ -138,6 +138,23 @@ pub struct Outcome {
     pub response: Arc<RawValue>,
 }
 
+impl Outcome {
+    /// The error code a failed or cancelled task ended with (`None` for a result, or an
+    /// error body without a readable code).
+    pub fn error_code(&self) -> Option<Arc<str>> {
+        #[derive(serde::Deserialize)]
+        struct Coded {
+            code: String,
+        }
+        if self.state == TaskState::Succeeded {
+            return None;
+        }
+        serde_json::from_str::<Coded>(self.response.get())
+            .ok()
+            .map(|c| c.code.into())
+    }
+}
+
 impl PartialEq for Outcome {
     fn eq(&self, other: &Self) -> bool {
         self.state == other.state && self.response.get() == other.response.get()
@@ -166,6 +183,8 @@ pub struct TaskRecord {
     pub last_seq: Option<u64>,
     pub last_chunk: Option<Arc<RawValue>>,
     pub cancel_requested: bool,
+    /// The error code it ended with, when it failed or was cancelled.
+    pub error_code: Option<Arc<str>>,
 }
 
 impl PartialEq for TaskRecord {
@@ -182,6 +201,7 @@ impl PartialEq for TaskRecord {
             self.state,
             self.last_seq,
             self.cancel_requested,
+            &self.error_code,
         ) == (
             &other.owner,
             &other.client_id,
@@ -193,6 +213,7 @@ impl PartialEq for TaskRecord {
             other.state,
             other.last_seq,
             other.cancel_requested,
+            &other.error_code,
         ) && chunk(self) == chunk(other)
     }
 }
@@ -258,6 +279,11 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// The owner's tasks, running or kept, newest first.
     async fn list(&self, owner: &OwnerKey) -> Result<Vec<TaskRecord>, StoreError>;
+
+    /// The most recent tasks of every owner, running or kept, newest first (by start), at
+    /// most `limit`, without their last chunk: for the operator console, which shows the
+    /// latest few hundred. Bounded work, whatever the store holds: never a walk of it.
+    async fn list_recent(&self, limit: usize) -> Result<Vec<TaskRecord>, StoreError>;
 
     /// Keeps chunk `seq`. False when the task is unknown, has ended, or has had this `seq`
     /// already (replies come at least once).

@@ -6,7 +6,11 @@
 //! `c:{correlation id}` (the chunks, entry id `0-{seq + 1}`, so Redis itself refuses a chunk
 //! twice and `XRANGE` starts after any `seq`). Per owner (by hash, never by subject): a hash
 //! `o:{owner}` (client id → correlation id) and a sorted set `oz:{owner}` (client id → when
-//! it expires), which counts the owner's tasks. Every write that must be atomic — create
+//! it expires), which counts the owner's tasks. Store-wide, a sorted set `recent` (correlation
+//! id → when it started) that the console's listing reads newest first: kept by the script
+//! that creates a task, trimmed of tasks whose hash has expired as it is read and at each
+//! create (its oldest entries), and never longer than [`RECENT_KEPT`] — so that listing the
+//! latest tasks never walks the keyspace. Every write that must be atomic — create
 //! within `max_tasks`, append within the byte bound, the first outcome only — is one Lua
 //! script. Live entries go out with `PUBLISH` on `e:{correlation id}` from the same script,
 //! and come in as RESP3 pushes on the one multiplexed connection, dispatched to local
@@ -36,6 +40,20 @@ use crate::broker::amqp_url::redact_url;
 /// What one chunk costs beyond its bytes, as in the memory store (`resume::Replay`).
 const CHUNK_OVERHEAD: usize = 32;
 
+/// The most entries the store-wide index keeps: the console shows the latest few hundred,
+/// so older ones beyond this go, even while their tasks live on.
+pub const RECENT_KEPT: usize = 10_000;
+
+/// How many index entries one listing looks at, per task it may return: the expired ones
+/// it meets on the way are removed, so the next listing does not meet them again.
+const RECENT_LOOK_AHEAD: usize = 4;
+
+/// The fields a listing reads: everything a record has but its last chunk and its outcome
+/// (either may be large). `state` first: the script tells a live task by it.
+const LISTED_FIELDS: [&str; 10] = [
+    "state", "owner", "id", "type", "started", "deadline", "ended", "last_seq", "cancel", "code",
+];
+
 /// Redis's clock, in unix milliseconds (effects replication makes this safe in scripts).
 const NOW: &str = r"
 local function now_ms()
@@ -44,9 +62,9 @@ local function now_ms()
 end
 ";
 
-/// KEYS: task hash, owner hash, owner set. ARGV: correlation id, client id, request type,
-/// started at, timeout ms, result ttl ms, max tasks, owner. Returns {0} new, {1, id}
-/// existing, {2} too many.
+/// KEYS: task hash, owner hash, owner set, the store-wide index. ARGV: correlation id,
+/// client id, request type, started at, timeout ms, result ttl ms, max tasks, owner, prefix,
+/// index bound. Returns {0} new, {1, id} existing, {2} too many.
 const CREATE: &str = r"
 local now = now_ms()
 for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do
@@ -63,9 +81,17 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[8], 'id', ARGV[2], 'type', ARGV[3],
 redis.call('PEXPIREAT', KEYS[1], expires)
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], expires, ARGV[2])
-for i = 2, 3 do
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+for i = 2, 4 do
   if redis.call('PEXPIRETIME', KEYS[i]) < expires then redis.call('PEXPIREAT', KEYS[i], expires) end
 end
+-- The index forgets the oldest tasks that have expired (two a create keeps up with one a
+-- create), and keeps at most its bound.
+for _, old in ipairs(redis.call('ZRANGE', KEYS[4], 0, 1)) do
+  if redis.call('EXISTS', ARGV[9] .. 't:' .. old) == 0 then redis.call('ZREM', KEYS[4], old) end
+end
+local over = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[10])
+if over > 0 then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, over - 1) end
 return {0, ''}
 ";
 
@@ -98,14 +124,16 @@ redis.call('PUBLISH', ARGV[5], 'c' .. seq .. ':' .. ARGV[2])
 return 1
 ";
 
-/// KEYS: task hash, chunk stream. ARGV: state, response, result ttl ms, channel, prefix.
-/// The owner's set is named from the record (its owner is only known there).
+/// KEYS: task hash, chunk stream. ARGV: state, response, result ttl ms, channel, prefix,
+/// error code (empty for none). The owner's set is named from the record (its owner is only
+/// known there).
 const FINISH: &str = r"
 local s = redis.call('HMGET', KEYS[1], 'state', 'owner', 'id')
 if s[1] ~= 'running' then return 0 end
 local now = now_ms()
 local ttl = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'outcome', ARGV[2], 'ended', now)
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'code', ARGV[6]) end
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('ZADD', ARGV[5] .. 'oz:' .. s[2], 'XX', now + ttl, s[3])
@@ -134,6 +162,40 @@ end
 return out
 ";
 
+/// KEYS: the store-wide index. ARGV: limit, prefix, how many entries to look at at most,
+/// then the fields to read. Newest first, up to `limit` live tasks, each as its correlation
+/// id then its fields; the entries of expired tasks met on the way are removed.
+const LIST_RECENT: &str = r"
+local limit = tonumber(ARGV[1])
+local budget = tonumber(ARGV[3])
+local fields = {}
+for i = 4, #ARGV do table.insert(fields, ARGV[i]) end
+local out = {}
+local found = 0
+local start = 0
+while found < limit and budget > 0 do
+  local batch = redis.call('ZREVRANGE', KEYS[1], start, start + math.min(limit, budget) - 1)
+  if #batch == 0 then break end
+  budget = budget - #batch
+  local gone = 0
+  for _, id in ipairs(batch) do
+    local values = redis.call('HMGET', ARGV[2] .. 't:' .. id, unpack(fields))
+    if values[1] then
+      if found < limit then
+        found = found + 1
+        table.insert(out, id)
+        for _, v in ipairs(values) do table.insert(out, v) end
+      end
+    else
+      redis.call('ZREM', KEYS[1], id)
+      gone = gone + 1
+    end
+  end
+  start = start + #batch - gone
+end
+return out
+";
+
 /// KEYS: task hash. 1 when a running task is now marked.
 const CANCEL: &str = r"
 if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
@@ -147,6 +209,7 @@ struct Scripts {
     finish: Script,
     find: Script,
     list: Script,
+    list_recent: Script,
     cancel: Script,
 }
 
@@ -159,6 +222,7 @@ impl Scripts {
             finish: with_clock(FINISH),
             find: with_clock(FIND),
             list: with_clock(LIST),
+            list_recent: Script::new(LIST_RECENT),
             cancel: Script::new(CANCEL),
         }
     }
@@ -172,6 +236,8 @@ pub struct RedisTaskStore {
     prefix: String,
     limits: StoreLimits,
     scripts: Arc<Scripts>,
+    /// The bound of the store-wide index ([`RECENT_KEPT`]; tests make it small).
+    recent_kept: usize,
     feeds: Feeds,
     /// Taken while a channel is (un)subscribed: a subscriber returns only once its
     /// `SUBSCRIBE` is in effect, so that what it reads next cannot miss an entry.
@@ -217,9 +283,25 @@ impl RedisTaskStore {
             prefix: prefix.to_owned(),
             limits,
             scripts: Arc::new(Scripts::new()),
+            recent_kept: RECENT_KEPT,
             feeds,
             subscribing: Arc::default(),
         })
+    }
+
+    /// Keeps at most `kept` tasks in the store-wide index instead of [`RECENT_KEPT`].
+    pub fn with_recent_kept(mut self, kept: usize) -> Self {
+        self.recent_kept = kept;
+        self
+    }
+
+    /// How many entries the store-wide index holds now (tests).
+    pub async fn recent_indexed(&self) -> Result<usize, StoreError> {
+        self.connection
+            .clone()
+            .zcard(self.recent_key())
+            .await
+            .map_err(failed)
     }
 
     fn task_key(&self, id: Uuid) -> String {
@@ -232,6 +314,10 @@ impl RedisTaskStore {
 
     fn channel(&self, id: Uuid) -> String {
         format!("{}e:{id}", self.prefix)
+    }
+
+    fn recent_key(&self) -> String {
+        format!("{}recent", self.prefix)
     }
 
     fn owner_keys(&self, owner: &OwnerKey) -> (String, String) {
@@ -343,6 +429,7 @@ fn record_of(
         last_seq: number(&fields, "last_seq")?,
         last_chunk: fields.remove("last_chunk").map(raw).transpose()?,
         cancel_requested: fields.contains_key("cancel"),
+        error_code: fields.remove("code").map(Into::into),
     }))
 }
 
@@ -374,6 +461,7 @@ impl TaskStore for RedisTaskStore {
             .key(self.task_key(task.correlation_id))
             .key(owner_hash)
             .key(owner_set)
+            .key(self.recent_key())
             .arg(task.correlation_id.to_string())
             .arg(&*task.client_id)
             .arg(&*task.request_type)
@@ -382,6 +470,8 @@ impl TaskStore for RedisTaskStore {
             .arg(millis(self.limits.result_ttl))
             .arg(self.limits.max_tasks)
             .arg(task.owner.as_str())
+            .arg(&self.prefix)
+            .arg(self.recent_kept)
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(failed)?;
@@ -458,6 +548,41 @@ impl TaskStore for RedisTaskStore {
         Ok(records)
     }
 
+    async fn list_recent(&self, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.scripts.list_recent.key(self.recent_key());
+        invocation
+            .arg(limit)
+            .arg(&self.prefix)
+            .arg(limit.saturating_mul(RECENT_LOOK_AHEAD).saturating_add(100));
+        for field in LISTED_FIELDS {
+            invocation.arg(field);
+        }
+        let flat: Vec<Option<String>> = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(failed)?;
+        let mut records = Vec::with_capacity(flat.len() / (LISTED_FIELDS.len() + 1));
+        for row in flat.chunks(LISTED_FIELDS.len() + 1) {
+            let [Some(id), values @ ..] = row else {
+                return Err(StoreError::Corrupt("a listing row without its id".into()));
+            };
+            let correlation_id = Uuid::parse_str(id)
+                .map_err(|_| StoreError::Corrupt("an indexed task id is not a uuid".into()))?;
+            let fields: HashMap<String, String> = LISTED_FIELDS
+                .iter()
+                .zip(values)
+                .filter_map(|(name, value)| Some(((*name).to_owned(), value.clone()?)))
+                .collect();
+            if let Some(record) = record_of(correlation_id, fields)? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
     async fn append(
         &self,
         correlation_id: Uuid,
@@ -491,6 +616,7 @@ impl TaskStore for RedisTaskStore {
             .arg(millis(self.limits.result_ttl).max(1))
             .arg(self.channel(correlation_id))
             .arg(&self.prefix)
+            .arg(outcome.error_code().as_deref().unwrap_or(""))
             .invoke_async(&mut self.connection.clone())
             .await
             .map_err(failed)?;

@@ -474,6 +474,112 @@ async fn two_attachments_to_one_task_both_see_everything(engine: &dyn Engine) {
     cleanup.run().await;
 }
 
+async fn every_owners_latest_tasks_are_listed_newest_first_within_a_bound(engine: &dyn Engine) {
+    let (store, cleanup) = engine.open(limits()).await;
+    let (alice, bob) = (owner(), owner());
+    let mut ids = Vec::new();
+    for (n, who) in [&alice, &bob, &alice, &bob, &alice].into_iter().enumerate() {
+        let mut new = task(who, &format!("job-{n}"));
+        new.started_at_ms = 10 * (n as u64 + 1);
+        assert_eq!(store.create(&new).await.unwrap(), Created::New);
+        ids.push(new.correlation_id);
+    }
+    store.append(ids[4], 0, &raw("{\"big\":1}")).await.unwrap();
+    let timeout = Outcome {
+        state: TaskState::Failed,
+        response: raw("{\"code\":\"TIMEOUT\",\"message\":\"too slow\"}"),
+    };
+    store.finish(ids[1], &timeout).await.unwrap();
+    let cancelled = Outcome {
+        state: TaskState::Cancelled,
+        response: raw("{\"code\":\"CANCELLED\",\"message\":\"cancelled\"}"),
+    };
+    store.request_cancel(ids[2]).await.unwrap();
+    store.finish(ids[2], &cancelled).await.unwrap();
+    store
+        .finish(ids[3], &succeeded("{\"code\":\"not an error\"}"))
+        .await
+        .unwrap();
+
+    let latest = store.list_recent(3).await.unwrap();
+    let listed: Vec<Uuid> = latest.iter().map(|r| r.correlation_id).collect();
+    assert_eq!(
+        listed,
+        vec![ids[4], ids[3], ids[2]],
+        "newest first, at most 3"
+    );
+    assert_eq!(latest[0].state, TaskState::Running);
+    assert_eq!(latest[0].last_seq, Some(0));
+    assert!(
+        latest[0].last_chunk.is_none(),
+        "a listing leaves chunks out"
+    );
+    assert_eq!(latest[0].owner, alice);
+    assert_eq!(&*latest[0].client_id, "job-4");
+    assert_eq!(&*latest[0].request_type, "countdown");
+    assert_eq!(latest[0].started_at_ms, 50);
+    assert_eq!(
+        (latest[1].state, latest[1].error_code.as_deref()),
+        (TaskState::Succeeded, None)
+    );
+    assert_eq!(latest[1].owner, bob);
+    assert_eq!(
+        (latest[2].state, latest[2].error_code.as_deref()),
+        (TaskState::Cancelled, Some("CANCELLED"))
+    );
+    assert!(latest[2].cancel_requested);
+    assert!(latest[2].ended_at_ms.is_some());
+
+    let all = store.list_recent(100).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[3].error_code.as_deref(), Some("TIMEOUT"));
+    assert_eq!(all[4].correlation_id, ids[0]);
+    assert_eq!(
+        store
+            .record(ids[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .error_code
+            .as_deref(),
+        Some("TIMEOUT"),
+        "a record says how it ended too"
+    );
+    assert_eq!(store.list_recent(0).await.unwrap(), vec![]);
+    cleanup.run().await;
+}
+
+async fn expired_tasks_leave_the_recent_listing(engine: &dyn Engine) {
+    let limits = StoreLimits {
+        result_ttl: Duration::from_millis(200),
+        ..limits()
+    };
+    let (store, cleanup) = engine.open(limits).await;
+    let alice = owner();
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        let mut new = task(&alice, &format!("job-{n}"));
+        new.started_at_ms = 10 + n;
+        store.create(&new).await.unwrap();
+        ids.push(new.correlation_id);
+    }
+    // The newest end and expire; the listing finds the older ones behind them.
+    for id in &ids[2..] {
+        store.finish(*id, &succeeded("1")).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let listed: Vec<Uuid> = store
+        .list_recent(2)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.correlation_id)
+        .collect();
+    assert_eq!(listed, vec![ids[1], ids[0]]);
+    assert_eq!(store.list_recent(10).await.unwrap().len(), 2);
+    cleanup.run().await;
+}
+
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod memory {
@@ -509,6 +615,8 @@ suite!(
     an_attachment_racing_the_worker_sees_every_chunk_once,
     a_reader_that_falls_behind_reads_the_store,
     two_attachments_to_one_task_both_see_everything,
+    every_owners_latest_tasks_are_listed_newest_first_within_a_bound,
+    expired_tasks_leave_the_recent_listing,
 );
 
 #[test]
@@ -551,3 +659,106 @@ async fn an_unreachable_redis_is_a_clear_error_without_the_password() {
     assert!(!message.contains("hunter2"), "{message}");
     assert!(started.elapsed() < Duration::from_secs(10), "gives up soon");
 }
+
+async fn redis_store(prefix: &str, kept: usize) -> RedisTaskStore {
+    match RedisTaskStore::connect(REDIS_URL, prefix, limits()).await {
+        Ok(store) => store.with_recent_kept(kept),
+        Err(error) => panic!("these tests need Redis on 127.0.0.1:6379: {error}"),
+    }
+}
+
+#[tokio::test]
+async fn the_redis_index_forgets_expired_tasks_and_keeps_its_bound() {
+    let prefix = format!("taskgate-test:{}:", Uuid::new_v4().simple());
+    let store = redis_store(&prefix, 5).await;
+    let alice = owner();
+    let store_dyn: Arc<dyn TaskStore> = Arc::new(redis_store(&prefix, 5).await);
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        let mut new = task(&alice, &format!("job-{n}"));
+        new.started_at_ms = 100 + n;
+        store.create(&new).await.unwrap();
+        ids.push(new.correlation_id);
+    }
+    assert_eq!(store.recent_indexed().await.unwrap(), 5, "bounded");
+    let listed: Vec<Uuid> = store_dyn
+        .list_recent(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.correlation_id)
+        .collect();
+    assert_eq!(listed, ids[3..].iter().rev().copied().collect::<Vec<_>>());
+
+    // Tasks whose hash is gone (as after expiry) leave the index as a listing meets them...
+    let mut connection = ::redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for id in &ids[6..] {
+        let _: () = ::redis::AsyncCommands::del(&mut connection, format!("{prefix}t:{id}"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store_dyn.list_recent(2).await.unwrap().len(), 2);
+    assert_eq!(store.recent_indexed().await.unwrap(), 3);
+    // ...and the oldest as tasks are created.
+    for id in &ids[3..5] {
+        let _: () = ::redis::AsyncCommands::del(&mut connection, format!("{prefix}t:{id}"))
+            .await
+            .unwrap();
+    }
+    let mut newer = task(&alice, "newer");
+    newer.started_at_ms = 200;
+    store.create(&newer).await.unwrap();
+    assert_eq!(store.recent_indexed().await.unwrap(), 2);
+    store.delete_all().await.unwrap();
+}
+
+/// What listing the latest 200 costs with 10,000 tasks in Redis (docs/performance.md, "Task
+/// store engine"): `cargo test -p taskgate-host --lib -- --ignored --nocapture
+/// recent_listing_cost`.
+#[tokio::test]
+#[ignore = "a measurement, not a test"]
+async fn recent_listing_cost() {
+    let prefix = format!("taskgate-test:{}:", Uuid::new_v4().simple());
+    let store = Arc::new(redis_store(&prefix, RECENT_KEPT_FOR_COST).await);
+    let owners: Vec<OwnerKey> = (0..100).map(|_| owner()).collect();
+    let mut creating = Vec::new();
+    for n in 0..10_000u64 {
+        let store = store.clone();
+        let mut new = task(&owners[(n % 100) as usize], &format!("job-{n}"));
+        new.started_at_ms = 1_700_000_000_000 + n;
+        creating.push(tokio::spawn(
+            async move { store.create(&new).await.unwrap() },
+        ));
+        if creating.len() == 200 {
+            for c in creating.drain(..) {
+                c.await.unwrap();
+            }
+        }
+    }
+    for c in creating {
+        c.await.unwrap();
+    }
+    assert_eq!(store.recent_indexed().await.unwrap(), 10_000);
+    let mut took = Vec::new();
+    for _ in 0..50 {
+        let started = std::time::Instant::now();
+        let listed = store.list_recent(200).await.unwrap();
+        took.push(started.elapsed());
+        assert_eq!(listed.len(), 200);
+        assert_eq!(listed[0].started_at_ms, 1_700_000_009_999);
+    }
+    took.sort();
+    println!(
+        "list_recent(200) of 10,000 tasks in Redis: median {:?}, p90 {:?}, max {:?}",
+        took[took.len() / 2],
+        took[took.len() * 9 / 10],
+        took[took.len() - 1]
+    );
+    store.delete_all().await.unwrap();
+}
+
+const RECENT_KEPT_FOR_COST: usize = 10_000;

@@ -298,6 +298,11 @@ impl Host {
                 url: settings.amqp_url.clone(),
                 names: DeadLetterNames::new(&settings.dead_letter_queue),
             }));
+            if let Some(store) = &store {
+                console = console.with_stored_tasks(Arc::new(
+                    crate::console::tasks::SharedStore(store.clone()),
+                ));
+            }
             match settings.console.management(&settings.amqp_url) {
                 Some(Ok(management)) => console = console.with_management(management),
                 Some(Err(reason)) => warn!(%reason, "console: RabbitMQ's management API will not be read; queues show no unacknowledged counts"),

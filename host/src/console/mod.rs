@@ -22,6 +22,7 @@ pub mod dead_letters;
 pub mod failures;
 pub mod management;
 pub mod samples;
+pub mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
@@ -71,7 +72,7 @@ pub trait HostControl: Send + Sync + 'static {
     /// Cancel a request: ended `CANCELLED` if this host holds it, workers told either way.
     /// Whether this host held it.
     fn cancel(&self, correlation_id: Uuid, operator: &str) -> bool;
-    /// This host's detached tasks, newest first.
+    /// This host's detached tasks, newest first (the shared store's: [`tasks::StoredTasks`]).
     fn tasks(&self) -> Vec<TaskSummary> {
         Vec::new()
     }
@@ -148,6 +149,8 @@ pub struct Console {
     /// The last look at the management API.
     unacked: Mutex<(ManagementState, BTreeMap<String, QueueCounts>)>,
     dead_letters: Option<Arc<dyn dead_letters::DeadLetterShelf>>,
+    /// The task store the hosts of a cluster share, when there is one.
+    stored_tasks: Option<Arc<dyn tasks::StoredTasks>>,
 }
 
 impl Console {
@@ -162,6 +165,7 @@ impl Console {
             failures_kept: failures::DEFAULT_KEPT,
             management: None,
             dead_letters: None,
+            stored_tasks: None,
             unacked: Mutex::new((
                 ManagementState {
                     url: None,
@@ -176,6 +180,12 @@ impl Console {
     /// Lists, requeues and purges the dead letters of `shelf`.
     pub fn with_dead_letters(mut self, shelf: Arc<dyn dead_letters::DeadLetterShelf>) -> Self {
         self.dead_letters = Some(shelf);
+        self
+    }
+
+    /// Lists and cancels the tasks of the shared task store `store` too.
+    pub fn with_stored_tasks(mut self, store: Arc<dyn tasks::StoredTasks>) -> Self {
+        self.stored_tasks = Some(store);
         self
     }
 
@@ -327,8 +337,8 @@ impl Console {
             .route("/console/api/drain", post(drain))
             .route("/console/api/undrain", post(undrain))
             .route("/console/api/rescan", post(rescan))
-            .route("/console/api/cancel", post(cancel))
-            .route("/console/api/tasks", get(tasks))
+            .route("/console/api/cancel", post(tasks::cancel))
+            .route("/console/api/tasks", get(tasks::list))
             .route("/console/api/dead-letters", get(dead_letters::list))
             .route(
                 "/console/api/dead-letters/requeue",
@@ -518,76 +528,6 @@ async fn rescan(
     info!(operator = %operator.0, "console: rescanning the plugins directory and plugins.toml");
     console.control.rescan();
     Json(Done { done: "rescan" })
-}
-
-/// The body of `POST /console/api/cancel`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CancelBody {
-    correlation_id: Uuid,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Cancelled {
-    correlation_id: Uuid,
-    /// This host held the request and ended it `CANCELLED`; workers are told either way.
-    held_here: bool,
-}
-
-async fn cancel(
-    State(console): State<Arc<Console>>,
-    Extension(operator): Extension<Operator>,
-    body: Result<Json<CancelBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let Json(CancelBody { correlation_id }) = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            let message = format!(
-                "the body must be {{\"correlationId\": \"<uuid>\"}} (Content-Type: application/json): {}",
-                rejection.body_text()
-            );
-            return (
-                rejection.status(),
-                Json(serde_json::json!({ "error": message })),
-            )
-                .into_response();
-        }
-    };
-    let held_here = console.control.cancel(correlation_id, &operator.0);
-    Json(Cancelled {
-        correlation_id,
-        held_here,
-    })
-    .into_response()
-}
-
-/// `GET /console/api/tasks?q=TEXT`: this host's detached tasks; with `q`, those whose
-/// id, client id, type, owner or state contains it.
-#[derive(Debug, Deserialize)]
-struct TaskFilter {
-    q: Option<String>,
-}
-
-async fn tasks(
-    State(console): State<Arc<Console>>,
-    axum::extract::Query(filter): axum::extract::Query<TaskFilter>,
-) -> Json<Vec<TaskSummary>> {
-    let mut tasks = console.control.tasks();
-    if let Some(q) = filter.q.map(|q| q.to_lowercase()).filter(|q| !q.is_empty()) {
-        tasks.retain(|t| {
-            [
-                &t.correlation_id,
-                &t.client_id,
-                &t.request_type,
-                &t.owner,
-                &t.state,
-            ]
-            .iter()
-            .any(|field| field.to_lowercase().contains(&q))
-        });
-    }
-    Json(tasks)
 }
 
 #[cfg(test)]

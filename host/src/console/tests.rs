@@ -19,6 +19,8 @@ struct FakeHost {
     draining: AtomicBool,
     rescans: AtomicUsize,
     cancelled: Mutex<Vec<(uuid::Uuid, String)>>,
+    /// Tasks this host holds besides the two every fake host has.
+    more_tasks: Mutex<Vec<TaskSummary>>,
 }
 
 impl Default for FakeHost {
@@ -28,6 +30,7 @@ impl Default for FakeHost {
             draining: AtomicBool::default(),
             rescans: AtomicUsize::default(),
             cancelled: Mutex::default(),
+            more_tasks: Mutex::default(),
         }
     }
 }
@@ -70,11 +73,14 @@ impl HostControl for FakeHost {
             owner: "subject alice".into(),
             state: state.into(),
             started_at_ms: 1,
+            location: crate::gateway::task_list::Location::Host,
         };
-        vec![
+        let mut tasks = vec![
             task("t1", "video.encode", "running"),
             task("t2", "text.echo", "TIMEOUT"),
-        ]
+        ];
+        tasks.extend(self.more_tasks.lock().unwrap().iter().cloned());
+        tasks
     }
     fn cancel(&self, correlation_id: uuid::Uuid, operator: &str) -> bool {
         self.cancelled
@@ -487,11 +493,13 @@ async fn tasks_are_listed_and_filtered() {
     let (status, _, body) = call(&app, Method::GET, "/console/api/tasks", local, None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let all: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(all.as_array().unwrap().len(), 2);
+    assert_eq!(all["tasks"].as_array().unwrap().len(), 2);
+    assert_eq!(all["sharedStore"], "none", "{body}");
+    assert_eq!(all["tasks"][0]["where"], "host");
     let (_, _, body) = call(&app, Method::GET, "/console/api/tasks?q=VIDEO", local, None).await;
     let some: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(some.as_array().unwrap().len(), 1, "{body}");
-    assert_eq!(some[0]["clientId"], "t1");
+    assert_eq!(some["tasks"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(some["tasks"][0]["clientId"], "t1");
     let (_, _, body) = call(
         &app,
         Method::GET,
@@ -501,9 +509,249 @@ async fn tasks_are_listed_and_filtered() {
     )
     .await;
     assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap()[0]["clientId"],
+        serde_json::from_str::<Value>(&body).unwrap()["tasks"][0]["clientId"],
         "t2"
     );
+}
+
+mod stored {
+    //! The shared task store's tasks in the console, on the in-memory store.
+
+    use std::time::Duration;
+
+    use crate::resume::{Owner, SessionId};
+    use crate::tasks::{
+        Attachment, Entry, MemoryTaskStore, NewTask, OwnerKey, StoreLimits, TaskState, TaskStore,
+    };
+
+    use super::super::tasks::{SharedStore, StoreCancel, StoredTasks};
+    use super::*;
+
+    const LOCAL: &str = "127.0.0.1:1";
+
+    fn memory_store() -> Arc<dyn TaskStore> {
+        Arc::new(MemoryTaskStore::new(StoreLimits {
+            task_bytes: 1 << 20,
+            result_ttl: Duration::from_secs(60),
+            max_tasks: 100,
+        }))
+    }
+
+    async fn started(
+        store: &Arc<dyn TaskStore>,
+        owner: &Owner,
+        id: &str,
+        at_ms: u64,
+    ) -> uuid::Uuid {
+        let task = NewTask {
+            owner: OwnerKey::of(owner),
+            client_id: id.into(),
+            correlation_id: uuid::Uuid::new_v4(),
+            request_type: "video.encode".into(),
+            started_at_ms: at_ms,
+            timeout: Duration::from_secs(60),
+        };
+        store.create(&task).await.unwrap();
+        task.correlation_id
+    }
+
+    fn console_with(host: Arc<FakeHost>, stored: Arc<dyn StoredTasks>) -> Router {
+        Arc::new(
+            Console::new(host, admission(Authenticator::none()), "admin".into())
+                .with_stored_tasks(stored),
+        )
+        .router()
+    }
+
+    async fn listing(app: &Router, path: &str) -> Value {
+        let (status, _, body) = call(app, Method::GET, path, LOCAL, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    async fn cancel(app: &Router, id: uuid::Uuid) -> Value {
+        let (status, _, body) = call_with(
+            app,
+            Method::POST,
+            "/console/api/cancel",
+            LOCAL,
+            None,
+            Some(&format!(r#"{{"correlationId":"{id}"}}"#)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_stores_tasks_are_listed_with_the_hosts_once_each_saying_where_they_live() {
+        let store = memory_store();
+        let alice = Owner::Subject("alice".into());
+        let session = SessionId::new();
+        let running = started(&store, &alice, "encode-1", 30).await;
+        let ended = started(&store, &Owner::Session(session), "encode-2", 20).await;
+        store
+            .finish(
+                ended,
+                &crate::tasks::replies::failed(&crate::error::RequestError::Timeout(5).to_body()),
+            )
+            .await
+            .unwrap();
+        // A task the host lists itself as well is shown once, as the host has it.
+        let both = started(&store, &alice, "encode-3", 10).await;
+        let host = Arc::new(FakeHost::default());
+        host.more_tasks.lock().unwrap().push(TaskSummary {
+            correlation_id: both.to_string(),
+            client_id: "encode-3".into(),
+            request_type: "video.encode".into(),
+            owner: "subject alice".into(),
+            state: "parked".into(),
+            started_at_ms: 10,
+            location: crate::gateway::task_list::Location::Host,
+        });
+        let app = console_with(host, Arc::new(SharedStore(store.clone())));
+
+        let all = listing(&app, "/console/api/tasks").await;
+        assert_eq!(all["sharedStore"], "read", "{all}");
+        assert!(all.get("storeError").is_none());
+        let rows = all["tasks"].as_array().unwrap();
+        let ids: Vec<&str> = rows
+            .iter()
+            .map(|t| t["clientId"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            ids,
+            ["encode-1", "encode-2", "encode-3", "t1", "t2"],
+            "newest first: {all}"
+        );
+        assert_eq!(rows[0]["where"], "store");
+        assert_eq!(rows[0]["correlationId"], running.to_string());
+        assert_eq!(rows[0]["state"], "running");
+        assert_eq!(
+            rows[1]["state"], "TIMEOUT",
+            "a failed task says its error code"
+        );
+        assert_eq!(rows[2]["where"], "host");
+        assert_eq!(rows[2]["state"], "parked");
+        for row in &rows[..2] {
+            let owner = row["owner"].as_str().unwrap();
+            assert!(owner.starts_with("owner ") && owner.len() == 14, "{owner}");
+            assert!(!owner.contains("alice") && !owner.contains(&session.to_string()));
+        }
+        assert_ne!(rows[0]["owner"], rows[1]["owner"], "owners are told apart");
+
+        let stored = listing(&app, "/console/api/tasks?q=STORE").await;
+        assert_eq!(stored["tasks"].as_array().unwrap().len(), 2, "{stored}");
+        let timed_out = listing(&app, "/console/api/tasks?q=timeout").await;
+        let ids: Vec<&str> = timed_out["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["clientId"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["encode-2", "t2"]);
+    }
+
+    #[tokio::test]
+    async fn a_cancel_ends_a_stored_task_cancelled_for_its_attached_client_and_tells_workers() {
+        let store = memory_store();
+        let id = started(&store, &Owner::Subject("alice".into()), "encode-1", 1).await;
+        // The client, attached on whichever host.
+        let mut attached = Attachment::open(store.clone(), id, -1)
+            .await
+            .unwrap()
+            .unwrap();
+        let host = Arc::new(FakeHost::default());
+        let app = console_with(host.clone(), Arc::new(SharedStore(store.clone())));
+
+        let answer = cancel(&app, id).await;
+        assert_eq!(answer["foundInStore"], true, "{answer}");
+        assert_eq!(answer["cancelledInStore"], true, "{answer}");
+        assert!(answer.get("storeError").is_none());
+        let Some(Entry::End(outcome)) =
+            tokio::time::timeout(Duration::from_secs(5), attached.next())
+                .await
+                .unwrap()
+                .unwrap()
+        else {
+            panic!("the attached client gets the outcome");
+        };
+        assert_eq!(outcome.state, TaskState::Cancelled);
+        assert!(outcome.response.get().contains("CANCELLED"));
+        let record = store.record(id).await.unwrap().unwrap();
+        assert!(record.cancel_requested);
+        assert_eq!(
+            host.cancelled.lock().unwrap().as_slice(),
+            &[(id, "anonymous@127.0.0.1".to_owned())],
+            "workers are told (the host's cancel)"
+        );
+        let listed = listing(&app, "/console/api/tasks?q=encode-1").await;
+        assert_eq!(listed["tasks"][0]["state"], "CANCELLED", "{listed}");
+
+        let again = cancel(&app, id).await;
+        assert_eq!(
+            (&again["foundInStore"], &again["cancelledInStore"]),
+            (&Value::Bool(true), &Value::Bool(false))
+        );
+        let unknown = cancel(&app, uuid::Uuid::new_v4()).await;
+        assert_eq!(unknown["foundInStore"], false, "{unknown}");
+        assert_eq!(unknown["heldHere"], true, "the fake host holds everything");
+    }
+
+    /// A store that fails, or never answers.
+    struct Broken {
+        hangs: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl StoredTasks for Broken {
+        async fn recent(&self, _: usize) -> Result<Vec<TaskSummary>, String> {
+            if self.hangs {
+                std::future::pending::<()>().await;
+            }
+            Err("the task store is unreachable: connection refused".into())
+        }
+        async fn cancel(&self, _: uuid::Uuid, _: &str) -> Result<StoreCancel, String> {
+            if self.hangs {
+                std::future::pending::<()>().await;
+            }
+            Err("the task store is unreachable: connection refused".into())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_cannot_be_read_leaves_the_hosts_tasks_listed_and_says_so() {
+        for hangs in [false, true] {
+            let host = Arc::new(FakeHost::default());
+            let app = console_with(host.clone(), Arc::new(Broken { hangs }));
+            let started = tokio::time::Instant::now();
+            let all = listing(&app, "/console/api/tasks").await;
+            assert!(
+                started.elapsed() <= super::super::tasks::STORE_WAIT + Duration::from_millis(10)
+            );
+            assert_eq!(all["tasks"].as_array().unwrap().len(), 2, "{all}");
+            assert_eq!(all["sharedStore"], "unreadable");
+            let error = all["storeError"].as_str().unwrap();
+            assert!(
+                error.contains(if hangs {
+                    "did not answer within 2 s"
+                } else {
+                    "unreachable"
+                }),
+                "{error}"
+            );
+
+            let id = uuid::Uuid::new_v4();
+            let answer = cancel(&app, id).await;
+            assert!(answer["storeError"].is_string(), "{answer}");
+            assert!(answer.get("foundInStore").is_none());
+            assert_eq!(
+                host.cancelled.lock().unwrap().len(),
+                1,
+                "workers are told all the same"
+            );
+        }
+    }
 }
 
 #[derive(Default)]

@@ -9,6 +9,25 @@ use crate::broker::Broker;
 use crate::resume::Owner;
 use crate::sink::ClientSink;
 
+/// Where a detached task lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Location {
+    /// In this host's maps (`[resume] store = "memory"`).
+    Host,
+    /// In the task store the hosts of a cluster share.
+    Store,
+}
+
+impl Location {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Location::Host => "host",
+            Location::Store => "store",
+        }
+    }
+}
+
 /// One detached task as the console lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -16,12 +35,17 @@ pub struct TaskSummary {
     pub correlation_id: String,
     pub client_id: String,
     pub request_type: String,
-    /// `subject <name>`, or `a session` (a session id is a secret).
+    /// `subject <name>`, or `a session` (a session id is a secret); for a task of the shared
+    /// store, `owner <hash prefix>` (the store keeps a hash of the owner only).
     pub owner: String,
-    /// `running`, `parked` (its client is away), `succeeded`, or the error code it ended with.
+    /// `running`, `parked` (its client is away; this host's tasks only), `succeeded`, or the
+    /// error code it ended with.
     pub state: String,
     /// Milliseconds since the Unix epoch.
     pub started_at_ms: u64,
+    /// `host` or `store`.
+    #[serde(rename = "where")]
+    pub location: Location,
 }
 
 fn owner_text(owner: &Owner) -> String {
@@ -52,6 +76,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                     }
                     .to_owned(),
                     started_at_ms: resume.started_at_ms,
+                    location: Location::Host,
                 })
             })
             .collect();
@@ -72,6 +97,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                             .as_ref()
                             .map_or_else(|| "succeeded".to_owned(), |e| e.code.clone()),
                         started_at_ms: kept.started_at_ms,
+                        location: Location::Host,
                     }
                 }),
         );

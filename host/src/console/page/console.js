@@ -191,16 +191,19 @@ async function refreshTasks(now) {
   if (!now && Date.now() - tasksAt < 3000) return;
   tasksAt = Date.now();
   const q = $('task-filter').value.trim();
-  let tasks;
+  let listing;
   try {
     const response = await fetch('/console/api/tasks' + (q ? '?q=' + encodeURIComponent(q) : ''), { headers: headers(), cache: 'no-store' });
     if (!response.ok) return;
-    tasks = await response.json();
+    listing = await response.json();
   } catch (e) {
     return;
   }
-  fill($('tasks'), ['Started', 'Request type', 'Client id', 'Owner', 'State', 'Correlation id', ''],
-    tasks.map((t) => {
+  $('tasks-note').textContent = listing.sharedStore === 'unreadable'
+    ? 'the shared task store could not be read (' + listing.storeError + '): this host\'s tasks only'
+    : '';
+  fill($('tasks'), ['Started', 'Request type', 'Client id', 'Owner', 'State', 'Where', 'Correlation id', ''],
+    listing.tasks.map((t) => {
       const running = t.state === 'running' || t.state === 'parked';
       const action = running
         ? cell(smallButton('Cancel', () => {
@@ -210,7 +213,7 @@ async function refreshTasks(now) {
         }, 'danger'))
         : el('td');
       return row([ago(t.startedAtMs), t.requestType, t.clientId, t.owner,
-        el('td', t.state, running ? '' : (t.state === 'succeeded' ? 'ok' : 'bad')), el('td', t.correlationId, 'mono'), action]);
+        el('td', t.state, running ? '' : (t.state === 'succeeded' ? 'ok' : 'bad')), t.where, el('td', t.correlationId, 'mono'), action]);
     }));
 }
 

@@ -4,7 +4,8 @@
  * SIGKILLed mid-task while the client is away, the worker goes on replying to the shared task-reply
  * queue, and the client comes back through host B: `tasks` lists the task with its progress, `attach`
  * gets every chunk once, in order, then the result; the worker got the request once. Another owner
- * learns nothing on B, and past `result_ttl` the task is gone there too.
+ * learns nothing on B, and past `result_ttl` the task is gone there too. Any host's operator console
+ * lists the store's tasks and cancels them: the client attached on the other host gets CANCELLED.
  */
 
 import assert from 'node:assert/strict';
@@ -81,7 +82,7 @@ class Client {
 }
 
 /** Two hosts sharing a store under a prefix of this test's own, and its task-reply queue. */
-async function cluster(ctx: TestContext, resume: Record<string, unknown> = {}) {
+async function cluster(ctx: TestContext, resume: Record<string, unknown> = {}, more: Record<string, unknown> = {}) {
   const prefix = `taskgate-e2e-${randomUUID()}:`;
   const taskReplies = `taskgate.task-replies.${prefix.slice(0, -1)}`;
   ctx.queues.add(taskReplies);
@@ -89,7 +90,7 @@ async function cluster(ctx: TestContext, resume: Record<string, unknown> = {}) {
     // The keys expire by themselves; a test leaves none behind all the same.
     await promisify(execFile)('bash', ['-c', `redis-cli --scan --pattern '${prefix}*' | xargs -r redis-cli del`]).catch(() => {});
   });
-  const sections = { resume: { window: '20s', store: REDIS_URL, store_prefix: prefix, secret_env: SECRET_ENV, ...resume } };
+  const sections = { resume: { window: '20s', store: REDIS_URL, store_prefix: prefix, secret_env: SECRET_ENV, ...resume }, ...more };
   const env = { [SECRET_ENV]: `e2e-cluster-secret-${randomUUID()}` };
   const a = await startHost(ctx, { name: 'hostA', sections, env });
   const b = await startHost(ctx, { name: 'hostB', sections, env });
@@ -232,4 +233,67 @@ e2e('shared store: a detached task its workers crash on ends failed with the del
   assert.equal(kept.error?.code, 'WORKER_ERROR');
   assert.equal(kept.error?.details?.reason, 'deliveryLimit');
   assert.equal(kept.error?.details?.deliveries, 3);
+});
+
+interface ConsoleTask {
+  correlationId: string;
+  clientId: string;
+  owner: string;
+  state: string;
+  where: string;
+}
+
+async function consoleTasks(url: string, q: string): Promise<{ tasks: ConsoleTask[]; sharedStore: string; storeError?: string }> {
+  const res = await fetch(`${url}/console/api/tasks?q=${encodeURIComponent(q)}`);
+  assert.equal(res.status, 200);
+  return (await res.json()) as { tasks: ConsoleTask[]; sharedStore: string };
+}
+
+e2e('shared store: another host\'s console lists a detached task and cancels it — the client attached on the first host gets CANCELLED, and tasks shows it cancelled', async (ctx) => {
+  const { a, b, worker } = await cluster(ctx, {}, { console: { enabled: true } });
+  const cancels = await CancelListener.start(ctx);
+  const page = new Client(ctx, a.url);
+  await page.session();
+  const id = uniqueId('console');
+  assert.deepEqual(
+    await page.emit('request', { id, requestType: TYPES.countdown, payload: { from: 3, intervalMs: 10 }, detach: true }),
+    { ok: true },
+  );
+  const job = await worker.next();
+  await worker.chunk(job, { n: 0 }, 0);
+  await waitUntil(() => page.seqs(id).length >= 1 || undefined, 10_000, 'a chunk through host A');
+
+  // Host B holds nothing of it; its console finds it in the store.
+  const listing = await consoleTasks(b.url, id);
+  assert.equal(listing.sharedStore, 'read', JSON.stringify(listing));
+  assert.equal(listing.tasks.length, 1, JSON.stringify(listing));
+  const [row] = listing.tasks;
+  assert.equal(row!.clientId, id);
+  assert.equal(row!.correlationId, job.correlationId);
+  assert.equal(row!.where, 'store');
+  assert.equal(row!.state, 'running');
+  assert.match(row!.owner, /^owner [0-9a-f]{8}$/, 'the owner as a hash: no session id');
+
+  const res = await fetch(`${b.url}/console/api/cancel`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ correlationId: job.correlationId }),
+  });
+  assert.equal(res.status, 200);
+  assert.deepEqual(await res.json(), { correlationId: job.correlationId, heldHere: false, foundInStore: true, cancelledInStore: true });
+  await waitUntil(() => page.final(id), 10_000, 'the CANCELLED error on host A');
+  assert.equal(page.final(id)?.error?.code, 'CANCELLED');
+  await cancels.waitFor(job.correlationId!);
+  const [task] = await page.tasks();
+  assert.equal(task!.state, 'cancelled');
+  assert.equal((await consoleTasks(a.url, id)).tasks[0]!.state, 'CANCELLED', "host A's console sees it too");
+  assert.ok(
+    b.logs().some((line) => line.includes('cancelled by an operator') && line.includes('anonymous@127.0.0.1')),
+    'the cancel is logged with its operator',
+  );
+  // A late result from the worker does not change the outcome.
+  await worker.result(job, { late: true });
+  worker.ack(job);
+  await sleep(300);
+  assert.equal((await page.tasks())[0]!.state, 'cancelled');
 });

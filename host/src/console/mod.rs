@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod dead_letters;
 pub mod failures;
 pub mod management;
+pub mod push;
 pub mod samples;
 pub mod tasks;
 
@@ -151,6 +152,8 @@ pub struct Console {
     dead_letters: Option<Arc<dyn dead_letters::DeadLetterShelf>>,
     /// The task store the hosts of a cluster share, when there is one.
     stored_tasks: Option<Arc<dyn tasks::StoredTasks>>,
+    /// The overview every open event stream shares, built once a tick.
+    push: Arc<push::Pusher>,
 }
 
 impl Console {
@@ -166,6 +169,7 @@ impl Console {
             management: None,
             dead_letters: None,
             stored_tasks: None,
+            push: Arc::new(push::Pusher::new(PUSH_EVERY)),
             unacked: Mutex::new((
                 ManagementState {
                     url: None,
@@ -186,6 +190,13 @@ impl Console {
     /// Lists and cancels the tasks of the shared task store `store` too.
     pub fn with_stored_tasks(mut self, store: Arc<dyn tasks::StoredTasks>) -> Self {
         self.stored_tasks = Some(store);
+        self
+    }
+
+    /// Pushes (and reuses) overviews every `every` instead of [`PUSH_EVERY`] (tests).
+    #[cfg(test)]
+    pub fn with_push_every(mut self, every: Duration) -> Self {
+        self.push = Arc::new(push::Pusher::new(every));
         self
     }
 
@@ -305,6 +316,19 @@ impl Console {
             failures: failures::merge(failure_lists, self.failures_kept),
             mixed_plugins,
             management,
+        }
+    }
+
+    /// The overview as JSON.
+    fn overview_json(&self) -> Arc<str> {
+        match serde_json::to_string(&self.overview()) {
+            Ok(json) => json.into(),
+            // Not expected (string keys only); the page shows the error.
+            Err(e) => {
+                serde_json::json!({ "error": format!("the overview could not be written: {e}") })
+                    .to_string()
+                    .into()
+            }
         }
     }
 
@@ -477,22 +501,48 @@ async fn secure_headers(mut response: Response) -> Response {
     response
 }
 
-async fn overview(State(console): State<Arc<Console>>) -> Json<Overview> {
-    Json(console.overview())
+/// The last overview while it is under a tick old (an open console's task builds one every
+/// tick), else a new one.
+async fn overview(State(console): State<Arc<Console>>) -> Response {
+    let json = console.push.fresh().unwrap_or_else(|| {
+        let json = console.overview_json();
+        console.push.keep(json.clone());
+        json
+    });
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json.to_string(),
+    )
+        .into_response()
 }
 
+/// Every open stream gets the same overview, built once a tick for all ([`push`]).
 async fn events(
     State(console): State<Arc<Console>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let weak = Arc::downgrade(&console);
+    let overviews = console
+        .push
+        .subscribe(move || weak.upgrade().map(|c| c.overview_json()));
+    // The stream holds the console: its task builds from a weak handle, and ends (with every
+    // stream) only once no stream and no router holds it.
     let stream = futures_util::stream::unfold(
-        (console, tokio::time::interval(PUSH_EVERY)),
-        |(console, mut tick)| async move {
-            tick.tick().await;
-            let event = Event::default()
-                .event("overview")
-                .json_data(console.overview())
-                .unwrap_or_else(|_| Event::default().event("error").data("unserialisable"));
-            Some((Ok(event), (console, tick)))
+        (overviews, console),
+        |(mut overviews, console)| async move {
+            loop {
+                overviews.changed().await.ok()?;
+                let json = overviews
+                    .borrow_and_update()
+                    .as_ref()
+                    .map(|b| b.json.clone());
+                if let Some(json) = json {
+                    let event = Event::default().event("overview").data(&*json);
+                    return Some((Ok(event), (overviews, console)));
+                }
+            }
         },
     );
     Sse::new(stream).keep_alive(KeepAlive::default())
@@ -509,6 +559,7 @@ async fn drain(
 ) -> Json<Done> {
     info!(operator = %operator.0, "console: draining this host (new connections are refused; requests finish)");
     console.control.set_draining(true);
+    console.push.forget();
     Json(Done { done: "drain" })
 }
 
@@ -518,6 +569,7 @@ async fn undrain(
 ) -> Json<Done> {
     info!(operator = %operator.0, "console: this host admits new connections again");
     console.control.set_draining(false);
+    console.push.forget();
     Json(Done { done: "undrain" })
 }
 
@@ -527,6 +579,7 @@ async fn rescan(
 ) -> Json<Done> {
     info!(operator = %operator.0, "console: rescanning the plugins directory and plugins.toml");
     console.control.rescan();
+    console.push.forget();
     Json(Done { done: "rescan" })
 }
 

@@ -21,6 +21,8 @@ struct FakeHost {
     cancelled: Mutex<Vec<(uuid::Uuid, String)>>,
     /// Tasks this host holds besides the two every fake host has.
     more_tasks: Mutex<Vec<TaskSummary>>,
+    /// How many times `status()` was asked: what an overview costs.
+    statuses: AtomicUsize,
 }
 
 impl Default for FakeHost {
@@ -31,12 +33,14 @@ impl Default for FakeHost {
             rescans: AtomicUsize::default(),
             cancelled: Mutex::default(),
             more_tasks: Mutex::default(),
+            statuses: AtomicUsize::default(),
         }
     }
 }
 
 impl HostControl for FakeHost {
     fn status(&self) -> HostStatus {
+        self.statuses.fetch_add(1, Ordering::Relaxed);
         HostStatus {
             id: "host-1".into(),
             version: "0.0.0".into(),
@@ -388,6 +392,112 @@ async fn the_push_channel_sends_the_overview_as_server_sent_events() {
     let text = String::from_utf8_lossy(&chunk).into_owned();
     assert!(text.starts_with("event: overview\ndata: {"), "{text}");
     assert!(text.contains(r#""id":"host-1""#), "{text}");
+}
+
+async fn open_events(app: &Router) -> axum::body::BodyDataStream {
+    let mut request = Request::builder()
+        .uri("/console/api/events")
+        .body(Body::empty())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(ConnectInfo("127.0.0.1:1".parse::<SocketAddr>().unwrap()));
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().into_data_stream()
+}
+
+/// Ten open consoles cost one overview a tick, not ten; none open costs none.
+#[tokio::test]
+async fn open_streams_share_one_overview_per_tick_and_none_open_builds_none() {
+    const STREAMS: usize = 10;
+    const TICK: Duration = Duration::from_millis(100);
+    let host = Arc::new(FakeHost::default());
+    let console = Arc::new(
+        Console::new(
+            host.clone(),
+            admission(Authenticator::none()),
+            "admin".into(),
+        )
+        .with_push_every(TICK),
+    );
+    let app = console.router();
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        streams.push(open_events(&app).await);
+    }
+    // Every stream gets the overview, and keeps getting it tick after tick.
+    let started = host.statuses.load(Ordering::Relaxed);
+    let ticks = 5;
+    for _ in 0..ticks {
+        for stream in &mut streams {
+            let chunk = tokio::time::timeout(Duration::from_secs(3), stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let text = String::from_utf8_lossy(&chunk).into_owned();
+            assert!(text.starts_with("event: overview\ndata: {"), "{text}");
+        }
+    }
+    let built = host.statuses.load(Ordering::Relaxed) - started;
+    println!("{STREAMS} streams, {ticks} events each: status() asked {built} times");
+    assert!(
+        built <= ticks + 2,
+        "one overview a tick for all {STREAMS} streams, not one each: {built} built"
+    );
+    // Closed: the building stops.
+    drop(streams);
+    tokio::time::sleep(TICK * 3).await;
+    let after_close = host.statuses.load(Ordering::Relaxed);
+    tokio::time::sleep(TICK * 5).await;
+    assert_eq!(
+        host.statuses.load(Ordering::Relaxed),
+        after_close,
+        "no console open, no overview built"
+    );
+    // And starts again for the next one.
+    let mut again = open_events(&app).await;
+    let chunk = tokio::time::timeout(Duration::from_secs(3), again.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&chunk).contains(r#""id":"host-1""#));
+
+    // A GET within a tick (1 s by default) of the last overview takes it; an action makes
+    // the next one fresh.
+    let host = Arc::new(FakeHost::default());
+    let app = Arc::new(Console::new(
+        host.clone(),
+        admission(Authenticator::none()),
+        "admin".into(),
+    ))
+    .router();
+    let get = || {
+        call(
+            &app,
+            Method::GET,
+            "/console/api/overview",
+            "127.0.0.1:1",
+            None,
+        )
+    };
+    let (_, _, first) = get().await;
+    let (_, headers, second) = get().await;
+    assert_eq!(host.statuses.load(Ordering::Relaxed), 1);
+    assert_eq!(first, second);
+    assert_eq!(headers["content-type"], "application/json");
+    call(
+        &app,
+        Method::POST,
+        "/console/api/drain",
+        "127.0.0.1:1",
+        None,
+    )
+    .await;
+    let (_, _, drained) = get().await;
+    assert!(drained.contains(r#""draining":true"#), "{drained}");
 }
 
 fn plugin(name: &str, version: &str, hash: &str) -> ServedPlugin {

@@ -152,6 +152,8 @@ pub struct Console {
     dead_letters: Option<Arc<dyn dead_letters::DeadLetterShelf>>,
     /// The task store the hosts of a cluster share, when there is one.
     stored_tasks: Option<Arc<dyn tasks::StoredTasks>>,
+    /// What this host's beats said of its failures so far: each carries only the new ones.
+    failure_beats: Mutex<cluster::FailureBeats>,
     /// The overview every open event stream shares, built once a tick.
     push: Arc<push::Pusher>,
 }
@@ -169,6 +171,7 @@ impl Console {
             management: None,
             dead_letters: None,
             stored_tasks: None,
+            failure_beats: Mutex::default(),
             push: Arc::new(push::Pusher::new(PUSH_EVERY)),
             unacked: Mutex::new((
                 ManagementState {
@@ -203,6 +206,7 @@ impl Console {
     /// Shows at most `kept` failures of all hosts.
     pub fn with_failures_kept(mut self, kept: usize) -> Self {
         self.failures_kept = kept;
+        lock(&self.peers).set_failures_kept(kept);
         self
     }
 
@@ -401,7 +405,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The broker link publishes this host's beat and brings the others' and the queues'.
 impl ClusterObserver for Console {
     fn beat(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.control.status()).unwrap_or_default()
+        let beat = lock(&self.failure_beats).beat(self.control.status(), std::time::Instant::now());
+        serde_json::to_vec(&beat).unwrap_or_default()
     }
 
     fn on_beat(&self, body: &[u8]) {

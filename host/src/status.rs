@@ -244,6 +244,8 @@ pub fn render(overview: &Value) -> String {
             "NO WORKERS".to_owned()
         } else if q["growing"] == Value::Bool(true) {
             "FALLING BEHIND".to_owned()
+        } else if q["saturated"] == Value::Bool(true) {
+            "FALLING BEHIND (ALL WORKERS BUSY)".to_owned()
         } else {
             "ok".to_owned()
         };

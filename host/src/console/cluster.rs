@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::failures::{self, Failure};
+use super::management::QueueCounts;
 use super::HostStatus;
 
 /// How often a host publishes its heartbeat.
@@ -181,7 +182,12 @@ pub struct QueueState {
     pub consumers: u32,
     /// The ready messages grew at each of the last [`GROWING_LOOKS`] looks.
     pub growing: bool,
-    /// No consumers, or a growing backlog: shown in red.
+    /// The workers cannot keep up: at each of the management API's last [`GROWING_LOOKS`]
+    /// looks every worker held a message (unacknowledged ≥ consumers > 0), while the ready
+    /// messages were never zero and never shrank over the last [`GROWING_LOOKS`] looks.
+    /// Always `false` without the management API (a passive declare does not tell).
+    pub saturated: bool,
+    /// No consumers, a growing backlog, or saturated workers: shown in red.
     pub alarm: bool,
     /// Why it could not be looked at (e.g. it does not exist), if so.
     pub error: Option<String>,
@@ -197,6 +203,9 @@ pub const GROWING_LOOKS: usize = 3;
 #[derive(Debug, Default)]
 pub struct Queues {
     looks: BTreeMap<String, Vec<Look>>,
+    /// Per queue, whether every worker held a message at each of the management API's last
+    /// [`GROWING_LOOKS`] looks, oldest first.
+    all_busy: BTreeMap<String, Vec<bool>>,
 }
 
 impl Queues {
@@ -209,9 +218,29 @@ impl Queues {
         }
     }
 
+    /// A look at the management API: every queue's counts, or `None` when it could not be
+    /// read (what it told of busy workers is forgotten: stale counts raise no alarm).
+    pub fn observe_counts(&mut self, counts: Option<&BTreeMap<String, QueueCounts>>) {
+        let Some(counts) = counts else {
+            self.all_busy.clear();
+            return;
+        };
+        for queue in self.looks.keys() {
+            let busy = counts
+                .get(queue)
+                .is_some_and(|c| c.consumers > 0 && c.unacked >= c.consumers);
+            let looks = self.all_busy.entry(queue.clone()).or_default();
+            looks.push(busy);
+            if looks.len() > GROWING_LOOKS {
+                let _oldest = looks.remove(0);
+            }
+        }
+    }
+
     /// Only these queues are kept (the types served now).
     pub fn keep_only(&mut self, queues: &[String]) {
         self.looks.retain(|q, _| queues.contains(q));
+        self.all_busy.retain(|q, _| queues.contains(q));
     }
 
     pub fn list(&self) -> Vec<QueueState> {
@@ -225,15 +254,23 @@ impl Queues {
                             .iter()
                             .filter_map(|l| l.as_ref().ok().map(|(r, _)| *r))
                             .collect();
-                        let growing = readies.len() > GROWING_LOOKS
-                            && readies.windows(2).all(|w| w[1] > w[0]);
+                        let enough = readies.len() > GROWING_LOOKS;
+                        let growing = enough && readies.windows(2).all(|w| w[1] > w[0]);
+                        let standing = enough
+                            && readies.iter().all(|r| *r > 0)
+                            && readies.windows(2).all(|w| w[1] >= w[0]);
+                        let all_busy = self.all_busy.get(queue).is_some_and(|busy| {
+                            busy.len() >= GROWING_LOOKS && busy.iter().all(|b| *b)
+                        });
+                        let saturated = standing && all_busy;
                         QueueState {
                             queue: queue.clone(),
                             ready: *ready,
                             unacked: None,
                             consumers: *consumers,
                             growing,
-                            alarm: *consumers == 0 || growing,
+                            saturated,
+                            alarm: *consumers == 0 || growing || saturated,
                             error: None,
                         }
                     }
@@ -243,6 +280,7 @@ impl Queues {
                         unacked: None,
                         consumers: 0,
                         growing: false,
+                        saturated: false,
                         alarm: true,
                         error: Some(reason.clone()),
                     },
@@ -447,6 +485,68 @@ mod tests {
             );
             assert!(after * 3 < before, "before {before} B, after {after} B");
         }
+    }
+
+    /// The management API's counts: `(queue, unacked, consumers)`.
+    fn counts(list: &[(&str, u64, u64)]) -> BTreeMap<String, QueueCounts> {
+        list.iter()
+            .map(|(queue, unacked, consumers)| {
+                let counts = QueueCounts {
+                    ready: 0,
+                    unacked: *unacked,
+                    consumers: *consumers,
+                };
+                ((*queue).to_owned(), counts)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_standing_backlog_while_every_worker_is_busy_is_an_alarm() {
+        let mut queues = Queues::default();
+        let readies: [(&str, [u32; 4]); 5] = [
+            ("q.saturated", [5, 5, 6, 6]),
+            ("q.draining", [9, 7, 5, 3]),
+            ("q.spare", [5, 5, 5, 5]),
+            ("q.empty", [0, 0, 0, 0]),
+            ("q.blip", [5, 0, 5, 5]),
+        ];
+        // Every worker of each holds a message, but one of q.spare's two idles.
+        let busy = counts(&[
+            ("q.saturated", 2, 2),
+            ("q.draining", 3, 3),
+            ("q.spare", 1, 2),
+            ("q.empty", 4, 4),
+            ("q.blip", 2, 2),
+        ]);
+        for look in 0..4 {
+            for (queue, ready) in &readies {
+                queues.observe(queue, Ok((ready[look], 2)));
+            }
+            queues.observe_counts(Some(&busy));
+        }
+        let list = queues.list();
+        let by = |list: &[QueueState], name: &str| {
+            list.iter().find(|q| q.queue == name).unwrap().clone()
+        };
+        let saturated = by(&list, "q.saturated");
+        assert!(saturated.saturated && saturated.alarm && !saturated.growing);
+        for calm in ["q.draining", "q.spare", "q.empty", "q.blip"] {
+            let q = by(&list, calm);
+            assert!(!q.saturated && !q.alarm, "{q:?}");
+        }
+        // One look where a worker was free is enough to lift it for the next three.
+        queues.observe("q.saturated", Ok((7, 2)));
+        queues.observe_counts(Some(&counts(&[("q.saturated", 1, 2)])));
+        assert!(!by(&queues.list(), "q.saturated").alarm);
+        for _ in 0..GROWING_LOOKS {
+            queues.observe("q.saturated", Ok((7, 2)));
+            queues.observe_counts(Some(&busy));
+        }
+        assert!(by(&queues.list(), "q.saturated").alarm);
+        // The management API away: no alarm from counts it can no longer give.
+        queues.observe_counts(None);
+        assert!(!by(&queues.list(), "q.saturated").alarm);
     }
 
     #[test]

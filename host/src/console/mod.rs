@@ -250,6 +250,7 @@ impl Console {
                     }
                     said = error.clone();
                 }
+                lock(&console.queues).observe_counts(look.as_ref().ok());
                 let mut unacked = lock(&console.unacked);
                 unacked.0 = ManagementState {
                     url: Some(management.base.clone()),

@@ -132,7 +132,8 @@ function render(o) {
   const unackedKnown = o.management && o.management.reachable;
   fill($('queues'), ['Queue', 'Request types', 'Ready', 'Unacked', 'Workers', 'State'],
     o.queues.map((q) => {
-      const state = q.error ? 'error: ' + q.error : q.consumers === 0 ? 'no workers' : q.growing ? 'falling behind' : 'ok';
+      const state = q.error ? 'error: ' + q.error : q.consumers === 0 ? 'no workers' : q.growing ? 'falling behind'
+        : q.saturated ? 'falling behind: every worker busy' : 'ok';
       return row([q.queue, (typesOf[q.queue] || []).join(', '), num(q.ready, 0),
         typeof q.unacked === 'number' ? num(q.unacked, 0) : el('td', '?', 'num muted'),
         num(q.consumers, 0), el('td', state, q.alarm ? '' : 'ok')], q.alarm ? 'alarm' : '');

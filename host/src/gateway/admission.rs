@@ -74,10 +74,16 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             }
             Err(Refusal { error, spec }) => {
                 // A refusal after the type lookup counts against the type.
-                let type_metrics = spec.map(|spec| self.metrics.for_type(&spec.name));
+                let type_metrics = spec.as_ref().map(|spec| self.metrics.for_type(&spec.name));
                 self.metrics
                     .refused(type_metrics.as_ref(), error.code().as_str());
                 debug!(?conn, code = %error.code(), %error, "request refused");
+                let request_type = match (&spec, &error) {
+                    (Some(spec), _) => spec.name.as_str(),
+                    (None, RequestError::UnknownRequestType(name)) => name.as_str(),
+                    (None, _) => "",
+                };
+                self.keep_refusal(request_type, &error, None);
                 self.send_refusal(conn, ack, &error);
                 None
             }
@@ -159,21 +165,27 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             Ok(()) => self.activate(conn, correlation_id, ack, deadline),
             Err(error) => {
                 warn!(%correlation_id, %traceparent, request_type = %spec.name, %error, "publish failed");
+                let cancel = matches!(
+                    error,
+                    PublishError::ConfirmTimeout(_) | PublishError::Amqp(_)
+                );
+                let error = RequestError::Unavailable(UnavailableCause::PublishFailed(error));
                 if let Some((_, mut request)) = self.inflight.remove(&correlation_id) {
                     request
                         .metrics
                         .finish(Outcome::Error(ErrorCode::Unavailable.as_str()));
+                    self.keep_refusal(
+                        &request.request_type,
+                        &error,
+                        Some((correlation_id, &request.trace)),
+                    );
                     self.release_id(correlation_id, request);
                 }
                 // The broker may have taken the message before the failure (no confirm
                 // seen): tell workers not to run it.
-                if matches!(
-                    error,
-                    PublishError::ConfirmTimeout(_) | PublishError::Amqp(_)
-                ) {
+                if cancel {
                     self.spawn_cancel(correlation_id);
                 }
-                let error = RequestError::Unavailable(UnavailableCause::PublishFailed(error));
                 self.send_refusal(conn, ack, &error);
             }
         }
@@ -192,9 +204,52 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             request
                 .metrics
                 .finish(Outcome::Error(error.code().as_str()));
+            self.keep_refusal(
+                &request.request_type,
+                error,
+                Some((correlation_id, &request.trace)),
+            );
             self.release_id(correlation_id, request);
         }
         self.send_refusal(conn, ack, error);
+    }
+
+    /// Writes a refused request to the console's recent failures (when the console is on),
+    /// with its correlation id and trace once it had them. Refusals only: a request that is
+    /// admitted and published never comes here. Not kept: `RATE_LIMITED` (a client over its
+    /// limits sends them by the hundred and would push every other failure out; the metrics
+    /// count them) and a host that is shutting down (the operator's own doing).
+    fn keep_refusal(
+        &self,
+        request_type: &str,
+        error: &RequestError,
+        admitted: Option<(Uuid, &TraceParent)>,
+    ) {
+        let Some(failures) = &self.failures else {
+            return;
+        };
+        if matches!(
+            error,
+            RequestError::RateLimited(_)
+                | RequestError::Unavailable(UnavailableCause::ShuttingDown)
+        ) {
+            return;
+        }
+        // A type name from the client (unknown type) is kept as long as an id may be.
+        let request_type: String = request_type
+            .chars()
+            .take(taskgate_protocol::MAX_CLIENT_ID_LEN)
+            .collect();
+        let (correlation_id, traceparent) = admitted
+            .map(|(id, trace)| (id.to_string(), trace.to_string()))
+            .unwrap_or_default();
+        failures.record(
+            &request_type,
+            error.code().as_str(),
+            &error.to_string(),
+            &correlation_id,
+            &traceparent,
+        );
     }
 
     /// Admits a request: the request rate and shutdown gates, then the checks that need no

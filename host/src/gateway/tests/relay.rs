@@ -302,3 +302,80 @@ async fn requests_that_end_with_an_error_are_kept_for_the_console_and_cancellati
     assert!(kept[0].traceparent.starts_with("00-"), "{kept:?}");
     h.assert_clean();
 }
+
+/// Requests refused before they ran reach the console's failures too, with their code and
+/// message (and their correlation id and trace once admitted); a client over its limits or a
+/// host shutting down does not fill the list, and a request that succeeds adds nothing.
+#[tokio::test]
+async fn refusals_an_operator_must_see_are_kept_for_the_console_but_not_rate_limits_or_shutdown() {
+    let failures = Arc::new(crate::console::failures::RecentFailures::new("host-a", 20));
+    let h = harness_with(|gateway| {
+        gateway
+            .with_recent_failures(failures.clone())
+            .with_limits(&Limits {
+                max_in_flight: 1,
+                ..Limits::default()
+            })
+    });
+    h.submit(1, req("a", "nope", json!({}))).await;
+    h.submit(2, req("b", "strict", json!({"n": "x"}))).await;
+    h.submit(3, req("c", "small", json!("0123456789abcdef")))
+        .await;
+    h.submit(4, envelope(json!({"id": "d"}))).await;
+    for _ in 0..crate::serving::UNSERVED_AFTER_LOOKS {
+        h.gateway.serving().observe("taskgate.echo", Ok(0));
+    }
+    h.submit(5, req("e", "echo", json!(1))).await;
+    h.broker.fail_with(Some(PublishError::NotConnected));
+    h.submit(6, req("f", "slow", json!(1))).await;
+    h.broker.fail_with(None);
+    let before_ok = failures.list().len();
+    assert_eq!(
+        h.submit(7, req("g", "slow", json!(1))).await["ok"],
+        json!(true)
+    );
+    assert_eq!(failures.list().len(), before_ok, "a success adds nothing");
+    // Over the in-flight limit (1): RATE_LIMITED, not kept.
+    assert_eq!(
+        refusal_code(&h.submit(8, req("h", "slow", json!(1))).await),
+        "RATE_LIMITED"
+    );
+    h.gateway.stop_admitting();
+    assert_eq!(
+        refusal_code(&h.submit(9, req("i", "slow", json!(1))).await),
+        "UNAVAILABLE"
+    );
+
+    let kept = failures.list();
+    let seen: Vec<(&str, &str)> = kept
+        .iter()
+        .map(|f| (f.request_type.as_str(), f.code.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("slow", "UNAVAILABLE"),
+            ("echo", "UNAVAILABLE"),
+            ("", "BAD_REQUEST"),
+            ("small", "PAYLOAD_TOO_LARGE"),
+            ("strict", "INVALID_PAYLOAD"),
+            ("nope", "UNKNOWN_REQUEST_TYPE"),
+        ],
+        "{kept:#?}"
+    );
+    let no_workers = &kept[1];
+    assert!(
+        no_workers.message.contains("taskgate.echo"),
+        "{no_workers:?}"
+    );
+    assert!(
+        !no_workers.correlation_id.is_empty(),
+        "admitted: it has one"
+    );
+    assert!(no_workers.traceparent.starts_with("00-"), "{no_workers:?}");
+    assert!(kept[0].message.contains("not connected"), "{:?}", kept[0]);
+    let unknown = &kept[5];
+    assert!(unknown.message.contains("`nope`"), "{unknown:?}");
+    assert_eq!(unknown.correlation_id, "", "refused before it had one");
+    assert_eq!(unknown.host, "host-a");
+}

@@ -758,6 +758,10 @@ impl HostControl for ConsoleHost {
         self.gateway.cancel_by_operator(correlation_id, operator)
     }
 
+    fn queue_looks(&self) -> Option<Vec<(String, crate::console::cluster::Look)>> {
+        Some(self.gateway.serving().looks())
+    }
+
     fn tasks(&self) -> Vec<crate::gateway::task_list::TaskSummary> {
         self.gateway.detached_tasks()
     }

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
+use crate::console::cluster::Look;
 use crate::error::{RequestError, UnavailableCause};
 
 /// How often every request queue is looked at.
@@ -74,6 +75,8 @@ struct QueueWatch {
     zero_looks: u32,
     /// The last look: when it started, and its consumers (`None`: it failed).
     last: Option<(Instant, Option<u32>)>,
+    /// The last look whole: ready messages and consumers, or why it failed (the console's).
+    latest: Option<Look>,
     /// Held by the request that looks again, so that a burst of requests to an unserved
     /// type costs one look, not one each.
     looking: Arc<tokio::sync::Mutex<()>>,
@@ -104,28 +107,25 @@ pub struct Unserved {
 }
 
 impl Serving {
-    /// Takes a look at `queue` that just ended: its consumers, or why it could not be looked at.
+    /// Takes a look at `queue` that just ended that told only its consumers (ready messages
+    /// count as 0), or why it could not be looked at.
     pub fn observe(&self, queue: &str, look: Result<u32, String>) -> Option<Change> {
-        self.observe_from(queue, look, Instant::now())
+        self.observe_from(queue, look.map(|consumers| (0, consumers)), Instant::now())
     }
 
     /// Takes a look at `queue` that started at `started`.
-    fn observe_from(
-        &self,
-        queue: &str,
-        look: Result<u32, String>,
-        started: Instant,
-    ) -> Option<Change> {
+    fn observe_from(&self, queue: &str, look: Look, started: Instant) -> Option<Change> {
         let mut queues = lock(&self.queues);
         let watch = queues.entry(queue.to_owned()).or_default();
         let was_unserved = watch.unserved();
         match look {
-            Ok(0) => watch.zero_looks = watch.zero_looks.saturating_add(1),
+            Ok((_, 0)) => watch.zero_looks = watch.zero_looks.saturating_add(1),
             Ok(_) => watch.zero_looks = 0,
             // Nothing is known: the count of empty looks stands.
             Err(_) => {}
         }
-        watch.last = Some((started, look.ok()));
+        watch.last = Some((started, look.as_ref().ok().map(|(_, consumers)| *consumers)));
+        watch.latest = Some(look);
         let now_unserved = watch.unserved();
         self.any_unserved
             .store(queues.values().any(QueueWatch::unserved), Ordering::Relaxed);
@@ -151,6 +151,17 @@ impl Serving {
         lock(&self.queues)
             .get(queue)
             .and_then(|w| w.last.and_then(|(_, consumers)| consumers))
+    }
+
+    /// Every watched queue's last look (ready messages and consumers, or why it failed), by
+    /// name: what the console shows, so that it need not declare the queues again.
+    pub fn looks(&self) -> Vec<(String, Look)> {
+        let mut looks: Vec<(String, Look)> = lock(&self.queues)
+            .iter()
+            .filter_map(|(queue, watch)| Some((queue.clone(), watch.latest.clone()?)))
+            .collect();
+        looks.sort_by(|a, b| a.0.cmp(&b.0));
+        looks
     }
 
     /// Forgets the queues no type is served on any more (hot reload).
@@ -190,7 +201,7 @@ impl Serving {
         };
         if !looked_since(self) {
             let started = Instant::now();
-            let look = broker.consumers(queue).await;
+            let look = broker.look(queue).await;
             debug!(
                 queue,
                 ?look,
@@ -273,8 +284,8 @@ pub async fn watch<B: Broker>(
         serving.keep_only(&by_queue.keys().copied().collect::<Vec<_>>());
         for (queue, request_types) in &by_queue {
             let started = Instant::now();
-            let look = broker.consumers(queue).await;
-            if let Ok(consumers) = look {
+            let look = broker.look(queue).await;
+            if let Ok((_, consumers)) = look {
                 for request_type in request_types {
                     crate::metrics::record_consumers(request_type, consumers);
                 }
@@ -362,6 +373,42 @@ mod tests {
             .check(&broker, "t", "q", WhenNoWorkers::Fail)
             .await
             .is_ok());
+    }
+
+    /// The watch keeps each queue's whole last look (ready messages too): the console reads
+    /// it instead of declaring the queues again.
+    #[tokio::test]
+    async fn the_watch_keeps_each_queues_last_look_for_the_console() {
+        let serving = Arc::new(Serving::default());
+        let broker = Arc::new(MemoryBroker::new());
+        broker.set_consumers("q.a", 2);
+        broker.set_ready("q.a", 9);
+        broker.fail_looks("q.b", "no such queue");
+        let stop = CancellationToken::new();
+        let types = || {
+            vec![
+                ("a".to_owned(), "q.a".to_owned()),
+                ("b".to_owned(), "q.b".to_owned()),
+            ]
+        };
+        let watch = tokio::spawn(watch(serving.clone(), broker.clone(), types, stop.clone()));
+        let mut looks = Vec::new();
+        for _ in 0..100 {
+            looks = serving.looks();
+            if looks.len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        watch.await.unwrap();
+        assert_eq!(
+            looks,
+            [
+                ("q.a".to_owned(), Ok((9, 2))),
+                ("q.b".to_owned(), Err("no such queue".to_owned()))
+            ]
+        );
     }
 
     #[test]

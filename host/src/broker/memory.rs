@@ -59,6 +59,8 @@ pub struct MemoryBroker {
     bus: Option<(Arc<MemoryBus>, String)>,
     /// Consumers per queue as a passive declare would tell, or why it fails (none unless set).
     consumers: Mutex<HashMap<String, Result<u32, String>>>,
+    /// Ready messages per queue, as looks tell them (0 unless set).
+    ready: Mutex<HashMap<String, u32>>,
 }
 
 impl MemoryBroker {
@@ -72,6 +74,11 @@ impl MemoryBroker {
             bus: Some((bus, queue.to_owned())),
             ..Self::default()
         }
+    }
+
+    /// Looks at `queue` tell `count` ready messages from now on.
+    pub fn set_ready(&self, queue: &str, count: u32) {
+        lock(&self.ready).insert(queue.to_owned(), count);
     }
 
     /// `queue` has `count` consumers from now on.
@@ -141,8 +148,13 @@ impl Broker for MemoryBroker {
         self.confirm_timeouts.fetch_add(1, Ordering::SeqCst);
     }
 
-    async fn consumers(&self, queue: &str) -> Result<u32, String> {
-        lock(&self.consumers).get(queue).cloned().unwrap_or(Ok(0))
+    async fn look(&self, queue: &str) -> crate::console::cluster::Look {
+        let ready = lock(&self.ready).get(queue).copied().unwrap_or(0);
+        lock(&self.consumers)
+            .get(queue)
+            .cloned()
+            .unwrap_or(Ok(0))
+            .map(|consumers| (ready, consumers))
     }
 
     fn own_queue(&self) -> Option<String> {

@@ -109,9 +109,10 @@ pub trait Broker: Send + Sync + 'static {
     /// connection now and reconnects if it is dead. Returns at once.
     fn confirm_timed_out(&self) {}
 
-    /// How many consumers `queue` has now (a passive declare: one round trip), or why that
-    /// could not be told (not connected, no such queue). `serving` asks every few seconds.
-    fn consumers(&self, queue: &str) -> impl Future<Output = Result<u32, String>> + Send;
+    /// `queue`'s ready messages and consumers now (a passive declare: one round trip), or why
+    /// that could not be told (not connected, no such queue). `serving` asks every few seconds,
+    /// and the console reads its answers.
+    fn look(&self, queue: &str) -> impl Future<Output = crate::console::cluster::Look> + Send;
 
     /// This host's reply queue while connected: where other hosts send hand-offs for it.
     fn own_queue(&self) -> Option<String>;

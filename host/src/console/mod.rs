@@ -73,6 +73,12 @@ pub trait HostControl: Send + Sync + 'static {
     /// Cancel a request: ended `CANCELLED` if this host holds it, workers told either way.
     /// Whether this host held it.
     fn cancel(&self, correlation_id: Uuid, operator: &str) -> bool;
+    /// The request queues as the host's own watch last looked at them (`serving`, every
+    /// 2 s: ready messages and consumers, or why not), by name; `None`: the console looks at
+    /// them itself (passive declares on its own connection).
+    fn queue_looks(&self) -> Option<Vec<(String, cluster::Look)>> {
+        None
+    }
     /// This host's detached tasks, newest first (the shared store's: [`tasks::StoredTasks`]).
     fn tasks(&self) -> Vec<TaskSummary> {
         Vec::new()
@@ -416,7 +422,19 @@ impl ClusterObserver for Console {
         }
     }
 
+    /// The queues to declare: none when the host's own looks are there to read (one source
+    /// of truth with `/readyz` and the refusals of types without workers); they are taken
+    /// into the history here, at the link's pace ([`cluster::QUEUES_EVERY`]).
     fn queues(&self) -> Vec<String> {
+        if let Some(looks) = self.control.queue_looks() {
+            let names: Vec<String> = looks.iter().map(|(queue, _)| queue.clone()).collect();
+            let mut queues = lock(&self.queues);
+            for (queue, look) in looks {
+                queues.observe(&queue, look);
+            }
+            queues.keep_only(&names);
+            return Vec::new();
+        }
         let mut queues: Vec<String> = self
             .control
             .status()

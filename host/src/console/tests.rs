@@ -1060,3 +1060,69 @@ async fn unacknowledged_counts_come_from_the_management_api_when_it_answers() {
     assert_eq!(seen["management"]["reachable"], false);
     assert_eq!(seen["management"]["error"], "not configured");
 }
+
+/// A host whose own watch of the queues (`serving`) has looked at them.
+struct WatchingHost {
+    inner: FakeHost,
+    looks: Vec<(String, cluster::Look)>,
+}
+
+impl HostControl for WatchingHost {
+    fn status(&self) -> HostStatus {
+        self.inner.status()
+    }
+    fn set_draining(&self, draining: bool) {
+        self.inner.set_draining(draining);
+    }
+    fn rescan(&self) {}
+    fn cancel(&self, correlation_id: uuid::Uuid, operator: &str) -> bool {
+        self.inner.cancel(correlation_id, operator)
+    }
+    fn queue_looks(&self) -> Option<Vec<(String, cluster::Look)>> {
+        Some(self.looks.clone())
+    }
+}
+
+/// The console reads the looks the host takes anyway instead of declaring the queues again:
+/// one source of truth for the page, `/readyz` and the refusals of types without workers.
+#[tokio::test]
+async fn the_console_takes_the_hosts_own_looks_at_the_queues_and_declares_nothing() {
+    let host = Arc::new(WatchingHost {
+        inner: FakeHost::default(),
+        looks: vec![
+            ("taskgate.text.echo".to_owned(), Ok((7, 2))),
+            ("taskgate.gone".to_owned(), Err("no such queue".to_owned())),
+        ],
+    });
+    let console = Arc::new(Console::new(
+        host,
+        admission(Authenticator::none()),
+        "admin".into(),
+    ));
+    assert!(
+        ClusterObserver::queues(console.as_ref()).is_empty(),
+        "nothing for the cluster link to declare"
+    );
+    let (_, _, body) = call(
+        &console.router(),
+        Method::GET,
+        "/console/api/overview",
+        "127.0.0.1:1",
+        None,
+    )
+    .await;
+    let overview: Value = serde_json::from_str(&body).unwrap();
+    let queues = overview["queues"].as_array().unwrap();
+    let echo = queues
+        .iter()
+        .find(|q| q["queue"] == "taskgate.text.echo")
+        .unwrap();
+    assert_eq!(echo["ready"], 7, "{body}");
+    assert_eq!(echo["consumers"], 2);
+    let gone = queues
+        .iter()
+        .find(|q| q["queue"] == "taskgate.gone")
+        .unwrap();
+    assert_eq!(gone["error"], "no such queue");
+    assert_eq!(gone["alarm"], true);
+}

@@ -5,9 +5,11 @@
 //! - Every [`BEAT_EVERY`] it publishes this host's heartbeat to the `taskgate.hosts` fanout
 //!   exchange (protocol §2.6) and hands every beat it receives (its own included) to
 //!   `on_beat`, through an exclusive auto-deleted queue `taskgate.hosts.<host id>`.
-//! - Every [`QUEUES_EVERY`] it declares each request queue passively: the answer carries the
-//!   ready messages and the consumers, without the management plugin. A passive declare of a
-//!   queue that does not exist closes its channel; the next look opens another.
+//! - Every [`QUEUES_EVERY`] it asks the console for the queues to declare passively (the
+//!   answer carries the ready messages and the consumers, without the management plugin; a
+//!   passive declare of a queue that does not exist closes its channel, and the next look
+//!   opens another). A console on a host declares none: it reads the looks the host's
+//!   `serving` watch takes anyway (`HostControl::queue_looks`).
 //!
 //! The link reconnects every few seconds while the broker is away, and ends with `stop`.
 

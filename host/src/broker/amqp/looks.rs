@@ -1,7 +1,7 @@
 //! A look at a request queue: a passive declare, whose answer carries the ready messages and
-//! the consumers without the management plugin. The console's cluster link and the host's
-//! watch of which types have workers (`serving`, through `AmqpBroker::consumers`) both look
-//! this way.
+//! the consumers without the management plugin. The host's watch of which types have workers
+//! (`serving`, through `Broker::look`) looks this way, and the console reads its looks; the
+//! console's cluster link looks itself only for a console without them.
 
 use std::time::Duration;
 

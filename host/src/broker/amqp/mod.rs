@@ -206,16 +206,14 @@ impl Broker for AmqpBroker {
         }
     }
 
-    async fn consumers(&self, queue: &str) -> Result<u32, String> {
+    async fn look(&self, queue: &str) -> crate::console::cluster::Look {
         let live = self
             .shared
             .live
             .load_full()
             .ok_or_else(|| "not connected to the broker".to_owned())?;
         let mut looker = self.shared.looker.lock().await;
-        looks::look_at(&live.connection, &mut looker, queue)
-            .await
-            .map(|(_, consumers)| consumers)
+        looks::look_at(&live.connection, &mut looker, queue).await
     }
 
     fn own_queue(&self) -> Option<String> {

@@ -66,20 +66,24 @@ fn owner_text(record: &TaskRecord) -> String {
 
 /// `running`, `succeeded`, or the error code it ended with (`CANCELLED`, `TIMEOUT`, …), as
 /// for this host's tasks.
-fn state_text(record: &TaskRecord) -> String {
+///
+/// A running task past its deadline is `overdue`: the host that ran it would have written
+/// `TIMEOUT` at the deadline, so it is gone; the next `attach` (or a cancel) ends it.
+fn state_text(record: &TaskRecord, now_ms: u64) -> String {
     match (record.state, &record.error_code) {
         (TaskState::Failed | TaskState::Cancelled, Some(code)) => code.to_string(),
+        (TaskState::Running, _) if now_ms > record.deadline_ms => "overdue".to_owned(),
         (state, _) => state.as_str().to_owned(),
     }
 }
 
-fn summary(record: &TaskRecord) -> TaskSummary {
+fn summary(record: &TaskRecord, now_ms: u64) -> TaskSummary {
     TaskSummary {
         correlation_id: record.correlation_id.to_string(),
         client_id: record.client_id.to_string(),
         request_type: record.request_type.to_string(),
         owner: owner_text(record),
-        state: state_text(record),
+        state: state_text(record, now_ms),
         started_at_ms: record.started_at_ms,
         location: Location::Store,
     }
@@ -89,7 +93,8 @@ fn summary(record: &TaskRecord) -> TaskSummary {
 impl StoredTasks for SharedStore {
     async fn recent(&self, limit: usize) -> Result<Vec<TaskSummary>, String> {
         let records = self.0.list_recent(limit).await.map_err(|e| e.to_string())?;
-        Ok(records.iter().map(summary).collect())
+        let now_ms = super::now_ms();
+        Ok(records.iter().map(|r| summary(r, now_ms)).collect())
     }
 
     /// As the owner's `cancel` does (`gateway::shared_tasks`): marked, then `CANCELLED` if

@@ -647,11 +647,29 @@ mod stored {
         }))
     }
 
+    /// A task started at `at_ms` (as listed; the store's deadline runs from its own clock).
     async fn started(
         store: &Arc<dyn TaskStore>,
         owner: &Owner,
         id: &str,
         at_ms: u64,
+    ) -> uuid::Uuid {
+        started_for(
+            store,
+            owner,
+            id,
+            at_ms,
+            Duration::from_secs(100 * 365 * 24 * 3600),
+        )
+        .await
+    }
+
+    async fn started_for(
+        store: &Arc<dyn TaskStore>,
+        owner: &Owner,
+        id: &str,
+        at_ms: u64,
+        timeout: Duration,
     ) -> uuid::Uuid {
         let task = NewTask {
             owner: OwnerKey::of(owner),
@@ -659,7 +677,7 @@ mod stored {
             correlation_id: uuid::Uuid::new_v4(),
             request_type: "video.encode".into(),
             started_at_ms: at_ms,
-            timeout: Duration::from_secs(60),
+            timeout,
         };
         store.create(&task).await.unwrap();
         task.correlation_id
@@ -861,6 +879,31 @@ mod stored {
                 "workers are told all the same"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_running_task_past_its_deadline_is_listed_overdue() {
+        // Its host is gone (a live host writes TIMEOUT at the deadline): the console says
+        // so rather than `running` until someone attaches.
+        let store = memory_store();
+        let alice = Owner::Subject("alice".into());
+        let overdue = started_for(&store, &alice, "stuck", 1_000, Duration::ZERO).await;
+        let fine = started(&store, &alice, "fine", 2_000).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let app = console_with(Arc::new(FakeHost::default()), Arc::new(SharedStore(store)));
+
+        let all = listing(&app, "/console/api/tasks?q=store").await;
+        let state_of = |id: uuid::Uuid| {
+            all["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["correlationId"] == id.to_string())
+                .map(|t| t["state"].clone())
+                .unwrap()
+        };
+        assert_eq!(state_of(overdue), "overdue", "{all}");
+        assert_eq!(state_of(fine), "running", "{all}");
     }
 }
 

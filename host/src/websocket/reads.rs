@@ -7,12 +7,15 @@
 //! small reads go straight to the socket as before; once a read fills tungstenite's whole
 //! buffer — a message larger than it is arriving — the next one takes up to [`LARGE_READ`]
 //! from the socket at once into a buffer of its own and hands it out from memory. That
-//! buffer is freed as soon as it is drained, so an idle connection keeps nothing more.
+//! buffer is freed as soon as it is drained, so an idle connection keeps nothing more. It is
+//! read into uninitialised: zero-filling 64 KiB before each read cost a megabyte of `memset`
+//! per 1 MB message (docs/performance.md, "Large payloads II").
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How much one read takes from the socket while a large message arrives.
@@ -23,9 +26,7 @@ pub const LARGE_READ: usize = 64 * 1024;
 pub struct GrowingReads<IO> {
     io: IO,
     /// Read from the socket, not handed out yet (empty and unallocated between messages).
-    pending: Vec<u8>,
-    /// Where the unhanded part of `pending` starts.
-    start: usize,
+    pending: BytesMut,
     /// The last read from the socket filled the buffer it was given: more is probably waiting.
     streak: bool,
 }
@@ -34,8 +35,7 @@ impl<IO> GrowingReads<IO> {
     pub fn new(io: IO) -> Self {
         GrowingReads {
             io,
-            pending: Vec::new(),
-            start: 0,
+            pending: BytesMut::new(),
             streak: false,
         }
     }
@@ -47,13 +47,11 @@ impl<IO> GrowingReads<IO> {
 
     /// Copies what `pending` still holds into `buf`; frees `pending` once drained.
     fn hand_out(&mut self, buf: &mut ReadBuf<'_>) {
-        let available = &self.pending[self.start..];
-        let n = available.len().min(buf.remaining());
-        buf.put_slice(&available[..n]);
-        self.start += n;
-        if self.start == self.pending.len() {
-            self.pending = Vec::new();
-            self.start = 0;
+        let n = self.pending.len().min(buf.remaining());
+        buf.put_slice(&self.pending[..n]);
+        self.pending.advance(n);
+        if self.pending.is_empty() {
+            self.pending = BytesMut::new();
         }
     }
 }
@@ -65,7 +63,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for GrowingReads<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.start < this.pending.len() {
+        if !this.pending.is_empty() {
             this.hand_out(buf);
             return Poll::Ready(Ok(()));
         }
@@ -81,23 +79,18 @@ impl<IO: AsyncRead + Unpin> AsyncRead for GrowingReads<IO> {
             return read;
         }
         // A large message is arriving: take as much of it as the socket has, up to LARGE_READ.
-        let mut large = vec![0u8; LARGE_READ];
-        let mut into = ReadBuf::new(&mut large);
-        match Pin::new(&mut this.io).poll_read(cx, &mut into) {
-            Poll::Ready(Ok(())) => {
-                let n = into.filled().len();
-                this.streak = n == LARGE_READ;
-                large.truncate(n);
-                this.pending = large;
-                this.start = 0;
+        let mut large = BytesMut::with_capacity(LARGE_READ);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut large) {
+            Poll::Ready(Ok(n)) => {
+                this.streak = n >= LARGE_READ;
                 if n > 0 {
+                    this.pending = large;
                     this.hand_out(buf);
-                } else {
-                    this.pending = Vec::new();
                 }
                 Poll::Ready(Ok(()))
             }
-            other => other,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -141,6 +134,17 @@ mod tests {
     struct Counting<IO> {
         io: IO,
         reads: usize,
+        /// The most bytes a read was handed already initialised beyond what it had to
+        /// fill (64 KiB when the buffer was zero-filled first).
+        max_initialised: usize,
+    }
+
+    fn counting<IO>(io: IO) -> Counting<IO> {
+        Counting {
+            io,
+            reads: 0,
+            max_initialised: 0,
+        }
     }
 
     impl<IO: AsyncRead + Unpin> AsyncRead for Counting<IO> {
@@ -150,6 +154,10 @@ mod tests {
             buf: &mut ReadBuf<'_>,
         ) -> Poll<io::Result<()>> {
             let this = self.get_mut();
+            let initialised = buf.initialized().len() - buf.filled().len();
+            if buf.remaining() >= LARGE_READ {
+                this.max_initialised = this.max_initialised.max(initialised);
+            }
             let read = Pin::new(&mut this.io).poll_read(cx, buf);
             if read.is_ready() {
                 this.reads += 1;
@@ -175,10 +183,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(2 * 1024 * 1024);
         let message: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         client.write_all(&message).await.unwrap();
-        let mut reads = GrowingReads::new(Counting {
-            io: server,
-            reads: 0,
-        });
+        let mut reads = GrowingReads::new(counting(server));
         let got = read_as_tungstenite(&mut reads, message.len()).await;
         assert_eq!(got, message);
         // 2 KiB at a time would be 489 reads.
@@ -191,12 +196,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn large_reads_are_not_zero_filled_first() {
+        let (mut client, server) = tokio::io::duplex(2 * 1024 * 1024);
+        let message: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+        client.write_all(&message).await.unwrap();
+        let mut reads = GrowingReads::new(counting(server));
+        let got = read_as_tungstenite(&mut reads, message.len()).await;
+        assert_eq!(got, message);
+        assert!(reads.io.reads < 20, "{} reads", reads.io.reads);
+        assert_eq!(
+            reads.io.max_initialised, 0,
+            "a large read's buffer was initialised before the socket filled it"
+        );
+    }
+
+    #[tokio::test]
     async fn small_messages_go_straight_through_and_nothing_is_kept() {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let mut reads = GrowingReads::new(Counting {
-            io: server,
-            reads: 0,
-        });
+        let mut reads = GrowingReads::new(counting(server));
         for i in 0..100u8 {
             let message = vec![i; 100];
             client.write_all(&message).await.unwrap();

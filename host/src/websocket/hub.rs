@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
-use taskgate_protocol::{events, ErrorBody, ReplyKind};
+use taskgate_protocol::{ErrorBody, ReplyKind};
 use tokio::sync::Notify;
 
 use super::packet;
@@ -275,11 +275,7 @@ impl Hub {
             ReplyKind::Chunk => Urgency::MayLinger,
             ReplyKind::Result | ReplyKind::Error => Urgency::Now,
         };
-        self.push(
-            id,
-            encode(packet::event(events::RESPONSE, event, size_hint))?,
-            urgency,
-        )
+        self.push(id, encode(packet::response(event, size_hint))?, urgency)
     }
 
     /// Drops a client that does not keep up: its requests are forgotten now (reported to

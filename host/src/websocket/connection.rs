@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt, TryFutureExt};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep_until, timeout, Instant};
@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::hub::{Closing, Conn, Hub, Urgency, WsAck, WsConnId};
 use super::packet::{self, EventName, Incoming, DEFAULT_NAMESPACE};
+use super::writes::{write_text_frame, DIRECT_WRITE_BYTES};
 use crate::admission::Admission;
 use crate::broker::Broker;
 use crate::config::{Settings, DEFAULT_CHUNK_LINGER};
@@ -429,7 +430,8 @@ where
         Ok(())
     }
 
-    /// Writes `frames`, in order, in as few writes as the socket allows. A client that
+    /// Writes `frames`, in order, in as few writes as the socket allows; large frames go
+    /// past tungstenite's write buffer ([`super::writes`]). A client that
     /// lets one step (a frame into the write buffer, a flush) wait longer than `stall`
     /// is dropped: it reads nothing.
     async fn write<IO>(
@@ -442,6 +444,13 @@ where
     {
         let mut waited = false;
         for frame in frames.drain(..) {
+            if frame.len() >= DIRECT_WRITE_BYTES {
+                // What tungstenite holds goes first, then this frame without its copy.
+                self.progress(ws.flush(), &mut waited).await?;
+                let direct = write_text_frame(ws.get_mut(), &frame).map_err(WsError::Io);
+                self.progress(direct, &mut waited).await?;
+                continue;
+            }
             self.progress(ws.feed(Message::text(frame)), &mut waited)
                 .await?;
         }

@@ -194,6 +194,45 @@ async fn a_request_is_acked_and_its_chunk_and_result_relayed_as_socket_io_frames
 }
 
 #[tokio::test]
+async fn large_results_written_past_tungstenites_buffer_arrive_whole_and_in_order() {
+    let mut h = start(fast(), 8 << 20).await;
+    h.connect().await;
+    // Small, direct (16-bit length), small, direct (64-bit length): in one write turn.
+    let sizes = [10usize, 40_000, 20, 1_000_000];
+    for i in 0..sizes.len() {
+        h.send(&format!(
+            r#"42{i}["request",{{"id":"r{i}","requestType":"echo","payload":{{}}}}]"#
+        ))
+        .await;
+        assert_eq!(h.recv().await.unwrap(), format!(r#"43{i}[{{"ok":true}}]"#));
+    }
+    let published = h.broker.published();
+    assert_eq!(published.len(), sizes.len());
+    for (i, size) in sizes.iter().enumerate() {
+        let body = format!(r#"{{"s":"{}"}}"#, "é".repeat(size / 2));
+        h.gateway
+            .on_reply(reply(published[i].correlation_id, "result", &body));
+    }
+    for (i, size) in sizes.iter().enumerate() {
+        let expected = format!(
+            r#"42["response",{{"id":"r{i}","type":"result","data":{{"s":"{}"}}}}]"#,
+            "é".repeat(size / 2)
+        );
+        assert_eq!(h.recv().await.unwrap(), expected, "response {i}");
+    }
+    // The connection goes on: tungstenite's frames after the direct ones are intact.
+    h.send(r#"429["request",{"id":"after","requestType":"echo","payload":{}}]"#)
+        .await;
+    assert_eq!(h.recv().await.unwrap(), r#"439[{"ok":true}]"#);
+    let correlation_id = h.broker.published()[sizes.len()].correlation_id;
+    h.gateway.on_reply(reply(correlation_id, "result", "1"));
+    assert_eq!(
+        h.recv().await.unwrap(),
+        r#"42["response",{"id":"after","type":"result","data":1}]"#
+    );
+}
+
+#[tokio::test]
 async fn a_malformed_envelope_is_a_bad_request_and_unknown_events_are_ignored() {
     let mut h = start(fast(), 1 << 20).await;
     h.connect().await;

@@ -15,12 +15,14 @@
 //! - [`connection`]: the task of one connection.
 //! - [`upgrade`]: the HTTP side — which requests are ours, the WebSocket handshake.
 //! - [`reads`]: reads that grow while a large message arrives (few system calls per MB).
+//! - [`writes`]: large frames written without tungstenite's copy into its write buffer.
 
 pub mod connection;
 pub mod hub;
 pub mod packet;
 pub mod reads;
 pub mod upgrade;
+pub mod writes;
 
 #[cfg(test)]
 #[path = "connection_tests.rs"]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{ConfigError, FileConfig, Overrides, Settings};
+use crate::runtime::WorkerThreads;
 
 /// taskgate: run backend work for React apps over Socket.IO and RabbitMQ.
 ///
@@ -36,13 +37,15 @@ pub struct Cli {
     #[arg(long, env = "TASKGATE_STATIC_DIR", global = true)]
     pub static_dir: Option<PathBuf>,
 
-    /// Threads running the async runtime. 1 (the default) runs everything on one thread
-    /// (tokio's current-thread runtime): on the 2-core benchmark machine it had the same
-    /// CPU cost per request as 2 and a shorter tail (docs/performance.md), and the broker
-    /// client's I/O runs on that same thread (no hand-over between threads per message).
-    /// More threads help when plugins' payload validation is CPU-heavy.
-    #[arg(long, env = "TASKGATE_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
-    pub worker_threads: u16,
+    /// Threads running the async runtime, i.e. how many cores one host can use. `auto` (the
+    /// default): one per core available to the process (its CPU affinity and cgroup quota
+    /// count) from 3 cores up, and 1 on one or two cores, where a second thread cost 19–55%
+    /// more CPU per request and bought no throughput (docs/performance.md, "Every core").
+    /// N: exactly N; 1 is tokio's current-thread runtime, where the sockets and the broker
+    /// client's I/O never hand a message between threads. The host logs at start what it
+    /// runs and why.
+    #[arg(long, env = "TASKGATE_WORKER_THREADS", default_value_t = WorkerThreads::Auto, global = true)]
+    pub worker_threads: WorkerThreads,
 
     /// Log format: human-readable text, or one JSON object per line.
     #[arg(long, env = "TASKGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -200,6 +203,7 @@ impl Cli {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
@@ -224,5 +228,31 @@ mod tests {
         );
         let long = Cli::command().render_version();
         assert!(long.contains("plugin API"), "{long}");
+    }
+
+    #[test]
+    fn worker_threads_default_to_auto_and_take_a_number() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["taskgate"], args].concat());
+        assert_eq!(parse(&[]).unwrap().worker_threads, WorkerThreads::Auto);
+        assert_eq!(
+            parse(&["--worker-threads", "auto"]).unwrap().worker_threads,
+            WorkerThreads::Auto
+        );
+        let two = std::num::NonZeroUsize::new(2).unwrap();
+        assert_eq!(
+            parse(&["--worker-threads", "2"]).unwrap().worker_threads,
+            WorkerThreads::Fixed(two)
+        );
+        // Global: also after a subcommand.
+        assert_eq!(
+            parse(&["plugins", "--worker-threads", "2"])
+                .unwrap()
+                .worker_threads,
+            WorkerThreads::Fixed(two)
+        );
+        for bad in ["0", "many", "2000"] {
+            let err = parse(&["--worker-threads", bad]).unwrap_err().to_string();
+            assert!(err.contains("auto"), "{bad}: {err}");
+        }
     }
 }

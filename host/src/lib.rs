@@ -21,7 +21,8 @@
 //! - [`reload`] and [`watcher`]: hot reload — rescan on every change of the plugins
 //!   directory or plugins.toml, swap in a new routing table.
 //! - [`schemas`]: `taskgate schemas`, the request types' JSON Schemas for client codegen.
-//! - [`config`] and [`cli`]: plugins.toml, flags, environment variables.
+//! - [`config`] and [`cli`]: plugins.toml, flags, environment variables; [`runtime`] how
+//!   many threads run the host (`--worker-threads auto|N`).
 //! - [`server`]: build the host, its router, serve until the shutdown signal; [`http`] the
 //!   accept loop (timeouts and a limit before a connection's first request); [`shutdown`]
 //!   the graceful sequence; [`request_head`] keeps idle WebSockets small.
@@ -63,6 +64,7 @@ pub mod reload;
 pub mod request_head;
 pub mod resume;
 pub mod routes;
+pub mod runtime;
 pub mod scaffold;
 pub mod schemas;
 pub mod server;

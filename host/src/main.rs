@@ -8,7 +8,7 @@ use clap::Parser;
 use taskgate_host::broker::amqp::{consumers_now, dead_letters};
 use taskgate_host::cli::{Cli, Command, DeadLettersCommand, LogFormat, NewCommand};
 use taskgate_host::dead_letters::DeadLetterNames;
-use taskgate_host::{plugins, scaffold, schemas, server};
+use taskgate_host::{plugins, runtime, scaffold, schemas, server};
 use tracing::{info, warn};
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
@@ -201,24 +201,17 @@ fn main() -> ExitCode {
         // Writes files from templates: no runtime, no settings, no plugins.
         return new(command);
     }
-    let mut builder = match cli.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        n => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(usize::from(n));
-            builder
-        }
-    };
-    match builder.enable_all().build() {
-        Ok(runtime) => runtime.block_on(async_main(cli)),
+    let plan = runtime::plan(cli.worker_threads, runtime::available_cores());
+    match runtime::build(&plan) {
+        Ok(runtime) => runtime.block_on(async_main(cli, plan)),
         Err(e) => {
-            eprintln!("taskgate: cannot start the async runtime: {e}");
+            eprintln!("taskgate: cannot start the async runtime ({plan}): {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn async_main(cli: Cli) -> ExitCode {
+async fn async_main(cli: Cli, plan: runtime::Plan) -> ExitCode {
     init_logging(cli.log_format);
     if let Some(Command::Status { url, token, json }) = &cli.command {
         // A client of a running host: it needs no plugins.toml.
@@ -278,6 +271,7 @@ async fn async_main(cli: Cli) -> ExitCode {
         }
         // (`inspect-plugin` and `new` returned in `main`, `status` above, already.)
         Command::Run | Command::InspectPlugin { .. } | Command::Status { .. } | Command::New(_) => {
+            info!(threads = plan.threads, "runtime: {plan}");
             taskgate_host::open_files::raise_for(&settings.limits);
             let listener = match server::bind(settings.listen).await {
                 Ok(listener) => listener,

@@ -54,6 +54,7 @@ pub mod gateway;
 pub mod host_names;
 pub mod http;
 pub mod limits;
+pub mod listen;
 pub mod log_lines;
 pub mod metrics;
 pub mod open_files;

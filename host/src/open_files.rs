@@ -2,8 +2,11 @@
 //! plugin file and log file is a file descriptor; a soft limit of 1,024 (a common default
 //! for a login shell) caps a host at about a thousand clients, long before its memory does.
 //! The host raises its soft limit towards the hard limit at start, as Go's runtime does for
-//! every program, and says so when the hard limit is below what `[limits]` allows: raising
-//! the hard limit is the operator's call (`ulimit -Hn`, systemd's `LimitNOFILE=`).
+//! every program. When `[limits]` allows more connections than the hard limit, a host that
+//! may (root, or `CAP_SYS_RESOURCE`) raises the hard limit too, up to the kernel's ceiling
+//! `fs.nr_open`: the operator asked for those connections in plugins.toml. Otherwise it says
+//! so: raising the hard limit is then the operator's call (`ulimit -Hn`, systemd's
+//! `LimitNOFILE=`).
 
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
@@ -29,11 +32,18 @@ pub fn wanted(limits: &Limits) -> Option<u64> {
     )
 }
 
+/// The kernel's ceiling for any process's open-files limit.
+const NR_OPEN: &str = "/proc/sys/fs/nr_open";
+
 /// What raising the limit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Raised {
     pub before: u64,
     pub now: u64,
+    /// The hard limit before, when the host raised it.
+    pub hard_before: Option<u64>,
+    /// The hard limit now.
+    pub hard: u64,
     /// Below what the host wants, because the hard limit is.
     pub short_of: Option<u64>,
 }
@@ -45,25 +55,56 @@ pub fn target(soft: u64, hard: u64, wanted: Option<u64>) -> u64 {
     soft.max(goal)
 }
 
-/// Raises this process's soft open-files limit as `target` says.
+/// The hard limit to ask for when `wanted` is above `hard`: `wanted`, but not above the
+/// kernel's ceiling `nr_open` (a larger request fails). `None`: nothing to ask for.
+pub fn hard_target(hard: u64, wanted: Option<u64>, nr_open: Option<u64>) -> Option<u64> {
+    let goal = wanted?.min(nr_open.unwrap_or(u64::MAX));
+    (goal > hard).then_some(goal)
+}
+
+fn nr_open() -> Option<u64> {
+    std::fs::read_to_string(NR_OPEN).ok()?.trim().parse().ok()
+}
+
+/// Raises this process's soft open-files limit as `target` says, after raising its hard
+/// limit as `hard_target` says where the process may (it keeps the old one where not).
 pub fn raise(wanted: Option<u64>) -> rustix::io::Result<Raised> {
     let limit = getrlimit(Resource::Nofile);
     // `None` is "unlimited".
     let soft = limit.current.unwrap_or(u64::MAX);
-    let hard = limit.maximum.unwrap_or(u64::MAX);
+    let mut hard = limit.maximum.unwrap_or(u64::MAX);
+    let mut maximum = limit.maximum;
+    let mut hard_before = None;
+    if let Some(goal) = hard_target(hard, wanted, nr_open()) {
+        // Fails with EPERM without CAP_SYS_RESOURCE: then the old hard limit stays.
+        let raised = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(soft.min(goal)),
+                maximum: Some(goal),
+            },
+        );
+        if raised.is_ok() {
+            hard_before = Some(hard);
+            hard = goal;
+            maximum = Some(goal);
+        }
+    }
     let now = target(soft, hard, wanted);
     if now != soft {
         setrlimit(
             Resource::Nofile,
             Rlimit {
                 current: Some(now),
-                maximum: limit.maximum,
+                maximum,
             },
         )?;
     }
     Ok(Raised {
         before: soft,
         now,
+        hard_before,
+        hard,
         short_of: wanted.filter(|w| *w > now),
     })
 }
@@ -73,6 +114,14 @@ pub fn raise(wanted: Option<u64>) -> rustix::io::Result<Raised> {
 pub fn raise_for(limits: &Limits) {
     match raise(wanted(limits)) {
         Ok(raised) => {
+            if let Some(before) = raised.hard_before {
+                tracing::info!(
+                    before,
+                    now = raised.hard,
+                    max_connections = limits.max_connections,
+                    "raised the hard open-files limit to fit [limits] max_connections"
+                );
+            }
             if raised.now != raised.before {
                 tracing::info!(
                     before = raised.before,
@@ -87,7 +136,8 @@ pub fn raise_for(limits: &Limits) {
                     max_connections = limits.max_connections,
                     "the open-files limit is below what [limits] max_connections allows: \
                      connections past it will be refused by the kernel; raise the hard limit \
-                     (ulimit -Hn, systemd LimitNOFILE=) or lower max_connections"
+                     (ulimit -Hn, systemd LimitNOFILE=; the host raises it itself when it runs \
+                     with CAP_SYS_RESOURCE, up to fs.nr_open) or lower max_connections"
                 );
             }
         }
@@ -133,11 +183,41 @@ mod tests {
         assert!(raised.now >= wanted);
         let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
         assert_eq!(soft, raised.now);
-        // More than the hard limit: short of it, and it says so.
+        // More than the hard limit: a process that may raises its hard limit (root here,
+        // usually); one that may not stays at the hard limit and says it is short.
         if hard < u64::MAX {
             let raised = raise(Some(hard + 1)).unwrap();
-            assert_eq!(raised.short_of, Some(hard + 1));
-            assert_eq!(raised.now, hard);
+            let limit = getrlimit(Resource::Nofile);
+            if raised.hard_before.is_some() {
+                assert_eq!((raised.hard, raised.now), (hard + 1, hard + 1));
+                assert_eq!(raised.short_of, None);
+                assert_eq!(limit.maximum, Some(hard + 1));
+            } else {
+                assert_eq!(raised.short_of, Some(hard + 1));
+                assert_eq!(raised.now, hard);
+                assert_eq!(limit.maximum, Some(hard));
+            }
+            assert_eq!(limit.current, Some(raised.now));
         }
+    }
+
+    #[test]
+    fn the_hard_limit_is_raised_only_as_far_as_wanted_and_the_kernel_allows() {
+        assert_eq!(
+            hard_target(20_000, Some(102_048), Some(1_048_576)),
+            Some(102_048)
+        );
+        assert_eq!(
+            hard_target(20_000, Some(2_000_000), Some(1_048_576)),
+            Some(1_048_576)
+        );
+        // Enough already, or nothing wanted (no cap on connections: the soft limit goes to the
+        // hard one, the hard one stays).
+        assert_eq!(hard_target(200_000, Some(102_048), Some(1_048_576)), None);
+        assert_eq!(hard_target(20_000, None, Some(1_048_576)), None);
+        // The ceiling unknown: ask for what is wanted.
+        assert_eq!(hard_target(20_000, Some(30_000), None), Some(30_000));
+        // The ceiling below the hard limit already: nothing to ask for.
+        assert_eq!(hard_target(20_000, Some(30_000), Some(10_000)), None);
     }
 }

@@ -70,11 +70,10 @@ pub enum ServeError {
     Config(String),
 }
 
-/// Binds the listening socket, with a clear error for a port in use or a bad address.
+/// Binds the listening socket (with a long accept queue: `listen`), with a clear error for
+/// a port in use or a bad address.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })
+    crate::listen::bind(addr).map_err(|source| ServeError::Bind { addr, source })
 }
 
 type HostGateway = Gateway<AmqpBroker, HostSink>;

@@ -25,7 +25,7 @@ use crate::stats::{
 use crate::{check_local_amqp, EnvArgs, Phases, QueueType, WorkerKind};
 
 /// The request type under test; the example `echo` plugin declares it streams.
-const REQUEST_TYPE: &str = "echo";
+pub(crate) const REQUEST_TYPE: &str = "echo";
 const ECHO_STREAMS: bool = true;
 /// Request timeout for both phases (the plugin API's default), written into plugins.toml so
 /// the host and the direct phase send the same `expiration`.
@@ -144,16 +144,18 @@ pub struct CaseReport {
 }
 
 /// Everything that must be cleaned up, whatever happens.
-struct Run {
+pub(crate) struct Run {
     dir: PathBuf,
     queue: String,
     amqp_url: String,
-    host: Option<Process>,
+    pub(crate) host: Option<Process>,
     worker: Option<Worker>,
+    /// Lines added to `[limits]` of the host's plugins.toml (e.g. `max_connections`).
+    pub(crate) extra_limits: String,
 }
 
 impl Run {
-    fn new(amqp_url: &str) -> Self {
+    pub(crate) fn new(amqp_url: &str) -> Self {
         let run_id = uuid::Uuid::new_v4();
         Run {
             dir: std::env::temp_dir().join(format!("taskgate-bench-{run_id}")),
@@ -161,6 +163,7 @@ impl Run {
             amqp_url: amqp_url.to_owned(),
             host: None,
             worker: None,
+            extra_limits: String::new(),
         }
     }
 }
@@ -221,7 +224,7 @@ pub async fn run_idle(env: &Env, connections: u64) -> anyhow::Result<IdleReport>
 }
 
 /// Writes plugins.toml, starts the host and waits until it is ready; returns its address.
-async fn start_host(
+pub(crate) async fn start_host(
     env: &Env,
     run: &mut Run,
     queue_type: QueueType,
@@ -237,6 +240,7 @@ async fn start_host(
             &run.queue,
             queue_type,
             console,
+            &run.extra_limits,
         ),
     )
     .with_context(|| format!("writing {}", config_path.display()))?;
@@ -259,7 +263,7 @@ async fn start_host(
     Ok(addr)
 }
 
-async fn start_worker(env: &Env, spec: &CaseSpec, run: &mut Run) -> anyhow::Result<()> {
+pub(crate) async fn start_worker(env: &Env, spec: &CaseSpec, run: &mut Run) -> anyhow::Result<()> {
     let prefetch = spec.worker_prefetch.to_string();
     run.worker = Some(match spec.worker {
         WorkerKind::Example => {
@@ -614,7 +618,7 @@ fn in_flight_shares(connections: u32, in_flight: u32, channels: u32) -> Vec<usiz
 /// Samples CPU times at the window's edges, then collects the tasks' statistics and the
 /// connections they hand back; returns those, the statistics, the measured seconds and the
 /// CPU used in the window.
-async fn measure<T>(
+pub(crate) async fn measure<T>(
     phase: &'static str,
     run: &mut Run,
     window: Window,
@@ -694,7 +698,7 @@ async fn run_hook(command: Option<&str>, host_pid: u32) {
     }
 }
 
-async fn cleanup(run: Run) {
+pub(crate) async fn cleanup(run: Run) {
     if let Some(worker) = run.worker {
         worker.stop().await;
     }
@@ -720,14 +724,14 @@ async fn delete_queue(url: &str, queue: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pid_of(process: &Option<Process>) -> anyhow::Result<u32> {
+pub(crate) fn pid_of(process: &Option<Process>) -> anyhow::Result<u32> {
     process
         .as_ref()
         .map(Process::pid)
         .ok_or_else(|| anyhow!("process not started"))
 }
 
-fn secs(s: f64) -> Duration {
+pub(crate) fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
@@ -756,6 +760,7 @@ fn plugins_toml(
     queue: &str,
     queue_type: QueueType,
     console: bool,
+    extra_limits: &str,
 ) -> String {
     // TOML basic strings are JSON-compatible for what we put in them.
     let quote = |s: &str| serde_json::Value::from(s).to_string();
@@ -776,7 +781,7 @@ fn plugins_toml(
     // relay, and its closed loop keeps more requests going than a browser would.
     format!(
         "[host]\nlisten = \"127.0.0.1:0\"\namqp_url = {}\nplugins_dir = {}\n\n\
-         [limits]\nrequests_per_second = 0\nmax_in_flight = 0\n\n{console_section}\
+         [limits]\nrequests_per_second = 0\nmax_in_flight = 0\n{extra_limits}\n{console_section}\
          [plugins.echo]\nenabled = true\nqueue = {}\ntimeout_ms = {TIMEOUT_MS}\n{queue_arguments}",
         quote(amqp_url),
         quote(&plugins_dir.display().to_string()),
@@ -843,6 +848,7 @@ mod tests {
             "bench.1.echo",
             QueueType::Quorum,
             false,
+            "",
         );
         let value: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(value["host"]["listen"].as_str(), Some("127.0.0.1:0"));
@@ -865,7 +871,14 @@ mod tests {
 
     #[test]
     fn plugins_toml_turns_the_console_on_for_the_consoles_phases() {
-        let text = plugins_toml("amqp://x", Path::new("/p"), "q", QueueType::Quorum, true);
+        let text = plugins_toml(
+            "amqp://x",
+            Path::new("/p"),
+            "q",
+            QueueType::Quorum,
+            true,
+            "",
+        );
         let value: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(value["console"]["enabled"].as_bool(), Some(true));
         // The rest of the file is unchanged by it.
@@ -874,8 +887,39 @@ mod tests {
     }
 
     #[test]
+    fn plugins_toml_takes_extra_limits() {
+        let extra = "max_connections = 101074\nmax_pending_connections = 2048\n";
+        let text = plugins_toml(
+            "amqp://x",
+            Path::new("/p"),
+            "q",
+            QueueType::Quorum,
+            false,
+            extra,
+        );
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(
+            value["limits"]["max_connections"].as_integer(),
+            Some(101_074)
+        );
+        assert_eq!(
+            value["limits"]["max_pending_connections"].as_integer(),
+            Some(2048)
+        );
+        assert_eq!(value["limits"]["max_in_flight"].as_integer(), Some(0));
+        assert_eq!(value["plugins"]["echo"]["queue"].as_str(), Some("q"));
+    }
+
+    #[test]
     fn plugins_toml_asks_for_a_classic_queue() {
-        let text = plugins_toml("amqp://x", Path::new("/p"), "q", QueueType::Classic, false);
+        let text = plugins_toml(
+            "amqp://x",
+            Path::new("/p"),
+            "q",
+            QueueType::Classic,
+            false,
+            "",
+        );
         let value: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(
             value["plugins"]["echo"]["queue_arguments"]["x-queue-type"].as_str(),

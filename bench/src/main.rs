@@ -13,10 +13,12 @@
 //! that both meet the same background load on this shared machine.
 //!
 //! `taskgate-bench suite` runs the whole set (100 B, 10 KB, 1 MB, streaming, and 10,000
-//! idle connections), each case on a fresh host; `taskgate-bench idle` only the last.
+//! idle connections), each case on a fresh host; `taskgate-bench idle` only the last;
+//! `taskgate-bench idle-100k` holds 100,000 of them and runs an echo load beside them (C100K).
 //! Everything runs on 127.0.0.1 and stops by itself. See bench/README.md.
 
 mod builtin_worker;
+mod c100k;
 mod case;
 mod console_watch;
 mod direct_load;
@@ -99,6 +101,10 @@ enum Command {
     Suite(SuiteArgs),
     /// Only the idle-connections case: host memory per connected WebSocket.
     Idle(IdleArgs),
+    /// C100K (issue 17): 100,000 idle connections on one host, their handshake rate, memory
+    /// and pings, and an echo load's tail with and without them.
+    #[command(name = "idle-100k")]
+    Idle100k(Idle100kArgs),
     /// The engine candidates of the shared task store (Redis streams, a RabbitMQ stream
     /// queue): appends/s of task chunks and the latency to a live reader.
     TaskStore(TaskStoreCommand),
@@ -109,6 +115,11 @@ enum Command {
         addr: SocketAddr,
         #[arg(long)]
         connections: u64,
+        /// Local addresses the connections are made from, in turn.
+        #[arg(long, value_delimiter = ',')]
+        sources: Vec<std::net::IpAddr>,
+        #[arg(long, default_value_t = idle::CONNECT_CONCURRENCY)]
+        concurrency: usize,
     },
     /// (internal) The SDK echo worker of `--worker sdk`.
     #[command(hide = true)]
@@ -251,6 +262,46 @@ struct IdleArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Args)]
+struct Idle100kArgs {
+    #[command(flatten)]
+    env: EnvArgs,
+    /// Idle connections to open and hold.
+    #[arg(long, default_value_t = 100_000)]
+    connections: u64,
+    /// Child processes the idle connections are split over.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    client_processes: u32,
+    /// Loopback source addresses (127.0.1.1 …) the connections are spread over.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    sources: u32,
+    /// Handshakes in progress at once per client process.
+    #[arg(long, default_value_t = idle::CONNECT_CONCURRENCY)]
+    concurrency: usize,
+    /// Connections of the echo load run alone and with the idle connections.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    echo_connections: u32,
+    /// Echo requests in flight per connection.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    in_flight: u32,
+    /// Measured seconds of each echo slice (two alone, two with the idle connections).
+    #[arg(long, default_value_t = 5.0)]
+    slice: f64,
+    /// Seconds of echo load before the first slice is measured.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds after the last connection opened before the pings are counted (at least the
+    /// host's ping interval, 25 s).
+    #[arg(long, default_value_t = 30.0)]
+    hold: f64,
+    /// 2,000 connections, one-second slices, pings not waited for (smoke tests).
+    #[arg(long)]
+    quick: bool,
+    /// Write the result as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -260,12 +311,23 @@ async fn main() -> ExitCode {
             queue,
             prefetch,
         }) => echo_worker::serve(amqp_url, queue, prefetch).await,
-        Some(Command::IdleClients { addr, connections }) => {
-            raise_fd_limit(connections + 64);
-            idle::clients(addr, connections).await
+        Some(Command::IdleClients {
+            addr,
+            connections,
+            sources,
+            concurrency,
+        }) => {
+            idle::clients(idle::ClientArgs {
+                addr,
+                connections,
+                sources,
+                concurrency,
+            })
+            .await
         }
         Some(Command::Suite(args)) => suite_command(args).await,
         Some(Command::Idle(args)) => idle_command(args).await,
+        Some(Command::Idle100k(args)) => idle_100k_command(args).await,
         Some(Command::TaskStore(command)) => {
             match task_store::run(&command.env.amqp_url, &command.args).await {
                 Ok(reports) => match &command.json {
@@ -337,15 +399,41 @@ async fn idle_command(args: IdleArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn idle_100k_command(args: Idle100kArgs) -> anyhow::Result<()> {
+    let env = Env::resolve(&args.env)?;
+    let mut spec = c100k::C100kSpec {
+        connections: args.connections,
+        client_processes: args.client_processes,
+        sources: args.sources,
+        concurrency: args.concurrency,
+        echo_connections: args.echo_connections,
+        echo_in_flight: args.in_flight,
+        slice_s: args.slice,
+        warmup_s: args.warmup,
+        hold_s: args.hold,
+    };
+    if args.quick {
+        spec = spec.quick();
+    }
+    let report = c100k::run(&env, &spec).await?;
+    if let Some(path) = &args.json {
+        write_json(path, &report)?;
+    }
+    if let Some(why) = report.ping_problem.as_ref().filter(|_| spec.hold_s > 0.0) {
+        bail!("pings: {why}");
+    }
+    if report.pings.closed > 0 {
+        bail!("{} idle connections ended while held", report.pings.closed);
+    }
+    Ok(())
+}
+
 /// Raises this process's open-files limit (inherited by the host and the idle clients it
-/// starts) to at least `wanted`, as far as the hard limit allows; says so when it cannot.
+/// starts) to at least `wanted`, the hard limit too where this process may; says so when
+/// it cannot.
 fn raise_fd_limit(wanted: u64) {
-    match rlimit::increase_nofile_limit(wanted) {
-        Ok(got) if got >= wanted => {}
-        Ok(got) => eprintln!(
-            "taskgate-bench: the open-files limit is {got}, below the {wanted} wanted (raise the hard limit: ulimit -Hn)"
-        ),
-        Err(e) => eprintln!("taskgate-bench: cannot raise the open-files limit: {e}"),
+    if let Err(why) = idle::raise_open_files(wanted) {
+        eprintln!("taskgate-bench: {why}");
     }
 }
 
@@ -407,6 +495,35 @@ mod tests {
             Some(Command::Suite(SuiteArgs { quick: true, .. }))
         ));
         assert!(Cli::try_parse_from(["taskgate-bench", "-c", "10", "suite"]).is_err());
+    }
+
+    #[test]
+    fn the_idle_100k_case_parses_with_its_defaults() {
+        let cli = Cli::try_parse_from(["taskgate-bench", "idle-100k", "--quick"]).unwrap();
+        let Some(Command::Idle100k(args)) = cli.command else {
+            panic!("not idle-100k")
+        };
+        assert!(args.quick);
+        assert_eq!(
+            (args.connections, args.client_processes, args.sources),
+            (100_000, 2, 16)
+        );
+        assert_eq!(args.echo_connections, 50);
+        let cli = Cli::try_parse_from([
+            "taskgate-bench",
+            "idle-clients",
+            "--addr",
+            "127.0.0.1:1",
+            "--connections",
+            "3",
+            "--sources",
+            "127.0.1.1,127.0.1.2",
+        ])
+        .unwrap();
+        let Some(Command::IdleClients { sources, .. }) = cli.command else {
+            panic!("not idle-clients")
+        };
+        assert_eq!(sources.len(), 2);
     }
 
     #[test]

@@ -219,6 +219,23 @@ pub fn find_pid_by_comm(comm: &str) -> Option<u32> {
         })
 }
 
+/// The open-files limit of process `pid` (soft, hard), from `/proc/<pid>/limits`.
+pub fn open_files_limit(pid: u32) -> Option<(u64, u64)> {
+    parse_open_files_limit(&std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?)
+}
+
+pub fn parse_open_files_limit(text: &str) -> Option<(u64, u64)> {
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut numbers = line["Max open files".len()..].split_whitespace().map(|w| {
+        if w == "unlimited" {
+            Ok(u64::MAX)
+        } else {
+            w.parse()
+        }
+    });
+    Some((numbers.next()?.ok()?, numbers.next()?.ok()?))
+}
+
 /// Peak resident set size (`VmHWM`) in KiB.
 pub fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -268,6 +285,16 @@ pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux we know of).
+/// The machine's load average over 1, 5 and 15 minutes (`/proc/loadavg`).
+pub fn load_average() -> Option<[f64; 3]> {
+    parse_load_average(&std::fs::read_to_string("/proc/loadavg").ok()?)
+}
+
+pub fn parse_load_average(text: &str) -> Option<[f64; 3]> {
+    let mut it = text.split_whitespace().map(str::parse::<f64>);
+    Some([it.next()?.ok()?, it.next()?.ok()?, it.next()?.ok()?])
+}
+
 pub fn clock_ticks_per_second() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
@@ -283,6 +310,27 @@ pub fn clock_ticks_per_second() -> f64 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_open_files_limit() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                    Max processes             95000                95000                processes \n\
+                    Max open files            20000                20000                files     \n";
+        assert_eq!(parse_open_files_limit(text), Some((20_000, 20_000)));
+        let unlimited =
+            "Max open files            1024                 unlimited            files\n";
+        assert_eq!(parse_open_files_limit(unlimited), Some((1024, u64::MAX)));
+        assert_eq!(parse_open_files_limit("Max processes 1 1\n"), None);
+    }
+
+    #[test]
+    fn reads_the_load_average() {
+        assert_eq!(
+            parse_load_average("2.34 0.86 0.32 3/412 1234\n"),
+            Some([2.34, 0.86, 0.32])
+        );
+        assert_eq!(parse_load_average("2.34 x"), None);
+    }
 
     #[test]
     fn finds_the_listen_address_in_a_log_line() {

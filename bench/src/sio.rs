@@ -6,13 +6,13 @@
 //! client does the least work possible per packet (one `format!` to encode, one small serde
 //! parse to decode) and runs many connections on a couple of cores.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use taskgate_protocol::ReplyKind;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::Message;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::{Message, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 /// A Socket.IO connection after the namespace handshake.
@@ -164,13 +164,49 @@ pub fn decode(frame: &str) -> Result<Incoming, DecodeError> {
 /// Opens a WebSocket to `ws://addr/socket.io/?EIO=4&transport=websocket` (TCP_NODELAY set)
 /// and connects to the default namespace, with `session` asking for a session.
 pub async fn connect(addr: SocketAddr, session: bool) -> Result<SioStream, ConnectError> {
-    let tcp = TcpStream::connect(addr)
-        .await
-        .map_err(|source| ConnectError::Tcp { addr, source })?;
-    tcp.set_nodelay(true)
-        .map_err(|source| ConnectError::Tcp { addr, source })?;
+    connect_from(addr, None, session, None).await
+}
+
+/// Buffers for a client that holds a connection and reads little more than pings: the
+/// defaults (128 KiB each) would cost a client process 25 GiB of address space per 100,000
+/// connections.
+pub fn idle_client_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+}
+
+/// [`connect`] from the local address `source` (any port; bound before connecting, so that
+/// connections spread over several source addresses and their ephemeral ports), with the
+/// WebSocket `config` (tungstenite's defaults without).
+pub async fn connect_from(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    session: bool,
+    config: Option<WebSocketConfig>,
+) -> Result<SioStream, ConnectError> {
+    let tcp_error = |source| ConnectError::Tcp { addr, source };
+    let tcp = match source {
+        None => TcpStream::connect(addr).await.map_err(tcp_error)?,
+        Some(ip) => {
+            let socket = if ip.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+            .map_err(tcp_error)?;
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| ConnectError::Tcp {
+                    addr,
+                    source: std::io::Error::new(e.kind(), format!("binding to {ip}: {e}")),
+                })?;
+            socket.connect(addr).await.map_err(tcp_error)?
+        }
+    };
+    tcp.set_nodelay(true).map_err(tcp_error)?;
     let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
-    let (mut ws, _response) = tokio_tungstenite::client_async(url, tcp).await?;
+    let (mut ws, _response) = tokio_tungstenite::client_async_with_config(url, tcp, config).await?;
     match next_text(&mut ws).await? {
         Incoming::Open => {}
         other => return Err(ConnectError::Unexpected(format!("{other:?}"))),

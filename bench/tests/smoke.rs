@@ -152,3 +152,47 @@ fn consoles_stay_live_while_the_host_carries_the_same_load() {
         "{report}"
     );
 }
+
+#[test]
+fn the_c100k_case_opens_holds_and_compares_the_echo_load_in_its_quick_form() {
+    let out = std::env::temp_dir().join(format!(
+        "taskgate-bench-idle-100k-{}.json",
+        std::process::id()
+    ));
+    let status = Command::new(bench())
+        .args(["idle-100k", "--quick"])
+        .arg("--host-bin")
+        .arg(host_bin())
+        .arg("--plugins-dir")
+        .arg(repo().join("build/plugins"))
+        .arg("--json")
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run taskgate-bench idle-100k: {e}"));
+    assert!(
+        status.success(),
+        "taskgate-bench idle-100k failed: {status}"
+    );
+    let report = json_of(&out);
+    let _ = std::fs::remove_file(&out);
+    // Every connection of the quick run opened, over the loopback source addresses, and
+    // none ended while held.
+    assert_eq!(report["connections"], 2000, "{report}");
+    assert!(report["handshakes_per_second"].as_f64().unwrap_or(0.0) > 0.0);
+    assert_eq!(report["pings"]["closed"], 0, "{report}");
+    assert!(report["host_rss_after_kib"].as_u64() > report["host_rss_before_kib"].as_u64());
+    // The echo load ran alone and with the idle connections, without errors.
+    let echo = report["echo"].as_array().cloned().unwrap_or_default();
+    let phases: Vec<&str> = echo.iter().filter_map(|p| p["phase"].as_str()).collect();
+    assert_eq!(phases, ["alone", "idle"], "{report}");
+    for phase in &echo {
+        assert!(phase["requests"].as_u64().unwrap_or(0) > 0, "{phase}");
+        assert_eq!(phase["errors"], 0, "{phase}");
+    }
+    assert!(
+        report["echo_ratios"]["p99_host_over_direct"]
+            .as_f64()
+            .unwrap_or(0.0)
+            > 0.0
+    );
+}

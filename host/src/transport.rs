@@ -25,6 +25,13 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// lets a large message arrive in reads of up to 64 KiB all the same.
 pub const READ_BUFFER_BYTES: usize = 2048;
 
+/// tungstenite's read buffer on the host's own WebSocket transport. Half of
+/// [`READ_BUFFER_BYTES`]: there `websocket::reads` takes any message larger than the
+/// buffer in reads of up to 64 KiB, so a 1 KiB buffer costs no more `read` system calls
+/// than 2 KiB did (a 10 KB request: two either way), and it saves 1 KiB on every idle
+/// connection (C100K, docs/performance.md: 6.5 → 5.4 KiB per connection).
+pub const WEBSOCKET_READ_BUFFER_BYTES: usize = 1024;
+
 /// How far a client may fall behind reading its acks and responses before the host drops
 /// it and cancels its requests (`[limits] client_backlog_bytes` and `client_stall_ms`) —
 /// one policy for both transports.

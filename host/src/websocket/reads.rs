@@ -1,8 +1,8 @@
 //! Reads that grow for a large message and shrink after it.
 //!
 //! tungstenite reads at most its `read_buffer_size` per `read` call, and that size is also the
-//! buffer every connection keeps for its whole life (2 KiB here: idle connections are most of
-//! a host's connections, see `transport::READ_BUFFER_BYTES`). A 1 MB request therefore cost
+//! buffer every connection keeps for its whole life (1 KiB on this transport: idle connections
+//! are most of a host's connections, see `transport::WEBSOCKET_READ_BUFFER_BYTES`). A 1 MB request therefore cost
 //! about 500 `read` system calls. [`GrowingReads`] sits between tungstenite and the socket:
 //! small reads go straight to the socket as before; once a read fills tungstenite's whole
 //! buffer — a message larger than it is arriving — the next one takes up to [`LARGE_READ`]
@@ -235,6 +235,30 @@ mod tests {
         let mut chunk = [0u8; 2048];
         assert_eq!(reads.read(&mut chunk).await.unwrap(), 0);
         assert_eq!(reads.held_capacity(), 0);
+    }
+
+    /// The host's own transport gives tungstenite a 1 KiB buffer
+    /// (`transport::WEBSOCKET_READ_BUFFER_BYTES`): a 10 KB request still takes two reads
+    /// from the socket, as with 2 KiB, and a 100 B one still one.
+    #[tokio::test]
+    async fn a_small_tungstenite_buffer_costs_no_more_socket_reads() {
+        let buffer = crate::transport::WEBSOCKET_READ_BUFFER_BYTES;
+        for (size, most) in [(10_000usize, 2usize), (100, 1)] {
+            let (mut client, server) = tokio::io::duplex(64 * 1024);
+            let message = vec![5u8; size];
+            client.write_all(&message).await.unwrap();
+            let mut reads = GrowingReads::new(counting(server));
+            let mut got = Vec::new();
+            let mut chunk = vec![0u8; buffer];
+            while got.len() < size {
+                let n = reads.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "early end of stream");
+                got.extend_from_slice(&chunk[..n]);
+            }
+            assert_eq!(got, message);
+            assert!(reads.io.reads <= most, "{size} B: {} reads", reads.io.reads);
+            assert_eq!(reads.held_capacity(), 0);
+        }
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ use super::hub::{WsAck, WsConnId};
 use super::reads::GrowingReads;
 use crate::broker::Broker;
 use crate::sink::ClientSink;
-use crate::transport::{READ_BUFFER_BYTES, SOCKET_IO_PATH};
+use crate::transport::{SOCKET_IO_PATH, WEBSOCKET_READ_BUFFER_BYTES};
 
 /// Whether the request opens a WebSocket-only connection (engine.io v4, no session).
 pub fn is_direct_websocket(method: &Method, path: &str, query: Option<&str>) -> bool {
@@ -97,7 +97,7 @@ where
     drop(request);
     let limit = usize::try_from(endpoint.settings.max_message_bytes).unwrap_or(usize::MAX);
     let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
+        .read_buffer_size(WEBSOCKET_READ_BUFFER_BYTES)
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
     tokio::spawn(async move {

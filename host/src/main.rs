@@ -15,6 +15,14 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc keeps freed pages for reuse; glibc's malloc gave a large request's heap back to the
+/// kernel after each request and faulted it in again for the next — a third of the host's CPU per
+/// 1 MB request (docs/performance.md, "The host's allocator: jemalloc"). Plugins keep their own
+/// allocator: abi_stable frees what crosses the boundary through the side that allocated it.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Human-readable lines by default; with `--log-format json` one JSON object per line
 /// whose event fields (`correlation_id`, `traceparent` …) are top-level keys.
 fn init_logging(format: LogFormat) {

@@ -72,6 +72,18 @@ impl AmqpUri {
 
 /// A rustls client on ring that trusts the system's CAs and the URI's `cacertfile`.
 fn tls_adaptor(host: &str, tls: &Tls) -> Result<TlsAdaptor, String> {
+    let config = tls_client_config(tls)?;
+    let server_name = host.trim_start_matches('[').trim_end_matches(']');
+    Ok(TlsAdaptor::new(
+        tokio_rustls::TlsConnector::from(Arc::new(config)),
+        server_name.to_owned(),
+    ))
+}
+
+/// The rustls client settings of an `amqps://` URI: ring, safe protocol versions, the
+/// system's CAs and the URI's `cacertfile`. The console's https:// to RabbitMQ's
+/// management API uses the same, so one `cacertfile` serves both.
+pub fn tls_client_config(tls: &Tls) -> Result<ClientConfig, String> {
     let mut roots = RootCertStore::empty();
     // Unreadable entries of the system store are skipped, as every TLS client does.
     let system = rustls_native_certs::load_native_certs();
@@ -98,16 +110,11 @@ fn tls_adaptor(host: &str, tls: &Tls) -> Result<TlsAdaptor, String> {
         );
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
+    Ok(ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("cannot set up TLS: {e}"))?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    let server_name = host.trim_start_matches('[').trim_end_matches(']');
-    Ok(TlsAdaptor::new(
-        tokio_rustls::TlsConnector::from(Arc::new(config)),
-        server_name.to_owned(),
-    ))
+        .with_no_client_auth())
 }
 
 /// Reads an AMQP URI; the error says what is wrong (it never repeats the password).

@@ -4,15 +4,19 @@
 //! vhost, whatever the number of consoles open. Without the management plugin the console
 //! says so and shows what passive declares give (ready messages and consumers).
 //!
-//! Where: `[console] management_url`, or by default the AMQP URL's host on port 15672 with
-//! its user, password and vhost.
+//! Where: `[console] management_url`, or by default the AMQP URL's host with its user,
+//! password and vhost — `http://` on port 15672 for `amqp://`, `https://` on 15671 for
+//! `amqps://` (the credentials never travel in the clear to a broker reached over TLS).
+//! https:// trusts what `amqps://` trusts: the system's CAs and the AMQP URL's `cacertfile`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
+use hyper_util::client::legacy::connect::Connect;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
@@ -21,6 +25,8 @@ use url::Url;
 
 /// The management plugin's usual port.
 pub const DEFAULT_PORT: u16 = 15672;
+/// The management plugin's usual port with TLS.
+pub const DEFAULT_TLS_PORT: u16 = 15671;
 /// A look that takes longer is given up.
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// The largest answer read (a vhost with thousands of queues still fits).
@@ -33,6 +39,8 @@ pub struct Management {
     pub base: String,
     vhost: String,
     authorization: String,
+    /// For an `https://` base: whom to trust.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for Management {
@@ -89,7 +97,10 @@ impl Management {
                 let host = url
                     .host_str()
                     .ok_or("[console] management_url has no host")?;
-                let port = url.port_or_known_default().unwrap_or(DEFAULT_PORT);
+                let port = url.port().unwrap_or(match url.scheme() {
+                    "https" => DEFAULT_TLS_PORT,
+                    _ => DEFAULT_PORT,
+                });
                 let user = match url.username() {
                     "" => amqp.user.clone(),
                     user => decode(user),
@@ -97,11 +108,24 @@ impl Management {
                 let password = url.password().map_or(amqp.password.clone(), decode);
                 (format!("{}://{host}:{port}", url.scheme()), user, password)
             }
+            None if amqp.tls.is_some() => (
+                format!("https://{}:{DEFAULT_TLS_PORT}", bracketed(&amqp.host)),
+                amqp.user.clone(),
+                amqp.password.clone(),
+            ),
             None => (
                 format!("http://{}:{DEFAULT_PORT}", bracketed(&amqp.host)),
                 amqp.user.clone(),
                 amqp.password.clone(),
             ),
+        };
+        let tls = if base.starts_with("https://") {
+            let trusted = amqp.tls.clone().unwrap_or_default();
+            let config = crate::broker::amqp_url::tls_client_config(&trusted)
+                .map_err(|e| format!("the management API over https: {e}"))?;
+            Some(Arc::new(config))
+        } else {
+            None
         };
         let credentials =
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
@@ -109,17 +133,12 @@ impl Management {
             base,
             vhost: amqp.vhost,
             authorization: format!("Basic {credentials}"),
+            tls,
         })
     }
 
     /// The queues of the vhost, by name.
     pub async fn queues(&self) -> Result<BTreeMap<String, QueueCounts>, String> {
-        if self.base.starts_with("https://") {
-            return Err(
-                "https:// management URLs are not supported; use http:// on a trusted network"
-                    .into(),
-            );
-        }
         let uri = format!(
             "{}/api/queues/{}?columns=name,messages_ready,messages_unacknowledged,consumers",
             self.base,
@@ -129,11 +148,17 @@ impl Management {
             .header(hyper::header::AUTHORIZATION, &self.authorization)
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        let response = tokio::time::timeout(TIMEOUT, client.request(request))
-            .await
-            .map_err(|_| format!("no answer within {} s", TIMEOUT.as_secs()))?
-            .map_err(|e| format!("unreachable: {}", causes(&e)))?;
+        let response = match &self.tls {
+            None => send(Client::builder(TokioExecutor::new()).build_http(), request).await?,
+            Some(config) => {
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(rustls::ClientConfig::clone(config))
+                    .https_only()
+                    .enable_http1()
+                    .build();
+                send(Client::builder(TokioExecutor::new()).build(https), request).await?
+            }
+        };
         let status = response.status();
         if !status.is_success() {
             return Err(format!("answered {status}"));
@@ -148,6 +173,21 @@ impl Management {
         .to_bytes();
         parse(&body)
     }
+}
+
+/// Sends `request` within [`TIMEOUT`]; the error names every cause (a refused connection,
+/// an untrusted certificate).
+async fn send<C>(
+    client: Client<C, Empty<Bytes>>,
+    request: hyper::Request<Empty<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    tokio::time::timeout(TIMEOUT, client.request(request))
+        .await
+        .map_err(|_| format!("no answer within {} s", TIMEOUT.as_secs()))?
+        .map_err(|e| format!("unreachable: {}", causes(&e)))
 }
 
 /// `GET /api/queues/<vhost>`'s answer, by queue name.
@@ -214,6 +254,91 @@ mod tests {
         assert_eq!(m.base, "http://mgmt:8080");
         assert_eq!(m.vhost, "/");
         assert!(Management::from_urls(Some("ftp://x"), "amqp://localhost").is_err());
+    }
+
+    #[test]
+    fn with_amqps_the_default_is_https_on_the_management_tls_port() {
+        let m = Management::from_urls(None, "amqps://ops:pw@rabbit.internal/prod").unwrap();
+        assert_eq!(m.base, "https://rabbit.internal:15671");
+        assert!(m.tls.is_some());
+        let m = Management::from_urls(None, "amqp://rabbit.internal").unwrap();
+        assert!(m.tls.is_none(), "plain http needs no TLS set-up");
+    }
+
+    /// A TLS terminator in front of `target`, with a certificate for `localhost` from a
+    /// private CA; returns its port and the CA's PEM file.
+    async fn tls_terminator(target: std::net::SocketAddr) -> (u16, tempfile::NamedTempFile) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let ca_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(ca_file.path(), ca.pem()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from(cert.der().to_vec())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut client) = acceptor.accept(client).await else {
+                        return;
+                    };
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+        (port, ca_file)
+    }
+
+    /// https:// with the AMQP URL's `cacertfile` trusted: the counts arrive; without it the
+    /// certificate is refused, and the error says so.
+    #[tokio::test]
+    async fn queues_are_fetched_over_https_and_an_untrusted_certificate_is_refused() {
+        use axum::routing::get;
+        let app = axum::Router::new().route(
+            "/api/queues/{vhost}",
+            get(|| async {
+                r#"[{"name":"q","messages_ready":2,"messages_unacknowledged":5,"consumers":1}]"#
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let plain = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let (port, ca_file) = tls_terminator(plain).await;
+        let url = format!("https://localhost:{port}");
+        let amqps = format!("amqps://localhost?cacertfile={}", ca_file.path().display());
+        let trusted = Management::from_urls(Some(&url), &amqps).unwrap();
+        assert_eq!(trusted.queues().await.unwrap()["q"].unacked, 5);
+        // Without the private CA only the system's are trusted (a machine without any is
+        // told so at set-up instead).
+        match Management::from_urls(Some(&url), "amqp://localhost") {
+            Ok(untrusted) => {
+                let refused = untrusted.queues().await.unwrap_err();
+                assert!(refused.contains("certificate"), "says why: {refused}");
+            }
+            Err(no_roots) => assert!(no_roots.contains("CA certificate"), "{no_roots}"),
+        }
+        server.abort();
     }
 
     #[test]

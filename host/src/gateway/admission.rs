@@ -219,7 +219,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     /// admitted and published never comes here. Not kept: `RATE_LIMITED` (a client over its
     /// limits sends them by the hundred and would push every other failure out; the metrics
     /// count them) and a host that is shutting down (the operator's own doing).
-    fn keep_refusal(
+    pub(super) fn keep_refusal(
         &self,
         request_type: &str,
         error: &RequestError,

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+use taskgate_protocol::trace::TraceParent;
 use taskgate_protocol::ErrorBody;
 use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
@@ -121,7 +122,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         };
         let session = self.sessions.get(&conn).map(|s| s.value().clone());
         if let Err(error) = self.gate(session.as_deref()) {
-            self.send_refusal(conn, ack, &error);
+            self.refuse_shared(conn, ack, None, &error, None);
             return true;
         }
         let caller = Caller {
@@ -130,8 +131,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         };
         let request = match envelope::check(taken, &self.routes.load(), &caller) {
             Ok(request) => request,
-            Err(Refusal { error, .. }) => {
-                self.send_refusal(conn, ack, &error);
+            Err(Refusal { error, spec }) => {
+                let known_type = spec.as_ref().map(|spec| spec.name.as_str());
+                self.refuse_shared(conn, ack, known_type, &error, None);
                 return true;
             }
         };
@@ -139,7 +141,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             let error = RequestError::BadRequest(
                 "`detach` needs a session: connect with auth.session (protocol §4)".to_owned(),
             );
-            self.send_refusal(conn, ack, &error);
+            self.refuse_shared(conn, ack, Some(&request.spec.name), &error, None);
             return true;
         };
         let task = NewTask {
@@ -177,6 +179,29 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         true
     }
 
+    /// Refuses a detached task as the plain path refuses a request: counted against its type
+    /// when it has one, kept for the console's recent failures (`keep_refusal`, which leaves
+    /// out rate limits and shutdown), answered.
+    fn refuse_shared(
+        &self,
+        conn: S::Conn,
+        ack: S::Ack,
+        known_type: Option<&str>,
+        error: &RequestError,
+        admitted: Option<(Uuid, &TraceParent)>,
+    ) {
+        let type_metrics = known_type.map(|name| self.metrics.for_type(name));
+        self.metrics
+            .refused(type_metrics.as_ref(), error.code().as_str());
+        let request_type = match (known_type, error) {
+            (Some(name), _) => name,
+            (None, RequestError::UnknownRequestType(name)) => name.as_str(),
+            (None, _) => "",
+        };
+        self.keep_refusal(request_type, error, admitted);
+        self.send_refusal(conn, ack, error);
+    }
+
     async fn start_shared(
         self: Arc<Self>,
         conn: S::Conn,
@@ -186,6 +211,16 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         ack: S::Ack,
     ) {
         let correlation_id = task.correlation_id;
+        let trace = request.traceparent;
+        let refuse = |conn, ack, error: &RequestError| {
+            self.refuse_shared(
+                conn,
+                ack,
+                Some(&task.request_type),
+                error,
+                Some((correlation_id, &trace)),
+            );
+        };
         // A task nobody would run is not created (`serving`).
         if let Err(error) = self
             .serving
@@ -198,19 +233,19 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             .await
         {
             debug!(%correlation_id, %error, "detached task refused: no worker");
-            return self.send_refusal(conn, ack, &error);
+            return refuse(conn, ack, &error);
         }
         let created = match store.create(&task).await {
             Ok(created) => created,
             Err(error) => {
                 warn!(%correlation_id, %error, "a detached task could not be created in the task store");
-                return self.send_refusal(conn, ack, &store_down(&error));
+                return refuse(conn, ack, &store_down(&error));
             }
         };
         match created {
             Created::TooMany { max } => {
                 let error = RequestError::RateLimited(RateLimit::Tasks { max });
-                self.send_refusal(conn, ack, &error)
+                refuse(conn, ack, &error)
             }
             Created::Existing(existing) => {
                 info!(correlation_id = %existing, client_id = %task.client_id, "a request resent with the id of one its owner has: attached, not run again");
@@ -239,7 +274,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                         .finish(correlation_id, &failed(&refusal.to_body()))
                         .await;
                     self.spawn_cancel(correlation_id);
-                    return self.send_refusal(conn, ack, &refusal);
+                    return refuse(conn, ack, &refusal);
                 }
                 debug!(%correlation_id, client_id = %task.client_id, "detached task published; its replies go to the shared queue");
                 crate::tasks::record_started();

@@ -164,6 +164,79 @@ async fn a_task_of_a_type_nobody_serves_is_refused_before_it_is_stored() {
     );
 }
 
+/// The refusals of the shared path reach the console's recent failures as those of the
+/// plain path do (`keep_refusal`): unknown type, invalid payload, no workers, a failed
+/// publish; not a rate limit.
+#[tokio::test]
+async fn refusals_of_detached_tasks_are_kept_for_the_console() {
+    let store = store();
+    let owner = Owner::Session(SessionId::new());
+    let failures = Arc::new(crate::console::failures::RecentFailures::new("host-a", 20));
+    let shared: Arc<dyn TaskStore> = store.clone();
+    let a = harness_with(|g| {
+        g.with_resume(settings())
+            .with_task_store(shared, QUEUE)
+            .with_recent_failures(failures.clone())
+    });
+    a.gateway.disconnected(CONN);
+    a.gateway
+        .connected_as(CONN, Session::anonymous().with_owner(owner.clone()));
+
+    let unknown = a.start(1, detached("u", "nope")).await;
+    assert_eq!(unknown["error"]["code"], "UNKNOWN_REQUEST_TYPE");
+    let invalid = envelope(
+        json!({"id": "i", "requestType": "strict", "payload": {"n": "x"}, "detach": true}),
+    );
+    assert_eq!(
+        a.start(2, invalid).await["error"]["code"],
+        "INVALID_PAYLOAD"
+    );
+    a.broker.fail_with(Some(PublishError::NotConnected));
+    assert_eq!(
+        a.start(3, detached("p", "slow")).await["error"]["code"],
+        "UNAVAILABLE"
+    );
+    a.broker.fail_with(None);
+    for _ in 0..crate::serving::UNSERVED_AFTER_LOOKS {
+        a.gateway.serving().observe("taskgate.echo", Ok(0));
+    }
+    assert_eq!(
+        a.start(4, detached("w", "echo")).await["error"]["code"],
+        "UNAVAILABLE"
+    );
+    // max_tasks is 2, and the task whose publish failed is kept (failed) and counts.
+    assert_eq!(
+        a.start(5, detached("ok", "slow")).await,
+        json!({"ok": true})
+    );
+    let before = failures.list().len();
+    let limited = a.start(7, detached("over", "slow")).await;
+    assert_eq!(limited["error"]["code"], "RATE_LIMITED");
+    assert_eq!(failures.list().len(), before, "a rate limit is not kept");
+
+    let kept = failures.list();
+    let seen: Vec<(&str, &str)> = kept
+        .iter()
+        .map(|f| (f.request_type.as_str(), f.code.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("echo", "UNAVAILABLE"),
+            ("slow", "UNAVAILABLE"),
+            ("strict", "INVALID_PAYLOAD"),
+            ("nope", "UNKNOWN_REQUEST_TYPE"),
+        ],
+        "{kept:#?}"
+    );
+    assert!(kept[0].message.contains("taskgate.echo"), "{:?}", kept[0]);
+    assert!(
+        !kept[1].correlation_id.is_empty(),
+        "a publish that failed had one"
+    );
+    assert_eq!(kept[3].correlation_id, "", "refused before it had one");
+}
+
 #[tokio::test]
 async fn other_owners_resends_bounds_and_sessions() {
     let store = store();

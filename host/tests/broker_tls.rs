@@ -1,10 +1,12 @@
 //! `amqps://` against the real RabbitMQ, through a TLS terminator the test runs itself (a
 //! private CA, a certificate for `localhost`, then plain AMQP to 127.0.0.1:5672): the host
 //! connects when it trusts the CA (`?cacertfile=`), and refuses an untrusted certificate
-//! with a clear error.
+//! with a clear error. The console's https:// to the management API trusts the same, through
+//! the same terminator in front of a stand-in for the API.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +22,7 @@ mod support;
 
 use support::{delete_queue, request, stop_broker, TestDeadLetters};
 
-/// A private CA's certificate (PEM file) and a TLS port that forwards to RabbitMQ.
+/// A private CA's certificate (PEM file) and a TLS port that forwards to `target`.
 struct Terminator {
     port: u16,
     ca_file: tempfile::NamedTempFile,
@@ -34,6 +36,10 @@ impl Drop for Terminator {
 }
 
 async fn terminator() -> Terminator {
+    terminator_to(SocketAddr::from(([127, 0, 0, 1], 5672))).await
+}
+
+async fn terminator_to(target: SocketAddr) -> Terminator {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
@@ -65,10 +71,10 @@ async fn terminator() -> Terminator {
                 let Ok(mut client) = acceptor.accept(client).await else {
                     return;
                 };
-                let Ok(mut broker) = TcpStream::connect("127.0.0.1:5672").await else {
+                let Ok(mut server) = TcpStream::connect(target).await else {
                     return;
                 };
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
             });
         }
     });
@@ -138,4 +144,39 @@ async fn a_missing_ca_file_is_a_bad_url() {
     };
     assert!(matches!(err, ConnectError::BadUrl { .. }), "{err:?}");
     assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+}
+
+/// https:// to RabbitMQ's management API with the AMQP URL's `cacertfile` trusted: the counts
+/// arrive; without it the certificate is refused, and the error says so.
+#[tokio::test]
+async fn the_management_api_is_read_over_https_and_an_untrusted_certificate_is_refused() {
+    use axum::routing::get;
+    use taskgate_host::console::management::Management;
+    let app = axum::Router::new().route(
+        "/api/queues/{vhost}",
+        get(|| async {
+            r#"[{"name":"q","messages_ready":2,"messages_unacknowledged":5,"consumers":1}]"#
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let plain = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let tls = terminator_to(plain).await;
+    let url = format!("https://localhost:{}", tls.port);
+    let amqps = format!(
+        "amqps://localhost?cacertfile={}",
+        tls.ca_file.path().display()
+    );
+    let trusted = Management::from_urls(Some(&url), &amqps).unwrap();
+    assert_eq!(trusted.queues().await.unwrap()["q"].unacked, 5);
+    // Without the private CA only the system's are trusted (a machine without any is
+    // told so at set-up instead).
+    match Management::from_urls(Some(&url), "amqp://localhost") {
+        Ok(untrusted) => {
+            let refused = untrusted.queues().await.unwrap_err();
+            assert!(refused.contains("certificate"), "says why: {refused}");
+        }
+        Err(no_roots) => assert!(no_roots.contains("CA certificate"), "{no_roots}"),
+    }
+    server.abort();
 }

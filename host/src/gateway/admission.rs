@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::value::RawValue;
 use taskgate_protocol::trace::TraceParent;
-use taskgate_protocol::ErrorCode;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 use uuid::Uuid;
@@ -73,18 +72,9 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                 Some(async move { gateway.publish(admitted, ack).await })
             }
             Err(Refusal { error, spec }) => {
-                // A refusal after the type lookup counts against the type.
-                let type_metrics = spec.as_ref().map(|spec| self.metrics.for_type(&spec.name));
-                self.metrics
-                    .refused(type_metrics.as_ref(), error.code().as_str());
                 debug!(?conn, code = %error.code(), %error, "request refused");
-                let request_type = match (&spec, &error) {
-                    (Some(spec), _) => spec.name.as_str(),
-                    (None, RequestError::UnknownRequestType(name)) => name.as_str(),
-                    (None, _) => "",
-                };
-                self.keep_refusal(request_type, &error, None);
-                self.send_refusal(conn, ack, &error);
+                let known_type = spec.as_ref().map(|spec| spec.name.as_str());
+                self.refuse(conn, ack, known_type, &error, None);
                 None
             }
         }
@@ -169,24 +159,13 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                     error,
                     PublishError::ConfirmTimeout(_) | PublishError::Amqp(_)
                 );
-                let error = RequestError::Unavailable(UnavailableCause::PublishFailed(error));
-                if let Some((_, mut request)) = self.inflight.remove(&correlation_id) {
-                    request
-                        .metrics
-                        .finish(Outcome::Error(ErrorCode::Unavailable.as_str()));
-                    self.keep_refusal(
-                        &request.request_type,
-                        &error,
-                        Some((correlation_id, &request.trace)),
-                    );
-                    self.release_id(correlation_id, request);
-                }
                 // The broker may have taken the message before the failure (no confirm
                 // seen): tell workers not to run it.
                 if cancel {
                     self.spawn_cancel(correlation_id);
                 }
-                self.send_refusal(conn, ack, &error);
+                let error = RequestError::Unavailable(UnavailableCause::PublishFailed(error));
+                self.refuse_admitted(conn, ack, correlation_id, &error);
             }
         }
     }
@@ -219,7 +198,31 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
     /// admitted and published never comes here. Not kept: `RATE_LIMITED` (a client over its
     /// limits sends them by the hundred and would push every other failure out; the metrics
     /// count them) and a host that is shutting down (the operator's own doing).
-    pub(super) fn keep_refusal(
+    /// Refuses a request before it runs, on either path (this one, or a detached task's
+    /// through the shared store): counted against its type when the type is known (a
+    /// client's unknown name is not a metrics label), kept for the console's recent failures
+    /// ([`Gateway::keep_refusal`]), answered.
+    pub(super) fn refuse(
+        &self,
+        conn: S::Conn,
+        ack: S::Ack,
+        known_type: Option<&str>,
+        error: &RequestError,
+        admitted: Option<(Uuid, &TraceParent)>,
+    ) {
+        let type_metrics = known_type.map(|name| self.metrics.for_type(name));
+        self.metrics
+            .refused(type_metrics.as_ref(), error.code().as_str());
+        let request_type = match (known_type, error) {
+            (Some(name), _) => name,
+            (None, RequestError::UnknownRequestType(name)) => name.as_str(),
+            (None, _) => "",
+        };
+        self.keep_refusal(request_type, error, admitted);
+        self.send_refusal(conn, ack, error);
+    }
+
+    fn keep_refusal(
         &self,
         request_type: &str,
         error: &RequestError,

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use taskgate_protocol::trace::TraceParent;
 use taskgate_protocol::ErrorBody;
 use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
@@ -122,7 +121,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         };
         let session = self.sessions.get(&conn).map(|s| s.value().clone());
         if let Err(error) = self.gate(session.as_deref()) {
-            self.refuse_shared(conn, ack, None, &error, None);
+            self.refuse(conn, ack, None, &error, None);
             return true;
         }
         let caller = Caller {
@@ -133,7 +132,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             Ok(request) => request,
             Err(Refusal { error, spec }) => {
                 let known_type = spec.as_ref().map(|spec| spec.name.as_str());
-                self.refuse_shared(conn, ack, known_type, &error, None);
+                self.refuse(conn, ack, known_type, &error, None);
                 return true;
             }
         };
@@ -141,7 +140,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             let error = RequestError::BadRequest(
                 "`detach` needs a session: connect with auth.session (protocol §4)".to_owned(),
             );
-            self.refuse_shared(conn, ack, Some(&request.spec.name), &error, None);
+            self.refuse(conn, ack, Some(&request.spec.name), &error, None);
             return true;
         };
         let task = NewTask {
@@ -179,29 +178,6 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         true
     }
 
-    /// Refuses a detached task as the plain path refuses a request: counted against its type
-    /// when it has one, kept for the console's recent failures (`keep_refusal`, which leaves
-    /// out rate limits and shutdown), answered.
-    fn refuse_shared(
-        &self,
-        conn: S::Conn,
-        ack: S::Ack,
-        known_type: Option<&str>,
-        error: &RequestError,
-        admitted: Option<(Uuid, &TraceParent)>,
-    ) {
-        let type_metrics = known_type.map(|name| self.metrics.for_type(name));
-        self.metrics
-            .refused(type_metrics.as_ref(), error.code().as_str());
-        let request_type = match (known_type, error) {
-            (Some(name), _) => name,
-            (None, RequestError::UnknownRequestType(name)) => name.as_str(),
-            (None, _) => "",
-        };
-        self.keep_refusal(request_type, error, admitted);
-        self.send_refusal(conn, ack, error);
-    }
-
     async fn start_shared(
         self: Arc<Self>,
         conn: S::Conn,
@@ -213,7 +189,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         let correlation_id = task.correlation_id;
         let trace = request.traceparent;
         let refuse = |conn, ack, error: &RequestError| {
-            self.refuse_shared(
+            self.refuse(
                 conn,
                 ack,
                 Some(&task.request_type),

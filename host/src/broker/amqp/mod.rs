@@ -59,7 +59,9 @@ pub use self::session::Backoff;
 use self::session::Live;
 pub use self::task_replies::{consume_task_replies, task_reply_queue_declaration};
 use self::topology::declare_request_queue;
-pub use self::topology::{field_table, reply_consumer, reply_queue_declaration, QueueDecl};
+pub use self::topology::{
+    field_table, reply_consumer, reply_queue_declaration, QueueDecl, REPLY_PREFETCH,
+};
 use super::{Broker, HostMessage, OutgoingRequest, PublishError};
 use crate::dead_letters::DeadLetterNames;
 

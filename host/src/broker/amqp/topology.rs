@@ -155,6 +155,12 @@ pub fn reply_queue_declaration(name: &str) -> QueueDeclareArguments {
 /// at 0.76–0.79×, p99 1.2× instead of 2× (docs/performance.md, "Streaming below direct
 /// again: the reply window"). Acks go out in batches ([`REPLY_ACK_BATCH`]) and whenever
 /// the host has caught up, so a host that keeps up never holds the whole window.
+///
+/// The window, not speed, is why replies are acked: without acks streaming ran at
+/// 0.88–0.90× direct instead of 0.77–0.80× and RabbitMQ spent a quarter less per request,
+/// but the broker then hands every reply over at once, and cancelling the consumer when
+/// the host falls behind reaches it only after what it has already sent (docs/performance.md,
+/// "Replies without acks: measured, not taken"; `host/tests/reply_backlog.rs` holds the bound).
 pub const REPLY_PREFETCH: u16 = 256;
 /// The host acknowledges replies (`multiple`) at least every this many: eight acks per
 /// window, so the broker refills it long before it runs dry.

@@ -51,6 +51,18 @@ pub struct IncomingReply {
     pub body: Vec<u8>,
 }
 
+/// A worker's reply body as JSON, taken without a copy when it is already tight; `None` when
+/// it is not JSON. Surrounding whitespace is legal JSON but not a valid `RawValue`: such a
+/// body is copied out without it.
+pub fn reply_json(body: Vec<u8>) -> Option<Box<serde_json::value::RawValue>> {
+    let text = String::from_utf8(body).ok()?;
+    if text.trim().len() == text.len() {
+        serde_json::value::RawValue::from_string(text).ok()
+    } else {
+        serde_json::from_str(&text).ok()
+    }
+}
+
 /// A message from one host to others (protocol §4.5): a claim (to every host), a hand-off,
 /// or a worker reply forwarded to the host that took its request over (to one host's reply
 /// queue). The receiver reads it as an [`IncomingReply`]: the same properties, the same path.
@@ -132,4 +144,23 @@ pub trait Broker: Send + Sync + 'static {
         queue: Arc<str>,
         message: HostMessage,
     ) -> impl Future<Output = Result<(), PublishError>> + Send;
+}
+
+#[cfg(test)]
+mod reply_json_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::reply_json;
+
+    #[test]
+    fn a_reply_body_is_json_or_nothing() {
+        assert_eq!(
+            reply_json(br#"{"n":1}"#.to_vec()).unwrap().get(),
+            r#"{"n":1}"#
+        );
+        assert_eq!(reply_json(b" [1, 2]\n".to_vec()).unwrap().get(), "[1, 2]");
+        assert!(reply_json(b"{\"n\":".to_vec()).is_none(), "cut short");
+        assert!(reply_json(b"not json".to_vec()).is_none());
+        assert!(reply_json(vec![b'"', 0xff, b'"']).is_none(), "not UTF-8");
+        assert!(reply_json(Vec::new()).is_none(), "empty");
+    }
 }

@@ -8,13 +8,12 @@
 
 use std::sync::Arc;
 
-use serde_json::value::RawValue;
 use taskgate_protocol::{ErrorBody, ErrorCode, ReplyKind, WorkerErrorBody};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::{Gateway, InFlight, Outbound, Stage, MAX_EARLY_REPLIES};
-use crate::broker::{Broker, IncomingReply};
+use crate::broker::{reply_json, Broker, IncomingReply};
 use crate::error::RequestError;
 use crate::metrics::Outcome;
 use crate::sink::{ClientSink, EmitError, ResponseEvent};
@@ -121,7 +120,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
             return;
         }
         let outbound = match kind {
-            ReplyKind::Chunk => match raw_json(reply.body) {
+            ReplyKind::Chunk => match reply_json(reply.body) {
                 Some(data) => Outbound::Chunk {
                     seq: reply.seq,
                     data,
@@ -131,7 +130,7 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
                     return;
                 }
             },
-            ReplyKind::Result => match raw_json(reply.body) {
+            ReplyKind::Result => match reply_json(reply.body) {
                 Some(data) => Outbound::Result(data),
                 None => {
                     warn!(%correlation_id, "result whose body is not JSON");
@@ -219,16 +218,5 @@ impl<B: Broker, S: ClientSink> Gateway<B, S> {
         }
         *buffered_bytes = bytes;
         buffered.push(outbound);
-    }
-}
-
-/// Takes a worker's body as JSON without copying it when it is already tight.
-fn raw_json(body: Vec<u8>) -> Option<Box<RawValue>> {
-    let text = String::from_utf8(body).ok()?;
-    if text.trim().len() == text.len() {
-        RawValue::from_string(text).ok()
-    } else {
-        // Surrounding whitespace is legal JSON but not a valid RawValue: copy it out.
-        serde_json::from_str::<Box<RawValue>>(&text).ok()
     }
 }

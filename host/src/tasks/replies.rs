@@ -13,7 +13,7 @@ use taskgate_protocol::{ErrorBody, ErrorCode, ReplyKind, WorkerErrorBody};
 use uuid::Uuid;
 
 use super::{Outcome, StoreError, TaskState, TaskStore};
-use crate::broker::IncomingReply;
+use crate::broker::{reply_json, IncomingReply};
 use crate::error::RequestError;
 
 /// What became of a reply.
@@ -56,7 +56,7 @@ pub async fn keep(
     }
     match kind {
         ReplyKind::Chunk => {
-            let Some(data) = raw_json(reply.body) else {
+            let Some(data) = reply_json(reply.body) else {
                 return Ok(Kept::Dropped("a chunk whose body is not JSON"));
             };
             let seq = match reply.seq.and_then(|s| u64::try_from(s).ok()) {
@@ -73,7 +73,7 @@ pub async fn keep(
                 Kept::Dropped("a chunk the task has, or a task that ended or is unknown")
             })
         }
-        ReplyKind::Result => match raw_json(reply.body) {
+        ReplyKind::Result => match reply_json(reply.body) {
             Some(data) => {
                 let outcome = Outcome {
                     state: TaskState::Succeeded,
@@ -128,16 +128,6 @@ async fn end(
     } else {
         Kept::Dropped("an outcome for a task that has one, or is unknown")
     })
-}
-
-/// A worker's body as JSON (surrounding whitespace is legal JSON, not a valid RawValue).
-fn raw_json(body: Vec<u8>) -> Option<Box<RawValue>> {
-    let text = String::from_utf8(body).ok()?;
-    if text.trim().len() == text.len() {
-        RawValue::from_string(text).ok()
-    } else {
-        serde_json::from_str::<Box<RawValue>>(&text).ok()
-    }
 }
 
 #[cfg(test)]

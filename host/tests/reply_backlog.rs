@@ -50,7 +50,7 @@ async fn a_reply_flood_waits_on_the_broker_and_every_reply_arrives_once_in_order
                 .unwrap();
             runtime.block_on(broker.run(
                 move |reply| {
-                    busy(Duration::from_millis(1));
+                    busy(Duration::from_millis(2));
                     seen.lock().unwrap().push(reply.seq.unwrap_or(-1));
                 },
                 stop.cancelled_owned(),
@@ -113,8 +113,11 @@ async fn a_reply_flood_waits_on_the_broker_and_every_reply_arrives_once_in_order
     assert_eq!(seen.len(), FLOOD, "every reply handed on exactly once");
     assert_eq!(seen, expected, "in the order the broker received them");
     assert_eq!(sessions, 1, "a flood does not end the session");
+    // Without acks the broker would hold none (it hands every reply over at once); with the
+    // window it holds all but the window and what the host got through while the flood was
+    // being sent (about 1 in 2 ms): a quarter leaves room for a slow, busy CI machine.
     assert!(
-        most_waiting >= FLOOD / 2,
+        most_waiting >= FLOOD / 4,
         "the backlog waited on the broker: at most {most_waiting} of {FLOOD} did at once"
     );
 }

@@ -11,9 +11,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lapin::options::BasicPublishOptions;
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{Connection, ConnectionProperties};
 use taskgate_host::broker::amqp::{AmqpBroker, REPLY_PREFETCH};
 use taskgate_host::broker::Broker;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +19,7 @@ use uuid::Uuid;
 
 mod support;
 
-use support::URL;
+use support::{publish_reply, URL};
 
 /// Four windows' worth: the broker has to hold most of them.
 const FLOOD: usize = 4 * REPLY_PREFETCH as usize;
@@ -72,21 +70,7 @@ async fn a_reply_flood_waits_on_the_broker_and_every_reply_arrives_once_in_order
     let id = Uuid::new_v4().to_string();
     let body = vec![b'7'; 512];
     for seq in 0..FLOOD {
-        let mut headers = FieldTable::default();
-        headers.insert("x-seq".into(), AMQPValue::LongLongInt(seq as i64));
-        channel
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                &body,
-                BasicProperties::default()
-                    .with_correlation_id(id.clone().into())
-                    .with_type("chunk".into())
-                    .with_headers(headers),
-            )
-            .await
-            .unwrap();
+        publish_reply(&channel, &queue, &id, "chunk", Some(seq as i64), &body).await;
     }
 
     // The most replies the broker held at once while the host worked through them (a

@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::BasicProperties;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
 use taskgate_host::broker::amqp::consume_task_replies;
 use taskgate_host::resume::{Owner, SessionId};
 use taskgate_host::tasks::replies::{keep, Kept};
@@ -23,7 +22,7 @@ use uuid::Uuid;
 
 mod support;
 
-use support::{delete_queue, URL};
+use support::{delete_queue, publish_reply, URL};
 
 const REDIS: &str = "redis://127.0.0.1:6379/";
 
@@ -32,25 +31,16 @@ async fn publish(queue: &str, correlation_id: Uuid, kind: &str, seq: Option<u32>
         .await
         .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    let mut headers = FieldTable::default();
-    if let Some(seq) = seq {
-        headers.insert(ShortString::from("x-seq"), AMQPValue::LongUInt(seq));
-    }
-    channel
-        .basic_publish(
-            "".into(),
-            queue.into(),
-            BasicPublishOptions::default(),
-            body.as_bytes(),
-            BasicProperties::default()
-                .with_correlation_id(correlation_id.to_string().into())
-                .with_type(kind.into())
-                .with_headers(headers),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let id = correlation_id.to_string();
+    publish_reply(
+        &channel,
+        queue,
+        &id,
+        kind,
+        seq.map(i64::from),
+        body.as_bytes(),
+    )
+    .await;
     let _ = connection.close(200, "done".into()).await;
 }
 

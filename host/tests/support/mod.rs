@@ -33,6 +33,38 @@ pub fn request(queue: &str) -> OutgoingRequest {
     }
 }
 
+/// Publishes a worker reply to `queue` as a worker would (protocol §2.3): its correlation id,
+/// its kind as the AMQP `type`, and a chunk's `x-seq` header.
+pub async fn publish_reply(
+    channel: &lapin::Channel,
+    queue: &str,
+    correlation_id: &str,
+    kind: &str,
+    seq: Option<i64>,
+    body: &[u8],
+) {
+    use lapin::types::{AMQPValue, FieldTable};
+    let mut headers = FieldTable::default();
+    if let Some(seq) = seq {
+        headers.insert("x-seq".into(), AMQPValue::LongLongInt(seq));
+    }
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            lapin::BasicProperties::default()
+                .with_correlation_id(correlation_id.into())
+                .with_type(kind.into())
+                .with_headers(headers),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
 /// A dead-letter queue, exchange and inbox of the test's own (protocol §3.11), deleted when
 /// dropped. Every host consumes its inbox and `taskgate dead-letters purge` empties its
 /// queue: tests that used the default `taskgate.dead-letters` together (or with a host

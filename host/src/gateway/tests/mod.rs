@@ -148,6 +148,13 @@ impl Harness {
     }
 }
 
+/// Kept failures (`RecentFailures::list`) as (request type, code), in their order.
+fn types_and_codes(kept: &[crate::console::failures::Failure]) -> Vec<(&str, &str)> {
+    kept.iter()
+        .map(|f| (f.request_type.as_str(), f.code.as_str()))
+        .collect()
+}
+
 fn refusal_code(ack: &Value) -> &str {
     assert_eq!(ack["ok"], json!(false), "expected a refusal, got {ack}");
     ack["error"]["code"].as_str().unwrap()

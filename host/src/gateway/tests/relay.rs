@@ -347,10 +347,7 @@ async fn refusals_an_operator_must_see_are_kept_for_the_console_but_not_rate_lim
     );
 
     let kept = failures.list();
-    let seen: Vec<(&str, &str)> = kept
-        .iter()
-        .map(|f| (f.request_type.as_str(), f.code.as_str()))
-        .collect();
+    let seen = types_and_codes(&kept);
     assert_eq!(
         seen,
         [

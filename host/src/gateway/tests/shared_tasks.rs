@@ -215,10 +215,7 @@ async fn refusals_of_detached_tasks_are_kept_for_the_console() {
     assert_eq!(failures.list().len(), before, "a rate limit is not kept");
 
     let kept = failures.list();
-    let seen: Vec<(&str, &str)> = kept
-        .iter()
-        .map(|f| (f.request_type.as_str(), f.code.as_str()))
-        .collect();
+    let seen = types_and_codes(&kept);
     assert_eq!(
         seen,
         [
